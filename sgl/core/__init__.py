@@ -1,0 +1,1 @@
+"""The hardware-neutral engine. Imports only torch, numpy, the stdlib and small pure-Python libraries."""

@@ -1,0 +1,1 @@
+"""The AttentionBackend contract and the torch-native paged attention backend."""

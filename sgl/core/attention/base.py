@@ -1,0 +1,78 @@
+"""The attention-backend contract: paged attention over the KV pool, for extend and decode."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import TYPE_CHECKING, Protocol
+
+import torch
+
+if TYPE_CHECKING:
+    from sgl.core.runner.forward_batch import ForwardBatch
+
+
+class AttentionLayerInfo(Protocol):
+    """What a backend may read of the attention layer calling it."""
+
+    layer_id: int
+    num_heads: int  # query heads on this rank
+    num_kv_heads: int  # kv heads on this rank
+    head_dim: int
+    scaling: float
+
+
+class AttentionBackend(ABC):
+    """One instance per ModelRunner. q is [T, H*D], k and v are [T, KVH*D]; the result is [T, H*D].
+
+    NOTE: the backend writes the new k, v into the KV pool at ``forward_batch.out_cache_loc`` before attending, so
+    every token attends to its own key.
+    """
+
+    def init_forward_metadata(self, forward_batch: ForwardBatch) -> None:
+        """Called once per forward, before the first layer."""
+        return None
+
+    def forward(
+        self,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        layer: AttentionLayerInfo,
+        forward_batch: ForwardBatch,
+        save_kv_cache: bool = True,
+    ) -> torch.Tensor:
+        if forward_batch.forward_mode.is_decode:
+            return self.forward_decode(q, k, v, layer, forward_batch, save_kv_cache)
+        return self.forward_extend(q, k, v, layer, forward_batch, save_kv_cache)
+
+    @abstractmethod
+    def forward_extend(
+        self,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        layer: AttentionLayerInfo,
+        forward_batch: ForwardBatch,
+        save_kv_cache: bool = True,
+    ) -> torch.Tensor: ...
+
+    @abstractmethod
+    def forward_decode(
+        self,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        layer: AttentionLayerInfo,
+        forward_batch: ForwardBatch,
+        save_kv_cache: bool = True,
+    ) -> torch.Tensor: ...
+
+    # graph capture (decode): backends that support it override all three -------------------------------------
+    def init_graph_state(self, max_bs: int, max_context_len: int) -> None:
+        raise NotImplementedError(f"{type(self).__name__} does not support graph capture")
+
+    def init_metadata_capture(self, bs: int, forward_batch: ForwardBatch) -> None:
+        raise NotImplementedError(f"{type(self).__name__} does not support graph capture")
+
+    def init_metadata_replay(self, bs: int, forward_batch: ForwardBatch) -> None:
+        raise NotImplementedError(f"{type(self).__name__} does not support graph capture")

@@ -1,0 +1,107 @@
+"""ServerArgs: the single source of truth for configuration. The CLI and its validation are generated from it."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+SCHEDULE_POLICIES = ("lpm", "dfs-weight", "fcfs")
+LOAD_FORMATS = ("auto", "safetensors", "dummy")
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+
+
+def _opt(default: Any, help: str, choices: tuple[str, ...] | None = None) -> Any:
+    return field(default=default, metadata={"help": help, "choices": choices})
+
+
+@dataclass(frozen=True)
+class ServerArgs:
+    # model ------------------------------------------------------------------------------------------------------
+    model_path: str | None = _opt(None, "Hugging Face model directory; the demo model when omitted")
+    tokenizer_path: str | None = _opt(None, "tokenizer directory (default: the model directory)")
+    load_format: str = _opt("auto", "weights: safetensors from the directory, or seeded random ('dummy')", LOAD_FORMATS)
+    dtype: str = _opt("auto", "compute and weight dtype; auto = the config's torch_dtype on GPU, float32 on CPU", DTYPES)
+    context_length: int | None = _opt(None, "maximum tokens per request (default: the model's max_position_embeddings)")
+    served_model_name: str | None = _opt(None, "model id reported by the API (default: the model path)")
+    random_seed: int = _opt(0, "seed for dummy weights and unseeded sampling")
+    # hardware ---------------------------------------------------------------------------------------------------
+    backend: str | None = _opt(None, "platform plugin (cpu, cuda, ...); default: SGL_BACKEND, else the first available")
+    attention_backend: str | None = _opt(None, "attention backend name (default: the platform's choice)")
+    tp_size: int = _opt(1, "tensor-parallel size")
+    # memory -----------------------------------------------------------------------------------------------------
+    mem_fraction_static: float = _opt(0.85, "fraction of free device memory for weights and KV cache")
+    max_total_tokens: int | None = _opt(None, "KV pool size in tokens (overrides --mem-fraction-static)")
+    page_size: int = _opt(1, "tokens per KV page")
+    max_running_requests: int | None = _opt(None, "maximum requests decoding at once")
+    # scheduling -------------------------------------------------------------------------------------------------
+    chunked_prefill_size: int = _opt(8192, "maximum new tokens in one prefill step; -1 disables chunking")
+    max_prefill_tokens: int = _opt(16384, "token budget of one prefill batch")
+    schedule_policy: str = _opt("lpm", "waiting-queue order", SCHEDULE_POLICIES)
+    schedule_conservativeness: float = _opt(1.0, "scale of the KV reserve kept for running decodes")
+    disable_radix_cache: bool = _opt(False, "do not share prefixes between requests")
+    disable_overlap_schedule: bool = _opt(False, "run the plain loop even where the platform supports overlap")
+    disable_cuda_graph: bool = _opt(False, "do not capture decode graphs")
+    cuda_graph_max_bs: int = _opt(160, "largest decode batch captured as a graph")
+    stream_interval: int = _opt(1, "stream every N tokens")
+    # server -----------------------------------------------------------------------------------------------------
+    host: str = _opt("127.0.0.1", "address to listen on")
+    port: int = _opt(30000, "port to listen on")
+    api_key: str | None = _opt(None, "require 'Authorization: Bearer KEY' on every route but health")
+    allowed_origins: str | None = _opt(None, "comma-separated CORS origins (CORS is off unless set)")
+    max_request_bytes: int = _opt(16 * 1024 * 1024, "largest accepted request body in bytes")
+    max_n: int = _opt(64, "largest n (choices per request)")
+    max_new_tokens_limit: int | None = _opt(None, "cap on max_tokens per request (default: the context length)")
+    shutdown_timeout: float = _opt(30.0, "seconds to drain running requests on SIGTERM")
+    watchdog_timeout: float = _opt(300.0, "seconds a busy scheduler may go without progress before the server exits")
+    log_level: str = _opt("info", "logging level")
+    log_requests: bool = _opt(False, "log each request's metadata")
+    debug_invariants: bool = _opt(False, "assert KV-pool accounting after every scheduler step (tests turn it on)")
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            choices = f.metadata.get("choices")
+            value = getattr(self, f.name)
+            if choices and value not in choices:
+                raise ValueError(f"{f.name} must be one of {', '.join(choices)}; got {value!r}")
+        self._check(self.tp_size >= 1, "tp_size", "must be >= 1")
+        self._check(0.0 < self.mem_fraction_static < 1.0, "mem_fraction_static", "must be in (0, 1)")
+        self._check(self.page_size >= 1, "page_size", "must be >= 1")
+        self._check(self.max_total_tokens is None or self.max_total_tokens > 0, "max_total_tokens", "must be > 0")
+        self._check(
+            self.max_running_requests is None or self.max_running_requests > 0, "max_running_requests", "must be > 0"
+        )
+        self._check(
+            self.chunked_prefill_size == -1 or self.chunked_prefill_size > 0,
+            "chunked_prefill_size",
+            "must be > 0 or -1",
+        )
+        self._check(self.max_prefill_tokens > 0, "max_prefill_tokens", "must be > 0")
+        self._check(self.context_length is None or self.context_length > 0, "context_length", "must be > 0")
+        self._check(1 <= self.port <= 65535 or self.port == 0, "port", "must be in [0, 65535]")
+        self._check(self.max_n >= 1, "max_n", "must be >= 1")
+        self._check(self.stream_interval >= 1, "stream_interval", "must be >= 1")
+
+    @staticmethod
+    def _check(ok: bool, name: str, why: str) -> None:
+        if not ok:
+            raise ValueError(f"{name} {why}")
+
+    @classmethod
+    def from_kwargs(cls, **kwargs: Any) -> ServerArgs:
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(kwargs) - names)
+        if unknown:
+            raise ValueError(f"unknown server argument(s): {', '.join(unknown)}")
+        return cls(**kwargs)
+
+    def replace(self, **changes: Any) -> ServerArgs:
+        return dataclasses.replace(self, **changes)
+
+    @property
+    def enable_chunked_prefill(self) -> bool:
+        return self.chunked_prefill_size > 0
+
+    @property
+    def origins(self) -> list[str]:
+        return [o.strip() for o in (self.allowed_origins or "").split(",") if o.strip()]

@@ -1,0 +1,1 @@
+"""Process groups and the Communicator contract (torch.distributed underneath)."""

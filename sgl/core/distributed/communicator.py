@@ -1,0 +1,64 @@
+"""The collective hook: tensor-parallel layers reduce and gather through a Communicator, never directly."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+
+class Communicator:
+    """Collectives over one process group; the base is torch.distributed (gloo on CPU)."""
+
+    def __init__(self, group: Any = None) -> None:
+        self.group = group
+
+    @property
+    def world_size(self) -> int:
+        if not dist.is_available() or not dist.is_initialized():
+            return 1
+        return dist.get_world_size(self.group)
+
+    def all_reduce(self, x: torch.Tensor) -> torch.Tensor:
+        if self.world_size == 1:
+            return x
+        dist.all_reduce(x, group=self.group)
+        return x
+
+    def all_gather(self, x: torch.Tensor, dim: int = -1) -> torch.Tensor:
+        """Concatenates every rank's ``x`` along ``dim``, in rank order."""
+        n = self.world_size
+        if n == 1:
+            return x
+        parts = [torch.empty_like(x) for _ in range(n)]
+        dist.all_gather(parts, x.contiguous(), group=self.group)
+        return torch.cat(parts, dim=dim)
+
+    def broadcast_object(self, obj: Any, src: int = 0) -> Any:
+        if self.world_size == 1:
+            return obj
+        box = [obj]
+        dist.broadcast_object_list(box, src=src, group=self.group)
+        return box[0]
+
+
+class TorchCommunicator(Communicator):
+    """The reference communicator, named for what it wraps."""
+
+
+@dataclass(frozen=True)
+class ParallelState:
+    """This process's place in the tensor-parallel group."""
+
+    tp_rank: int = 0
+    tp_size: int = 1
+    comm: Communicator = Communicator()
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.tp_rank < self.tp_size:
+            raise ValueError(f"tp_rank {self.tp_rank} is outside [0, {self.tp_size})")
+
+
+SINGLE = ParallelState()

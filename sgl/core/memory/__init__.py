@@ -1,0 +1,1 @@
+"""The request-to-token table, the KV pool, and the slot/page allocator."""

@@ -1,0 +1,158 @@
+"""The hardware contract. The core asks the active Platform; the platform answers.
+
+The base class answers every factory with the torch reference, so a new vendor starts working on day one and then
+overrides only what it accelerates. Overrides are signature-checked when the subclass is defined.
+"""
+
+from __future__ import annotations
+
+import inspect
+import os
+from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import torch
+
+if TYPE_CHECKING:
+    from sgl.core.attention.base import AttentionBackend
+    from sgl.core.distributed.communicator import Communicator
+    from sgl.core.model.linear import LinearMethod
+    from sgl.core.ops.table import Ops
+    from sgl.core.sampling.sampler import Sampler
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What the device can do; the core reads these before it builds anything."""
+
+    triton: bool = False
+    graph_capture: bool = False
+    overlap_schedule: bool = False
+    fp8: bool = False
+    fp4: bool = False
+    bf16: bool = True
+    pinned_memory: bool = False
+    streams: bool = False
+
+    def as_dict(self) -> dict[str, bool]:
+        return asdict(self)
+
+
+_CHECKED_METHODS = (
+    "is_available",
+    "total_memory",
+    "free_memory",
+    "synchronize",
+    "empty_cache",
+    "set_device",
+    "device",
+    "manual_seed",
+    "attention_backend",
+    "default_attention_backend",
+    "linear_method",
+    "ops",
+    "communicator",
+    "graph_runner",
+    "sampler",
+)
+
+
+class Platform:
+    """Base platform: identity, capabilities, memory, and factories that default to the torch reference."""
+
+    name: ClassVar[str] = "base"
+    device_type: ClassVar[str] = "cpu"
+    dist_backend: ClassVar[str] = "gloo"
+    capabilities: ClassVar[Capabilities] = Capabilities()
+    probe_priority: ClassVar[int] = 100
+    """Lower probes first when no backend is named; a CPU fallback uses a high number."""
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        for method in _CHECKED_METHODS:
+            if method not in cls.__dict__:
+                continue
+            base = inspect.signature(getattr(Platform, method))
+            mine = inspect.signature(getattr(cls, method))
+            if [(p.name, p.kind) for p in base.parameters.values()] != [
+                (p.name, p.kind) for p in mine.parameters.values()
+            ]:
+                raise TypeError(
+                    f"platform {cls.__qualname__}.{method}{mine} does not match the contract: "
+                    f"expected {method}{base}"
+                )
+
+    # identity -----------------------------------------------------------------------------------------------
+    @classmethod
+    def is_available(cls) -> bool:
+        """Cheap probe: must not initialise the device or import a vendor library that may be missing."""
+        return False
+
+    def device(self, index: int = 0) -> torch.device:
+        return torch.device(self.device_type, index) if self.device_type != "cpu" else torch.device("cpu")
+
+    def set_device(self, index: int) -> None:
+        return None
+
+    def describe(self) -> dict[str, Any]:
+        return {"name": self.name, "device_type": self.device_type, "dist_backend": self.dist_backend,
+                "capabilities": self.capabilities.as_dict()}
+
+    # memory -------------------------------------------------------------------------------------------------
+    def total_memory(self) -> int:
+        """Bytes of memory the KV pool and weights share."""
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+    def free_memory(self) -> int:
+        try:
+            with open("/proc/meminfo") as f:
+                for line in f:
+                    if line.startswith("MemAvailable:"):
+                        return int(line.split()[1]) * 1024
+        except OSError:
+            pass
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
+
+    def synchronize(self) -> None:
+        return None
+
+    def empty_cache(self) -> None:
+        return None
+
+    def manual_seed(self, seed: int) -> None:
+        torch.manual_seed(seed)
+
+    # factories ----------------------------------------------------------------------------------------------
+    def default_attention_backend(self) -> str:
+        return "torch_native"
+
+    def attention_backend(self, name: str, runner: Any) -> AttentionBackend:
+        from sgl.core.attention.registry import attention_backend_factory
+
+        return attention_backend_factory(name)(runner)
+
+    def linear_method(self, quant_config: Any = None) -> LinearMethod:
+        from sgl.core.model.linear import UnquantizedLinearMethod
+
+        if quant_config is not None:
+            raise ValueError(f"platform {self.name!r} supports no quantization (got {quant_config!r})")
+        return UnquantizedLinearMethod()
+
+    def ops(self) -> Ops:
+        from sgl.core.ops.table import reference_ops
+
+        return reference_ops()
+
+    def communicator(self, group: Any) -> Communicator:
+        from sgl.core.distributed.communicator import TorchCommunicator
+
+        return TorchCommunicator(group)
+
+    def graph_runner(self, runner: Any) -> Any:
+        """A runner that replays captured decode graphs, or None where graphs are not supported."""
+        return None
+
+    def sampler(self) -> Sampler:
+        from sgl.core.sampling.sampler import Sampler
+
+        return Sampler()

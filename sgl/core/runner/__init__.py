@@ -1,0 +1,1 @@
+"""ModelRunner built from parts: input prep, attention metadata, graph runner, sampler."""

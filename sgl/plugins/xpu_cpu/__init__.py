@@ -1,0 +1,1 @@
+"""The CPU platform: the torch reference path, available everywhere."""
