@@ -1,0 +1,15 @@
+"""The in-tree architectures, registered through the same ``sgl_models`` hook a third party uses."""
+
+from __future__ import annotations
+
+from sgl.core.hooks import hookimpl
+
+
+@hookimpl
+def sgl_models() -> dict[str, str]:
+    return {
+        "LlamaForCausalLM": "sgl.core.models.llama:LlamaForCausalLM",
+        "MistralForCausalLM": "sgl.core.models.mistral:MistralForCausalLM",
+        "Qwen2ForCausalLM": "sgl.core.models.qwen2:Qwen2ForCausalLM",
+        "Qwen3ForCausalLM": "sgl.core.models.qwen3:Qwen3ForCausalLM",
+    }
