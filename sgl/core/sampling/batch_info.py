@@ -1,0 +1,189 @@
+"""SamplingBatchInfo: one step's sampling state for the whole batch, as tensors the Sampler consumes.
+
+The scheduler rebuilds it every step, so `build()` stays cheap in the common case: it reads each request's params once
+and makes a handful of small tensors. Penalty, logit-bias and min-tokens tensors are built only when some request in
+the batch uses them, and the per-row Python work they need is confined to those rows.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import torch
+
+from sgl.core.sampling.params import SamplingParams
+from sgl.core.sampling.penalties import PenaltyState, build_penalties
+
+_MASK64 = (1 << 64) - 1
+
+
+def step_seed(seed: int, step: int) -> int:
+    """The generator seed of a seeded request at decode step `step` (= tokens generated so far).
+
+    A splitmix64 mix, so neighbouring (seed, step) pairs give unrelated streams. NOTE: it depends on nothing but
+    (seed, step): that is what makes a seeded request's tokens independent of its batch and its row.
+    """
+    z = (seed * 0x9E3779B97F4A7C15 + step + 0x632BE59BD9B4E019) & _MASK64
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _MASK64
+    z ^= z >> 31
+    return z & ((1 << 63) - 1)
+
+
+class TokenMask(NamedTuple):
+    """A sparse set of forbidden (row, token) pairs."""
+
+    rows: torch.Tensor  # [M] int64
+    cols: torch.Tensor  # [M] int64
+
+
+@dataclass(frozen=True)
+class SamplingBatchInfo:
+    """Vectorised sampling state of one step. Greedy rows carry temperature 1 so mixed batches never divide by 0."""
+
+    temperatures: torch.Tensor  # [B, 1] float32
+    top_ps: torch.Tensor  # [B] float32
+    top_ks: torch.Tensor  # [B] int64; vocab_size where top-k is disabled
+    min_ps: torch.Tensor  # [B] float32
+    is_greedy: torch.Tensor  # [B] bool
+    all_greedy: bool
+    need_top_p: bool
+    need_top_k: bool
+    need_min_p: bool
+    vocab_size: int
+    penalties: PenaltyState | None = None
+    logit_bias: torch.Tensor | None = None  # [B, V] float32, additive
+    min_tokens_mask: TokenMask | None = None  # EOS / stop tokens forbidden until min_new_tokens are out
+    # [B, V] bool, True = forbidden; grammar plugins set it with dataclasses.replace().
+    vocab_mask: torch.Tensor | None = None
+    # NOTE: row_seeds[i] is None for rows drawn from the global RNG (unseeded or greedy rows).
+    row_seeds: tuple[int | None, ...] = ()
+
+    @property
+    def batch_size(self) -> int:
+        return int(self.temperatures.shape[0])
+
+    @property
+    def seeded_rows(self) -> list[int]:
+        return [i for i, s in enumerate(self.row_seeds) if s is not None]
+
+    @property
+    def needs_logit_processing(self) -> bool:
+        return (
+            self.penalties is not None
+            or self.logit_bias is not None
+            or self.min_tokens_mask is not None
+            or self.vocab_mask is not None
+        )
+
+    @classmethod
+    def build(
+        cls,
+        params: Sequence[SamplingParams],
+        vocab_size: int,
+        device: torch.device | str,
+        output_ids: Sequence[Sequence[int]],
+        prompt_ids: Sequence[Sequence[int]],
+        eos_ids: Sequence[set[int]] | None = None,
+        step_seeds: Sequence[int | None] | None = None,
+    ) -> SamplingBatchInfo:
+        """`step_seeds`, when given, overrides the generator seed of each row (None = global RNG); otherwise it is
+        `step_seed(params.seed, len(output_ids))` for seeded sampling rows."""
+        batch_size = len(params)
+        if len(output_ids) != batch_size or len(prompt_ids) != batch_size:
+            raise ValueError(
+                f"build() got {batch_size} params but {len(output_ids)} output_ids and {len(prompt_ids)} prompt_ids"
+            )
+        if step_seeds is not None and len(step_seeds) != batch_size:
+            raise ValueError(f"build() got {batch_size} params but {len(step_seeds)} step_seeds")
+        greedy = [p.is_greedy for p in params]
+        temps = [1.0 if g else p.temperature for p, g in zip(params, greedy)]
+        top_ps = [p.top_p for p in params]
+        top_ks = [p.top_k if 0 < p.top_k < vocab_size else vocab_size for p in params]
+        min_ps = [p.min_p for p in params]
+        sampling = [not g for g in greedy]
+
+        if step_seeds is not None:
+            row_seeds = tuple(s if smp else None for s, smp in zip(step_seeds, sampling))
+        else:
+            row_seeds = tuple(
+                step_seed(p.seed, len(out)) if p.seed is not None and smp else None
+                for p, out, smp in zip(params, output_ids, sampling)
+            )
+
+        def vec(values: list[float], dtype: torch.dtype) -> torch.Tensor:
+            return torch.tensor(values, dtype=dtype, device=device)
+
+        return cls(
+            temperatures=vec(temps, torch.float32).view(-1, 1),
+            top_ps=vec(top_ps, torch.float32),
+            top_ks=torch.tensor(top_ks, dtype=torch.int64, device=device),
+            min_ps=vec(min_ps, torch.float32),
+            is_greedy=torch.tensor(greedy, dtype=torch.bool, device=device),
+            all_greedy=all(greedy),
+            need_top_p=any(p < 1.0 and s for p, s in zip(top_ps, sampling)),
+            need_top_k=any(k < vocab_size and s for k, s in zip(top_ks, sampling)),
+            need_min_p=any(m > 0.0 and s for m, s in zip(min_ps, sampling)),
+            vocab_size=vocab_size,
+            penalties=build_penalties(params, output_ids, prompt_ids, vocab_size, device),
+            logit_bias=_build_logit_bias(params, vocab_size, device),
+            min_tokens_mask=_build_min_tokens_mask(params, output_ids, eos_ids, vocab_size, device),
+            row_seeds=row_seeds,
+        )
+
+
+def _build_logit_bias(
+    params: Sequence[SamplingParams], vocab_size: int, device: torch.device | str
+) -> torch.Tensor | None:
+    rows = [i for i, p in enumerate(params) if p.logit_bias]
+    if not rows:
+        return None
+    r_idx: list[int] = []
+    c_idx: list[int] = []
+    values: list[float] = []
+    for i in rows:
+        bias = params[i].logit_bias
+        assert bias is not None
+        for token, value in bias.items():
+            r_idx.append(i)
+            c_idx.append(int(token))
+            values.append(float(value))
+    dense = torch.zeros(len(params), vocab_size, dtype=torch.float32, device=device)
+    dense[torch.tensor(r_idx, device=device), torch.tensor(c_idx, device=device)] = torch.tensor(
+        values, dtype=torch.float32, device=device
+    )
+    return dense
+
+
+def _build_min_tokens_mask(
+    params: Sequence[SamplingParams],
+    output_ids: Sequence[Sequence[int]],
+    eos_ids: Sequence[set[int]] | None,
+    vocab_size: int,
+    device: torch.device | str,
+) -> TokenMask | None:
+    """EOS and stop_token_ids are forbidden while a request has fewer than min_new_tokens outputs.
+
+    NOTE: with ignore_eos, EOS does not end generation, so only stop_token_ids are forbidden (they still stop it).
+    """
+    rows = [i for i, (p, out) in enumerate(zip(params, output_ids)) if p.min_new_tokens > len(out)]
+    if not rows:
+        return None
+    r_idx: list[int] = []
+    c_idx: list[int] = []
+    for i in rows:
+        p = params[i]
+        blocked = set(eos_ids[i]) if eos_ids is not None and not p.ignore_eos else set()
+        blocked.update(p.stop_token_ids or ())
+        for token in blocked:
+            if 0 <= token < vocab_size:
+                r_idx.append(i)
+                c_idx.append(token)
+    if not r_idx:
+        return None
+    return TokenMask(
+        torch.tensor(r_idx, dtype=torch.int64, device=device),
+        torch.tensor(c_idx, dtype=torch.int64, device=device),
+    )
