@@ -1,0 +1,196 @@
+"""The `sgl` command line: one typer app, one function per command.
+
+Commands import what they need inside their bodies so that `sgl --help` stays fast and never needs torch or the
+server's dependencies. A command group (``serve``, ``bench``) is a typer app of its own, mounted here with
+``app.add_typer``. A user error (unknown backend, broken plugin) is one line on stderr and exit code 2, never a
+traceback.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+import typer
+
+if TYPE_CHECKING:
+    from sgl.core.plugins import Plugins
+
+# NOTE: pretty tracebacks with locals would print ServerArgs (and an --api-key) on an unexpected error.
+app = typer.Typer(
+    name="sgl",
+    help="sgl: an LLM serving engine whose hardware support is plugins.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_show_locals=False,
+)
+
+USAGE_ERROR = 2
+
+
+def _version(value: bool) -> None:
+    if value:
+        from sgl import __version__
+
+        typer.echo(f"sgl {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(
+        False, "--version", callback=_version, is_eager=True, help="Print the version and exit."
+    ),
+) -> None:
+    """sgl: an LLM serving engine whose hardware support is plugins."""
+
+
+@contextmanager
+def user_errors() -> Iterator[None]:
+    """Turns the errors a user can fix (a bad backend, a broken plugin) into one stderr line and exit code 2."""
+    from sgl.core.plugins import BackendError, PluginContractError
+
+    try:
+        yield
+    except (BackendError, PluginContractError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(USAGE_ERROR) from None
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# sgl plugins
+
+
+class PlatformRow(NamedTuple):
+    name: str
+    available: bool
+    plugin: str
+    how_to_get: str | None  # None when it is available here
+
+
+def _distribution_of(plugins: Plugins, plugin: str) -> str:
+    for info in plugins.infos:
+        if info.name == plugin:
+            return info.distribution
+    return "?"
+
+
+def _how_to_get(name: str, plugin: str, plugins: Plugins, extras: list[str]) -> str:
+    if name in extras:
+        return f"pip install 'sgl[{name}]' on a machine with its device"
+    dist = _distribution_of(plugins, plugin)
+    return f"needs its device and the requirements of {dist!r} (plugin {plugin!r})"
+
+
+def _platform_rows(plugins: Plugins) -> list[PlatformRow]:
+    from sgl.core.plugins import available_platforms, platform_extras
+
+    extras = platform_extras()
+    rows = []
+    for name, ok in available_platforms(plugins).items():
+        origin = plugins.platforms.origin(name)
+        rows.append(PlatformRow(name, ok, origin, None if ok else _how_to_get(name, origin, plugins, extras)))
+    return rows
+
+
+def _attention_rows(plugins: Plugins) -> list[dict[str, str]]:
+    from sgl.core.attention.registry import BUILTIN
+
+    rows = [{"name": n, "plugin": "sgl (core)"} for n in sorted(BUILTIN)]
+    rows += [
+        {"name": n, "plugin": plugins.attention_backends.origin(n)}
+        for n in plugins.attention_backends.names()
+    ]
+    return sorted(rows, key=lambda r: r["name"])
+
+
+def plugins_report(backend: str | None = None) -> dict[str, Any]:
+    """Everything `sgl plugins` shows, as plain data (the ``--json`` output)."""
+    from sgl.core.plugins import get_plugins, select_platform
+
+    plugins = get_plugins()
+    active = select_platform(backend)
+    return {
+        "plugins": [dataclasses.asdict(info) for info in plugins.infos],
+        "platforms": [row._asdict() for row in _platform_rows(plugins)],
+        "active_platform": active.describe(),
+        "models": [{"name": n, "plugin": plugins.models.origin(n)} for n in plugins.models.names()],
+        "attention_backends": _attention_rows(plugins),
+    }
+
+
+def _table(rows: list[list[str]], indent: str = "  ") -> list[str]:
+    if not rows:
+        return [f"{indent}(none)"]
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return [indent + "  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
+
+
+def format_report(report: dict[str, Any]) -> str:
+    lines = ["Plugins (entry point group sgl.plugins):"]
+    lines += _table(
+        [[p["name"], p["module"], f"{p['distribution']} {p['version']}"] for p in report["plugins"]]
+    )
+    lines += ["", "Platforms:"]
+    lines += _table(
+        [
+            [p["name"], "available" if p["available"] else "unavailable", f"plugin {p['plugin']}"]
+            + ([] if p["available"] else [f"-> {p['how_to_get']}"])
+            for p in report["platforms"]
+        ]
+    )
+    active = report["active_platform"]
+    caps = ", ".join(f"{k}={'yes' if v else 'no'}" for k, v in active["capabilities"].items())
+    lines += [
+        "",
+        (
+            f"Active platform: {active['name']} (device type {active['device_type']}, "
+            f"dist backend {active['dist_backend']})"
+        ),
+        f"  capabilities: {caps}",
+        "",
+        "Model architectures:",
+    ]
+    lines += _table([[m["name"], f"plugin {m['plugin']}"] for m in report["models"]])
+    lines += ["", "Attention backends:"]
+    lines += _table([[a["name"], f"plugin {a['plugin']}"] for a in report["attention_backends"]])
+    return "\n".join(lines)
+
+
+@app.command("plugins")
+def plugins_command(
+    backend: str | None = typer.Option(
+        None, "--backend", help="Platform to show as active (default: SGL_BACKEND, else the first available)."
+    ),
+    as_json: bool = typer.Option(False, "--json", help="Print machine-readable JSON."),
+) -> None:
+    """List discovered plugins, platforms (and which is active), model architectures and attention backends."""
+    with user_errors():
+        report = plugins_report(backend)
+    typer.echo(json.dumps(report, indent=2) if as_json else format_report(report))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# sgl demo-model
+
+
+@app.command("demo-model")
+def demo_model_command(
+    path: str = typer.Argument(..., help="Directory to write the model into."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the random weights and the tokenizer's corpus."),
+) -> None:
+    """Write a tiny random Hugging Face-format model (config, weights, tokenizer) for tests and demos."""
+    from sgl.core.demo_model import write_demo_model
+
+    typer.echo(str(write_demo_model(path, seed=seed)))
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()
