@@ -1,0 +1,43 @@
+"""ModelContext: everything a layer constructor needs from outside the model, passed explicitly (no globals)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from sgl.core.distributed.communicator import SINGLE, ParallelState
+from sgl.core.model.linear import LinearMethod
+from sgl.core.ops.table import Ops
+
+if TYPE_CHECKING:
+    from sgl.core.platform import Platform
+
+
+@dataclass(frozen=True)
+class ModelContext:
+    """The platform's answers (ops, GEMM method), this rank's place in TP, and where and how to build weights."""
+
+    ops: Ops
+    linear_method: LinearMethod
+    parallel: ParallelState
+    dtype: torch.dtype
+    device: torch.device
+
+    @classmethod
+    def from_platform(
+        cls,
+        platform: Platform,
+        dtype: torch.dtype,
+        parallel: ParallelState = SINGLE,
+        device: torch.device | None = None,
+        quant_config: Any = None,
+    ) -> ModelContext:
+        return cls(
+            ops=platform.ops(),
+            linear_method=platform.linear_method(quant_config),
+            parallel=parallel,
+            dtype=dtype,
+            device=device if device is not None else platform.device(parallel.tp_rank),
+        )

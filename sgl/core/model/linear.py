@@ -1,0 +1,236 @@
+"""Linear layers with a pluggable GEMM (LinearMethod) and tensor-parallel sharding.
+
+Each layer holds only this rank's shard and knows how to cut it out of the full Hugging Face tensor
+(``weight_loader``), so tensor parallelism is a matter of starting more processes, never of rewriting a model.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, cast
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+if TYPE_CHECKING:
+    from sgl.core.model.context import ModelContext
+
+
+class LinearMethod:
+    """The GEMM hook: how a linear layer's weights are created and applied (quantized methods override both)."""
+
+    def create_weights(
+        self, layer: nn.Module, in_features: int, out_features: int, bias: bool, dtype: torch.dtype
+    ) -> None:
+        raise NotImplementedError
+
+    def apply(self, layer: nn.Module, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+        raise NotImplementedError
+
+
+class UnquantizedLinearMethod(LinearMethod):
+    """A dense ``weight [out, in]`` (+ optional ``bias [out]``) applied with F.linear."""
+
+    def create_weights(
+        self, layer: nn.Module, in_features: int, out_features: int, bias: bool, dtype: torch.dtype
+    ) -> None:
+        layer.register_parameter(
+            "weight", nn.Parameter(torch.empty(out_features, in_features, dtype=dtype), requires_grad=False)
+        )
+        layer.register_parameter(
+            "bias", nn.Parameter(torch.empty(out_features, dtype=dtype), requires_grad=False) if bias else None
+        )
+
+    def apply(self, layer: nn.Module, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+        return F.linear(x, cast(torch.Tensor, layer.weight), bias)
+
+
+def _copy_checked(dst: torch.Tensor, src: torch.Tensor) -> None:
+    if dst.shape != src.shape:
+        raise ValueError(f"shape mismatch: checkpoint shard {tuple(src.shape)} vs parameter {tuple(dst.shape)}")
+    dst.copy_(src)
+
+
+def _divide(n: int, d: int, what: str) -> int:
+    if n % d:
+        raise ValueError(f"{what} ({n}) is not divisible by the tensor-parallel size ({d})")
+    return n // d
+
+
+class LinearBase(nn.Module):
+    """Shared plumbing: the method creates ``weight``/``bias`` and each parameter points at ``weight_loader``."""
+
+    bias: nn.Parameter | None  # created by the LinearMethod (None without a bias); quantized methods add more
+
+    def __init__(self, in_features: int, out_features: int, bias: bool, ctx: ModelContext) -> None:
+        super().__init__()
+        self.ctx = ctx
+        self.in_features = in_features  # on this rank
+        self.out_features = out_features  # on this rank
+        self.tp_rank = ctx.parallel.tp_rank
+        self.tp_size = ctx.parallel.tp_size
+        self.linear_method = ctx.linear_method
+        self.linear_method.create_weights(self, in_features, out_features, bias, ctx.dtype)
+        for p in self.parameters(recurse=False):
+            p.weight_loader = self.weight_loader  # type: ignore[attr-defined]
+
+    def weight_loader(self, param: nn.Parameter, loaded_weight: torch.Tensor, shard_id: Any = None) -> None:
+        raise NotImplementedError
+
+    def extra_repr(self) -> str:
+        return f"in={self.in_features}, out={self.out_features}, tp={self.tp_rank}/{self.tp_size}"
+
+
+class ReplicatedLinear(LinearBase):
+    """The full matrix on every rank."""
+
+    def __init__(self, in_features: int, out_features: int, bias: bool, ctx: ModelContext) -> None:
+        super().__init__(in_features, out_features, bias, ctx)
+
+    def weight_loader(self, param: nn.Parameter, loaded_weight: torch.Tensor, shard_id: Any = None) -> None:
+        _copy_checked(param.data, loaded_weight)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.linear_method.apply(self, x, self.bias)
+
+
+class ColumnParallelLinear(LinearBase):
+    """Output features split over ranks: rank r holds rows ``[r * out/tp, (r+1) * out/tp)`` of the weight."""
+
+    def __init__(
+        self, in_features: int, out_features: int, bias: bool, ctx: ModelContext, gather_output: bool = False
+    ) -> None:
+        self.full_out_features = out_features
+        super().__init__(in_features, _divide(out_features, ctx.parallel.tp_size, "output features"), bias, ctx)
+        self.gather_output = gather_output
+
+    def weight_loader(self, param: nn.Parameter, loaded_weight: torch.Tensor, shard_id: Any = None) -> None:
+        n = param.shape[0]
+        _copy_checked(param.data, loaded_weight.narrow(0, self.tp_rank * n, n) if self.tp_size > 1 else loaded_weight)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.linear_method.apply(self, x, self.bias)
+        if self.gather_output and self.tp_size > 1:
+            out = self.ctx.parallel.comm.all_gather(out, dim=-1)
+        return out
+
+
+class MergedColumnParallelLinear(ColumnParallelLinear):
+    """Several column-parallel matrices stacked on the output dim (gate | up); each is split over ranks on its own.
+
+    NOTE: rank r's weight is [gate shard r ; up shard r], so an activation that splits its input in halves
+    (silu_and_mul) works on every rank without a gather.
+    """
+
+    def __init__(
+        self, in_features: int, output_sizes: Sequence[int], bias: bool, ctx: ModelContext,
+        gather_output: bool = False,
+    ) -> None:
+        self.output_sizes = [int(s) for s in output_sizes]
+        for s in self.output_sizes:
+            _divide(s, ctx.parallel.tp_size, "a merged output size")
+        super().__init__(in_features, sum(self.output_sizes), bias, ctx, gather_output)
+
+    def weight_loader(self, param: nn.Parameter, loaded_weight: torch.Tensor, shard_id: Any = None) -> None:
+        if shard_id is None:  # a checkpoint that already stores the merged matrix
+            for i, size in enumerate(self.output_sizes):
+                offset = sum(self.output_sizes[:i])
+                self.weight_loader(param, loaded_weight.narrow(0, offset, size), i)
+            return
+        if not isinstance(shard_id, int) or not 0 <= shard_id < len(self.output_sizes):
+            raise ValueError(f"shard id {shard_id!r} is not in [0, {len(self.output_sizes)})")
+        local = self.output_sizes[shard_id] // self.tp_size
+        offset = sum(self.output_sizes[:shard_id]) // self.tp_size
+        if loaded_weight.shape[0] != self.output_sizes[shard_id]:
+            raise ValueError(
+                f"shape mismatch: checkpoint shard {tuple(loaded_weight.shape)} for output {shard_id} of size "
+                f"{self.output_sizes[shard_id]}"
+            )
+        _copy_checked(param.data.narrow(0, offset, local), loaded_weight.narrow(0, self.tp_rank * local, local))
+
+
+class QKVParallelLinear(ColumnParallelLinear):
+    """q, k and v projections in one GEMM; heads split over ranks.
+
+    NOTE: when tp_size > total kv heads, each kv head is replicated on ``tp_size / total_kv_heads`` ranks, and rank
+    r holds kv head ``r // replicas``; q heads are always split evenly.
+    """
+
+    def __init__(
+        self, hidden_size: int, head_dim: int, total_num_heads: int, total_num_kv_heads: int, bias: bool,
+        ctx: ModelContext,
+    ) -> None:
+        tp = ctx.parallel.tp_size
+        self.head_dim = head_dim
+        self.total_num_heads = total_num_heads
+        self.total_num_kv_heads = total_num_kv_heads
+        self.num_heads = _divide(total_num_heads, tp, "attention heads")
+        if tp >= total_num_kv_heads:
+            self.num_kv_heads = 1
+            self.kv_replicas = _divide(tp, total_num_kv_heads, "tp size over kv heads")
+        else:
+            self.num_kv_heads = _divide(total_num_kv_heads, tp, "kv heads")
+            self.kv_replicas = 1
+        self.q_size = self.num_heads * head_dim
+        self.kv_size = self.num_kv_heads * head_dim
+        full_out = (self.num_heads + 2 * self.num_kv_heads) * head_dim * tp
+        super().__init__(hidden_size, full_out, bias, ctx)
+
+    def _full_sizes(self) -> dict[str, int]:
+        kv = self.total_num_kv_heads * self.head_dim
+        return {"q": self.total_num_heads * self.head_dim, "k": kv, "v": kv}
+
+    def weight_loader(self, param: nn.Parameter, loaded_weight: torch.Tensor, shard_id: Any = None) -> None:
+        full = self._full_sizes()
+        if shard_id is None:  # a fused checkpoint tensor: [q; k; v]
+            offset = 0
+            for sid in ("q", "k", "v"):
+                self.weight_loader(param, loaded_weight.narrow(0, offset, full[sid]), sid)
+                offset += full[sid]
+            return
+        if shard_id not in full:
+            raise ValueError(f"shard id {shard_id!r} is not one of 'q', 'k', 'v'")
+        if loaded_weight.shape[0] != full[shard_id]:
+            raise ValueError(
+                f"shape mismatch: checkpoint {shard_id} {tuple(loaded_weight.shape)}, expected {full[shard_id]} rows"
+            )
+        if shard_id == "q":
+            dst_offset, size, src_index = 0, self.q_size, self.tp_rank
+        else:
+            dst_offset = self.q_size + (self.kv_size if shard_id == "v" else 0)
+            size, src_index = self.kv_size, self.tp_rank // self.kv_replicas
+        _copy_checked(param.data.narrow(0, dst_offset, size), loaded_weight.narrow(0, src_index * size, size))
+
+
+class RowParallelLinear(LinearBase):
+    """Input features split over ranks; partial products are summed with an all_reduce, then the bias is added once."""
+
+    def __init__(
+        self, in_features: int, out_features: int, bias: bool, ctx: ModelContext,
+        input_is_parallel: bool = True, reduce_results: bool = True,
+    ) -> None:
+        self.full_in_features = in_features
+        super().__init__(_divide(in_features, ctx.parallel.tp_size, "input features"), out_features, bias, ctx)
+        self.input_is_parallel = input_is_parallel
+        self.reduce_results = reduce_results
+
+    def weight_loader(self, param: nn.Parameter, loaded_weight: torch.Tensor, shard_id: Any = None) -> None:
+        if param.dim() == 1 or self.tp_size == 1:  # the bias is not split
+            _copy_checked(param.data, loaded_weight)
+            return
+        n = param.shape[1]
+        _copy_checked(param.data, loaded_weight.narrow(1, self.tp_rank * n, n))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.input_is_parallel and self.tp_size > 1:
+            x = x.narrow(-1, self.tp_rank * self.in_features, self.in_features)
+        if self.tp_size == 1:
+            return self.linear_method.apply(self, x, self.bias)
+        out = self.linear_method.apply(self, x, None)
+        if self.reduce_results:
+            out = self.ctx.parallel.comm.all_reduce(out)
+        # NOTE: unreduced partial sums carry the bias on rank 0 only, so a later reduce adds it exactly once.
+        if self.bias is not None and (self.reduce_results or self.tp_rank == 0):
+            out = out + self.bias
+        return out

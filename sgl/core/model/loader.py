@@ -1,0 +1,84 @@
+"""load_model: config -> architecture (through the sgl_models hook) -> module on the device -> weights.
+
+Every check that can fail names what failed: the directory, the architecture (with the supported ones), and each
+missing, unexpected or mis-shaped tensor.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from sgl.core.model.config import ModelConfig
+from sgl.core.model.context import ModelContext
+from sgl.core.model.layernorm import RMSNorm
+from sgl.core.model.weights import expected_checkpoint_names, iter_safetensors, safetensors_files
+
+LOAD_FORMATS = ("auto", "safetensors", "dummy")
+DUMMY_STD = 0.02
+
+
+def resolve_architecture(config: ModelConfig) -> type[nn.Module]:
+    from sgl.core.plugins import get_plugins
+
+    models = get_plugins().models
+    arch = config.architecture
+    if arch not in models:
+        supported = ", ".join(models.names()) or "(none)"
+        raise ValueError(f"unsupported model architecture {arch!r}; supported: {supported}")
+    return models.get(arch)  # type: ignore[return-value]
+
+
+def load_model(
+    model_path: str, ctx: ModelContext, load_format: str = "auto", seed: int = 0
+) -> tuple[nn.Module, ModelConfig]:
+    """Builds the model for ``model_path`` on ctx.device in ctx.dtype and fills its weights."""
+    if load_format not in LOAD_FORMATS:
+        raise ValueError(f"load_format must be one of {', '.join(LOAD_FORMATS)}; got {load_format!r}")
+    config = ModelConfig.from_dir(model_path)
+    cls = resolve_architecture(config)
+    # NOTE: parameters are allocated directly on the device, in ctx.dtype; nothing is built on CPU and moved.
+    with torch.device(ctx.device):
+        model = cls(config, ctx)
+    model.eval()
+    if load_format == "dummy":
+        init_dummy_weights(model, seed)
+    else:
+        load_checkpoint(model, model_path)
+    return model, config
+
+
+def load_checkpoint(model: nn.Module, model_path: str) -> None:
+    files = safetensors_files(model_path)
+    if not files:
+        raise FileNotFoundError(
+            f"no safetensors weights in {model_path!r} (looked for model.safetensors, its index, or *.safetensors); "
+            "use load_format='dummy' for random weights"
+        )
+    load_weights = getattr(model, "load_weights", None)
+    if load_weights is None:
+        raise TypeError(f"{type(model).__name__} has no load_weights(weights) method")
+    with torch.no_grad():
+        loaded = load_weights(iter_safetensors(files))
+    missing = [name for name, _ in model.named_parameters() if name not in loaded]
+    if missing:
+        stacked = getattr(model, "stacked_params_mapping", ())
+        names = [n for p in missing for n in expected_checkpoint_names(p, stacked)]
+        shown = ", ".join(names[:20]) + (f", ... ({len(names)} in all)" if len(names) > 20 else "")
+        raise ValueError(f"checkpoint {model_path!r} is missing tensor(s): {shown}")
+
+
+@torch.no_grad()
+def init_dummy_weights(model: nn.Module, seed: int) -> None:
+    """Seeded random weights for any config: normal(0, 0.02) for matrices and biases, 1 + small noise for norms.
+
+    NOTE: values are drawn on CPU in parameter order, so a seed gives the same model on every device.
+    """
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+    norm_weights = {id(m.weight) for m in model.modules() if isinstance(m, RMSNorm)}
+    for _, param in model.named_parameters():
+        values = torch.randn(param.shape, generator=gen, dtype=torch.float32) * DUMMY_STD
+        if id(param) in norm_weights:
+            values += 1.0
+        param.data.copy_(values.to(param.dtype))
+
