@@ -1,0 +1,222 @@
+"""A Hugging Face tokenizer directory read with `tokenizers` alone, giving the same ids as transformers."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import tokenizers
+from tokenizers import AddedToken
+
+from sgl.core.tokenizer.chat_template import render_chat_template, select_chat_template
+
+# The named special tokens transformers exposes to chat templates (its `special_tokens_map`).
+_NAMED_SPECIAL = ("bos_token", "eos_token", "unk_token", "sep_token", "pad_token", "cls_token", "mask_token")
+
+
+def _token_content(value: Any) -> str | None:
+    """A special token given as a string or as an AddedToken dict ({"content": ...})."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        return value
+    if isinstance(value, Mapping) and isinstance(value.get("content"), str):
+        return str(value["content"])
+    raise ValueError(f"cannot read a special token from {value!r}")
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        return {}
+    with open(path, encoding="utf-8") as f:
+        data = json.load(f)
+    if isinstance(data, dict):
+        return data
+    raise ValueError(f"{path} does not hold a JSON object")
+
+
+def _read_chat_templates(directory: Path, config: Mapping[str, Any]) -> dict[str, str]:
+    """Named templates; separate template files win over tokenizer_config.json, as in transformers."""
+    templates: dict[str, str] = {}
+    raw = config.get("chat_template")
+    legacy = _read_json(directory / "chat_template.json").get("chat_template")
+    raw = legacy if legacy is not None else raw
+    if isinstance(raw, str):
+        templates["default"] = raw
+    elif isinstance(raw, list):
+        for entry in raw:
+            templates[str(entry["name"])] = str(entry["template"])
+    elif raw is not None:
+        raise ValueError(f"chat_template must be a string or a list of {{name, template}}, got {type(raw).__name__}")
+    jinja_file = directory / "chat_template.jinja"
+    if jinja_file.is_file():
+        templates["default"] = jinja_file.read_text(encoding="utf-8")
+    extra_dir = directory / "additional_chat_templates"
+    if extra_dir.is_dir():
+        for file in sorted(extra_dir.glob("*.jinja")):
+            templates[file.stem] = file.read_text(encoding="utf-8")
+    return templates
+
+
+class Tokenizer:
+    """Encode/decode, special-token ids and chat templates for one model."""
+
+    def __init__(
+        self,
+        backend: tokenizers.Tokenizer,
+        *,
+        special_tokens: Mapping[str, str | None] | None = None,
+        extra_special_tokens: Sequence[str] = (),
+        chat_templates: Mapping[str, str] | None = None,
+        add_bos_token: bool | None = None,
+        add_eos_token: bool | None = None,
+    ) -> None:
+        self._backend = backend
+        self._special = {k: v for k, v in (special_tokens or {}).items() if v is not None}
+        self._chat_templates = dict(chat_templates or {})
+        # NOTE: None means "whatever tokenizer.json's post-processor does"; True adds the token if it did not.
+        self._add_bos = add_bos_token
+        self._add_eos = add_eos_token
+        self.bos_token_id = self._id_of(self._special.get("bos_token"))
+        self.eos_token_id = self._id_of(self._special.get("eos_token"))
+        self.pad_token_id = self._id_of(self._special.get("pad_token"))
+        self.unk_token_id = self._id_of(self._special.get("unk_token"))
+        named = {self._id_of(t) for t in [*self._special.values(), *extra_special_tokens]}
+        flagged = {i for i, tok in backend.get_added_tokens_decoder().items() if tok.special}
+        self.all_special_ids: set[int] = {i for i in named | flagged if i is not None}
+
+    @classmethod
+    def from_dir(cls, path: str | os.PathLike[str]) -> Tokenizer:
+        """Loads tokenizer.json plus tokenizer_config.json (and special_tokens_map.json, chat template files)."""
+        directory = Path(path)
+        tokenizer_file = directory / "tokenizer.json"
+        if not tokenizer_file.is_file():
+            raise FileNotFoundError(f"{directory} has no tokenizer.json (only fast tokenizers are supported)")
+        backend = tokenizers.Tokenizer.from_file(str(tokenizer_file))
+        config = _read_json(directory / "tokenizer_config.json")
+        special_map = _read_json(directory / "special_tokens_map.json")
+        _add_declared_tokens(backend, config.get("added_tokens_decoder") or {})
+        special = {
+            name: _token_content(config[name] if config.get(name) is not None else special_map.get(name))
+            for name in _NAMED_SPECIAL
+        }
+        extra: list[str] = []
+        for key in ("additional_special_tokens", "extra_special_tokens"):
+            for source in (special_map, config):
+                value = source.get(key) or []
+                values = value.values() if isinstance(value, Mapping) else value
+                extra.extend(t for t in (_token_content(v) for v in values) if t is not None)
+        return cls(
+            backend,
+            special_tokens=special,
+            extra_special_tokens=extra,
+            chat_templates=_read_chat_templates(directory, config),
+            add_bos_token=config.get("add_bos_token"),
+            add_eos_token=config.get("add_eos_token"),
+        )
+
+    # --- ids and tokens ---
+
+    def _id_of(self, token: str | None) -> int | None:
+        return None if token is None else self._backend.token_to_id(token)
+
+    @property
+    def vocab_size(self) -> int:
+        """Base vocabulary plus added tokens (transformers' `len(tokenizer)`)."""
+        return int(self._backend.get_vocab_size(with_added_tokens=True))
+
+    @property
+    def special_tokens_map(self) -> dict[str, str]:
+        return dict(self._special)
+
+    def token_to_id(self, token: str) -> int | None:
+        return self._backend.token_to_id(token)
+
+    def id_to_token(self, token_id: int) -> str | None:
+        return self._backend.id_to_token(token_id)
+
+    def convert_ids_to_tokens(self, ids: Sequence[int]) -> list[str | None]:
+        return [self._backend.id_to_token(int(i)) for i in ids]
+
+    # --- text ---
+
+    def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
+        ids: list[int] = self._backend.encode(text, add_special_tokens=add_special_tokens).ids
+        if add_special_tokens:
+            bos, eos = self.bos_token_id, self.eos_token_id
+            if self._add_bos and bos is not None and (not ids or ids[0] != bos):
+                ids.insert(0, bos)
+            if self._add_eos and eos is not None and (not ids or ids[-1] != eos):
+                ids.append(eos)
+        return ids
+
+    def decode(self, ids: Sequence[int], skip_special_tokens: bool = True) -> str:
+        # NOTE: no clean_up_tokenization_spaces: it rewrites text (" ." -> ".") and would break the
+        # prefix property the incremental detokenizer relies on.
+        return self._backend.decode([int(i) for i in ids], skip_special_tokens=skip_special_tokens)
+
+    # --- chat ---
+
+    @property
+    def chat_template(self) -> str | None:
+        """The default template's text (None when the model has none or only named ones)."""
+        return self._chat_templates.get("default")
+
+    @property
+    def chat_templates(self) -> dict[str, str]:
+        return dict(self._chat_templates)
+
+    def apply_chat_template(
+        self,
+        messages: Sequence[Mapping[str, Any]],
+        add_generation_prompt: bool = True,
+        tokenize: bool = False,
+        *,
+        chat_template: str | None = None,
+        tools: Sequence[Mapping[str, Any]] | None = None,
+        documents: Sequence[Mapping[str, Any]] | None = None,
+        **template_kwargs: Any,
+    ) -> str | list[int]:
+        """Renders messages with the model's template (or `chat_template`, a name or template text).
+
+        Tokenized output does not add special tokens again: the template already writes them.
+        """
+        template = select_chat_template(self._chat_templates, chat_template, has_tools=tools is not None)
+        text = render_chat_template(
+            template,
+            messages,
+            add_generation_prompt=add_generation_prompt,
+            special_tokens=self._special,
+            tools=tools,
+            documents=documents,
+            **template_kwargs,
+        )
+        return self.encode(text, add_special_tokens=False) if tokenize else text
+
+
+def _add_declared_tokens(backend: tokenizers.Tokenizer, declared: Mapping[str, Any]) -> None:
+    """Adds tokens that tokenizer_config.json declares but tokenizer.json lacks (transformers does the same)."""
+    missing: list[tuple[int, AddedToken]] = []
+    for key, spec in declared.items():
+        content = _token_content(spec)
+        if content is None or backend.token_to_id(content) is not None:
+            continue
+        opts = spec if isinstance(spec, Mapping) else {}
+        token = AddedToken(
+            content,
+            single_word=bool(opts.get("single_word", False)),
+            lstrip=bool(opts.get("lstrip", False)),
+            rstrip=bool(opts.get("rstrip", False)),
+            normalized=bool(opts.get("normalized", not opts.get("special", False))),
+            special=bool(opts.get("special", False)),
+        )
+        missing.append((int(key), token))
+    # NOTE: ids are assigned in order of addition, so add in declared-id order to land on the declared ids.
+    for _, token in sorted(missing, key=lambda item: item[0]):
+        if token.special:
+            backend.add_special_tokens([token])
+        else:
+            backend.add_tokens([token])
