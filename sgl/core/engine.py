@@ -1,0 +1,228 @@
+"""sgl.Engine: the offline and async Python API, in SGLang's shape.
+
+The scheduler runs in a background thread of this process; requests go through the same RequestManager as the
+HTTP server's, so validation, stop strings and detokenization behave identically offline and online.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import threading
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+from sgl.core.config import ServerArgs
+from sgl.core.ipc import (
+    FlushCacheReq, FlushCacheResp, GetInfoReq, InfoResp, Inbox, SchedulerFailed, ShutdownReq, start_thread,
+)
+from sgl.core.request_manager import GenerateInput, RequestManager
+from sgl.core.runtime import build_runtime
+from sgl.core.sampling.params import SamplingParams
+from sgl.core.scheduler.loop import run_scheduler_loop
+
+logger = logging.getLogger(__name__)
+
+Params = SamplingParams | dict[str, Any] | None
+
+
+class _Replies:
+    """Matches scheduler replies (info, flush) to the thread waiting for them."""
+
+    def __init__(self) -> None:
+        self._tokens = itertools.count(1)
+        self._waiting: dict[int, tuple[threading.Event, list[Any]]] = {}
+        self._flush: list[tuple[threading.Event, list[Any]]] = []
+        self._lock = threading.Lock()
+
+    def expect(self, flush: bool = False) -> tuple[int, threading.Event, list[Any]]:
+        ev, box = threading.Event(), []
+        with self._lock:
+            token = next(self._tokens)
+            if flush:
+                self._flush.append((ev, box))
+            else:
+                self._waiting[token] = (ev, box)
+        return token, ev, box
+
+    def deliver(self, msg: Any) -> None:
+        with self._lock:
+            if isinstance(msg, InfoResp):
+                entry = self._waiting.pop(msg.token, None)
+            else:
+                entry = self._flush.pop(0) if self._flush else None
+        if entry is not None:
+            entry[1].append(msg)
+            entry[0].set()
+
+
+class Engine:
+    """``sgl.Engine(model_path=..., backend=..., **server_args)``; with no model_path it runs the demo model."""
+
+    def __init__(self, model_path: str | None = None, backend: str | None = None, **server_args: Any) -> None:
+        self.server_args = ServerArgs.from_kwargs(model_path=model_path, backend=backend, **server_args)
+        self.runtime = build_runtime(self.server_args)
+        self.tokenizer = self.runtime.tokenizer
+        self._inbox = Inbox()
+        self._replies = _Replies()
+        self._failed: str | None = None
+        self.manager = RequestManager(self.tokenizer, self.runtime.limits, self._inbox.put)
+        self._loop = asyncio.new_event_loop()
+        self._closed = False
+        self._thread = start_thread(self._run_scheduler, "sgl-scheduler")
+
+    # plumbing ---------------------------------------------------------------------------------------------------
+    def _run_scheduler(self) -> None:
+        run_scheduler_loop(self.runtime.scheduler, lambda block, t: self._inbox.drain(block, t), self._on_message)
+
+    def _on_message(self, msg: Any) -> None:
+        if isinstance(msg, (InfoResp, FlushCacheResp)):
+            self._replies.deliver(msg)
+        elif isinstance(msg, SchedulerFailed):
+            self._failed = msg.message
+            self.manager.fail_all(msg.message)
+        else:
+            self.manager.on_output(msg)
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise RuntimeError("the engine was shut down")
+        if self._failed:
+            raise RuntimeError(self._failed)
+
+    @staticmethod
+    def _inputs(
+        prompt: str | list[str] | None, input_ids: list[int] | list[list[int]] | None, sampling_params: Any,
+        return_logprob: bool, logprob_start_len: int | None, top_logprobs_num: int | None, stream: bool,
+        rid: str | list[str] | None,
+    ) -> tuple[list[GenerateInput], bool]:
+        if (prompt is None) == (input_ids is None):
+            raise ValueError("give exactly one of prompt and input_ids")
+        batched = isinstance(prompt, list) or (isinstance(input_ids, list) and bool(input_ids)
+                                               and isinstance(input_ids[0], list))
+        prompts: list[Any] = (prompt if batched else [prompt]) if prompt is not None else \
+            (input_ids if batched else [input_ids])  # type: ignore[assignment]
+        n = len(prompts)
+        if batched and n == 0:
+            raise ValueError("the prompt list is empty")
+        params = sampling_params if isinstance(sampling_params, list) else [sampling_params] * n
+        rids = rid if isinstance(rid, list) else [rid] * n
+        if len(params) != n or len(rids) != n:
+            raise ValueError(f"sampling_params and rid must have one entry per prompt ({n})")
+        if rid is not None and not isinstance(rid, list) and n > 1:
+            raise ValueError("a batch needs a list of rids")
+        objs = [
+            GenerateInput(
+                text=p if prompt is not None else None, input_ids=p if input_ids is not None else None,
+                sampling_params=sp if isinstance(sp, SamplingParams) else SamplingParams.from_dict(sp),
+                rid=r, return_logprob=return_logprob, logprob_start_len=logprob_start_len,
+                top_logprobs_num=top_logprobs_num, stream=stream,
+            )
+            for p, sp, r in zip(prompts, params, rids)
+        ]
+        return objs, batched
+
+    def _validate(self, objs: list[GenerateInput]) -> None:
+        for obj in objs:  # NOTE: all or nothing: a bad prompt in a batch sends none of it
+            self.manager.build(obj)
+
+    # public API -------------------------------------------------------------------------------------------------
+    def generate(
+        self, prompt: str | list[str] | None = None, sampling_params: Params | list[Params] = None,
+        input_ids: list[int] | list[list[int]] | None = None, return_logprob: bool = False,
+        logprob_start_len: int | None = None, top_logprobs_num: int | None = None, stream: bool = False,
+        rid: str | list[str] | None = None,
+    ) -> Any:
+        """A dict for one prompt (a list when n > 1), a list for a list; with stream=True an iterator of chunks."""
+        self._check_open()
+        objs, batched = self._inputs(prompt, input_ids, sampling_params, return_logprob, logprob_start_len,
+                                     top_logprobs_num, stream, rid)
+        self._validate(objs)
+        if stream:
+            if batched:
+                raise ValueError("stream=True takes a single prompt")
+            return self._stream_sync(objs[0])
+        results = self._loop.run_until_complete(self._gather(objs))
+        return results if batched else results[0]
+
+    def _stream_sync(self, obj: GenerateInput) -> Iterator[Any]:
+        agen = self._stream(obj)
+        try:
+            while True:
+                try:
+                    yield self._loop.run_until_complete(agen.__anext__())
+                except StopAsyncIteration:
+                    return
+        finally:
+            self._loop.run_until_complete(agen.aclose())
+
+    async def _one(self, obj: GenerateInput) -> Any:
+        final: list[dict[str, Any]] = []
+        async for final in self.manager.generate(obj):
+            pass
+        return final[0] if len(final) == 1 else final
+
+    async def _gather(self, objs: list[GenerateInput]) -> list[Any]:
+        return list(await asyncio.gather(*(self._one(o) for o in objs)))
+
+    async def _stream(self, obj: GenerateInput) -> AsyncIterator[Any]:
+        async for chunk in self.manager.generate(obj):
+            yield chunk[0] if len(chunk) == 1 else chunk
+
+    async def async_generate(
+        self, prompt: str | list[str] | None = None, sampling_params: Params | list[Params] = None,
+        input_ids: list[int] | list[list[int]] | None = None, return_logprob: bool = False,
+        logprob_start_len: int | None = None, top_logprobs_num: int | None = None, stream: bool = False,
+        rid: str | list[str] | None = None,
+    ) -> Any:
+        """Awaitable result; with stream=True an async iterator of cumulative chunks."""
+        self._check_open()
+        objs, batched = self._inputs(prompt, input_ids, sampling_params, return_logprob, logprob_start_len,
+                                     top_logprobs_num, stream, rid)
+        self._validate(objs)
+        if stream:
+            if batched:
+                raise ValueError("stream=True takes a single prompt")
+            return self._stream(objs[0])
+        results = await self._gather(objs)
+        return results if batched else results[0]
+
+    def abort_request(self, rid: str) -> None:
+        self.manager.abort(rid)
+
+    def get_server_info(self, timeout: float = 30.0) -> dict[str, Any]:
+        self._check_open()
+        token, ev, box = self._replies.expect()
+        self._inbox.put(GetInfoReq(token))
+        if not ev.wait(timeout):
+            raise TimeoutError("the scheduler did not answer")
+        return {**self.runtime.model_info(), **box[0].info}
+
+    def flush_cache(self, timeout: float = 30.0) -> bool:
+        self._check_open()
+        _, ev, box = self._replies.expect(flush=True)
+        self._inbox.put(FlushCacheReq())
+        if not ev.wait(timeout):
+            raise TimeoutError("the scheduler did not answer")
+        return bool(box[0].ok)
+
+    def shutdown(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._inbox.put(ShutdownReq())
+        self._thread.join(timeout=30)
+        self._loop.close()
+
+    def __enter__(self) -> Engine:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.shutdown()
+
+    def __del__(self) -> None:
+        try:
+            self.shutdown()
+        except Exception:
+            pass

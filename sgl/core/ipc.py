@@ -1,0 +1,144 @@
+"""Typed messages between the request front (tokenizer side) and the scheduler, and their transports.
+
+Messages are plain dataclasses so that any transport can carry them: an in-process queue for ``sgl.Engine``, a
+multiprocessing connection (pickle) between the API process and the scheduler process.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from sgl.core.sampling.params import SamplingParams
+
+
+@dataclass(frozen=True)
+class FinishReason:
+    """Why a request ended: ``stop`` (EOS, stop token or stop string), ``length``, or ``abort``."""
+
+    type: str
+    matched: int | str | None = None
+    message: str | None = None
+    status_code: int | None = None  # for aborts the edge should turn into an HTTP error (400 ...)
+
+    def to_dict(self) -> dict[str, Any]:
+        d: dict[str, Any] = {"type": self.type, "matched": self.matched}
+        if self.message is not None:
+            d["message"] = self.message
+        return d
+
+
+# front -> scheduler -------------------------------------------------------------------------------------------
+@dataclass
+class GenerateReq:
+    """A validated, tokenized request. The scheduler trusts it."""
+
+    rid: str
+    input_ids: list[int]
+    sampling_params: SamplingParams
+    return_logprob: bool = False
+    logprob_start_len: int = -1  # -1: no prompt logprobs
+    top_logprobs_num: int = 0
+    stream: bool = False
+    group: str | None = None  # siblings of one n > 1 request share a group and their prompt's KV
+
+
+@dataclass(frozen=True)
+class AbortReq:
+    rid: str
+
+
+@dataclass(frozen=True)
+class FlushCacheReq:
+    pass
+
+
+@dataclass(frozen=True)
+class GetInfoReq:
+    token: int = 0
+
+
+@dataclass(frozen=True)
+class ShutdownReq:
+    pass
+
+
+# scheduler -> front -------------------------------------------------------------------------------------------
+@dataclass
+class ReqOutput:
+    """What one request produced in one step; token ids and logprobs are deltas since the previous output."""
+
+    rid: str
+    new_token_ids: list[int]
+    finished: FinishReason | None
+    prompt_tokens: int
+    completion_tokens: int
+    cached_tokens: int
+    output_logprobs: list[tuple[float, int]] = field(default_factory=list)
+    output_top_logprobs: list[list[tuple[float, int]]] = field(default_factory=list)
+    input_logprobs: list[tuple[float | None, int]] | None = None
+    input_top_logprobs: list[list[tuple[float, int]]] | None = None
+
+
+@dataclass
+class BatchOutput:
+    outputs: list[ReqOutput]
+
+
+@dataclass(frozen=True)
+class FlushCacheResp:
+    ok: bool
+    message: str = ""
+
+
+@dataclass
+class InfoResp:
+    token: int
+    info: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class SchedulerReady:
+    info: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class SchedulerFailed:
+    message: str
+
+
+ToScheduler = GenerateReq | AbortReq | FlushCacheReq | GetInfoReq | ShutdownReq
+FromScheduler = BatchOutput | FlushCacheResp | InfoResp | SchedulerReady | SchedulerFailed
+
+
+class Inbox:
+    """A thread-safe queue the scheduler drains: non-blocking while busy, blocking while idle."""
+
+    def __init__(self) -> None:
+        self._q: queue.Queue[Any] = queue.Queue()
+
+    def put(self, msg: Any) -> None:
+        self._q.put(msg)
+
+    def drain(self, block: bool, timeout: float | None = None) -> list[Any]:
+        items: list[Any] = []
+        try:
+            if block:
+                items.append(self._q.get(timeout=timeout))
+            while True:
+                items.append(self._q.get_nowait())
+        except queue.Empty:
+            pass
+        return items
+
+
+OutputSink = Callable[[Any], None]
+
+
+def start_thread(target: Callable[[], None], name: str) -> threading.Thread:
+    t = threading.Thread(target=target, name=name, daemon=True)
+    t.start()
+    return t

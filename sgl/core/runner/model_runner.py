@@ -1,0 +1,90 @@
+"""ModelRunner: builds the model, the KV pool and the attention backend on the platform, and runs forwards."""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+
+from sgl.core.config import ServerArgs
+from sgl.core.distributed.communicator import SINGLE, ParallelState
+from sgl.core.memory.kv_pool import KVPool
+from sgl.core.memory.req_to_token import ReqToTokenPool
+from sgl.core.model.config import ModelConfig
+from sgl.core.model.context import ModelContext
+from sgl.core.model.loader import load_model
+from sgl.core.platform import Platform
+from sgl.core.runner.forward_batch import ForwardBatch
+from sgl.core.runner.memory_plan import plan_memory
+
+logger = logging.getLogger(__name__)
+
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def resolve_dtype(args: ServerArgs, platform: Platform, config: ModelConfig) -> torch.dtype:
+    if args.dtype != "auto":
+        return _DTYPES[args.dtype]
+    if platform.device_type == "cpu":
+        return torch.float32
+    dtype = config.torch_dtype
+    if dtype == torch.bfloat16 and not platform.capabilities.bf16:
+        return torch.float16
+    return dtype if dtype in (torch.bfloat16, torch.float16) else torch.bfloat16
+
+
+class ModelRunner:
+    """One per tensor-parallel rank. Owns the model, the KV pool, the request-to-token table and the sampler."""
+
+    def __init__(
+        self, args: ServerArgs, platform: Platform, model_path: str, parallel: ParallelState = SINGLE
+    ) -> None:
+        self.args = args
+        self.platform = platform
+        self.parallel = parallel
+        platform.set_device(parallel.tp_rank)
+        self.device = platform.device(parallel.tp_rank)
+        self.model_config = ModelConfig.from_dir(model_path)
+        self.dtype = resolve_dtype(args, platform, self.model_config)
+        ctx = ModelContext.from_platform(platform, self.dtype, parallel, self.device)
+        self.model, _ = load_model(model_path, ctx, load_format=args.load_format, seed=args.random_seed)
+        self.model.eval()
+        cfg = self.model_config
+        self.context_len = args.context_length or cfg.max_position_embeddings
+        self.vocab_size = cfg.vocab_size
+        weight_bytes = sum(p.numel() * p.element_size() for p in self.model.parameters())
+        kv_heads = max(1, cfg.num_kv_heads // parallel.tp_size)
+        self.plan = plan_memory(
+            args, platform, num_layers=cfg.num_layers, num_kv_heads=kv_heads, head_dim=cfg.head_dim,
+            kv_dtype=self.dtype, context_len=self.context_len, weight_bytes=weight_bytes,
+        )
+        self.max_total_tokens = self.plan.max_total_tokens
+        self.max_running_requests = self.plan.max_running_requests
+        self.kv_pool = KVPool(
+            self.max_total_tokens, args.page_size, cfg.num_layers, kv_heads, cfg.head_dim, self.dtype, self.device
+        )
+        # NOTE: one spare row so padded graph batches can point at a request slot no real request owns.
+        self.req_to_token_pool = ReqToTokenPool(self.max_running_requests + 1, self.context_len + 8, self.device)
+        self.padding_req_slot = self.req_to_token_pool.alloc()
+        name = args.attention_backend or platform.default_attention_backend()
+        self.attn_backend = platform.attention_backend(name, self)
+        self.attention_backend_name = name
+        self.sampler = platform.sampler()
+        self.graph_runner = None if args.disable_cuda_graph else platform.graph_runner(self)
+        logger.info(
+            "model %s on %s (%s, %s attention, graphs %s)",
+            cfg.architecture, platform.name, str(self.dtype).replace("torch.", ""), name,
+            "on" if self.graph_runner is not None else "off",
+        )
+
+    @torch.inference_mode()
+    def forward(self, fb: ForwardBatch) -> torch.Tensor:
+        """Returns the final hidden states [T, hidden]."""
+        if self.graph_runner is not None and self.graph_runner.can_run(fb):
+            return self.graph_runner.replay(fb)
+        self.attn_backend.init_forward_metadata(fb)
+        return self.model(fb.input_ids, fb.positions, fb)
+
+    @torch.inference_mode()
+    def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.model.compute_logits(hidden)

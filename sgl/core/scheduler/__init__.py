@@ -1,0 +1,1 @@
+"""Continuous batching: requests, batches, policies, the prefill adder and the scheduler loop."""

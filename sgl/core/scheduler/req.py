@@ -1,0 +1,115 @@
+"""Req: one request's scheduling state, from waiting to finished."""
+
+from __future__ import annotations
+
+import enum
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from sgl.core.ipc import FinishReason, GenerateReq
+
+if TYPE_CHECKING:
+    from sgl.core.sampling.params import SamplingParams
+
+_EMPTY = torch.empty(0, dtype=torch.int64)
+
+
+class ReqStage(enum.Enum):
+    WAITING = "waiting"
+    PREFILL = "prefill"  # scheduled; some prompt tokens still lack KV (a chunked prefill in progress)
+    DECODE = "decode"
+    FINISHED = "finished"
+
+
+class Req:
+    """Everything the scheduler tracks for one request.
+
+    NOTE: ``kv_len`` tokens of ``all_ids()`` have KV at ``req_to_token[req_pool_idx, :kv_len]``; of those, the first
+    ``len(prefix_indices)`` belong to the prefix cache (locked through ``last_handle``) and the rest to this request.
+    """
+
+    def __init__(self, msg: GenerateReq, eos_ids: set[int], arrival: int) -> None:
+        self.rid = msg.rid
+        self.origin_input_ids: list[int] = list(msg.input_ids)
+        self.sampling_params: SamplingParams = msg.sampling_params
+        self.return_logprob = msg.return_logprob
+        self.logprob_start_len = msg.logprob_start_len
+        self.top_logprobs_num = msg.top_logprobs_num
+        self.group = msg.group
+        self.arrival = arrival
+        self.output_ids: list[int] = []
+        sp = msg.sampling_params
+        self.eos_ids: set[int] = set() if sp.ignore_eos else set(eos_ids)
+        self.stop_token_ids: set[int] = set(sp.stop_token_ids or [])
+        self.stop_strs: list[str] = list(sp.stop or [])  # type: ignore[arg-type]
+        # scheduling state
+        self.stage = ReqStage.WAITING
+        self.req_pool_idx: int | None = None
+        self.prefix_indices: torch.Tensor = _EMPTY
+        self.last_handle: Any = None
+        self.kv_len = 0
+        self.extend_len = 0  # new tokens in the step being built
+        self.cached_tokens = 0  # prompt tokens served from the cache, summed over (re)schedulings
+        self.finished_reason: FinishReason | None = None
+        self.aborted_by_client = False
+        # outputs not yet sent
+        self.sent_tokens = 0
+        self.pending_logprobs: list[tuple[float, int]] = []
+        self.pending_top_logprobs: list[list[tuple[float, int]]] = []
+        self.input_logprobs: list[tuple[float | None, int]] | None = None
+        self.input_top_logprobs: list[list[tuple[float, int]]] | None = None
+        self.input_logprobs_done = not (msg.return_logprob and msg.logprob_start_len >= 0)
+
+    # tokens -------------------------------------------------------------------------------------------------
+    def all_ids(self) -> list[int]:
+        return self.origin_input_ids + self.output_ids
+
+    @property
+    def seq_len(self) -> int:
+        return len(self.origin_input_ids) + len(self.output_ids)
+
+    def kv_committed_ids(self) -> list[int]:
+        return self.all_ids()[: self.kv_len]
+
+    @property
+    def remaining_new_tokens(self) -> int:
+        return max(self.sampling_params.max_new_tokens - len(self.output_ids), 0)
+
+    @property
+    def finished(self) -> bool:
+        return self.finished_reason is not None
+
+    def reset_for_recompute(self) -> None:
+        """After retraction: the KV is released; the prompt and what was generated are recomputed later."""
+        self.stage = ReqStage.WAITING
+        self.req_pool_idx = None
+        self.prefix_indices = _EMPTY
+        self.last_handle = None
+        self.kv_len = 0
+        self.extend_len = 0
+
+    # stop conditions ----------------------------------------------------------------------------------------
+    def check_finished(self, detokenize: Any) -> None:
+        """Sets finished_reason after a token was appended. ``detokenize(ids) -> str`` serves stop strings."""
+        if self.finished_reason is not None or not self.output_ids:
+            return
+        sp = self.sampling_params
+        last = self.output_ids[-1]
+        n_out = len(self.output_ids)
+        if n_out >= sp.min_new_tokens:
+            if last in self.stop_token_ids or last in self.eos_ids:
+                self.finished_reason = FinishReason("stop", matched=last)
+                return
+            if self.stop_strs:
+                longest = max(len(s) for s in self.stop_strs)
+                tail = detokenize(self.output_ids[-(longest + 4) :])
+                for s in self.stop_strs:
+                    if s in tail:
+                        self.finished_reason = FinishReason("stop", matched=s)
+                        return
+        if n_out >= sp.max_new_tokens:
+            self.finished_reason = FinishReason("length", matched=None)
+
+    def __repr__(self) -> str:
+        return f"Req({self.rid!r}, stage={self.stage.value}, prompt={len(self.origin_input_ids)}, out={len(self.output_ids)})"

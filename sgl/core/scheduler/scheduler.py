@@ -1,0 +1,365 @@
+"""The scheduler: continuous batching over the radix cache and the paged KV pool (DESIGN section 6)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+
+from sgl.core.cache.base import PrefixCache
+from sgl.core.cache.chunk_cache import ChunkCache
+from sgl.core.cache.radix_cache import RadixCache
+from sgl.core.config import ServerArgs
+from sgl.core.ipc import FinishReason, GenerateReq, ReqOutput
+from sgl.core.memory.allocator import TokenAllocator
+from sgl.core.runner.forward_batch import ForwardMode
+from sgl.core.runner.model_runner import ModelRunner
+from sgl.core.scheduler.batch import ScheduleBatch
+from sgl.core.scheduler.policy import order_waiting
+from sgl.core.scheduler.prefill_adder import PrefillAdder
+from sgl.core.scheduler.req import Req, ReqStage
+from sgl.core.scheduler.step import StepExecutor
+
+logger = logging.getLogger(__name__)
+
+INIT_NEW_TOKEN_RATIO = 0.7
+MIN_NEW_TOKEN_RATIO = 0.1
+NEW_TOKEN_RATIO_DECAY = 0.001
+
+
+class Scheduler:
+    """Owns every request between admission and release. It never raises on a request's behalf.
+
+    NOTE: a request's KV leaves through ``_release`` only (finish, abort, retract alike); after every step
+    free + evictable + locked + request-owned == pool size (checked when ``debug_invariants`` is on).
+    """
+
+    def __init__(
+        self, args: ServerArgs, runner: ModelRunner, detokenize: Callable[[Sequence[int]], str], eos_ids: set[int]
+    ) -> None:
+        self.args = args
+        self.runner = runner
+        self.detokenize = detokenize
+        self.eos_ids = eos_ids
+        self.page_size = args.page_size
+        self.allocator = TokenAllocator(runner.max_total_tokens, args.page_size, "cpu")
+        cache_cls = ChunkCache if args.disable_radix_cache else RadixCache
+        self.cache: PrefixCache = cache_cls(runner.req_to_token_pool, self.allocator, page_size=args.page_size)
+        self.req_pool = runner.req_to_token_pool
+        self.max_running = runner.max_running_requests
+        self.chunk_size = args.chunked_prefill_size if args.enable_chunked_prefill else None
+        self.prefill_token_budget = min(args.max_prefill_tokens, self.chunk_size or args.max_prefill_tokens)
+        self.executor = StepExecutor(runner)
+        self.waiting: list[Req] = []
+        self.running: list[Req] = []
+        self.chunked: Req | None = None
+        self.reqs: dict[str, Req] = {}
+        self.group_leaders: dict[str, str] = {}  # group -> rid of the sibling whose prefill goes first
+        self.new_token_ratio = INIT_NEW_TOKEN_RATIO * args.schedule_conservativeness
+        self._arrivals = 0
+        self._touched: dict[str, Req] = {}
+        self.stats = {"prompt_tokens": 0, "cached_tokens": 0, "generated_tokens": 0, "retractions": 0, "steps": 0}
+
+    # intake -----------------------------------------------------------------------------------------------------
+    def add_request(self, msg: GenerateReq) -> None:
+        if msg.rid in self.reqs:
+            self._emit_finished_unscheduled(msg, FinishReason("abort", message=f"duplicate request id {msg.rid!r}",
+                                                              status_code=400))
+            return
+        req = Req(msg, self.eos_ids, self._arrivals)
+        self._arrivals += 1
+        self.reqs[req.rid] = req
+        if req.group is not None and req.group not in self.group_leaders:
+            self.group_leaders[req.group] = req.rid
+        self.waiting.append(req)
+
+    def _emit_finished_unscheduled(self, msg: GenerateReq, reason: FinishReason) -> None:
+        req = Req(msg, self.eos_ids, -1)
+        req.finished_reason = reason
+        self._touched[f"\0{msg.rid}"] = req
+
+    def abort(self, rid: str) -> None:
+        req = self.reqs.get(rid)
+        if req is None or req.finished:
+            return
+        req.finished_reason = FinishReason("abort", message="request aborted")
+        self._finish(req)
+
+    @property
+    def is_idle(self) -> bool:
+        return not self.waiting and not self.running and self.chunked is None
+
+    # the step ---------------------------------------------------------------------------------------------------
+    def step(self) -> list[ReqOutput]:
+        """Runs at most one forward and returns what changed for each touched request."""
+        batch = self._schedule_prefill()
+        if batch is None and self.running:
+            batch = self._schedule_decode()
+        if batch is not None:
+            self.stats["steps"] += 1
+            self._run(batch)
+        if self.args.debug_invariants:
+            self.check_invariant()
+        return self._collect_outputs()
+
+    def _run(self, batch: ScheduleBatch) -> None:
+        result = self.executor.execute(batch)
+        if batch.mode.is_decode:
+            for r, tok, lp in zip(batch.reqs, result.next_token_ids, result.logprobs):
+                r.kv_len += 1
+                self._append_token(r, tok, lp)
+            self.running = [r for r in self.running if not r.finished]
+            self.new_token_ratio = max(MIN_NEW_TOKEN_RATIO, self.new_token_ratio - NEW_TOKEN_RATIO_DECAY)
+            return
+        sampled = iter(zip(result.next_token_ids, result.logprobs))
+        for i, r in enumerate(batch.reqs):
+            r.kv_len += batch.extend_lens[i]
+            if i in result.input_logprobs:
+                lps, tops = result.input_logprobs[i]
+                r.input_logprobs = (r.input_logprobs or []) + lps
+                r.input_top_logprobs = (r.input_top_logprobs or []) + tops
+            self._touched[r.rid] = r
+            if not batch.completes_prefill(i):
+                self.cache.cache_unfinished_req(r)
+                continue
+            r.input_logprobs_done = True
+            if self.chunked is r:
+                self.chunked = None
+            if r.group is not None and self.group_leaders.get(r.group) == r.rid:
+                del self.group_leaders[r.group]
+            if r.sampling_params.max_new_tokens == 0:
+                r.finished_reason = FinishReason("length")
+                self._finish(r)
+                continue
+            tok, lp = next(sampled)
+            self._append_token(r, tok, lp)
+            if r.finished:
+                continue
+            r.stage = ReqStage.DECODE
+            if not self.args.disable_radix_cache:
+                self.cache.cache_unfinished_req(r)  # share the prompt with requests that arrive while it decodes
+            self.running.append(r)
+
+    def _append_token(self, r: Req, token: int, logprob: Any) -> None:
+        r.output_ids.append(token)
+        self.stats["generated_tokens"] += 1
+        if logprob is not None:
+            r.pending_logprobs.append(logprob[0])
+            r.pending_top_logprobs.append(logprob[1])
+        r.check_finished(self.detokenize)
+        self._touched[r.rid] = r
+        if r.finished:
+            self._finish(r)
+
+    # prefill ----------------------------------------------------------------------------------------------------
+    def _match_limit(self, r: Req) -> int:
+        """How many leading tokens may come from the cache: never the last, nor those whose logprobs are asked."""
+        limit = r.seq_len - 1
+        if not r.input_logprobs_done:
+            limit = min(limit, max(r.logprob_start_len - 1, 0))
+        return limit
+
+    def _match(self, r: Req) -> tuple[int, object]:
+        m = self.cache.match_prefix(r.all_ids()[: self._match_limit(r)])
+        return int(m.kv_indices.numel()), m.handle
+
+    def _decode_reserve(self) -> int:
+        reqs = self.running + ([self.chunked] if self.chunked is not None else [])
+        return int(sum(r.remaining_new_tokens for r in reqs) * self.new_token_ratio)
+
+    def _schedule_prefill(self) -> ScheduleBatch | None:
+        if not self.waiting and self.chunked is None:
+            return None
+        kv_budget = self.allocator.available_size() + self.cache.evictable_size() - self._decode_reserve()
+        adder = PrefillAdder(self.prefill_token_budget, kv_budget, self.chunk_size, self.new_token_ratio)
+        reqs: list[Req] = []
+        prefix_lens: list[int] = []
+        extend_lens: list[int] = []
+        slots: list[torch.Tensor] = []
+        if self.chunked is not None:
+            r = self.chunked
+            res = adder.add(r.seq_len - r.kv_len, r.remaining_new_tokens, self.page_size)
+            if res.extend_len == 0:
+                return None
+            got = self._alloc_extend(r, r.kv_len, res.extend_len)
+            if got is None:
+                return None
+            reqs.append(r), prefix_lens.append(r.kv_len), extend_lens.append(res.extend_len), slots.append(got)
+            if not res.chunked:
+                adder.chunked = True  # NOTE: one chunked request at a time, even on the step it finishes
+        for r in order_waiting(self.waiting, self.args.schedule_policy, self._match):
+            if len(self.running) + len(reqs) >= self.max_running or self.req_pool.available_size() == 0:
+                break
+            if r.group is not None and self.group_leaders.get(r.group) not in (None, r.rid):
+                continue  # a sibling waits for its leader's prompt to enter the cache
+            m = self.cache.match_prefix(r.all_ids()[: self._match_limit(r)])
+            prefix_len = int(m.kv_indices.numel())
+            res = adder.add(r.seq_len - prefix_len, r.remaining_new_tokens, self.page_size)
+            if res.extend_len == 0:
+                break
+            self.cache.inc_lock_ref(m.handle)
+            r.req_pool_idx = self.req_pool.alloc()
+            r.prefix_indices, r.last_handle, r.kv_len = m.kv_indices, m.handle, prefix_len
+            if prefix_len:
+                self.req_pool.write(r.req_pool_idx, 0, m.kv_indices)  # type: ignore[arg-type]
+            got = self._alloc_extend(r, prefix_len, res.extend_len)
+            if got is None:
+                self._release(r)
+                r.reset_for_recompute()
+                break
+            if r.output_ids == []:
+                r.cached_tokens = prefix_len
+                self.stats["prompt_tokens"] += len(r.origin_input_ids)
+                self.stats["cached_tokens"] += prefix_len
+            r.stage = ReqStage.PREFILL
+            if res.chunked:
+                self.chunked = r
+            reqs.append(r), prefix_lens.append(prefix_len), extend_lens.append(res.extend_len), slots.append(got)
+        if not reqs:
+            return None
+        admitted = {id(r) for r in reqs}
+        self.waiting = [r for r in self.waiting if id(r) not in admitted]
+        return ScheduleBatch(ForwardMode.EXTEND, reqs, prefix_lens, extend_lens, torch.cat(slots))
+
+    def _alloc_extend(self, r: Req, start: int, n: int) -> torch.Tensor | None:
+        last = self._last_loc(r, start)
+        need = n + self.page_size
+        if self.allocator.available_size() < need:
+            self.cache.evict(need - self.allocator.available_size())
+        got = self.allocator.alloc_extend([start], [start + n], [last])
+        if got is not None:
+            self.req_pool.write(r.req_pool_idx, start, got)  # type: ignore[arg-type]
+        return got
+
+    def _last_loc(self, r: Req, length: int) -> int:
+        if self.page_size == 1 or length == 0:
+            return -1
+        return int(self.req_pool.req_to_token[r.req_pool_idx, length - 1])
+
+    # decode -----------------------------------------------------------------------------------------------------
+    def _schedule_decode(self) -> ScheduleBatch | None:
+        while self.running:
+            seq_lens = [r.kv_len + 1 for r in self.running]
+            last = [self._last_loc(r, r.kv_len) for r in self.running]
+            need = len(self.running) * self.page_size
+            if self.allocator.available_size() < need:
+                self.cache.evict(need - self.allocator.available_size())
+            got = self.allocator.alloc_decode(seq_lens, last)
+            if got is not None:
+                rows = torch.tensor([r.req_pool_idx for r in self.running], dtype=torch.int64)
+                cols = torch.tensor([r.kv_len for r in self.running], dtype=torch.int64)
+                table = self.req_pool.req_to_token
+                table[rows.to(table.device), cols.to(table.device)] = got.to(table.device, torch.int32)
+                reqs = list(self.running)
+                return ScheduleBatch(ForwardMode.DECODE, reqs, [r.kv_len for r in reqs], [1] * len(reqs), got)
+            self._retract_one()
+        return None
+
+    def _retract_one(self) -> None:
+        """Sends the youngest running request back to the waiting queue; its KV stays evictable in the cache."""
+        victim = max(self.running, key=lambda r: r.arrival)
+        self.running.remove(victim)
+        if not self.running and not self.waiting and self.chunked is None:
+            # NOTE: even alone it cannot get one more slot: the pool is smaller than this request needs.
+            victim.finished_reason = FinishReason(
+                "abort", message=f"the KV pool ({self.allocator.size} tokens) cannot hold this request", status_code=400
+            )
+            self._finish(victim)
+            return
+        self._release(victim)
+        victim.reset_for_recompute()
+        self.waiting.insert(0, victim)
+        self.stats["retractions"] += 1
+        self.new_token_ratio = INIT_NEW_TOKEN_RATIO * self.args.schedule_conservativeness
+        logger.info("KV pool full: retracted %s (%d tokens) for recomputation", victim.rid, victim.seq_len)
+
+    # release ----------------------------------------------------------------------------------------------------
+    def _release(self, r: Req) -> None:
+        """The one way a request gives back its KV: computed tokens go to the cache, the rest to the allocator."""
+        if r.req_pool_idx is None:
+            return
+        self.cache.cache_finished_req(r)
+        self.req_pool.free(r.req_pool_idx)
+        r.req_pool_idx = None
+        r.prefix_indices = r.prefix_indices[:0]
+        r.last_handle = None
+        r.kv_len = 0
+
+    def _finish(self, r: Req) -> None:
+        self._release(r)
+        r.stage = ReqStage.FINISHED
+        if r in self.waiting:
+            self.waiting.remove(r)
+        if r in self.running:
+            self.running.remove(r)
+        if self.chunked is r:
+            self.chunked = None
+        if r.group is not None and self.group_leaders.get(r.group) == r.rid:
+            del self.group_leaders[r.group]
+        self._touched[r.rid] = r
+
+    # outputs ----------------------------------------------------------------------------------------------------
+    def _collect_outputs(self) -> list[ReqOutput]:
+        outs: list[ReqOutput] = []
+        for r in self._touched.values():
+            new = r.output_ids[r.sent_tokens :]
+            if not new and not r.finished and r.input_logprobs is None:
+                continue
+            input_lps = r.input_logprobs if r.input_logprobs_done and r.input_logprobs is not None else None
+            outs.append(
+                ReqOutput(
+                    rid=r.rid, new_token_ids=new, finished=r.finished_reason,
+                    prompt_tokens=len(r.origin_input_ids), completion_tokens=len(r.output_ids),
+                    cached_tokens=r.cached_tokens, output_logprobs=r.pending_logprobs,
+                    output_top_logprobs=r.pending_top_logprobs, input_logprobs=input_lps,
+                    input_top_logprobs=r.input_top_logprobs if input_lps is not None else None,
+                )
+            )
+            r.sent_tokens = len(r.output_ids)
+            r.pending_logprobs, r.pending_top_logprobs = [], []
+            if input_lps is not None:
+                r.input_logprobs = None
+                r.input_top_logprobs = None
+            if r.finished and self.reqs.get(r.rid) is r:
+                del self.reqs[r.rid]
+        self._touched = {}
+        return outs
+
+    # accounting -------------------------------------------------------------------------------------------------
+    def owned_slots(self) -> int:
+        """Slots held by requests outside the cache (whole pages)."""
+        total = 0
+        p = self.page_size
+        shares = not self.args.disable_radix_cache  # NOTE: without sharing, prefix_indices are the request's own
+        for r in self.reqs.values():
+            if r.req_pool_idx is not None:
+                total += (-(-r.kv_len // p)) * p - (int(r.prefix_indices.numel()) if shares else 0)
+        return total
+
+    def check_invariant(self) -> None:
+        self.cache.check_invariant(extra_owned=self.owned_slots())
+        if self.is_idle:
+            assert self.cache.protected_size() == 0, f"idle but {self.cache.protected_size()} slots still locked"
+            assert self.req_pool.available_size() == self.max_running, "idle but request slots are still held"
+
+    def flush_cache(self) -> bool:
+        if not self.is_idle:
+            return False
+        self.cache.reset()
+        return True
+
+    def info(self) -> dict[str, Any]:
+        size = self.allocator.size
+        free = self.allocator.available_size()
+        evictable = self.cache.evictable_size()
+        return {
+            "max_total_tokens": size, "available_tokens": free, "evictable_tokens": evictable,
+            "locked_tokens": self.cache.protected_size(), "request_owned_tokens": self.owned_slots(),
+            "token_usage": round((size - free - evictable) / size, 4) if size else 0.0,
+            "num_running_reqs": len(self.running) + (1 if self.chunked is not None else 0),
+            "num_waiting_reqs": len(self.waiting), "max_running_requests": self.max_running,
+            "page_size": self.page_size, **self.stats,
+            "cache_hit_rate": round(self.stats["cached_tokens"] / max(self.stats["prompt_tokens"], 1), 4),
+        }

@@ -1,0 +1,90 @@
+"""Driving the Scheduler step by step: aborts at every stage free everything; the KV accounting always holds."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from sgl.core.config import ServerArgs
+from sgl.core.ipc import GenerateReq
+from sgl.core.runtime import build_runtime
+from sgl.core.sampling.params import SamplingParams
+from sgl.core.scheduler.req import ReqStage
+from sgl.core.scheduler.scheduler import Scheduler
+
+
+def make_scheduler(model: Path, **kw: object) -> Scheduler:
+    args = ServerArgs(model_path=str(model), backend="cpu", debug_invariants=True, max_total_tokens=2048,
+                      context_length=512, **kw)  # type: ignore[arg-type]
+    return build_runtime(args).scheduler
+
+
+def req(rid: str, n_prompt: int, max_new: int = 20) -> GenerateReq:
+    ids = [(7 * i + len(rid)) % 200 + 5 for i in range(n_prompt)]
+    return GenerateReq(rid, ids, SamplingParams(max_new_tokens=max_new, temperature=0.0, ignore_eos=True))
+
+
+def assert_idle_and_whole(s: Scheduler) -> None:
+    assert s.is_idle
+    s.check_invariant()
+    assert s.cache.protected_size() == 0
+    assert s.allocator.available_size() + s.cache.evictable_size() == s.allocator.size
+
+
+@pytest.mark.parametrize("disable_radix_cache", [False, True])
+def test_abort_at_every_stage_frees_everything(demo_model_dir: Path, disable_radix_cache: bool) -> None:
+    s = make_scheduler(demo_model_dir, chunked_prefill_size=16, disable_radix_cache=disable_radix_cache)
+    s.add_request(req("waiting", 10))
+    s.abort("waiting")
+    outs = s.step()
+    assert [o.finished.type for o in outs if o.rid == "waiting"] == ["abort"]
+    assert_idle_and_whole(s)
+
+    s.add_request(req("chunked", 60))
+    s.step()
+    assert s.chunked is not None and s.reqs["chunked"].stage is ReqStage.PREFILL
+    s.abort("chunked")
+    s.step()
+    assert_idle_and_whole(s)
+
+    s.add_request(req("decoding", 12))
+    s.add_request(req("neighbour", 14, max_new=5))
+    for _ in range(4):
+        s.step()
+    assert s.reqs["decoding"].stage is ReqStage.DECODE
+    s.abort("decoding")
+    finished = {}
+    for _ in range(20):
+        for o in s.step():
+            if o.finished is not None:
+                finished[o.rid] = o.finished.type
+        if s.is_idle:
+            break
+    assert finished == {"decoding": "abort", "neighbour": "length"}
+    assert_idle_and_whole(s)
+
+
+def test_duplicate_request_id_is_refused_without_disturbing_the_first(demo_model_dir: Path) -> None:
+    s = make_scheduler(demo_model_dir)
+    s.add_request(req("same", 8, max_new=3))
+    s.add_request(req("same", 8, max_new=3))
+    results = []
+    while True:
+        results += [o for o in s.step() if o.finished is not None]
+        if s.is_idle:
+            break
+    assert sorted(o.finished.type for o in results) == ["abort", "length"]
+    assert_idle_and_whole(s)
+
+
+def test_flush_cache_empties_the_tree_only_when_idle(demo_model_dir: Path) -> None:
+    s = make_scheduler(demo_model_dir)
+    s.add_request(req("a", 30, max_new=2))
+    assert not s.flush_cache()
+    while not s.is_idle:
+        s.step()
+    assert s.cache.evictable_size() > 0
+    assert s.flush_cache()
+    assert s.cache.evictable_size() == 0
+    assert s.allocator.available_size() == s.allocator.size
