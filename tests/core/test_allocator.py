@@ -142,10 +142,14 @@ def test_clear_frees_everything() -> None:
 @settings(max_examples=60, deadline=None)
 @given(
     page_size=st.sampled_from([1, 4]),
-    ops=st.lists(st.tuples(st.sampled_from(["extend", "decode", "free"]), st.integers(0, 7), st.integers(1, 9)),
-                 max_size=40),
+    ops=st.lists(
+        st.tuples(st.sampled_from(["extend", "decode", "free"]), st.integers(0, 7), st.integers(1, 9)),
+        max_size=40,
+    ),
 )
-def test_random_requests_keep_slots_aligned_disjoint_and_counted(page_size: int, ops: list[tuple[str, int, int]]) -> None:
+def test_random_requests_keep_slots_aligned_disjoint_and_counted(
+    page_size: int, ops: list[tuple[str, int, int]]
+) -> None:
     """Invariant: every token's slot sits at its position's page offset, no slot is handed out twice, and free
     slots + pages held by live requests always equal the pool."""
     size = 48

@@ -44,7 +44,9 @@ ops = st.lists(
         st.tuples(st.just("admit"), token_seqs),
         st.tuples(st.just("decode"), st.integers(0, ROWS - 1), st.integers(0, 2)),
         st.tuples(st.just("unfinish"), st.integers(0, ROWS - 1)),
-        st.tuples(st.just("extend"), st.integers(0, ROWS - 1), st.lists(st.integers(0, 2), min_size=1, max_size=6)),
+        st.tuples(
+            st.just("extend"), st.integers(0, ROWS - 1), st.lists(st.integers(0, 2), min_size=1, max_size=6)
+        ),
         st.tuples(st.just("finish"), st.integers(0, ROWS - 1), st.booleans()),
         st.tuples(st.just("match_lock"), token_seqs),
         st.tuples(st.just("unlock"), st.integers(0, 7)),
@@ -203,7 +205,9 @@ class Driver:
             assert self.cache.protected_size() == 0, "protected tokens with no lock held"
         for req in self.running:
             row = self.row(req)
-            assert all(s % self.ps == j % self.ps for j, s in enumerate(row)), "a slot sits at the wrong page offset"
+            assert all(s % self.ps == j % self.ps for j, s in enumerate(row)), (
+                "a slot sits at the wrong page offset"
+            )
             if self.radix:
                 assert row[: req.prefix_indices.numel()] == req.prefix_indices.tolist()
 
@@ -231,7 +235,9 @@ def run(page_size: int, radix: bool, program: list[tuple[Any, ...]]) -> None:
 
 @settings(max_examples=60, deadline=None)
 @given(page_size=st.sampled_from([1, 4]), program=ops)
-def test_radix_cache_keeps_every_slot_owned_exactly_once(page_size: int, program: list[tuple[Any, ...]]) -> None:
+def test_radix_cache_keeps_every_slot_owned_exactly_once(
+    page_size: int, program: list[tuple[Any, ...]]
+) -> None:
     """Invariant, after every step of any mix of admit/decode/chunk/finish/match/lock/unlock/evict/insert:
     free + evictable + protected + request-owned == pool size; no slot is both free and held, or held twice;
     eviction never frees a locked entry; a match right after an insert returns exactly the slots inserted (after the
@@ -241,7 +247,9 @@ def test_radix_cache_keeps_every_slot_owned_exactly_once(page_size: int, program
 
 @settings(max_examples=30, deadline=None)
 @given(page_size=st.sampled_from([1, 4]), program=ops)
-def test_chunk_cache_keeps_every_slot_owned_exactly_once(page_size: int, program: list[tuple[Any, ...]]) -> None:
+def test_chunk_cache_keeps_every_slot_owned_exactly_once(
+    page_size: int, program: list[tuple[Any, ...]]
+) -> None:
     """Invariant without sharing: free + request-owned == pool size after every step, the cache never holds a slot,
     and finishing every request returns the whole pool."""
     run(page_size, False, program)

@@ -41,7 +41,9 @@ def put(cache: RadixCache, alloc: TokenAllocator, tokens: list[int]) -> torch.Te
     return slots
 
 
-def admit(cache: RadixCache | ChunkCache, alloc: TokenAllocator, pool: ReqToTokenPool, tokens: list[int]) -> FakeReq:
+def admit(
+    cache: RadixCache | ChunkCache, alloc: TokenAllocator, pool: ReqToTokenPool, tokens: list[int]
+) -> FakeReq:
     """What the scheduler does on admission: match, lock, and allocate the rest."""
     row = pool.alloc()
     assert row is not None
@@ -94,7 +96,9 @@ def test_insert_reports_the_cached_prefix_and_caches_only_the_rest() -> None:
     assert fresh is not None
     assert cache.insert([1, 2, 3, 7, 8, 9], fresh) == 3
     alloc.free(fresh[:3])
-    assert cache.match_prefix([1, 2, 3, 7, 8, 9]).kv_indices.tolist() == first[:3].tolist() + fresh[3:].tolist()
+    assert (
+        cache.match_prefix([1, 2, 3, 7, 8, 9]).kv_indices.tolist() == first[:3].tolist() + fresh[3:].tolist()
+    )
     assert cache.insert([1, 2, 3, 4], first.clone()) == 4  # all cached: nothing changes hands
     assert cache.total_cached() == 7
     cache.check_invariant()
@@ -214,7 +218,10 @@ def test_page_size_4_insert_splits_at_a_page_boundary() -> None:
     assert fresh is not None
     assert cache.insert([0, 1, 2, 3, 4, 5, 9, 9], fresh) == 4  # mismatch at token 6 rounds down to 4
     alloc.free(fresh[:4])
-    assert cache.match_prefix([0, 1, 2, 3, 4, 5, 9, 9]).kv_indices.tolist() == a[:4].tolist() + fresh[4:].tolist()
+    assert (
+        cache.match_prefix([0, 1, 2, 3, 4, 5, 9, 9]).kv_indices.tolist()
+        == a[:4].tolist() + fresh[4:].tolist()
+    )
     assert cache.match_prefix(list(range(12))).kv_indices.tolist() == a.tolist()
     cache.check_invariant()
     assert cache.evict(1).num_evicted == 4  # a whole leaf of one page goes
@@ -222,7 +229,7 @@ def test_page_size_4_insert_splits_at_a_page_boundary() -> None:
 
 
 def test_page_size_4_rejects_unaligned_insert() -> None:
-    _, alloc, cache = make(4)
+    _, _, cache = make(4)
     with pytest.raises(ValueError, match="multiple of page size"):
         cache.insert([1, 2, 3], torch.tensor([4, 5, 6]))
 

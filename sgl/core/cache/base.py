@@ -29,12 +29,22 @@ class EvictResult(NamedTuple):
     num_nodes: int  # cache entries removed
 
 
+class CommittedKV(NamedTuple):
+    row: int  # the request's req_to_token row
+    token_ids: list[int]  # tokens whose KV is written
+    kv: torch.Tensor  # their slots: an int64 copy, safe to keep after the row is reused
+
+
 class CacheableReq(Protocol):
     """What a cache reads and writes of a request."""
 
-    req_pool_idx: int  # its row in ReqToTokenPool
     prefix_indices: torch.Tensor  # slots of its prefix that the cache owns (radix) or it owns (chunk)
     last_handle: CacheHandle | None  # the handle it holds a lock on, if any
+
+    @property
+    def req_pool_idx(self) -> int | None:
+        """Its row in ReqToTokenPool; None once released (the caches refuse such a request). Read-only here."""
+        ...
 
     def kv_committed_ids(self) -> list[int]:
         """Token ids whose KV is written in ``req_to_token[req_pool_idx, :len]``."""
@@ -49,7 +59,9 @@ class PrefixCache(ABC):
     ``protected_size() == 0``.
     """
 
-    def __init__(self, req_to_token_pool: ReqToTokenPool, allocator: TokenAllocator, page_size: int = 1) -> None:
+    def __init__(
+        self, req_to_token_pool: ReqToTokenPool, allocator: TokenAllocator, page_size: int = 1
+    ) -> None:
         if page_size != allocator.page_size:
             raise ValueError(f"cache page size {page_size} != allocator page size {allocator.page_size}")
         self.req_to_token_pool = req_to_token_pool
@@ -107,11 +119,13 @@ class PrefixCache(ABC):
     def cached_slots(self) -> torch.Tensor:
         """Every slot the cache holds (int64, CPU). Walks the whole cache: for debug checks and tests only."""
 
-    def _committed_kv(self, req: CacheableReq) -> tuple[list[int], torch.Tensor]:
+    def _committed_kv(self, req: CacheableReq) -> CommittedKV:
         """The request's committed token ids and a private int64 copy of their slots."""
+        if req.req_pool_idx is None:
+            raise ValueError("request holds no req_to_token row: it was already released")
         token_ids = req.kv_committed_ids()
         row = self.req_to_token_pool.req_to_token[req.req_pool_idx, : len(token_ids)]
-        return token_ids, row.to(torch.int64, copy=True)
+        return CommittedKV(req.req_pool_idx, token_ids, row.to(torch.int64, copy=True))
 
     def check_invariant(self, extra_owned: int = 0) -> None:
         """Asserts free + evictable + protected + ``extra_owned`` == capacity (``extra_owned``: slots running

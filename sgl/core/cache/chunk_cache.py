@@ -32,7 +32,9 @@ class ChunkCache(PrefixCache):
         if len(token_ids) != kv_indices.numel():
             raise ValueError(f"insert of {len(token_ids)} tokens with {kv_indices.numel()} KV slots")
         if len(token_ids) % self.page_size:
-            raise ValueError(f"insert of {len(token_ids)} tokens: not a multiple of page size {self.page_size}")
+            raise ValueError(
+                f"insert of {len(token_ids)} tokens: not a multiple of page size {self.page_size}"
+            )
         self.allocator.free(kv_indices)
         return 0
 
@@ -52,12 +54,12 @@ class ChunkCache(PrefixCache):
         return 0
 
     def cache_finished_req(self, req: CacheableReq) -> None:
-        _, kv = self._committed_kv(req)
+        kv = self._committed_kv(req).kv
         self.allocator.free(kv)
         req.last_handle = None
 
     def cache_unfinished_req(self, req: CacheableReq) -> None:
-        _, kv = self._committed_kv(req)
+        kv = self._committed_kv(req).kv
         # NOTE: the slots stay the request's; prefix_indices only tells the next chunk where its prefix lives.
         req.prefix_indices = kv.to(self.allocator.device)
         req.last_handle = _NO_ENTRY

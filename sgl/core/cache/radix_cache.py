@@ -25,7 +25,7 @@ class _Node(CacheHandle):
     and a node with ``lock_ref == 0`` has an unlocked subtree. A removed node has ``parent is None`` (as has the root).
     """
 
-    __slots__ = ("children", "parent", "key", "value", "lock_ref", "last_access")
+    __slots__ = ("children", "key", "last_access", "lock_ref", "parent", "value")
 
     def __init__(self, key: list[int], value: torch.Tensor, parent: _Node | None, last_access: int) -> None:
         self.children: dict[_ChildKey, _Node] = {}
@@ -45,7 +45,9 @@ class RadixCache(PrefixCache):
     entries and skips the stale ones (node gone, grown children, locked, or touched since).
     """
 
-    def __init__(self, req_to_token_pool: ReqToTokenPool, allocator: TokenAllocator, page_size: int = 1) -> None:
+    def __init__(
+        self, req_to_token_pool: ReqToTokenPool, allocator: TokenAllocator, page_size: int = 1
+    ) -> None:
         super().__init__(req_to_token_pool, allocator, page_size)
         self._clock = itertools.count(1)
         self._seq = itertools.count()
@@ -87,7 +89,9 @@ class RadixCache(PrefixCache):
         tokens = list(token_ids)
         n = len(tokens)
         if n % self.page_size:
-            raise ValueError(f"insert of {n} tokens: the length must be a multiple of page size {self.page_size}")
+            raise ValueError(
+                f"insert of {n} tokens: the length must be a multiple of page size {self.page_size}"
+            )
         if kv_indices.numel() != n:
             raise ValueError(f"insert of {n} tokens with {kv_indices.numel()} KV slots")
         kv = kv_indices.reshape(-1).to(device=self.allocator.device, dtype=torch.int64)
@@ -166,7 +170,7 @@ class RadixCache(PrefixCache):
     # ---- request hand-offs ---------------------------------------------------------------------------------------
 
     def cache_finished_req(self, req: CacheableReq) -> None:
-        token_ids, kv = self._committed_kv(req)
+        _, token_ids, kv = self._committed_kv(req)
         aligned = len(token_ids) - len(token_ids) % self.page_size
         cached = self.insert(token_ids[:aligned], kv[:aligned])
         self._free_duplicates(req, kv, cached)
@@ -177,7 +181,7 @@ class RadixCache(PrefixCache):
             req.last_handle = None
 
     def cache_unfinished_req(self, req: CacheableReq) -> None:
-        token_ids, kv = self._committed_kv(req)
+        row, token_ids, kv = self._committed_kv(req)
         aligned = len(token_ids) - len(token_ids) % self.page_size
         cached = self.insert(token_ids[:aligned], kv[:aligned])
         self._free_duplicates(req, kv, cached)
@@ -185,7 +189,7 @@ class RadixCache(PrefixCache):
         assert match.kv_indices.numel() == aligned, "a prefix just inserted must match in full"
         start = req.prefix_indices.numel()
         if start < aligned:
-            self.req_to_token_pool.write(req.req_pool_idx, start, match.kv_indices[start:])
+            self.req_to_token_pool.write(row, start, match.kv_indices[start:])
         # NOTE: lock the new path before unlocking the old so shared ancestors never flip to evictable.
         self.inc_lock_ref(match.handle)
         if req.last_handle is not None:
@@ -206,7 +210,9 @@ class RadixCache(PrefixCache):
 
     def reset(self) -> None:
         if self._protected:
-            raise RuntimeError(f"reset() with {self._protected} locked cached tokens: release the requests first")
+            raise RuntimeError(
+                f"reset() with {self._protected} locked cached tokens: release the requests first"
+            )
         slots = self.cached_slots()
         self._init_tree()
         self.allocator.free(slots)
@@ -223,8 +229,12 @@ class RadixCache(PrefixCache):
             count += 1
             assert node.parent is not None and len(node.key) > 0 and len(node.key) % ps == 0, "malformed node"
             assert node.value.numel() == len(node.key), "node key/value lengths differ"
-            assert node.parent.children.get(self._child_key(node.key, 0)) is node, "node filed under a wrong key"
-            assert node.lock_ref >= sum(c.lock_ref for c in node.children.values()), "lock_ref below its children's"
+            assert node.parent.children.get(self._child_key(node.key, 0)) is node, (
+                "node filed under a wrong key"
+            )
+            assert node.lock_ref >= sum(c.lock_ref for c in node.children.values()), (
+                "lock_ref below its children's"
+            )
             if node.lock_ref:
                 protected += len(node.key)
             else:
@@ -278,7 +288,9 @@ class RadixCache(PrefixCache):
             return
         heapq.heappush(self._heap, (node.last_access, next(self._seq), node))
         if len(self._heap) > 2 * self._num_nodes + 64:
-            self._heap = [(n.last_access, next(self._seq), n) for n in self._walk() if self._is_evictable_leaf(n)]
+            self._heap = [
+                (n.last_access, next(self._seq), n) for n in self._walk() if self._is_evictable_leaf(n)
+            ]
             heapq.heapify(self._heap)
 
     def _is_evictable_leaf(self, node: _Node) -> bool:
@@ -288,7 +300,9 @@ class RadixCache(PrefixCache):
         if not isinstance(handle, _Node):
             raise TypeError(f"not a radix cache handle: {handle!r}")
         if handle is not self._root and handle.parent is None:
-            raise RuntimeError("cache handle refers to an evicted entry: lock a handle before the next eviction")
+            raise RuntimeError(
+                "cache handle refers to an evicted entry: lock a handle before the next eviction"
+            )
         return handle
 
     def _walk(self) -> Iterator[_Node]:

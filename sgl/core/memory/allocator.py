@@ -54,7 +54,9 @@ class TokenAllocator:
         if n < 0:
             raise ValueError(f"cannot allocate {n} slots")
         if n % self.page_size:
-            raise ValueError(f"alloc({n}) with page size {self.page_size}: use alloc_extend for partial pages")
+            raise ValueError(
+                f"alloc({n}) with page size {self.page_size}: use alloc_extend for partial pages"
+            )
         pages = self._pop(n // self.page_size)
         if pages is None:
             return None
@@ -79,7 +81,8 @@ class TokenAllocator:
                 total += s - p
             return self.alloc(total)
         # Plan first (Python ints), pop once, then lay out: keeps the all-or-nothing rule trivially true.
-        plan: list[tuple[int, int, int]] = []  # (first slot of the head run, head tokens, tokens on new pages)
+        # (first slot of the head run, head tokens, tokens on new pages) per request
+        plan: list[tuple[int, int, int]] = []
         num_pages = 0
         for p, s, last in zip(prefix_lens, seq_lens, last_locs):
             n = s - p
@@ -172,7 +175,8 @@ class TokenAllocator:
     def _pop(self, k: int) -> torch.Tensor | None:
         if k > self._top:
             return None
-        pages = self._stack[self._top - k : self._top].flip(0)  # flip copies: the result never aliases the stack
+        # NOTE: flip copies, so the result never aliases the stack.
+        pages = self._stack[self._top - k : self._top].flip(0)
         self._top -= k
         self._is_free[pages] = False
         return pages
