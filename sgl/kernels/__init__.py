@@ -1,0 +1,34 @@
+"""Portable Triton kernels; each public op has the signature of its reference in ``sgl.core.ops.reference``.
+
+Imported only by platforms whose capabilities include Triton (cuda, rocm, xpu); importing this package imports triton.
+"""
+
+from __future__ import annotations
+
+from sgl.kernels.activation import gelu_tanh_and_mul, silu_and_mul
+from sgl.kernels.decode_attn import (
+    DecodeWorkspace,
+    decode_attention,
+    decode_workspace,
+    kv_splits_per_request,
+    max_kv_splits_for,
+)
+from sgl.kernels.extend_attn import extend_attention
+from sgl.kernels.kv_store import store_kv
+from sgl.kernels.norm import add_rms_norm, rms_norm
+from sgl.kernels.rotary import rotary_embedding
+
+__all__ = [
+    "DecodeWorkspace",
+    "add_rms_norm",
+    "decode_attention",
+    "decode_workspace",
+    "extend_attention",
+    "gelu_tanh_and_mul",
+    "kv_splits_per_request",
+    "max_kv_splits_for",
+    "rms_norm",
+    "rotary_embedding",
+    "silu_and_mul",
+    "store_kv",
+]

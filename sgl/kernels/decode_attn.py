@@ -1,0 +1,199 @@
+"""Paged decode attention with split-KV, grouped-query heads batched per program.
+
+Stage 1 (grid B x KVH x S): each program takes one request, one KV head and one split of that request's context, and
+computes a partial softmax-weighted sum for all query heads of the KV head's group at once (so each K/V row is read
+once per group, not once per query head). Stage 2 (grid B x H) merges the splits by their log-sum-exp.
+
+Slots come straight from ``req_to_token[req_pool_indices[b], :seq_lens[b]]``: no flattened index list is built.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+import triton
+import triton.language as tl
+
+from sgl.kernels._common import block_size, dot_precision, sm_count, upcast_dot
+from sgl.kernels._flash import attend_block
+
+_LOG2E = 1.4426950408889634
+
+
+class DecodeWorkspace(NamedTuple):
+    """Per-forward scratch shared by every layer: partial outputs and their base-2 log-sum-exp."""
+
+    num_kv_splits: torch.Tensor  # [B] int32, splits used by each request (1 <= n <= max_kv_splits)
+    max_kv_splits: int  # the grid's split dimension
+    partial_o: torch.Tensor  # [B, H, max_kv_splits, Dv] fp32
+    partial_lse: torch.Tensor  # [B, H, max_kv_splits] fp32
+
+
+@triton.jit
+def _decode_partial_kernel(
+    q_ptr, k_ptr, v_ptr, r2t_ptr, req_idx_ptr, seq_lens_ptr, splits_ptr, po_ptr, plse_ptr,
+    scale_log2,
+    stride_qb, stride_qh,
+    stride_ks, stride_kh,
+    stride_vs, stride_vh,
+    stride_r2t,
+    stride_pob, stride_poh, stride_pos,
+    stride_plb, stride_plh,
+    group, head_dim, v_head_dim,
+    BLOCK_H: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
+    UPCAST: tl.constexpr, PRECISION: tl.constexpr,
+):
+    b = tl.program_id(0)
+    kvh = tl.program_id(1)
+    split = tl.program_id(2)
+    seq_len = tl.load(seq_lens_ptr + b).to(tl.int32)
+    n_splits = tl.load(splits_ptr + b).to(tl.int32)
+    req = tl.load(req_idx_ptr + b).to(tl.int64)
+    split_len = tl.cdiv(seq_len, n_splits)
+    start = split * split_len
+    end = tl.minimum(start + split_len, seq_len)
+
+    hg = tl.arange(0, BLOCK_H)
+    heads = kvh * group + hg
+    hmask = hg < group
+    d = tl.arange(0, BLOCK_D)
+    dmask = d < head_dim
+    dv = tl.arange(0, BLOCK_DV)
+    dvmask = dv < v_head_dim
+    q = tl.load(q_ptr + b * stride_qb + heads[:, None] * stride_qh + d[None, :],
+                mask=hmask[:, None] & dmask[None, :], other=0.0)
+    if UPCAST:
+        q = q.to(tl.float32)
+
+    m = tl.full([BLOCK_H], float("-inf"), dtype=tl.float32)
+    l = tl.zeros([BLOCK_H], dtype=tl.float32)
+    acc = tl.zeros([BLOCK_H, BLOCK_DV], dtype=tl.float32)
+    for n0 in range(start, end, BLOCK_N):
+        offs = n0 + tl.arange(0, BLOCK_N)
+        nmask = offs < end
+        slots = tl.load(r2t_ptr + req * stride_r2t + offs, mask=nmask, other=0).to(tl.int64)
+        k = tl.load(k_ptr + slots[:, None] * stride_ks + kvh * stride_kh + d[None, :],
+                    mask=nmask[:, None] & dmask[None, :], other=0.0)
+        v = tl.load(v_ptr + slots[:, None] * stride_vs + kvh * stride_vh + dv[None, :],
+                    mask=nmask[:, None] & dvmask[None, :], other=0.0)
+        m, l, acc = attend_block(q, k, v, nmask[None, :], m, l, acc, scale_log2, PRECISION)
+
+    # NOTE: the lse is base 2, matching the scores; an empty split writes -inf and drops out of the merge.
+    has = l > 0.0
+    out = acc / tl.where(has, l, 1.0)[:, None]
+    lse = tl.where(has, m + tl.log2(tl.where(has, l, 1.0)), float("-inf"))
+    po = po_ptr + b * stride_pob + heads[:, None] * stride_poh + split * stride_pos + dv[None, :]
+    tl.store(po, out, mask=hmask[:, None] & dvmask[None, :])
+    tl.store(plse_ptr + b * stride_plb + heads * stride_plh + split, lse, mask=hmask)
+
+
+@triton.jit
+def _decode_merge_kernel(
+    po_ptr, plse_ptr, splits_ptr, o_ptr,
+    stride_pob, stride_poh, stride_pos,
+    stride_plb, stride_plh,
+    stride_ob, stride_oh,
+    v_head_dim,
+    BLOCK_S: tl.constexpr, BLOCK_DV: tl.constexpr,
+):
+    b = tl.program_id(0)
+    h = tl.program_id(1)
+    n_splits = tl.load(splits_ptr + b).to(tl.int32)
+    s = tl.arange(0, BLOCK_S)
+    smask = s < n_splits
+    dv = tl.arange(0, BLOCK_DV)
+    dvmask = dv < v_head_dim
+    lse = tl.load(plse_ptr + b * stride_plb + h * stride_plh + s, mask=smask, other=float("-inf"))
+    top = tl.max(lse, axis=0)
+    # NOTE: a request with no keys at all (seq_len 0, a padded row) has every lse at -inf; its output is zeros.
+    top = tl.where(top == float("-inf"), 0.0, top)
+    w = tl.exp2(lse - top)
+    parts = tl.load(po_ptr + b * stride_pob + h * stride_poh + s[:, None] * stride_pos + dv[None, :],
+                    mask=smask[:, None] & dvmask[None, :], other=0.0)
+    total = tl.sum(w, axis=0)
+    out = tl.sum(parts * w[:, None], axis=0) / tl.where(total > 0.0, total, 1.0)
+    tl.store(o_ptr + b * stride_ob + h * stride_oh + dv, out.to(o_ptr.dtype.element_ty), mask=dvmask)
+
+
+def max_kv_splits_for(batch_size: int, num_kv_heads: int, device: torch.device, cap: int = 16) -> int:
+    """Splits per request so that stage 1 has a few waves of programs; depends on the batch size only (graph-safe)."""
+    programs = max(batch_size * num_kv_heads, 1)
+    want = triton.cdiv(4 * sm_count(device), programs)
+    return max(1, min(cap, block_size(want)))
+
+
+def kv_splits_per_request(seq_lens: torch.Tensor, max_kv_splits: int, min_tokens_per_split: int = 256) -> torch.Tensor:
+    """[B] int32: short contexts take fewer splits (no program reads fewer than ``min_tokens_per_split`` keys)."""
+    n = torch.div(seq_lens + (min_tokens_per_split - 1), min_tokens_per_split, rounding_mode="floor")
+    return n.clamp_(1, max_kv_splits).to(torch.int32)
+
+
+def decode_workspace(
+    seq_lens: torch.Tensor, num_heads: int, num_kv_heads: int, v_head_dim: int, max_kv_splits: int | None = None
+) -> DecodeWorkspace:
+    batch = seq_lens.shape[0]
+    splits = max_kv_splits or max_kv_splits_for(batch, num_kv_heads, seq_lens.device)
+    dev = seq_lens.device
+    return DecodeWorkspace(
+        num_kv_splits=kv_splits_per_request(seq_lens, splits),
+        max_kv_splits=splits,
+        partial_o=torch.empty((batch, num_heads, splits, v_head_dim), dtype=torch.float32, device=dev),
+        partial_lse=torch.empty((batch, num_heads, splits), dtype=torch.float32, device=dev),
+    )
+
+
+def decode_attention(
+    q: torch.Tensor,
+    k_buffer: torch.Tensor,
+    v_buffer: torch.Tensor,
+    req_to_token: torch.Tensor,
+    req_pool_indices: torch.Tensor,
+    seq_lens: torch.Tensor,
+    sm_scale: float,
+    workspace: DecodeWorkspace | None = None,
+    out: torch.Tensor | None = None,
+    block_n: int = 64,
+) -> torch.Tensor:
+    """One query token per request: q [B, H*D] or [B, H, D] over buffers [slots, KVH, D] -> [B, H, Dv].
+
+    The keys of request b are the slots ``req_to_token[req_pool_indices[b], :seq_lens[b]]``; the workspace (one per
+    forward, shared by layers) comes from ``decode_workspace``.
+    """
+    batch = seq_lens.shape[0]
+    num_kv_heads, head_dim = k_buffer.shape[1], k_buffer.shape[2]
+    v_head_dim = v_buffer.shape[2]
+    q3 = q.view(batch, -1, head_dim)
+    num_heads = q3.shape[1]
+    if num_heads % num_kv_heads:
+        raise ValueError(f"{num_heads} query heads are not a multiple of {num_kv_heads} kv heads")
+    group = num_heads // num_kv_heads
+    if out is None:
+        out = torch.empty((batch, num_heads, v_head_dim), dtype=q.dtype, device=q.device)
+    if batch == 0:
+        return out
+    ws = workspace if workspace is not None else decode_workspace(seq_lens, num_heads, num_kv_heads, v_head_dim)
+    po, plse = ws.partial_o, ws.partial_lse
+    block_h = max(16, block_size(group))
+    _decode_partial_kernel[(batch, num_kv_heads, ws.max_kv_splits)](
+        q3, k_buffer, v_buffer, req_to_token, req_pool_indices, seq_lens, ws.num_kv_splits, po, plse,
+        float(sm_scale) * _LOG2E,
+        q3.stride(0), q3.stride(1),
+        k_buffer.stride(0), k_buffer.stride(1),
+        v_buffer.stride(0), v_buffer.stride(1),
+        req_to_token.stride(0),
+        po.stride(0), po.stride(1), po.stride(2),
+        plse.stride(0), plse.stride(1),
+        group, head_dim, v_head_dim,
+        BLOCK_H=block_h, BLOCK_N=block_n, BLOCK_D=block_size(head_dim), BLOCK_DV=block_size(v_head_dim),
+        UPCAST=upcast_dot(q), PRECISION=dot_precision(q), num_warps=4, num_stages=2,
+    )
+    _decode_merge_kernel[(batch, num_heads)](
+        po, plse, ws.num_kv_splits, out,
+        po.stride(0), po.stride(1), po.stride(2),
+        plse.stride(0), plse.stride(1),
+        out.stride(0), out.stride(1),
+        v_head_dim,
+        BLOCK_S=block_size(ws.max_kv_splits), BLOCK_DV=block_size(v_head_dim), num_warps=4,
+    )
+    return out

@@ -1,0 +1,68 @@
+"""KV store: scatter the new tokens' k and v rows into a layer's paged buffers at their slots."""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from sgl.kernels._common import block_size, elementwise_warps
+
+
+@triton.jit
+def _store_kv_kernel(
+    loc_ptr,
+    k_ptr,
+    v_ptr,
+    kbuf_ptr,
+    vbuf_ptr,
+    stride_k,
+    stride_v,
+    stride_kbuf,
+    stride_vbuf,
+    k_width,
+    v_width,
+    BLOCK_K: tl.constexpr,
+    BLOCK_V: tl.constexpr,
+):
+    t = tl.program_id(0).to(tl.int64)
+    slot = tl.load(loc_ptr + t).to(tl.int64)
+    ck = tl.arange(0, BLOCK_K)
+    mk = ck < k_width
+    kv = tl.load(k_ptr + t * stride_k + ck, mask=mk)
+    tl.store(kbuf_ptr + slot * stride_kbuf + ck, kv.to(kbuf_ptr.dtype.element_ty), mask=mk)
+    cv = tl.arange(0, BLOCK_V)
+    mv = cv < v_width
+    vv = tl.load(v_ptr + t * stride_v + cv, mask=mv)
+    tl.store(vbuf_ptr + slot * stride_vbuf + cv, vv.to(vbuf_ptr.dtype.element_ty), mask=mv)
+
+
+def _token_rows(x: torch.Tensor, n_tokens: int, width: int) -> torch.Tensor:
+    x2 = x.reshape(n_tokens, width)
+    return x2 if x2.stride(-1) == 1 else x2.contiguous()
+
+
+def store_kv(
+    k_buffer: torch.Tensor, v_buffer: torch.Tensor, loc: torch.Tensor, k: torch.Tensor, v: torch.Tensor
+) -> None:
+    """Writes k [T, KVH*D] (or [T, KVH, D]) and v at slots ``loc`` [T] of buffers [slots, KVH, D], in place.
+
+    NOTE: each slot's row of a buffer must be contiguous (the KVPool layout); padded tokens write to slot 0, the sink.
+    """
+    n_tokens = loc.numel()
+    if n_tokens == 0:
+        return
+    k_width = k_buffer.shape[1] * k_buffer.shape[2]
+    v_width = v_buffer.shape[1] * v_buffer.shape[2]
+    if k_buffer[0].stride(0) != k_buffer.shape[2] or k_buffer.stride(-1) != 1:
+        raise ValueError("store_kv needs each slot's row of the K buffer to be contiguous")
+    if v_buffer[0].stride(0) != v_buffer.shape[2] or v_buffer.stride(-1) != 1:
+        raise ValueError("store_kv needs each slot's row of the V buffer to be contiguous")
+    k2, v2 = _token_rows(k, n_tokens, k_width), _token_rows(v, n_tokens, v_width)
+    block_k, block_v = block_size(k_width), block_size(v_width)
+    _store_kv_kernel[(n_tokens,)](
+        loc, k2, v2, k_buffer, v_buffer,
+        k2.stride(0), v2.stride(0), k_buffer.stride(0), v_buffer.stride(0),
+        k_width, v_width,
+        BLOCK_K=block_k, BLOCK_V=block_v, num_warps=elementwise_warps(max(block_k, block_v)),
+    )

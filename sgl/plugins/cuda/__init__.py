@@ -1,0 +1,1 @@
+"""The CUDA platform: NVIDIA GPUs, Triton kernels, NCCL collectives."""

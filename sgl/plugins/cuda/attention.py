@@ -1,0 +1,185 @@
+"""TritonAttnBackend: paged attention over the KV pool with the portable Triton kernels of ``sgl.kernels``.
+
+Per forward, ``init_forward_metadata`` derives what every layer's kernels share (extend offsets, per-request KV
+splits); per layer, the backend stores the new K/V with ``store_kv`` and runs one extend or one decode kernel pair.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from sgl.core.attention.base import AttentionBackend, AttentionLayerInfo
+from sgl.kernels import (
+    DecodeWorkspace,
+    decode_attention,
+    extend_attention,
+    kv_splits_per_request,
+    max_kv_splits_for,
+    store_kv,
+)
+
+if TYPE_CHECKING:
+    from sgl.core.runner.forward_batch import ForwardBatch
+
+# NOTE: the largest split count any batch size uses; graph scratch is sized with it so every captured size fits.
+MAX_KV_SPLITS = 16
+
+
+@dataclass
+class ExtendMetadata:
+    prefix_lens: torch.Tensor  # [B]
+    extend_lens: torch.Tensor  # [B]
+    extend_start_loc: torch.Tensor  # [B]
+    max_extend_len: int  # host int: sizes the grid
+
+
+@dataclass
+class DecodeMetadata:
+    num_kv_splits: torch.Tensor  # [B] int32
+    max_kv_splits: int
+    graph: bool = False  # scratch must come from the fixed graph buffer
+    workspace: DecodeWorkspace | None = None  # carved by the first layer, reused by the rest of the forward
+
+
+class _Scratch:
+    """A flat fp32 buffer the decode partials are carved from; shared by all layers and forwards on one stream.
+
+    NOTE: a fixed scratch (graphs) never reallocates, since captured graphs hold its address; a growable one may.
+    """
+
+    def __init__(self, fixed: bool, reserve_batch: int = 0) -> None:
+        self.fixed = fixed
+        self.reserve_batch = reserve_batch  # a fixed scratch is sized for this batch at MAX_KV_SPLITS on first use
+        self.buf: torch.Tensor | None = None
+
+    def carve(
+        self, batch: int, heads: int, splits: int, v_dim: int, device: torch.device
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        n_o, n_lse = batch * heads * splits * v_dim, batch * heads * splits
+        need = n_o + n_lse
+        if self.buf is None or self.buf.numel() < need:
+            if self.fixed and self.buf is not None:
+                raise RuntimeError(f"graph scratch holds {self.buf.numel()} floats, a captured batch needs {need}")
+            reserve = self.reserve_batch * heads * MAX_KV_SPLITS * (v_dim + 1) if self.fixed else 0
+            self.buf = torch.empty(max(need, reserve), dtype=torch.float32, device=device)
+        po = self.buf[:n_o].view(batch, heads, splits, v_dim)
+        plse = self.buf[n_o:need].view(batch, heads, splits)
+        return po, plse
+
+
+class TritonAttnBackend(AttentionBackend):
+    """Same outputs as the torch-native backend; everything per step comes from the ForwardBatch."""
+
+    def __init__(self, runner: Any = None) -> None:
+        self.runner = runner
+        self._scratch = _Scratch(fixed=False)
+        self._graph_scratch: _Scratch | None = None
+        self._graph_splits: torch.Tensor | None = None
+        self._graph_meta: dict[int, DecodeMetadata] = {}
+
+    # metadata -----------------------------------------------------------------------------------------------
+    def init_forward_metadata(self, forward_batch: ForwardBatch) -> None:
+        fb = forward_batch
+        if fb.forward_mode.is_decode:
+            fb.attn_metadata = self._decode_metadata(fb.seq_lens, fb.kv_pool.num_kv_heads)
+        elif fb.forward_mode.is_extend:
+            fb.attn_metadata = self._extend_metadata(fb)
+        else:
+            fb.attn_metadata = None
+
+    def _decode_metadata(self, seq_lens: torch.Tensor, num_kv_heads: int) -> DecodeMetadata:
+        splits = max_kv_splits_for(seq_lens.shape[0], num_kv_heads, seq_lens.device, cap=MAX_KV_SPLITS)
+        return DecodeMetadata(kv_splits_per_request(seq_lens, splits), splits)
+
+    def _extend_metadata(self, fb: ForwardBatch) -> ExtendMetadata:
+        if fb.extend_seq_lens is None:
+            raise ValueError("an extend batch needs extend_seq_lens")
+        ext = fb.extend_seq_lens
+        prefix = fb.extend_prefix_lens if fb.extend_prefix_lens is not None else fb.seq_lens - ext
+        start = fb.extend_start_loc if fb.extend_start_loc is not None else torch.cumsum(ext, 0) - ext
+        if fb.extend_seq_lens_cpu is not None:
+            max_len = max(fb.extend_seq_lens_cpu, default=0)
+        else:
+            max_len = int(ext.max().item()) if ext.numel() else 0
+        return ExtendMetadata(prefix, ext, start, max_len)
+
+    # forward ------------------------------------------------------------------------------------------------
+    def forward_extend(
+        self,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        layer: AttentionLayerInfo,
+        forward_batch: ForwardBatch,
+        save_kv_cache: bool = True,
+    ) -> torch.Tensor:
+        fb = forward_batch
+        meta = fb.attn_metadata
+        if not isinstance(meta, ExtendMetadata):
+            meta = self._extend_metadata(fb)
+        k_buf, v_buf = fb.kv_pool.get_key_buffer(layer.layer_id), fb.kv_pool.get_value_buffer(layer.layer_id)
+        if save_kv_cache:
+            store_kv(k_buf, v_buf, fb.out_cache_loc, k, v)
+        # NOTE: every key, the new ones included, is read back from the pool, as the reference backend does.
+        out = extend_attention(
+            q, k_buf, v_buf, fb.req_to_token_pool.req_to_token, fb.req_pool_indices,
+            meta.prefix_lens, meta.extend_lens, meta.extend_start_loc, meta.max_extend_len, layer.scaling,
+        )
+        return out.view(q.shape[0], -1)
+
+    def forward_decode(
+        self,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        layer: AttentionLayerInfo,
+        forward_batch: ForwardBatch,
+        save_kv_cache: bool = True,
+    ) -> torch.Tensor:
+        fb = forward_batch
+        meta = fb.attn_metadata
+        if not isinstance(meta, DecodeMetadata):
+            meta = self._decode_metadata(fb.seq_lens, fb.kv_pool.num_kv_heads)
+        k_buf, v_buf = fb.kv_pool.get_key_buffer(layer.layer_id), fb.kv_pool.get_value_buffer(layer.layer_id)
+        if save_kv_cache:
+            store_kv(k_buf, v_buf, fb.out_cache_loc, k, v)
+        batch = fb.seq_lens.shape[0]
+        ws = meta.workspace
+        if ws is None or ws.partial_o.shape[1] != layer.num_heads or ws.partial_o.shape[3] != v_buf.shape[2]:
+            scratch = self._graph_scratch if meta.graph and self._graph_scratch is not None else self._scratch
+            po, plse = scratch.carve(batch, layer.num_heads, meta.max_kv_splits, v_buf.shape[2], q.device)
+            ws = meta.workspace = DecodeWorkspace(meta.num_kv_splits, meta.max_kv_splits, po, plse)
+        out = decode_attention(
+            q, k_buf, v_buf, fb.req_to_token_pool.req_to_token, fb.req_pool_indices, fb.seq_lens,
+            layer.scaling, workspace=ws,
+        )
+        return out.view(batch, -1)
+
+    # graph capture (decode) ---------------------------------------------------------------------------------
+    def init_graph_state(self, max_bs: int, max_context_len: int) -> None:
+        """Fixed buffers for captured decode graphs: per-request split counts and the partials' scratch."""
+        self._graph_splits = torch.ones(max_bs, dtype=torch.int32, device=self._device())
+        self._graph_scratch = _Scratch(fixed=True, reserve_batch=max_bs)
+        self._graph_meta = {}
+
+    def init_metadata_capture(self, bs: int, forward_batch: ForwardBatch) -> None:
+        if self._graph_splits is None:
+            raise RuntimeError("init_graph_state must run before init_metadata_capture")
+        splits = max_kv_splits_for(bs, forward_batch.kv_pool.num_kv_heads, self._graph_splits.device, MAX_KV_SPLITS)
+        meta = DecodeMetadata(self._graph_splits[:bs], splits, graph=True)
+        meta.num_kv_splits.copy_(kv_splits_per_request(forward_batch.seq_lens[:bs], splits))
+        self._graph_meta[bs] = meta
+        forward_batch.attn_metadata = meta
+
+    def init_metadata_replay(self, bs: int, forward_batch: ForwardBatch) -> None:
+        meta = self._graph_meta[bs]
+        # NOTE: in place: the captured kernels read this very tensor.
+        meta.num_kv_splits.copy_(kv_splits_per_request(forward_batch.seq_lens[:bs], meta.max_kv_splits))
+        forward_batch.attn_metadata = meta
+
+    def _device(self) -> torch.device:
+        device = getattr(self.runner, "device", None)
+        return torch.device(device) if device is not None else torch.device("cuda")

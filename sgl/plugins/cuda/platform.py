@@ -1,0 +1,141 @@
+"""CudaPlatform: NVIDIA GPUs through torch.cuda, with the Triton kernels and the Triton attention backend."""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+import logging
+from typing import Any, ClassVar
+
+import torch
+
+from sgl.core.ops.table import Ops, reference_ops
+from sgl.core.platform import Capabilities, Platform
+
+logger = logging.getLogger(__name__)
+
+_STATIC = Capabilities(
+    triton=False, graph_capture=True, overlap_schedule=True, fp8=False, fp4=False, bf16=False,
+    pinned_memory=True, streams=True,
+)
+
+
+def _has_triton() -> bool:
+    return importlib.util.find_spec("triton") is not None
+
+
+@functools.lru_cache(maxsize=1)
+def _probe_capabilities() -> Capabilities:
+    """Capabilities of device 0 (a TP group shares one GPU model). Without a GPU, the static answer."""
+    if not CudaPlatform.is_available():
+        return _STATIC
+    major, minor = torch.cuda.get_device_capability(0)
+    return Capabilities(
+        triton=_has_triton(),
+        graph_capture=True,
+        overlap_schedule=True,
+        fp8=(major, minor) >= (8, 9),
+        fp4=major >= 10,
+        bf16=major >= 8,
+        pinned_memory=True,
+        streams=True,
+    )
+
+
+class _DeviceCapabilities:
+    """Descriptor: the device's capabilities, probed on first read and cached.
+
+    NOTE: the first read queries the device (initialising CUDA in this process), so it happens when the core asks,
+    never at import or during platform probing.
+    """
+
+    def __get__(self, obj: object, owner: type | None = None) -> Capabilities:
+        return _probe_capabilities()
+
+
+@functools.lru_cache(maxsize=1)
+def _log_once(message: str) -> None:
+    logger.warning(message)
+
+
+class CudaPlatform(Platform):
+    name: ClassVar[str] = "cuda"
+    device_type: ClassVar[str] = "cuda"
+    dist_backend: ClassVar[str] = "nccl"
+    capabilities: ClassVar[Capabilities] = _DeviceCapabilities()  # type: ignore[assignment]
+    probe_priority: ClassVar[int] = 10
+
+    def __init__(self) -> None:
+        self._index: int | None = None
+
+    # identity -----------------------------------------------------------------------------------------------
+    @classmethod
+    def is_available(cls) -> bool:
+        # NOTE: ROCm builds of torch answer torch.cuda too; they belong to the rocm platform.
+        return torch.version.hip is None and torch.cuda.is_available()
+
+    def set_device(self, index: int) -> None:
+        torch.cuda.set_device(index)
+        self._index = index
+
+    def _current(self) -> int:
+        return self._index if self._index is not None else torch.cuda.current_device()
+
+    # memory -------------------------------------------------------------------------------------------------
+    def total_memory(self) -> int:
+        return int(torch.cuda.mem_get_info(self._current())[1])
+
+    def free_memory(self) -> int:
+        return int(torch.cuda.mem_get_info(self._current())[0])
+
+    def synchronize(self) -> None:
+        torch.cuda.synchronize()
+
+    def empty_cache(self) -> None:
+        torch.cuda.empty_cache()
+
+    def manual_seed(self, seed: int) -> None:
+        torch.manual_seed(seed)
+        torch.cuda.manual_seed_all(seed)
+
+    def new_event(self) -> Any:
+        return torch.cuda.Event()
+
+    # factories ----------------------------------------------------------------------------------------------
+    def default_attention_backend(self) -> str:
+        if _has_triton():
+            return "triton"
+        _log_once("triton is not installed: attention runs on the torch_native backend (pip install 'sgl[cuda]')")
+        return "torch_native"
+
+    def ops(self) -> Ops:
+        if not _has_triton():
+            _log_once("triton is not installed: norms, rope and activations run as torch reference ops")
+            return reference_ops()
+        from sgl import kernels
+
+        return reference_ops().replace(
+            rms_norm=kernels.rms_norm,
+            add_rms_norm=kernels.add_rms_norm,
+            silu_and_mul=kernels.silu_and_mul,
+            gelu_tanh_and_mul=kernels.gelu_tanh_and_mul,
+            rotary_embedding=kernels.rotary_embedding,
+        )
+
+    def graph_runner(self, runner: Any) -> Any:
+        """Decode graphs, when the runner's attention backend implements the graph hooks."""
+        from sgl.core.attention.base import AttentionBackend
+
+        backend = getattr(runner, "attn_backend", None)
+        if backend is None or type(backend).init_graph_state is AttentionBackend.init_graph_state:
+            _log_once(f"decode graphs are off: attention backend {type(backend).__name__} cannot be captured")
+            return None
+        from sgl.plugins.cuda.graph_runner import CudaGraphRunner
+
+        return CudaGraphRunner(runner)
+
+    def describe(self) -> dict[str, Any]:
+        info = super().describe()
+        if self.is_available():
+            info["device_name"] = torch.cuda.get_device_name(self._current())
+        return info
