@@ -9,6 +9,8 @@ from typing import Any
 SCHEDULE_POLICIES = ("lpm", "dfs-weight", "fcfs")
 LOAD_FORMATS = ("auto", "safetensors", "dummy")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
+GRAMMAR_BACKENDS = ("xgrammar", "none")
+DEFAULT_GRAMMAR_BACKEND = GRAMMAR_BACKENDS[0]
 
 
 def _opt(default: Any, help: str, choices: tuple[str, ...] | None = None) -> Any:
@@ -41,9 +43,14 @@ class ServerArgs:
     schedule_conservativeness: float = _opt(1.0, "scale of the KV reserve kept for running decodes")
     disable_radix_cache: bool = _opt(False, "do not share prefixes between requests")
     disable_overlap_schedule: bool = _opt(False, "run the plain loop even where the platform supports overlap")
+    force_overlap_schedule: bool = _opt(False, "run the overlap loop even where the platform does not ask for it")
     disable_cuda_graph: bool = _opt(False, "do not capture decode graphs")
     cuda_graph_max_bs: int = _opt(160, "largest decode batch captured as a graph")
     stream_interval: int = _opt(1, "stream every N tokens")
+    # grammar ----------------------------------------------------------------------------------------------------
+    grammar_backend: str = _opt(DEFAULT_GRAMMAR_BACKEND, "constrained decoding (json_schema, regex, ebnf, choices); none = off",
+                                GRAMMAR_BACKENDS)
+    grammar_compile_timeout: float = _opt(30.0, "seconds a grammar may take to compile before its request fails")
     # server -----------------------------------------------------------------------------------------------------
     host: str = _opt("127.0.0.1", "address to listen on")
     port: int = _opt(30000, "port to listen on")
@@ -81,6 +88,7 @@ class ServerArgs:
         self._check(1 <= self.port <= 65535 or self.port == 0, "port", "must be in [0, 65535]")
         self._check(self.max_n >= 1, "max_n", "must be >= 1")
         self._check(self.stream_interval >= 1, "stream_interval", "must be >= 1")
+        self._check(self.grammar_compile_timeout > 0, "grammar_compile_timeout", "must be > 0")
 
     @staticmethod
     def _check(ok: bool, name: str, why: str) -> None:

@@ -47,6 +47,7 @@ _CHECKED_METHODS = (
     "set_device",
     "device",
     "manual_seed",
+    "new_event",
     "attention_backend",
     "default_attention_backend",
     "linear_method",
@@ -121,6 +122,10 @@ class Platform:
 
     def manual_seed(self, seed: int) -> None:
         torch.manual_seed(seed)
+
+    def new_event(self) -> Any:
+        """An event with ``record()`` and ``synchronize()`` on the current stream; None where work is synchronous."""
+        return None
 
     # factories ----------------------------------------------------------------------------------------------
     def default_attention_backend(self) -> str:

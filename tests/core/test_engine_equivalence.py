@@ -27,6 +27,8 @@ def reference(demo_model_dir: Path) -> list[list[int]]:
         ("page-16-tiny-chunks", {"page_size": 16, "chunked_prefill_size": 16}),
         ("fcfs", {"schedule_policy": "fcfs"}),
         ("dfs-weight", {"schedule_policy": "dfs-weight"}),
+        ("overlap", {"force_overlap_schedule": True}),
+        ("overlap-page-16-chunks", {"force_overlap_schedule": True, "page_size": 16, "chunked_prefill_size": 16}),
     ],
 )
 def test_greedy_tokens_identical_across_scheduling_options(
@@ -36,18 +38,21 @@ def test_greedy_tokens_identical_across_scheduling_options(
         got = greedy_ids(engine, PROMPTS)
         # a second round hits the radix cache for every prompt (when it is on)
         again = greedy_ids(engine, PROMPTS)
+        overlapped = engine.get_server_info()["overlapped_steps"]
+    assert (overlapped > 0) == bool(kwargs.get("force_overlap_schedule")), label
     assert got == reference, label
     assert again == reference, label
 
 
-@pytest.mark.parametrize("page_size", [1, 16])
+@pytest.mark.parametrize("page_size,overlap", [(1, False), (16, False), (1, True)])
 def test_tiny_kv_pool_forces_retraction_and_keeps_tokens(
-    demo_model_dir: Path, reference: list[list[int]], page_size: int
+    demo_model_dir: Path, reference: list[list[int]], page_size: int, overlap: bool
 ) -> None:
     # six prompts of up to ~30 tokens, each growing by 32: ~380 tokens at the end, in a pool of 192; a low
     # conservativeness admits them all at once, so decoding must run out of slots
     with make_engine(
-        demo_model_dir, max_total_tokens=192, page_size=page_size, schedule_conservativeness=0.2, max_running_requests=8
+        demo_model_dir, max_total_tokens=192, page_size=page_size, schedule_conservativeness=0.2, max_running_requests=8,
+        force_overlap_schedule=overlap,
     ) as engine:
         got = greedy_ids(engine, PROMPTS)
         info = engine.get_server_info()

@@ -18,13 +18,16 @@ def _t(values: list[int], device: torch.device) -> torch.Tensor:
     return torch.tensor(values, dtype=torch.int64).to(device, non_blocking=True)
 
 
-def build_forward_batch(batch: ScheduleBatch, runner: ModelRunner) -> ForwardBatch:
+def build_forward_batch(
+    batch: ScheduleBatch, runner: ModelRunner, input_ids: torch.Tensor | None = None
+) -> ForwardBatch:
+    """``input_ids`` (already on the device) overrides the batch's own, for a step chained onto an unresolved one."""
     device = runner.device
     seq_lens = batch.seq_lens
     fb = ForwardBatch(
         forward_mode=batch.mode,
         batch_size=len(batch),
-        input_ids=_t(batch.input_ids(), device),
+        input_ids=input_ids if input_ids is not None else _t(batch.input_ids(), device),
         positions=_t(batch.positions(), device),
         req_pool_indices=_t([r.req_pool_idx for r in batch.reqs], device),  # type: ignore[misc]
         seq_lens=_t(seq_lens, device),

@@ -10,6 +10,7 @@ import torch
 from sgl.core.ipc import FinishReason, GenerateReq
 
 if TYPE_CHECKING:
+    from sgl.core.grammar.manager import RequestGrammar
     from sgl.core.sampling.params import SamplingParams
 
 _EMPTY = torch.empty(0, dtype=torch.int64)
@@ -49,9 +50,13 @@ class Req:
         self.prefix_indices: torch.Tensor = _EMPTY
         self.last_handle: Any = None
         self.kv_len = 0
+        self.last_slot = -1  # the KV slot of the newest allocated token (host copy, for paged allocation)
+        self.inflight = 0  # launched steps not yet resolved (overlap): its KV reaches kv_len + inflight
+        self.release_deferred = False
         self.extend_len = 0  # new tokens in the step being built
         self.cached_tokens = 0  # prompt tokens served from the cache, summed over (re)schedulings
         self.finished_reason: FinishReason | None = None
+        self.grammar: RequestGrammar | None = None  # grammar: set by the scheduler for constrained requests
         self.aborted_by_client = False
         # outputs not yet sent
         self.sent_tokens = 0
@@ -87,7 +92,10 @@ class Req:
         self.prefix_indices = _EMPTY
         self.last_handle = None
         self.kv_len = 0
+        self.last_slot = -1
         self.extend_len = 0
+        if self.grammar is not None:  # grammar: the matcher must match output_ids, which recomputation keeps
+            self.grammar.sync(self.output_ids)
 
     # stop conditions ----------------------------------------------------------------------------------------
     def check_finished(self, detokenize: Any) -> None:

@@ -12,6 +12,8 @@ from sgl.core.cache.base import PrefixCache
 from sgl.core.cache.chunk_cache import ChunkCache
 from sgl.core.cache.radix_cache import RadixCache
 from sgl.core.config import ServerArgs
+from sgl.core.grammar.base import GrammarVocab, grammar_key
+from sgl.core.grammar.manager import GrammarManager
 from sgl.core.ipc import FinishReason, GenerateReq, ReqOutput
 from sgl.core.memory.allocator import TokenAllocator
 from sgl.core.runner.forward_batch import ForwardMode
@@ -20,13 +22,15 @@ from sgl.core.scheduler.batch import ScheduleBatch
 from sgl.core.scheduler.policy import order_waiting
 from sgl.core.scheduler.prefill_adder import PrefillAdder
 from sgl.core.scheduler.req import Req, ReqStage
-from sgl.core.scheduler.step import StepExecutor
+from sgl.core.scheduler.overlap import OverlapLoop
+from sgl.core.scheduler.step import StepExecutor, StepResult
 
 logger = logging.getLogger(__name__)
 
 INIT_NEW_TOKEN_RATIO = 0.7
 MIN_NEW_TOKEN_RATIO = 0.1
 NEW_TOKEN_RATIO_DECAY = 0.001
+GRAMMAR_WAIT_S = 0.005  # grammar: how long an otherwise idle step sleeps on pending compiles
 
 
 class Scheduler:
@@ -52,6 +56,10 @@ class Scheduler:
         self.chunk_size = args.chunked_prefill_size if args.enable_chunked_prefill else None
         self.prefill_token_budget = min(args.max_prefill_tokens, self.chunk_size or args.max_prefill_tokens)
         self.executor = StepExecutor(runner)
+        # grammar: compiles run off this thread; nothing is imported until the first constrained request
+        vocab = GrammarVocab(args.tokenizer_path or runner.model_config.path or "", runner.vocab_size,
+                             tuple(sorted(eos_ids)))
+        self.grammars = GrammarManager(args.grammar_backend, vocab, args.grammar_compile_timeout)
         self.waiting: list[Req] = []
         self.running: list[Req] = []
         self.chunked: Req | None = None
@@ -60,7 +68,12 @@ class Scheduler:
         self.new_token_ratio = INIT_NEW_TOKEN_RATIO * args.schedule_conservativeness
         self._arrivals = 0
         self._touched: dict[str, Req] = {}
-        self.stats = {"prompt_tokens": 0, "cached_tokens": 0, "generated_tokens": 0, "retractions": 0, "steps": 0}
+        self.stats = {"prompt_tokens": 0, "cached_tokens": 0, "generated_tokens": 0, "retractions": 0, "steps": 0,
+                      "overlapped_steps": 0}
+        use_overlap = args.force_overlap_schedule or (
+            runner.platform.capabilities.overlap_schedule and not args.disable_overlap_schedule
+        )
+        self.overlap = OverlapLoop(self) if use_overlap else None
 
     # intake -----------------------------------------------------------------------------------------------------
     def add_request(self, msg: GenerateReq) -> None:
@@ -70,6 +83,9 @@ class Scheduler:
             return
         req = Req(msg, self.eos_ids, self._arrivals)
         self._arrivals += 1
+        key = grammar_key(msg.sampling_params)  # grammar: start compiling; prefill skips it until ready
+        if key is not None:
+            req.grammar = self.grammars.start(req, key)
         self.reqs[req.rid] = req
         if req.group is not None and req.group not in self.group_leaders:
             self.group_leaders[req.group] = req.rid
@@ -89,30 +105,48 @@ class Scheduler:
 
     @property
     def is_idle(self) -> bool:
-        return not self.waiting and not self.running and self.chunked is None
+        in_flight = self.overlap is not None and self.overlap.inflight is not None
+        return not self.waiting and not self.running and self.chunked is None and not in_flight
 
     # the step ---------------------------------------------------------------------------------------------------
     def step(self) -> list[ReqOutput]:
-        """Runs at most one forward and returns what changed for each touched request."""
-        batch = self._schedule_prefill()
-        if batch is None and self.running:
-            batch = self._schedule_decode()
-        if batch is not None:
-            self.stats["steps"] += 1
-            self._run(batch)
+        """Runs at most one forward (two overlapped, in overlap mode) and returns what changed per request."""
+        if self.grammars.has_pending:
+            self._settle_grammars()
+        if self.overlap is not None:
+            self.overlap.step()
+        else:
+            batch = self._schedule_prefill()
+            if batch is None and self.running:
+                batch = self._schedule_decode()
+            if batch is not None:
+                self._run(batch)
         if self.args.debug_invariants:
             self.check_invariant()
         return self._collect_outputs()
 
     def _run(self, batch: ScheduleBatch) -> None:
-        result = self.executor.execute(batch)
+        self.stats["steps"] += 1
         if batch.mode.is_decode:
-            for r, tok, lp in zip(batch.reqs, result.next_token_ids, result.logprobs):
-                r.kv_len += 1
-                self._append_token(r, tok, lp)
-            self.running = [r for r in self.running if not r.finished]
-            self.new_token_ratio = max(MIN_NEW_TOKEN_RATIO, self.new_token_ratio - NEW_TOKEN_RATIO_DECAY)
-            return
+            for r in batch.reqs:
+                r.inflight += 1
+            self.process_decode(batch, self.executor.execute(batch))
+        else:
+            self._process_extend(batch, self.executor.execute(batch))
+
+    def process_decode(self, batch: ScheduleBatch, result: StepResult) -> None:
+        for r, tok, lp in zip(batch.reqs, result.next_token_ids, result.logprobs):
+            r.kv_len += 1
+            r.inflight -= 1
+            if r.finished:  # finished while this step was in flight (overlap): its token is dropped
+                if r.release_deferred:
+                    self._release(r)
+                continue
+            self._append_token(r, tok, lp)
+        self.running = [r for r in self.running if not r.finished]
+        self.new_token_ratio = max(MIN_NEW_TOKEN_RATIO, self.new_token_ratio - NEW_TOKEN_RATIO_DECAY)
+
+    def _process_extend(self, batch: ScheduleBatch, result: StepResult) -> None:
         sampled = iter(zip(result.next_token_ids, result.logprobs))
         for i, r in enumerate(batch.reqs):
             r.kv_len += batch.extend_lens[i]
@@ -142,8 +176,21 @@ class Scheduler:
                 self.cache.cache_unfinished_req(r)  # share the prompt with requests that arrive while it decodes
             self.running.append(r)
 
+    def _settle_grammars(self) -> None:
+        """grammar: a failed or timed-out compile finishes its request (400); sleeps briefly if nothing else can run."""
+        if not self.running and self.chunked is None and all(
+            r.grammar is not None and not r.grammar.ready for r in self.waiting
+        ):
+            self.grammars.wait(GRAMMAR_WAIT_S)
+        for r, reason in self.grammars.poll():
+            if not r.finished:
+                r.finished_reason = reason
+                self._finish(r)
+
     def _append_token(self, r: Req, token: int, logprob: Any) -> None:
         r.output_ids.append(token)
+        if r.grammar is not None:  # grammar: advance; a terminated grammar (or a rejected token) ends the request
+            r.finished_reason = r.grammar.advance(token, self.grammars.vocab.stop_token_ids)
         self.stats["generated_tokens"] += 1
         if logprob is not None:
             r.pending_logprobs.append(logprob[0])
@@ -194,6 +241,8 @@ class Scheduler:
                 break
             if r.group is not None and self.group_leaders.get(r.group) not in (None, r.rid):
                 continue  # a sibling waits for its leader's prompt to enter the cache
+            if r.grammar is not None and not r.grammar.ready:
+                continue  # grammar: still compiling; the requests behind it go ahead
             m = self.cache.match_prefix(r.all_ids()[: self._match_limit(r)])
             prefix_len = int(m.kv_indices.numel())
             res = adder.add(r.seq_len - prefix_len, r.remaining_new_tokens, self.page_size)
@@ -231,31 +280,47 @@ class Scheduler:
         got = self.allocator.alloc_extend([start], [start + n], [last])
         if got is not None:
             self.req_pool.write(r.req_pool_idx, start, got)  # type: ignore[arg-type]
+            r.last_slot = int(got[-1])
         return got
 
     def _last_loc(self, r: Req, length: int) -> int:
+        """The slot of token ``length - 1``; kept on the host (``r.last_slot``) so no device read is needed."""
         if self.page_size == 1 or length == 0:
             return -1
+        if length == r.kv_len + r.inflight and r.last_slot >= 0:
+            return r.last_slot
         return int(self.req_pool.req_to_token[r.req_pool_idx, length - 1])
 
     # decode -----------------------------------------------------------------------------------------------------
     def _schedule_decode(self) -> ScheduleBatch | None:
         while self.running:
-            seq_lens = [r.kv_len + 1 for r in self.running]
-            last = [self._last_loc(r, r.kv_len) for r in self.running]
-            need = len(self.running) * self.page_size
-            if self.allocator.available_size() < need:
-                self.cache.evict(need - self.allocator.available_size())
-            got = self.allocator.alloc_decode(seq_lens, last)
-            if got is not None:
-                rows = torch.tensor([r.req_pool_idx for r in self.running], dtype=torch.int64)
-                cols = torch.tensor([r.kv_len for r in self.running], dtype=torch.int64)
-                table = self.req_pool.req_to_token
-                table[rows.to(table.device), cols.to(table.device)] = got.to(table.device, torch.int32)
-                reqs = list(self.running)
-                return ScheduleBatch(ForwardMode.DECODE, reqs, [r.kv_len for r in reqs], [1] * len(reqs), got)
+            batch = self.decode_batch(self.running, ahead=0)
+            if batch is not None:
+                return batch
             self._retract_one()
         return None
+
+    def decode_batch(self, reqs: list[Req], ahead: int) -> ScheduleBatch | None:
+        """Allocates one slot per request and builds the DECODE batch, or returns None when the pool is full.
+
+        ``ahead`` is 1 when the batch chains onto an unresolved step: each request's KV then already reaches one
+        token further than ``kv_len`` says.
+        """
+        starts = [r.kv_len + ahead for r in reqs]
+        last = [self._last_loc(r, n) for r, n in zip(reqs, starts)]
+        need = len(reqs) * self.page_size
+        if self.allocator.available_size() < need:
+            self.cache.evict(need - self.allocator.available_size())
+        got = self.allocator.alloc_decode([n + 1 for n in starts], last)
+        if got is None:
+            return None
+        table = self.req_pool.req_to_token
+        rows = torch.tensor([r.req_pool_idx for r in reqs], dtype=torch.int64)
+        cols = torch.tensor(starts, dtype=torch.int64)
+        table[rows.to(table.device), cols.to(table.device)] = got.to(table.device, torch.int32)
+        for r, slot in zip(reqs, got.tolist()):
+            r.last_slot = slot
+        return ScheduleBatch(ForwardMode.DECODE, list(reqs), starts, [1] * len(reqs), got)
 
     def _retract_one(self) -> None:
         """Sends the youngest running request back to the waiting queue; its KV stays evictable in the cache."""
@@ -280,6 +345,10 @@ class Scheduler:
         """The one way a request gives back its KV: computed tokens go to the cache, the rest to the allocator."""
         if r.req_pool_idx is None:
             return
+        if r.inflight:  # NOTE: a launched step still writes this request's KV; release when it resolves
+            r.release_deferred = True
+            return
+        r.release_deferred = False
         self.cache.cache_finished_req(r)
         self.req_pool.free(r.req_pool_idx)
         r.req_pool_idx = None
@@ -335,7 +404,8 @@ class Scheduler:
         shares = not self.args.disable_radix_cache  # NOTE: without sharing, prefix_indices are the request's own
         for r in self.reqs.values():
             if r.req_pool_idx is not None:
-                total += (-(-r.kv_len // p)) * p - (int(r.prefix_indices.numel()) if shares else 0)
+                held = r.kv_len + r.inflight
+                total += (-(-held // p)) * p - (int(r.prefix_indices.numel()) if shares else 0)
         return total
 
     def check_invariant(self) -> None:

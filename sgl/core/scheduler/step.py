@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
-from typing import NamedTuple
+import dataclasses
+from typing import Any, NamedTuple
 
 import torch
 
+from sgl.core.grammar.manager import build_vocab_mask
 from sgl.core.runner.input_prep import build_forward_batch
 from sgl.core.runner.model_runner import ModelRunner
-from sgl.core.sampling.batch_info import SamplingBatchInfo
-from sgl.core.sampling.sampler import compute_prompt_logprobs
+from sgl.core.sampling.batch_info import SamplingBatchInfo, step_seed
+from sgl.core.sampling.sampler import SampleOutput, compute_prompt_logprobs
 from sgl.core.scheduler.batch import ScheduleBatch
 from sgl.core.scheduler.req import Req
 
@@ -22,19 +24,43 @@ class StepResult(NamedTuple):
     input_logprobs: dict[int, tuple[list[tuple[float | None, int]], list[list[tuple[float, int]]]]]
 
 
+class Pending(NamedTuple):
+    """A launched step whose sampled tokens may still be on their way to the host."""
+
+    reqs: list[Req]  # the sampling requests, in order
+    next_ids: torch.Tensor | None  # [len(reqs)] on the device: the next step may read them without a sync
+    host_ids: torch.Tensor | None  # their host copy, valid once ``event`` completes
+    event: Any
+    sample: SampleOutput | None
+    input_lps: dict[int, tuple[list[tuple[float | None, int]], list[list[tuple[float, int]]]]]
+
+
 def _pairs(values: list[float], ids: list[int]) -> list[tuple[float, int]]:
     return [(float(v), int(i)) for v, i in zip(values, ids)]
 
 
 class StepExecutor:
+    """Runs a ScheduleBatch: ``launch`` enqueues forward + sampling, ``resolve`` waits for the tokens.
+
+    NOTE: between launch and resolve the host may prepare (and launch) the next decode step, which reads this
+    step's tokens from ``Pending.next_ids`` on the device: that is the whole of overlap scheduling.
+    """
+
     def __init__(self, runner: ModelRunner) -> None:
         self.runner = runner
         self.sampler = runner.sampler
+        self.platform = runner.platform
+        self.pinned = bool(runner.platform.capabilities.pinned_memory)
+
+    def execute(self, batch: ScheduleBatch) -> StepResult:
+        return self.resolve(self.launch(batch))
 
     @torch.inference_mode()
-    def execute(self, batch: ScheduleBatch) -> StepResult:
+    def launch(self, batch: ScheduleBatch, input_ids: torch.Tensor | None = None, step_offset: int = 0) -> Pending:
+        """``input_ids`` (device) replaces the batch's own for a decode step chained onto an unresolved one;
+        ``step_offset`` counts the tokens sampled but not yet appended to each request (for per-step seeds)."""
         runner = self.runner
-        fb = build_forward_batch(batch, runner)
+        fb = build_forward_batch(batch, runner, input_ids)
         hidden = runner.forward(fb)
         if batch.mode.is_decode:
             rows = list(range(len(batch)))
@@ -49,30 +75,59 @@ class StepExecutor:
                 offsets.append(offsets[-1] + e)
             last = [offsets[i + 1] - 1 for i in rows]
         input_lps = {} if batch.mode.is_decode else self._prompt_logprobs(batch, hidden)
-        if not rows:
-            return StepResult([], [], input_lps)
         reqs = [batch.reqs[i] for i in rows]
-        index = torch.tensor(last, dtype=torch.int64, device=hidden.device)
-        logits = runner.compute_logits(hidden.index_select(0, index))
+        if not rows:
+            return Pending([], None, None, None, None, input_lps)
+        if batch.mode.is_decode and len(last) == hidden.shape[0]:
+            selected = hidden
+        else:
+            selected = hidden.index_select(0, torch.tensor(last, dtype=torch.int64).to(hidden.device))
+        logits = runner.compute_logits(selected)
+        seeds = None
+        if step_offset:
+            seeds = [
+                step_seed(r.sampling_params.seed, len(r.output_ids) + step_offset)
+                if r.sampling_params.seed is not None else None
+                for r in reqs
+            ]
         info = SamplingBatchInfo.build(
             [r.sampling_params for r in reqs], runner.vocab_size, logits.device,
             output_ids=[r.output_ids for r in reqs], prompt_ids=[r.origin_input_ids for r in reqs],
-            eos_ids=[r.eos_ids for r in reqs],
+            eos_ids=[r.eos_ids for r in reqs], step_seeds=seeds,
         )
+        if any(r.grammar is not None for r in reqs):  # grammar: constrained rows sample only allowed tokens
+            # NOTE: the mask needs every earlier token accepted; the overlap loop never chains these batches.
+            assert step_offset == 0, "a constrained batch cannot chain onto an unresolved step"
+            mask = build_vocab_mask([r.grammar for r in reqs], runner.vocab_size, logits.device)
+            info = dataclasses.replace(info, vocab_mask=mask)
         want_lp = any(r.return_logprob for r in reqs)
         out = self.sampler(
             logits, info, return_logprob=want_lp,
             top_logprobs_nums=[r.top_logprobs_num for r in reqs] if want_lp else None,
         )
-        next_ids = out.next_token_ids.tolist()
-        lps: list[LogprobEntry | None] = [None] * len(reqs)
-        if want_lp and out.next_token_logprobs is not None:
+        next_ids = out.next_token_ids
+        host = torch.empty(next_ids.shape, dtype=next_ids.dtype, pin_memory=self.pinned)
+        host.copy_(next_ids, non_blocking=self.pinned)
+        event = self.platform.new_event()
+        if event is not None:
+            event.record()
+        return Pending(reqs, next_ids, host, event, out, input_lps)
+
+    def resolve(self, p: Pending) -> StepResult:
+        if p.host_ids is None:
+            return StepResult([], [], p.input_lps)
+        if p.event is not None:
+            p.event.synchronize()
+        next_ids = p.host_ids.tolist()
+        lps: list[LogprobEntry | None] = [None] * len(p.reqs)
+        out = p.sample
+        if out is not None and out.next_token_logprobs is not None:
             chosen = out.next_token_logprobs.tolist()
-            for j, r in enumerate(reqs):
+            for j, r in enumerate(p.reqs):
                 if r.return_logprob:
                     top = out.top_logprobs[j] if out.top_logprobs is not None else ([], [])
                     lps[j] = ((float(chosen[j]), next_ids[j]), _pairs(top[0], top[1]))
-        return StepResult(next_ids, lps, input_lps)
+        return StepResult(next_ids, lps, p.input_lps)
 
     def _prompt_logprobs(
         self, batch: ScheduleBatch, hidden: torch.Tensor

@@ -1,0 +1,86 @@
+"""Overlap scheduling: the host prepares and launches decode step N+1 while the device still runs step N.
+
+Step N+1 reads N's sampled tokens straight from device memory, so the host never waits between launches; it
+resolves N (copies its tokens home, checks stop conditions, streams them) while N+1 runs. A request that turns out
+to have finished at N rides along in N+1: its extra token is dropped and its KV released when N+1 resolves.
+Anything that needs N's tokens on the host first (a prefill to schedule, penalties, min_new_tokens, grammars)
+simply does not chain: that step resolves first, exactly as the plain loop would.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import torch
+
+from sgl.core.scheduler.batch import ScheduleBatch
+from sgl.core.scheduler.req import Req
+from sgl.core.scheduler.step import Pending
+
+if TYPE_CHECKING:
+    from sgl.core.scheduler.scheduler import Scheduler
+
+
+def _needs_host_tokens(r: Req) -> bool:
+    """True when sampling r's next token depends on the token still in flight."""
+    sp = r.sampling_params
+    return (
+        sp.frequency_penalty != 0.0
+        or sp.presence_penalty != 0.0
+        or sp.repetition_penalty != 1.0
+        or sp.min_new_tokens > len(r.output_ids) + 1
+        or getattr(r, "grammar", None) is not None
+    )
+
+
+class OverlapLoop:
+    """Keeps at most one decode step in flight; same tokens as the plain loop (tests prove it)."""
+
+    def __init__(self, scheduler: Scheduler) -> None:
+        self.s = scheduler
+        self.inflight: tuple[ScheduleBatch, Pending] | None = None
+
+    def step(self) -> None:
+        s = self.s
+        if self.inflight is None:
+            batch = s._schedule_prefill()
+            if batch is None and s.running:
+                batch = s._schedule_decode()
+            if batch is None:
+                return
+            if batch.mode.is_decode:
+                self.inflight = self._launch(batch, None, ahead=0)
+            else:
+                s._run(batch)
+            return
+        batch, pending = self.inflight
+        nxt = self._chain(batch, pending)
+        s.process_decode(batch, s.executor.resolve(pending))
+        self.inflight = nxt
+
+    def _launch(self, batch: ScheduleBatch, input_ids: torch.Tensor | None, ahead: int) -> tuple[ScheduleBatch, Pending]:
+        self.s.stats["steps"] += 1
+        for r in batch.reqs:
+            r.inflight += 1
+        return batch, self.s.executor.launch(batch, input_ids, step_offset=ahead)
+
+    def _chain(self, batch: ScheduleBatch, pending: Pending) -> tuple[ScheduleBatch, Pending] | None:
+        s = self.s
+        if s.waiting or s.chunked is not None or pending.next_ids is None:
+            return None
+        if any(_needs_host_tokens(r) for r in batch.reqs):
+            return None
+        # NOTE: a request that reaches max_new_tokens at N is known to finish: leave it out of N+1.
+        keep = [i for i, r in enumerate(batch.reqs)
+                if not r.finished and len(r.output_ids) + 1 < r.sampling_params.max_new_tokens]
+        if not keep:
+            return None
+        reqs = [batch.reqs[i] for i in keep]
+        nxt = s.decode_batch(reqs, ahead=1)
+        if nxt is None:
+            return None  # the pool is full: resolve first, then the plain path retracts
+        ids = pending.next_ids
+        if len(keep) != len(batch.reqs):
+            ids = ids.index_select(0, torch.tensor(keep, dtype=torch.int64).to(ids.device))
+        self.s.stats["overlapped_steps"] += 1
+        return self._launch(nxt, ids, ahead=1)
