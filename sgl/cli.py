@@ -188,6 +188,32 @@ def demo_model_command(
     typer.echo(str(write_demo_model(path, seed=seed)))
 
 
+# ---------------------------------------------------------------------------------------------------------------
+# sgl bench (its module imports only typer and ServerArgs; each command imports the engine when it runs)
+
+from sgl.bench.cli import bench_app  # noqa: E402
+
+app.add_typer(bench_app, name="bench")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# sgl serve
+
+from sgl.cli_args import with_server_args  # cheap: typer and ServerArgs only
+from sgl.core.config import ServerArgs
+
+
+@app.command("serve")
+@with_server_args()
+def serve_command(server_args: ServerArgs) -> None:
+    """Serve a model over HTTP: OpenAI-compatible and SGLang-native routes (the demo model without --model-path)."""
+    from sgl.api.server import serve  # NOTE: fastapi and uvicorn load only for this command
+
+    code = serve(server_args)
+    if code:
+        raise typer.Exit(code)
+
+
 def main() -> None:
     app()
 

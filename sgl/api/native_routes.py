@@ -1,0 +1,271 @@
+"""SGLang's native routes: /generate, health, model and server info, cache flush, abort, (de)tokenize, /metrics."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import aclosing
+from typing import Any
+
+from fastapi import APIRouter, Request
+from pydantic import BaseModel, ConfigDict
+from starlette.responses import JSONResponse, PlainTextResponse, Response
+
+from sgl import __version__
+from sgl.api.errors import ApiError
+from sgl.api.metrics import CONTENT_TYPE
+from sgl.api.openai_common import abort_error, check_n
+from sgl.api.state import ServerState
+from sgl.api.streaming import DONE, SSEResponse, merge, sse
+from sgl.api.tokenizer_manager import SchedulerUnavailable
+from sgl.core.request_manager import GenerateInput
+
+router = APIRouter()
+
+NATIVE_DEFAULT_MAX_NEW_TOKENS = 128
+HEALTH_GENERATE_TIMEOUT_S = 20.0
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class GenerateRequest(_Body):
+    """SGLang's GenerateReqInput (the text-model subset); null means "not given" for every field."""
+
+    text: str | list[str] | None = None
+    input_ids: list[int] | list[list[int]] | None = None
+    sampling_params: dict[str, Any] | list[dict[str, Any]] | None = None
+    rid: str | list[str] | None = None
+    return_logprob: bool | list[bool] | None = None
+    logprob_start_len: int | list[int] | None = None
+    top_logprobs_num: int | list[int] | None = None
+    return_text_in_logprobs: bool | None = None
+    stream: bool | None = None
+
+
+class AbortRequest(_Body):
+    rid: str | None = None
+    abort_all: bool | None = False
+
+
+class TokenizeRequest(_Body):
+    prompt: str | list[str]
+    add_special_tokens: bool | None = True
+
+
+class DetokenizeRequest(_Body):
+    tokens: list[int]
+    skip_special_tokens: bool | None = True
+
+
+def _state(request: Request) -> ServerState:
+    state: ServerState = request.app.state.sgl
+    return state
+
+
+def _per_prompt(value: Any, count: int, name: str) -> list[Any]:
+    if isinstance(value, list):
+        if len(value) != count:
+            raise ApiError(400, f"{name} has {len(value)} entries for {count} prompts", param=name)
+        return value
+    return [value] * count
+
+
+def _inputs(state: ServerState, body: GenerateRequest) -> tuple[list[GenerateInput], bool]:
+    tm = state.tm
+    tm.check_alive()
+    if (body.text is None) == (body.input_ids is None):
+        raise ApiError(400, "give exactly one of text and input_ids", param="text")
+    batched = isinstance(body.text, list) or bool(body.input_ids and isinstance(body.input_ids[0], list))
+    prompts: list[Any] = (body.text if batched else [body.text]) if body.text is not None else \
+        (body.input_ids if batched else [body.input_ids])  # type: ignore[assignment]
+    if not prompts:
+        raise ApiError(400, "the batch is empty", param="text" if body.text is not None else "input_ids")
+    count = len(prompts)
+    if isinstance(body.rid, str) and batched:
+        raise ApiError(400, "a batch needs a list of rids", param="rid")
+    base = uuid.uuid4().hex
+    rids = _per_prompt(body.rid, count, "rid")
+    params = _per_prompt(body.sampling_params, count, "sampling_params")
+    lps = _per_prompt(body.return_logprob, count, "return_logprob")
+    starts = _per_prompt(body.logprob_start_len, count, "logprob_start_len")
+    tops = _per_prompt(body.top_logprobs_num, count, "top_logprobs_num")
+    cap = state.args.max_new_tokens_limit
+    objs = []
+    for i, prompt in enumerate(prompts):
+        sp = dict(params[i] or {})
+        check_n(state, sp.get("n"))
+        ids = tm.tokenizer.encode(prompt) if isinstance(prompt, str) and prompt else None
+        if sp.get("max_new_tokens") is None:
+            prompt_len = len(ids) if ids is not None else len(prompt or [])
+            default = min(NATIVE_DEFAULT_MAX_NEW_TOKENS, max(tm.limits.context_len - prompt_len, 0))
+            sp["max_new_tokens"] = min(default, cap) if cap is not None else default
+        elif cap is not None and isinstance(sp["max_new_tokens"], int) and sp["max_new_tokens"] > cap:
+            raise ApiError(400, f"max_new_tokens is {sp['max_new_tokens']}; at most {cap} is allowed "
+                                "(--max-new-tokens-limit)", param="sampling_params.max_new_tokens")
+        obj = GenerateInput(
+            text=prompt if isinstance(prompt, str) else None,
+            input_ids=ids if ids is not None else (None if isinstance(prompt, str) else prompt),
+            sampling_params=sp, rid=rids[i] or (base if count == 1 else f"{base}_{i}"),
+            return_logprob=bool(lps[i]), logprob_start_len=starts[i], top_logprobs_num=tops[i],
+            return_text_in_logprobs=bool(body.return_text_in_logprobs), stream=bool(body.stream),
+        )
+        tm.validate(obj)  # NOTE: all or nothing: a bad prompt in a batch sends none of it
+        objs.append(obj)
+    return objs, batched
+
+
+def _error_of(state: ServerState, result: dict[str, Any]) -> ApiError | None:
+    meta = result["meta_info"]
+    reason = meta.get("finish_reason") or {}
+    if reason.get("type") == "abort" and (meta.get("error_status") is not None or state.phase == "draining"):
+        return abort_error(state, meta)
+    return None
+
+
+@router.post("/generate", response_model=None)
+async def generate(body: GenerateRequest, request: Request) -> Any:
+    state = _state(request)
+    objs, batched = _inputs(state, body)
+    if body.stream:
+        return SSEResponse(_stream(state, objs, indexed=batched or any(_n(o) > 1 for o in objs)))
+    finals: dict[int, list[dict[str, Any]]] = {}
+    async with aclosing(merge([state.tm.generate(o) for o in objs])) as merged:
+        async for p, results in merged:
+            finals[p] = results
+    flat = [r for p in range(len(objs)) for r in finals[p]]
+    for r in flat:
+        err = _error_of(state, r)
+        if err is not None:
+            raise err
+    if batched:
+        return flat
+    return flat if len(flat) > 1 else flat[0]
+
+
+def _n(obj: GenerateInput) -> int:
+    sp = obj.sampling_params
+    n = sp.get("n") if isinstance(sp, dict) else getattr(sp, "n", 1)
+    return int(n or 1)
+
+
+async def _stream(state: ServerState, objs: list[GenerateInput], indexed: bool) -> AsyncIterator[str]:
+    offsets = [0]
+    for o in objs[:-1]:
+        offsets.append(offsets[-1] + _n(o))
+    seen: dict[int, tuple[int, int, bool]] = {}
+    try:
+        async with aclosing(merge([state.tm.generate(o) for o in objs])) as merged:
+            async for p, results in merged:
+                for j, r in enumerate(results):
+                    k = offsets[p] + j
+                    err = _error_of(state, r)
+                    if err is not None:
+                        yield sse(err.body())
+                        yield DONE
+                        return
+                    mark = (len(r["text"]), len(r["output_ids"]), r["meta_info"]["finish_reason"] is not None)
+                    if seen.get(k) == mark:
+                        continue
+                    seen[k] = mark
+                    yield sse({**r, "index": k} if indexed else r)
+    except ApiError as exc:
+        yield sse(exc.body())
+    except SchedulerUnavailable as exc:
+        yield sse(ApiError(500, str(exc)).body())
+    yield DONE
+
+
+@router.get("/health")
+async def health() -> Response:
+    return Response(status_code=200)
+
+
+@router.get("/health_generate")
+async def health_generate(request: Request) -> Response:
+    """Ready only if the scheduler produces a token now (a health probe that sees a hung scheduler)."""
+    tm = _state(request).tm
+    tm.check_alive()
+    obj = GenerateInput(input_ids=[0], sampling_params={"max_new_tokens": 1, "temperature": 0.0},
+                        rid=f"health-{uuid.uuid4().hex}")
+
+    async def run() -> None:
+        async with aclosing(tm.generate(obj)) as results:
+            async for _ in results:
+                pass
+
+    try:
+        await asyncio.wait_for(run(), HEALTH_GENERATE_TIMEOUT_S)
+    except asyncio.TimeoutError:
+        raise ApiError(503, f"the scheduler produced no token within {HEALTH_GENERATE_TIMEOUT_S} s") from None
+    return Response(status_code=200)
+
+
+@router.get("/get_model_info")
+async def get_model_info(request: Request) -> dict[str, Any]:
+    state = _state(request)
+    info = state.tm.model_info
+    keys = ("model_path", "tokenizer_path", "architecture", "context_length", "vocab_size", "dtype")
+    return {"served_model_name": state.served_model_name, "is_generation": True, **{k: info.get(k) for k in keys}}
+
+
+@router.get("/get_server_info")
+async def get_server_info(request: Request) -> dict[str, Any]:
+    state = _state(request)
+    scheduler = await state.tm.scheduler_info()
+    args = dataclasses.asdict(state.args)
+    if args.get("api_key"):
+        args["api_key"] = "<redacted>"
+    return {**state.tm.model_info, **scheduler, "served_model_name": state.served_model_name,
+            "num_pending_requests": state.tm.num_pending, "version": __version__, "server_args": args}
+
+
+@router.api_route("/flush_cache", methods=["GET", "POST"])
+async def flush_cache(request: Request) -> JSONResponse:
+    resp = await _state(request).tm.flush_cache()
+    message = "cache flushed" if resp.ok else resp.message
+    return JSONResponse({"success": resp.ok, "message": message}, status_code=200 if resp.ok else 400)
+
+
+@router.post("/abort_request")
+async def abort_request(body: AbortRequest, request: Request) -> dict[str, Any]:
+    tm = _state(request).tm
+    if body.abort_all:
+        return {"success": True, "aborted": tm.abort_all()}
+    if not body.rid:
+        raise ApiError(400, "give rid or abort_all: true", param="rid")
+    tm.abort(body.rid)
+    return {"success": True}
+
+
+@router.post("/tokenize")
+async def tokenize(body: TokenizeRequest, request: Request) -> dict[str, Any]:
+    tm = _state(request).tm
+    special = body.add_special_tokens is not False
+    if isinstance(body.prompt, str):
+        ids: Any = tm.tokenizer.encode(body.prompt, add_special_tokens=special)
+        count: Any = len(ids)
+    else:
+        ids = [tm.tokenizer.encode(p, add_special_tokens=special) for p in body.prompt]
+        count = [len(x) for x in ids]
+    return {"tokens": ids, "count": count, "max_model_len": tm.limits.context_len}
+
+
+@router.post("/detokenize")
+async def detokenize(body: DetokenizeRequest, request: Request) -> dict[str, Any]:
+    tm = _state(request).tm
+    bad = [t for t in body.tokens if not 0 <= t < tm.limits.vocab_size]
+    if bad:
+        raise ApiError(400, f"token id {bad[0]} is outside the vocabulary [0, {tm.limits.vocab_size})",
+                       param="tokens")
+    return {"text": tm.tokenizer.decode(body.tokens, skip_special_tokens=body.skip_special_tokens is not False)}
+
+
+@router.get("/metrics")
+async def metrics(request: Request) -> PlainTextResponse:
+    tm = _state(request).tm
+    scheduler = await tm.scheduler_info()
+    return PlainTextResponse(tm.metrics.render(scheduler, tm.num_pending), media_type=CONTENT_TYPE)

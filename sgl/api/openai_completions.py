@@ -1,0 +1,174 @@
+"""POST /v1/completions: text or token-id prompts (one or a list), echo and legacy logprobs, in OpenAI's shapes.
+
+Choice ``index`` is ``prompt_index * n + j``, as OpenAI numbers the choices of a list of prompts.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import aclosing
+from dataclasses import dataclass
+from typing import Any
+
+from sgl.api.errors import ApiError
+from sgl.api.openai_common import (
+    Cursor,
+    check_n,
+    finish_reason,
+    legacy_logprobs,
+    now,
+    resolve_max_tokens,
+    usage_of,
+)
+from sgl.api.openai_protocol import CompletionRequest
+from sgl.api.state import ServerState
+from sgl.api.streaming import DONE, SSEResponse, merge, sse
+from sgl.api.tokenizer_manager import SchedulerUnavailable
+from sgl.core.request_manager import GenerateInput
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class PromptInput:
+    obj: GenerateInput
+    echo_text: str  # the prompt as text ("" without echo)
+
+
+def _prompts(prompt: Any) -> list[str | list[int]]:
+    if isinstance(prompt, str):
+        return [prompt]
+    if not prompt:
+        raise ApiError(400, "prompt is empty", param="prompt")
+    if all(isinstance(p, int) for p in prompt):
+        return [list(prompt)]
+    return list(prompt)
+
+
+def build_completion_inputs(state: ServerState, req: CompletionRequest) -> tuple[list[PromptInput], int]:
+    """Validates every prompt before any is sent: a bad prompt in a list rejects the whole request."""
+    tm = state.tm
+    tm.check_alive()
+    if req.suffix:
+        raise ApiError(400, "suffix is not supported", param="suffix")
+    n = check_n(state, req.n)
+    if req.best_of is not None and req.best_of != n:
+        raise ApiError(400, "best_of is not supported (only best_of == n)", param="best_of")
+    base = req.rid or uuid.uuid4().hex
+    prompts = _prompts(req.prompt)
+    out = []
+    for i, p in enumerate(prompts):
+        if isinstance(p, str):
+            if not p:
+                raise ApiError(400, "the prompt is empty", param="prompt")
+            ids = tm.tokenizer.encode(p)
+            echo = p
+        else:
+            ids = p
+            echo = tm.tokenizer.decode(ids, skip_special_tokens=req.skip_special_tokens is not False) \
+                if req.echo and all(isinstance(t, int) and 0 <= t < tm.limits.vocab_size for t in ids) else ""
+        sampling = req.sampling_dict(resolve_max_tokens(state, req.requested_max_tokens, len(ids)))
+        sampling["n"] = n
+        want_lp = req.logprobs is not None
+        obj = GenerateInput(
+            input_ids=ids, sampling_params=sampling, rid=base if len(prompts) == 1 else f"{base}_{i}",
+            return_logprob=want_lp, logprob_start_len=0 if (want_lp and req.echo) else None,
+            top_logprobs_num=req.logprobs or 0, return_text_in_logprobs=True, stream=bool(req.stream),
+        )
+        tm.validate(obj)
+        out.append(PromptInput(obj, echo if req.echo else ""))
+    if state.args.log_requests:
+        logger.info("completion request %s: %d prompt(s), n=%d, user=%s", base, len(out), n, req.user)
+    return out, n
+
+
+def _logprobs(req: CompletionRequest, meta: dict[str, Any], with_prompt: bool, hidden_ids: set[int],
+              start: int = 0, end: int | None = None, offset: int = 0) -> dict[str, Any] | None:
+    if req.logprobs is None:
+        return None
+    tokens = list(meta.get("output_token_logprobs", [])[start:end])
+    tops = list(meta.get("output_top_logprobs", [])[start:end])
+    if with_prompt:
+        tokens = list(meta.get("input_token_logprobs", [])) + tokens
+        tops = list(meta.get("input_top_logprobs", [])) + tops
+    hidden = frozenset(hidden_ids) if req.skip_special_tokens is not False else frozenset()
+    return legacy_logprobs(tokens, tops, offset, hidden)
+
+
+async def completion(state: ServerState, req: CompletionRequest) -> dict[str, Any] | SSEResponse:
+    inputs, n = build_completion_inputs(state, req)
+    rid = f"cmpl-{inputs[0].obj.rid}"
+    if req.stream:
+        return SSEResponse(_stream(state, req, inputs, n, rid))
+    finals: dict[int, list[dict[str, Any]]] = {}
+    async with aclosing(merge([state.tm.generate(i.obj) for i in inputs])) as merged:
+        async for p, results in merged:
+            finals[p] = results
+    flat = [r for p in range(len(inputs)) for r in finals[p]]
+    special = state.tm.tokenizer.all_special_ids
+    choices = []
+    for k, r in enumerate(flat):
+        echo = inputs[k // n].echo_text
+        choices.append({
+            "index": k, "text": echo + r["text"], "logprobs": _logprobs(req, r["meta_info"], bool(req.echo), special),
+            "finish_reason": finish_reason(state, r["meta_info"]),
+        })
+    return {"id": rid, "object": "text_completion", "created": now(), "model": state.served_model_name,
+            "choices": choices, "usage": usage_of(flat, n)}
+
+
+async def _stream(
+    state: ServerState, req: CompletionRequest, inputs: list[PromptInput], n: int, rid: str
+) -> AsyncIterator[str]:
+    created, model = now(), state.served_model_name
+    include_usage = req.include_usage
+
+    def chunk(index: int, text: str, reason: str | None = None, logprobs: dict[str, Any] | None = None) -> str:
+        body: dict[str, Any] = {
+            "id": rid, "object": "text_completion", "created": created, "model": model,
+            "choices": [{"index": index, "text": text, "logprobs": logprobs, "finish_reason": reason}],
+        }
+        if include_usage:
+            body["usage"] = None
+        return sse(body)
+
+    cursors = [Cursor() for _ in range(len(inputs) * n)]
+    special = state.tm.tokenizer.all_special_ids
+    finals: dict[int, list[dict[str, Any]]] = {}
+    try:
+        async with aclosing(merge([state.tm.generate(i.obj) for i in inputs])) as merged:
+            async for p, results in merged:
+                finals[p] = results
+                for j, r in enumerate(results):
+                    k = p * n + j
+                    c, meta = cursors[k], r["meta_info"]
+                    if c.finished:
+                        continue
+                    reason = finish_reason(state, meta)
+                    first = not c.started
+                    c.started = True
+                    prefix = inputs[p].echo_text if first else ""
+                    offset = c.extra.get("offset", 0)
+                    delta = c.text_delta(r["text"])
+                    lp = None
+                    if req.logprobs is not None:
+                        start, end = c.logprob_delta(meta.get("output_token_logprobs", []))
+                        if end > start or (first and req.echo):
+                            lp = _logprobs(req, meta, first and bool(req.echo), special, start, end, offset)
+                    c.extra["offset"] = offset + len(prefix) + len(delta)
+                    if prefix or delta or lp is not None:
+                        yield chunk(k, prefix + delta, logprobs=lp)
+                    if reason is not None:
+                        c.finished = True
+                        yield chunk(k, "", reason)
+        if include_usage:
+            flat = [r for p in range(len(inputs)) for r in finals[p]]
+            yield sse({"id": rid, "object": "text_completion", "created": created, "model": model,
+                       "choices": [], "usage": usage_of(flat, n)})
+    except ApiError as exc:
+        yield sse(exc.body())
+    except SchedulerUnavailable as exc:
+        yield sse(ApiError(500, str(exc)).body())
+    yield DONE
