@@ -40,6 +40,11 @@ class SglHookSpecs:
         raise NotImplementedError
 
     @hookspec
+    def sgl_grammar_backends(self) -> dict[str, str]:
+        """Grammar backends: ``{name: "module:GrammarBackendSubclass"}``, chosen by ``--grammar-backend``."""
+        raise NotImplementedError
+
+    @hookspec
     def sgl_startup_check(self, server_args: ServerArgs) -> None:
         """Called once before the engine starts; raise ValueError to refuse a configuration."""
         raise NotImplementedError

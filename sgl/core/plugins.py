@@ -47,6 +47,7 @@ class Plugins:
     platforms: Registry[type[Platform]] = field(default_factory=lambda: Registry("backend"))
     models: Registry[type] = field(default_factory=lambda: Registry("model architecture"))
     attention_backends: Registry[object] = field(default_factory=lambda: Registry("attention backend"))
+    grammar_backends: Registry[type] = field(default_factory=lambda: Registry("grammar backend"))
     manager: pluggy.PluginManager = field(default_factory=lambda: _new_manager())
 
 
@@ -133,6 +134,7 @@ def load_plugins(extra: dict[str, object] | None = None) -> Plugins:
     _collect(plugins, "sgl_platforms", plugins.platforms)
     _collect(plugins, "sgl_models", plugins.models)
     _collect(plugins, "sgl_attention_backends", plugins.attention_backends)
+    _collect(plugins, "sgl_grammar_backends", plugins.grammar_backends)
     return plugins
 
 

@@ -17,6 +17,8 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from sgl.core.config import DEFAULT_GRAMMAR_BACKEND
+from sgl.core.grammar.manager import check_grammar_request
 from sgl.core.ipc import AbortReq, BatchOutput, FinishReason, GenerateReq, ReqOutput
 from sgl.core.sampling.params import SamplingParams
 from sgl.core.tokenizer.detokenizer import IncrementalDetokenizer
@@ -30,6 +32,7 @@ class ModelLimits:
     context_len: int
     vocab_size: int
     max_n: int = 64
+    grammar_backend: str = DEFAULT_GRAMMAR_BACKEND  # grammar: ServerArgs.grammar_backend, checked at the edge
 
 
 @dataclass
@@ -100,6 +103,7 @@ class RequestManager:
         if not isinstance(params, SamplingParams):
             params = SamplingParams.from_dict(params)
         params.validate(self.limits.vocab_size)
+        check_grammar_request(params, self.limits.grammar_backend)  # grammar: disabled / not installed / bad spec
         ids = self.tokenize(obj)
         ctx = self.limits.context_len
         if len(ids) >= ctx:

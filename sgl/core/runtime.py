@@ -38,7 +38,7 @@ class Runtime:
     @property
     def limits(self) -> ModelLimits:
         runner = self.scheduler.runner
-        return ModelLimits(runner.context_len, runner.vocab_size, self.args.max_n)
+        return ModelLimits(runner.context_len, runner.vocab_size, self.args.max_n, self.args.grammar_backend)
 
     def model_info(self) -> dict[str, object]:
         runner = self.scheduler.runner

@@ -7,6 +7,7 @@ params that passed `validate()`, so the batch code never re-checks them.
 from __future__ import annotations
 
 import dataclasses
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -32,6 +33,7 @@ _FLOAT_FIELDS = (
 )
 _BOOL_FIELDS = ("ignore_eos", "skip_special_tokens", "spaces_between_special_tokens", "no_stop_trim")
 _STR_FIELDS = ("json_schema", "regex", "ebnf")
+CONSTRAINT_FIELDS = ("json_schema", "regex", "ebnf", "choices")
 
 
 def _is_int(value: object) -> bool:
@@ -68,6 +70,7 @@ class SamplingParams:
     json_schema: str | None = None
     regex: str | None = None
     ebnf: str | None = None
+    choices: list[str] | None = None  # the output is exactly one of these strings
     custom_params: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
@@ -76,6 +79,8 @@ class SamplingParams:
             self.stop = [self.stop]
         elif isinstance(self.stop, (tuple, set)):
             self.stop = list(self.stop)
+        if isinstance(self.choices, tuple):
+            self.choices = list(self.choices)
         if isinstance(self.stop_token_ids, (tuple, set, frozenset)):
             self.stop_token_ids = list(self.stop_token_ids)
         if isinstance(self.logit_bias, Mapping):
@@ -96,6 +101,8 @@ class SamplingParams:
                 continue
             if value is None:
                 continue
+            if name == "json_schema" and isinstance(value, Mapping):
+                value = json.dumps(value)  # NOTE: clients send the schema as an object or as its JSON text
             if name in kwargs and kwargs[name] != value:
                 raise ValueError(
                     f"sampling params: {key!r} conflicts with {name!r} ({value!r} != {kwargs[name]!r})"
@@ -147,6 +154,7 @@ class SamplingParams:
             )
         if self.n < 1:
             raise ValueError(f"n must be >= 1, got {self.n}")
+        self._validate_constraint()
         self._validate_stops(vocab_size)
         self._validate_logit_bias(vocab_size)
 
@@ -168,6 +176,17 @@ class SamplingParams:
             raise ValueError(f"seed must be an integer, got {self.seed!r}")
         if self.custom_params is not None and not isinstance(self.custom_params, Mapping):
             raise ValueError(f"custom_params must be an object, got {type(self.custom_params).__name__}")
+
+    def _validate_constraint(self) -> None:
+        given = [name for name in CONSTRAINT_FIELDS if getattr(self, name) is not None]
+        if len(given) > 1:
+            raise ValueError(f"give at most one of {', '.join(CONSTRAINT_FIELDS)}; got {', '.join(given)}")
+        if self.choices is not None:
+            if not isinstance(self.choices, list) or not self.choices:
+                raise ValueError("choices must be a non-empty list of strings")
+            for c in self.choices:
+                if not isinstance(c, str) or not c:
+                    raise ValueError(f"choices must be non-empty strings, got {c!r}")
 
     def _validate_stops(self, vocab_size: int | None) -> None:
         if self.stop is not None:

@@ -1,0 +1,1 @@
+"""The grammar feature plugin: constrained decoding backends registered through ``sgl_grammar_backends``."""
