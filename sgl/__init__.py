@@ -13,6 +13,17 @@ _LAZY = {
     "Engine": "sgl.core.engine",
     "SamplingParams": "sgl.core.sampling.params",
     "ServerArgs": "sgl.core.config",
+    # the frontend language (HTTP only; imports no torch)
+    "function": "sgl.lang",
+    "gen": "sgl.lang",
+    "select": "sgl.lang",
+    "system": "sgl.lang",
+    "user": "sgl.lang",
+    "assistant": "sgl.lang",
+    "RuntimeEndpoint": "sgl.lang",
+    "OpenAICompatible": "sgl.lang",
+    "set_default_backend": "sgl.lang",
+    "BackendError": "sgl.lang",
 }
 
 if TYPE_CHECKING:
@@ -30,4 +41,5 @@ def __getattr__(name: str) -> Any:
     return getattr(importlib.import_module(module), name)
 
 
-__all__ = ["Engine", "SamplingParams", "ServerArgs", "__version__"]
+__all__ = ["Engine", "SamplingParams", "ServerArgs", "__version__", *[k for k in _LAZY if k[0].islower() or k in (
+    "RuntimeEndpoint", "OpenAICompatible", "BackendError")]]
