@@ -208,8 +208,9 @@ async def health_generate(request: Request) -> Response:
 async def get_model_info(request: Request) -> dict[str, Any]:
     state = _state(request)
     info = state.tm.model_info
-    keys = ("model_path", "tokenizer_path", "architecture", "context_length", "vocab_size", "dtype")
-    return {"served_model_name": state.served_model_name, "is_generation": True, **{k: info.get(k) for k in keys}}
+    keys = ("model_path", "tokenizer_path", "architecture", "context_length", "vocab_size", "dtype", "chat_template")
+    return {"served_model_name": state.served_model_name, "is_generation": True, **{k: info.get(k) for k in keys},
+            "special_tokens": state.tm.tokenizer.special_tokens_map}
 
 
 @router.get("/get_server_info")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import logging
 import uuid
 from collections.abc import AsyncIterator
@@ -42,13 +44,28 @@ def _message_dict(m: ChatMessage) -> dict[str, Any]:
     return d
 
 
+def response_format_constraint(fmt: dict[str, Any] | None) -> dict[str, str]:
+    """OpenAI's response_format as a sampling constraint: json_object is any JSON object; json_schema its schema."""
+    kind = (fmt or {}).get("type")
+    if kind in (None, "text"):
+        return {}
+    if kind == "json_object":
+        return {"json_schema": json.dumps({"type": "object"})}
+    if kind == "json_schema":
+        spec = (fmt or {}).get("json_schema")
+        if not isinstance(spec, dict) or not isinstance(spec.get("schema", {}), dict):
+            raise ApiError(400, "response_format.json_schema must be an object with a 'schema' object",
+                           param="response_format")
+        return {"json_schema": json.dumps(spec.get("schema", {}))}
+    raise ApiError(400, f"response_format type {kind!r} is not supported (text, json_object, json_schema)",
+                   param="response_format")
+
+
 def build_chat_input(state: ServerState, req: ChatCompletionRequest) -> tuple[GenerateInput, int]:
     """Validated input and its n; every client mistake raises ApiError or ValueError (both 400)."""
     tm = state.tm
     tm.check_alive()
-    fmt = (req.response_format or {}).get("type")
-    if fmt not in (None, "text"):
-        raise ApiError(400, f"response_format {fmt!r} is not supported", param="response_format")
+    constraint = response_format_constraint(req.response_format)
     if req.top_logprobs and not req.logprobs:
         raise ApiError(400, "top_logprobs requires logprobs: true", param="top_logprobs")
     n = check_n(state, req.n)
@@ -61,6 +78,11 @@ def build_chat_input(state: ServerState, req: ChatCompletionRequest) -> tuple[Ge
     assert isinstance(ids, list)
     sampling = req.sampling_dict(resolve_max_tokens(state, req.requested_max_tokens, len(ids)))
     sampling["n"] = n
+    if constraint:
+        if any(sampling.get(k) is not None for k in ("json_schema", "regex", "ebnf", "choices")):
+            raise ApiError(400, "give either response_format or a json_schema/regex/ebnf constraint, not both",
+                           param="response_format")
+        sampling.update(constraint)
     obj = GenerateInput(
         input_ids=ids, sampling_params=sampling, rid=req.rid or uuid.uuid4().hex,
         return_logprob=bool(req.logprobs), top_logprobs_num=req.top_logprobs or 0, return_text_in_logprobs=True,

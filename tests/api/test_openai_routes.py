@@ -195,3 +195,28 @@ async def _many_streams(make: Callable[[], openai.AsyncOpenAI], model: str, coun
 def test_34_concurrent_streams_all_finish_with_exact_usage(aclient: Callable[[], openai.AsyncOpenAI], model: str) -> None:
     results = asyncio.run(_many_streams(aclient, model, 34))
     assert all(want == got and finishes == 1 for want, got, finishes in results)
+
+
+def test_response_format_json_schema_and_json_object_give_valid_json(client: openai.OpenAI, model: str) -> None:
+    import json
+
+    jsonschema = pytest.importorskip("jsonschema")
+    pytest.importorskip("xgrammar")
+    schema = {"type": "object", "properties": {"name": {"type": "string", "maxLength": 8},
+                                               "age": {"type": "integer", "minimum": 0, "maximum": 120}},
+              "required": ["name", "age"], "additionalProperties": False}
+    resp = client.chat.completions.create(
+        model=model, messages=[{"role": "user", "content": "A person, as JSON"}], max_tokens=96, temperature=0.8,
+        response_format={"type": "json_schema", "json_schema": {"name": "person", "schema": schema, "strict": True}},
+    )
+    assert resp.choices[0].finish_reason == "stop"
+    jsonschema.validate(json.loads(resp.choices[0].message.content or ""), schema)
+    resp = client.chat.completions.create(
+        model=model, messages=[{"role": "user", "content": "Any object"}], max_tokens=96,
+        response_format={"type": "json_object"},
+    )
+    if resp.choices[0].finish_reason == "stop":
+        assert isinstance(json.loads(resp.choices[0].message.content or ""), dict)
+    with pytest.raises(openai.BadRequestError, match="response_format"):
+        client.chat.completions.create(model=model, messages=[{"role": "user", "content": "x"}],
+                                       response_format={"type": "xml"})  # type: ignore[typeddict-item]

@@ -72,13 +72,13 @@ def load_checkpoint(model: nn.Module, model_path: str) -> None:
 def init_dummy_weights(model: nn.Module, seed: int) -> None:
     """Seeded random weights for any config: normal(0, 0.02) for matrices and biases, 1 + small noise for norms.
 
-    NOTE: values are drawn on CPU in parameter order, so a seed gives the same model on every device.
+    NOTE: each parameter is drawn in place on its own device from a generator seeded by (seed, its index), so an
+    8B model initialises in seconds; a seed gives the same model on every run of the same device type.
     """
-    gen = torch.Generator(device="cpu").manual_seed(seed)
     norm_weights = {id(m.weight) for m in model.modules() if isinstance(m, RMSNorm)}
-    for _, param in model.named_parameters():
-        values = torch.randn(param.shape, generator=gen, dtype=torch.float32) * DUMMY_STD
-        if id(param) in norm_weights:
-            values += 1.0
-        param.data.copy_(values.to(param.dtype))
-
+    for index, (_, param) in enumerate(model.named_parameters()):
+        gen = torch.Generator(device=param.device).manual_seed(seed * 1_000_003 + index)
+        with torch.no_grad():
+            param.normal_(0.0, DUMMY_STD, generator=gen)
+            if id(param) in norm_weights:
+                param.add_(1.0)
