@@ -22,6 +22,32 @@ def prefill_flops(params: float, layers: int, hidden: int, lens: list[int]) -> f
     return 2 * params * sum(lens) + 4 * layers * hidden * causal
 
 
+def host_profile(engine: sgl.Engine, steps: int = 200) -> None:
+    """cProfile of the scheduler's own loop (driven here, in this thread) over a batch-1 decode."""
+    import cProfile
+    import pstats
+
+    from sgl.core.ipc import GenerateReq
+    from sgl.core.sampling.params import SamplingParams
+
+    sched = engine.runtime.scheduler
+    engine.shutdown()  # stop its thread; the scheduler object stays usable here
+    sp = SamplingParams(max_new_tokens=steps, temperature=0.0, ignore_eos=True)
+    sched.add_request(GenerateReq("warm", list(range(100, 228)), sp))
+    while not sched.is_idle:
+        sched.step()
+    sched.add_request(GenerateReq("prof", list(range(300, 428)), sp))
+    prof = cProfile.Profile()
+    t0 = time.perf_counter()
+    prof.enable()
+    while not sched.is_idle:
+        sched.step()
+    prof.disable()
+    dt = time.perf_counter() - t0
+    print(f"host-driven decode: {steps / dt:.0f} tok/s under cProfile")
+    pstats.Stats(prof).sort_stats("tottime").print_stats(25)
+
+
 def main(name: str) -> None:
     path = model_dir(name)
     with sgl.Engine(model_path=path, load_format="dummy", context_length=8192, max_total_tokens=80000,
@@ -51,7 +77,9 @@ def main(name: str) -> None:
         flops = prefill_flops(params, cfg.num_layers, cfg.hidden_size, [4096] * 8)
         tflops = flops / t / 1e12
         print(f"prefill 8x4096 {name}: {t * 1e3:.1f} ms median, {tflops:.0f} TFLOP/s = {tflops / PEAK_TFLOPS:.0%} of peak")
+        if "--host" in sys.argv:
+            host_profile(e)
 
 
 if __name__ == "__main__":
-    main(sys.argv[1] if len(sys.argv) > 1 else "llama-3.1-8b")
+    main(next((a for a in sys.argv[1:] if not a.startswith("-")), "llama-3.1-8b"))

@@ -191,7 +191,7 @@ def demo_model_command(
 # ---------------------------------------------------------------------------------------------------------------
 # sgl bench (its module imports only typer and ServerArgs; each command imports the engine when it runs)
 
-from sgl.bench.cli import bench_app  # noqa: E402
+from sgl.bench.cli import bench_app
 
 app.add_typer(bench_app, name="bench")
 

@@ -18,7 +18,7 @@ PANEL = "Server arguments"
 
 
 def _base_type(annotation: Any) -> Any:
-    hint = eval(annotation, vars(typing)) if isinstance(annotation, str) else annotation  # noqa: S307 (our own)
+    hint = eval(annotation, vars(typing)) if isinstance(annotation, str) else annotation
     args = [a for a in typing.get_args(hint) if a is not type(None)]
     if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
         return args[0]

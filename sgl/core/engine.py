@@ -15,7 +15,14 @@ from typing import Any
 
 from sgl.core.config import ServerArgs
 from sgl.core.ipc import (
-    FlushCacheReq, FlushCacheResp, GetInfoReq, InfoResp, Inbox, SchedulerFailed, ShutdownReq, start_thread,
+    FlushCacheReq,
+    FlushCacheResp,
+    GetInfoReq,
+    Inbox,
+    InfoResp,
+    SchedulerFailed,
+    ShutdownReq,
+    start_thread,
 )
 from sgl.core.request_manager import GenerateInput, RequestManager
 from sgl.core.runtime import build_runtime

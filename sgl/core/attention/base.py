@@ -30,7 +30,7 @@ class AttentionBackend(ABC):
 
     def init_forward_metadata(self, forward_batch: ForwardBatch) -> None:
         """Called once per forward, before the first layer."""
-        return None
+        return
 
     def forward(
         self,

@@ -15,6 +15,7 @@ import torch
 
 from sgl.core.sampling.params import SamplingParams
 from sgl.core.sampling.penalties import PenaltyState, build_penalties
+from sgl.core.transfer import rows_to_device
 
 _MASK64 = (1 << 64) - 1
 
@@ -88,6 +89,7 @@ class SamplingBatchInfo:
         prompt_ids: Sequence[Sequence[int]],
         eos_ids: Sequence[set[int]] | None = None,
         step_seeds: Sequence[int | None] | None = None,
+        pinned: bool = False,
     ) -> SamplingBatchInfo:
         """`step_seeds`, when given, overrides the generator seed of each row (None = global RNG); otherwise it is
         `step_seed(params.seed, len(output_ids))` for seeded sampling rows."""
@@ -113,15 +115,15 @@ class SamplingBatchInfo:
                 for p, out, smp in zip(params, output_ids, sampling)
             )
 
-        def vec(values: list[float], dtype: torch.dtype) -> torch.Tensor:
-            return torch.tensor(values, dtype=dtype, device=device)
-
+        # NOTE: the per-row scalars travel in one transfer (pinned where the platform has it), once per step.
+        packed = rows_to_device([temps, top_ps, min_ps, [float(k) for k in top_ks], [float(g) for g in greedy]],
+                                torch.float32, torch.device(device), pinned)
         return cls(
-            temperatures=vec(temps, torch.float32).view(-1, 1),
-            top_ps=vec(top_ps, torch.float32),
-            top_ks=torch.tensor(top_ks, dtype=torch.int64, device=device),
-            min_ps=vec(min_ps, torch.float32),
-            is_greedy=torch.tensor(greedy, dtype=torch.bool, device=device),
+            temperatures=packed[0].view(-1, 1),
+            top_ps=packed[1],
+            top_ks=packed[3].to(torch.int64),
+            min_ps=packed[2],
+            is_greedy=packed[4] > 0.5,
             all_greedy=all(greedy),
             need_top_p=any(p < 1.0 and s for p, s in zip(top_ps, sampling)),
             need_top_k=any(k < vocab_size and s for k, s in zip(top_ks, sampling)),

@@ -15,7 +15,8 @@ class ScheduleBatch:
     """Which requests run this step, and which of their tokens.
 
     NOTE: request i computes tokens ``all_ids()[prefix_lens[i] : prefix_lens[i] + extend_lens[i]]``; their KV slots
-    are ``out_cache_loc`` (concatenated in request order) and already written into req_to_token.
+    are ``out_cache_loc`` (concatenated in request order), already written into req_to_token for EXTEND batches
+    and written by ``build_forward_batch`` (on the device, without a host sync) for DECODE batches.
     """
 
     mode: ForwardMode

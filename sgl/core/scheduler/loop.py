@@ -8,7 +8,14 @@ from collections.abc import Callable
 from typing import Any
 
 from sgl.core.ipc import (
-    AbortReq, BatchOutput, FlushCacheReq, FlushCacheResp, GenerateReq, GetInfoReq, InfoResp, SchedulerFailed,
+    AbortReq,
+    BatchOutput,
+    FlushCacheReq,
+    FlushCacheResp,
+    GenerateReq,
+    GetInfoReq,
+    InfoResp,
+    SchedulerFailed,
     ShutdownReq,
 )
 from sgl.core.scheduler.scheduler import Scheduler

@@ -19,10 +19,10 @@ from sgl.core.memory.allocator import TokenAllocator
 from sgl.core.runner.forward_batch import ForwardMode
 from sgl.core.runner.model_runner import ModelRunner
 from sgl.core.scheduler.batch import ScheduleBatch
+from sgl.core.scheduler.overlap import OverlapLoop
 from sgl.core.scheduler.policy import order_waiting
 from sgl.core.scheduler.prefill_adder import PrefillAdder
 from sgl.core.scheduler.req import Req, ReqStage
-from sgl.core.scheduler.overlap import OverlapLoop
 from sgl.core.scheduler.step import StepExecutor, StepResult
 
 logger = logging.getLogger(__name__)
@@ -314,10 +314,7 @@ class Scheduler:
         got = self.allocator.alloc_decode([n + 1 for n in starts], last)
         if got is None:
             return None
-        table = self.req_pool.req_to_token
-        rows = torch.tensor([r.req_pool_idx for r in reqs], dtype=torch.int64)
-        cols = torch.tensor(starts, dtype=torch.int64)
-        table[rows.to(table.device), cols.to(table.device)] = got.to(table.device, torch.int32)
+        # NOTE: build_forward_batch writes these slots into req_to_token on the device.
         for r, slot in zip(reqs, got.tolist()):
             r.last_slot = slot
         return ScheduleBatch(ForwardMode.DECODE, list(reqs), starts, [1] * len(reqs), got)

@@ -14,6 +14,7 @@ from sgl.core.sampling.batch_info import SamplingBatchInfo, step_seed
 from sgl.core.sampling.sampler import SampleOutput, compute_prompt_logprobs
 from sgl.core.scheduler.batch import ScheduleBatch
 from sgl.core.scheduler.req import Req
+from sgl.core.transfer import to_device
 
 LogprobEntry = tuple[tuple[float, int], list[tuple[float, int]]]
 
@@ -81,7 +82,8 @@ class StepExecutor:
         if batch.mode.is_decode and len(last) == hidden.shape[0]:
             selected = hidden
         else:
-            selected = hidden.index_select(0, torch.tensor(last, dtype=torch.int64).to(hidden.device))
+            index = to_device(torch.tensor(last, dtype=torch.int64), hidden.device, self.pinned)
+            selected = hidden.index_select(0, index)
         logits = runner.compute_logits(selected)
         seeds = None
         if step_offset:
@@ -93,7 +95,7 @@ class StepExecutor:
         info = SamplingBatchInfo.build(
             [r.sampling_params for r in reqs], runner.vocab_size, logits.device,
             output_ids=[r.output_ids for r in reqs], prompt_ids=[r.origin_input_ids for r in reqs],
-            eos_ids=[r.eos_ids for r in reqs], step_seeds=seeds,
+            eos_ids=[r.eos_ids for r in reqs], step_seeds=seeds, pinned=self.pinned,
         )
         if any(r.grammar is not None for r in reqs):  # grammar: constrained rows sample only allowed tokens
             # NOTE: the mask needs every earlier token accepted; the overlap loop never chains these batches.

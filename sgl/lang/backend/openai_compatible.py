@@ -115,7 +115,7 @@ def _common_prefix(a: Sequence[str], b: Sequence[str]) -> int:
 
 def _root_of(base_url: str) -> str:
     url = base_url.rstrip("/")
-    return url[: -len("/v1")] if url.endswith("/v1") else url
+    return url.removesuffix("/v1")
 
 
 def _meta(resp: dict[str, Any], choice: dict[str, Any]) -> dict[str, Any]:
