@@ -3,7 +3,8 @@
 Step N+1 reads N's sampled tokens straight from device memory, so the host never waits between launches; it
 resolves N (copies its tokens home, checks stop conditions, streams them) while N+1 runs. A request that turns out
 to have finished at N rides along in N+1: its extra token is dropped and its KV released when N+1 resolves.
-Anything that needs N's tokens on the host first (a prefill to schedule, penalties, min_new_tokens, grammars)
+Anything that needs N's tokens on the host first (a prefill that could be admitted now, penalties,
+min_new_tokens, grammars)
 simply does not chain: that step resolves first, exactly as the plain loop would.
 """
 
@@ -66,7 +67,7 @@ class OverlapLoop:
 
     def _chain(self, batch: ScheduleBatch, pending: Pending) -> tuple[ScheduleBatch, Pending] | None:
         s = self.s
-        if s.waiting or s.chunked is not None or pending.next_ids is None:
+        if s.chunked is not None or pending.next_ids is None or s.prefill_possible():
             return None
         if any(_needs_host_tokens(r) for r in batch.reqs):
             return None

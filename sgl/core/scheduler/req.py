@@ -38,6 +38,7 @@ class Req:
         self.logprob_start_len = msg.logprob_start_len
         self.top_logprobs_num = msg.top_logprobs_num
         self.group = msg.group
+        self.stream = msg.stream
         self.arrival = arrival
         self.output_ids: list[int] = []
         sp = msg.sampling_params

@@ -212,6 +212,16 @@ class Scheduler:
         m = self.cache.match_prefix(r.all_ids()[: self._match_limit(r)])
         return int(m.kv_indices.numel()), m.handle
 
+    def prefill_possible(self) -> bool:
+        """A cheap upper bound: could any waiting request be admitted now? (Overlap keeps chaining when not.)"""
+        if not self.waiting or len(self.running) >= self.max_running or self.req_pool.available_size() == 0:
+            return False
+        budget = self.allocator.available_size() + self.cache.evictable_size() - self._decode_reserve()
+        ratio = self.new_token_ratio
+        need = min(min(r.seq_len, self.prefill_token_budget) + int(r.remaining_new_tokens * ratio)
+                   for r in self.waiting[:32])
+        return budget >= need + self.page_size
+
     def _decode_reserve(self) -> int:
         reqs = self.running + ([self.chunked] if self.chunked is not None else [])
         return int(sum(r.remaining_new_tokens for r in reqs) * self.new_token_ratio)
@@ -372,6 +382,9 @@ class Scheduler:
         for r in self._touched.values():
             new = r.output_ids[r.sent_tokens :]
             if not new and not r.finished and r.input_logprobs is None:
+                continue
+            # NOTE: a non-streaming request hears only of its first token (for TTFT) and of its end.
+            if not (r.stream or r.finished or r.sent_tokens == 0):
                 continue
             input_lps = r.input_logprobs if r.input_logprobs_done and r.input_logprobs is not None else None
             outs.append(

@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# The issue-5 figures on one H200, in one run (dummy weights). Logs and JSON go to ${OUT:-/tmp/sgl-bench}.
+set -u
+out=${OUT:-/tmp/sgl-bench}; mkdir -p "$out"
+llama=(--model-path llama-3.1-8b --load-format dummy --context-length 4096 --disable-tqdm)
+b() { local tag=$1; shift; echo "== $tag"; timeout "${T:-300}" sgl bench offline "${llama[@]}" --result-json "$out/$tag.json" "$@" 2>&1 | grep -v -i "warn\|capturing" | tail -14; }
+python3 benchmarks/decode_speed.py qwen3-0.6b llama-3.1-8b 2>&1 | sed 's/\r/\n/g' | grep '^{' | tee "$out/decode.jsonl"
+b small-batch --workload random --num-prompts 64 --input-len 512 --output-len 128 --range-ratio 1
+timeout 240 python3 -m benchmarks.hf_peer llama-3.1-8b 64 512 128 2>&1 | grep '^{' | tee "$out/hf_peer.json"
+b shared-prefix --workload shared-prefix --num-groups 4 --questions-per-group 32 --system-prompt-len 2000 \
+  --question-len 128 --output-len 128 --compare-radix
+b no-sharing --workload random --num-prompts 256 --input-len 1024 --output-len 128 --range-ratio 1 --compare-radix
+T=420 b big --workload random --num-prompts 1000 --input-len 1024 --output-len 1024 --range-ratio 1
