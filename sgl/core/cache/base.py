@@ -124,8 +124,8 @@ class PrefixCache(ABC):
         if req.req_pool_idx is None:
             raise ValueError("request holds no req_to_token row: it was already released")
         token_ids = req.kv_committed_ids()
-        row = self.req_to_token_pool.req_to_token[req.req_pool_idx, : len(token_ids)]
-        return CommittedKV(req.req_pool_idx, token_ids, row.to(torch.int64, copy=True))
+        row = self.req_to_token_pool.read(req.req_pool_idx, len(token_ids))
+        return CommittedKV(req.req_pool_idx, token_ids, row.clone())
 
     def check_invariant(self, extra_owned: int = 0) -> None:
         """Asserts free + evictable + protected + ``extra_owned`` == capacity (``extra_owned``: slots running

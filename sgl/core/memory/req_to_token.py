@@ -4,14 +4,26 @@ from __future__ import annotations
 
 import torch
 
+from sgl.core.transfer import to_device
+
 
 class ReqToTokenPool:
-    """An int32 table [size, max_context_len]; row r lists the KV slots of request slot r's tokens in order."""
+    """An int32 table [size, max_context_len]; row r lists the KV slots of request slot r's tokens in order.
 
-    def __init__(self, size: int, max_context_len: int, device: torch.device | str = "cpu") -> None:
+    NOTE: on a device the table has a host mirror, ``host``, that every write updates too: the scheduler and the
+    caches read slots from the mirror, so no read ever waits for the device. Kernels read ``req_to_token``.
+    """
+
+    def __init__(
+        self, size: int, max_context_len: int, device: torch.device | str = "cpu", pinned: bool = False
+    ) -> None:
         self.size = size
         self.max_context_len = max_context_len
+        self.device = torch.device(device)
+        self.pinned = pinned
         self.req_to_token = torch.zeros((size, max_context_len), dtype=torch.int32, device=device)
+        on_host = self.device.type == "cpu"
+        self.host = self.req_to_token if on_host else torch.zeros((size, max_context_len), dtype=torch.int32)
         self._free: list[int] = list(range(size))
 
     def available_size(self) -> int:
@@ -27,7 +39,20 @@ class ReqToTokenPool:
         self._free.append(index)
 
     def write(self, index: int, start: int, slots: torch.Tensor) -> None:
-        self.req_to_token[index, start : start + slots.numel()] = slots.to(torch.int32)
+        """Row ``index``, columns ``start:``, on the host mirror and (asynchronously) on the device."""
+        end = start + slots.numel()
+        host_slots = slots.to("cpu", torch.int32)
+        self.host[index, start:end] = host_slots
+        if self.host is not self.req_to_token:
+            self.req_to_token[index, start:end] = to_device(host_slots, self.device, self.pinned)
+
+    def write_host(self, rows: torch.Tensor, cols: torch.Tensor, slots: torch.Tensor) -> None:
+        """Scattered writes to the host mirror only; the caller writes the device table itself (decode)."""
+        self.host[rows, cols] = slots.to(torch.int32)
+
+    def read(self, index: int, length: int) -> torch.Tensor:
+        """The first ``length`` slots of row ``index`` (int64, host), without touching the device."""
+        return self.host[index, :length].to(torch.int64)
 
     def clear(self) -> None:
         self._free = list(range(self.size))

@@ -64,7 +64,9 @@ class ModelRunner:
             self.max_total_tokens, args.page_size, cfg.num_layers, kv_heads, cfg.head_dim, self.dtype, self.device
         )
         # NOTE: one spare row so padded graph batches can point at a request slot no real request owns.
-        self.req_to_token_pool = ReqToTokenPool(self.max_running_requests + 1, self.context_len + 8, self.device)
+        self.req_to_token_pool = ReqToTokenPool(
+            self.max_running_requests + 1, self.context_len + 8, self.device, bool(platform.capabilities.pinned_memory)
+        )
         self.padding_req_slot = self.req_to_token_pool.alloc()
         name = args.attention_backend or platform.default_attention_backend()
         self.attn_backend = platform.attention_backend(name, self)

@@ -299,7 +299,7 @@ class Scheduler:
             return -1
         if length == r.kv_len + r.inflight and r.last_slot >= 0:
             return r.last_slot
-        return int(self.req_pool.req_to_token[r.req_pool_idx, length - 1])
+        return int(self.req_pool.host[r.req_pool_idx, length - 1])
 
     # decode -----------------------------------------------------------------------------------------------------
     def _schedule_decode(self) -> ScheduleBatch | None:
@@ -324,7 +324,9 @@ class Scheduler:
         got = self.allocator.alloc_decode([n + 1 for n in starts], last)
         if got is None:
             return None
-        # NOTE: build_forward_batch writes these slots into req_to_token on the device.
+        # NOTE: the host mirror here; build_forward_batch writes the device table without a sync.
+        rows = torch.tensor([r.req_pool_idx for r in reqs], dtype=torch.int64)
+        self.req_pool.write_host(rows, torch.tensor(starts, dtype=torch.int64), got)
         for r, slot in zip(reqs, got.tolist()):
             r.last_slot = slot
         return ScheduleBatch(ForwardMode.DECODE, list(reqs), starts, [1] * len(reqs), got)
