@@ -18,6 +18,7 @@ from sgl.bench.workloads import BenchRequest, WorkloadSpec
 from sgl.core.config import ServerArgs
 
 WARMUP_PROMPT_LEN = 16
+WARMUP_BATCH = 8
 
 
 @dataclass(frozen=True)
@@ -103,10 +104,17 @@ async def _run_all(engine: Any, reqs: list[BenchRequest], progress: bool) -> lis
     return results
 
 
-def _warm_up(engine: Any, vocab: int) -> None:
-    """One short request pays for first-call costs (allocation, lazy init); the flush keeps it out of the cache."""
-    engine.generate(input_ids=[i % vocab for i in range(WARMUP_PROMPT_LEN)],
-                    sampling_params={"max_new_tokens": 2, "ignore_eos": True, "temperature": 0.0})
+def _warm_up(engine: Any, vocab: int, reqs: list[BenchRequest]) -> None:
+    """Pays first-call costs (allocation, kernel compilation for the workload's shapes) before the clock starts.
+
+    NOTE: a short request and a batch shaped like the workload's first requests (shifted ids, so they share no
+    prefix with it), then a cache flush: each engine of a --compare-radix pair starts equally warm.
+    """
+    sp = {"max_new_tokens": 2, "ignore_eos": True, "temperature": 0.0}
+    engine.generate(input_ids=[i % vocab for i in range(WARMUP_PROMPT_LEN)], sampling_params=sp)
+    shaped = [[(t + 1) % vocab for t in r.input_ids] for r in reqs[:WARMUP_BATCH]]
+    if shaped:
+        engine.generate(input_ids=shaped, sampling_params=sp)
     engine.flush_cache()
 
 
@@ -126,7 +134,7 @@ def run_offline(args: ServerArgs, spec: WorkloadSpec, label: str = "", progress:
     try:
         vocab = min(engine.runtime.scheduler.runner.vocab_size, engine.tokenizer.vocab_size)
         reqs = spec.build(vocab)
-        _warm_up(engine, vocab)
+        _warm_up(engine, vocab, reqs)
         start = time.perf_counter()
         results = asyncio.run(_run_all(engine, reqs, progress))
         duration = time.perf_counter() - start

@@ -30,6 +30,8 @@ logger = logging.getLogger(__name__)
 INIT_NEW_TOKEN_RATIO = 0.7
 MIN_NEW_TOKEN_RATIO = 0.1
 NEW_TOKEN_RATIO_DECAY = 0.001
+# NOTE: prompts sharing this many leading tokens with one admitted in the same step wait a step for the cache.
+IN_BATCH_PREFIX_TOKENS = 32
 GRAMMAR_WAIT_S = 0.005  # grammar: how long an otherwise idle step sleeps on pending compiles
 
 
@@ -246,6 +248,7 @@ class Scheduler:
             reqs.append(r), prefix_lens.append(r.kv_len), extend_lens.append(res.extend_len), slots.append(got)
             if not res.chunked:
                 adder.chunked = True  # NOTE: one chunked request at a time, even on the step it finishes
+        batch_heads: set[tuple[int, ...]] = set()
         for r in order_waiting(self.waiting, self.args.schedule_policy, self._match):
             if len(self.running) + len(reqs) >= self.max_running or self.req_pool.available_size() == 0:
                 break
@@ -255,6 +258,8 @@ class Scheduler:
                 continue  # grammar: still compiling; the requests behind it go ahead
             m = self.cache.match_prefix(r.all_ids()[: self._match_limit(r)])
             prefix_len = int(m.kv_indices.numel())
+            if self._defer_in_batch_duplicate(r, prefix_len, batch_heads):
+                continue
             res = adder.add(r.seq_len - prefix_len, r.remaining_new_tokens, self.page_size)
             if res.extend_len == 0:
                 break
@@ -281,6 +286,20 @@ class Scheduler:
         admitted = {id(r) for r in reqs}
         self.waiting = [r for r in self.waiting if id(r) not in admitted]
         return ScheduleBatch(ForwardMode.EXTEND, reqs, prefix_lens, extend_lens, torch.cat(slots))
+
+    def _defer_in_batch_duplicate(self, r: Req, prefix_len: int, heads: set[tuple[int, ...]]) -> bool:
+        """True when r's prompt starts like one already admitted this step and the cache cannot serve it yet:
+        waiting one step lets r find that prompt in the cache instead of computing it twice (as SGLang's lpm)."""
+        if self.args.disable_radix_cache or prefix_len >= IN_BATCH_PREFIX_TOKENS:
+            return False
+        ids = r.origin_input_ids
+        if len(ids) < 2 * IN_BATCH_PREFIX_TOKENS:
+            return False
+        head = tuple(ids[:IN_BATCH_PREFIX_TOKENS])
+        if head in heads:
+            return True
+        heads.add(head)
+        return False
 
     def _alloc_extend(self, r: Req, start: int, n: int) -> torch.Tensor | None:
         last = self._last_loc(r, start)
