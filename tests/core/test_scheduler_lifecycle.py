@@ -88,3 +88,9 @@ def test_flush_cache_empties_the_tree_only_when_idle(demo_model_dir: Path) -> No
     assert s.flush_cache()
     assert s.cache.evictable_size() == 0
     assert s.allocator.available_size() == s.allocator.size
+
+
+def test_kv_pool_that_cannot_fit_is_a_clear_error(demo_model_dir: Path) -> None:
+    args = ServerArgs(model_path=str(demo_model_dir), backend="cpu", mem_fraction_static=0.001)
+    with pytest.raises(MemoryError, match=r"weights take .* GiB, .* GiB is free"):
+        build_runtime(args)
