@@ -41,5 +41,7 @@ def __getattr__(name: str) -> Any:
     return getattr(importlib.import_module(module), name)
 
 
-__all__ = ["Engine", "SamplingParams", "ServerArgs", "__version__", *[k for k in _LAZY if k[0].islower() or k in (
-    "RuntimeEndpoint", "OpenAICompatible", "BackendError")]]
+__all__ = [
+    "BackendError", "Engine", "OpenAICompatible", "RuntimeEndpoint", "SamplingParams", "ServerArgs", "__version__",
+    "assistant", "function", "gen", "select", "set_default_backend", "system", "user",
+]

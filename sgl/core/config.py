@@ -9,8 +9,7 @@ from typing import Any
 SCHEDULE_POLICIES = ("lpm", "dfs-weight", "fcfs")
 LOAD_FORMATS = ("auto", "safetensors", "dummy")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
-GRAMMAR_BACKENDS = ("xgrammar", "none")
-DEFAULT_GRAMMAR_BACKEND = GRAMMAR_BACKENDS[0]
+DEFAULT_GRAMMAR_BACKEND = "auto"  # the first grammar backend a plugin registers; "none" turns constraints off
 
 
 def _opt(default: Any, help: str, choices: tuple[str, ...] | None = None) -> Any:
@@ -48,8 +47,11 @@ class ServerArgs:
     cuda_graph_max_bs: int = _opt(160, "largest decode batch captured as a graph")
     stream_interval: int = _opt(1, "stream every N tokens")
     # grammar ----------------------------------------------------------------------------------------------------
-    grammar_backend: str = _opt(DEFAULT_GRAMMAR_BACKEND, "constrained decoding (json_schema, regex, ebnf, choices); none = off",
-                                GRAMMAR_BACKENDS)
+    grammar_backend: str = _opt(
+        DEFAULT_GRAMMAR_BACKEND,
+        "grammar backend for json_schema/regex/ebnf/choices: a registered name (see `sgl plugins`), auto = the first "
+        "installed, none = off",
+    )
     grammar_compile_timeout: float = _opt(30.0, "seconds a grammar may take to compile before its request fails")
     # server -----------------------------------------------------------------------------------------------------
     host: str = _opt("127.0.0.1", "address to listen on")

@@ -10,8 +10,8 @@ import torch
 if not torch.cuda.is_available():
     pytest.skip("needs a GPU", allow_module_level=True)
 
-import sgl  # noqa: E402
-from tests.core.engine_utils import GREEDY, PROMPTS  # noqa: E402
+import sgl
+from tests.core.engine_utils import GREEDY, PROMPTS
 
 pytestmark = pytest.mark.gpu
 

@@ -17,7 +17,7 @@ import pytest
 
 pytest.importorskip("sgl.api.server")
 
-from sgl.lang import BackendError, RuntimeEndpoint, assistant, function, gen, select, system, user  # noqa: E402
+from sgl.lang import BackendError, RuntimeEndpoint, assistant, function, gen, select, system, user
 
 STARTUP_TIMEOUT_S = 180.0
 

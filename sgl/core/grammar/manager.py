@@ -40,6 +40,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 DISABLED = "none"
+AUTO = "auto"
 DEFAULT_CACHE_ENTRIES = 512
 
 
@@ -53,6 +54,11 @@ def load_backend_class(name: str, registry: Any = None) -> type[GrammarBackend]:
         from sgl.core.plugins import get_plugins
 
         registry = get_plugins().grammar_backends
+    if name == AUTO:
+        names = registry.names()
+        if not names:
+            raise ValueError(f"no grammar backend is installed; install one with {GRAMMAR_EXTRA}")
+        name = names[0]
     try:
         cls = registry.get(name)
     except (ImportError, OSError) as exc:

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from sgl.core.ipc import FinishReason, GenerateReq
+from sgl.core.ipc import FinishReason, GenerateReq, ReqOutput
 
 if TYPE_CHECKING:
     from sgl.core.grammar.manager import RequestGrammar
@@ -119,6 +119,32 @@ class Req:
                         return
         if n_out >= sp.max_new_tokens:
             self.finished_reason = FinishReason("length", matched=None)
+
+    # outputs ----------------------------------------------------------------------------------------------------
+    def take_output(self) -> ReqOutput | None:
+        """What changed since the last output, or None when there is nothing to tell yet.
+
+        NOTE: a non-streaming request hears only of its first token (for TTFT) and of its end.
+        """
+        new = self.output_ids[self.sent_tokens :]
+        if not new and not self.finished and self.input_logprobs is None:
+            return None
+        if not (self.stream or self.finished or self.sent_tokens == 0):
+            return None
+        input_lps = self.input_logprobs if self.input_logprobs_done and self.input_logprobs is not None else None
+        out = ReqOutput(
+            rid=self.rid, new_token_ids=new, finished=self.finished_reason,
+            prompt_tokens=len(self.origin_input_ids), completion_tokens=len(self.output_ids),
+            cached_tokens=self.cached_tokens, output_logprobs=self.pending_logprobs,
+            output_top_logprobs=self.pending_top_logprobs, input_logprobs=input_lps,
+            input_top_logprobs=self.input_top_logprobs if input_lps is not None else None,
+        )
+        self.sent_tokens = len(self.output_ids)
+        self.pending_logprobs, self.pending_top_logprobs = [], []
+        if input_lps is not None:
+            self.input_logprobs = None
+            self.input_top_logprobs = None
+        return out
 
     def __repr__(self) -> str:
         return f"Req({self.rid!r}, stage={self.stage.value}, prompt={len(self.origin_input_ids)}, out={len(self.output_ids)})"

@@ -401,27 +401,9 @@ class Scheduler:
     def _collect_outputs(self) -> list[ReqOutput]:
         outs: list[ReqOutput] = []
         for r in self._touched.values():
-            new = r.output_ids[r.sent_tokens :]
-            if not new and not r.finished and r.input_logprobs is None:
-                continue
-            # NOTE: a non-streaming request hears only of its first token (for TTFT) and of its end.
-            if not (r.stream or r.finished or r.sent_tokens == 0):
-                continue
-            input_lps = r.input_logprobs if r.input_logprobs_done and r.input_logprobs is not None else None
-            outs.append(
-                ReqOutput(
-                    rid=r.rid, new_token_ids=new, finished=r.finished_reason,
-                    prompt_tokens=len(r.origin_input_ids), completion_tokens=len(r.output_ids),
-                    cached_tokens=r.cached_tokens, output_logprobs=r.pending_logprobs,
-                    output_top_logprobs=r.pending_top_logprobs, input_logprobs=input_lps,
-                    input_top_logprobs=r.input_top_logprobs if input_lps is not None else None,
-                )
-            )
-            r.sent_tokens = len(r.output_ids)
-            r.pending_logprobs, r.pending_top_logprobs = [], []
-            if input_lps is not None:
-                r.input_logprobs = None
-                r.input_top_logprobs = None
+            out = r.take_output()
+            if out is not None:
+                outs.append(out)
             if r.finished and self.reqs.get(r.rid) is r:
                 del self.reqs[r.rid]
         self._touched = {}
