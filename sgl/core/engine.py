@@ -130,9 +130,15 @@ class Engine:
         ]
         return objs, batched
 
-    def _validate(self, objs: list[GenerateInput]) -> None:
-        for obj in objs:  # NOTE: all or nothing: a bad prompt in a batch sends none of it
+    def _prepare(self, *args: Any) -> tuple[list[GenerateInput], bool]:
+        """Checks the engine and every input before anything is sent (all or nothing for a batch)."""
+        self._check_open()
+        objs, batched = self._inputs(*args)
+        for obj in objs:
             self.manager.build(obj)
+        if objs[0].stream and batched:
+            raise ValueError("stream=True takes a single prompt")
+        return objs, batched
 
     # public API -------------------------------------------------------------------------------------------------
     def generate(
@@ -142,13 +148,9 @@ class Engine:
         rid: str | list[str] | None = None,
     ) -> Any:
         """A dict for one prompt (a list when n > 1), a list for a list; with stream=True an iterator of chunks."""
-        self._check_open()
-        objs, batched = self._inputs(prompt, input_ids, sampling_params, return_logprob, logprob_start_len,
-                                     top_logprobs_num, stream, rid)
-        self._validate(objs)
+        objs, batched = self._prepare(prompt, input_ids, sampling_params, return_logprob, logprob_start_len,
+                                      top_logprobs_num, stream, rid)
         if stream:
-            if batched:
-                raise ValueError("stream=True takes a single prompt")
             return self._stream_sync(objs[0])
         results = self._loop.run_until_complete(self._gather(objs))
         return results if batched else results[0]
@@ -184,13 +186,9 @@ class Engine:
         rid: str | list[str] | None = None,
     ) -> Any:
         """Awaitable result; with stream=True an async iterator of cumulative chunks."""
-        self._check_open()
-        objs, batched = self._inputs(prompt, input_ids, sampling_params, return_logprob, logprob_start_len,
-                                     top_logprobs_num, stream, rid)
-        self._validate(objs)
+        objs, batched = self._prepare(prompt, input_ids, sampling_params, return_logprob, logprob_start_len,
+                                      top_logprobs_num, stream, rid)
         if stream:
-            if batched:
-                raise ValueError("stream=True takes a single prompt")
             return self._stream(objs[0])
         results = await self._gather(objs)
         return results if batched else results[0]
