@@ -11,3 +11,5 @@ b shared-prefix --workload shared-prefix --num-groups 4 --questions-per-group 32
   --question-len 128 --output-len 128 --compare-radix
 b no-sharing --workload random --num-prompts 256 --input-len 1024 --output-len 128 --range-ratio 1 --compare-radix
 T=420 b big --workload random --num-prompts 1000 --input-len 1024 --output-len 1024 --range-ratio 1
+T=420 b big-mixed --workload random --num-prompts 1000 --input-len 1024 --output-len 1024 --range-ratio 1 \
+  --enable-mixed-chunk

@@ -41,6 +41,7 @@ class ServerArgs:
     schedule_policy: str = _opt("lpm", "waiting-queue order", SCHEDULE_POLICIES)
     schedule_conservativeness: float = _opt(1.0, "scale of the KV reserve kept for running decodes")
     disable_radix_cache: bool = _opt(False, "do not share prefixes between requests")
+    enable_mixed_chunk: bool = _opt(False, "run the running decodes in the same forward as a prefill chunk (MIXED)")
     disable_overlap_schedule: bool = _opt(False, "run the plain loop even where the platform supports overlap")
     force_overlap_schedule: bool = _opt(False, "run the overlap loop even where the platform does not ask for it")
     disable_cuda_graph: bool = _opt(False, "do not capture decode graphs")

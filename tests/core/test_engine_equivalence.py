@@ -28,6 +28,9 @@ def reference(demo_model_dir: Path) -> list[list[int]]:
         ("fcfs", {"schedule_policy": "fcfs"}),
         ("dfs-weight", {"schedule_policy": "dfs-weight"}),
         ("overlap", {"force_overlap_schedule": True}),
+        ("mixed-chunk", {"enable_mixed_chunk": True, "chunked_prefill_size": 8}),
+        ("mixed-chunk-overlap-page-16", {"enable_mixed_chunk": True, "force_overlap_schedule": True, "page_size": 16,
+                                         "chunked_prefill_size": 16}),
         ("overlap-page-16-chunks", {"force_overlap_schedule": True, "page_size": 16, "chunked_prefill_size": 16}),
     ],
 )
@@ -38,21 +41,22 @@ def test_greedy_tokens_identical_across_scheduling_options(
         got = greedy_ids(engine, PROMPTS)
         # a second round hits the radix cache for every prompt (when it is on)
         again = greedy_ids(engine, PROMPTS)
-        overlapped = engine.get_server_info()["overlapped_steps"]
-    assert (overlapped > 0) == bool(kwargs.get("force_overlap_schedule")), label
+        info = engine.get_server_info()
+    assert (info["overlapped_steps"] > 0) == bool(kwargs.get("force_overlap_schedule")), label
+    assert (info["mixed_steps"] > 0) == bool(kwargs.get("enable_mixed_chunk")), label
     assert got == reference, label
     assert again == reference, label
 
 
-@pytest.mark.parametrize("page_size,overlap", [(1, False), (16, False), (1, True)])
+@pytest.mark.parametrize("page_size,overlap,mixed", [(1, False, False), (16, False, False), (1, True, True)])
 def test_tiny_kv_pool_forces_retraction_and_keeps_tokens(
-    demo_model_dir: Path, reference: list[list[int]], page_size: int, overlap: bool
+    demo_model_dir: Path, reference: list[list[int]], page_size: int, overlap: bool, mixed: bool
 ) -> None:
     # six prompts of up to ~30 tokens, each growing by 32: ~380 tokens at the end, in a pool of 192; a low
     # conservativeness admits them all at once, so decoding must run out of slots
     with make_engine(
         demo_model_dir, max_total_tokens=192, page_size=page_size, schedule_conservativeness=0.2, max_running_requests=8,
-        force_overlap_schedule=overlap,
+        force_overlap_schedule=overlap, enable_mixed_chunk=mixed,
     ) as engine:
         got = greedy_ids(engine, PROMPTS)
         info = engine.get_server_info()

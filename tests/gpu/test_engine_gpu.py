@@ -54,6 +54,7 @@ def test_bf16_prompt_logprobs_close_to_the_fp32_cpu_reference(demo_model_dir: Pa
         ("page-16", {"page_size": 16}),
         ("retraction", {"max_total_tokens": 192, "schedule_conservativeness": 0.2, "max_running_requests": 8}),
         ("no-overlap", {"disable_overlap_schedule": True}),
+        ("mixed-chunk", {"enable_mixed_chunk": True, "chunked_prefill_size": 16}),
     ],
 )
 def test_greedy_tokens_identical_on_gpu(demo_model_dir: Path, reference: list[list[int]], label: str,

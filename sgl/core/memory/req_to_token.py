@@ -50,6 +50,13 @@ class ReqToTokenPool:
         """Scattered writes to the host mirror only; the caller writes the device table itself (decode)."""
         self.host[rows, cols] = slots.to(torch.int32)
 
+    def write_scattered(self, rows: torch.Tensor, cols: torch.Tensor, slots: torch.Tensor) -> None:
+        """``table[rows[i], cols[i]] = slots[i]`` on the host mirror and (asynchronously) on the device."""
+        self.write_host(rows, cols, slots)
+        if self.host is not self.req_to_token:
+            packed = to_device(torch.stack([rows, cols, slots.to(torch.int64)]), self.device, self.pinned)
+            self.req_to_token[packed[0], packed[1]] = packed[2].to(torch.int32)
+
     def read(self, index: int, length: int) -> torch.Tensor:
         """The first ``length`` slots of row ``index`` (int64, host), without touching the device."""
         return self.host[index, :length].to(torch.int64)

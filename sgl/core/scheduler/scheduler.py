@@ -71,7 +71,7 @@ class Scheduler:
         self._arrivals = 0
         self._touched: dict[str, Req] = {}
         self.stats = {"prompt_tokens": 0, "cached_tokens": 0, "generated_tokens": 0, "retractions": 0, "steps": 0,
-                      "overlapped_steps": 0}
+                      "overlapped_steps": 0, "mixed_steps": 0}
         use_overlap = args.force_overlap_schedule or (
             runner.platform.capabilities.overlap_schedule and not args.disable_overlap_schedule
         )
@@ -152,6 +152,10 @@ class Scheduler:
         sampled = iter(zip(result.next_token_ids, result.logprobs))
         for i, r in enumerate(batch.reqs):
             r.kv_len += batch.extend_lens[i]
+            if r.stage is ReqStage.DECODE:  # a running request decoding inside a MIXED batch
+                tok, lp = next(sampled)
+                self._append_token(r, tok, lp)
+                continue
             if i in result.input_logprobs:
                 lps, tops = result.input_logprobs[i]
                 r.input_logprobs = (r.input_logprobs or []) + lps
@@ -285,7 +289,22 @@ class Scheduler:
             return None
         admitted = {id(r) for r in reqs}
         self.waiting = [r for r in self.waiting if id(r) not in admitted]
-        return ScheduleBatch(ForwardMode.EXTEND, reqs, prefix_lens, extend_lens, torch.cat(slots))
+        batch = ScheduleBatch(ForwardMode.EXTEND, reqs, prefix_lens, extend_lens, torch.cat(slots))
+        return self._mix_in_decodes(batch) if self.args.enable_mixed_chunk and self.running else batch
+
+    def _mix_in_decodes(self, batch: ScheduleBatch) -> ScheduleBatch:
+        """--enable-mixed-chunk: the running requests decode in the same forward as the prefill (MIXED), so an
+        admission does not stall them for a step. Without room for their slots they simply wait, as usual."""
+        dec = self.decode_batch(self.running, ahead=0)
+        if dec is None:
+            return batch
+        rows = torch.tensor([r.req_pool_idx for r in dec.reqs], dtype=torch.int64)
+        self.req_pool.write_scattered(rows, torch.tensor(dec.prefix_lens, dtype=torch.int64), dec.out_cache_loc)
+        self.stats["mixed_steps"] += 1
+        return ScheduleBatch(
+            ForwardMode.MIXED, batch.reqs + dec.reqs, batch.prefix_lens + dec.prefix_lens,
+            batch.extend_lens + dec.extend_lens, torch.cat([batch.out_cache_loc, dec.out_cache_loc]),
+        )
 
     def _defer_in_batch_duplicate(self, r: Req, prefix_len: int, heads: set[tuple[int, ...]]) -> bool:
         """True when r's prompt starts like one already admitted this step and the cache cannot serve it yet:
