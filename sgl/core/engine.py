@@ -10,7 +10,7 @@ import asyncio
 import itertools
 import logging
 import threading
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncGenerator, Iterator
 from typing import Any
 
 from sgl.core.config import ServerArgs
@@ -44,7 +44,8 @@ class _Replies:
         self._lock = threading.Lock()
 
     def expect(self, flush: bool = False) -> tuple[int, threading.Event, list[Any]]:
-        ev, box = threading.Event(), []
+        ev = threading.Event()
+        box: list[Any] = []
         with self._lock:
             token = next(self._tokens)
             if flush:
@@ -175,7 +176,7 @@ class Engine:
     async def _gather(self, objs: list[GenerateInput]) -> list[Any]:
         return list(await asyncio.gather(*(self._one(o) for o in objs)))
 
-    async def _stream(self, obj: GenerateInput) -> AsyncIterator[Any]:
+    async def _stream(self, obj: GenerateInput) -> AsyncGenerator[Any, None]:
         async for chunk in self.manager.generate(obj):
             yield chunk[0] if len(chunk) == 1 else chunk
 

@@ -26,7 +26,7 @@ def build_forward_batch(
     device = runner.device
     pinned = bool(runner.platform.capabilities.pinned_memory)
     seq_lens = batch.seq_lens
-    pool_idx = [r.req_pool_idx for r in batch.reqs]
+    pool_idx = [int(r.req_pool_idx) for r in batch.reqs]  # type: ignore[arg-type]  # scheduled: always set
     if batch.mode.is_decode:
         ids = batch.input_ids() if input_ids is None else [0] * len(batch)
         packed = rows_to_device(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 import torch
 
@@ -47,6 +48,7 @@ class ModelRunner:
         self.model_config = ModelConfig.from_dir(model_path)
         self.dtype = resolve_dtype(args, platform, self.model_config)
         ctx = ModelContext.from_platform(platform, self.dtype, parallel, self.device)
+        self.model: Any  # an architecture class from the model registry (forward, compute_logits)
         self.model, _ = load_model(model_path, ctx, load_format=args.load_format, seed=args.random_seed)
         self.model.eval()
         cfg = self.model_config

@@ -241,6 +241,13 @@ class Scheduler:
         prefix_lens: list[int] = []
         extend_lens: list[int] = []
         slots: list[torch.Tensor] = []
+
+        def take(r: Req, prefix: int, extend: int, got: torch.Tensor) -> None:
+            reqs.append(r)
+            prefix_lens.append(prefix)
+            extend_lens.append(extend)
+            slots.append(got)
+
         if self.chunked is not None:
             r = self.chunked
             res = adder.add(r.seq_len - r.kv_len, r.remaining_new_tokens, self.page_size)
@@ -249,7 +256,7 @@ class Scheduler:
             got = self._alloc_extend(r, r.kv_len, res.extend_len)
             if got is None:
                 return None
-            reqs.append(r), prefix_lens.append(r.kv_len), extend_lens.append(res.extend_len), slots.append(got)
+            take(r, r.kv_len, res.extend_len, got)
             if not res.chunked:
                 adder.chunked = True  # NOTE: one chunked request at a time, even on the step it finishes
         batch_heads: set[tuple[int, ...]] = set()
@@ -284,7 +291,7 @@ class Scheduler:
             r.stage = ReqStage.PREFILL
             if res.chunked:
                 self.chunked = r
-            reqs.append(r), prefix_lens.append(prefix_len), extend_lens.append(res.extend_len), slots.append(got)
+            take(r, prefix_len, res.extend_len, got)
         if not reqs:
             return None
         admitted = {id(r) for r in reqs}
