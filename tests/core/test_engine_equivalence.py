@@ -64,3 +64,22 @@ def test_tiny_kv_pool_forces_retraction_and_keeps_tokens(
     assert info["retractions"] > 0
     assert info["available_tokens"] + info["evictable_tokens"] == info["max_total_tokens"]
     assert info["locked_tokens"] == 0
+
+
+def test_overlap_finishing_by_stop_token_and_abort_mid_chain_match_the_plain_loop(demo_model_dir: Path) -> None:
+    """Requests that stop on a token (unknown until their step resolves) ride one extra chained step; their outputs,
+    and the pool accounting after them, must equal the plain loop's."""
+    with make_engine(demo_model_dir) as plain:
+        base = greedy_ids(plain, PROMPTS)
+    stops = [ids[7 + i % 5] for i, ids in enumerate(base)]  # a token each request meets mid-way
+    params = [{"temperature": 0.0, "max_new_tokens": 32, "stop_token_ids": [t]} for t in stops]
+    results = {}
+    for overlap in (False, True):
+        with make_engine(demo_model_dir, force_overlap_schedule=overlap) as engine:
+            outs = engine.generate(PROMPTS, params)
+            results[overlap] = [o["output_ids"] for o in outs]
+            info = engine.get_server_info()
+            assert info["locked_tokens"] == 0 and info["request_owned_tokens"] == 0
+            assert info["available_tokens"] + info["evictable_tokens"] == info["max_total_tokens"]
+    assert results[True] == results[False]
+    assert all(ids[-1] == t and len(ids) < 32 for ids, t in zip(results[True], stops))

@@ -32,9 +32,10 @@ def assert_idle_and_whole(s: Scheduler) -> None:
     assert s.allocator.available_size() + s.cache.evictable_size() == s.allocator.size
 
 
-@pytest.mark.parametrize("disable_radix_cache", [False, True])
-def test_abort_at_every_stage_frees_everything(demo_model_dir: Path, disable_radix_cache: bool) -> None:
-    s = make_scheduler(demo_model_dir, chunked_prefill_size=16, disable_radix_cache=disable_radix_cache)
+@pytest.mark.parametrize("disable_radix_cache,overlap", [(False, False), (True, False), (False, True)])
+def test_abort_at_every_stage_frees_everything(demo_model_dir: Path, disable_radix_cache: bool, overlap: bool) -> None:
+    s = make_scheduler(demo_model_dir, chunked_prefill_size=16, disable_radix_cache=disable_radix_cache,
+                       force_overlap_schedule=overlap)
     s.add_request(req("waiting", 10))
     s.abort("waiting")
     outs = s.step()
