@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 
 from sgl import __version__
+from sgl.api.disconnect import abort_on_disconnect
 from sgl.api.errors import ApiError
 from sgl.api.metrics import CONTENT_TYPE
 from sgl.api.openai_common import abort_error, check_n
@@ -132,6 +133,10 @@ async def generate(body: GenerateRequest, request: Request) -> Any:
     objs, batched = _inputs(state, body)
     if body.stream:
         return SSEResponse(_stream(state, objs, indexed=batched or any(_n(o) > 1 for o in objs)))
+    return await abort_on_disconnect(request, _generate_all(state, objs, batched))
+
+
+async def _generate_all(state: ServerState, objs: list[GenerateInput], batched: bool) -> Any:
     finals: dict[int, list[dict[str, Any]]] = {}
     async with aclosing(merge([state.tm.generate(o) for o in objs])) as merged:
         async for p, results in merged:

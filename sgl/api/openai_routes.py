@@ -11,6 +11,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
+from sgl.api.disconnect import abort_on_disconnect
 from sgl.api.errors import ApiError
 from sgl.api.openai_chat import chat_completion
 from sgl.api.openai_completions import completion
@@ -32,12 +33,12 @@ def _card(state: ServerState) -> dict[str, Any]:
 
 @router.post("/v1/chat/completions", response_model=None)
 async def chat_completions(body: ChatCompletionRequest, request: Request) -> dict[str, Any] | Response:
-    return await chat_completion(_state(request), body)
+    return await abort_on_disconnect(request, chat_completion(_state(request), body))
 
 
 @router.post("/v1/completions", response_model=None)
 async def completions(body: CompletionRequest, request: Request) -> dict[str, Any] | Response:
-    return await completion(_state(request), body)
+    return await abort_on_disconnect(request, completion(_state(request), body))
 
 
 @router.get("/v1/models")

@@ -135,6 +135,22 @@ def test_client_disconnect_mid_stream_frees_the_kv_pool(http: httpx.Client, serv
     assert info["available_tokens"] + info["evictable_tokens"] == info["max_total_tokens"]
 
 
+@pytest.mark.parametrize("route,body", [
+    ("/generate", {"text": "talk", "sampling_params": {"max_new_tokens": 500, "ignore_eos": True}}),
+    ("/v1/completions", {"model": "m", "prompt": "talk", "max_tokens": 500, "ignore_eos": True}),
+])
+def test_client_disconnect_without_streaming_aborts_and_frees_the_kv_pool(
+    http: httpx.Client, server: ServerProc, route: str, body: dict[str, Any]
+) -> None:
+    before = pool_is_whole(http)["generated_tokens"]
+    with httpx.Client(base_url=server.url, headers=server.headers, timeout=0.5) as c, \
+            pytest.raises(httpx.TimeoutException):
+        c.post(route, json=body)  # the client gives up long before 500 tokens; its connection closes
+    info = pool_is_whole(http)
+    assert info["locked_tokens"] == 0 and info["num_running_reqs"] == 0
+    assert info["generated_tokens"] - before < 500  # type: ignore[operator]  # aborted, not run to the end
+
+
 def test_metrics_expose_counters_gauges_and_latency_histograms(http: httpx.Client) -> None:
     http.post("/generate", json={"text": "metrics", "sampling_params": {"max_new_tokens": 4, "ignore_eos": True}})
     resp = http.get("/metrics")
