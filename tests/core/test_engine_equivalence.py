@@ -83,3 +83,23 @@ def test_overlap_finishing_by_stop_token_and_abort_mid_chain_match_the_plain_loo
             assert info["available_tokens"] + info["evictable_tokens"] == info["max_total_tokens"]
     assert results[True] == results[False]
     assert all(ids[-1] == t and len(ids) < 32 for ids, t in zip(results[True], stops))
+
+
+def test_overlap_with_host_dependent_sampling_matches_the_plain_loop(demo_model_dir: Path) -> None:
+    """Penalties, min_new_tokens and seeded sampling need the previous token on the host: chained steps defer
+    their sampling until it resolved, and give exactly the plain loop's tokens."""
+    params = [
+        {"temperature": 0.0, "max_new_tokens": 24, "frequency_penalty": 0.8, "ignore_eos": True},
+        {"temperature": 0.0, "max_new_tokens": 24, "repetition_penalty": 1.3, "ignore_eos": True},
+        {"temperature": 1.0, "max_new_tokens": 24, "seed": 7, "presence_penalty": 0.5, "ignore_eos": True},
+        {"temperature": 0.0, "max_new_tokens": 24, "min_new_tokens": 20},
+        {"temperature": 0.9, "max_new_tokens": 24, "seed": 11, "ignore_eos": True},
+        {"temperature": 0.0, "max_new_tokens": 24, "ignore_eos": True},
+    ]
+    results = {}
+    for overlap in (False, True):
+        with make_engine(demo_model_dir, force_overlap_schedule=overlap) as engine:
+            results[overlap] = [o["output_ids"] for o in engine.generate(PROMPTS, params)]
+            if overlap:
+                assert engine.get_server_info()["overlapped_steps"] > 0
+    assert results[True] == results[False]

@@ -266,3 +266,20 @@ def test_xgrammar_masks_special_tokens_and_allows_eos_only_at_the_end(demo_model
     assert grammar.accept_token(quote[0])
     assert not build_vocab_mask([_Row()], 2048, "cpu")[0][eos]  # after the closing quote EOS may end it
     assert grammar.accept_token(eos) and grammar.is_terminated()
+
+
+def test_constrained_outputs_are_identical_with_overlap_scheduling(demo_model_dir: Path) -> None:
+    """Chained steps sample constrained rows only after the previous token was accepted (deferred sampling)."""
+    params = [{"temperature": 0.0, "max_new_tokens": 40, "regex": r"[a-z]{3,6}( [a-z]{2,5}){2,4}\."},
+              {"temperature": 0.0, "max_new_tokens": 40, "ignore_eos": True},
+              {"temperature": 0.0, "max_new_tokens": 40, "choices": ["alpha beta", "gamma", "delta epsilon"]}]
+    prompts = ["Write words:", "Free text", "Pick one:"]
+    outs = {}
+    for overlap in (False, True):
+        with make_engine(demo_model_dir, force_overlap_schedule=overlap) as engine:
+            outs[overlap] = [(o["text"], o["output_ids"]) for o in engine.generate(prompts, params)]
+            if overlap:
+                assert engine.get_server_info()["overlapped_steps"] > 0
+    assert outs[True] == outs[False]
+    assert re.fullmatch(r"[a-z]{3,6}( [a-z]{2,5}){2,4}\.", outs[True][0][0])
+    assert outs[True][2][0] in ("alpha beta", "gamma", "delta epsilon")

@@ -3,9 +3,10 @@
 Step N+1 reads N's sampled tokens straight from device memory, so the host never waits between launches; it
 resolves N (copies its tokens home, checks stop conditions, streams them) while N+1 runs. A request that turns out
 to have finished at N rides along in N+1: its extra token is dropped and its KV released when N+1 resolves.
-Anything that needs N's tokens on the host first (a prefill that could be admitted now, penalties,
-min_new_tokens, grammars)
-simply does not chain: that step resolves first, exactly as the plain loop would.
+A prefill that could be admitted now does not chain: that step resolves first, exactly as the plain loop would.
+Sampling that needs N's tokens on the host (grammar masks, penalties, min_new_tokens) chains with its sampling
+deferred: N+1's forward is launched, N resolves and its tokens are accepted, and only then is N+1 sampled, so
+the mask is filled while the device runs N+1's layers.
 """
 
 from __future__ import annotations
@@ -57,20 +58,24 @@ class OverlapLoop:
         batch, pending = self.inflight
         nxt = self._chain(batch, pending)
         s.process_decode(batch, s.executor.resolve(pending))
+        if nxt is not None and nxt[1].next_ids is None:
+            # NOTE: N's tokens are appended and accepted by now: sample N+1 while its forward may still run.
+            nxt = (nxt[0], s.executor.finish_sampling(nxt[1]))
         self.inflight = nxt
 
-    def _launch(self, batch: ScheduleBatch, input_ids: torch.Tensor | None, ahead: int) -> tuple[ScheduleBatch, Pending]:
+    def _launch(
+        self, batch: ScheduleBatch, input_ids: torch.Tensor | None, ahead: int, defer_sampling: bool = False
+    ) -> tuple[ScheduleBatch, Pending]:
         self.s.stats["steps"] += 1
         for r in batch.reqs:
             r.inflight += 1
-        return batch, self.s.executor.launch(batch, input_ids, step_offset=ahead)
+        return batch, self.s.executor.launch(batch, input_ids, step_offset=ahead, defer_sampling=defer_sampling)
 
     def _chain(self, batch: ScheduleBatch, pending: Pending) -> tuple[ScheduleBatch, Pending] | None:
         s = self.s
         if s.chunked is not None or pending.next_ids is None or s.prefill_possible():
             return None
-        if any(_needs_host_tokens(r) for r in batch.reqs):
-            return None
+        defer = any(_needs_host_tokens(r) for r in batch.reqs)
         # NOTE: a request that reaches max_new_tokens at N is known to finish: leave it out of N+1.
         keep = [i for i, r in enumerate(batch.reqs)
                 if not r.finished and len(r.output_ids) + 1 < r.sampling_params.max_new_tokens]
@@ -84,4 +89,4 @@ class OverlapLoop:
         if len(keep) != len(batch.reqs):
             ids = ids.index_select(0, torch.tensor(keep, dtype=torch.int64).to(ids.device))
         self.s.stats["overlapped_steps"] += 1
-        return self._launch(nxt, ids, ahead=1)
+        return self._launch(nxt, ids, ahead=1, defer_sampling=defer)

@@ -471,4 +471,6 @@ class Scheduler:
             "num_waiting_reqs": len(self.waiting), "max_running_requests": self.max_running,
             "page_size": self.page_size, **self.stats,
             "cache_hit_rate": round(self.stats["cached_tokens"] / max(self.stats["prompt_tokens"], 1), 4),
+            "grammar_mask_us_per_token": round(
+                1e6 * self.executor.mask_seconds / max(self.executor.masked_tokens, 1), 1),
         }

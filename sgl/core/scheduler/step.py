@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import time
 from typing import Any, NamedTuple
 
 import torch
@@ -34,6 +35,7 @@ class Pending(NamedTuple):
     event: Any
     sample: SampleOutput | None
     input_lps: dict[int, tuple[list[tuple[float | None, int]], list[list[tuple[float, int]]]]]
+    logits: torch.Tensor | None = None  # set while sampling is deferred (launch(defer_sampling=True))
 
 
 def _pairs(values: list[float], ids: list[int]) -> list[tuple[float, int]]:
@@ -52,14 +54,21 @@ class StepExecutor:
         self.sampler = runner.sampler
         self.platform = runner.platform
         self.pinned = bool(runner.platform.capabilities.pinned_memory)
+        self.mask_seconds = 0.0  # host time spent filling grammar masks (reported per constrained token)
+        self.masked_tokens = 0
 
     def execute(self, batch: ScheduleBatch) -> StepResult:
         return self.resolve(self.launch(batch))
 
     @torch.inference_mode()
-    def launch(self, batch: ScheduleBatch, input_ids: torch.Tensor | None = None, step_offset: int = 0) -> Pending:
+    def launch(
+        self, batch: ScheduleBatch, input_ids: torch.Tensor | None = None, step_offset: int = 0,
+        defer_sampling: bool = False,
+    ) -> Pending:
         """``input_ids`` (device) replaces the batch's own for a decode step chained onto an unresolved one;
-        ``step_offset`` counts the tokens sampled but not yet appended to each request (for per-step seeds)."""
+        ``step_offset`` counts the tokens sampled but not yet appended to each request (for per-step seeds).
+        With ``defer_sampling`` only the forward is enqueued: ``finish_sampling`` samples once the host knows
+        every earlier token (grammar masks, penalties, min_new_tokens need them)."""
         runner = self.runner
         fb = build_forward_batch(batch, runner, input_ids)
         hidden = runner.forward(fb)
@@ -85,6 +94,14 @@ class StepExecutor:
             index = to_device(torch.tensor(last, dtype=torch.int64), hidden.device, self.pinned)
             selected = hidden.index_select(0, index)
         logits = runner.compute_logits(selected)
+        pending = Pending(reqs, None, None, None, None, input_lps, logits)
+        return pending if defer_sampling else self.finish_sampling(pending, step_offset)
+
+    @torch.inference_mode()
+    def finish_sampling(self, p: Pending, step_offset: int = 0) -> Pending:
+        """Samples a launched forward's logits and starts copying the tokens home."""
+        runner, reqs, logits = self.runner, p.reqs, p.logits
+        assert logits is not None, "this step was already sampled"
         seeds = None
         if step_offset:
             seeds = [
@@ -97,10 +114,16 @@ class StepExecutor:
             output_ids=[r.output_ids for r in reqs], prompt_ids=[r.origin_input_ids for r in reqs],
             eos_ids=[r.eos_ids for r in reqs], step_seeds=seeds, pinned=self.pinned,
         )
-        if any(r.grammar is not None for r in reqs):  # grammar: constrained rows sample only allowed tokens
-            # NOTE: the mask needs every earlier token accepted; the overlap loop never chains these batches.
-            assert step_offset == 0, "a constrained batch cannot chain onto an unresolved step"
-            mask = build_vocab_mask([r.grammar for r in reqs], runner.vocab_size, logits.device)
+        # grammar: constrained rows sample only allowed tokens; a request that already finished (it rides along in
+        # a chained step whose token is dropped) is left unconstrained
+        grammars = [r.grammar if not r.finished else None for r in reqs]
+        if any(g is not None for g in grammars):
+            # NOTE: the mask needs every earlier token accepted: such steps are sampled with step_offset 0 only.
+            assert step_offset == 0, "a constrained batch cannot sample before the previous step resolved"
+            t0 = time.perf_counter()
+            mask = build_vocab_mask(grammars, runner.vocab_size, logits.device)
+            self.mask_seconds += time.perf_counter() - t0
+            self.masked_tokens += sum(g is not None for g in grammars)
             info = dataclasses.replace(info, vocab_mask=mask)
         want_lp = any(r.return_logprob for r in reqs)
         out = self.sampler(
@@ -113,7 +136,7 @@ class StepExecutor:
         event = self.platform.new_event()
         if event is not None:
             event.record()
-        return Pending(reqs, next_ids, host, event, out, input_lps)
+        return Pending(reqs, next_ids, host, event, out, p.input_lps)
 
     def resolve(self, p: Pending) -> StepResult:
         if p.host_ids is None:
