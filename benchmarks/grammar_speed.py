@@ -32,7 +32,8 @@ def throughput(engine: sgl.Engine, batch: int, constrained: bool) -> float:
 
 
 def main(name: str) -> None:
-    kw: dict[str, Any] = {"max_total_tokens": 65536, "context_length": 4096, "max_running_requests": 64}
+    kw: dict[str, Any] = {"max_total_tokens": 65536, "context_length": 4096, "max_running_requests": 64,
+                          "force_overlap_schedule": "--overlap" in sys.argv}
     if name != "demo":
         kw.update(model_path=model_dir(name), load_format="dummy")
     with sgl.Engine(**kw) as engine:
@@ -46,4 +47,4 @@ def main(name: str) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1] if len(sys.argv) > 1 else "llama-3.1-8b")
+    main(next((a for a in sys.argv[1:] if not a.startswith("-")), "llama-3.1-8b"))

@@ -13,3 +13,5 @@ b no-sharing --workload random --num-prompts 256 --input-len 1024 --output-len 1
 T=420 b big --workload random --num-prompts 1000 --input-len 1024 --output-len 1024 --range-ratio 1
 T=420 b big-mixed --workload random --num-prompts 1000 --input-len 1024 --output-len 1024 --range-ratio 1 \
   --enable-mixed-chunk
+# issue 6: needs xgrammar (+ apache-tvm-ffi, pydantic, pydantic-core, annotated-types, typing-inspection) carried as wheels
+python3 -c "import xgrammar" 2>/dev/null && python3 -m benchmarks.grammar_speed llama-3.1-8b 2>&1 | grep '^{' | tee "$out/grammar.jsonl"
