@@ -45,7 +45,7 @@ class OverlapLoop:
     def step(self) -> None:
         s = self.s
         if self.inflight is None:
-            batch = s._schedule_prefill()
+            batch = s.prefill.schedule()
             if batch is None and s.running:
                 batch = s._schedule_decode()
             if batch is None:
@@ -73,7 +73,7 @@ class OverlapLoop:
 
     def _chain(self, batch: ScheduleBatch, pending: Pending) -> tuple[ScheduleBatch, Pending] | None:
         s = self.s
-        if s.chunked is not None or pending.next_ids is None or s.prefill_possible():
+        if s.chunked is not None or pending.next_ids is None or s.prefill.possible():
             return None
         defer = any(_needs_host_tokens(r) for r in batch.reqs)
         # NOTE: a request that reaches max_new_tokens at N is known to finish: leave it out of N+1.

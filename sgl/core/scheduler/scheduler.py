@@ -20,8 +20,7 @@ from sgl.core.runner.forward_batch import ForwardMode
 from sgl.core.runner.model_runner import ModelRunner
 from sgl.core.scheduler.batch import ScheduleBatch
 from sgl.core.scheduler.overlap import OverlapLoop
-from sgl.core.scheduler.policy import order_waiting
-from sgl.core.scheduler.prefill_adder import PrefillAdder
+from sgl.core.scheduler.prefill import PrefillBuilder
 from sgl.core.scheduler.req import Req, ReqStage
 from sgl.core.scheduler.step import StepExecutor, StepResult
 
@@ -30,8 +29,6 @@ logger = logging.getLogger(__name__)
 INIT_NEW_TOKEN_RATIO = 0.7
 MIN_NEW_TOKEN_RATIO = 0.1
 NEW_TOKEN_RATIO_DECAY = 0.001
-# NOTE: prompts sharing this many leading tokens with one admitted in the same step wait a step for the cache.
-IN_BATCH_PREFIX_TOKENS = 32
 GRAMMAR_WAIT_S = 0.005  # grammar: how long an otherwise idle step sleeps on pending compiles
 
 
@@ -76,6 +73,7 @@ class Scheduler:
             runner.platform.capabilities.overlap_schedule and not args.disable_overlap_schedule
         )
         self.overlap = OverlapLoop(self) if use_overlap else None
+        self.prefill = PrefillBuilder(self)
 
     # intake -----------------------------------------------------------------------------------------------------
     def add_request(self, msg: GenerateReq) -> None:
@@ -118,7 +116,7 @@ class Scheduler:
         if self.overlap is not None:
             self.overlap.step()
         else:
-            batch = self._schedule_prefill()
+            batch = self.prefill.schedule()
             if batch is None and self.running:
                 batch = self._schedule_decode()
             if batch is not None:
@@ -205,138 +203,6 @@ class Scheduler:
         self._touched[r.rid] = r
         if r.finished:
             self._finish(r)
-
-    # prefill ----------------------------------------------------------------------------------------------------
-    def _match_limit(self, r: Req) -> int:
-        """How many leading tokens may come from the cache: never the last, nor those whose logprobs are asked."""
-        limit = r.seq_len - 1
-        if not r.input_logprobs_done:
-            limit = min(limit, max(r.logprob_start_len - 1, 0))
-        return limit
-
-    def _match(self, r: Req) -> tuple[int, object]:
-        m = self.cache.match_prefix(r.all_ids()[: self._match_limit(r)])
-        return int(m.kv_indices.numel()), m.handle
-
-    def prefill_possible(self) -> bool:
-        """A cheap upper bound: could any waiting request be admitted now? (Overlap keeps chaining when not.)"""
-        if not self.waiting or len(self.running) >= self.max_running or self.req_pool.available_size() == 0:
-            return False
-        budget = self.allocator.available_size() + self.cache.evictable_size() - self._decode_reserve()
-        ratio = self.new_token_ratio
-        need = min(min(r.seq_len, self.prefill_token_budget) + int(r.remaining_new_tokens * ratio)
-                   for r in self.waiting[:32])
-        return budget >= need + self.page_size
-
-    def _decode_reserve(self) -> int:
-        reqs = self.running + ([self.chunked] if self.chunked is not None else [])
-        return int(sum(r.remaining_new_tokens for r in reqs) * self.new_token_ratio)
-
-    def _schedule_prefill(self) -> ScheduleBatch | None:
-        if not self.waiting and self.chunked is None:
-            return None
-        kv_budget = self.allocator.available_size() + self.cache.evictable_size() - self._decode_reserve()
-        adder = PrefillAdder(self.prefill_token_budget, kv_budget, self.chunk_size, self.new_token_ratio)
-        reqs: list[Req] = []
-        prefix_lens: list[int] = []
-        extend_lens: list[int] = []
-        slots: list[torch.Tensor] = []
-
-        def take(r: Req, prefix: int, extend: int, got: torch.Tensor) -> None:
-            reqs.append(r)
-            prefix_lens.append(prefix)
-            extend_lens.append(extend)
-            slots.append(got)
-
-        if self.chunked is not None:
-            r = self.chunked
-            res = adder.add(r.seq_len - r.kv_len, r.remaining_new_tokens, self.page_size)
-            if res.extend_len == 0:
-                return None
-            got = self._alloc_extend(r, r.kv_len, res.extend_len)
-            if got is None:
-                return None
-            take(r, r.kv_len, res.extend_len, got)
-            if not res.chunked:
-                adder.chunked = True  # NOTE: one chunked request at a time, even on the step it finishes
-        batch_heads: set[tuple[int, ...]] = set()
-        for r in order_waiting(self.waiting, self.args.schedule_policy, self._match):
-            if len(self.running) + len(reqs) >= self.max_running or self.req_pool.available_size() == 0:
-                break
-            if r.group is not None and self.group_leaders.get(r.group) not in (None, r.rid):
-                continue  # a sibling waits for its leader's prompt to enter the cache
-            if r.grammar is not None and not r.grammar.ready:
-                continue  # grammar: still compiling; the requests behind it go ahead
-            m = self.cache.match_prefix(r.all_ids()[: self._match_limit(r)])
-            prefix_len = int(m.kv_indices.numel())
-            if self._defer_in_batch_duplicate(r, prefix_len, batch_heads):
-                continue
-            res = adder.add(r.seq_len - prefix_len, r.remaining_new_tokens, self.page_size)
-            if res.extend_len == 0:
-                break
-            self.cache.inc_lock_ref(m.handle)
-            r.req_pool_idx = self.req_pool.alloc()
-            r.prefix_indices, r.last_handle, r.kv_len = m.kv_indices, m.handle, prefix_len
-            if prefix_len:
-                self.req_pool.write(r.req_pool_idx, 0, m.kv_indices)  # type: ignore[arg-type]
-            got = self._alloc_extend(r, prefix_len, res.extend_len)
-            if got is None:
-                self._release(r)
-                r.reset_for_recompute()
-                break
-            if r.output_ids == []:
-                r.cached_tokens = prefix_len
-                self.stats["prompt_tokens"] += len(r.origin_input_ids)
-                self.stats["cached_tokens"] += prefix_len
-            r.stage = ReqStage.PREFILL
-            if res.chunked:
-                self.chunked = r
-            take(r, prefix_len, res.extend_len, got)
-        if not reqs:
-            return None
-        admitted = {id(r) for r in reqs}
-        self.waiting = [r for r in self.waiting if id(r) not in admitted]
-        batch = ScheduleBatch(ForwardMode.EXTEND, reqs, prefix_lens, extend_lens, torch.cat(slots))
-        return self._mix_in_decodes(batch) if self.args.enable_mixed_chunk and self.running else batch
-
-    def _mix_in_decodes(self, batch: ScheduleBatch) -> ScheduleBatch:
-        """--enable-mixed-chunk: the running requests decode in the same forward as the prefill (MIXED), so an
-        admission does not stall them for a step. Without room for their slots they simply wait, as usual."""
-        dec = self.decode_batch(self.running, ahead=0)
-        if dec is None:
-            return batch
-        rows = torch.tensor([r.req_pool_idx for r in dec.reqs], dtype=torch.int64)
-        self.req_pool.write_scattered(rows, torch.tensor(dec.prefix_lens, dtype=torch.int64), dec.out_cache_loc)
-        self.stats["mixed_steps"] += 1
-        return ScheduleBatch(
-            ForwardMode.MIXED, batch.reqs + dec.reqs, batch.prefix_lens + dec.prefix_lens,
-            batch.extend_lens + dec.extend_lens, torch.cat([batch.out_cache_loc, dec.out_cache_loc]),
-        )
-
-    def _defer_in_batch_duplicate(self, r: Req, prefix_len: int, heads: set[tuple[int, ...]]) -> bool:
-        """True when r's prompt starts like one already admitted this step and the cache cannot serve it yet:
-        waiting one step lets r find that prompt in the cache instead of computing it twice (as SGLang's lpm)."""
-        if self.args.disable_radix_cache or prefix_len >= IN_BATCH_PREFIX_TOKENS:
-            return False
-        ids = r.origin_input_ids
-        if len(ids) < 2 * IN_BATCH_PREFIX_TOKENS:
-            return False
-        head = tuple(ids[:IN_BATCH_PREFIX_TOKENS])
-        if head in heads:
-            return True
-        heads.add(head)
-        return False
-
-    def _alloc_extend(self, r: Req, start: int, n: int) -> torch.Tensor | None:
-        last = self._last_loc(r, start)
-        need = n + self.page_size
-        if self.allocator.available_size() < need:
-            self.cache.evict(need - self.allocator.available_size())
-        got = self.allocator.alloc_extend([start], [start + n], [last])
-        if got is not None:
-            self.req_pool.write(r.req_pool_idx, start, got)  # type: ignore[arg-type]
-            r.last_slot = int(got[-1])
-        return got
 
     def _last_loc(self, r: Req, length: int) -> int:
         """The slot of token ``length - 1``; kept on the host (``r.last_slot``) so no device read is needed."""

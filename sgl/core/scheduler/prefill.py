@@ -1,0 +1,167 @@
+"""Prefill batches: which waiting requests run next, how many of their tokens, and where their KV goes.
+
+PrefillBuilder is part of the Scheduler (it reads and updates the scheduler's queues, cache and pools); it lives in
+its own room because building a prefill batch (policy order, budgets, chunking, in-batch prefix deferral, mixing in
+the running decodes) is one concept of its own.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import torch
+
+from sgl.core.runner.forward_batch import ForwardMode
+from sgl.core.scheduler.batch import ScheduleBatch
+from sgl.core.scheduler.policy import order_waiting
+from sgl.core.scheduler.prefill_adder import PrefillAdder
+from sgl.core.scheduler.req import Req, ReqStage
+
+if TYPE_CHECKING:
+    from sgl.core.scheduler.scheduler import Scheduler
+
+# NOTE: prompts sharing this many leading tokens with one admitted in the same step wait a step for the cache.
+IN_BATCH_PREFIX_TOKENS = 32
+
+
+class PrefillBuilder:
+    def __init__(self, scheduler: Scheduler) -> None:
+        self.s = scheduler
+
+    def match_limit(self, r: Req) -> int:
+        """How many leading tokens may come from the cache: never the last, nor those whose logprobs are asked."""
+        limit = r.seq_len - 1
+        if not r.input_logprobs_done:
+            limit = min(limit, max(r.logprob_start_len - 1, 0))
+        return limit
+
+    def match(self, r: Req) -> tuple[int, object]:
+        s = self.s
+        m = s.cache.match_prefix(r.all_ids()[: self.match_limit(r)])
+        return int(m.kv_indices.numel()), m.handle
+
+    def possible(self) -> bool:
+        """A cheap upper bound: could any waiting request be admitted now? (Overlap keeps chaining when not.)"""
+        s = self.s
+        if not s.waiting or len(s.running) >= s.max_running or s.req_pool.available_size() == 0:
+            return False
+        budget = s.allocator.available_size() + s.cache.evictable_size() - self.decode_reserve()
+        ratio = s.new_token_ratio
+        need = min(min(r.seq_len, s.prefill_token_budget) + int(r.remaining_new_tokens * ratio)
+                   for r in s.waiting[:32])
+        return budget >= need + s.page_size
+
+    def decode_reserve(self) -> int:
+        s = self.s
+        reqs = s.running + ([s.chunked] if s.chunked is not None else [])
+        return int(sum(r.remaining_new_tokens for r in reqs) * s.new_token_ratio)
+
+    def schedule(self) -> ScheduleBatch | None:
+        s = self.s
+        if not s.waiting and s.chunked is None:
+            return None
+        kv_budget = s.allocator.available_size() + s.cache.evictable_size() - self.decode_reserve()
+        adder = PrefillAdder(s.prefill_token_budget, kv_budget, s.chunk_size, s.new_token_ratio)
+        reqs: list[Req] = []
+        prefix_lens: list[int] = []
+        extend_lens: list[int] = []
+        slots: list[torch.Tensor] = []
+
+        def take(r: Req, prefix: int, extend: int, got: torch.Tensor) -> None:
+            reqs.append(r)
+            prefix_lens.append(prefix)
+            extend_lens.append(extend)
+            slots.append(got)
+
+        if s.chunked is not None:
+            r = s.chunked
+            res = adder.add(r.seq_len - r.kv_len, r.remaining_new_tokens, s.page_size)
+            if res.extend_len == 0:
+                return None
+            got = self.alloc_extend(r, r.kv_len, res.extend_len)
+            if got is None:
+                return None
+            take(r, r.kv_len, res.extend_len, got)
+            if not res.chunked:
+                adder.chunked = True  # NOTE: one chunked request at a time, even on the step it finishes
+        batch_heads: set[tuple[int, ...]] = set()
+        for r in order_waiting(s.waiting, s.args.schedule_policy, self.match):
+            if len(s.running) + len(reqs) >= s.max_running or s.req_pool.available_size() == 0:
+                break
+            if r.group is not None and s.group_leaders.get(r.group) not in (None, r.rid):
+                continue  # a sibling waits for its leader's prompt to enter the cache
+            if r.grammar is not None and not r.grammar.ready:
+                continue  # grammar: still compiling; the requests behind it go ahead
+            m = s.cache.match_prefix(r.all_ids()[: self.match_limit(r)])
+            prefix_len = int(m.kv_indices.numel())
+            if self.defer_in_batch_duplicate(r, prefix_len, batch_heads):
+                continue
+            res = adder.add(r.seq_len - prefix_len, r.remaining_new_tokens, s.page_size)
+            if res.extend_len == 0:
+                break
+            s.cache.inc_lock_ref(m.handle)
+            r.req_pool_idx = s.req_pool.alloc()
+            r.prefix_indices, r.last_handle, r.kv_len = m.kv_indices, m.handle, prefix_len
+            if prefix_len:
+                s.req_pool.write(r.req_pool_idx, 0, m.kv_indices)  # type: ignore[arg-type]
+            got = self.alloc_extend(r, prefix_len, res.extend_len)
+            if got is None:
+                s._release(r)
+                r.reset_for_recompute()
+                break
+            if r.output_ids == []:
+                r.cached_tokens = prefix_len
+                s.stats["prompt_tokens"] += len(r.origin_input_ids)
+                s.stats["cached_tokens"] += prefix_len
+            r.stage = ReqStage.PREFILL
+            if res.chunked:
+                s.chunked = r
+            take(r, prefix_len, res.extend_len, got)
+        if not reqs:
+            return None
+        admitted = {id(r) for r in reqs}
+        s.waiting = [r for r in s.waiting if id(r) not in admitted]
+        batch = ScheduleBatch(ForwardMode.EXTEND, reqs, prefix_lens, extend_lens, torch.cat(slots))
+        return self.mix_in_decodes(batch) if s.args.enable_mixed_chunk and s.running else batch
+
+    def mix_in_decodes(self, batch: ScheduleBatch) -> ScheduleBatch:
+        """--enable-mixed-chunk: the running requests decode in the same forward as the prefill (MIXED), so an
+        admission does not stall them for a step. Without room for their slots they simply wait, as usual."""
+        s = self.s
+        dec = s.decode_batch(s.running, ahead=0)
+        if dec is None:
+            return batch
+        rows = torch.tensor([r.req_pool_idx for r in dec.reqs], dtype=torch.int64)
+        s.req_pool.write_scattered(rows, torch.tensor(dec.prefix_lens, dtype=torch.int64), dec.out_cache_loc)
+        s.stats["mixed_steps"] += 1
+        return ScheduleBatch(
+            ForwardMode.MIXED, batch.reqs + dec.reqs, batch.prefix_lens + dec.prefix_lens,
+            batch.extend_lens + dec.extend_lens, torch.cat([batch.out_cache_loc, dec.out_cache_loc]),
+        )
+
+    def defer_in_batch_duplicate(self, r: Req, prefix_len: int, heads: set[tuple[int, ...]]) -> bool:
+        """True when r's prompt starts like one already admitted this step and the cache cannot serve it yet:
+        waiting one step lets r find that prompt in the cache instead of computing it twice (as SGLang's lpm)."""
+        s = self.s
+        if s.args.disable_radix_cache or prefix_len >= IN_BATCH_PREFIX_TOKENS:
+            return False
+        ids = r.origin_input_ids
+        if len(ids) < 2 * IN_BATCH_PREFIX_TOKENS:
+            return False
+        head = tuple(ids[:IN_BATCH_PREFIX_TOKENS])
+        if head in heads:
+            return True
+        heads.add(head)
+        return False
+
+    def alloc_extend(self, r: Req, start: int, n: int) -> torch.Tensor | None:
+        s = self.s
+        last = s._last_loc(r, start)
+        need = n + s.page_size
+        if s.allocator.available_size() < need:
+            s.cache.evict(need - s.allocator.available_size())
+        got = s.allocator.alloc_extend([start], [start + n], [last])
+        if got is not None:
+            s.req_pool.write(r.req_pool_idx, start, got)  # type: ignore[arg-type]
+            r.last_slot = int(got[-1])
+        return got
