@@ -110,10 +110,6 @@ class SchedulerFailed:
     message: str
 
 
-ToScheduler = GenerateReq | AbortReq | FlushCacheReq | GetInfoReq | ShutdownReq
-FromScheduler = BatchOutput | FlushCacheResp | InfoResp | SchedulerReady | SchedulerFailed
-
-
 class Inbox:
     """A thread-safe queue the scheduler drains: non-blocking while busy, blocking while idle."""
 
@@ -133,9 +129,6 @@ class Inbox:
         except queue.Empty:
             pass
         return items
-
-
-OutputSink = Callable[[Any], None]
 
 
 def start_thread(target: Callable[[], None], name: str) -> threading.Thread:

@@ -54,11 +54,9 @@ class Req:
         self.last_slot = -1  # the KV slot of the newest allocated token (host copy, for paged allocation)
         self.inflight = 0  # launched steps not yet resolved (overlap): its KV reaches kv_len + inflight
         self.release_deferred = False
-        self.extend_len = 0  # new tokens in the step being built
         self.cached_tokens = 0  # prompt tokens served from the cache, summed over (re)schedulings
         self.finished_reason: FinishReason | None = None
         self.grammar: RequestGrammar | None = None  # grammar: set by the scheduler for constrained requests
-        self.aborted_by_client = False
         # outputs not yet sent
         self.sent_tokens = 0
         self.pending_logprobs: list[tuple[float, int]] = []
@@ -94,7 +92,6 @@ class Req:
         self.last_handle = None
         self.kv_len = 0
         self.last_slot = -1
-        self.extend_len = 0
         if self.grammar is not None:  # grammar: the matcher must match output_ids, which recomputation keeps
             self.grammar.sync(self.output_ids)
 
