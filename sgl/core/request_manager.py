@@ -33,6 +33,7 @@ class ModelLimits:
     vocab_size: int
     max_n: int = 64
     grammar_backend: str = DEFAULT_GRAMMAR_BACKEND  # grammar: ServerArgs.grammar_backend, checked at the edge
+    max_total_tokens: int | None = None  # KV pool size: a prompt that cannot fit in it could never be scheduled
 
 
 @dataclass
@@ -113,6 +114,9 @@ class RequestManager:
                 f"the prompt ({len(ids)} tokens) plus max_new_tokens ({params.max_new_tokens}) exceeds the "
                 f"context length {ctx}"
             )
+        pool = self.limits.max_total_tokens
+        if pool is not None and len(ids) >= pool:
+            raise ValueError(f"the prompt has {len(ids)} tokens, but the KV pool holds only {pool} (--max-total-tokens)")
         if params.n > self.limits.max_n:
             raise ValueError(f"n is {params.n}; at most {self.limits.max_n} is allowed")
         start = -1

@@ -38,7 +38,8 @@ class Runtime:
     @property
     def limits(self) -> ModelLimits:
         runner = self.scheduler.runner
-        return ModelLimits(runner.context_len, runner.vocab_size, self.args.max_n, self.args.grammar_backend)
+        return ModelLimits(runner.context_len, runner.vocab_size, self.args.max_n, self.args.grammar_backend,
+                           runner.max_total_tokens)
 
     def model_info(self) -> dict[str, object]:
         runner = self.scheduler.runner

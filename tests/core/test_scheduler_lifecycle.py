@@ -95,3 +95,25 @@ def test_kv_pool_that_cannot_fit_is_a_clear_error(demo_model_dir: Path) -> None:
     args = ServerArgs(model_path=str(demo_model_dir), backend="cpu", mem_fraction_static=0.001)
     with pytest.raises(MemoryError, match=r"weights take .* GiB, .* GiB is free"):
         build_runtime(args)
+
+
+def test_a_prompt_larger_than_the_kv_pool_is_refused_at_the_edge(demo_model_dir: Path) -> None:
+    """Such a prompt could never be admitted: it must be a ValueError, not a request that waits forever."""
+    import sgl
+
+    with sgl.Engine(model_path=str(demo_model_dir), backend="cpu", max_total_tokens=64) as engine:
+        with pytest.raises(ValueError, match="KV pool holds only 64"):
+            engine.generate(input_ids=list(range(10, 90)), sampling_params={"max_new_tokens": 4})
+        assert engine.generate(input_ids=list(range(10, 40)), sampling_params={"max_new_tokens": 4})[
+            "meta_info"]["completion_tokens"] == 4
+
+
+def test_a_request_outgrowing_the_whole_pool_ends_with_an_abort_not_a_hang(demo_model_dir: Path) -> None:
+    import sgl
+
+    with sgl.Engine(model_path=str(demo_model_dir), backend="cpu", max_total_tokens=64, debug_invariants=True) as e:
+        out = e.generate(input_ids=list(range(10, 50)), sampling_params={"max_new_tokens": 60, "ignore_eos": True})
+        reason = out["meta_info"]["finish_reason"]
+        assert reason["type"] == "abort" and "cannot hold" in reason["message"]
+        info = e.get_server_info()
+        assert info["available_tokens"] + info["evictable_tokens"] == 64 and info["locked_tokens"] == 0

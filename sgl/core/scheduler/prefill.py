@@ -61,7 +61,8 @@ class PrefillBuilder:
         if not s.waiting and s.chunked is None:
             return None
         kv_budget = s.allocator.available_size() + s.cache.evictable_size() - self.decode_reserve()
-        adder = PrefillAdder(s.prefill_token_budget, kv_budget, s.chunk_size, s.new_token_ratio)
+        adder = PrefillAdder(s.prefill_token_budget, kv_budget, s.chunk_size, s.new_token_ratio,
+                             idle=not s.running and s.chunked is None)
         reqs: list[Req] = []
         prefix_lens: list[int] = []
         extend_lens: list[int] = []

@@ -25,7 +25,10 @@ class PrefillAdder:
     running requests rarely need retraction; at most one request per step is chunked.
     """
 
-    def __init__(self, token_budget: int, kv_budget: int, chunk_size: int | None, new_token_ratio: float) -> None:
+    def __init__(
+        self, token_budget: int, kv_budget: int, chunk_size: int | None, new_token_ratio: float, idle: bool = False
+    ) -> None:
+        self.idle = idle  # nothing runs: the first request is admitted on its new tokens alone, or it never could
         self.rem_tokens = token_budget
         self.rem_kv = kv_budget
         self.chunk_size = chunk_size
@@ -34,7 +37,7 @@ class PrefillAdder:
         self.added = 0
 
     def add(self, extend_len: int, max_new_tokens: int, page_size: int) -> AddResult:
-        future = int(max_new_tokens * self.new_token_ratio)
+        future = 0 if self.idle and self.added == 0 else int(max_new_tokens * self.new_token_ratio)
         if extend_len <= self.rem_tokens:
             need = extend_len + future + page_size
             if need > self.rem_kv:
