@@ -31,3 +31,20 @@ PROMPTS = [
     "Le café était très",
     "In the beginning the universe was created. This has made a lot of people very angry and been widely regarded as",
 ]
+
+
+def settled_info(engine: sgl.Engine, timeout: float = 10.0) -> dict[str, Any]:
+    """Server info once the scheduler holds (and locks) no request's KV.
+
+    NOTE: under overlap a request that finished at step N rides along in the chained step N+1, whose KV is released
+    when N+1 resolves, which may be just after the caller heard of the finish.
+    """
+    import time
+
+    deadline = time.monotonic() + timeout
+    while True:
+        info = engine.get_server_info()
+        settled = info["request_owned_tokens"] == 0 and info["locked_tokens"] == 0 and info["num_running_reqs"] == 0
+        if settled or time.monotonic() > deadline:
+            return info
+        time.sleep(0.01)

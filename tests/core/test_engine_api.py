@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import sgl
-from tests.core.engine_utils import make_engine
+from tests.core.engine_utils import make_engine, settled_info
 
 transformers = pytest.importorskip("transformers")
 
@@ -183,5 +183,5 @@ def test_abort_request_finishes_with_abort(engine: sgl.Engine) -> None:
 
     last = asyncio.new_event_loop().run_until_complete(run())
     assert last["meta_info"]["finish_reason"]["type"] == "abort"
-    info = engine.get_server_info()
+    info = settled_info(engine)
     assert info["locked_tokens"] == 0 and info["num_running_reqs"] == 0

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.core.engine_utils import PROMPTS, greedy_ids, make_engine
+from tests.core.engine_utils import PROMPTS, greedy_ids, make_engine, settled_info
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +41,7 @@ def test_greedy_tokens_identical_across_scheduling_options(
         got = greedy_ids(engine, PROMPTS)
         # a second round hits the radix cache for every prompt (when it is on)
         again = greedy_ids(engine, PROMPTS)
-        info = engine.get_server_info()
+        info = settled_info(engine)
     assert (info["overlapped_steps"] > 0) == bool(kwargs.get("force_overlap_schedule")), label
     assert (info["mixed_steps"] > 0) == bool(kwargs.get("enable_mixed_chunk")), label
     assert got == reference, label
@@ -59,7 +59,7 @@ def test_tiny_kv_pool_forces_retraction_and_keeps_tokens(
         force_overlap_schedule=overlap, enable_mixed_chunk=mixed,
     ) as engine:
         got = greedy_ids(engine, PROMPTS)
-        info = engine.get_server_info()
+        info = settled_info(engine)
     assert got == reference
     assert info["retractions"] > 0
     assert info["available_tokens"] + info["evictable_tokens"] == info["max_total_tokens"]
@@ -78,7 +78,7 @@ def test_overlap_finishing_by_stop_token_and_abort_mid_chain_match_the_plain_loo
         with make_engine(demo_model_dir, force_overlap_schedule=overlap) as engine:
             outs = engine.generate(PROMPTS, params)
             results[overlap] = [o["output_ids"] for o in outs]
-            info = engine.get_server_info()
+            info = settled_info(engine)
             assert info["locked_tokens"] == 0 and info["request_owned_tokens"] == 0
             assert info["available_tokens"] + info["evictable_tokens"] == info["max_total_tokens"]
     assert results[True] == results[False]
