@@ -284,3 +284,28 @@ def test_constrained_outputs_are_identical_with_overlap_scheduling(demo_model_di
     assert outs[True] == outs[False]
     assert re.fullmatch(r"[a-z]{3,6}( [a-z]{2,5}){2,4}\.", outs[True][0][0])
     assert outs[True][2][0] in ("alpha beta", "gamma", "delta epsilon")
+
+
+def test_xgrammar_batched_fill_equals_row_by_row(demo_model_dir: Path) -> None:
+    """The parallel fill (xgrammar's batch matcher) writes exactly the rows the one-by-one fill writes, and only them."""
+    import torch
+
+    from sgl.core.grammar.base import GrammarKey, GrammarKind, GrammarVocab, bitmask_words
+    from sgl.core.tokenizer.tokenizer import Tokenizer
+    from sgl.plugins.grammar.xgrammar_backend import XGrammarBackend
+
+    tok = Tokenizer.from_dir(demo_model_dir)
+    assert tok.eos_token_id is not None
+    backend = XGrammarBackend(GrammarVocab(str(demo_model_dir), 2048, (tok.eos_token_id,)))
+    specs = [GrammarKey(GrammarKind.REGEX, "[a-z]+ [0-9]{2}"), GrammarKey(GrammarKind.JSON, '{"type": "integer"}'),
+             GrammarKey(GrammarKind.CHOICES, json.dumps(["yes", "no"])), GrammarKey(GrammarKind.REGEX, "[0-9]+")]
+    grammars = [backend.compile(k) for k in specs]
+    assert grammars[0].accept_token(tok.encode("abc", add_special_tokens=False)[0])
+    rows = [0, 2, 3, 5]  # rows 1 and 4 are unconstrained requests
+    batched = torch.full((6, bitmask_words(2048)), -1, dtype=torch.int32)
+    backend.fill_bitmasks(grammars, batched, rows)
+    one_by_one = torch.full_like(batched, -1)
+    for g, row in zip(grammars, rows):
+        g.fill_bitmask(one_by_one, row)
+    assert torch.equal(batched, one_by_one)
+    assert (batched[[1, 4]] == -1).all() and not (batched[rows] == -1).all()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import enum
 import json
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, NamedTuple
 
@@ -95,6 +96,15 @@ class GrammarBackend(ABC):
     @abstractmethod
     def compile(self, key: GrammarKey) -> Grammar:
         """A fresh matcher at the grammar's start; raises GrammarCompileError for a bad spec."""
+
+    def fill_bitmasks(self, grammars: Sequence[Grammar], bitmask: torch.Tensor, rows: Sequence[int]) -> None:
+        """Fills ``bitmask[rows[i]]`` for ``grammars[i]`` (matchers this backend compiled), once per decode step.
+
+        A backend may override this to fill rows in parallel: it runs on the scheduler thread, and at batch 32 the
+        rows one by one cost more host time than a forward pass hides.
+        """
+        for grammar, row in zip(grammars, rows):
+            grammar.fill_bitmask(bitmask, row)
 
 
 def grammar_key(params: SamplingParams) -> GrammarKey | None:

@@ -145,9 +145,12 @@ class RequestGrammar:
     def is_terminated(self) -> bool:
         return self.grammar is not None and self.grammar.is_terminated()
 
+    def matcher(self) -> Grammar:
+        assert self.grammar is not None, "a request is scheduled only once its grammar is ready"
+        return self.grammar
+
     def fill(self, bitmask: torch.Tensor, row: int) -> None:
-        assert self.grammar is not None
-        self.grammar.fill_bitmask(bitmask, row)
+        self.matcher().fill_bitmask(bitmask, row)
 
     def sync(self, output_ids: Sequence[int]) -> None:
         """Makes the matcher correspond to ``output_ids`` (a prefix of what it accepted, or an extension of it)."""
@@ -257,6 +260,12 @@ class GrammarManager:
         if futures:
             wait(futures, timeout=timeout, return_when=FIRST_COMPLETED)
 
+    def vocab_mask(
+        self, grammars: Sequence[RequestGrammar | None], vocab_size: int, device: torch.device | str, pinned: bool
+    ) -> torch.Tensor:
+        """``build_vocab_mask`` with this manager's backend, which may fill the rows in parallel."""
+        return build_vocab_mask(grammars, vocab_size, device, self._backend, pinned)
+
     def close(self) -> None:
         if self._pool is not None:
             self._pool.shutdown(wait=False, cancel_futures=True)
@@ -271,14 +280,20 @@ def unpack_bitmask(bitmask: torch.Tensor, vocab_size: int) -> torch.Tensor:
 
 
 def build_vocab_mask(
-    grammars: Sequence[RequestGrammar | None], vocab_size: int, device: torch.device | str
+    grammars: Sequence[RequestGrammar | None], vocab_size: int, device: torch.device | str,
+    backend: GrammarBackend | None = None, pinned: bool = False,
 ) -> torch.Tensor:
     """The sampler's forbidden mask for one step; rows without a grammar forbid nothing.
 
-    NOTE: the bitmask is filled on the CPU (matchers are host code) and moved once, packed (32x smaller).
+    NOTE: the bitmask is filled on the CPU (matchers are host code) and moved once, packed (32x smaller); from
+    pinned memory the move is asynchronous, so the host never waits here for the forward pass it overlaps.
     """
-    bitmask = torch.full((len(grammars), bitmask_words(vocab_size)), -1, dtype=torch.int32)
-    for row, rg in enumerate(grammars):
-        if rg is not None:
-            rg.fill(bitmask, row)
-    return unpack_bitmask(bitmask.to(device, non_blocking=False), vocab_size)
+    bitmask = torch.full((len(grammars), bitmask_words(vocab_size)), -1, dtype=torch.int32, pin_memory=pinned)
+    rows = [row for row, rg in enumerate(grammars) if rg is not None]
+    if backend is not None:
+        backend.fill_bitmasks([grammars[row].matcher() for row in rows], bitmask, rows)  # type: ignore[union-attr]
+    else:
+        for row in rows:
+            grammars[row].fill(bitmask, row)  # type: ignore[union-attr]
+    moved = bitmask if torch.device(device).type == "cpu" else bitmask.to(device, non_blocking=pinned)
+    return unpack_bitmask(moved, vocab_size)

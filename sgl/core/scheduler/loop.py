@@ -54,6 +54,6 @@ def run_scheduler_loop(
                 send(BatchOutput(outs))
             if on_progress is not None:
                 on_progress()
-    except Exception as exc:  # the loop must report, not vanish
+    except Exception as exc:  # noqa: BLE001  (the loop must report, not vanish)
         logger.error("scheduler failed:\n%s", traceback.format_exc())
         send(SchedulerFailed(f"scheduler failed: {type(exc).__name__}: {exc}"))

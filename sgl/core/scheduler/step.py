@@ -8,7 +8,7 @@ from typing import Any, NamedTuple
 
 import torch
 
-from sgl.core.grammar.manager import build_vocab_mask
+from sgl.core.grammar.manager import GrammarManager
 from sgl.core.runner.input_prep import build_forward_batch
 from sgl.core.runner.model_runner import ModelRunner
 from sgl.core.sampling.batch_info import SamplingBatchInfo, step_seed
@@ -49,12 +49,13 @@ class StepExecutor:
     step's tokens from ``Pending.next_ids`` on the device: that is the whole of overlap scheduling.
     """
 
-    def __init__(self, runner: ModelRunner) -> None:
+    def __init__(self, runner: ModelRunner, grammars: GrammarManager) -> None:
         self.runner = runner
+        self.grammars = grammars
         self.sampler = runner.sampler
         self.platform = runner.platform
         self.pinned = bool(runner.platform.capabilities.pinned_memory)
-        self.mask_seconds = 0.0  # host time spent filling grammar masks (reported per constrained token)
+        self.mask_seconds = 0.0  # host time spent on grammar masks (fill + enqueue), per constrained token
         self.masked_tokens = 0
 
     def execute(self, batch: ScheduleBatch) -> StepResult:
@@ -121,7 +122,7 @@ class StepExecutor:
             # NOTE: the mask needs every earlier token accepted: such steps are sampled with step_offset 0 only.
             assert step_offset == 0, "a constrained batch cannot sample before the previous step resolved"
             t0 = time.perf_counter()
-            mask = build_vocab_mask(grammars, runner.vocab_size, logits.device)
+            mask = self.grammars.vocab_mask(grammars, runner.vocab_size, logits.device, self.pinned)
             self.mask_seconds += time.perf_counter() - t0
             self.masked_tokens += sum(g is not None for g in grammars)
             info = dataclasses.replace(info, vocab_mask=mask)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -120,6 +121,16 @@ class XGrammarBackend(GrammarBackend):
     def __init__(self, vocab: GrammarVocab, compiler_threads: int = 2) -> None:
         super().__init__(vocab)
         self.compiler = xgr.GrammarCompiler(_tokenizer_info(vocab), max_threads=compiler_threads)
+        self._batch = xgr.BatchGrammarMatcher()  # NOTE: fills many rows on xgrammar's own threads, off the GIL
+
+    def fill_bitmasks(self, grammars: Sequence[Grammar], bitmask: torch.Tensor, rows: Sequence[int]) -> None:
+        if len(grammars) < 2:
+            super().fill_bitmasks(grammars, bitmask, rows)
+            return
+        matchers = [g._m for g in grammars if isinstance(g, XGrammarMatcher)]
+        if len(matchers) != len(grammars):
+            raise TypeError("fill_bitmasks got a matcher that another backend compiled")
+        self._batch.batch_fill_next_token_bitmask(matchers, bitmask, list(rows))
 
     def compile(self, key: GrammarKey) -> Grammar:
         try:
