@@ -19,6 +19,7 @@ from sgl.core.config import ServerArgs
 
 WARMUP_PROMPT_LEN = 16
 WARMUP_BATCH = 8
+SCHEDULER_COUNTERS = ("steps", "decode_steps", "decode_rows", "overlapped_steps", "mixed_steps", "retractions")
 
 
 @dataclass(frozen=True)
@@ -29,6 +30,8 @@ class OfflineResult:
     output_tokens: int
     cached_tokens: int
     duration_s: float
+    # what the scheduler did during the run (steps, retractions, ...): how a figure is explained, not just stated
+    scheduler: dict[str, int] = dataclasses.field(default_factory=dict)
 
     @property
     def request_throughput(self) -> float:
@@ -70,6 +73,7 @@ class OfflineResult:
             ("Input token throughput (tok/s):", self.input_throughput),
             ("Output token throughput (tok/s):", self.output_throughput),
             ("Total token throughput (tok/s):", self.total_throughput),
+            *((f"Scheduler {k.replace('_', ' ')}:", v) for k, v in self.scheduler.items()),
         ]
 
     def format(self) -> str:
@@ -135,9 +139,13 @@ def run_offline(args: ServerArgs, spec: WorkloadSpec, label: str = "", progress:
         vocab = min(engine.runtime.scheduler.runner.vocab_size, engine.tokenizer.vocab_size)
         reqs = spec.build(vocab)
         _warm_up(engine, vocab, reqs)
+        before = engine.get_server_info()
         start = time.perf_counter()
         results = asyncio.run(_run_all(engine, reqs, progress))
         duration = time.perf_counter() - start
+        after = engine.get_server_info()
+        counters = {k: after[k] - before[k] for k in SCHEDULER_COUNTERS if k in after}
+        counters["max_total_tokens"] = after["max_total_tokens"]
     finally:
         engine.shutdown()
         del engine
@@ -151,6 +159,7 @@ def run_offline(args: ServerArgs, spec: WorkloadSpec, label: str = "", progress:
         output_tokens=sum(m["completion_tokens"] for m in metas),
         cached_tokens=sum(m["cached_tokens"] for m in metas),
         duration_s=duration,
+        scheduler=counters,
     )
 
 

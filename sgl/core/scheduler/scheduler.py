@@ -54,11 +54,11 @@ class Scheduler:
         self.max_running = runner.max_running_requests
         self.chunk_size = args.chunked_prefill_size if args.enable_chunked_prefill else None
         self.prefill_token_budget = min(args.max_prefill_tokens, self.chunk_size or args.max_prefill_tokens)
-        self.executor = StepExecutor(runner)
         # grammar: compiles run off this thread; nothing is imported until the first constrained request
         vocab = GrammarVocab(args.tokenizer_path or runner.model_config.path or "", runner.vocab_size,
                              tuple(sorted(eos_ids)))
         self.grammars = GrammarManager(args.grammar_backend, vocab, args.grammar_compile_timeout)
+        self.executor = StepExecutor(runner, self.grammars)
         self.waiting: list[Req] = []
         self.running: list[Req] = []
         self.chunked: Req | None = None
@@ -68,7 +68,7 @@ class Scheduler:
         self._arrivals = 0
         self._touched: dict[str, Req] = {}
         self.stats = {"prompt_tokens": 0, "cached_tokens": 0, "generated_tokens": 0, "retractions": 0, "steps": 0,
-                      "overlapped_steps": 0, "mixed_steps": 0}
+                      "overlapped_steps": 0, "mixed_steps": 0, "decode_steps": 0, "decode_rows": 0}
         use_overlap = args.force_overlap_schedule or (
             runner.platform.capabilities.overlap_schedule and not args.disable_overlap_schedule
         )
@@ -135,6 +135,8 @@ class Scheduler:
             self._process_extend(batch, self.executor.execute(batch))
 
     def process_decode(self, batch: ScheduleBatch, result: StepResult) -> None:
+        self.stats["decode_steps"] += 1
+        self.stats["decode_rows"] += len(batch.reqs)
         for r, tok, lp in zip(batch.reqs, result.next_token_ids, result.logprobs):
             r.kv_len += 1
             r.inflight -= 1
