@@ -54,6 +54,9 @@ class ServerArgs:
         "installed, none = off",
     )
     grammar_compile_timeout: float = _opt(30.0, "seconds a grammar may take to compile before its request fails")
+    enable_jump_forward: bool = _opt(
+        False, "append text a grammar forces without sampling it, computed in one extend step (needs the radix cache)"
+    )
     # server -----------------------------------------------------------------------------------------------------
     host: str = _opt("127.0.0.1", "address to listen on")
     port: int = _opt(30000, "port to listen on")

@@ -70,5 +70,8 @@ def build_runtime(args: ServerArgs) -> Runtime:
     def detokenize(ids: object) -> str:
         return tokenizer.decode(list(ids), skip_special_tokens=True)  # type: ignore[call-overload]
 
-    scheduler = Scheduler(args, runner, detokenize, eos)
+    def encode(text: str) -> list[int]:
+        return tokenizer.encode(text, add_special_tokens=False)
+
+    scheduler = Scheduler(args, runner, detokenize, eos, encode)
     return Runtime(args, platform, model_path, tokenizer, scheduler)

@@ -152,6 +152,9 @@ class RequestGrammar:
     def fill(self, bitmask: torch.Tensor, row: int) -> None:
         self.matcher().fill_bitmask(bitmask, row)
 
+    def jump_forward_string(self) -> str:
+        return self.matcher().jump_forward_string()
+
     def sync(self, output_ids: Sequence[int]) -> None:
         """Makes the matcher correspond to ``output_ids`` (a prefix of what it accepted, or an extension of it)."""
         if self.grammar is None:

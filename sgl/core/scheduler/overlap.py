@@ -77,8 +77,9 @@ class OverlapLoop:
             return None
         defer = any(_needs_host_tokens(r) for r in batch.reqs)
         # NOTE: a request that reaches max_new_tokens at N is known to finish: leave it out of N+1.
+        # grammar: one whose forced text was found at N jumps forward once N+1 resolves: leave it out too.
         keep = [i for i, r in enumerate(batch.reqs)
-                if not r.finished and len(r.output_ids) + 1 < r.sampling_params.max_new_tokens]
+                if not r.finished and not r.jump_text and len(r.output_ids) + 1 < r.sampling_params.max_new_tokens]
         if not keep:
             return None
         reqs = [batch.reqs[i] for i in keep]

@@ -57,6 +57,7 @@ class Req:
         self.cached_tokens = 0  # prompt tokens served from the cache, summed over (re)schedulings
         self.finished_reason: FinishReason | None = None
         self.grammar: RequestGrammar | None = None  # grammar: set by the scheduler for constrained requests
+        self.jump_text = ""  # grammar: text forced after the last token, appended once no step of it is in flight
         # outputs not yet sent
         self.sent_tokens = 0
         self.pending_logprobs: list[tuple[float, int]] = []

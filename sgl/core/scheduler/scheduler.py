@@ -19,6 +19,7 @@ from sgl.core.memory.allocator import TokenAllocator
 from sgl.core.runner.forward_batch import ForwardMode
 from sgl.core.runner.model_runner import ModelRunner
 from sgl.core.scheduler.batch import ScheduleBatch
+from sgl.core.scheduler.jump_forward import Encode, JumpForward
 from sgl.core.scheduler.overlap import OverlapLoop
 from sgl.core.scheduler.prefill import PrefillBuilder
 from sgl.core.scheduler.req import Req, ReqStage
@@ -40,7 +41,8 @@ class Scheduler:
     """
 
     def __init__(
-        self, args: ServerArgs, runner: ModelRunner, detokenize: Callable[[Sequence[int]], str], eos_ids: set[int]
+        self, args: ServerArgs, runner: ModelRunner, detokenize: Callable[[Sequence[int]], str], eos_ids: set[int],
+        encode: Encode | None = None,
     ) -> None:
         self.args = args
         self.runner = runner
@@ -59,6 +61,7 @@ class Scheduler:
                              tuple(sorted(eos_ids)))
         self.grammars = GrammarManager(args.grammar_backend, vocab, args.grammar_compile_timeout)
         self.executor = StepExecutor(runner, self.grammars)
+        self.jump = self._jump_forward(args, encode)
         self.waiting: list[Req] = []
         self.running: list[Req] = []
         self.chunked: Req | None = None
@@ -68,7 +71,7 @@ class Scheduler:
         self._arrivals = 0
         self._touched: dict[str, Req] = {}
         self.stats = {"prompt_tokens": 0, "cached_tokens": 0, "generated_tokens": 0, "retractions": 0, "steps": 0,
-                      "overlapped_steps": 0, "mixed_steps": 0, "decode_steps": 0, "decode_rows": 0}
+                      "overlapped_steps": 0, "mixed_steps": 0, "decode_steps": 0, "decode_rows": 0, "jumps": 0, "jump_tokens": 0}
         use_overlap = args.force_overlap_schedule or (
             runner.platform.capabilities.overlap_schedule and not args.disable_overlap_schedule
         )
@@ -144,8 +147,11 @@ class Scheduler:
                 if r.release_deferred:
                     self._release(r)
                 continue
+            if r.jump_text:  # grammar: a forced text was found while this step was in flight: its token is dropped
+                continue
             self._append_token(r, tok, lp)
         self.running = [r for r in self.running if not r.finished]
+        self._take_jumps(batch.reqs)
         self.new_token_ratio = max(MIN_NEW_TOKEN_RATIO, self.new_token_ratio - NEW_TOKEN_RATIO_DECAY)
 
     def _process_extend(self, batch: ScheduleBatch, result: StepResult) -> None:
@@ -181,6 +187,7 @@ class Scheduler:
             if not self.args.disable_radix_cache:
                 self.cache.cache_unfinished_req(r)  # share the prompt with requests that arrive while it decodes
             self.running.append(r)
+        self._take_jumps(batch.reqs)
 
     def _settle_grammars(self) -> None:
         """grammar: a failed or timed-out compile finishes its request (400); sleeps briefly if nothing else can run."""
@@ -205,6 +212,45 @@ class Scheduler:
         self._touched[r.rid] = r
         if r.finished:
             self._finish(r)
+        elif self.jump is not None and self.jump.eligible(r):
+            r.jump_text = self.jump.forced_text(r)
+
+    # jump-forward -----------------------------------------------------------------------------------------------
+    def _jump_forward(self, args: ServerArgs, encode: Encode | None) -> JumpForward | None:
+        if not args.enable_jump_forward or encode is None:
+            return None
+        if args.disable_radix_cache:
+            logger.warning("--enable-jump-forward needs the radix cache (it re-enters prefill over it): it is off")
+            return None
+        return JumpForward(encode)
+
+    def _take_jumps(self, reqs: list[Req]) -> None:
+        """Appends the forced text of each request with no step in flight and sends it back through prefill."""
+        if self.jump is None:
+            return
+        for r in reqs:
+            if not r.jump_text or r.inflight or r.finished:
+                continue
+            tokens = self.jump.forced_tokens(r, r.jump_text)
+            r.jump_text = ""
+            if not tokens:
+                continue
+            self.stats["jumps"] += 1
+            self.stats["jump_tokens"] += len(tokens)
+            for token in tokens:  # accepted by the matcher already; the stop conditions still apply
+                r.output_ids.append(token)
+                self.stats["generated_tokens"] += 1
+                r.check_finished(self.detokenize)
+                if r.finished:
+                    break
+            self._touched[r.rid] = r
+            if r.finished:
+                self._finish(r)
+                continue
+            self.running.remove(r)
+            self._release(r)  # NOTE: its computed KV goes to the radix cache, where the re-admission finds it
+            r.reset_for_recompute()
+            self.waiting.insert(0, r)
 
     def _last_loc(self, r: Req, length: int) -> int:
         """The slot of token ``length - 1``; kept on the host (``r.last_slot``) so no device read is needed."""
