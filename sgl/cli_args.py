@@ -36,7 +36,8 @@ def server_args_parameters(exclude: tuple[str, ...] = ()) -> list[inspect.Parame
         help_text = f.metadata.get("help", "")
         choices = f.metadata.get("choices")
         if choices:
-            help_text += f" [{'|'.join(choices)}]"
+            # NOTE: not in [brackets]: rich reads those as markup and the choices vanish from --help
+            help_text += f" (one of {'|'.join(choices)})"
         option = typer.Option(f.default, flag, help=help_text, rich_help_panel=PANEL, show_default=True)
         params.append(inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=option, annotation=kind))
     return params

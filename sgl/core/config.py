@@ -9,6 +9,7 @@ from typing import Any
 SCHEDULE_POLICIES = ("lpm", "dfs-weight", "fcfs")
 LOAD_FORMATS = ("auto", "safetensors", "dummy")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
+KV_CACHE_DTYPES = ("auto", "fp8_e4m3", "fp8_e5m2")
 DEFAULT_GRAMMAR_BACKEND = "auto"  # the first grammar backend a plugin registers; "none" turns constraints off
 
 
@@ -23,6 +24,11 @@ class ServerArgs:
     tokenizer_path: str | None = _opt(None, "tokenizer directory (default: the model directory)")
     load_format: str = _opt("auto", "weights: safetensors from the directory, or seeded random ('dummy')", LOAD_FORMATS)
     dtype: str = _opt("auto", "compute and weight dtype; auto = the config's torch_dtype on GPU, float32 on CPU", DTYPES)
+    kv_cache_dtype: str = _opt(
+        "auto",
+        "KV cache storage dtype; auto = the compute dtype; fp8_* store one byte per value (unscaled, saturating)",
+        KV_CACHE_DTYPES,
+    )
     context_length: int | None = _opt(None, "maximum tokens per request (default: the model's max_position_embeddings)")
     served_model_name: str | None = _opt(None, "model id reported by the API (default: the model path)")
     random_seed: int = _opt(0, "seed for dummy weights and unseeded sampling")

@@ -53,6 +53,7 @@ class Runtime:
             "platform": self.platform.name,
             "attention_backend": runner.attention_backend_name,
             "dtype": str(runner.dtype).replace("torch.", ""),
+            "kv_cache_dtype": str(runner.kv_dtype).replace("torch.", ""),
             "chat_template": self.tokenizer.chat_template,
         }
 

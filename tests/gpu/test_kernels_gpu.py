@@ -18,6 +18,7 @@ if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
                 allow_module_level=True)
 pytest.importorskip("triton")
 
+from sgl.core.memory.kv_pool import to_kv_dtype
 from sgl.core.ops import reference
 from sgl.kernels import (
     add_rms_norm,
@@ -37,6 +38,8 @@ DEV = torch.device("cuda")
 BF16 = torch.bfloat16
 SCALE = 1 / math.sqrt(HEAD_DIM)
 ATTN_TOL = {"atol": 1e-2, "rtol": 2e-2}
+KV_DTYPES = [pytest.param(BF16, id="kv-bf16"), pytest.param(torch.float8_e4m3fn, id="kv-fp8_e4m3"),
+             pytest.param(torch.float8_e5m2, id="kv-fp8_e5m2")]
 
 
 @pytest.mark.parametrize("tokens", [1, 64, 4096])
@@ -88,11 +91,30 @@ def test_store_kv_writes_exactly_the_given_slots() -> None:
     assert int((k_buf.abs().sum(dim=(1, 2)) > 0).sum()) == tokens
 
 
-def _paged(seq_lens: list[int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+@pytest.mark.parametrize("kv_dtype", [torch.float8_e4m3fn, torch.float8_e5m2])
+def test_store_kv_into_fp8_is_bit_identical_to_the_pool_cast(kv_dtype: torch.dtype) -> None:
+    """Random values round to nearest exactly as torch does, and out-of-range ones saturate as the pool's cast does."""
+    torch.manual_seed(6)
+    slots, tokens = 8192, 4096
+    k_buf = torch.zeros(slots, KV_HEADS, HEAD_DIM, dtype=kv_dtype, device=DEV)
+    v_buf = torch.zeros_like(k_buf)
+    loc = torch.randperm(slots - 1, device=DEV)[:tokens] + 1
+    scale = torch.logspace(-6, 6, tokens, device=DEV)[:, None]  # subnormals to past the finite range
+    k = (torch.randn(tokens, KV_HEADS * HEAD_DIM, device=DEV) * scale).to(BF16)
+    v = (torch.randn(tokens, KV_HEADS * HEAD_DIM, device=DEV) * scale).to(BF16)
+    store_kv(k_buf, v_buf, loc, k, v)
+    want_k, want_v = to_kv_dtype(k, kv_dtype), to_kv_dtype(v, kv_dtype)
+    assert torch.equal(k_buf[loc].view(tokens, -1).view(torch.uint8), want_k.view(torch.uint8))
+    assert torch.equal(v_buf[loc].view(tokens, -1).view(torch.uint8), want_v.view(torch.uint8))
+    assert torch.isfinite(k_buf.float()).all()
+
+
+def _paged(seq_lens: list[int], kv_dtype: torch.dtype = BF16) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """KV buffers with every request's keys on scattered slots, and the request table pointing at them."""
     total = sum(seq_lens)
     k_buf = torch.randn(total + 1, KV_HEADS, HEAD_DIM, dtype=BF16, device=DEV)
     v_buf = torch.randn_like(k_buf)
+    k_buf, v_buf = to_kv_dtype(k_buf, kv_dtype), to_kv_dtype(v_buf, kv_dtype)
     slots = (torch.randperm(total, device=DEV) + 1).to(torch.int32)
     r2t = torch.zeros(len(seq_lens), max(seq_lens), dtype=torch.int32, device=DEV)
     start = 0
@@ -117,11 +139,13 @@ def _reference(q: torch.Tensor, k_buf: torch.Tensor, v_buf: torch.Tensor, r2t: t
     return torch.cat(outs)
 
 
+@pytest.mark.parametrize("kv_dtype", KV_DTYPES)
 @pytest.mark.parametrize("batch,ctx", [(1, 4096), (8, 1500), (64, 512)])
-def test_decode_attention_matches_reference(batch: int, ctx: int) -> None:
+def test_decode_attention_matches_reference(batch: int, ctx: int, kv_dtype: torch.dtype) -> None:
+    """An fp8 cache is upcast on load; the reference reads the same upcast buffers, so bf16's tolerance holds."""
     torch.manual_seed(4)
     seq_lens = [max(1, ctx - 37 * b) for b in range(batch)]
-    k_buf, v_buf, r2t = _paged(seq_lens)
+    k_buf, v_buf, r2t = _paged(seq_lens, kv_dtype)
     seq = torch.tensor(seq_lens, device=DEV)
     q = torch.randn(batch, HEADS * HEAD_DIM, dtype=BF16, device=DEV)
     out = decode_attention(q, k_buf, v_buf, r2t, torch.arange(batch, device=DEV), seq, SCALE)
@@ -129,10 +153,11 @@ def test_decode_attention_matches_reference(batch: int, ctx: int) -> None:
     torch.testing.assert_close(out.float(), ref, **ATTN_TOL)
 
 
-def test_extend_attention_matches_reference() -> None:
+@pytest.mark.parametrize("kv_dtype", KV_DTYPES)
+def test_extend_attention_matches_reference(kv_dtype: torch.dtype) -> None:
     torch.manual_seed(5)
     prefix, ext = [0, 1024, 2048, 7], [2048, 300, 1, 129]
-    k_buf, v_buf, r2t = _paged([p + n for p, n in zip(prefix, ext)])
+    k_buf, v_buf, r2t = _paged([p + n for p, n in zip(prefix, ext)], kv_dtype)
     total = sum(ext)
     q = torch.randn(total, HEADS * HEAD_DIM, dtype=BF16, device=DEV)
     lens = torch.tensor(ext, device=DEV)
@@ -142,10 +167,11 @@ def test_extend_attention_matches_reference() -> None:
     torch.testing.assert_close(out.float(), ref, **ATTN_TOL)
 
 
-def test_decode_attention_timing(capsys: pytest.CaptureFixture[str]) -> None:
+@pytest.mark.parametrize("kv_dtype", [BF16, torch.float8_e4m3fn], ids=["bf16", "fp8_e4m3"])
+def test_decode_attention_timing(capsys: pytest.CaptureFixture[str], kv_dtype: torch.dtype) -> None:
     """Not an assertion on speed: prints time per call and the fraction of HBM bandwidth it reaches."""
     batch, ctx = 32, 2048
-    k_buf, v_buf, r2t = _paged([ctx] * batch)
+    k_buf, v_buf, r2t = _paged([ctx] * batch, kv_dtype)
     seq = torch.full((batch,), ctx, device=DEV)
     reqs = torch.arange(batch, device=DEV)
     q = torch.randn(batch, HEADS * HEAD_DIM, dtype=BF16, device=DEV)
@@ -162,5 +188,5 @@ def test_decode_attention_timing(capsys: pytest.CaptureFixture[str]) -> None:
     us = start.elapsed_time(end) * 1000 / iters
     kv_bytes = 2 * batch * ctx * KV_HEADS * HEAD_DIM * k_buf.element_size()
     with capsys.disabled():
-        print(f"\ndecode attention bs={batch} ctx={ctx} splits={ws.max_kv_splits}: {us:.1f} us/call, "
+        print(f"\ndecode attention bs={batch} ctx={ctx} kv={kv_dtype} splits={ws.max_kv_splits}: {us:.1f} us/call, "
               f"{kv_bytes / us / 1e3:.0f} GB/s of KV read")

@@ -18,6 +18,15 @@ from sgl.kernels import (
 )
 
 TOL = {torch.float32: 1e-4, torch.bfloat16: 2e-2}
+# (compute dtype, KV cache dtype; None = the compute dtype): an fp8 cache is upcast on load, and the oracle reads the
+# same upcast buffers, so the tolerance is the compute dtype's
+DTYPE_CASES = [
+    pytest.param(torch.float32, None, id="fp32"),
+    pytest.param(torch.bfloat16, None, id="bf16"),
+    pytest.param(torch.float32, torch.float8_e4m3fn, id="fp32-kv-fp8_e4m3"),
+    pytest.param(torch.bfloat16, torch.float8_e4m3fn, id="bf16-kv-fp8_e4m3"),
+    pytest.param(torch.bfloat16, torch.float8_e5m2, id="bf16-kv-fp8_e5m2"),
+]
 
 
 def _paged(kv_heads: int, head_dim: int, dtype: torch.dtype, device: torch.device, prefix_lens: list[int]) -> Paged:
@@ -27,12 +36,14 @@ def _paged(kv_heads: int, head_dim: int, dtype: torch.dtype, device: torch.devic
     return paged
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_split_kv_decode_with_grouped_heads_matches_oracle(dtype: torch.dtype, device: torch.device) -> None:
+@pytest.mark.parametrize("dtype,kv_dtype", DTYPE_CASES)
+def test_split_kv_decode_with_grouped_heads_matches_oracle(
+    dtype: torch.dtype, kv_dtype: torch.dtype | None, device: torch.device
+) -> None:
     torch.manual_seed(0)
     heads, kv_heads, head_dim = 8, 2, 32
     seq_lens = [1, 37, 100]  # one key only; several blocks; several blocks in each of several splits
-    paged = _paged(kv_heads, head_dim, dtype, device, seq_lens)
+    paged = _paged(kv_heads, head_dim, kv_dtype or dtype, device, seq_lens)
     reqs = torch.tensor([0, 1, 2], device=device)
     seq = torch.tensor(seq_lens, device=device)
     q = torch.randn(3, heads * head_dim, dtype=dtype, device=device)
@@ -75,12 +86,15 @@ def test_decode_of_a_request_with_no_keys_is_zero_not_nan(device: torch.device) 
     assert torch.isfinite(out).all() and not out[1].any()
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_extend_over_cached_prefixes_matches_oracle(dtype: torch.dtype, device: torch.device) -> None:
+@pytest.mark.parametrize("dtype,kv_dtype", DTYPE_CASES)
+def test_extend_over_cached_prefixes_matches_oracle(
+    dtype: torch.dtype, kv_dtype: torch.dtype | None, device: torch.device
+) -> None:
+    """The new tokens' K/V come in the compute dtype and are stored (cast) first; every key is read from the pool."""
     torch.manual_seed(2)
     heads, kv_heads, head_dim = 4, 2, 32
     prefix_lens, extend_lens = [0, 21, 40], [35, 1, 17]  # no prefix; a decode-like row; a multi-block prefix
-    paged = _paged(kv_heads, head_dim, dtype, device, prefix_lens)
+    paged = _paged(kv_heads, head_dim, kv_dtype or dtype, device, prefix_lens)
     fb = paged.batch([0, 1, 2], prefix_lens, extend_lens, mode=ForwardMode.EXTEND, backend=None)
     total = sum(extend_lens)
     q = torch.randn(total, heads * head_dim, dtype=dtype, device=device)

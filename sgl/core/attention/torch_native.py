@@ -30,6 +30,7 @@ class TorchNativeAttnBackend(AttentionBackend):
     ) -> torch.Tensor:
         """q [n, H, D] of the last n of len(slots) tokens -> [n, H, Dv]; token j sees keys [0, prefix_len + j]."""
         n, s = q.shape[0], slots.shape[0]
+        # NOTE: the pool may store narrower than q (an fp8 KV cache): upcast on read, attend in q's dtype.
         k = fb.kv_pool.get_key_buffer(layer.layer_id)[slots].to(q.dtype)  # [s, KVH, D]
         v = fb.kv_pool.get_value_buffer(layer.layer_id)[slots].to(q.dtype)
         group = layer.num_heads // layer.num_kv_heads

@@ -55,7 +55,7 @@ def plan_memory(
     tokens = max(page, tokens // page * page)
     running = args.max_running_requests or max(1, min(1024, tokens // 64))
     logger.info(
-        "KV pool: %d tokens (%.2f GiB, %d B/token), up to %d running requests",
-        tokens, tokens * per_token / GiB, per_token, running,
+        "KV pool: %d tokens (%.2f GiB, %d B/token, %s), up to %d running requests",
+        tokens, tokens * per_token / GiB, per_token, str(kv_dtype).replace("torch.", ""), running,
     )
     return MemoryPlan(tokens, running, per_token)

@@ -21,6 +21,7 @@ from sgl.core.runner.memory_plan import plan_memory
 logger = logging.getLogger(__name__)
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+_KV_CACHE_DTYPES = {"fp8_e4m3": torch.float8_e4m3fn, "fp8_e5m2": torch.float8_e5m2}
 
 
 def resolve_dtype(args: ServerArgs, platform: Platform, config: ModelConfig) -> torch.dtype:
@@ -32,6 +33,15 @@ def resolve_dtype(args: ServerArgs, platform: Platform, config: ModelConfig) -> 
     if dtype == torch.bfloat16 and not platform.capabilities.bf16:
         return torch.float16
     return dtype if dtype in (torch.bfloat16, torch.float16) else torch.bfloat16
+
+
+def resolve_kv_cache_dtype(args: ServerArgs, dtype: torch.dtype) -> torch.dtype:
+    """The KV pool's storage dtype: the compute dtype unless --kv-cache-dtype narrows it.
+
+    NOTE: no platform capability gates fp8 storage: every reader upcasts what it loads, so only casts are needed, and
+    torch has them on every device (the CPU reference included). Capabilities.fp8 is about fp8 matmuls.
+    """
+    return _KV_CACHE_DTYPES.get(args.kv_cache_dtype, dtype)
 
 
 class ModelRunner:
@@ -47,6 +57,7 @@ class ModelRunner:
         self.device = platform.device(parallel.tp_rank)
         self.model_config = ModelConfig.from_dir(model_path)
         self.dtype = resolve_dtype(args, platform, self.model_config)
+        self.kv_dtype = resolve_kv_cache_dtype(args, self.dtype)
         ctx = ModelContext.from_platform(platform, self.dtype, parallel, self.device)
         self.model: Any  # an architecture class from the model registry (forward, compute_logits)
         self.model, _ = load_model(model_path, ctx, load_format=args.load_format, seed=args.random_seed)
@@ -58,12 +69,12 @@ class ModelRunner:
         kv_heads = max(1, cfg.num_kv_heads // parallel.tp_size)
         self.plan = plan_memory(
             args, platform, num_layers=cfg.num_layers, num_kv_heads=kv_heads, head_dim=cfg.head_dim,
-            kv_dtype=self.dtype, context_len=self.context_len, weight_bytes=weight_bytes,
+            kv_dtype=self.kv_dtype, context_len=self.context_len, weight_bytes=weight_bytes,
         )
         self.max_total_tokens = self.plan.max_total_tokens
         self.max_running_requests = self.plan.max_running_requests
         self.kv_pool = KVPool(
-            self.max_total_tokens, args.page_size, cfg.num_layers, kv_heads, cfg.head_dim, self.dtype, self.device
+            self.max_total_tokens, args.page_size, cfg.num_layers, kv_heads, cfg.head_dim, self.kv_dtype, self.device
         )
         # NOTE: one spare row so padded graph batches can point at a request slot no real request owns.
         self.req_to_token_pool = ReqToTokenPool(
@@ -76,8 +87,9 @@ class ModelRunner:
         self.sampler = platform.sampler()
         self.graph_runner = None if args.disable_cuda_graph else platform.graph_runner(self)
         logger.info(
-            "model %s on %s (%s, %s attention, graphs %s)",
-            cfg.architecture, platform.name, str(self.dtype).replace("torch.", ""), name,
+            "model %s on %s (%s, KV cache %s, %s attention, graphs %s)",
+            cfg.architecture, platform.name, str(self.dtype).replace("torch.", ""),
+            str(self.kv_dtype).replace("torch.", ""), name,
             "on" if self.graph_runner is not None else "off",
         )
 

@@ -70,10 +70,26 @@ class _Scratch:
         return po, plse
 
 
+def check_kv_dtype(runner: Any) -> None:
+    """Fails at startup, with the way out, where the kernels could not compile for the runner's KV cache dtype.
+
+    NOTE: Triton has no fp8e4nv (e4m3) type before compute capability 8.9, exactly where the platform reports no fp8;
+    fp8_e5m2 compiles everywhere. Any other KV dtype needs nothing: the kernels upcast what they load to q's dtype.
+    """
+    pool, platform = getattr(runner, "kv_pool", None), getattr(runner, "platform", None)
+    if pool is None or platform is None or pool.dtype != torch.float8_e4m3fn or platform.capabilities.fp8:
+        return
+    raise ValueError(
+        "kv_cache_dtype fp8_e4m3 needs a GPU with fp8 support (compute capability 8.9+) for the triton attention "
+        "backend; use --kv-cache-dtype fp8_e5m2 or --attention-backend torch_native"
+    )
+
+
 class TritonAttnBackend(AttentionBackend):
     """Same outputs as the torch-native backend; everything per step comes from the ForwardBatch."""
 
     def __init__(self, runner: Any = None) -> None:
+        check_kv_dtype(runner)
         self.runner = runner
         self._scratch = _Scratch(fixed=False)
         self._graph_scratch: _Scratch | None = None
