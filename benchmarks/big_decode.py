@@ -1,6 +1,6 @@
 """Where a large decode batch's time goes: step time against the bandwidth bound, and the kernel table.
 
-python -m benchmarks.big_decode MODEL BATCH CONTEXT [--cuda-graph-max-bs N] [--eager]
+python -m benchmarks.big_decode MODEL BATCH CONTEXT [--cuda-graph-max-bs N] [--eager] [--kv-cache-dtype fp8_e4m3]
 
 Admits BATCH requests of CONTEXT prompt tokens (chunked prefill, not timed), then times decode steps of the
 whole batch through the scheduler's own step(), each bracketed by a synchronize, and profiles three of them.
@@ -25,12 +25,12 @@ from sgl.core.sampling.params import SamplingParams
 BANDWIDTH = 4.27e12  # bytes/s measured on this H200 (KINDS.md)
 
 
-def main(name: str, batch: int, context: int, graph_max_bs: int, eager: bool) -> None:
+def main(name: str, batch: int, context: int, graph_max_bs: int, eager: bool, kv_cache_dtype: str) -> None:
     path = model_dir(name)
     tokens = batch * (context + 80) + 8192
     with sgl.Engine(model_path=path, load_format="dummy", context_length=context + 256, max_total_tokens=tokens,
                     max_running_requests=batch, cuda_graph_max_bs=graph_max_bs, disable_cuda_graph=eager,
-                    disable_overlap_schedule=True) as e:
+                    disable_overlap_schedule=True, kv_cache_dtype=kv_cache_dtype) as e:
         sched = e.runtime.scheduler
         e.shutdown()  # stop its thread; the scheduler object stays usable here
         runner = sched.runner
@@ -61,7 +61,7 @@ def main(name: str, batch: int, context: int, graph_max_bs: int, eager: bool) ->
         bound = (weights + kv) / BANDWIDTH
         print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=16, max_name_column_width=60))
         print(json.dumps({"model": name, "batch": batch, "context": context, "eager": eager,
-                          "graph_max_bs": graph_max_bs, "step_ms": round(step * 1e3, 2),
+                          "graph_max_bs": graph_max_bs, "kv_cache_dtype": kv_cache_dtype, "step_ms": round(step * 1e3, 2),
                           "bound_ms": round(bound * 1e3, 2), "of_bound": round(bound / step, 3),
                           "tok_s": round(batch / step)}), flush=True)
 
@@ -73,5 +73,6 @@ if __name__ == "__main__":
     p.add_argument("context", type=int)
     p.add_argument("--cuda-graph-max-bs", type=int, default=160)
     p.add_argument("--eager", action="store_true")
+    p.add_argument("--kv-cache-dtype", default="auto")
     a = p.parse_args()
-    main(a.model, a.batch, a.context, a.cuda_graph_max_bs, a.eager)
+    main(a.model, a.batch, a.context, a.cuda_graph_max_bs, a.eager, a.kv_cache_dtype)
