@@ -309,3 +309,25 @@ def test_xgrammar_batched_fill_equals_row_by_row(demo_model_dir: Path) -> None:
         g.fill_bitmask(one_by_one, row)
     assert torch.equal(batched, one_by_one)
     assert (batched[[1, 4]] == -1).all() and not (batched[rows] == -1).all()
+
+
+def test_masks_cover_the_tokenizer_and_forbid_padded_logit_columns(demo_model_dir: Path) -> None:
+    """A model whose logits are wider than its tokenizer (a padded LM head): the backend's masks cover the tokenizer's
+    ids only (xgrammar's fill time grows with the width), and a constrained row forbids every column past them."""
+    from sgl.core.grammar.base import GrammarKey, GrammarKind, GrammarVocab
+    from sgl.core.grammar.manager import GrammarManager
+    from sgl.core.tokenizer.tokenizer import Tokenizer
+
+    tok = Tokenizer.from_dir(demo_model_dir)
+    assert tok.eos_token_id is not None
+    wide = 4 * tok.vocab_size + 7
+    m = GrammarManager("xgrammar", GrammarVocab(str(demo_model_dir), wide, (tok.eos_token_id,)), 10.0)
+    rg = m.start("a", GrammarKey(GrammarKind.REGEX, "[a-z ]+"))
+    m.wait(10.0)
+    assert m.poll() == [] and rg.ready
+    mask = m.vocab_mask([rg, None], wide, "cpu", pinned=False)
+    width = m._backend.mask_vocab_size  # type: ignore[union-attr]
+    assert mask.shape == (2, wide) and width < wide
+    assert mask[0, width:].all() and not mask[0, :width].all()  # some tokenizer ids allowed, no padded one
+    assert not mask[1].any()  # the free row forbids nothing
+    m.close()

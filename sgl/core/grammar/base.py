@@ -92,6 +92,9 @@ class GrammarBackend(ABC):
 
     def __init__(self, vocab: GrammarVocab) -> None:
         self.vocab = vocab
+        # the ids the bitmasks cover (a backend may narrow it to the tokenizer's own): a constrained row forbids
+        # every id past it
+        self.mask_vocab_size = vocab.vocab_size
 
     @abstractmethod
     def compile(self, key: GrammarKey) -> Grammar:

@@ -291,12 +291,20 @@ def build_vocab_mask(
     NOTE: the bitmask is filled on the CPU (matchers are host code) and moved once, packed (32x smaller); from
     pinned memory the move is asynchronous, so the host never waits here for the forward pass it overlaps.
     """
-    bitmask = torch.full((len(grammars), bitmask_words(vocab_size)), -1, dtype=torch.int32, pin_memory=pinned)
+    width = min(vocab_size, backend.mask_vocab_size) if backend is not None else vocab_size
+    bitmask = torch.full((len(grammars), bitmask_words(width)), -1, dtype=torch.int32, pin_memory=pinned)
     rows = [row for row, rg in enumerate(grammars) if rg is not None]
     if backend is not None:
         backend.fill_bitmasks([grammars[row].matcher() for row in rows], bitmask, rows)  # type: ignore[union-attr]
     else:
         for row in rows:
             grammars[row].fill(bitmask, row)  # type: ignore[union-attr]
-    moved = bitmask if torch.device(device).type == "cpu" else bitmask.to(device, non_blocking=pinned)
-    return unpack_bitmask(moved, vocab_size)
+    on_host = torch.device(device).type == "cpu"
+    forbidden = unpack_bitmask(bitmask if on_host else bitmask.to(device, non_blocking=pinned), width)
+    if width == vocab_size:
+        return forbidden
+    # ids past the backend's masks: forbidden on constrained rows, free on the others
+    constrained = torch.tensor([rg is not None for rg in grammars], pin_memory=pinned)
+    if not on_host:
+        constrained = constrained.to(device, non_blocking=pinned)
+    return torch.cat([forbidden, constrained[:, None].expand(-1, vocab_size - width)], dim=1)

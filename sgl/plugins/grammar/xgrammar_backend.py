@@ -39,19 +39,22 @@ def _clean(exc: BaseException) -> str:
 def _tokenizer_info(vocab: GrammarVocab) -> xgr.TokenizerInfo:
     path = Path(vocab.tokenizer_dir) / "tokenizer.json"
     tok = tokenizers.Tokenizer.from_file(str(path))
-    encoded = [""] * vocab.vocab_size
-    for token, idx in tok.get_vocab(with_added_tokens=True).items():
-        if idx < vocab.vocab_size:
+    ids = tok.get_vocab(with_added_tokens=True)
+    # NOTE: only the tokenizer's own ids: the masks cover them alone (mask_vocab_size), and core forbids the logits
+    # columns past them (a padded LM head). xgrammar's fill time grows with the mask's width, not with the grammar.
+    encoded = [""] * min(vocab.vocab_size, max(ids.values(), default=-1) + 1)
+    for token, idx in ids.items():
+        if idx < len(encoded):
             encoded[idx] = token
     # NOTE: special tokens must never match text (a JSON string could otherwise contain "<|eot_id|>", which
     # detokenization drops); xgrammar treats empty entries as special. Stop tokens stay stop tokens.
     for idx, added in tok.get_added_tokens_decoder().items():
-        if added.special and idx < vocab.vocab_size:
+        if added.special and idx < len(encoded):
             encoded[idx] = ""
     meta = xgr.TokenizerInfo._detect_metadata_from_hf(tok.to_str())
     return xgr.TokenizerInfo(
-        encoded, meta["vocab_type"], vocab_size=vocab.vocab_size, stop_token_ids=list(vocab.stop_token_ids),
-        add_prefix_space=meta["add_prefix_space"],
+        encoded, meta["vocab_type"], vocab_size=len(encoded),
+        stop_token_ids=[t for t in vocab.stop_token_ids if t < len(encoded)], add_prefix_space=meta["add_prefix_space"],
     )
 
 
@@ -120,7 +123,9 @@ class XGrammarBackend(GrammarBackend):
 
     def __init__(self, vocab: GrammarVocab, compiler_threads: int = 2) -> None:
         super().__init__(vocab)
-        self.compiler = xgr.GrammarCompiler(_tokenizer_info(vocab), max_threads=compiler_threads)
+        info = _tokenizer_info(vocab)
+        self.mask_vocab_size = info.vocab_size
+        self.compiler = xgr.GrammarCompiler(info, max_threads=compiler_threads)
         self._batch = xgr.BatchGrammarMatcher()  # NOTE: fills many rows on xgrammar's own threads, off the GIL
 
     def fill_bitmasks(self, grammars: Sequence[Grammar], bitmask: torch.Tensor, rows: Sequence[int]) -> None:
