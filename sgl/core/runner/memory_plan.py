@@ -14,8 +14,9 @@ from sgl.core.platform import Platform
 logger = logging.getLogger(__name__)
 
 GiB = 1024**3
-# NOTE: without an explicit --max-total-tokens the pool holds at most this many full contexts; on a host whose
-# "device memory" is all of RAM a fraction of memory would otherwise be far more than any workload can use.
+# NOTE: without an explicit --max-total-tokens a platform whose "device memory" is all of RAM (host_memory) gets a
+# pool of at most this many full contexts: a fraction of RAM would otherwise be far more than any workload can
+# use. An accelerator's pool is never capped: its size is what large batches are made of.
 MAX_AUTO_CONTEXTS = 64
 
 
@@ -51,7 +52,8 @@ def plan_memory(
                 f"{free / GiB:.2f} GiB is free and --mem-fraction-static {args.mem_fraction_static} keeps "
                 f"{reserve / GiB:.2f} GiB back; lower the model size or raise --mem-fraction-static"
             )
-        tokens = min(tokens, context_len * MAX_AUTO_CONTEXTS)
+        if platform.capabilities.host_memory:
+            tokens = min(tokens, context_len * MAX_AUTO_CONTEXTS)
     tokens = max(page, tokens // page * page)
     running = args.max_running_requests or max(1, min(1024, tokens // 64))
     logger.info(

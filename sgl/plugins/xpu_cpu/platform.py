@@ -11,7 +11,7 @@ class CpuPlatform(Platform):
     name: ClassVar[str] = "cpu"
     device_type: ClassVar[str] = "cpu"
     dist_backend: ClassVar[str] = "gloo"
-    capabilities: ClassVar[Capabilities] = Capabilities(bf16=True)
+    capabilities: ClassVar[Capabilities] = Capabilities(bf16=True, host_memory=True)
     probe_priority: ClassVar[int] = 1000
 
     @classmethod

@@ -1,0 +1,43 @@
+"""The auto-sized KV pool: capped where device memory is the host's RAM, the whole budget on an accelerator."""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import torch
+
+from sgl.core.config import ServerArgs
+from sgl.core.platform import Capabilities, Platform
+from sgl.core.runner.memory_plan import MAX_AUTO_CONTEXTS, plan_memory
+
+
+class _Accelerator(Platform):
+    """64 MiB of device memory, all free."""
+
+    name = "accelerator"
+
+    def total_memory(self) -> int:
+        return 64 << 20
+
+    def free_memory(self) -> int:
+        return 64 << 20
+
+
+class _HostMemory(_Accelerator):
+    name = "host-memory"
+    capabilities: ClassVar[Capabilities] = Capabilities(host_memory=True)
+
+
+def _tokens(platform: Platform, context_len: int) -> int:
+    plan = plan_memory(ServerArgs(mem_fraction_static=0.5), platform, num_layers=2, num_kv_heads=2, head_dim=16,
+                       kv_dtype=torch.float32, context_len=context_len, weight_bytes=0)
+    return plan.max_total_tokens
+
+
+def test_an_accelerator_pool_takes_the_whole_budget_even_past_the_host_cap() -> None:
+    per_token = 2 * 2 * 2 * 16 * 4
+    budget_tokens = (32 << 20) // per_token
+    context = 16
+    assert budget_tokens > context * MAX_AUTO_CONTEXTS  # the host cap would bind here
+    assert _tokens(_Accelerator(), context) == budget_tokens
+    assert _tokens(_HostMemory(), context) == context * MAX_AUTO_CONTEXTS
