@@ -154,6 +154,8 @@ def decode_attention(
     workspace: DecodeWorkspace | None = None,
     out: torch.Tensor | None = None,
     block_n: int = 64,
+    num_warps: int = 4,
+    num_stages: int = 2,
 ) -> torch.Tensor:
     """One query token per request: q [B, H*D] or [B, H, D] over buffers [slots, KVH, D] -> [B, H, Dv].
 
@@ -186,7 +188,7 @@ def decode_attention(
         plse.stride(0), plse.stride(1),
         group, head_dim, v_head_dim,
         BLOCK_H=block_h, BLOCK_N=block_n, BLOCK_D=block_size(head_dim), BLOCK_DV=block_size(v_head_dim),
-        UPCAST=upcast_dot(q), PRECISION=dot_precision(q), num_warps=4, num_stages=2,
+        UPCAST=upcast_dot(q), PRECISION=dot_precision(q), num_warps=num_warps, num_stages=num_stages,
     )
     _decode_merge_kernel[(batch, num_heads)](
         po, plse, ws.num_kv_splits, out,
