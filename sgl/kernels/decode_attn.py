@@ -154,8 +154,8 @@ def decode_attention(
     workspace: DecodeWorkspace | None = None,
     out: torch.Tensor | None = None,
     block_n: int = 64,
-    num_warps: int = 4,
-    num_stages: int = 2,
+    num_warps: int | None = None,
+    num_stages: int | None = None,
 ) -> torch.Tensor:
     """One query token per request: q [B, H*D] or [B, H, D] over buffers [slots, KVH, D] -> [B, H, Dv].
 
@@ -177,6 +177,11 @@ def decode_attention(
     ws = workspace if workspace is not None else decode_workspace(seq_lens, num_heads, num_kv_heads, v_head_dim)
     po, plse = ws.partial_o, ws.partial_lse
     block_h = max(16, block_size(group))
+    if num_warps is None or num_stages is None:
+        # NOTE: an fp8 cache halves the bytes but adds the upcast: fewer warps, one more stage hides it best on the
+        # H200 (539 vs 650 us per call at 384 x 1536, benchmarks/decode_kernel_sweep.py); bf16 is flat across tiles
+        warps, stages = (2, 3) if k_buffer.element_size() == 1 else (4, 2)
+        num_warps, num_stages = num_warps or warps, num_stages or stages
     _decode_partial_kernel[(batch, num_kv_heads, ws.max_kv_splits)](
         q3, k_buffer, v_buffer, req_to_token, req_pool_indices, seq_lens, ws.num_kv_splits, po, plse,
         float(sm_scale) * _LOG2E,

@@ -42,6 +42,9 @@ def plan_memory(
     if args.max_total_tokens is not None:
         tokens = args.max_total_tokens
     else:
+        # NOTE: blocks an earlier engine in this process freed may still sit in the framework's allocator cache,
+        # counted as used: hand them back first, or a second engine (--compare-radix) finds no room for its pool
+        platform.empty_cache()
         free = platform.free_memory()
         reserve = platform.total_memory() * (1.0 - args.mem_fraction_static)
         budget = free - reserve
