@@ -69,7 +69,7 @@ def main(name: str) -> None:
     if name != "demo":
         kw.update(model_path=model_dir(name), load_format="dummy")
     json_s: dict[bool, dict[int, tuple[float, float]]] = {}
-    with sgl.Engine(**kw) as engine:
+    with sgl.Engine(**kw, disable_jump_forward=True) as engine:
         for batch in (1, 32):
             free = throughput(engine, batch, False)
             cons = throughput(engine, batch, True)
@@ -79,7 +79,7 @@ def main(name: str) -> None:
         print(json.dumps({"grammar_mask_us_per_token": info["grammar_mask_us_per_token"]}))
         json_s[False] = {b: json_batch_seconds(engine, b) for b in (1, 32)}
     for mixed in (False, True):  # a jump re-enters prefill: mixed chunks let the other decodes ride along
-        with sgl.Engine(**kw, enable_jump_forward=True, enable_mixed_chunk=mixed) as engine:
+        with sgl.Engine(**kw, enable_mixed_chunk=mixed) as engine:
             json_on = {b: json_batch_seconds(engine, b) for b in (1, 32)}
             info = engine.get_server_info()
         for b in (1, 32):

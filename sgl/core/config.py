@@ -60,8 +60,9 @@ class ServerArgs:
         "installed, none = off",
     )
     grammar_compile_timeout: float = _opt(30.0, "seconds a grammar may take to compile before its request fails")
-    enable_jump_forward: bool = _opt(
-        False, "append text a grammar forces without sampling it, computed in one extend step (needs the radix cache)"
+    disable_jump_forward: bool = _opt(
+        False, "sample every token of a constrained request, even text its grammar forces (jump-forward appends that "
+        "text and computes it in one extend step; it needs the radix cache)"
     )
     # server -----------------------------------------------------------------------------------------------------
     host: str = _opt("127.0.0.1", "address to listen on")

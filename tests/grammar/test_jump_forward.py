@@ -1,4 +1,4 @@
-"""Jump-forward: forced text is appended without sampling; every output stays valid, with fewer decode steps."""
+"""Jump-forward (on by default): forced text is appended without sampling; outputs stay valid, in fewer decode steps."""
 
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ FORCED = {
 
 
 def _run(model: Path, jump: bool, overlap: bool, params: list[dict[str, Any]]) -> tuple[list[dict], dict]:
-    with make_engine(model, enable_jump_forward=jump, force_overlap_schedule=overlap) as engine:
+    with make_engine(model, disable_jump_forward=not jump, force_overlap_schedule=overlap) as engine:
         outs = engine.generate([f"Item {i}:" for i in range(len(params))], params)
         return outs, settled_info(engine)
 
@@ -64,10 +64,10 @@ def test_schema_corpus_stays_valid_with_jump_forward(demo_model_dir: Path) -> No
 
 def test_logprob_requests_and_radix_off_do_not_jump(demo_model_dir: Path) -> None:
     params = {"json_schema": json.dumps(FORCED), "max_new_tokens": 160, "temperature": 0.0}
-    with make_engine(demo_model_dir, enable_jump_forward=True) as engine:
+    with make_engine(demo_model_dir) as engine:
         out = engine.generate("Item:", params, return_logprob=True)
         assert len(out["meta_info"]["output_token_logprobs"]) == out["meta_info"]["completion_tokens"]
         assert engine.get_server_info()["jumps"] == 0
-    with make_engine(demo_model_dir, enable_jump_forward=True, disable_radix_cache=True) as engine:
+    with make_engine(demo_model_dir, disable_radix_cache=True) as engine:
         engine.generate("Item:", params)
         assert engine.get_server_info()["jumps"] == 0

@@ -217,10 +217,8 @@ class Scheduler:
 
     # jump-forward -----------------------------------------------------------------------------------------------
     def _jump_forward(self, args: ServerArgs, encode: Encode | None) -> JumpForward | None:
-        if not args.enable_jump_forward or encode is None:
-            return None
-        if args.disable_radix_cache:
-            logger.warning("--enable-jump-forward needs the radix cache (it re-enters prefill over it): it is off")
+        # NOTE: a jump re-enters prefill and finds its computed KV in the radix cache; without it, it would recompute
+        if args.disable_jump_forward or args.disable_radix_cache or encode is None:
             return None
         return JumpForward(encode)
 
