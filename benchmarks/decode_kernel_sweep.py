@@ -31,7 +31,8 @@ def main(batch: int, context: int) -> None:
         for block_n in (32, 64, 128):
             for warps in (2, 4, 8):
                 for stages in (1, 2, 3):
-                    def call() -> torch.Tensor:
+                    def call(k: torch.Tensor = k, v: torch.Tensor = v, block_n: int = block_n, warps: int = warps,
+                             stages: int = stages) -> torch.Tensor:
                         return decode_attention(q, k, v, req_to_token, idx, lens, 0.088, ws, block_n=block_n,
                                                 num_warps=warps, num_stages=stages)
                     try:

@@ -14,8 +14,6 @@ import torch
 
 from sgl.core.config import ServerArgs
 from sgl.core.memory.kv_pool import KVPool
-from sgl.core.platform import Platform
-from sgl.core.runner.memory_plan import plan_memory
 from tests.core.engine_utils import GREEDY, PROMPTS, greedy_ids, make_engine
 
 FP8 = [torch.float8_e4m3fn, torch.float8_e5m2]
@@ -52,32 +50,6 @@ def test_fp8_pool_bytes_per_token_are_a_quarter_of_fp32() -> None:
     assert KVPool.bytes_per_token(4, 2, 32, torch.bfloat16) * 2 == fp32
     assert KVPool.bytes_per_token(4, 2, 32, torch.float8_e4m3fn) * 4 == fp32
     assert KVPool.bytes_per_token(4, 2, 32, torch.float8_e5m2) * 4 == fp32
-
-
-# the memory plan -------------------------------------------------------------------------------------------------
-class _FixedMemory(Platform):
-    """1 MiB of device memory, all free: with --mem-fraction-static 0.5 the KV budget is 512 KiB."""
-
-    name = "fixed-memory"
-
-    def total_memory(self) -> int:
-        return 1 << 20
-
-    def free_memory(self) -> int:
-        return 1 << 20
-
-
-def test_memory_plan_fits_twice_the_tokens_of_bf16_in_fp8() -> None:
-    args = ServerArgs(mem_fraction_static=0.5)
-
-    def tokens(dtype: torch.dtype) -> int:
-        plan = plan_memory(args, _FixedMemory(), num_layers=2, num_kv_heads=2, head_dim=16, kv_dtype=dtype,
-                           context_len=1 << 20, weight_bytes=0)
-        assert plan.max_total_tokens * plan.bytes_per_token == 1 << 19  # the whole budget, no rounding here
-        return plan.max_total_tokens
-
-    assert tokens(torch.float8_e4m3fn) == tokens(torch.float8_e5m2) == 2 * tokens(torch.bfloat16)
-    assert tokens(torch.float8_e4m3fn) == 4 * tokens(torch.float32) == 4096
 
 
 # configuration ---------------------------------------------------------------------------------------------------

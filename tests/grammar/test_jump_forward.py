@@ -53,7 +53,7 @@ def test_schema_corpus_stays_valid_with_jump_forward(demo_model_dir: Path) -> No
     outs, info = _run(demo_model_dir, True, False, params)
     stopped = 0
     for i, out in enumerate(outs):
-        name, schema = SCHEMAS[i // 2]
+        _, schema = SCHEMAS[i // 2]
         if out["meta_info"]["finish_reason"]["type"] == "length":
             continue
         stopped += 1
