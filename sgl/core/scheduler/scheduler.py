@@ -62,6 +62,7 @@ class Scheduler:
         self.grammars = GrammarManager(args.grammar_backend, vocab, args.grammar_compile_timeout)
         self.executor = StepExecutor(runner, self.grammars)
         self.jump = self._jump_forward(args, encode)
+        self._jumping: list[Req] = []  # grammar: requests with forced text found, waiting for no step in flight
         self.waiting: list[Req] = []
         self.running: list[Req] = []
         self.chunked: Req | None = None
@@ -151,7 +152,7 @@ class Scheduler:
                 continue
             self._append_token(r, tok, lp)
         self.running = [r for r in self.running if not r.finished]
-        self._take_jumps(batch.reqs)
+        self._take_jumps()
         self.new_token_ratio = max(MIN_NEW_TOKEN_RATIO, self.new_token_ratio - NEW_TOKEN_RATIO_DECAY)
 
     def _process_extend(self, batch: ScheduleBatch, result: StepResult) -> None:
@@ -187,7 +188,7 @@ class Scheduler:
             if not self.args.disable_radix_cache:
                 self.cache.cache_unfinished_req(r)  # share the prompt with requests that arrive while it decodes
             self.running.append(r)
-        self._take_jumps(batch.reqs)
+        self._take_jumps()
 
     def _settle_grammars(self) -> None:
         """grammar: a failed or timed-out compile finishes its request (400); sleeps briefly if nothing else can run."""
@@ -214,6 +215,8 @@ class Scheduler:
             self._finish(r)
         elif self.jump is not None and self.jump.eligible(r):
             r.jump_text = self.jump.forced_text(r)
+            if r.jump_text:
+                self._jumping.append(r)
 
     # jump-forward -----------------------------------------------------------------------------------------------
     def _jump_forward(self, args: ServerArgs, encode: Encode | None) -> JumpForward | None:
@@ -222,12 +225,16 @@ class Scheduler:
             return None
         return JumpForward(encode)
 
-    def _take_jumps(self, reqs: list[Req]) -> None:
+    def _take_jumps(self) -> None:
         """Appends the forced text of each request with no step in flight and sends it back through prefill."""
-        if self.jump is None:
+        if not self._jumping:
             return
-        for r in reqs:
-            if not r.jump_text or r.inflight or r.finished:
+        assert self.jump is not None
+        ready = [r for r in self._jumping if not r.inflight or r.finished]
+        self._jumping = [r for r in self._jumping if r.inflight and not r.finished]
+        for r in ready:
+            if r.finished or r.stage is not ReqStage.DECODE:  # ended, or retracted meanwhile: it samples on
+                r.jump_text = ""
                 continue
             tokens = self.jump.forced_tokens(r, r.jump_text)
             r.jump_text = ""
