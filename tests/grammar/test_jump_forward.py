@@ -71,3 +71,17 @@ def test_logprob_requests_and_radix_off_do_not_jump(demo_model_dir: Path) -> Non
     with make_engine(demo_model_dir, disable_radix_cache=True) as engine:
         engine.generate("Item:", params)
         assert engine.get_server_info()["jumps"] == 0
+
+
+def test_streamed_jumps_arrive_as_cumulative_chunks_of_a_valid_instance(demo_model_dir: Path) -> None:
+    """A jump appends many tokens at once: the stream shows them in one chunk, and still only ever grows."""
+    params = {"json_schema": json.dumps(FORCED), "max_new_tokens": 160, "temperature": 0.0}
+    with make_engine(demo_model_dir) as engine:
+        full = engine.generate("Item:", params)
+        chunks = list(engine.generate("Item:", params, stream=True))
+        assert engine.get_server_info()["jumps"] >= 4  # two requests, two or more jumps each
+    for a, b in zip(chunks, chunks[1:]):
+        assert b["text"].startswith(a["text"]) and b["output_ids"][: len(a["output_ids"])] == a["output_ids"]
+    assert any(len(b["output_ids"]) - len(a["output_ids"]) > 1 for a, b in zip(chunks, chunks[1:]))
+    assert chunks[-1]["output_ids"] == full["output_ids"] and chunks[-1]["text"] == full["text"]
+    jsonschema.validate(json.loads(full["text"]), FORCED)
