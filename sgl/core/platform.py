@@ -33,7 +33,8 @@ class Capabilities:
     bf16: bool = True
     pinned_memory: bool = False
     streams: bool = False
-    host_memory: bool = False  # its "device memory" is the host's RAM: an auto-sized KV pool is capped
+    host_memory: bool = False  # its "device memory" is the host's RAM (implied for device_type "cpu"): an
+    # auto-sized KV pool is capped
 
     def as_dict(self) -> dict[str, bool]:
         return asdict(self)

@@ -16,6 +16,7 @@ class _Accelerator(Platform):
     """64 MiB of device memory, all free."""
 
     name = "accelerator"
+    device_type = "meta"  # not "cpu", whose memory is the host's
 
     def total_memory(self) -> int:
         return 64 << 20
@@ -27,6 +28,11 @@ class _Accelerator(Platform):
 class _HostMemory(_Accelerator):
     name = "host-memory"
     capabilities: ClassVar[Capabilities] = Capabilities(host_memory=True)
+
+
+class _CpuDevice(_Accelerator):
+    name = "cpu-device"
+    device_type = "cpu"
 
 
 def _tokens(platform: Platform, context_len: int, kv_dtype: torch.dtype = torch.float32) -> int:
@@ -43,6 +49,7 @@ def test_an_accelerator_pool_takes_the_whole_budget_even_past_the_host_cap() -> 
     assert budget_tokens > context * MAX_AUTO_CONTEXTS  # the host cap would bind here
     assert _tokens(_Accelerator(), context) == budget_tokens
     assert _tokens(_HostMemory(), context) == context * MAX_AUTO_CONTEXTS
+    assert _tokens(_CpuDevice(), context) == context * MAX_AUTO_CONTEXTS  # a third party's cpu platform too
 
 
 def test_the_same_budget_holds_twice_the_tokens_of_bf16_in_fp8() -> None:

@@ -55,7 +55,7 @@ def plan_memory(
                 f"{free / GiB:.2f} GiB is free and --mem-fraction-static {args.mem_fraction_static} keeps "
                 f"{reserve / GiB:.2f} GiB back; lower the model size or raise --mem-fraction-static"
             )
-        if platform.capabilities.host_memory:
+        if platform.capabilities.host_memory or platform.device_type == "cpu":  # a "cpu" device is host RAM
             tokens = min(tokens, context_len * MAX_AUTO_CONTEXTS)
     tokens = max(page, tokens // page * page)
     running = args.max_running_requests or max(1, min(1024, tokens // 64))
