@@ -37,10 +37,13 @@ class PrefillAdder:
         self.added = 0
 
     def add(self, extend_len: int, max_new_tokens: int, page_size: int) -> AddResult:
-        future = 0 if self.idle and self.added == 0 else int(max_new_tokens * self.new_token_ratio)
+        future = int(max_new_tokens * self.new_token_ratio)
+        # NOTE: the lone request's future is not required to fit, but it is still reserved: the requests admitted
+        # after it in the same step must leave room for its decodes, or they retract one another at once
+        lone = self.idle and self.added == 0
         if extend_len <= self.rem_tokens:
             need = extend_len + future + page_size
-            if need > self.rem_kv:
+            if (extend_len + page_size if lone else need) > self.rem_kv:
                 return AddResult(0, False, Stop.KV_BUDGET)
             self.rem_tokens -= extend_len
             self.rem_kv -= need
@@ -48,7 +51,7 @@ class PrefillAdder:
             return AddResult(extend_len, False, Stop.NONE)
         if self.chunk_size is None or self.chunked or self.rem_tokens <= 0:
             # NOTE: without chunking a prompt larger than the budget still runs, alone, so it cannot starve.
-            if self.chunk_size is None and self.added == 0 and extend_len + future <= self.rem_kv:
+            if self.chunk_size is None and self.added == 0 and extend_len + (0 if lone else future) <= self.rem_kv:
                 self.rem_tokens = 0
                 self.rem_kv -= extend_len + future
                 self.added += 1
