@@ -31,7 +31,7 @@ class OfflineResult:
     cached_tokens: int
     duration_s: float
     # what the scheduler did during the run (steps, retractions, ...): how a figure is explained, not just stated
-    scheduler: dict[str, int] = dataclasses.field(default_factory=dict)
+    scheduler: dict[str, float] = dataclasses.field(default_factory=dict)
 
     @property
     def request_throughput(self) -> float:
@@ -146,6 +146,8 @@ def run_offline(args: ServerArgs, spec: WorkloadSpec, label: str = "", progress:
         after = engine.get_server_info()
         counters = {k: after[k] - before[k] for k in SCHEDULER_COUNTERS if k in after}
         counters["max_total_tokens"] = after["max_total_tokens"]
+        if "new_token_ratio" in after:  # admission's reserve per remaining output token, at the end of the run
+            counters["new_token_ratio"] = after["new_token_ratio"]
     finally:
         engine.shutdown()
         del engine

@@ -20,6 +20,7 @@ from sgl.core.runner.forward_batch import ForwardMode
 from sgl.core.runner.model_runner import ModelRunner
 from sgl.core.scheduler.batch import ScheduleBatch
 from sgl.core.scheduler.jump_forward import Encode, JumpForward
+from sgl.core.scheduler.new_token_ratio import NewTokenRatio
 from sgl.core.scheduler.overlap import OverlapLoop
 from sgl.core.scheduler.prefill import PrefillBuilder
 from sgl.core.scheduler.req import Req, ReqStage
@@ -27,9 +28,6 @@ from sgl.core.scheduler.step import StepExecutor, StepResult
 
 logger = logging.getLogger(__name__)
 
-INIT_NEW_TOKEN_RATIO = 0.7
-MIN_NEW_TOKEN_RATIO = 0.1
-NEW_TOKEN_RATIO_DECAY = 0.001
 GRAMMAR_WAIT_S = 0.005  # grammar: how long an otherwise idle step sleeps on pending compiles
 
 
@@ -68,7 +66,7 @@ class Scheduler:
         self.chunked: Req | None = None
         self.reqs: dict[str, Req] = {}
         self.group_leaders: dict[str, str] = {}  # group -> rid of the sibling whose prefill goes first
-        self.new_token_ratio = INIT_NEW_TOKEN_RATIO * args.schedule_conservativeness
+        self.token_ratio = NewTokenRatio(args.schedule_conservativeness)  # admission's reserve for future decodes
         self._arrivals = 0
         self._touched: dict[str, Req] = {}
         self.stats = {"prompt_tokens": 0, "cached_tokens": 0, "generated_tokens": 0, "retractions": 0, "steps": 0,
@@ -106,6 +104,11 @@ class Scheduler:
             return
         req.finished_reason = FinishReason("abort", message="request aborted")
         self._finish(req)
+
+    @property
+    def new_token_ratio(self) -> float:
+        """The fraction of each request's remaining max_new_tokens that admission keeps KV for."""
+        return self.token_ratio.value
 
     @property
     def is_idle(self) -> bool:
@@ -153,7 +156,7 @@ class Scheduler:
             self._append_token(r, tok, lp)
         self.running = [r for r in self.running if not r.finished]
         self._take_jumps()
-        self.new_token_ratio = max(MIN_NEW_TOKEN_RATIO, self.new_token_ratio - NEW_TOKEN_RATIO_DECAY)
+        self.token_ratio.decay()
 
     def _process_extend(self, batch: ScheduleBatch, result: StepResult) -> None:
         sampled = iter(zip(result.next_token_ids, result.logprobs))
@@ -310,7 +313,7 @@ class Scheduler:
         victim.reset_for_recompute()
         self.waiting.insert(0, victim)
         self.stats["retractions"] += 1
-        self.new_token_ratio = INIT_NEW_TOKEN_RATIO * self.args.schedule_conservativeness
+        self.token_ratio.reset()
         logger.info("KV pool full: retracted %s (%d tokens) for recomputation", victim.rid, victim.seq_len)
 
     # release ----------------------------------------------------------------------------------------------------
@@ -330,6 +333,9 @@ class Scheduler:
         r.kv_len = 0
 
     def _finish(self, r: Req) -> None:
+        if r.finished_reason is not None:
+            self.token_ratio.observe_finish(r.finished_reason.type, len(r.output_ids),
+                                            r.sampling_params.max_new_tokens)
         self._release(r)
         r.stage = ReqStage.FINISHED
         if r in self.waiting:
@@ -389,6 +395,7 @@ class Scheduler:
             "num_running_reqs": len(self.running) + (1 if self.chunked is not None else 0),
             "num_waiting_reqs": len(self.waiting), "max_running_requests": self.max_running,
             "page_size": self.page_size, **self.stats,
+            "new_token_ratio": round(self.token_ratio.value, 4),
             "cache_hit_rate": round(self.stats["cached_tokens"] / max(self.stats["prompt_tokens"], 1), 4),
             "grammar_mask_us_per_token": round(
                 1e6 * self.executor.mask_seconds / max(self.executor.masked_tokens, 1), 1),

@@ -1,0 +1,74 @@
+"""NewTokenRatio: how much of each request's remaining ``max_new_tokens`` admission reserves KV for.
+
+Admission (``PrefillBuilder``, ``PrefillAdder``) keeps ``remaining_new_tokens x ratio`` KV slots per request for its
+future decodes. As in SGLang the ratio starts high, decays a little every decode step and jumps back up on each
+retraction. Alone, that decay is tuned for chat traffic that stops early: on a workload whose requests run to
+``max_new_tokens`` (fixed-length benchmarks, ``ignore_eos``, long generations) it falls far below what the requests
+really use, too many are admitted, and the running batch must retract and recompute them. So the ratio also learns:
+it never goes below the mean fraction of ``max_new_tokens`` that recently finished requests used.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+
+INIT_NEW_TOKEN_RATIO = 0.7
+MIN_NEW_TOKEN_RATIO = 0.1
+NEW_TOKEN_RATIO_DECAY = 0.001
+OUTPUT_FRACTION_WINDOW = 256  # finished requests the learned floor averages over
+
+
+class NewTokenRatio:
+    """The admission ratio: SGLang's decaying estimate, floored by the output lengths finished requests reached.
+
+    ``value == max(decayed, floor)``, where ``decayed`` starts at ``INIT_NEW_TOKEN_RATIO x conservativeness``, loses
+    ``NEW_TOKEN_RATIO_DECAY`` per decode step down to ``MIN_NEW_TOKEN_RATIO`` and returns to its start on each
+    retraction, and ``floor`` is the mean of ``len(output_ids) / max_new_tokens`` over the last ``window`` requests
+    that finished by stop or length, clamped to ``[MIN_NEW_TOKEN_RATIO, 1]`` and scaled by ``conservativeness`` like
+    the start is. Until a request has finished there is no floor and ``value`` is exactly the old decaying ratio.
+
+    A window rather than an EMA: a plain mean of the last N finishes has no smoothing constant to tune and no bias
+    from a made-up starting value, it forgets a previous workload after exactly N finishes whatever their timing, and
+    it is the figure an operator can check against the requests' own lengths. It holds ``window`` floats; its mean
+    is recomputed on each finish (not each step), so there is no drift from a running sum. ``window=0`` turns the
+    learning off (the old behaviour).
+    """
+
+    def __init__(self, conservativeness: float, window: int = OUTPUT_FRACTION_WINDOW) -> None:
+        self.conservativeness = conservativeness
+        self.initial = INIT_NEW_TOKEN_RATIO * conservativeness
+        self.decayed = self.initial
+        self._fractions: deque[float] = deque(maxlen=max(window, 0))
+        self._floor: float | None = None
+
+    @property
+    def value(self) -> float:
+        return self.decayed if self._floor is None else max(self.decayed, self._floor)
+
+    @property
+    def floor(self) -> float | None:
+        """The learned lower bound of ``value``, or None while no request has finished (or learning is off)."""
+        return self._floor
+
+    @property
+    def mean_fraction(self) -> float | None:
+        """The mean of ``len(output_ids) / max_new_tokens`` over the window, unclamped and unscaled."""
+        return sum(self._fractions) / len(self._fractions) if self._fractions else None
+
+    def observe_finish(self, reason: str, output_len: int, max_new_tokens: int) -> None:
+        """Counts a finished request. Aborts say nothing about how long a request would have run, and a request with
+        ``max_new_tokens == 0`` reserves nothing: neither is counted."""
+        if reason not in ("stop", "length") or max_new_tokens <= 0 or self._fractions.maxlen == 0:
+            return
+        self._fractions.append(min(output_len / max_new_tokens, 1.0))
+        mean = sum(self._fractions) / len(self._fractions)
+        clamped = min(max(mean, MIN_NEW_TOKEN_RATIO), 1.0)
+        self._floor = max(clamped * self.conservativeness, MIN_NEW_TOKEN_RATIO)
+
+    def decay(self) -> None:
+        """One decode step ran."""
+        self.decayed = max(MIN_NEW_TOKEN_RATIO, self.decayed - NEW_TOKEN_RATIO_DECAY)
+
+    def reset(self) -> None:
+        """A request was retracted: the estimate was too low; ``value`` returns to ``max(initial, floor)``."""
+        self.decayed = self.initial
