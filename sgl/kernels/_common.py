@@ -17,6 +17,16 @@ def upcast_dot(t: torch.Tensor) -> bool:
     return t.device.type == "cpu"
 
 
+def fp8_kv_as_fp16(q: torch.Tensor, k_buffer: torch.Tensor) -> bool:
+    """Whether the attention kernels widen an fp8 KV cache to fp16 (not to q's bf16) and run their dots in fp16.
+
+    NOTE: fp8 -> fp16 is one hardware conversion per two values (sm89+), while fp8 -> bf16 goes through fp32 and
+    costs four times as many: on the H200 that conversion, not memory, bounded the fp8 decode kernel. fp16 holds
+    every fp8 value exactly; q is clamped to fp16's range first. Off-device (the interpreter) the fp32 path is kept.
+    """
+    return k_buffer.element_size() == 1 and not upcast_dot(q)
+
+
 def dot_precision(t: torch.Tensor) -> str | None:
     """tl.dot input precision: full fp32 for fp32 activations; the target's default (None) otherwise."""
     return "ieee" if t.dtype == torch.float32 else None

@@ -15,7 +15,7 @@ import torch
 import triton
 import triton.language as tl
 
-from sgl.kernels._common import block_size, dot_precision, sm_count, upcast_dot
+from sgl.kernels._common import block_size, dot_precision, fp8_kv_as_fp16, sm_count, upcast_dot
 from sgl.kernels._flash import attend_block
 
 _LOG2E = 1.4426950408889634
@@ -42,7 +42,7 @@ def _decode_partial_kernel(
     stride_plb, stride_plh,
     group, head_dim, v_head_dim,
     BLOCK_H: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
-    UPCAST: tl.constexpr, PRECISION: tl.constexpr,
+    UPCAST: tl.constexpr, PRECISION: tl.constexpr, KV_FP16: tl.constexpr,
 ):
     b = tl.program_id(0)
     kvh = tl.program_id(1)
@@ -65,6 +65,8 @@ def _decode_partial_kernel(
                 mask=hmask[:, None] & dmask[None, :], other=0.0)
     if UPCAST:
         q = q.to(tl.float32)
+    if KV_FP16:
+        q = tl.clamp(q.to(tl.float32), -65504.0, 65504.0).to(tl.float16)
 
     m = tl.full([BLOCK_H], float("-inf"), dtype=tl.float32)
     l = tl.zeros([BLOCK_H], dtype=tl.float32)
@@ -77,6 +79,9 @@ def _decode_partial_kernel(
                     mask=nmask[:, None] & dmask[None, :], other=0.0)
         v = tl.load(v_ptr + slots[:, None] * stride_vs + kvh * stride_vh + dv[None, :],
                     mask=nmask[:, None] & dvmask[None, :], other=0.0)
+        if KV_FP16:
+            k = k.to(tl.float16)
+            v = v.to(tl.float16)
         m, l, acc = attend_block(q, k, v, nmask[None, :], m, l, acc, scale_log2, PRECISION)
 
     # NOTE: the lse is base 2, matching the scores; an empty split writes -inf and drops out of the merge.
@@ -123,20 +128,30 @@ def max_kv_splits_for(batch_size: int, num_kv_heads: int, device: torch.device, 
     return max(1, min(cap, block_size(want)))
 
 
-def kv_splits_per_request(seq_lens: torch.Tensor, max_kv_splits: int, min_tokens_per_split: int = 256) -> torch.Tensor:
-    """[B] int32: short contexts take fewer splits (no program reads fewer than ``min_tokens_per_split`` keys)."""
+MIN_TOKENS_PER_SPLIT = 64
+
+
+def kv_splits_per_request(
+    seq_lens: torch.Tensor, max_kv_splits: int, min_tokens_per_split: int = MIN_TOKENS_PER_SPLIT
+) -> torch.Tensor:
+    """[B] int32: short contexts take fewer splits (no program reads fewer than ``min_tokens_per_split`` keys).
+
+    NOTE: one block of keys per program at least; a small batch has few programs, and a split that walks several
+    blocks serially is latency the device cannot hide (benchmarks/decode_kernel_sweep.py, batch 1).
+    """
     n = torch.div(seq_lens + (min_tokens_per_split - 1), min_tokens_per_split, rounding_mode="floor")
     return n.clamp_(1, max_kv_splits).to(torch.int32)
 
 
 def decode_workspace(
-    seq_lens: torch.Tensor, num_heads: int, num_kv_heads: int, v_head_dim: int, max_kv_splits: int | None = None
+    seq_lens: torch.Tensor, num_heads: int, num_kv_heads: int, v_head_dim: int, max_kv_splits: int | None = None,
+    min_tokens_per_split: int = MIN_TOKENS_PER_SPLIT,
 ) -> DecodeWorkspace:
     batch = seq_lens.shape[0]
     splits = max_kv_splits or max_kv_splits_for(batch, num_kv_heads, seq_lens.device)
     dev = seq_lens.device
     return DecodeWorkspace(
-        num_kv_splits=kv_splits_per_request(seq_lens, splits),
+        num_kv_splits=kv_splits_per_request(seq_lens, splits, min_tokens_per_split),
         max_kv_splits=splits,
         partial_o=torch.empty((batch, num_heads, splits, v_head_dim), dtype=torch.float32, device=dev),
         partial_lse=torch.empty((batch, num_heads, splits), dtype=torch.float32, device=dev),
@@ -156,6 +171,7 @@ def decode_attention(
     block_n: int = 64,
     num_warps: int | None = None,
     num_stages: int | None = None,
+    fp8_as_fp16: bool | None = None,
 ) -> torch.Tensor:
     """One query token per request: q [B, H*D] or [B, H, D] over buffers [slots, KVH, D] -> [B, H, Dv].
 
@@ -182,6 +198,8 @@ def decode_attention(
         # H200 (539 vs 650 us per call at 384 x 1536, benchmarks/decode_kernel_sweep.py); bf16 is flat across tiles
         warps, stages = (2, 3) if k_buffer.element_size() == 1 else (4, 2)
         num_warps, num_stages = num_warps or warps, num_stages or stages
+    if fp8_as_fp16 is None:
+        fp8_as_fp16 = fp8_kv_as_fp16(q, k_buffer)
     _decode_partial_kernel[(batch, num_kv_heads, ws.max_kv_splits)](
         q3, k_buffer, v_buffer, req_to_token, req_pool_indices, seq_lens, ws.num_kv_splits, po, plse,
         float(sm_scale) * _LOG2E,
@@ -193,7 +211,7 @@ def decode_attention(
         plse.stride(0), plse.stride(1),
         group, head_dim, v_head_dim,
         BLOCK_H=block_h, BLOCK_N=block_n, BLOCK_D=block_size(head_dim), BLOCK_DV=block_size(v_head_dim),
-        UPCAST=upcast_dot(q), PRECISION=dot_precision(q), num_warps=num_warps, num_stages=num_stages,
+        UPCAST=upcast_dot(q), PRECISION=dot_precision(q), KV_FP16=fp8_as_fp16, num_warps=num_warps, num_stages=num_stages,
     )
     _decode_merge_kernel[(batch, num_heads)](
         po, plse, ws.num_kv_splits, out,

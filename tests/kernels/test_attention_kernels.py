@@ -111,8 +111,9 @@ def test_extend_over_cached_prefixes_matches_oracle(
 
 
 def test_kv_split_counts_stay_within_bounds() -> None:
-    seq = torch.tensor([0, 1, 255, 256, 257, 10_000])
-    assert kv_splits_per_request(seq, 8).tolist() == [1, 1, 1, 1, 2, 8]
+    seq = torch.tensor([0, 1, 63, 64, 65, 255, 10_000])
+    assert kv_splits_per_request(seq, 8).tolist() == [1, 1, 1, 1, 2, 4, 8]
+    assert kv_splits_per_request(seq, 8, min_tokens_per_split=256).tolist() == [1, 1, 1, 1, 1, 1, 8]
     cpu = torch.device("cpu")
     assert 1 <= max_kv_splits_for(64, 8, cpu) <= max_kv_splits_for(1, 8, cpu) <= 16
     assert max_kv_splits_for(1, 8, cpu, cap=4) == 4
