@@ -190,3 +190,33 @@ def test_decode_attention_timing(capsys: pytest.CaptureFixture[str], kv_dtype: t
     with capsys.disabled():
         print(f"\ndecode attention bs={batch} ctx={ctx} kv={kv_dtype} splits={ws.max_kv_splits}: {us:.1f} us/call, "
               f"{kv_bytes / us / 1e3:.0f} GB/s of KV read")
+
+
+@pytest.mark.parametrize("rows", [1, 4, 16])
+@pytest.mark.parametrize(("n", "k"), [(6144, HIDDEN), (HIDDEN, HIDDEN), (HIDDEN, INTERMEDIATE), (1000, 2048)])
+def test_skinny_gemm_matches_fp32_linear_at_model_shapes(rows: int, n: int, k: int) -> None:
+    from sgl.kernels.skinny_gemm import skinny_config, skinny_gemm
+
+    torch.manual_seed(rows + n)
+    x = torch.randn(rows, k, device=DEV, dtype=BF16)
+    w = torch.randn(n, k, device=DEV, dtype=BF16) * 0.02
+    ref = torch.nn.functional.linear(x.float(), w.float())
+    out = skinny_gemm(x, w)
+    assert skinny_config(n, k, DEV).split_k >= 1
+    torch.testing.assert_close(out.float(), ref, atol=ref.abs().max().item() * 2**-7, rtol=0)
+
+
+def test_cuda_platform_streams_small_batches_and_leaves_large_ones_to_cublas() -> None:
+    from torch import nn
+
+    from sgl.plugins.cuda.linear import SkinnyLinearMethod
+    from sgl.plugins.cuda.platform import CudaPlatform
+
+    method = CudaPlatform().linear_method()
+    assert isinstance(method, SkinnyLinearMethod)
+    layer = nn.Module()
+    layer.weight = nn.Parameter(torch.randn(512, 256, device=DEV, dtype=BF16), requires_grad=False)
+    for rows in (1, 16, 17, 64):
+        x = torch.randn(rows, 256, device=DEV, dtype=BF16)
+        ref = torch.nn.functional.linear(x.float(), layer.weight.float())
+        torch.testing.assert_close(method.apply(layer, x).float(), ref, atol=ref.abs().max().item() * 2**-7, rtol=0)

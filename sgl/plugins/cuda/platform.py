@@ -5,12 +5,15 @@ from __future__ import annotations
 import functools
 import importlib.util
 import logging
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 
 from sgl.core.ops.table import Ops, reference_ops
 from sgl.core.platform import Capabilities, Platform
+
+if TYPE_CHECKING:
+    from sgl.core.model.linear import LinearMethod
 
 logger = logging.getLogger(__name__)
 
@@ -107,6 +110,13 @@ class CudaPlatform(Platform):
             return "triton"
         _log_once("triton is not installed: attention runs on the torch_native backend (pip install 'sgl[cuda]')")
         return "torch_native"
+
+    def linear_method(self, quant_config: Any = None) -> LinearMethod:
+        if quant_config is not None or not _has_triton():
+            return super().linear_method(quant_config)
+        from sgl.plugins.cuda.linear import SkinnyLinearMethod
+
+        return SkinnyLinearMethod()
 
     def ops(self) -> Ops:
         if not _has_triton():

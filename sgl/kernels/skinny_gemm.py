@@ -1,0 +1,126 @@
+"""y = x @ w.T for a handful of rows of x (decode at small batch): a weight-streaming GEMM.
+
+At M <= 16 the product is bound by reading w once; each program streams BLOCK_N rows of w over one K-split and
+multiplies them with all of x's rows on the tensor cores (x padded to 16 rows in registers, so the padding costs no
+memory traffic). Splits (when N alone gives too few programs) write fp32 partials that a second pass sums in a fixed order: the result does not depend on
+scheduling (no atomics), so greedy decoding stays reproducible.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import NamedTuple
+
+import torch
+import triton
+import triton.language as tl
+
+from sgl.kernels._common import sm_count, upcast_dot
+
+MAX_ROWS = 16  # x rows the kernel takes; larger batches go to the vendor GEMM
+
+
+class SkinnyConfig(NamedTuple):
+    block_n: int
+    block_k: int
+    split_k: int
+    num_warps: int
+    num_stages: int
+
+
+@triton.jit
+def _skinny_gemm_kernel(
+    x_ptr, w_ptr, out_ptr, bias_ptr,
+    M, N, K, k_per_split,
+    stride_xm, stride_wn, stride_os, stride_om,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, UPCAST: tl.constexpr,
+    HAS_BIAS: tl.constexpr,
+):
+    """Writes split ``program_id(1)``'s fp32 partial, or (one split) the finished y with its bias."""
+    pid_n = tl.program_id(0)
+    split = tl.program_id(1)
+    rows = tl.arange(0, BLOCK_M)
+    cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    rmask = rows < M
+    cmask = cols < N
+    k_start = split * k_per_split
+    k_end = tl.minimum(k_start + k_per_split, K)
+    acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+    for k0 in range(k_start, k_end, BLOCK_K):
+        ks = k0 + tl.arange(0, BLOCK_K)
+        kmask = ks < k_end
+        x = tl.load(x_ptr + rows[:, None] * stride_xm + ks[None, :], mask=rmask[:, None] & kmask[None, :], other=0.0)
+        w = tl.load(w_ptr + cols[:, None] * stride_wn + ks[None, :], mask=cmask[:, None] & kmask[None, :], other=0.0)
+        if UPCAST:
+            x = x.to(tl.float32)
+            w = w.to(tl.float32)
+        acc += tl.dot(x, tl.trans(w))
+    if HAS_BIAS:
+        acc += tl.load(bias_ptr + cols, mask=cmask, other=0.0).to(tl.float32)[None, :]
+    tl.store(out_ptr + split * stride_os + rows[:, None] * stride_om + cols[None, :],
+             acc.to(out_ptr.dtype.element_ty), mask=rmask[:, None] & cmask[None, :])
+
+
+@triton.jit
+def _sum_splits_kernel(
+    part_ptr, bias_ptr, y_ptr, N, stride_ps, stride_pm, stride_ym,
+    SPLIT_K: tl.constexpr, BLOCK: tl.constexpr, HAS_BIAS: tl.constexpr,
+):
+    m = tl.program_id(0)
+    cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+    cmask = cols < N
+    acc = tl.zeros([BLOCK], dtype=tl.float32)
+    for s in tl.static_range(SPLIT_K):
+        acc += tl.load(part_ptr + s * stride_ps + m * stride_pm + cols, mask=cmask, other=0.0)
+    if HAS_BIAS:
+        acc += tl.load(bias_ptr + cols, mask=cmask, other=0.0).to(tl.float32)
+    tl.store(y_ptr + m * stride_ym + cols, acc.to(y_ptr.dtype.element_ty), mask=cmask)
+
+
+@functools.cache
+def skinny_config(n: int, k: int, device: torch.device) -> SkinnyConfig:
+    """Tiles from benchmarks/skinny_gemm_sweep.py on the H200: 64 rows of w by 128 of K per step, and K split until
+    there are ~1.5 programs per streaming multiprocessor (each split still streams >= 2 blocks of K)."""
+    block_n, block_k = 64, 128
+    programs = triton.cdiv(n, block_n)
+    split = 1
+    while programs * split < 1.5 * sm_count(device) and k // (split * 2) >= 2 * block_k:
+        split *= 2
+    return SkinnyConfig(block_n, block_k, split, 4, 3)
+
+
+def skinny_gemm(
+    x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None = None, config: SkinnyConfig | None = None
+) -> torch.Tensor:
+    """x [M, K] (M <= 16, rows contiguous) @ w [N, K].T (+ bias [N]) -> [M, N] in x's dtype."""
+    m, k = x.shape
+    n = w.shape[0]
+    if m > MAX_ROWS:
+        raise ValueError(f"skinny_gemm takes at most {MAX_ROWS} rows (got {m})")
+    if w.shape[1] != k:
+        raise ValueError(f"x has {k} columns but w has {w.shape[1]}")
+    if x.stride(1) != 1:
+        x = x.contiguous()
+    if w.stride(1) != 1:
+        raise ValueError("w's rows must be contiguous")
+    cfg = config or skinny_config(n, k, x.device)
+    y = torch.empty((m, n), dtype=x.dtype, device=x.device)
+    if m == 0:
+        return y
+    k_per_split = triton.cdiv(triton.cdiv(k, cfg.split_k), cfg.block_k) * cfg.block_k
+    direct = cfg.split_k == 1
+    out = y if direct else torch.empty((cfg.split_k, m, n), dtype=torch.float32, device=x.device)
+    stride_os, stride_om = (0, y.stride(0)) if direct else (out.stride(0), out.stride(1))
+    _skinny_gemm_kernel[(triton.cdiv(n, cfg.block_n), cfg.split_k)](
+        x, w, out, bias if bias is not None else x, m, n, k, k_per_split,
+        x.stride(0), w.stride(0), stride_os, stride_om,
+        BLOCK_M=MAX_ROWS, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, UPCAST=upcast_dot(x),
+        HAS_BIAS=direct and bias is not None, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+    )
+    if not direct:
+        block = 1024
+        _sum_splits_kernel[(m, triton.cdiv(n, block))](
+            out, bias if bias is not None else out, y, n, out.stride(0), out.stride(1), y.stride(0),
+            SPLIT_K=cfg.split_k, BLOCK=block, HAS_BIAS=bias is not None, num_warps=4,
+        )
+    return y
