@@ -1,6 +1,6 @@
 """Batch-1 decode speed of real architectures with dummy weights, graphs and overlap on and off (a GPU probe).
 
-python benchmarks/decode_speed.py [qwen3-0.6b llama-3.1-8b ...]
+python benchmarks/decode_speed.py [qwen3-0.6b llama-3.1-8b ...] [--variant graphs+overlap]
 """
 
 from __future__ import annotations
@@ -49,9 +49,13 @@ def run(name: str, new_tokens: int = 256, **kw: object) -> dict[str, float]:
 
 
 if __name__ == "__main__":
-    names = sys.argv[1:] or ["qwen3-0.6b", "llama-3.1-8b"]
+    argv = sys.argv[1:]
+    only = argv[argv.index("--variant") + 1] if "--variant" in argv else None
+    names = [a for a in argv if not a.startswith("--") and a != only] or ["qwen3-0.6b", "llama-3.1-8b"]
     variants = {"graphs+overlap": {}, "graphs": {"disable_overlap_schedule": True},
                 "eager": {"disable_cuda_graph": True, "disable_overlap_schedule": True}}
+    if only is not None:
+        variants = {only: variants[only]}
     for name in names:
         for label, kw in variants.items():
             print(json.dumps({"model": name, "variant": label, **run(name, **kw)}), flush=True)
