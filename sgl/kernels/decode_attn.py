@@ -168,7 +168,7 @@ def decode_attention(
     sm_scale: float,
     workspace: DecodeWorkspace | None = None,
     out: torch.Tensor | None = None,
-    block_n: int = 64,
+    block_n: int | None = None,
     num_warps: int | None = None,
     num_stages: int | None = None,
     fp8_as_fp16: bool | None = None,
@@ -193,11 +193,11 @@ def decode_attention(
     ws = workspace if workspace is not None else decode_workspace(seq_lens, num_heads, num_kv_heads, v_head_dim)
     po, plse = ws.partial_o, ws.partial_lse
     block_h = max(16, block_size(group))
-    if num_warps is None or num_stages is None:
-        # NOTE: an fp8 cache halves the bytes but adds the upcast: fewer warps, one more stage hides it best on the
-        # H200 (539 vs 650 us per call at 384 x 1536, benchmarks/decode_kernel_sweep.py); bf16 is flat across tiles
-        warps, stages = (2, 3) if k_buffer.element_size() == 1 else (4, 2)
-        num_warps, num_stages = num_warps or warps, num_stages or stages
+    # NOTE: an fp8 cache moves half the bytes per block of keys: smaller blocks on one warp keep more of them in
+    # flight (H200, 384 x 1536: 321 us per call against 392 us at bf16's tile; benchmarks/decode_kernel_sweep.py);
+    # bf16 is flat across tiles and reads at the bandwidth ceiling
+    tile = (32, 1, 3) if k_buffer.element_size() == 1 else (64, 4, 2)
+    block_n, num_warps, num_stages = block_n or tile[0], num_warps or tile[1], num_stages or tile[2]
     if fp8_as_fp16 is None:
         fp8_as_fp16 = fp8_kv_as_fp16(q, k_buffer)
     _decode_partial_kernel[(batch, num_kv_heads, ws.max_kv_splits)](
