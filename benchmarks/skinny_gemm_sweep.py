@@ -53,7 +53,7 @@ def main(ms: list[int]) -> None:
         for m in ms:
             x = torch.randn(m, k, device=dev, dtype=torch.bfloat16)
             ref = F.linear(x, w)
-            vendor = graph_us(lambda: F.linear(x, w))
+            vendor = graph_us(lambda x=x, w=w: F.linear(x, w))
             default = skinny_config(n, k, dev)
             results = {}
             for cfg in [default, *grid]:
@@ -62,7 +62,7 @@ def main(ms: list[int]) -> None:
                 y = skinny_gemm(x, w, config=cfg)
                 err = (y.float() - ref.float()).abs().max().item()
                 assert err <= 0.02 * ref.float().abs().max().item() + 1e-3, (name, cfg, err)
-                results[cfg] = graph_us(lambda cfg=cfg: skinny_gemm(x, w, config=cfg))
+                results[cfg] = graph_us(lambda cfg=cfg, x=x, w=w: skinny_gemm(x, w, config=cfg))
             best = min(results, key=results.__getitem__)
             gb = n * k * 2 / 1e3
             print(json.dumps({

@@ -19,7 +19,8 @@ from sgl.core.config import ServerArgs
 
 WARMUP_PROMPT_LEN = 16
 WARMUP_BATCH = 8
-SCHEDULER_COUNTERS = ("steps", "decode_steps", "decode_rows", "overlapped_steps", "mixed_steps", "retractions")
+SCHEDULER_COUNTERS = ("steps", "decode_steps", "decode_rows", "overlapped_steps", "mixed_steps", "retractions",
+                      "prefill_ms", "decode_ms")
 
 
 @dataclass(frozen=True)

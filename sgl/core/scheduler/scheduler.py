@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -70,7 +71,8 @@ class Scheduler:
         self._arrivals = 0
         self._touched: dict[str, Req] = {}
         self.stats = {"prompt_tokens": 0, "cached_tokens": 0, "generated_tokens": 0, "retractions": 0, "steps": 0,
-                      "overlapped_steps": 0, "mixed_steps": 0, "decode_steps": 0, "decode_rows": 0, "jumps": 0, "jump_tokens": 0}
+                      "overlapped_steps": 0, "mixed_steps": 0, "decode_steps": 0, "decode_rows": 0, "jumps": 0, "jump_tokens": 0,
+                      "prefill_ms": 0, "decode_ms": 0}
         use_overlap = args.force_overlap_schedule or (
             runner.platform.capabilities.overlap_schedule and not args.disable_overlap_schedule
         )
@@ -120,6 +122,7 @@ class Scheduler:
         """Runs at most one forward (two overlapped, in overlap mode) and returns what changed per request."""
         if self.grammars.has_pending:
             self._settle_grammars()
+        t0, steps, decodes = time.perf_counter(), self.stats["steps"], self.stats["decode_steps"]
         if self.overlap is not None:
             self.overlap.step()
         else:
@@ -128,6 +131,12 @@ class Scheduler:
                 batch = self._schedule_decode()
             if batch is not None:
                 self._run(batch)
+        # NOTE: wall time by the kind of step that finished in it (overlap: the decode it resolved), so a run can
+        # tell time lost to prefill from time in decode
+        if self.stats["decode_steps"] != decodes:
+            self.stats["decode_ms"] += round((time.perf_counter() - t0) * 1e3)
+        elif self.stats["steps"] != steps:
+            self.stats["prefill_ms"] += round((time.perf_counter() - t0) * 1e3)
         if self.args.debug_invariants:
             self.check_invariant()
         return self._collect_outputs()
