@@ -71,7 +71,7 @@ if __name__ == "__main__":
     p.add_argument("model")
     p.add_argument("batch", type=int)
     p.add_argument("context", type=int)
-    p.add_argument("--cuda-graph-max-bs", type=int, default=160)
+    p.add_argument("--cuda-graph-max-bs", type=int, default=256)
     p.add_argument("--eager", action="store_true")
     p.add_argument("--kv-cache-dtype", default="auto")
     a = p.parse_args()

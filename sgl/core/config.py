@@ -51,7 +51,7 @@ class ServerArgs:
     disable_overlap_schedule: bool = _opt(False, "run the plain loop even where the platform supports overlap")
     force_overlap_schedule: bool = _opt(False, "run the overlap loop even where the platform does not ask for it")
     disable_cuda_graph: bool = _opt(False, "do not capture decode graphs")
-    cuda_graph_max_bs: int = _opt(160, "largest decode batch captured as a graph")
+    cuda_graph_max_bs: int = _opt(256, "largest decode batch captured as a graph")
     stream_interval: int = _opt(1, "stream every N tokens")
     # grammar ----------------------------------------------------------------------------------------------------
     grammar_backend: str = _opt(
