@@ -13,12 +13,15 @@ b no-sharing --workload random --num-prompts 256 --input-len 1024 --output-len 1
 T=420 b big --workload random --num-prompts 1000 --input-len 1024 --output-len 1024 --range-ratio 1
 T=420 b big-fp8 --workload random --num-prompts 1000 --input-len 1024 --output-len 1024 --range-ratio 1 \
   --kv-cache-dtype fp8_e4m3
-T=420 b big-mixed --workload random --num-prompts 1000 --input-len 1024 --output-len 1024 --range-ratio 1 \
-  --enable-mixed-chunk
-for kv in auto fp8_e4m3; do
-  timeout 200 python3 -m benchmarks.big_decode llama-3.1-8b 384 1536 --kv-cache-dtype $kv 2>&1 | grep '^{' \
-    | tee -a "$out/big_decode.jsonl"
+T=420 b big-fp8-mixed --workload random --num-prompts 1000 --input-len 1024 --output-len 1024 --range-ratio 1 \
+  --kv-cache-dtype fp8_e4m3 --enable-mixed-chunk
+for spec in "auto 384" "fp8_e4m3 800"; do  # batch: as many ~1,540-token contexts as each pool holds
+  set -- $spec
+  timeout 200 python3 -m benchmarks.big_decode llama-3.1-8b "$2" 1536 --kv-cache-dtype "$1" 2>&1 \
+    | sed 's/\r/\n/g' | grep -v "it/s\]" | tee -a "$out/big_decode.log" | grep '^{'
 done
-timeout 120 python3 -m benchmarks.decode_kernel_sweep 384 1536 > "$out/decode_kernel_sweep.jsonl" 2>&1
+timeout 150 python3 -m benchmarks.decode_kernel_sweep 384 1536 > "$out/decode_kernel_sweep.jsonl" 2>&1
+timeout 200 python3 -m benchmarks.skinny_gemm_sweep 1 4 2>&1 | grep '^{' > "$out/skinny_gemm_sweep.jsonl"
+timeout 200 python3 -m benchmarks.overlap_trace llama-3.1-8b > "$out/overlap_trace.json" 2>&1
 # issue 6: needs xgrammar (+ apache-tvm-ffi, pydantic, pydantic-core, annotated-types, typing-inspection) carried as wheels
 python3 -c "import xgrammar" 2>/dev/null && python3 -m benchmarks.grammar_speed llama-3.1-8b 2>&1 | grep '^{' | tee "$out/grammar.jsonl"
