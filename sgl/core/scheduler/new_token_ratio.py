@@ -1,16 +1,22 @@
 """NewTokenRatio: how much of each request's remaining ``max_new_tokens`` admission reserves KV for.
 
-Admission (``PrefillBuilder``, ``PrefillAdder``) keeps ``remaining_new_tokens x ratio`` KV slots per request for its
-future decodes. As in SGLang the ratio starts high, decays a little every decode step and jumps back up on each
-retraction. Alone, that decay is tuned for chat traffic that stops early: on a workload whose requests run to
-``max_new_tokens`` (fixed-length benchmarks, ``ignore_eos``, long generations) it falls far below what the requests
-really use, too many are admitted, and the running batch must retract and recompute them. So the ratio also learns:
-it never goes below the mean fraction of ``max_new_tokens`` that recently finished requests used.
+Admission (``PrefillBuilder``, ``PrefillAdder``) reserves through ``reserve``. A request of known length
+(``Req.output_len_known``: ``ignore_eos`` and nothing else that can stop it) gets all its remaining tokens, even on a
+cold server; the others get ``remaining x ratio``. As in SGLang the ratio decays every decode step and jumps back on
+each retraction. Tuned for chat traffic that stops early, that decay over-admits requests that run to
+``max_new_tokens``, so the ratio also never goes below the mean fraction of ``max_new_tokens`` that recently finished
+requests of uncertain length used. Known-length finishes teach it nothing: an ``ignore_eos`` benchmark or warm-up
+must not make a chat workload's admission conservative.
 """
 
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Iterable
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from sgl.core.scheduler.req import Req
 
 INIT_NEW_TOKEN_RATIO = 0.7
 MIN_NEW_TOKEN_RATIO = 0.1
@@ -24,8 +30,9 @@ class NewTokenRatio:
     ``value == max(decayed, floor)``, where ``decayed`` starts at ``INIT_NEW_TOKEN_RATIO x conservativeness``, loses
     ``NEW_TOKEN_RATIO_DECAY`` per decode step down to ``MIN_NEW_TOKEN_RATIO`` and returns to its start on each
     retraction, and ``floor`` is the mean of ``len(output_ids) / max_new_tokens`` over the last ``window`` requests
-    that finished by stop or length, clamped to ``[MIN_NEW_TOKEN_RATIO, 1]`` and scaled by ``conservativeness`` like
-    the start is. Until a request has finished there is no floor and ``value`` is exactly the old decaying ratio.
+    of uncertain length that finished by stop or length, clamped to ``[MIN_NEW_TOKEN_RATIO, 1]`` and scaled by
+    ``conservativeness`` like the start is. Until such a request has finished there is no floor and ``value`` is
+    exactly the old decaying ratio.
 
     A window rather than an EMA: a plain mean of the last N finishes has no smoothing constant to tune and no bias
     from a made-up starting value, it forgets a previous workload after exactly N finishes whatever their timing, and
@@ -55,10 +62,22 @@ class NewTokenRatio:
         """The mean of ``len(output_ids) / max_new_tokens`` over the window, unclamped and unscaled."""
         return sum(self._fractions) / len(self._fractions) if self._fractions else None
 
-    def observe_finish(self, reason: str, output_len: int, max_new_tokens: int) -> None:
-        """Counts a finished request. Aborts say nothing about how long a request would have run, and a request with
-        ``max_new_tokens == 0`` reserves nothing: neither is counted."""
-        if reason not in ("stop", "length") or max_new_tokens <= 0 or self._fractions.maxlen == 0:
+    def reserve(self, reqs: Iterable[Req]) -> int:
+        """The KV slots admission keeps for these requests' future decodes: all remaining tokens of each request of
+        known length (whatever ``value`` is), ``value`` x the remaining tokens of the others (rounded down once)."""
+        known = uncertain = 0
+        for r in reqs:
+            if r.output_len_known:
+                known += r.remaining_new_tokens
+            else:
+                uncertain += r.remaining_new_tokens
+        return known + int(uncertain * self.value)
+
+    def observe_finish(self, reason: str, output_len: int, max_new_tokens: int, *, known: bool = False) -> None:
+        """Counts a finished request. Aborts say nothing about how long a request would have run, a request with
+        ``max_new_tokens == 0`` reserves nothing, and one of known length (``known``) was never estimated: none of
+        them is counted."""
+        if known or reason not in ("stop", "length") or max_new_tokens <= 0 or self._fractions.maxlen == 0:
             return
         self._fractions.append(min(output_len / max_new_tokens, 1.0))
         mean = sum(self._fractions) / len(self._fractions)

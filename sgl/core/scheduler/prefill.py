@@ -46,22 +46,21 @@ class PrefillBuilder:
         if not s.waiting or len(s.running) >= s.max_running or s.req_pool.available_size() == 0:
             return False
         budget = s.allocator.available_size() + s.cache.evictable_size() - self.decode_reserve()
-        ratio = s.new_token_ratio
-        need = min(min(r.seq_len, s.prefill_token_budget) + int(r.remaining_new_tokens * ratio)
+        need = min(min(r.seq_len, s.prefill_token_budget) + s.token_ratio.reserve((r,))
                    for r in s.waiting[:32])
         return budget >= need + s.page_size
 
     def decode_reserve(self) -> int:
         s = self.s
         reqs = s.running + ([s.chunked] if s.chunked is not None else [])
-        return int(sum(r.remaining_new_tokens for r in reqs) * s.new_token_ratio)
+        return s.token_ratio.reserve(reqs)
 
     def schedule(self) -> ScheduleBatch | None:
         s = self.s
         if not s.waiting and s.chunked is None:
             return None
         kv_budget = s.allocator.available_size() + s.cache.evictable_size() - self.decode_reserve()
-        adder = PrefillAdder(s.prefill_token_budget, kv_budget, s.chunk_size, s.new_token_ratio,
+        adder = PrefillAdder(s.prefill_token_budget, kv_budget, s.chunk_size,
                              idle=not s.running and s.chunked is None)
         reqs: list[Req] = []
         prefix_lens: list[int] = []
@@ -76,7 +75,7 @@ class PrefillBuilder:
 
         if s.chunked is not None:
             r = s.chunked
-            res = adder.add(r.seq_len - r.kv_len, r.remaining_new_tokens, s.page_size)
+            res = adder.add(r.seq_len - r.kv_len, s.token_ratio.reserve((r,)), s.page_size)
             if res.extend_len == 0:
                 return None
             got = self.alloc_extend(r, r.kv_len, res.extend_len)
@@ -97,7 +96,7 @@ class PrefillBuilder:
             prefix_len = int(m.kv_indices.numel())
             if self.defer_in_batch_duplicate(r, prefix_len, batch_heads):
                 continue
-            res = adder.add(r.seq_len - prefix_len, r.remaining_new_tokens, s.page_size)
+            res = adder.add(r.seq_len - prefix_len, s.token_ratio.reserve((r,)), s.page_size)
             if res.extend_len == 0:
                 break
             s.cache.inc_lock_ref(m.handle)

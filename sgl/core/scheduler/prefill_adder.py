@@ -25,19 +25,16 @@ class PrefillAdder:
     running requests rarely need retraction; at most one request per step is chunked.
     """
 
-    def __init__(
-        self, token_budget: int, kv_budget: int, chunk_size: int | None, new_token_ratio: float, idle: bool = False
-    ) -> None:
+    def __init__(self, token_budget: int, kv_budget: int, chunk_size: int | None, idle: bool = False) -> None:
         self.idle = idle  # nothing runs: the first request is admitted on its new tokens alone, or it never could
         self.rem_tokens = token_budget
         self.rem_kv = kv_budget
         self.chunk_size = chunk_size
-        self.new_token_ratio = new_token_ratio
         self.chunked = False
         self.added = 0
 
-    def add(self, extend_len: int, max_new_tokens: int, page_size: int) -> AddResult:
-        future = int(max_new_tokens * self.new_token_ratio)
+    def add(self, extend_len: int, future: int, page_size: int) -> AddResult:
+        """``future``: the KV slots reserved for the request's decodes (``NewTokenRatio.reserve``)."""
         # NOTE: the lone request's future is not required to fit, but it is still reserved: the requests admitted
         # after it in the same step must leave room for its decodes, or they retract one another at once
         lone = self.idle and self.added == 0

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from sgl.core.ipc import FinishReason, GenerateReq, ReqOutput
+from sgl.core.sampling.params import CONSTRAINT_FIELDS
 
 if TYPE_CHECKING:
     from sgl.core.grammar.manager import RequestGrammar
@@ -80,6 +81,14 @@ class Req:
     @property
     def remaining_new_tokens(self) -> int:
         return max(self.sampling_params.max_new_tokens - len(self.output_ids), 0)
+
+    @property
+    def output_len_known(self) -> bool:
+        """True when the request will generate exactly ``max_new_tokens`` (unless aborted): EOS is ignored and no stop
+        string, stop token or grammar can end it early. ``min_new_tokens`` cannot shorten it, so it does not matter."""
+        sp = self.sampling_params
+        return (sp.ignore_eos and not self.stop_strs and not self.stop_token_ids and self.grammar is None
+                and all(getattr(sp, f) is None for f in CONSTRAINT_FIELDS))
 
     @property
     def finished(self) -> bool:

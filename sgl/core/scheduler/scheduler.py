@@ -344,7 +344,7 @@ class Scheduler:
     def _finish(self, r: Req) -> None:
         if r.finished_reason is not None:
             self.token_ratio.observe_finish(r.finished_reason.type, len(r.output_ids),
-                                            r.sampling_params.max_new_tokens)
+                                            r.sampling_params.max_new_tokens, known=r.output_len_known)
         self._release(r)
         r.stage = ReqStage.FINISHED
         if r in self.waiting:
