@@ -25,8 +25,13 @@ def gpu_engine(model: Path, **kw: object) -> sgl.Engine:
     return sgl.Engine(model_path=str(model), **kw)  # type: ignore[arg-type]
 
 
+# NOTE: a stop string that is never written leaves the tokens as they are but makes each request's length unknown
+# to admission, so a small pool over-admits and the retraction case really retracts (known lengths never do)
+NEVER_WRITTEN = "\u2603 never written \u2603"
+
+
 def greedy(engine: sgl.Engine) -> list[list[int]]:
-    return [o["output_ids"] for o in engine.generate(PROMPTS, dict(GREEDY))]
+    return [o["output_ids"] for o in engine.generate(PROMPTS, {**GREEDY, "stop": [NEVER_WRITTEN]})]
 
 
 @pytest.fixture(scope="module")
@@ -82,3 +87,5 @@ def test_greedy_tokens_identical_on_gpu(demo_model_dir: Path, reference: list[li
     with gpu_engine(demo_model_dir, dtype="float32", **kwargs) as e:
         assert greedy(e) == reference, label
         assert greedy(e) == reference, label  # second round: cached prefixes, graphs warm
+        if label == "retraction":
+            assert e.get_server_info()["retractions"] > 0, "the small pool never retracted: the case tests nothing"
