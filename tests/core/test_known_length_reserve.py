@@ -118,6 +118,21 @@ def _run(engine: sgl.Engine, prompts: list[list[int]], params: list[dict[str, An
     return info["retractions"] - before, [o["output_ids"] for o in outs]
 
 
+def _old_then_new(
+    demo_model_dir: Path, monkeypatch: pytest.MonkeyPatch, overlap: bool, prompts: list[list[int]],
+    params: list[dict[str, Any]],
+) -> tuple[tuple[int, list[list[int]]], tuple[int, list[list[int]]], float | None]:
+    """The workload on a cold small-pool engine with the old reserve, then on one with the new: (retractions,
+    outputs) of each, and the new engine's learned floor."""
+    kwargs = {**SMALL_POOL, "force_overlap_schedule": overlap}
+    with _old_behaviour(monkeypatch), make_engine(demo_model_dir, **kwargs) as old:
+        old_run = _run(old, prompts, params)
+    with make_engine(demo_model_dir, **kwargs) as new:
+        new_run = _run(new, prompts, params)
+        floor = new.runtime.scheduler.token_ratio.floor
+    return old_run, new_run, floor
+
+
 @pytest.mark.parametrize("overlap", [False, True])
 def test_cold_fixed_length_workload_never_retracts_on_its_first_run(
     demo_model_dir: Path, monkeypatch: pytest.MonkeyPatch, overlap: bool
@@ -125,13 +140,8 @@ def test_cold_fixed_length_workload_never_retracts_on_its_first_run(
     """12 ignore_eos requests of 8 + 32 tokens in a pool of 128: reserving 0.7 of their future admits four and
     retracts before any has finished; reserving all of it admits three and never retracts, with the same tokens.
     The finishes leave the learned floor unset, so the run says nothing about the next workload's lengths."""
-    prompts, params = _prompts(), [FIXED] * 12
-    kwargs = {**SMALL_POOL, "force_overlap_schedule": overlap}
-    with _old_behaviour(monkeypatch), make_engine(demo_model_dir, **kwargs) as old:
-        old_retractions, old_outputs = _run(old, prompts, params)
-    with make_engine(demo_model_dir, **kwargs) as new:
-        new_retractions, new_outputs = _run(new, prompts, params)
-        floor = new.runtime.scheduler.token_ratio.floor
+    (old_retractions, old_outputs), (new_retractions, new_outputs), floor = _old_then_new(
+        demo_model_dir, monkeypatch, overlap, _prompts(), [FIXED] * 12)
     assert old_retractions > 0, old_retractions  # the workload did retract before
     assert new_retractions == 0
     assert floor is None
@@ -150,12 +160,7 @@ def test_mixed_known_and_uncertain_lengths_give_the_same_tokens_without_leaking(
         _, reference = _run(big, prompts, [FIXED] * 12)
     params = [FIXED if i % 2 == 0 else {"temperature": 0.0, "max_new_tokens": 32, "stop_token_ids": [reference[i][12]]}
               for i in range(12)]
-    kwargs = {**SMALL_POOL, "force_overlap_schedule": overlap}
-    with _old_behaviour(monkeypatch), make_engine(demo_model_dir, **kwargs) as old:
-        _, old_outputs = _run(old, prompts, params)
-    with make_engine(demo_model_dir, **kwargs) as new:
-        _, new_outputs = _run(new, prompts, params)
-        floor = new.runtime.scheduler.token_ratio.floor
+    (_, old_outputs), (_, new_outputs), floor = _old_then_new(demo_model_dir, monkeypatch, overlap, prompts, params)
     assert new_outputs == old_outputs
     for i, ids in enumerate(new_outputs):
         if i % 2 == 0:
