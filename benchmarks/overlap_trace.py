@@ -87,7 +87,6 @@ def main(name: str, trace_path: str | None) -> None:
     engine = sgl.Engine(model_path=path, load_format="dummy", context_length=4096, max_total_tokens=65536,
                         max_running_requests=64)
     sched = engine.runtime.scheduler
-    thread_rate = 0.0
     sp = {"max_new_tokens": 256, "temperature": 0, "ignore_eos": True}
     engine.generate(input_ids=list(range(100, 228)), sampling_params=sp)
     t0 = time.perf_counter()

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Iterable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 if TYPE_CHECKING:
     from sgl.core.scheduler.req import Req
@@ -80,8 +80,7 @@ class NewTokenRatio:
         if known or reason not in ("stop", "length") or max_new_tokens <= 0 or self._fractions.maxlen == 0:
             return
         self._fractions.append(min(output_len / max_new_tokens, 1.0))
-        mean = sum(self._fractions) / len(self._fractions)
-        clamped = min(max(mean, MIN_NEW_TOKEN_RATIO), 1.0)
+        clamped = min(max(cast(float, self.mean_fraction), MIN_NEW_TOKEN_RATIO), 1.0)
         self._floor = max(clamped * self.conservativeness, MIN_NEW_TOKEN_RATIO)
 
     def decay(self) -> None:

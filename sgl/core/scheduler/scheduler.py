@@ -108,11 +108,6 @@ class Scheduler:
         self._finish(req)
 
     @property
-    def new_token_ratio(self) -> float:
-        """The fraction of each request's remaining max_new_tokens that admission keeps KV for."""
-        return self.token_ratio.value
-
-    @property
     def is_idle(self) -> bool:
         in_flight = self.overlap is not None and self.overlap.inflight is not None
         return not self.waiting and not self.running and self.chunked is None and not in_flight
