@@ -96,17 +96,47 @@ def test_fp8_kv_cache_prompt_logprobs_close_to_the_full_precision_pool(demo_mode
     assert max(diffs) > 0, "fp8 storage rounds: identical logprobs mean the pool was not fp8"
 
 
+# NOTE: what radix on/off share under an fp8 cache. A cached prefix is read back as the very fp8 bytes the request's
+# own prefill would have written; but the tokens computed after it run through GEMMs of another row count (1 row
+# instead of the whole prompt), and CPU BLAS rounds the last ulp by row count (MKL: fewer than 8 rows take another
+# kernel). In fp32 that ulp never reaches a token; rounded to 3 mantissa bits it can flip one fp8 value, which moves
+# the logits by ~0.01 nats. So greedy tokens agree except where the reference itself was a near tie, and which near
+# ties flip depends on the machine's BLAS: the test asserts exactly that, never "identical" (DESIGN 8; docs/serving.md).
+NEAR_TIE_NATS = 0.1
+FP8_DRIFT_NATS = 0.1
+
+
+def _greedy_with_top2(engine: Any) -> list[tuple[list[int], list[float], list[list[tuple[float, int]]]]]:
+    outs = engine.generate(PROMPTS, dict(GREEDY), return_logprob=True, top_logprobs_num=2)
+    return [(o["output_ids"], [e[0] for e in o["meta_info"]["output_token_logprobs"]],
+             [[(e[0], e[1]) for e in tops] for tops in o["meta_info"]["output_top_logprobs"]]) for o in outs]
+
+
+def _assert_agree_but_at_near_ties(reference: list, got: list) -> int:
+    """Tokens equal until a position where the reference's top two were within NEAR_TIE_NATS and ``got`` took the
+    second; logprobs within FP8_DRIFT_NATS before it. Returns how many prompts diverged."""
+    diverged = 0
+    for (ref_ids, ref_lps, ref_tops), (ids, lps, _) in zip(reference, got):
+        first = next((i for i, (a, b) in enumerate(zip(ref_ids, ids)) if a != b), len(ref_ids))
+        drift = [abs(a - b) for a, b in zip(ref_lps[:first], lps[:first])]
+        assert max(drift, default=0.0) < FP8_DRIFT_NATS, (first, max(drift))
+        if first < len(ref_ids):
+            diverged += 1
+            (best_lp, _), (second_lp, second_id) = ref_tops[first][:2]
+            assert ids[first] == second_id, f"diverged at {first} to a token that was not the runner-up"
+            assert best_lp - second_lp < NEAR_TIE_NATS, f"diverged at {first} where the reference was no tie"
+    return diverged
+
+
 @pytest.mark.parametrize("kv_cache_dtype", ["fp8_e4m3", "fp8_e5m2"])
-def test_fp8_kv_cache_greedy_tokens_identical_with_radix_cache_on_and_off(
-    demo_model_dir: Path, kv_cache_dtype: str
-) -> None:
+def test_fp8_kv_cache_radix_on_and_off_agree_except_at_near_ties(demo_model_dir: Path, kv_cache_dtype: str) -> None:
     with make_engine(demo_model_dir, kv_cache_dtype=kv_cache_dtype, disable_radix_cache=True) as engine:
-        reference = greedy_ids(engine, PROMPTS)
+        reference = _greedy_with_top2(engine)
     with make_engine(demo_model_dir, kv_cache_dtype=kv_cache_dtype) as engine:
-        got = greedy_ids(engine, PROMPTS)
-        again = greedy_ids(engine, PROMPTS)  # every prompt's prefix now comes from the radix cache
+        got = _greedy_with_top2(engine)
+        again = _greedy_with_top2(engine)  # every prompt's prefix now comes from the radix cache
         info = engine.get_server_info()
-    assert all(len(ids) == GREEDY["max_new_tokens"] for ids in reference)
+    assert all(len(ids) == GREEDY["max_new_tokens"] for ids, _, _ in reference)
     assert info["cache_hit_rate"] > 0
-    assert got == reference
-    assert again == reference
+    diverged = _assert_agree_but_at_near_ties(reference, got) + _assert_agree_but_at_near_ties(reference, again)
+    assert diverged <= 2, f"{diverged} of {2 * len(PROMPTS)} generations diverged: more than near ties explain"
