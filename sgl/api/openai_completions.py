@@ -27,6 +27,7 @@ from sgl.api.state import ServerState
 from sgl.api.streaming import DONE, SSEResponse, merge, sse
 from sgl.api.tokenizer_manager import SchedulerUnavailable
 from sgl.core.request_manager import GenerateInput
+from sgl.core.tokenizer.detokenizer import IncrementalDetokenizer
 
 logger = logging.getLogger(__name__)
 
@@ -85,16 +86,30 @@ def build_completion_inputs(state: ServerState, req: CompletionRequest) -> tuple
 
 
 def _logprobs(req: CompletionRequest, meta: dict[str, Any], with_prompt: bool, hidden_ids: set[int],
-              start: int = 0, end: int | None = None, offset: int = 0) -> dict[str, Any] | None:
+              detok: IncrementalDetokenizer, start: int = 0, end: int | None = None,
+              offset: int = 0) -> dict[str, Any] | None:
+    """The legacy logprobs of output entries [start:end] (and the prompt's, under echo).
+
+    NOTE: a generated token's string is the text it adds (``detok``, fed in order across stream chunks), so the
+    tokens add up to the text even where a character spans two tokens; a top alternative is decoded alone."""
     if req.logprobs is None:
         return None
-    tokens = list(meta.get("output_token_logprobs", [])[start:end])
+    tokens = [list(e) for e in meta.get("output_token_logprobs", [])[start:end]]
+    for e in tokens:
+        e[2:] = [detok.add([int(e[1])])]
+    if tokens and meta.get("finish_reason") is not None and end is None:
+        tokens[-1][2] += detok.finish()
     tops = list(meta.get("output_top_logprobs", [])[start:end])
     if with_prompt:
         tokens = list(meta.get("input_token_logprobs", [])) + tokens
         tops = list(meta.get("input_top_logprobs", [])) + tops
     hidden = frozenset(hidden_ids) if req.skip_special_tokens is not False else frozenset()
     return legacy_logprobs(tokens, tops, offset, hidden)
+
+
+def _token_detokenizer(state: ServerState, req: CompletionRequest, obj: GenerateInput) -> IncrementalDetokenizer:
+    return IncrementalDetokenizer(state.tm.tokenizer, obj.input_ids,
+                                  skip_special_tokens=req.skip_special_tokens is not False)
 
 
 async def completion(state: ServerState, req: CompletionRequest) -> dict[str, Any] | SSEResponse:
@@ -112,7 +127,9 @@ async def completion(state: ServerState, req: CompletionRequest) -> dict[str, An
     for k, r in enumerate(flat):
         echo = inputs[k // n].echo_text
         choices.append({
-            "index": k, "text": echo + r["text"], "logprobs": _logprobs(req, r["meta_info"], bool(req.echo), special),
+            "index": k, "text": echo + r["text"],
+            "logprobs": _logprobs(req, r["meta_info"], bool(req.echo), special,
+                                  _token_detokenizer(state, req, inputs[k // n].obj)),
             "finish_reason": finish_reason(state, r["meta_info"]),
         })
     return {"id": rid, "object": "text_completion", "created": now(), "model": state.served_model_name,
@@ -156,7 +173,9 @@ async def _stream(
                     if req.logprobs is not None:
                         start, end = c.logprob_delta(meta.get("output_token_logprobs", []))
                         if end > start or (first and req.echo):
-                            lp = _logprobs(req, meta, first and bool(req.echo), special, start, end, offset)
+                            detok = c.extra.setdefault("detok", _token_detokenizer(state, req, inputs[p].obj))
+                            last = end if reason is None else None
+                            lp = _logprobs(req, meta, first and bool(req.echo), special, detok, start, last, offset)
                     c.extra["offset"] = offset + len(prefix) + len(delta)
                     if prefix or delta or lp is not None:
                         yield chunk(k, prefix + delta, logprobs=lp)
