@@ -141,7 +141,8 @@ class CudaPlatform(Platform):
     def graph_runner(self, runner: Any) -> Any:
         """Decode graphs through the portable runner of ``sgl.kernels``, when the attention backend can be captured.
 
-        NOTE: without triton the attention backend is torch_native, which has no graph hooks, so graphs stay off.
+        NOTE: importing sgl.kernels imports triton; without it the default attention backend is torch_native, which
+        has no graph hooks, so graphs were off there anyway.
         """
         if not _has_triton():
             _log_once("triton is not installed: decode graphs are off (pip install 'sgl[cuda]')")
