@@ -6,6 +6,7 @@ overrides only what it accelerates. Overrides are signature-checked when the sub
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import os
 from dataclasses import asdict, dataclass
@@ -57,6 +58,11 @@ _CHECKED_METHODS = (
     "communicator",
     "graph_runner",
     "sampler",
+    "new_graph",
+    "graph_pool",
+    "new_stream",
+    "stream_context",
+    "graph_capture",
 )
 
 
@@ -163,3 +169,24 @@ class Platform:
         from sgl.core.sampling.sampler import Sampler
 
         return Sampler()
+
+    # graphs and streams: what a portable graph runner captures with -----------------------------------------
+    def new_graph(self) -> Any:
+        """An empty graph to capture into (it has ``replay()``); None where the device cannot capture."""
+        return None
+
+    def graph_pool(self) -> Any:
+        """A memory-pool handle: graphs captured with the same one share their buffers."""
+        return None
+
+    def new_stream(self) -> Any:
+        """A side stream to capture on, or None where the device runs one queue."""
+        return None
+
+    def stream_context(self, stream: Any) -> contextlib.AbstractContextManager[Any]:
+        """Runs the block on ``stream``, after the work queued before it and before the work queued after."""
+        return contextlib.nullcontext()
+
+    def graph_capture(self, graph: Any, pool: Any, stream: Any) -> contextlib.AbstractContextManager[Any]:
+        """Records the block's device work, run on ``stream``, into ``graph``, allocating from ``pool``."""
+        raise NotImplementedError(f"platform {self.name!r} cannot capture graphs")

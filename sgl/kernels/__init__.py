@@ -1,6 +1,9 @@
 """Portable Triton kernels; each public op has the signature of its reference in ``sgl.core.ops.reference``.
 
-Imported only by platforms whose capabilities include Triton (cuda, rocm, xpu); importing this package imports triton.
+Beside them, the portable pieces built on them that every Triton platform shares: the Triton attention backend
+(attention_backend.py), the decode graph runner over the platform's graph hooks (graph_runner.py) and the
+skinny-GEMM linear method (linear_method.py). Imported only by platforms whose capabilities include Triton (cuda,
+rocm, xpu); importing this package imports triton.
 """
 
 from __future__ import annotations

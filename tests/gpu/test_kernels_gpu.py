@@ -209,7 +209,7 @@ def test_skinny_gemm_matches_fp32_linear_at_model_shapes(rows: int, n: int, k: i
 def test_cuda_platform_streams_small_batches_and_leaves_large_ones_to_cublas() -> None:
     from torch import nn
 
-    from sgl.plugins.cuda.linear import SkinnyLinearMethod
+    from sgl.kernels.linear_method import SkinnyLinearMethod
     from sgl.plugins.cuda.platform import CudaPlatform
 
     method = CudaPlatform().linear_method()

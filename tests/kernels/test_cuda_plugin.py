@@ -10,8 +10,8 @@ import torch
 from sgl.core.ops.table import Ops
 from sgl.core.plugins import check_plugin_module
 from sgl.core.registry import resolve
+from sgl.kernels.attention_backend import TritonAttnBackend
 from sgl.plugins.cuda import plugin
-from sgl.plugins.cuda.attention import TritonAttnBackend
 from sgl.plugins.cuda.platform import CudaPlatform
 
 
@@ -31,7 +31,7 @@ def test_hooks_register_the_platform_and_backend_by_string() -> None:
     check_plugin_module("cuda", plugin)
     platforms, backends = plugin.sgl_platforms(), plugin.sgl_attention_backends()
     assert platforms == {"cuda": "sgl.plugins.cuda.platform:CudaPlatform"}
-    assert backends == {"triton": "sgl.plugins.cuda.attention:TritonAttnBackend"}
+    assert backends == {"triton": "sgl.kernels.attention_backend:TritonAttnBackend"}
     assert resolve(platforms["cuda"]) is CudaPlatform
     assert resolve(backends["triton"]) is TritonAttnBackend
 

@@ -14,7 +14,7 @@ from kernel_oracle import Paged, paged_attention_oracle
 from sgl.core.memory.kv_pool import FP8_KV_DTYPES
 from sgl.core.platform import Capabilities
 from sgl.core.runner.forward_batch import ForwardBatch, ForwardMode
-from sgl.plugins.cuda.attention import DecodeMetadata, ExtendMetadata, TritonAttnBackend
+from sgl.kernels.attention_backend import DecodeMetadata, ExtendMetadata, TritonAttnBackend
 
 HEADS, KV_HEADS, HEAD_DIM = 4, 2, 32
 

@@ -1,10 +1,16 @@
-"""CudaPlatform: NVIDIA GPUs through torch.cuda, with the Triton kernels and the Triton attention backend."""
+"""CudaPlatform: NVIDIA GPUs through torch.cuda.
+
+What is NVIDIA's lives here: probing, capabilities from the compute capability, memory, graphs and streams. The
+kernels, the Triton attention backend, the graph runner and the GEMM method are the portable ones of ``sgl.kernels``.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib.util
 import logging
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
@@ -114,7 +120,7 @@ class CudaPlatform(Platform):
     def linear_method(self, quant_config: Any = None) -> LinearMethod:
         if quant_config is not None or not _has_triton():
             return super().linear_method(quant_config)
-        from sgl.plugins.cuda.linear import SkinnyLinearMethod
+        from sgl.kernels.linear_method import SkinnyLinearMethod
 
         return SkinnyLinearMethod()
 
@@ -133,16 +139,38 @@ class CudaPlatform(Platform):
         )
 
     def graph_runner(self, runner: Any) -> Any:
-        """Decode graphs, when the runner's attention backend implements the graph hooks."""
-        from sgl.core.attention.base import AttentionBackend
+        """Decode graphs through the portable runner of ``sgl.kernels``, when the attention backend can be captured.
 
-        backend = getattr(runner, "attn_backend", None)
-        if backend is None or type(backend).init_graph_state is AttentionBackend.init_graph_state:
-            _log_once(f"decode graphs are off: attention backend {type(backend).__name__} cannot be captured")
+        NOTE: importing sgl.kernels imports triton; without it the default attention backend is torch_native, which
+        has no graph hooks, so graphs were off there anyway.
+        """
+        if not _has_triton():
+            _log_once("triton is not installed: decode graphs are off (pip install 'sgl[cuda]')")
             return None
-        from sgl.plugins.cuda.graph_runner import CudaGraphRunner
+        from sgl.kernels.graph_runner import graph_runner_for
 
-        return CudaGraphRunner(runner)
+        return graph_runner_for(runner, self)
+
+    # graphs and streams -------------------------------------------------------------------------------------
+    def new_graph(self) -> Any:
+        return torch.cuda.CUDAGraph()
+
+    def graph_pool(self) -> Any:
+        return torch.cuda.graph_pool_handle()
+
+    def new_stream(self) -> Any:
+        return torch.cuda.Stream()
+
+    @contextlib.contextmanager
+    def stream_context(self, stream: Any) -> Iterator[None]:
+        current = torch.cuda.current_stream()
+        stream.wait_stream(current)
+        with torch.cuda.stream(stream):
+            yield
+        current.wait_stream(stream)
+
+    def graph_capture(self, graph: Any, pool: Any, stream: Any) -> contextlib.AbstractContextManager[Any]:
+        return torch.cuda.graph(graph, pool=pool, stream=stream)
 
     def describe(self) -> dict[str, Any]:
         info = super().describe()

@@ -1,5 +1,5 @@
 """Hook implementations of the CUDA platform plugin (light: names classes by string, imports neither torch.cuda
-nor triton)."""
+nor triton). The Triton attention backend it registers is the portable one of ``sgl.kernels``."""
 
 from __future__ import annotations
 
@@ -13,4 +13,4 @@ def sgl_platforms() -> dict[str, str]:
 
 @hookimpl
 def sgl_attention_backends() -> dict[str, str]:
-    return {"triton": "sgl.plugins.cuda.attention:TritonAttnBackend"}
+    return {"triton": "sgl.kernels.attention_backend:TritonAttnBackend"}

@@ -1,18 +1,25 @@
-"""CUDA graphs for decode: one captured graph per batch size, a batch padded up to the next captured size.
+"""Decode graphs: one captured graph per batch size, a batch padded up to the next captured size.
 
-Decode steps of a small model are launch-bound: a graph replays every kernel of the forward with one launch.
+Decode steps of a small model are launch-bound: a graph replays every kernel of the forward with one launch. The
+graph, its memory pool and the capture stream come from the platform's graph hooks (``new_graph``, ``graph_pool``,
+``new_stream``, ``stream_context``, ``graph_capture``), so every platform that captures graphs shares this runner.
 """
 
 from __future__ import annotations
 
 import bisect
+import functools
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from tqdm import tqdm
 
+from sgl.core.attention.base import AttentionBackend
 from sgl.core.runner.forward_batch import ForwardBatch, ForwardMode
+
+if TYPE_CHECKING:
+    from sgl.core.platform import Platform
 
 logger = logging.getLogger(__name__)
 
@@ -29,15 +36,33 @@ def capture_sizes(max_bs: int) -> list[int]:
     return sizes
 
 
-class CudaGraphRunner:
+@functools.cache
+def _log_once(message: str) -> None:
+    logger.warning(message)
+
+
+def graph_runner_for(runner: Any, platform: Platform) -> GraphRunner | None:
+    """Decode graphs, where the platform captures graphs and the runner's attention backend has the graph hooks."""
+    if not platform.capabilities.graph_capture:
+        _log_once(f"decode graphs are off: platform {platform.name} cannot capture graphs")
+        return None
+    backend = getattr(runner, "attn_backend", None)
+    if backend is None or type(backend).init_graph_state is AttentionBackend.init_graph_state:
+        _log_once(f"decode graphs are off: attention backend {type(backend).__name__} cannot be captured")
+        return None
+    return GraphRunner(runner, platform)
+
+
+class GraphRunner:
     """Captures ``model.forward`` for DECODE batches over static input buffers and replays it.
 
     NOTE: padded rows point at the runner's spare request slot with seq_len 1 and write their KV to slot 0, the
     padding sink, so they never touch a real request's cache.
     """
 
-    def __init__(self, runner: Any) -> None:
+    def __init__(self, runner: Any, platform: Platform) -> None:
         self.runner = runner
+        self.platform = platform
         self.model = runner.model
         self.attn = runner.attn_backend
         args = runner.args
@@ -51,9 +76,10 @@ class CudaGraphRunner:
         self.seq_lens = torch.ones(n, dtype=torch.int64, device=device)
         self.out_cache_loc = torch.zeros(n, dtype=torch.int64, device=device)
         runner.req_to_token_pool.req_to_token[runner.padding_req_slot].zero_()
-        self.graphs: dict[int, torch.cuda.CUDAGraph] = {}
+        self.graphs: dict[int, Any] = {}  # the platform's graph objects (``replay()``)
         self.outputs: dict[int, torch.Tensor] = {}
-        self.pool: Any = None
+        # NOTE: one pool for every captured size, so the graphs share their activations' memory.
+        self.pool: Any = platform.graph_pool()
         self.attn.init_graph_state(self.max_bs, runner.context_len)
         self._capture_all()
 
@@ -68,23 +94,20 @@ class CudaGraphRunner:
 
     @torch.inference_mode()
     def _capture_all(self) -> None:
-        stream = torch.cuda.Stream()
+        platform = self.platform
+        stream = platform.new_stream()
         for bs in tqdm(list(reversed(self.sizes)), desc="capturing decode graphs", leave=False):
             fb = self._static_batch(bs)
             self.attn.init_metadata_capture(bs, fb)
-            stream.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(stream):
+            with platform.stream_context(stream):
                 for _ in range(2):  # warm up: autotuning and lazy allocations stay out of the graph
                     self.model(fb.input_ids, fb.positions, fb)
-            torch.cuda.current_stream().wait_stream(stream)
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph, pool=self.pool, stream=stream):
+            graph = platform.new_graph()
+            with platform.graph_capture(graph, self.pool, stream):
                 out = self.model(fb.input_ids, fb.positions, fb)
-            if self.pool is None:
-                self.pool = graph.pool()
             self.graphs[bs] = graph
             self.outputs[bs] = out
-        torch.cuda.synchronize()
+        platform.synchronize()
         logger.info("captured decode graphs for batch sizes %s", self.sizes)
 
     def can_run(self, fb: ForwardBatch) -> bool:

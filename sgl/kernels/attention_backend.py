@@ -1,4 +1,5 @@
-"""TritonAttnBackend: paged attention over the KV pool with the portable Triton kernels of ``sgl.kernels``.
+"""TritonAttnBackend: paged attention over the KV pool with the portable Triton kernels of ``sgl.kernels``, shared
+by every platform that has Triton.
 
 Per forward, ``init_forward_metadata`` derives what every layer's kernels share (extend offsets, per-request KV
 splits); per layer, the backend stores the new K/V with ``store_kv`` and runs one extend or one decode kernel pair.
@@ -73,15 +74,16 @@ class _Scratch:
 def check_kv_dtype(runner: Any) -> None:
     """Fails at startup, with the way out, where the kernels could not compile for the runner's KV cache dtype.
 
-    NOTE: Triton has no fp8e4nv (e4m3) type before compute capability 8.9, exactly where the platform reports no fp8;
-    fp8_e5m2 compiles everywhere. Any other KV dtype needs nothing: the kernels upcast what they load to q's dtype.
+    NOTE: a platform's ``fp8`` capability promises that its Triton compiles e4m3 (on NVIDIA, Triton has no fp8e4nv
+    before compute capability 8.9, exactly where the CUDA platform reports no fp8); fp8_e5m2 compiles everywhere.
+    Any other KV dtype needs nothing: the kernels upcast what they load to q's dtype.
     """
     pool, platform = getattr(runner, "kv_pool", None), getattr(runner, "platform", None)
     if pool is None or platform is None or pool.dtype != torch.float8_e4m3fn or platform.capabilities.fp8:
         return
     raise ValueError(
-        "kv_cache_dtype fp8_e4m3 needs a GPU with fp8 support (compute capability 8.9+) for the triton attention "
-        "backend; use --kv-cache-dtype fp8_e5m2 or --attention-backend torch_native"
+        "kv_cache_dtype fp8_e4m3 needs a device with fp8 support (NVIDIA: compute capability 8.9+) for the "
+        "triton attention backend; use --kv-cache-dtype fp8_e5m2 or --attention-backend torch_native"
     )
 
 
@@ -198,4 +200,6 @@ class TritonAttnBackend(AttentionBackend):
 
     def _device(self) -> torch.device:
         device = getattr(self.runner, "device", None)
-        return torch.device(device) if device is not None else torch.device("cuda")
+        if device is None:
+            raise RuntimeError("graph buffers live on the runner's device; this backend was built without a runner")
+        return torch.device(device)
