@@ -21,6 +21,10 @@ def resolve(target: str) -> object:
         raise ImportError(f"{module_name!r} has no attribute {attr!r} (from {target!r})") from None
 
 
+def _same(a: object, b: object) -> bool:
+    return a is b or (isinstance(a, str) and isinstance(b, str) and a == b)
+
+
 class Registry(Generic[T]):
     """Maps names to objects; an entry may be a "module:attr" string that is imported on first use.
 
@@ -45,7 +49,9 @@ class Registry(Generic[T]):
                 return o
 
             return decorator
-        if name in self._entries and not replace and self._entries[name] is not obj:
+        # NOTE: two plugins may name the same shared target ("sgl.kernels.attention_backend:TritonAttnBackend" from
+        # both the cuda and the rocm platform): that is one entry, not a clash
+        if name in self._entries and not replace and not _same(self._entries[name], obj):
             raise ValueError(
                 f"{self.kind} {name!r} is registered twice: by {self._origin[name]!r} and by {origin!r}"
             )
