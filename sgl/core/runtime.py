@@ -6,10 +6,13 @@ import logging
 from dataclasses import dataclass
 
 from sgl.core.config import ServerArgs
+from sgl.core.grammar.base import GrammarVocab
+from sgl.core.grammar.feature import GrammarFeature
 from sgl.core.platform import Platform
 from sgl.core.plugins import get_plugins, select_platform
 from sgl.core.request_manager import ModelLimits
 from sgl.core.runner.model_runner import ModelRunner
+from sgl.core.scheduler.feature import SchedulerFeature
 from sgl.core.scheduler.scheduler import Scheduler
 from sgl.core.tokenizer.tokenizer import Tokenizer
 
@@ -74,5 +77,7 @@ def build_runtime(args: ServerArgs) -> Runtime:
     def encode(text: str) -> list[int]:
         return tokenizer.encode(text, add_special_tokens=False)
 
-    scheduler = Scheduler(args, runner, detokenize, eos, encode)
+    vocab = GrammarVocab(args.tokenizer_path or model_path, runner.vocab_size, tuple(sorted(eos)))
+    features: list[SchedulerFeature] = [GrammarFeature.from_args(args, vocab, encode)]
+    scheduler = Scheduler(args, runner, detokenize, eos, features)
     return Runtime(args, platform, model_path, tokenizer, scheduler)

@@ -50,7 +50,7 @@ def test_only_ignore_eos_without_any_other_stop_makes_the_length_known() -> None
                        {"choices": ["yes", "no"]}):
         assert not _req(ignore_eos=True, **constraint).output_len_known, constraint
     attached = _req(ignore_eos=True)
-    attached.grammar = object()  # type: ignore[assignment]  # a grammar the scheduler attached ends it when it ends
+    attached.feature_may_stop = True  # a feature (a grammar) the scheduler attached ends it when it ends
     assert not attached.output_len_known
 
 

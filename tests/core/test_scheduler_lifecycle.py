@@ -28,8 +28,8 @@ def req(rid: str, n_prompt: int, max_new: int = 20) -> GenerateReq:
 def assert_idle_and_whole(s: Scheduler) -> None:
     assert s.is_idle
     s.check_invariant()
-    assert s.cache.protected_size() == 0
-    assert s.allocator.available_size() + s.cache.evictable_size() == s.allocator.size
+    assert s.state.cache.protected_size() == 0
+    assert s.state.allocator.available_size() + s.state.cache.evictable_size() == s.state.allocator.size
 
 
 @pytest.mark.parametrize("disable_radix_cache,overlap", [(False, False), (True, False), (False, True)])
@@ -44,7 +44,7 @@ def test_abort_at_every_stage_frees_everything(demo_model_dir: Path, disable_rad
 
     s.add_request(req("chunked", 60))
     s.step()
-    assert s.chunked is not None and s.reqs["chunked"].stage is ReqStage.PREFILL
+    assert s.chunked is not None and s.state.reqs["chunked"].stage is ReqStage.PREFILL
     s.abort("chunked")
     s.step()
     assert_idle_and_whole(s)
@@ -53,7 +53,7 @@ def test_abort_at_every_stage_frees_everything(demo_model_dir: Path, disable_rad
     s.add_request(req("neighbour", 14, max_new=5))
     for _ in range(4):
         s.step()
-    assert s.reqs["decoding"].stage is ReqStage.DECODE
+    assert s.state.reqs["decoding"].stage is ReqStage.DECODE
     s.abort("decoding")
     finished = {}
     for _ in range(20):
@@ -85,10 +85,10 @@ def test_flush_cache_empties_the_tree_only_when_idle(demo_model_dir: Path) -> No
     assert not s.flush_cache()
     while not s.is_idle:
         s.step()
-    assert s.cache.evictable_size() > 0
+    assert s.state.cache.evictable_size() > 0
     assert s.flush_cache()
-    assert s.cache.evictable_size() == 0
-    assert s.allocator.available_size() == s.allocator.size
+    assert s.state.cache.evictable_size() == 0
+    assert s.state.allocator.available_size() == s.state.allocator.size
 
 
 def test_kv_pool_that_cannot_fit_is_a_clear_error(demo_model_dir: Path) -> None:

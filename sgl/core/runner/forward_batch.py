@@ -4,14 +4,22 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
 
 if TYPE_CHECKING:
-    from sgl.core.attention.base import AttentionBackend
     from sgl.core.memory.kv_pool import KVPool
     from sgl.core.memory.req_to_token import ReqToTokenPool
+
+
+class BatchAttention(Protocol):
+    """What a layer calls on the batch's attention backend (``attention.base.AttentionBackend`` implements it).
+
+    NOTE: a protocol here, not the backend class, so the backend contract and this batch do not import each other."""
+
+    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layer: Any, forward_batch: ForwardBatch,
+                save_kv_cache: bool = True) -> torch.Tensor: ...
 
 
 class ForwardMode(enum.Enum):
@@ -49,7 +57,7 @@ class ForwardBatch:
     seq_lens_cpu: list[int]
     req_to_token_pool: ReqToTokenPool
     kv_pool: KVPool
-    attn_backend: AttentionBackend
+    attn_backend: BatchAttention
     extend_prefix_lens: torch.Tensor | None = None  # [B] int64
     extend_seq_lens: torch.Tensor | None = None  # [B] int64
     extend_start_loc: torch.Tensor | None = None  # [B] int64

@@ -57,3 +57,5 @@ def run_scheduler_loop(
     except Exception as exc:  # noqa: BLE001  (the loop must report, not vanish)
         logger.error("scheduler failed:\n%s", traceback.format_exc())
         send(SchedulerFailed(f"scheduler failed: {type(exc).__name__}: {exc}"))
+    finally:
+        scheduler.close()

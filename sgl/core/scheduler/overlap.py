@@ -11,19 +11,22 @@ the mask is filled while the device runs N+1's layers.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Sequence
 
 import torch
 
 from sgl.core.scheduler.batch import ScheduleBatch
+from sgl.core.scheduler.decode import decode_batch
+from sgl.core.scheduler.feature import SchedulerFeature
+from sgl.core.scheduler.plan import plan_step, run_step
+from sgl.core.scheduler.prefill import PrefillBuilder
 from sgl.core.scheduler.req import Req
-from sgl.core.scheduler.step import Pending
+from sgl.core.scheduler.results import ResultProcessor
+from sgl.core.scheduler.state import SchedulerState
+from sgl.core.scheduler.step import Pending, StepExecutor
 
-if TYPE_CHECKING:
-    from sgl.core.scheduler.scheduler import Scheduler
 
-
-def _needs_host_tokens(r: Req) -> bool:
+def _needs_host_tokens(r: Req, features: Sequence[SchedulerFeature]) -> bool:
     """True when sampling r's next token depends on the token still in flight."""
     sp = r.sampling_params
     return (
@@ -31,63 +34,72 @@ def _needs_host_tokens(r: Req) -> bool:
         or sp.presence_penalty != 0.0
         or sp.repetition_penalty != 1.0
         or sp.min_new_tokens > len(r.output_ids) + 1
-        or getattr(r, "grammar", None) is not None
+        or any(f.needs_host_tokens(r) for f in features)
     )
 
 
 class OverlapLoop:
     """Keeps at most one decode step in flight; same tokens as the plain loop (tests prove it)."""
 
-    def __init__(self, scheduler: Scheduler) -> None:
-        self.s = scheduler
+    def __init__(
+        self, state: SchedulerState, prefill: PrefillBuilder, executor: StepExecutor, results: ResultProcessor,
+        features: Sequence[SchedulerFeature] = (),
+    ) -> None:
+        self.s = state
+        self.prefill = prefill
+        self.executor = executor
+        self.results = results
+        self.features = tuple(features)
         self.inflight: tuple[ScheduleBatch, Pending] | None = None
 
     def step(self) -> None:
         s = self.s
         if self.inflight is None:
-            batch = s.prefill.schedule()
-            if batch is None and s.running:
-                batch = s._schedule_decode()
+            batch = plan_step(s, self.prefill)
             if batch is None:
                 return
             if batch.mode.is_decode:
-                self.inflight = self._launch(batch, None, ahead=0)
+                self._set_inflight(self._launch(batch, None, ahead=0))
             else:
-                s._run(batch)
+                run_step(batch, s, self.executor, self.results)
             return
         batch, pending = self.inflight
         nxt = self._chain(batch, pending)
-        s.process_decode(batch, s.executor.resolve(pending))
+        self.results.process_decode(batch, self.executor.resolve(pending))
         if nxt is not None and nxt[1].next_ids is None:
             # NOTE: N's tokens are appended and accepted by now: sample N+1 while its forward may still run.
-            nxt = (nxt[0], s.executor.finish_sampling(nxt[1]))
-        self.inflight = nxt
+            nxt = (nxt[0], self.executor.finish_sampling(nxt[1]))
+        self._set_inflight(nxt)
+
+    def _set_inflight(self, step: tuple[ScheduleBatch, Pending] | None) -> None:
+        self.inflight = step
+        self.s.inflight_steps = 0 if step is None else 1
 
     def _launch(
         self, batch: ScheduleBatch, input_ids: torch.Tensor | None, ahead: int, defer_sampling: bool = False
     ) -> tuple[ScheduleBatch, Pending]:
-        self.s.stats["steps"] += 1
+        self.s.counters.steps += 1
         for r in batch.reqs:
             r.inflight += 1
-        return batch, self.s.executor.launch(batch, input_ids, step_offset=ahead, defer_sampling=defer_sampling)
+        return batch, self.executor.launch(batch, input_ids, step_offset=ahead, defer_sampling=defer_sampling)
 
     def _chain(self, batch: ScheduleBatch, pending: Pending) -> tuple[ScheduleBatch, Pending] | None:
         s = self.s
-        if s.chunked is not None or pending.next_ids is None or s.prefill.possible():
+        if s.chunked is not None or pending.next_ids is None or self.prefill.possible():
             return None
-        defer = any(_needs_host_tokens(r) for r in batch.reqs)
+        defer = any(_needs_host_tokens(r, self.features) for r in batch.reqs)
         # NOTE: a request that reaches max_new_tokens at N is known to finish: leave it out of N+1.
-        # grammar: one whose forced text was found at N jumps forward once N+1 resolves: leave it out too.
+        # One a feature splices tokens into (grammar jump-forward) once N+1 resolves: leave it out too.
         keep = [i for i, r in enumerate(batch.reqs)
-                if not r.finished and not r.jump_text and len(r.output_ids) + 1 < r.sampling_params.max_new_tokens]
+                if not r.finished and not r.splice_pending and len(r.output_ids) + 1 < r.sampling_params.max_new_tokens]
         if not keep:
             return None
         reqs = [batch.reqs[i] for i in keep]
-        nxt = s.decode_batch(reqs, ahead=1)
+        nxt = decode_batch(s, reqs, ahead=1)
         if nxt is None:
             return None  # the pool is full: resolve first, then the plain path retracts
         ids = pending.next_ids
         if len(keep) != len(batch.reqs):
             ids = ids.index_select(0, torch.tensor(keep, dtype=torch.int64).to(ids.device))
-        self.s.stats["overlapped_steps"] += 1
+        s.counters.overlapped_steps += 1
         return self._launch(nxt, ids, ahead=1, defer_sampling=defer)

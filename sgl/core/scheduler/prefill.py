@@ -1,32 +1,33 @@
 """Prefill batches: which waiting requests run next, how many of their tokens, and where their KV goes.
 
-PrefillBuilder is part of the Scheduler (it reads and updates the scheduler's queues, cache and pools); it lives in
-its own room because building a prefill batch (policy order, budgets, chunking, in-batch prefix deferral, mixing in
-the running decodes) is one concept of its own.
+PrefillBuilder works on the SchedulerState it is given (queues, cache, pools), never on the scheduler: building a
+prefill batch (policy order, budgets, chunking, in-batch prefix deferral, mixing in the running decodes) is one
+concept of its own. Scheduler features decide only whether a request is ready to be admitted.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Sequence
 
 import torch
 
 from sgl.core.runner.forward_batch import ForwardMode
 from sgl.core.scheduler.batch import ScheduleBatch
+from sgl.core.scheduler.decode import decode_batch
+from sgl.core.scheduler.feature import SchedulerFeature
 from sgl.core.scheduler.policy import order_waiting
 from sgl.core.scheduler.prefill_adder import PrefillAdder
 from sgl.core.scheduler.req import Req, ReqStage
-
-if TYPE_CHECKING:
-    from sgl.core.scheduler.scheduler import Scheduler
+from sgl.core.scheduler.state import SchedulerState
 
 # NOTE: prompts sharing this many leading tokens with one admitted in the same step wait a step for the cache.
 IN_BATCH_PREFIX_TOKENS = 32
 
 
 class PrefillBuilder:
-    def __init__(self, scheduler: Scheduler) -> None:
-        self.s = scheduler
+    def __init__(self, state: SchedulerState, features: Sequence[SchedulerFeature] = ()) -> None:
+        self.s = state
+        self.features = tuple(features)
 
     def match_limit(self, r: Req) -> int:
         """How many leading tokens may come from the cache: never the last, nor those whose logprobs are asked."""
@@ -42,11 +43,11 @@ class PrefillBuilder:
 
     def possible(self) -> bool:
         """A cheap upper bound: could any waiting request be admitted now? (Overlap keeps chaining when not.)"""
-        s = self.s
-        if not s.waiting or len(s.running) >= s.max_running or s.req_pool.available_size() == 0:
+        s, lim = self.s, self.s.limits
+        if not s.waiting or len(s.running) >= lim.max_running or s.req_pool.available_size() == 0:
             return False
         budget = s.allocator.available_size() + s.cache.evictable_size() - self.decode_reserve()
-        need = min(min(r.seq_len, s.prefill_token_budget) + s.token_ratio.reserve((r,))
+        need = min(min(r.seq_len, lim.prefill_token_budget) + s.token_ratio.reserve((r,))
                    for r in s.waiting[:32])
         return budget >= need + s.page_size
 
@@ -56,11 +57,11 @@ class PrefillBuilder:
         return s.token_ratio.reserve(reqs)
 
     def schedule(self) -> ScheduleBatch | None:
-        s = self.s
+        s, lim = self.s, self.s.limits
         if not s.waiting and s.chunked is None:
             return None
         kv_budget = s.allocator.available_size() + s.cache.evictable_size() - self.decode_reserve()
-        adder = PrefillAdder(s.prefill_token_budget, kv_budget, s.chunk_size,
+        adder = PrefillAdder(lim.prefill_token_budget, kv_budget, lim.chunk_size,
                              idle=not s.running and s.chunked is None)
         reqs: list[Req] = []
         prefix_lens: list[int] = []
@@ -85,13 +86,13 @@ class PrefillBuilder:
             if not res.chunked:
                 adder.chunked = True  # NOTE: one chunked request at a time, even on the step it finishes
         batch_heads: set[tuple[int, ...]] = set()
-        for r in order_waiting(s.waiting, s.args.schedule_policy, self.match):
-            if len(s.running) + len(reqs) >= s.max_running or s.req_pool.available_size() == 0:
+        for r in order_waiting(s.waiting, lim.policy, self.match):
+            if len(s.running) + len(reqs) >= lim.max_running or s.req_pool.available_size() == 0:
                 break
             if r.group is not None and s.group_leaders.get(r.group) not in (None, r.rid):
                 continue  # a sibling waits for its leader's prompt to enter the cache
-            if r.grammar is not None and not r.grammar.ready:
-                continue  # grammar: still compiling; the requests behind it go ahead
+            if not all(f.ready(r) for f in self.features):
+                continue  # a feature still prepares it (a grammar compiling); the requests behind it go ahead
             m = s.cache.match_prefix(r.all_ids()[: self.match_limit(r)])
             prefix_len = int(m.kv_indices.numel())
             if self.defer_in_batch_duplicate(r, prefix_len, batch_heads):
@@ -106,13 +107,15 @@ class PrefillBuilder:
                 s.req_pool.write(r.req_pool_idx, 0, m.kv_indices)  # type: ignore[arg-type]
             got = self.alloc_extend(r, prefix_len, res.extend_len)
             if got is None:
-                s._release(r)
+                s.release(r)
                 r.reset_for_recompute()
                 break
+            for f in self.features:  # NOTE: a recomputed request's outputs may have moved (a splice, a retraction)
+                f.resync(r)
             if r.output_ids == []:
                 r.cached_tokens = prefix_len
-                s.stats["prompt_tokens"] += len(r.origin_input_ids)
-                s.stats["cached_tokens"] += prefix_len
+                s.counters.prompt_tokens += len(r.origin_input_ids)
+                s.counters.cached_tokens += prefix_len
             r.stage = ReqStage.PREFILL
             if res.chunked:
                 s.chunked = r
@@ -122,18 +125,18 @@ class PrefillBuilder:
         admitted = {id(r) for r in reqs}
         s.waiting = [r for r in s.waiting if id(r) not in admitted]
         batch = ScheduleBatch(ForwardMode.EXTEND, reqs, prefix_lens, extend_lens, torch.cat(slots))
-        return self.mix_in_decodes(batch) if s.args.enable_mixed_chunk and s.running else batch
+        return self.mix_in_decodes(batch) if lim.mixed_chunk and s.running else batch
 
     def mix_in_decodes(self, batch: ScheduleBatch) -> ScheduleBatch:
         """--enable-mixed-chunk: the running requests decode in the same forward as the prefill (MIXED), so an
         admission does not stall them for a step. Without room for their slots they simply wait, as usual."""
         s = self.s
-        dec = s.decode_batch(s.running, ahead=0)
+        dec = decode_batch(s, s.running, ahead=0)
         if dec is None:
             return batch
         rows = torch.tensor([r.req_pool_idx for r in dec.reqs], dtype=torch.int64)
         s.req_pool.write_scattered(rows, torch.tensor(dec.prefix_lens, dtype=torch.int64), dec.out_cache_loc)
-        s.stats["mixed_steps"] += 1
+        s.counters.mixed_steps += 1
         return ScheduleBatch(
             ForwardMode.MIXED, batch.reqs + dec.reqs, batch.prefix_lens + dec.prefix_lens,
             batch.extend_lens + dec.extend_lens, torch.cat([batch.out_cache_loc, dec.out_cache_loc]),
@@ -143,7 +146,7 @@ class PrefillBuilder:
         """True when r's prompt starts like one already admitted this step and the cache cannot serve it yet:
         waiting one step lets r find that prompt in the cache instead of computing it twice (as SGLang's lpm)."""
         s = self.s
-        if s.args.disable_radix_cache or prefix_len >= IN_BATCH_PREFIX_TOKENS:
+        if not s.limits.share_prefixes or prefix_len >= IN_BATCH_PREFIX_TOKENS:
             return False
         ids = r.origin_input_ids
         if len(ids) < 2 * IN_BATCH_PREFIX_TOKENS:
@@ -156,10 +159,8 @@ class PrefillBuilder:
 
     def alloc_extend(self, r: Req, start: int, n: int) -> torch.Tensor | None:
         s = self.s
-        last = s._last_loc(r, start)
-        need = n + s.page_size
-        if s.allocator.available_size() < need:
-            s.cache.evict(need - s.allocator.available_size())
+        last = s.last_loc(r, start)
+        s.make_room(n + s.page_size)
         got = s.allocator.alloc_extend([start], [start + n], [last])
         if got is not None:
             s.req_pool.write(r.req_pool_idx, start, got)  # type: ignore[arg-type]

@@ -11,7 +11,6 @@ from sgl.core.ipc import FinishReason, GenerateReq, ReqOutput
 from sgl.core.sampling.params import CONSTRAINT_FIELDS
 
 if TYPE_CHECKING:
-    from sgl.core.grammar.manager import RequestGrammar
     from sgl.core.sampling.params import SamplingParams
 
 _EMPTY = torch.empty(0, dtype=torch.int64)
@@ -57,8 +56,9 @@ class Req:
         self.release_deferred = False
         self.cached_tokens = 0  # prompt tokens served from the cache, summed over (re)schedulings
         self.finished_reason: FinishReason | None = None
-        self.grammar: RequestGrammar | None = None  # grammar: set by the scheduler for constrained requests
-        self.jump_text = ""  # grammar: text forced after the last token, appended once no step of it is in flight
+        self.features: dict[str, Any] = {}  # per-request state of the scheduler features, by feature name
+        self.feature_may_stop = False  # a feature (a grammar) may end this request before max_new_tokens
+        self.splice_pending = False  # a feature splices tokens in once no step of this request is in flight
         # outputs not yet sent
         self.sent_tokens = 0
         self.pending_logprobs: list[tuple[float, int]] = []
@@ -85,9 +85,9 @@ class Req:
     @property
     def output_len_known(self) -> bool:
         """True when the request will generate exactly ``max_new_tokens`` (unless aborted): EOS is ignored and no stop
-        string, stop token or grammar can end it early. ``min_new_tokens`` cannot shorten it, so it does not matter."""
+        string, stop token, grammar or other feature can end it early. ``min_new_tokens`` cannot shorten it, so it does not matter."""
         sp = self.sampling_params
-        return (sp.ignore_eos and not self.stop_strs and not self.stop_token_ids and self.grammar is None
+        return (sp.ignore_eos and not self.stop_strs and not self.stop_token_ids and not self.feature_may_stop
                 and all(getattr(sp, f) is None for f in CONSTRAINT_FIELDS))
 
     @property
@@ -102,8 +102,6 @@ class Req:
         self.last_handle = None
         self.kv_len = 0
         self.last_slot = -1
-        if self.grammar is not None:  # grammar: the matcher must match output_ids, which recomputation keeps
-            self.grammar.sync(self.output_ids)
 
     # stop conditions ----------------------------------------------------------------------------------------
     def check_finished(self, detokenize: Any) -> None:

@@ -3,17 +3,17 @@
 from __future__ import annotations
 
 import dataclasses
-import time
+from collections.abc import Sequence
 from typing import Any, NamedTuple
 
 import torch
 
-from sgl.core.grammar.manager import GrammarManager
 from sgl.core.runner.input_prep import build_forward_batch
 from sgl.core.runner.model_runner import ModelRunner
 from sgl.core.sampling.batch_info import SamplingBatchInfo, step_seed
 from sgl.core.sampling.sampler import SampleOutput, compute_prompt_logprobs
 from sgl.core.scheduler.batch import ScheduleBatch
+from sgl.core.scheduler.feature import SchedulerFeature
 from sgl.core.scheduler.req import Req
 from sgl.core.transfer import to_device
 
@@ -49,14 +49,12 @@ class StepExecutor:
     step's tokens from ``Pending.next_ids`` on the device: that is the whole of overlap scheduling.
     """
 
-    def __init__(self, runner: ModelRunner, grammars: GrammarManager) -> None:
+    def __init__(self, runner: ModelRunner, features: Sequence[SchedulerFeature] = ()) -> None:
         self.runner = runner
-        self.grammars = grammars
+        self.features = tuple(features)
         self.sampler = runner.sampler
         self.platform = runner.platform
         self.pinned = bool(runner.platform.capabilities.pinned_memory)
-        self.mask_seconds = 0.0  # host time spent on grammar masks (fill + enqueue), per constrained token
-        self.masked_tokens = 0
 
     def execute(self, batch: ScheduleBatch) -> StepResult:
         return self.resolve(self.launch(batch))
@@ -115,16 +113,10 @@ class StepExecutor:
             output_ids=[r.output_ids for r in reqs], prompt_ids=[r.origin_input_ids for r in reqs],
             eos_ids=[r.eos_ids for r in reqs], step_seeds=seeds, pinned=self.pinned,
         )
-        # grammar: constrained rows sample only allowed tokens; a request that already finished (it rides along in
-        # a chained step whose token is dropped) is left unconstrained
-        grammars = [r.grammar if not r.finished else None for r in reqs]
-        if any(g is not None for g in grammars):
-            # NOTE: the mask needs every earlier token accepted: such steps are sampled with step_offset 0 only.
-            assert step_offset == 0, "a constrained batch cannot sample before the previous step resolved"
-            t0 = time.perf_counter()
-            mask = self.grammars.vocab_mask(grammars, runner.vocab_size, logits.device, self.pinned)
-            self.mask_seconds += time.perf_counter() - t0
-            self.masked_tokens += sum(g is not None for g in grammars)
+        mask = self._feature_mask(reqs, logits.device)
+        if mask is not None:
+            # NOTE: a mask needs every earlier token accepted: such steps are sampled with step_offset 0 only.
+            assert step_offset == 0, "a masked batch cannot sample before the previous step resolved"
             info = dataclasses.replace(info, vocab_mask=mask)
         want_lp = any(r.return_logprob for r in reqs)
         out = self.sampler(
@@ -138,6 +130,15 @@ class StepExecutor:
         if event is not None:
             event.record()
         return Pending(reqs, next_ids, host, event, out, p.input_lps)
+
+    def _feature_mask(self, reqs: list[Req], device: torch.device) -> torch.Tensor | None:
+        """The union of the features' forbidden-token masks for these rows (grammar constraints, ...)."""
+        mask: torch.Tensor | None = None
+        for f in self.features:
+            m = f.logit_mask(reqs, self.runner.vocab_size, device, self.pinned)
+            if m is not None:
+                mask = m if mask is None else mask | m
+        return mask
 
     def resolve(self, p: Pending) -> StepResult:
         if p.host_ids is None:

@@ -2,7 +2,7 @@
 
 When every valid continuation of a constrained request starts with the same text (a JSON key and its quotes, the
 comma and quote before the next key), decoding it token by token spends a forward pass per token on a foregone
-conclusion. Instead the scheduler tokenizes the forced text, lets the matcher accept it token by token (a token it
+conclusion. Instead the grammar feature tokenizes the forced text, lets the matcher accept it token by token (a token it
 rejects ends the jump there, so validity stays the grammar's own), appends what it accepted to the output and sends
 the request back through prefill: the radix cache holds everything computed so far, so the next step extends
 only the new tokens, and samples the token after them.
@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from sgl.core.scheduler.req import Req
+from sgl.core.grammar.manager import RequestGrammar
 
 Encode = Callable[[str], list[int]]
 
@@ -24,27 +24,19 @@ class JumpForward:
         self.encode = encode
 
     @staticmethod
-    def eligible(r: Req) -> bool:
-        """Logprobs are reported per sampled token, so a request that asks for them decodes every token."""
-        return r.grammar is not None and r.grammar.ready and not r.return_logprob and not r.finished
+    def forced_text(rg: RequestGrammar) -> str:
+        return rg.jump_forward_string() if rg.ready else ""
 
-    def forced_text(self, r: Req) -> str:
-        assert r.grammar is not None
-        return r.grammar.jump_forward_string()
+    def forced_tokens(self, rg: RequestGrammar, text: str, budget: int) -> list[int]:
+        """The tokens of ``text`` the matcher accepts, in order (now accepted), at most ``budget`` of them.
 
-    def forced_tokens(self, r: Req, text: str) -> list[int]:
-        """The tokens of ``text`` the matcher accepts, in order (now accepted), within the request's budget.
-
-        NOTE: one token of the budget is always left to sample, so a jump never ends a request by itself.
+        NOTE: the caller leaves one token of the request's budget to sample, so a jump never ends a request by itself.
         """
-        assert r.grammar is not None
-        budget = r.sampling_params.max_new_tokens - len(r.output_ids) - 1
         if budget <= 0 or not text:
             return []
-        ids = self.encode(text)[:budget]
         taken: list[int] = []
-        for token in ids:
-            if not r.grammar.accept(token):
+        for token in self.encode(text)[:budget]:
+            if not rg.accept(token):
                 break
             taken.append(token)
         return taken

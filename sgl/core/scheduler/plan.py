@@ -1,0 +1,29 @@
+"""One planning function for both loops: what the next step runs, and how a step runs when nothing overlaps it."""
+
+from __future__ import annotations
+
+from sgl.core.scheduler.batch import ScheduleBatch
+from sgl.core.scheduler.decode import schedule_decode
+from sgl.core.scheduler.prefill import PrefillBuilder
+from sgl.core.scheduler.results import ResultProcessor
+from sgl.core.scheduler.state import SchedulerState
+from sgl.core.scheduler.step import StepExecutor
+
+
+def plan_step(state: SchedulerState, prefill: PrefillBuilder) -> ScheduleBatch | None:
+    """A prefill when one fits (it may mix in the running decodes), else the running batch's decode, else None."""
+    batch = prefill.schedule()
+    if batch is None and state.running:
+        batch = schedule_decode(state)
+    return batch
+
+
+def run_step(batch: ScheduleBatch, state: SchedulerState, executor: StepExecutor, results: ResultProcessor) -> None:
+    """Runs ``batch`` to its sampled tokens and applies them (the plain loop; overlap for prefills)."""
+    state.counters.steps += 1
+    if batch.mode.is_decode:
+        for r in batch.reqs:
+            r.inflight += 1
+        results.process_decode(batch, executor.execute(batch))
+    else:
+        results.process_extend(batch, executor.execute(batch))

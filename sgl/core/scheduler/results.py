@@ -1,0 +1,123 @@
+"""What a resolved step changes: tokens appended, stop conditions, features told, requests finished or moved on."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from sgl.core.ipc import FinishReason
+from sgl.core.scheduler.batch import ScheduleBatch
+from sgl.core.scheduler.feature import SchedulerFeature
+from sgl.core.scheduler.req import Req, ReqStage
+from sgl.core.scheduler.state import SchedulerState
+from sgl.core.scheduler.step import StepResult
+
+Detokenize = Callable[[Sequence[int]], str]
+
+
+class ResultProcessor:
+    """Applies each step's sampled tokens to its requests, on the state it is given."""
+
+    def __init__(self, state: SchedulerState, features: Sequence[SchedulerFeature], detokenize: Detokenize) -> None:
+        self.s = state
+        self.features = tuple(features)
+        self.detokenize = detokenize
+        self._splicing: list[Req] = []  # requests a feature will splice tokens into, once no step is in flight
+
+    def process_decode(self, batch: ScheduleBatch, result: StepResult) -> None:
+        s = self.s
+        s.counters.decode_steps += 1
+        s.counters.decode_rows += len(batch.reqs)
+        for r, tok, lp in zip(batch.reqs, result.next_token_ids, result.logprobs):
+            r.kv_len += 1
+            r.inflight -= 1
+            if r.finished:  # finished while this step was in flight (overlap): its token is dropped
+                if r.release_deferred:
+                    s.release(r)
+                continue
+            if r.splice_pending:  # a splice was found while this step was in flight: its token is dropped
+                continue
+            self.append_token(r, tok, lp)
+        s.running = [r for r in s.running if not r.finished]
+        self.take_splices()
+        s.token_ratio.decay()
+
+    def process_extend(self, batch: ScheduleBatch, result: StepResult) -> None:
+        s = self.s
+        sampled = iter(zip(result.next_token_ids, result.logprobs))
+        for i, r in enumerate(batch.reqs):
+            r.kv_len += batch.extend_lens[i]
+            if r.stage is ReqStage.DECODE:  # a running request decoding inside a MIXED batch
+                tok, lp = next(sampled)
+                self.append_token(r, tok, lp)
+                continue
+            if i in result.input_logprobs:
+                lps, tops = result.input_logprobs[i]
+                r.input_logprobs = (r.input_logprobs or []) + lps
+                r.input_top_logprobs = (r.input_top_logprobs or []) + tops
+            s.touched[r.rid] = r
+            if not batch.completes_prefill(i):
+                s.cache.cache_unfinished_req(r)
+                continue
+            r.input_logprobs_done = True
+            if s.chunked is r:
+                s.chunked = None
+            s.leave_group(r)
+            if r.sampling_params.max_new_tokens == 0:
+                r.finished_reason = FinishReason("length")
+                s.finish(r)
+                continue
+            tok, lp = next(sampled)
+            self.append_token(r, tok, lp)
+            if r.finished:
+                continue
+            r.stage = ReqStage.DECODE
+            if s.limits.share_prefixes:
+                s.cache.cache_unfinished_req(r)  # share the prompt with requests that arrive while it decodes
+            s.running.append(r)
+        self.take_splices()
+
+    def append_token(self, r: Req, token: int, logprob: Any) -> None:
+        r.output_ids.append(token)
+        for f in self.features:
+            reason = f.on_token(r, token)
+            if reason is not None and r.finished_reason is None:
+                r.finished_reason = reason
+        self.s.counters.generated_tokens += 1
+        if logprob is not None:
+            r.pending_logprobs.append(logprob[0])
+            r.pending_top_logprobs.append(logprob[1])
+        r.check_finished(self.detokenize)
+        self.s.touched[r.rid] = r
+        if r.finished:
+            self.s.finish(r)
+        elif any(f.wants_splice(r) for f in self.features):
+            r.splice_pending = True
+            self._splicing.append(r)
+
+    def take_splices(self) -> None:
+        """Appends the spliced tokens of each request with no step in flight and sends it back through prefill."""
+        if not self._splicing:
+            return
+        s = self.s
+        ready = [r for r in self._splicing if not r.inflight or r.finished]
+        self._splicing = [r for r in self._splicing if r.inflight and not r.finished]
+        for r in ready:
+            r.splice_pending = False
+            if r.finished or r.stage is not ReqStage.DECODE:  # ended, or retracted meanwhile: it samples on
+                continue
+            tokens = [t for f in self.features for t in f.take_splice(r)]
+            if not tokens:
+                continue
+            for token in tokens:  # accepted by the feature already; the stop conditions still apply
+                r.output_ids.append(token)
+                s.counters.generated_tokens += 1
+                r.check_finished(self.detokenize)
+                if r.finished:
+                    break
+            s.touched[r.rid] = r
+            if r.finished:
+                s.finish(r)
+                continue
+            s.running.remove(r)
+            s.requeue(r)  # NOTE: its computed KV goes to the radix cache, where the re-admission finds it
