@@ -32,6 +32,21 @@ from sgl.core.scheduler.loop import run_scheduler_loop
 logger = logging.getLogger(__name__)
 
 Params = SamplingParams | dict[str, Any] | None
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+def show_logs(level: str) -> None:
+    """sgl's records at ``level`` reach the user even where nothing configured logging (a notebook, a script).
+
+    NOTE: a handler is added only when none would receive the records, so an application's (or pytest's) own
+    logging configuration is left as it is and nothing is printed twice.
+    """
+    sgl_logger = logging.getLogger("sgl")
+    sgl_logger.setLevel(level.upper())
+    if not sgl_logger.hasHandlers():
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter(LOG_FORMAT))
+        sgl_logger.addHandler(handler)
 
 
 class _Replies:
@@ -70,6 +85,7 @@ class Engine:
 
     def __init__(self, model_path: str | None = None, backend: str | None = None, **server_args: Any) -> None:
         self.server_args = ServerArgs.from_kwargs(model_path=model_path, backend=backend, **server_args)
+        show_logs(self.server_args.log_level)
         self.runtime = build_runtime(self.server_args)
         self.tokenizer = self.runtime.tokenizer
         self._inbox = Inbox()
@@ -82,7 +98,9 @@ class Engine:
 
     # plumbing ---------------------------------------------------------------------------------------------------
     def _run_scheduler(self) -> None:
-        run_scheduler_loop(self.runtime.scheduler, lambda block, t: self._inbox.drain(block, t), self._on_message)
+        stats_log = self.runtime.stats_log()
+        run_scheduler_loop(self.runtime.scheduler, lambda block, t: self._inbox.drain(block, t), self._on_message,
+                           on_progress=stats_log.tick)
 
     def _on_message(self, msg: Any) -> None:
         if isinstance(msg, (InfoResp, FlushCacheResp)):
