@@ -114,7 +114,13 @@ def _child_main(args: ServerArgs, conn: Connection, log_level: str) -> None:
             msgs.append(ShutdownReq())  # the API process is gone: stop instead of serving no one
         return msgs
 
-    run_scheduler_loop(scheduler, recv, send, on_progress=watchdog.beat)
+    stats_log = runtime.stats_log()
+
+    def on_progress() -> None:
+        watchdog.beat()
+        stats_log.tick()
+
+    run_scheduler_loop(scheduler, recv, send, on_progress=on_progress)
     watchdog.stop()
     conn.close()
 

@@ -76,6 +76,7 @@ class ServerArgs:
     watchdog_timeout: float = _opt(300.0, "seconds a busy scheduler may go without progress before the server exits")
     log_level: str = _opt("info", "logging level")
     log_requests: bool = _opt(False, "log each request's metadata")
+    decode_log_interval: int = _opt(40, "log the running batch's stats every N decode steps")
     debug_invariants: bool = _opt(False, "assert KV-pool accounting after every scheduler step (tests turn it on)")
 
     def __post_init__(self) -> None:
@@ -101,6 +102,7 @@ class ServerArgs:
         self._check(1 <= self.port <= 65535 or self.port == 0, "port", "must be in [0, 65535]")
         self._check(self.max_n >= 1, "max_n", "must be >= 1")
         self._check(self.stream_interval >= 1, "stream_interval", "must be >= 1")
+        self._check(self.decode_log_interval >= 1, "decode_log_interval", "must be >= 1")
         self._check(self.grammar_compile_timeout > 0, "grammar_compile_timeout", "must be > 0")
 
     @staticmethod

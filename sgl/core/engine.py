@@ -2,6 +2,9 @@
 
 The scheduler runs in a background thread of this process; requests go through the same RequestManager as the
 HTTP server's, so validation, stop strings and detokenization behave identically offline and online.
+
+The synchronous API runs its coroutines on the engine's own event loop, in a thread of its own: it never needs the
+caller's thread to be free of a running loop, so ``generate`` works in a notebook cell as in a script.
 """
 
 from __future__ import annotations
@@ -10,8 +13,8 @@ import asyncio
 import itertools
 import logging
 import threading
-from collections.abc import AsyncGenerator, Iterator
-from typing import Any
+from collections.abc import AsyncGenerator, Coroutine, Iterator
+from typing import Any, TypeVar
 
 from sgl.core.config import ServerArgs
 from sgl.core.ipc import (
@@ -32,6 +35,22 @@ from sgl.core.scheduler.loop import run_scheduler_loop
 logger = logging.getLogger(__name__)
 
 Params = SamplingParams | dict[str, Any] | None
+T = TypeVar("T")
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+def show_logs(level: str) -> None:
+    """sgl's records at ``level`` reach the user even where nothing configured logging (a notebook, a script).
+
+    NOTE: a handler is added only when none would receive the records, so an application's (or pytest's) own
+    logging configuration is left as it is and nothing is printed twice.
+    """
+    sgl_logger = logging.getLogger("sgl")
+    sgl_logger.setLevel(level.upper())
+    if not sgl_logger.hasHandlers():
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter(LOG_FORMAT))
+        sgl_logger.addHandler(handler)
 
 
 class _Replies:
@@ -70,6 +89,7 @@ class Engine:
 
     def __init__(self, model_path: str | None = None, backend: str | None = None, **server_args: Any) -> None:
         self.server_args = ServerArgs.from_kwargs(model_path=model_path, backend=backend, **server_args)
+        show_logs(self.server_args.log_level)
         self.runtime = build_runtime(self.server_args)
         self.tokenizer = self.runtime.tokenizer
         self._inbox = Inbox()
@@ -77,12 +97,27 @@ class Engine:
         self._failed: str | None = None
         self.manager = RequestManager(self.tokenizer, self.runtime.limits, self._inbox.put)
         self._loop = asyncio.new_event_loop()
+        self._loop_thread = start_thread(self._loop.run_forever, "sgl-engine-loop")
         self._closed = False
         self._thread = start_thread(self._run_scheduler, "sgl-scheduler")
 
     # plumbing ---------------------------------------------------------------------------------------------------
     def _run_scheduler(self) -> None:
-        run_scheduler_loop(self.runtime.scheduler, lambda block, t: self._inbox.drain(block, t), self._on_message)
+        stats_log = self.runtime.stats_log()
+        run_scheduler_loop(self.runtime.scheduler, lambda block, t: self._inbox.drain(block, t), self._on_message,
+                           on_progress=stats_log.tick)
+
+    def _run_sync(self, coro: Coroutine[Any, Any, T]) -> T:
+        """Runs ``coro`` on the engine's loop thread and waits for it, whether or not this thread runs a loop."""
+        if threading.current_thread() is self._loop_thread:
+            coro.close()
+            raise RuntimeError("the engine's synchronous API was called from its own event loop")
+        fut = asyncio.run_coroutine_threadsafe(coro, self._loop)
+        try:
+            return fut.result()
+        except BaseException:
+            fut.cancel()  # NOTE: an interrupted call (Ctrl-C in a notebook) aborts its requests instead of leaving them
+            raise
 
     def _on_message(self, msg: Any) -> None:
         if isinstance(msg, (InfoResp, FlushCacheResp)):
@@ -153,7 +188,7 @@ class Engine:
                                       top_logprobs_num, stream, rid)
         if stream:
             return self._stream_sync(objs[0])
-        results = self._loop.run_until_complete(self._gather(objs))
+        results = self._run_sync(self._gather(objs))
         return results if batched else results[0]
 
     def _stream_sync(self, obj: GenerateInput) -> Iterator[Any]:
@@ -161,11 +196,12 @@ class Engine:
         try:
             while True:
                 try:
-                    yield self._loop.run_until_complete(agen.__anext__())
+                    yield self._run_sync(_next(agen))
                 except StopAsyncIteration:
                     return
         finally:
-            self._loop.run_until_complete(agen.aclose())
+            if self._loop.is_running():
+                self._run_sync(_aclose(agen))  # NOTE: an abandoned stream aborts its request
 
     async def _one(self, obj: GenerateInput) -> Any:
         final: list[dict[str, Any]] = []
@@ -217,8 +253,12 @@ class Engine:
         if self._closed:
             return
         self._closed = True
+        if self._loop_thread.is_alive():
+            asyncio.run_coroutine_threadsafe(_cancel_pending(), self._loop).result(timeout=30)
         self._inbox.put(ShutdownReq())
         self._thread.join(timeout=30)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._loop_thread.join(timeout=30)
         self._loop.close()
 
     def __enter__(self) -> Engine:
@@ -232,3 +272,19 @@ class Engine:
             self.shutdown()
         except Exception:
             pass
+
+
+async def _next(agen: AsyncGenerator[T, None]) -> T:
+    return await agen.__anext__()
+
+
+async def _aclose(agen: AsyncGenerator[Any, None]) -> None:
+    await agen.aclose()
+
+
+async def _cancel_pending() -> None:
+    """Cancels the engine loop's requests still in flight, so they abort instead of outliving the engine."""
+    tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+    for t in tasks:
+        t.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)

@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 
 from sgl.core.config import ServerArgs
 from sgl.core.grammar.base import GrammarVocab
 from sgl.core.grammar.feature import GrammarFeature
+from sgl.core.load_report import LoadReport, build_report, log_report
 from sgl.core.platform import Platform
 from sgl.core.plugins import get_plugins, select_platform
 from sgl.core.request_manager import ModelLimits
 from sgl.core.runner.model_runner import ModelRunner
 from sgl.core.scheduler.feature import SchedulerFeature
 from sgl.core.scheduler.scheduler import Scheduler
+from sgl.core.scheduler.stats_log import StatsLog
 from sgl.core.tokenizer.tokenizer import Tokenizer
 
 logger = logging.getLogger(__name__)
@@ -37,6 +40,11 @@ class Runtime:
     model_path: str
     tokenizer: Tokenizer
     scheduler: Scheduler
+    report: LoadReport
+
+    def stats_log(self) -> StatsLog:
+        """The periodic prefill/decode lines; its ``tick`` goes after every iteration of the scheduler loop."""
+        return StatsLog(self.scheduler, self.args.decode_log_interval)
 
     @property
     def limits(self) -> ModelLimits:
@@ -62,6 +70,8 @@ class Runtime:
 
 
 def build_runtime(args: ServerArgs) -> Runtime:
+    """Builds everything the scheduler loop needs and logs the load summary (the Engine and the server alike)."""
+    t0 = time.perf_counter()
     platform = select_platform(args.backend)
     model_path = resolve_model_path(args)
     get_plugins().manager.hook.sgl_startup_check(server_args=args)
@@ -80,4 +90,6 @@ def build_runtime(args: ServerArgs) -> Runtime:
     vocab = GrammarVocab(args.tokenizer_path or model_path, runner.vocab_size, tuple(sorted(eos)))
     features: list[SchedulerFeature] = [GrammarFeature.from_args(args, vocab, encode)]
     scheduler = Scheduler(args, runner, detokenize, eos, features)
-    return Runtime(args, platform, model_path, tokenizer, scheduler)
+    report = build_report(runner, platform.name, scheduler.overlap is not None, time.perf_counter() - t0)
+    log_report(report)
+    return Runtime(args, platform, model_path, tokenizer, scheduler, report)

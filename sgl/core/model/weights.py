@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any, NamedTuple
 
 import torch
 from torch import nn
+
+logger = logging.getLogger(__name__)
 
 INDEX_FILE = "model.safetensors.index.json"
 SINGLE_FILE = "model.safetensors"
@@ -43,18 +46,31 @@ def safetensors_files(model_path: str) -> list[str]:
 
 
 def iter_safetensors(files: Sequence[str], progress: bool = True) -> Iterator[tuple[str, torch.Tensor]]:
-    """Yields (name, cpu tensor) over every file; a progress bar over the shards when there is more than one."""
+    """Yields (name, cpu tensor) over every file, with a progress bar in bytes read.
+
+    NOTE: the bar follows the log level (hidden below INFO, as with ``--log-level warning``), so a quiet server stays
+    quiet.
+    """
     from safetensors import safe_open
+    from tqdm import tqdm
 
-    shards: Iterable[str] = files
-    if progress and len(files) > 1:
-        from tqdm import tqdm
-
-        shards = tqdm(files, desc="loading safetensors shards", unit="shard")
-    for path in shards:
-        with safe_open(path, framework="pt", device="cpu") as f:
-            for name in f.keys():  # noqa: SIM118 (safe_open is not a dict)
-                yield name, f.get_tensor(name)
+    sizes = [os.path.getsize(path) for path in files]
+    bar = tqdm(total=sum(sizes), desc=f"loading weights ({len(files)} file{'s' if len(files) != 1 else ''})",
+               unit="B", unit_scale=True, unit_divisor=1024,
+               disable=not progress or not logger.isEnabledFor(logging.INFO))
+    try:
+        for path, size in zip(files, sizes):
+            read = 0
+            with safe_open(path, framework="pt", device="cpu") as f:
+                for name in f.keys():  # noqa: SIM118 (safe_open is not a dict)
+                    tensor = f.get_tensor(name)
+                    yield name, tensor
+                    n = tensor.numel() * tensor.element_size()
+                    read += n
+                    bar.update(n)
+            bar.update(size - read)  # the file's header: the bar ends at exactly 100%
+    finally:
+        bar.close()
 
 
 def default_weight_loader(param: nn.Parameter, loaded_weight: torch.Tensor, shard_id: Any = None) -> None:

@@ -25,7 +25,7 @@ from sgl.core.scheduler.plan import plan_step, run_step
 from sgl.core.scheduler.prefill import PrefillBuilder
 from sgl.core.scheduler.req import Req
 from sgl.core.scheduler.results import ResultProcessor
-from sgl.core.scheduler.state import SchedulerState, SchedulingLimits
+from sgl.core.scheduler.state import SchedulerState, SchedulingLimits, StepCounters
 from sgl.core.scheduler.step import StepExecutor
 
 
@@ -93,6 +93,10 @@ class Scheduler:
     @property
     def is_idle(self) -> bool:
         return self.state.is_idle
+
+    @property
+    def counters(self) -> StepCounters:
+        return self.state.counters
 
     # intake -----------------------------------------------------------------------------------------------------
     def add_request(self, msg: GenerateReq) -> None:
