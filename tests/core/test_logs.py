@@ -28,7 +28,7 @@ DECODE = re.compile(
     r"gen throughput \(token/s\): ([\d.]+), #queue-req: (\d+)"
 )
 PREFILL = re.compile(
-    r"Prefill batch\. #new-token: (\d+), #cached-token: (\d+), token usage: ([\d.]+), #running-req: (\d+), "
+    r"Prefill batch\. #new-seq: (\d+), #new-token: (\d+), #cached-token: (\d+), token usage: ([\d.]+), #running-req: (\d+), "
     r"#queue-req: (\d+)"
 )
 
@@ -115,10 +115,10 @@ class _Clock:
 def test_decode_lines_fall_every_interval_with_tokens_over_time() -> None:
     s, clock, lines = _FakeScheduler(), _Clock(), []
     log = StatsLog(s, decode_interval=4, clock=clock, emit=lines.append)
-    s.running, s.counters.prompt_tokens, s.counters.generated_tokens = 2, 20, 2  # a prefill of two requests
+    s.running, s.counters.prefill_reqs, s.counters.prompt_tokens, s.counters.generated_tokens = 2, 2, 20, 2  # 2 prefills
     clock.t += 5.0
     log.tick()  # leaves idle: the throughput window opens here, not at the idle start 5 s ago
-    assert lines == ["Prefill batch. #new-token: 20, #cached-token: 0, token usage: 0.00, #running-req: 2, "
+    assert lines == ["Prefill batch. #new-seq: 2, #new-token: 20, #cached-token: 0, token usage: 0.00, #running-req: 2, "
                      "#queue-req: 0"]
     for step in range(1, 11):
         clock.t += 0.25
@@ -139,6 +139,7 @@ def test_prefill_lines_gather_admissions_within_the_period() -> None:
     log = StatsLog(s, decode_interval=1000, clock=clock, emit=lines.append)
     s.running = 1
     for i in range(1, 6):  # five admissions 0.1 s apart: the first is logged at once, the rest wait for the period
+        s.counters.prefill_reqs += 1
         s.counters.prompt_tokens += 10
         s.counters.cached_tokens += 4 if i > 1 else 0
         log.tick()
@@ -147,7 +148,7 @@ def test_prefill_lines_gather_admissions_within_the_period() -> None:
     clock.t += stats_log.PREFILL_LOG_PERIOD_S
     log.tick()
     last = PREFILL.search(lines[-1])
-    assert len(lines) == 2 and last is not None and (int(last[1]), int(last[2])) == (40 - 16, 16)
+    assert len(lines) == 2 and last is not None and (int(last[1]), int(last[2]), int(last[3])) == (4, 40 - 16, 16)
     log.tick()
     assert len(lines) == 2  # nothing new, nothing logged
 
@@ -185,7 +186,8 @@ def test_engine_prefill_line_counts_new_and_cached_prompt_tokens(
             engine.generate(prompt, {"max_new_tokens": 2, "temperature": 0, "ignore_eos": True})
     lines = [m for r in _messages(caplog, "sgl.core.scheduler.stats_log") if (m := PREFILL.search(r.getMessage()))]
     assert len(lines) == 2
-    (new1, cached1), (new2, cached2) = ((int(m[1]), int(m[2])) for m in lines)
+    assert [int(m[1]) for m in lines] == [1, 1]  # one new sequence each
+    (new1, cached1), (new2, cached2) = ((int(m[2]), int(m[3])) for m in lines)
     assert (new1, cached1) == (n, 0)
     assert new2 + cached2 == n and cached2 >= n // 2
 

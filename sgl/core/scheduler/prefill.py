@@ -114,6 +114,7 @@ class PrefillBuilder:
                 f.resync(r)
             if r.output_ids == []:
                 r.cached_tokens = prefix_len
+                s.counters.prefill_reqs += 1
                 s.counters.prompt_tokens += len(r.origin_input_ids)
                 s.counters.cached_tokens += prefix_len
             r.stage = ReqStage.PREFILL

@@ -22,6 +22,7 @@ from sgl.core.scheduler.req import Req, ReqStage
 class StepCounters:
     """Cumulative counts since start; reported by ``get_server_info``."""
 
+    prefill_reqs: int = 0  # requests admitted to their first prefill
     prompt_tokens: int = 0
     cached_tokens: int = 0
     generated_tokens: int = 0

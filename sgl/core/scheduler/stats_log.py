@@ -46,6 +46,7 @@ class DecodeLine(NamedTuple):
 
 
 class PrefillLine(NamedTuple):
+    new_seqs: int  # requests whose first prefill was admitted since the previous prefill line
     new_tokens: int  # prompt tokens admitted since the previous prefill line that the cache did not hold
     cached_tokens: int
     token_usage: float
@@ -53,7 +54,7 @@ class PrefillLine(NamedTuple):
     queued: int
 
     def __str__(self) -> str:
-        return (f"Prefill batch. #new-token: {self.new_tokens}, #cached-token: {self.cached_tokens}, "
+        return (f"Prefill batch. #new-seq: {self.new_seqs}, #new-token: {self.new_tokens}, #cached-token: {self.cached_tokens}, "
                 f"token usage: {self.token_usage:.2f}, #running-req: {self.running}, #queue-req: {self.queued}")
 
 
@@ -65,7 +66,7 @@ def _used_tokens(info: Mapping[str, Any]) -> int:
 class StatsLog:
     """Call ``tick()`` after every iteration of the scheduler loop; it logs when a line is due.
 
-    NOTE: a tick reads only the counters dict; ``info()`` (which walks the running requests) is called only for a
+    NOTE: a tick reads only the counters; ``info()`` (which walks the running requests) is called only for a
     line. Decode lines fall where the cumulative decode-step count crosses a multiple of the interval, so over a run
     their number is exactly ``decode_steps // interval``.
     """
@@ -84,6 +85,7 @@ class StatsLog:
         self._decode_steps = c.decode_steps
         self._prompt = c.prompt_tokens
         self._cached = c.cached_tokens
+        self._seqs = c.prefill_reqs
         self._gen = c.generated_tokens
         self._window_start = clock()
         self._last_prefill_line = -math.inf
@@ -108,13 +110,14 @@ class StatsLog:
             self._emit(str(self._decode_line(c, info, now)))
         self._decode_steps = steps
 
-    def _prefill_line(self, c: Mapping[str, int], info: Mapping[str, Any]) -> PrefillLine:
+    def _prefill_line(self, c: StepCounters, info: Mapping[str, Any]) -> PrefillLine:
         prompt, cached = c.prompt_tokens - self._prompt, c.cached_tokens - self._cached
-        self._prompt, self._cached = c.prompt_tokens, c.cached_tokens
-        return PrefillLine(prompt - cached, cached, float(info["token_usage"]), int(info["num_running_reqs"]),
+        seqs = c.prefill_reqs - self._seqs
+        self._prompt, self._cached, self._seqs = c.prompt_tokens, c.cached_tokens, c.prefill_reqs
+        return PrefillLine(seqs, prompt - cached, cached, float(info["token_usage"]), int(info["num_running_reqs"]),
                            int(info["num_waiting_reqs"]))
 
-    def _decode_line(self, c: Mapping[str, int], info: Mapping[str, Any], now: float) -> DecodeLine:
+    def _decode_line(self, c: StepCounters, info: Mapping[str, Any], now: float) -> DecodeLine:
         elapsed = now - self._window_start
         tokens = c.generated_tokens - self._gen
         self._window_start, self._gen = now, c.generated_tokens
