@@ -16,7 +16,6 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 import typer
-from rich.markup import escape
 from typer.core import TyperCommand, TyperGroup
 
 from sgl.core.config import ServerArgs
@@ -27,6 +26,14 @@ SGLANG_PANEL = "SGLang flags: accepted where sgl already does what they ask, oth
 # NOTE: SGLang's list-valued flags (--lora-paths a=x b=y) leave their later values as extra arguments; the command
 # must allow them so that the flag's refusal, not a parse error, is what the user reads.
 CONTEXT_SETTINGS = {"allow_extra_args": True}
+
+
+try:
+    from rich.markup import escape
+except ImportError:  # pragma: no cover - without rich, typer prints help as plain text: nothing to escape
+
+    def escape(markup: str) -> str:
+        return markup
 
 
 def _readable(params: Iterable[Any]) -> None:

@@ -41,7 +41,9 @@ def fake_hub(monkeypatch: pytest.MonkeyPatch, demo_model_dir: Path) -> FakeHub:
     return hub
 
 
-def test_only_org_slash_name_that_is_not_a_local_path_is_a_hub_id(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_only_org_slash_name_that_is_not_a_local_path_is_a_hub_id(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.chdir(tmp_path)
     (tmp_path / "local" / "model").mkdir(parents=True)
     assert is_hub_id("Qwen/Qwen3-0.6B") and is_hub_id("meta-llama/Llama-3.1-8B-Instruct")

@@ -119,3 +119,22 @@ def test_every_sglang_flag_is_refused_or_accepted_on_the_command_line() -> None:
         assert result.exit_code == 2, (flag.name, result.output)
         lines = result.output.strip().splitlines()
         assert lines == [f"error: {flag.refusal(value)}"], (flag.name, result.output)
+
+
+def test_random_seed_makes_unseeded_sampling_repeatable(demo_model_dir: Path) -> None:
+    """--random-seed seeds the device generator that unseeded sampling draws from, as SGLang's does."""
+    from tests.core.engine_utils import make_engine
+
+    params = {"temperature": 1.0, "max_new_tokens": 16, "ignore_eos": True}
+    prompts = ["The quick brown fox", "Once upon a time"]
+
+    def sampled(seed: int) -> list[list[int]]:
+        engine = make_engine(demo_model_dir, random_seed=seed, disable_overlap_schedule=True)
+        try:
+            return [o["output_ids"] for o in engine.generate(prompts, dict(params))]
+        finally:
+            engine.shutdown()
+
+    first = sampled(7)
+    assert sampled(7) == first
+    assert sampled(8) != first
