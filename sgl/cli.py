@@ -210,11 +210,9 @@ app.add_typer(bench_app, name="bench")
 def serve_command(server_args: ServerArgs) -> None:
     """Serve a model over HTTP: OpenAI-compatible and SGLang-native routes (the demo model without --model-path)."""
     from sgl.api.server import serve  # NOTE: fastapi and uvicorn load only for this command
-    from sgl.core.model.source import resolve_paths
 
-    with user_errors():
-        server_args = resolve_paths(server_args)  # NOTE: a Hub id is downloaded here, before any process starts
-    code = serve(server_args)
+    with user_errors():  # NOTE: a Hub id that cannot be fetched stops serve before any process starts
+        code = serve(server_args)
     if code:
         raise typer.Exit(code)
 

@@ -38,7 +38,6 @@ def download(repo_id: str, revision: str | None, cache_dir: str | None, weights:
 
     at = f"{repo_id}@{revision or 'main'}"
     patterns = [*_META_FILES, *(_WEIGHT_FILES if weights else ())]
-    logger.info("model %s: from the Hugging Face Hub cache, downloading what is missing", at)
     try:
         path = huggingface_hub.snapshot_download(
             repo_id, revision=revision, cache_dir=cache_dir, allow_patterns=patterns
@@ -57,5 +56,5 @@ def download(repo_id: str, revision: str | None, cache_dir: str | None, weights:
                                "(offline, HF_HUB_OFFLINE set, or no network)") from None
     except (errors.HfHubHTTPError, OSError) as exc:
         raise ModelSourceError(f"could not fetch {at} from the Hugging Face Hub: {exc}".splitlines()[0]) from None
-    logger.info("model %s: %s", at, path)
+    logger.info("model %s: %s (the Hugging Face cache; what was missing is downloaded)", at, path)
     return str(path)
