@@ -136,8 +136,10 @@ def with_server_args(exclude: tuple[str, ...] = ()) -> Callable[[Callable[..., A
         @functools.wraps(fn)
         def wrapper(ctx: typer.Context, **kwargs: Any) -> Any:
             sa = {k: kwargs.pop(k) for k in list(kwargs) if k in field_names}
-            # NOTE: only SGLang flags given a value other than the accepted one reach the check (and refuse).
-            sa.update({k: v for k, v in ((k, kwargs.pop(k)) for k in defaults) if v != defaults[k]})
+            for name, accepted in defaults.items():
+                value = kwargs.pop(name)
+                if value != accepted:  # NOTE: the value that matches sgl changes nothing; others go to the check
+                    sa[name] = value
             try:
                 server_args = ServerArgs.from_kwargs(**sa)
             except ValueError as exc:
