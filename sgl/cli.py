@@ -16,12 +16,16 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 import typer
 
+from sgl.cli_args import CONTEXT_SETTINGS, Command, Group, with_server_args  # cheap: typer and ServerArgs only
+from sgl.core.config import ServerArgs
+
 if TYPE_CHECKING:
     from sgl.core.plugins import Plugins
 
 # NOTE: pretty tracebacks with locals would print ServerArgs (and an --api-key) on an unexpected error.
 app = typer.Typer(
     name="sgl",
+    cls=Group,
     help="sgl: an LLM serving engine whose hardware support is plugins.",
     no_args_is_help=True,
     add_completion=False,
@@ -51,11 +55,12 @@ def _root(
 @contextmanager
 def user_errors() -> Iterator[None]:
     """Turns the errors a user can fix (a bad backend, a broken plugin) into one stderr line and exit code 2."""
+    from sgl.core.model.hub import ModelSourceError
     from sgl.core.plugins import BackendError, PluginContractError
 
     try:
         yield
-    except (BackendError, PluginContractError) as exc:
+    except (BackendError, PluginContractError, ModelSourceError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(USAGE_ERROR) from None
 
@@ -160,7 +165,7 @@ def format_report(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-@app.command("plugins")
+@app.command("plugins", cls=Command)
 def plugins_command(
     backend: str | None = typer.Option(
         None, "--backend", help="Platform to show as active (default: SGL_BACKEND, else the first available)."
@@ -177,7 +182,7 @@ def plugins_command(
 # sgl demo-model
 
 
-@app.command("demo-model")
+@app.command("demo-model", cls=Command)
 def demo_model_command(
     path: str = typer.Argument(..., help="Directory to write the model into."),
     seed: int = typer.Option(0, "--seed", help="Seed of the random weights and the tokenizer's corpus."),
@@ -199,17 +204,15 @@ app.add_typer(bench_app, name="bench")
 # ---------------------------------------------------------------------------------------------------------------
 # sgl serve
 
-from sgl.cli_args import with_server_args  # cheap: typer and ServerArgs only
-from sgl.core.config import ServerArgs
 
-
-@app.command("serve")
+@app.command("serve", cls=Command, context_settings=CONTEXT_SETTINGS)
 @with_server_args()
 def serve_command(server_args: ServerArgs) -> None:
     """Serve a model over HTTP: OpenAI-compatible and SGLang-native routes (the demo model without --model-path)."""
     from sgl.api.server import serve  # NOTE: fastapi and uvicorn load only for this command
 
-    code = serve(server_args)
+    with user_errors():  # NOTE: a Hub id that cannot be fetched stops serve before any process starts
+        code = serve(server_args)
     if code:
         raise typer.Exit(code)
 

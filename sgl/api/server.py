@@ -33,8 +33,7 @@ from sgl.api.state import GateMiddleware, ServerState
 from sgl.api.tokenizer_manager import TokenizerManager
 from sgl.core.config import ServerArgs
 from sgl.core.request_manager import ModelLimits
-from sgl.core.runtime import resolve_model_path
-from sgl.core.tokenizer.tokenizer import Tokenizer
+from sgl.core.model.source import load_tokenizer, resolve_paths
 
 logger = logging.getLogger("sgl.serve")
 
@@ -135,7 +134,7 @@ class Lifecycle:
         state = self.state
         try:
             info = await fut
-            tokenizer = Tokenizer.from_dir(state.args.tokenizer_path or state.model_path)
+            tokenizer = load_tokenizer(state.args)
         except (SchedulerStartError, OSError, ValueError) as exc:
             logger.error("scheduler failed to start: %s", exc)
             state.exit_code = 1
@@ -225,8 +224,9 @@ def _configure_logging(level: str) -> None:
 def serve(args: ServerArgs) -> int:
     """Runs the server until it is stopped; returns the process exit code (0 after a clean shutdown)."""
     _configure_logging(args.log_level)
-    model_path = resolve_model_path(args)  # NOTE: here, so both processes use the same (demo) model path
-    args = args.replace(model_path=model_path)
+    args = resolve_paths(args)  # NOTE: here, so both processes use the same local (demo, Hub snapshot) paths
+    model_path = args.model_path
+    assert model_path is not None
     logger.info("starting sgl %s: model %s on %s:%d", __version__, model_path, args.host, args.port)
     proc = SchedulerProcess.spawn(args)
     state = ServerState(args, model_path)

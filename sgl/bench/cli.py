@@ -17,11 +17,11 @@ from typing import Any
 import typer
 
 from sgl.bench.workloads import WORKLOADS, WorkloadSpec
-from sgl.cli_args import with_server_args
+from sgl.cli_args import Command, Group, with_server_args
 from sgl.core.config import ServerArgs
 
 bench_app = typer.Typer(
-    name="bench", help="Benchmarks: one-batch latency, offline throughput, online serving.",
+    name="bench", cls=Group, help="Benchmarks: one-batch latency, offline throughput, online serving.",
     no_args_is_help=True, add_completion=False, pretty_exceptions_show_locals=False,
 )
 
@@ -95,7 +95,7 @@ MORE_BATCH_SIZES = typer.Argument(None, help="More batch sizes (after --batch-si
 BATCH_SIZE = typer.Option(["1"], "--batch-size", help="Batch sizes to run: --batch-size 1 8 32.")
 
 
-@bench_app.command("offline")
+@bench_app.command("offline", cls=Command)
 @with_server_args()
 @with_workload_options
 def offline_command(
@@ -131,7 +131,7 @@ def _batch_sizes(first: list[str], more: list[str] | None) -> list[int]:
         raise ValueError(f"batch sizes must be integers; got {[*first, *(more or [])]}") from None
 
 
-@bench_app.command("one-batch")
+@bench_app.command("one-batch", cls=Command)
 @with_server_args()
 def one_batch_command(
     server_args: ServerArgs,
@@ -155,7 +155,7 @@ def one_batch_command(
                             "results": [r.as_dict() for r in results]})
 
 
-@bench_app.command("serving")
+@bench_app.command("serving", cls=Command)
 @with_server_args()
 @with_workload_options
 def serving_command(

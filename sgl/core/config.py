@@ -6,22 +6,31 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
+from sgl.core.sglang_flags import SGLANG_FLAGS, check_sglang_flags
+
 SCHEDULE_POLICIES = ("lpm", "dfs-weight", "fcfs")
 LOAD_FORMATS = ("auto", "safetensors", "dummy")
-DTYPES = ("auto", "float32", "bfloat16", "float16")
+DTYPES = ("auto", "float32", "bfloat16", "float16", "half", "float")
+DTYPE_SPELLINGS = {"half": "float16", "float": "float32"}  # SGLang's other names, normalised on construction
 KV_CACHE_DTYPES = ("auto", "fp8_e4m3", "fp8_e5m2")
 DEFAULT_GRAMMAR_BACKEND = "auto"  # the first grammar backend a plugin registers; "none" turns constraints off
 
 
-def _opt(default: Any, help: str, choices: tuple[str, ...] | None = None) -> Any:
-    return field(default=default, metadata={"help": help, "choices": choices})
+def _opt(default: Any, help: str, choices: tuple[str, ...] | None = None, aliases: tuple[str, ...] = ()) -> Any:
+    """A field with its help, its allowed values and SGLang's other spellings of its flag (``--device``)."""
+    return field(default=default, metadata={"help": help, "choices": choices, "aliases": aliases})
 
 
 @dataclass(frozen=True)
 class ServerArgs:
     # model ------------------------------------------------------------------------------------------------------
-    model_path: str | None = _opt(None, "Hugging Face model directory; the demo model when omitted")
-    tokenizer_path: str | None = _opt(None, "tokenizer directory (default: the model directory)")
+    model_path: str | None = _opt(
+        None, "model directory or Hugging Face Hub id (org/name, downloaded once into the Hub cache); the demo model "
+        "when omitted", aliases=("--model",)
+    )
+    tokenizer_path: str | None = _opt(None, "tokenizer directory or Hub id (default: the model's)")
+    revision: str | None = _opt(None, "Hub branch, tag or commit of a Hub id (default: main)")
+    download_dir: str | None = _opt(None, "Hugging Face cache directory for Hub ids (default: HF_HUB_CACHE)")
     load_format: str = _opt("auto", "weights: safetensors from the directory, or seeded random ('dummy')", LOAD_FORMATS)
     dtype: str = _opt("auto", "compute and weight dtype; auto = the config's torch_dtype on GPU, float32 on CPU", DTYPES)
     kv_cache_dtype: str = _opt(
@@ -31,11 +40,16 @@ class ServerArgs:
     )
     context_length: int | None = _opt(None, "maximum tokens per request (default: the model's max_position_embeddings)")
     served_model_name: str | None = _opt(None, "model id reported by the API (default: the model path)")
-    random_seed: int = _opt(0, "seed for dummy weights and unseeded sampling")
+    chat_template: str | None = _opt(
+        None, "chat template of the chat routes: a .jinja file, or the name of one of the model's own templates",
+        aliases=("--hf-chat-template-name",),
+    )
+    random_seed: int = _opt(0, "seed of the device's random generator (unseeded sampling) and of dummy weights")
     # hardware ---------------------------------------------------------------------------------------------------
-    backend: str | None = _opt(None, "platform plugin (cpu, cuda, ...); default: SGL_BACKEND, else the first available")
+    backend: str | None = _opt(
+        None, "platform plugin (cpu, cuda, ...); default: SGL_BACKEND, else the first available", aliases=("--device",)
+    )
     attention_backend: str | None = _opt(None, "attention backend name (default: the platform's choice)")
-    tp_size: int = _opt(1, "tensor-parallel size")
     # memory -----------------------------------------------------------------------------------------------------
     mem_fraction_static: float = _opt(0.85, "fraction of free device memory for weights and KV cache")
     max_total_tokens: int | None = _opt(None, "KV pool size in tokens (overrides --mem-fraction-static)")
@@ -52,7 +66,6 @@ class ServerArgs:
     force_overlap_schedule: bool = _opt(False, "run the overlap loop even where the platform does not ask for it")
     disable_cuda_graph: bool = _opt(False, "do not capture decode graphs")
     cuda_graph_max_bs: int = _opt(256, "largest decode batch captured as a graph")
-    stream_interval: int = _opt(1, "stream every N tokens")
     # grammar ----------------------------------------------------------------------------------------------------
     grammar_backend: str = _opt(
         DEFAULT_GRAMMAR_BACKEND,
@@ -85,7 +98,8 @@ class ServerArgs:
             value = getattr(self, f.name)
             if choices and value not in choices:
                 raise ValueError(f"{f.name} must be one of {', '.join(choices)}; got {value!r}")
-        self._check(self.tp_size >= 1, "tp_size", "must be >= 1")
+        # NOTE: frozen, so the canonical spelling is written through object.__setattr__, once, here.
+        object.__setattr__(self, "dtype", DTYPE_SPELLINGS.get(self.dtype, self.dtype))
         self._check(0.0 < self.mem_fraction_static < 1.0, "mem_fraction_static", "must be in (0, 1)")
         self._check(self.page_size >= 1, "page_size", "must be >= 1")
         self._check(self.max_total_tokens is None or self.max_total_tokens > 0, "max_total_tokens", "must be > 0")
@@ -101,7 +115,6 @@ class ServerArgs:
         self._check(self.context_length is None or self.context_length > 0, "context_length", "must be > 0")
         self._check(1 <= self.port <= 65535 or self.port == 0, "port", "must be in [0, 65535]")
         self._check(self.max_n >= 1, "max_n", "must be >= 1")
-        self._check(self.stream_interval >= 1, "stream_interval", "must be >= 1")
         self._check(self.decode_log_interval >= 1, "decode_log_interval", "must be >= 1")
         self._check(self.grammar_compile_timeout > 0, "grammar_compile_timeout", "must be > 0")
 
@@ -112,8 +125,20 @@ class ServerArgs:
 
     @classmethod
     def from_kwargs(cls, **kwargs: Any) -> ServerArgs:
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(kwargs) - names)
+        """Fields by name or by SGLang's other spelling (``device`` for ``backend``); SGLang's flags that are not
+        fields are accepted where sgl already behaves so and refused with one line otherwise."""
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        for f in fields.values():
+            for alias in f.metadata.get("aliases", ()):
+                key = alias.removeprefix("--").replace("-", "_")
+                if key not in kwargs:
+                    continue
+                value = kwargs.pop(key)
+                if kwargs.get(f.name) not in (None, value):
+                    raise ValueError(f"give one of {f.name} and {key}, not both")
+                kwargs[f.name] = value
+        check_sglang_flags({k: kwargs.pop(k) for k in list(kwargs) if k in SGLANG_FLAGS and k not in fields})
+        unknown = sorted(set(kwargs) - set(fields))
         if unknown:
             raise ValueError(f"unknown server argument(s): {', '.join(unknown)}")
         return cls(**kwargs)

@@ -10,6 +10,7 @@ from sgl.core.config import ServerArgs
 from sgl.core.grammar.base import GrammarVocab
 from sgl.core.grammar.feature import GrammarFeature
 from sgl.core.load_report import LoadReport, build_report, log_report
+from sgl.core.model.source import load_tokenizer, resolve_paths
 from sgl.core.platform import Platform
 from sgl.core.plugins import get_plugins, select_platform
 from sgl.core.request_manager import ModelLimits
@@ -23,14 +24,10 @@ logger = logging.getLogger(__name__)
 
 
 def resolve_model_path(args: ServerArgs) -> str:
-    """The model directory; the demo model (created once in the cache directory) when none is given."""
-    if args.model_path:
-        return args.model_path
-    from sgl.core.demo_model import ensure_demo_model
-
-    path = ensure_demo_model()
-    logger.info("no --model-path given: serving the demo model at %s", path)
-    return str(path)
+    """The model directory: a local path as given, a Hub id's snapshot, or the demo model when none is given."""
+    path = resolve_paths(args).model_path
+    assert path is not None
+    return path
 
 
 @dataclass
@@ -73,9 +70,12 @@ def build_runtime(args: ServerArgs) -> Runtime:
     """Builds everything the scheduler loop needs and logs the load summary (the Engine and the server alike)."""
     t0 = time.perf_counter()
     platform = select_platform(args.backend)
-    model_path = resolve_model_path(args)
+    args = resolve_paths(args)
+    model_path = args.model_path
+    assert model_path is not None
     get_plugins().manager.hook.sgl_startup_check(server_args=args)
-    tokenizer = Tokenizer.from_dir(args.tokenizer_path or model_path)
+    platform.manual_seed(args.random_seed)  # NOTE: unseeded sampling draws from this generator, as in SGLang
+    tokenizer = load_tokenizer(args)
     runner = ModelRunner(args, platform, model_path)
     eos = set(runner.model_config.eos_token_ids)
     if tokenizer.eos_token_id is not None:

@@ -123,3 +123,112 @@ def test_demo_model_writes_the_model_and_prints_its_path(tmp_path: Path) -> None
     assert result.exit_code == 0, result.output
     assert Path(result.output.strip()) == target
     assert (target / "config.json").is_file()
+
+
+def _help(*args: str) -> str:
+    result = subprocess.run(
+        [sys.executable, "-m", "sgl.cli", *args, "--help"], check=False, capture_output=True, text=True, timeout=120,
+        env={**os.environ, "COLUMNS": "220", "NO_COLOR": "1"},
+    )
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+def test_help_shows_no_bool_noise_and_keeps_bracketed_text() -> None:
+    import dataclasses
+
+    from sgl.core.config import ServerArgs
+    from sgl.core.sglang_flags import SGLANG_FLAGS
+
+    serve, root, bench = _help("serve"), _help(), _help("bench", "offline")
+    for text in (serve, root, bench):
+        assert "<bool>" not in text
+    assert "[len * ratio, len]" in bench and "[random|shared-prefix]" in bench
+    for f in dataclasses.fields(ServerArgs):
+        assert "--" + f.name.replace("_", "-") in serve, f.name
+    for flag in SGLANG_FLAGS.values():
+        assert flag.flag in serve and flag.help[:40] in serve, flag.name
+    assert "--device" in serve and "--tensor-parallel-size" in serve
+
+
+def _parsed(argv: list[str], monkeypatch: pytest.MonkeyPatch) -> tuple[int, str, list[object]]:
+    """Runs ``sgl serve ARGV`` up to the server: what reached it, without starting one."""
+    from typer.testing import CliRunner
+
+    import sgl.api.server
+    from sgl.cli import app
+
+    seen: list[object] = []
+    monkeypatch.setattr(sgl.api.server, "serve", lambda args: seen.append(args) or 0)
+    result = CliRunner().invoke(app, ["serve", *argv])
+    return result.exit_code, result.output, seen
+
+
+def test_an_sglang_launch_script_reaches_the_server_with_its_values(
+    demo_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    template = tmp_path / "t.jinja"
+    template.write_text("{{ messages[0]['content'] }}")
+    argv = [
+        "--model-path", str(demo_model_dir), "--host", "0.0.0.0", "--port", "30001", "--device", "cpu",
+        "--tp-size", "1", "--dp", "1", "--trust-remote-code", "--enable-metrics", "--dtype", "half",
+        "--kv-cache-dtype", "fp8_e4m3", "--mem-fraction-static", "0.8", "--max-running-requests", "64",
+        "--max-total-tokens", "4096", "--chunked-prefill-size", "2048", "--max-prefill-tokens", "8192",
+        "--schedule-policy", "fcfs", "--schedule-conservativeness", "0.5", "--context-length", "1024",
+        "--served-model-name", "my-model", "--random-seed", "42", "--log-level", "warning", "--api-key", "k",
+        "--watchdog-timeout", "60", "--log-requests", "--disable-radix-cache", "--enable-mixed-chunk",
+        "--cuda-graph-max-bs", "8", "--disable-cuda-graph", "--attention-backend", "torch_native",
+        "--grammar-backend", "none", "--hf-chat-template-name", str(template), "--stream-interval", "1",
+        "--skip-server-warmup", "--enable-cache-report", "--tokenizer-mode", "auto",
+    ]
+    code, output, seen = _parsed(argv, monkeypatch)
+    assert code == 0, output
+    [args] = seen
+    expected = {
+        "model_path": str(demo_model_dir), "host": "0.0.0.0", "port": 30001, "backend": "cpu", "dtype": "float16",
+        "kv_cache_dtype": "fp8_e4m3", "mem_fraction_static": 0.8, "max_running_requests": 64,
+        "max_total_tokens": 4096, "chunked_prefill_size": 2048, "max_prefill_tokens": 8192,
+        "schedule_policy": "fcfs", "schedule_conservativeness": 0.5, "context_length": 1024,
+        "served_model_name": "my-model", "random_seed": 42, "log_level": "warning", "api_key": "k",
+        "watchdog_timeout": 60.0, "log_requests": True, "disable_radix_cache": True, "enable_mixed_chunk": True,
+        "cuda_graph_max_bs": 8, "disable_cuda_graph": True, "attention_backend": "torch_native",
+        "grammar_backend": "none", "chat_template": str(template),
+    }
+    assert {k: getattr(args, k) for k in expected} == expected
+
+
+@pytest.mark.parametrize(
+    ("argv", "line"),
+    [
+        (["--tp", "2"], "error: --tp-size 2: tensor parallelism is not supported yet (issue 16)"),
+        (["--dp-size", "4"], "error: --dp-size 4: data parallelism is not supported yet (issue 16)"),
+        (["--lora-paths", "a=/x", "b=/y"], "error: --lora-paths a=/x: LoRA adapters are not supported yet (issue 15)"),
+        (["--speculative-algorithm", "EAGLE"],
+         "error: --speculative-algorithm EAGLE: speculative decoding is not supported yet (issue 22)"),
+        (["--enable-torch-compile"], "error: --enable-torch-compile: torch.compile is not supported yet"),
+        (["--stream-interval", "8"],
+         "error: --stream-interval 8: streaming every N tokens is not supported yet (sgl streams every step)"),
+        (["stray"], "error: unexpected argument(s): stray"),
+        (["--dtype", "fp64"], "error: dtype must be one of auto, float32, bfloat16, float16, half, float; got 'fp64'"),
+    ],
+    ids=["tp", "dp", "list-valued", "speculative", "torch-compile", "stream-interval", "stray", "bad-choice"],
+)
+def test_a_refused_flag_stops_serve_with_one_line(
+    argv: list[str], line: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    code, output, seen = _parsed(argv, monkeypatch)
+    assert (code, output.strip().splitlines(), seen) == (2, [line], [])
+
+
+def test_engine_kwargs_take_sglang_spellings_and_refusals() -> None:
+    from sgl.core.config import ServerArgs
+
+    args = ServerArgs.from_kwargs(device="cpu", model="m", dtype="float", tp_size=1, enable_metrics=True)
+    assert (args.backend, args.model_path, args.dtype) == ("cpu", "m", "float32")
+    assert ServerArgs.from_kwargs(backend=None, device="cpu").backend == "cpu"  # sgl.Engine passes backend=None
+    with pytest.raises(ValueError, match="give one of backend and device, not both"):
+        ServerArgs.from_kwargs(backend="cuda", device="cpu")
+    with pytest.raises(ValueError, match=r"^--tp-size 2: tensor parallelism is not supported yet \(issue 16\)$"):
+        ServerArgs.from_kwargs(tp_size=2)
+    with pytest.raises(ValueError, match="unknown server argument"):
+        ServerArgs.from_kwargs(no_such_flag=1)

@@ -25,7 +25,8 @@ def resolve_architecture(config: ModelConfig) -> type[nn.Module]:
     arch = config.architecture
     if arch not in models:
         supported = ", ".join(models.names()) or "(none)"
-        raise ValueError(f"unsupported model architecture {arch!r}; supported: {supported}")
+        remote = " (the model ships its own code in auto_map, which sgl never runs)" if config.get("auto_map") else ""
+        raise ValueError(f"unsupported model architecture {arch!r}{remote}; supported: {supported}")
     return models.get(arch)  # type: ignore[return-value]
 
 

@@ -61,6 +61,36 @@ def _read_chat_templates(directory: Path, config: Mapping[str, Any]) -> dict[str
     return templates
 
 
+def choose_chat_template(templates: Mapping[str, str], choice: str) -> dict[str, str]:
+    """``--chat-template``: a template file replaces the model's templates; a name makes that one of them the only
+    template, so it serves every request (with tools or without), as SGLang's flag does."""
+    path = Path(choice).expanduser()
+    if path.is_file():
+        text = path.read_text(encoding="utf-8")
+        if path.suffix == ".json":
+            data = json.loads(text)
+            if not isinstance(data, dict) or not isinstance(data.get("chat_template"), str):
+                raise ValueError(f"{path} is not a Hugging Face chat_template.json (an object with a 'chat_template' "
+                                 "string); SGLang's conversation-template JSON is not supported: give a Jinja file")
+            text = data["chat_template"]
+        return {"default": text}
+    if choice in templates:
+        return {"default": templates[choice]}
+    names = ", ".join(sorted(templates)) or "none"
+    raise ValueError(f"chat template {choice!r} is neither a file nor one of the model's templates ({names}); "
+                     "SGLang's built-in template names are not supported: give a .jinja file")
+
+
+def _no_fast_tokenizer(directory: Path) -> str:
+    slow = [n for n in ("tokenizer.model", "vocab.json", "merges.txt", "vocab.txt") if (directory / n).is_file()]
+    fix = ("convert it once with transformers (AutoTokenizer.from_pretrained(path).save_pretrained(path) writes "
+           "tokenizer.json) or give --tokenizer-path a directory that has tokenizer.json")
+    if slow:
+        return f"{directory} has a slow tokenizer only ({', '.join(slow)}, no tokenizer.json); sgl reads fast " \
+               f"tokenizers only: {fix}"
+    return f"{directory} has no tokenizer.json, the fast tokenizer that sgl reads: {fix}"
+
+
 class Tokenizer:
     """Encode/decode, special-token ids and chat templates for one model."""
 
@@ -89,12 +119,16 @@ class Tokenizer:
         self.all_special_ids: set[int] = {i for i in named | flagged if i is not None}
 
     @classmethod
-    def from_dir(cls, path: str | os.PathLike[str]) -> Tokenizer:
-        """Loads tokenizer.json plus tokenizer_config.json (and special_tokens_map.json, chat template files)."""
+    def from_dir(cls, path: str | os.PathLike[str], chat_template: str | None = None) -> Tokenizer:
+        """Loads tokenizer.json plus tokenizer_config.json (and special_tokens_map.json, chat template files).
+
+        ``chat_template``: a template file or one of the model's template names (see choose_chat_template)."""
         directory = Path(path)
+        if not directory.is_dir():
+            raise FileNotFoundError(f"tokenizer directory {str(directory)!r} does not exist")
         tokenizer_file = directory / "tokenizer.json"
         if not tokenizer_file.is_file():
-            raise FileNotFoundError(f"{directory} has no tokenizer.json (only fast tokenizers are supported)")
+            raise FileNotFoundError(_no_fast_tokenizer(directory))
         backend = tokenizers.Tokenizer.from_file(str(tokenizer_file))
         config = _read_json(directory / "tokenizer_config.json")
         special_map = _read_json(directory / "special_tokens_map.json")
@@ -109,11 +143,12 @@ class Tokenizer:
                 value = source.get(key) or []
                 values = value.values() if isinstance(value, Mapping) else value
                 extra.extend(t for t in (_token_content(v) for v in values) if t is not None)
+        templates = _read_chat_templates(directory, config)
         return cls(
             backend,
             special_tokens=special,
             extra_special_tokens=extra,
-            chat_templates=_read_chat_templates(directory, config),
+            chat_templates=templates if chat_template is None else choose_chat_template(templates, chat_template),
             add_bos_token=config.get("add_bos_token"),
             add_eos_token=config.get("add_eos_token"),
         )
