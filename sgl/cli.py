@@ -123,10 +123,13 @@ def plugins_report(backend: str | None = None) -> dict[str, Any]:
 
 
 def _table(rows: list[list[str]], indent: str = "  ") -> list[str]:
+    """Left-aligned columns; rows may differ in length (an unavailable platform has a how-to-get column)."""
     if not rows:
         return [f"{indent}(none)"]
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    return [indent + "  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
+    ncols = max(len(r) for r in rows)
+    padded = [r + [""] * (ncols - len(r)) for r in rows]
+    widths = [max(len(r[i]) for r in padded) for i in range(ncols)]
+    return [indent + "  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in padded]
 
 
 def format_report(report: dict[str, Any]) -> str:

@@ -251,3 +251,25 @@ def test_registry_resolves_module_attr_strings_lazily() -> None:
 
     assert registry.get("join") is os.path.join
     assert registry.origin("join") == "test"
+
+
+# sgl plugins --------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.usefixtures("fresh_plugins")
+def test_sgl_plugins_table_shows_an_unavailable_platform_sorted_first(monkeypatch: pytest.MonkeyPatch) -> None:
+    from sgl.cli import format_report, plugins_report
+
+    class AardvarkPlatform(Platform):
+        name: ClassVar[str] = "aardvark"  # sorts before every in-tree platform, and is never available
+
+    module = _plugin_module("aardvark_plugin", sgl_platforms=lambda: {"aardvark": AardvarkPlatform})
+    with_aardvark = load_plugins(extra={"aardvark-plugin": module})
+    monkeypatch.setattr(plugins_mod, "get_plugins", lambda: with_aardvark)
+    report = plugins_report("cpu")
+    assert report["platforms"][0]["name"] == "aardvark" and report["platforms"][0]["available"] is False
+    lines = format_report(report).splitlines()
+    aardvark = next(line for line in lines if line.strip().startswith("aardvark "))
+    cpu = next(line for line in lines if line.strip().startswith("cpu "))
+    assert "unavailable" in aardvark and "-> needs its device" in aardvark
+    assert "available" in cpu and "->" not in cpu
