@@ -29,7 +29,7 @@ def server_args_parameters(exclude: tuple[str, ...] = ()) -> list[inspect.Parame
     """One keyword parameter per ServerArgs field: ``--model-path``, ``--tp-size``, ... (bools become flags)."""
     params = []
     for f in dataclasses.fields(ServerArgs):
-        if f.name in exclude:
+        if f.name in exclude or f.metadata.get("cli") is False:  # NOTE: plugin_args has flags of its own
             continue
         kind = _base_type(f.type)
         flag = "--" + f.name.replace("_", "-")
