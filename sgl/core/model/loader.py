@@ -24,6 +24,9 @@ def resolve_architecture(config: ModelConfig) -> type[nn.Module]:
     models = get_plugins().models
     arch = config.architecture
     if arch not in models:
+        failure = models.failure(arch)  # NOTE: the plugin that would provide it was skipped: say which and why
+        if failure is not None:
+            raise ValueError(f"model architecture {arch!r} is unavailable: {failure}")
         supported = ", ".join(models.names()) or "(none)"
         raise ValueError(f"unsupported model architecture {arch!r}; supported: {supported}")
     return models.get(arch)  # type: ignore[return-value]
