@@ -6,6 +6,7 @@ import logging
 from dataclasses import dataclass
 
 from sgl.core.config import ServerArgs
+from sgl.core.feature_select import Features, select_features
 from sgl.core.platform import Platform
 from sgl.core.plugins import get_plugins, select_platform
 from sgl.core.request_manager import ModelLimits
@@ -34,6 +35,7 @@ class Runtime:
     model_path: str
     tokenizer: Tokenizer
     scheduler: Scheduler
+    features: Features  # the speculative algorithm and LoRA backend the flags chose, built on this rank
 
     @property
     def limits(self) -> ModelLimits:
@@ -59,11 +61,14 @@ class Runtime:
 
 
 def build_runtime(args: ServerArgs) -> Runtime:
+    plugins = get_plugins()
     platform = select_platform(args.backend)
+    selected = select_features(args, plugins)  # NOTE: before the model loads, so a bad name fails fast
     model_path = resolve_model_path(args)
-    get_plugins().manager.hook.sgl_startup_check(server_args=args)
+    plugins.manager.hook.sgl_startup_check(server_args=args)
     tokenizer = Tokenizer.from_dir(args.tokenizer_path or model_path)
-    runner = ModelRunner(args, platform, model_path)
+    runner = ModelRunner(args, platform, model_path, plugins=plugins)
+    features = selected.build(args, runner)
     eos = set(runner.model_config.eos_token_ids)
     if tokenizer.eos_token_id is not None:
         eos.add(tokenizer.eos_token_id)
@@ -75,4 +80,4 @@ def build_runtime(args: ServerArgs) -> Runtime:
         return tokenizer.encode(text, add_special_tokens=False)
 
     scheduler = Scheduler(args, runner, detokenize, eos, encode)
-    return Runtime(args, platform, model_path, tokenizer, scheduler)
+    return Runtime(args, platform, model_path, tokenizer, scheduler, features)
