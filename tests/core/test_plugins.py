@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import types
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import ClassVar
 
 import pytest
 
 from sgl.core import plugins as plugins_mod
-from sgl.core.hooks import hookimpl
+from sgl.core.hooks import hookimpl, override
 from sgl.core.platform import Platform
 from sgl.core.plugins import (
     BackendError,
@@ -78,56 +79,219 @@ def test_in_process_plugin_registers_a_platform_class() -> None:
     assert any(i.name == "in-test" and i.distribution == "(in-process)" for i in found.infos)
 
 
-# hook contract --------------------------------------------------------------------------------------------------
+# hook contract: a broken plugin is reported and skipped --------------------------------------------------------
 
 
-def test_misnamed_hook_fails_naming_plugin_hook_and_expected_signature() -> None:
-    module = _plugin_module("typo_plugin", sgl_platform=lambda: {"x": "a:b"})
-    with pytest.raises(PluginContractError) as info:
-        load_plugins(extra={"typo-plugin": module})
-    message = str(info.value)
-    assert "'typo-plugin'" in message
-    assert "'sgl_platform'" in message
-    assert expected_signature("sgl_platforms") in message
+def _failure_of(plugin: str, module: types.ModuleType, **others: object) -> str:
+    """Loads ``module`` as plugin ``plugin`` (beside ``others``); asserts it was skipped and returns why."""
+    found = load_plugins(extra={**others, plugin: module})
+    assert plugin not in [i.name for i in found.infos], f"{plugin!r} loaded although it breaks the contract"
+    assert "cpu" in found.platforms, "one broken plugin must not stop the in-tree ones"
+    (failure,) = [f for f in found.failures if f.plugin.name == plugin]
+    assert "\n" not in failure.error
+    return failure.error
 
 
-def test_hook_with_wrong_argument_fails_naming_plugin_hook_and_expected_signature() -> None:
+def test_misnamed_hook_is_skipped_naming_plugin_hook_and_expected_signature() -> None:
+    error = _failure_of("typo-plugin", _plugin_module("typo_plugin", sgl_platform=lambda: {"x": "a:b"}))
+    assert "'typo-plugin'" in error
+    assert "'sgl_platform'" in error
+    assert expected_signature("sgl_platforms") in error
+
+
+def test_hook_with_wrong_argument_is_skipped_naming_plugin_hook_and_expected_signature() -> None:
     def sgl_startup_check(server_args: object, verbose: bool) -> None:
         return None
 
-    module = _plugin_module("bad_args", sgl_startup_check=sgl_startup_check)
-    with pytest.raises(PluginContractError) as info:
-        load_plugins(extra={"bad-args": module})
-    message = str(info.value)
-    assert "'bad-args'" in message
-    assert "'sgl_startup_check'" in message
-    assert "verbose" in message
-    assert expected_signature("sgl_startup_check") in message
-    assert "server_args" in expected_signature("sgl_startup_check")
+    error = _failure_of("bad-args", _plugin_module("bad_args", sgl_startup_check=sgl_startup_check))
+    assert "'bad-args'" in error
+    assert "'sgl_startup_check'" in error
+    assert "verbose" in error
+    assert expected_signature("sgl_startup_check") in error
+    assert expected_signature("sgl_startup_check") == "sgl_startup_check(server_args: ServerArgs) -> None"
+
+
+@pytest.mark.parametrize(
+    "hook",
+    ["sgl_speculative_algorithms", "sgl_lora_backends", "sgl_quantization_methods", "sgl_server_args"],
+)
+def test_new_feature_hook_with_wrong_signature_is_skipped_naming_the_expected_one(hook: str) -> None:
+    def impl(server_args: object) -> dict[str, str]:
+        return {}
+
+    error = _failure_of("wrong-sig", _plugin_module("wrong_sig", **{hook: impl}))
+    assert f"plugin 'wrong-sig' hook {hook!r} takes ['server_args']" in error
+    assert f"expected {expected_signature(hook)}" in error
+    assert expected_signature(hook).startswith(f"{hook}() -> ")
 
 
 def test_hook_taking_a_subset_of_the_spec_arguments_is_accepted() -> None:
     module = _plugin_module("no_args", sgl_startup_check=lambda: None)
     found = load_plugins(extra={"no-args": module})
     assert any(i.name == "no-args" for i in found.infos)
+    assert found.failures == []
 
 
-def test_hook_returning_a_non_mapping_fails_naming_the_plugin() -> None:
-    module = _plugin_module("bad_result", sgl_models=lambda: ["LlamaForCausalLM"])
-    with pytest.raises(PluginContractError, match=r"'bad-result'.*'sgl_models'.*returned list"):
-        load_plugins(extra={"bad-result": module})
+def test_hook_returning_a_non_mapping_is_skipped_naming_the_plugin() -> None:
+    error = _failure_of("bad-result", _plugin_module("bad_result", sgl_models=lambda: ["LlamaForCausalLM"]))
+    assert "'bad-result'" in error and "'sgl_models'" in error and "returned list" in error
 
 
-def test_registration_without_module_colon_attr_fails() -> None:
-    module = _plugin_module("no_colon", sgl_models=lambda: {"X": "some.module.X"})
-    with pytest.raises(PluginContractError, match=r"'no-colon'.*'X'.*'module:attr'"):
-        load_plugins(extra={"no-colon": module})
+def test_registration_without_module_colon_attr_is_skipped() -> None:
+    error = _failure_of("no-colon", _plugin_module("no_colon", sgl_models=lambda: {"X": "some.module.X"}))
+    assert "'no-colon'" in error and "'X'" in error and "'module:attr'" in error
 
 
-def test_two_plugins_registering_one_name_fail_naming_both() -> None:
-    module = _plugin_module("dup", sgl_platforms=lambda: {"cpu": EnvSelectedPlatform})
-    with pytest.raises(ValueError, match=r"backend 'cpu' is registered twice: by 'xpu_cpu' and by 'dup'"):
-        load_plugins(extra={"dup": module})
+def test_hook_that_raises_is_skipped_naming_the_plugin_and_the_hook() -> None:
+    def sgl_models() -> dict[str, str]:
+        raise RuntimeError("vendor library missing")
+
+    error = _failure_of("raiser", _plugin_module("raiser", sgl_models=sgl_models))
+    assert error == "plugin 'raiser' hook 'sgl_models' raised RuntimeError: vendor library missing"
+
+
+def test_hook_named_function_without_hookimpl_is_reported_not_ignored() -> None:
+    module = types.ModuleType("forgot_decorator")
+    module.sgl_models = lambda: {"ForgottenForCausalLM": "x:y"}  # type: ignore[attr-defined]
+    error = _failure_of("forgot", module)
+    assert "'forgot' defines 'sgl_models' without @hookimpl" in error
+
+
+def test_misspelled_undecorated_hook_is_reported_with_the_name_it_resembles() -> None:
+    module = types.ModuleType("misspelled")
+    module.sgl_platfroms = lambda: {}  # type: ignore[attr-defined]
+    error = _failure_of("misspelled", module)
+    assert "'sgl_platfroms' without @hookimpl" in error
+    assert f"did you mean {expected_signature('sgl_platforms')}" in error
+
+
+def test_a_plugin_that_fails_to_import_is_skipped_and_the_rest_load(monkeypatch: pytest.MonkeyPatch) -> None:
+    from importlib import metadata
+
+    broken = metadata.EntryPoint(name="vendorx", value="sgl_no_such_vendor_module.hooks", group="sgl.plugins")
+    real = plugins_mod._entry_points()
+    monkeypatch.setattr(plugins_mod, "_entry_points", lambda: [broken, *real])
+    found = load_plugins()
+    assert "cpu" in found.platforms and "LlamaForCausalLM" in found.models
+    (failure,) = found.failures
+    assert failure.plugin.name == "vendorx"
+    assert "failed to import 'sgl_no_such_vendor_module.hooks': ModuleNotFoundError" in failure.error
+    with pytest.raises(ValueError, match=r"unknown backend 'vendorx'.*plugins that failed to load: 'vendorx'"):
+        found.platforms.get("vendorx")
+
+
+def test_two_plugins_registering_one_name_skip_the_later_one_naming_both() -> None:
+    module = _plugin_module("dup", sgl_platforms=lambda: {"cpu": EnvSelectedPlatform, "dup_only": EnvSelectedPlatform})
+    error = _failure_of("dup", module)
+    assert "plugin 'dup' registers backend 'cpu', which 'xpu_cpu' registers too" in error
+    assert "override(" in error, "the error must say how to replace an entry on purpose"
+
+
+def test_in_tree_plugin_wins_a_clash_whatever_the_names_sort_order() -> None:
+    module = _plugin_module("aaa", sgl_models=lambda: {"LlamaForCausalLM": "aaa.model:Llama"})
+    found = load_plugins(extra={"aaa": module})
+    assert found.models.origin("LlamaForCausalLM") == "core-models"
+    assert [f.plugin.name for f in found.failures] == ["aaa"]
+
+
+# broken plugins: named when what they would provide is asked for -----------------------------------------------
+
+
+class BrokenPlatform(Platform):
+    name: ClassVar[str] = "brokenhw"
+
+    @classmethod
+    def is_available(cls) -> bool:
+        return True
+
+
+def _broken_platform_plugin() -> types.ModuleType:
+    """Registers a platform, then breaks the contract in another hook: the whole plugin is skipped."""
+    return _plugin_module(
+        "broken_hw", sgl_platforms=lambda: {"brokenhw": BrokenPlatform}, sgl_models=lambda: {"X": "no-colon"}
+    )
+
+
+@pytest.mark.usefixtures("fresh_plugins")
+def test_other_backends_start_while_a_broken_plugin_is_skipped(monkeypatch: pytest.MonkeyPatch) -> None:
+    good = _plugin_module("env_plugin", sgl_platforms=lambda: {"env_selected": EnvSelectedPlatform})
+    found = load_plugins(extra={"broken-hw": _broken_platform_plugin(), "env-plugin": good})
+    monkeypatch.setattr(plugins_mod, "get_plugins", lambda: found)
+    assert select_platform().name == "cpu"
+    assert isinstance(select_platform("env_selected"), EnvSelectedPlatform)
+    assert "brokenhw" not in found.platforms
+
+
+@pytest.mark.usefixtures("fresh_plugins")
+def test_selecting_the_broken_plugins_backend_raises_its_failure_naming_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    found = load_plugins(extra={"broken-hw": _broken_platform_plugin()})
+    monkeypatch.setattr(plugins_mod, "get_plugins", lambda: found)
+    with pytest.raises(PluginContractError) as info:
+        select_platform("brokenhw")
+    message = str(info.value)
+    assert message.startswith("backend 'brokenhw' is unavailable: plugin 'broken-hw' hook 'sgl_models'")
+    assert "\n" not in message
+
+
+def test_selecting_an_architecture_of_a_skipped_plugin_names_the_plugin(tmp_path: Path) -> None:
+    import json
+
+    from sgl.core.model.config import ModelConfig
+    from sgl.core.model.loader import resolve_architecture
+
+    module = _plugin_module(
+        "half_broken",
+        sgl_models=lambda: {"HalfForCausalLM": "half.model:Half"},
+        sgl_attention_backends=lambda: {"half": 42},
+    )
+    found = load_plugins(extra={"half-broken": module})
+    config = {"architectures": ["HalfForCausalLM"], "hidden_size": 8, "num_attention_heads": 1,
+              "num_hidden_layers": 1, "vocab_size": 8}
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(plugins_mod, "get_plugins", lambda: found)
+        with pytest.raises(ValueError, match=r"'HalfForCausalLM' is unavailable: plugin 'half-broken' hook "):
+            resolve_architecture(ModelConfig.from_dir(tmp_path))
+
+
+def test_a_registered_target_that_cannot_import_names_its_plugin_when_used() -> None:
+    module = _plugin_module("ghost", sgl_attention_backends=lambda: {"ghost": "sgl_no_such_module:Backend"})
+    found = load_plugins(extra={"ghost": module})
+    with pytest.raises(ImportError, match=r"attention backend 'ghost' \(plugin 'ghost'\) cannot be imported"):
+        found.attention_backends.get("ghost")
+
+
+# overriding a built-in entry on purpose ------------------------------------------------------------------------
+
+
+class MyLlama:
+    """Stands in for a plugin's own Llama implementation."""
+
+
+def test_override_replaces_a_built_in_architecture_and_records_which() -> None:
+    module = _plugin_module("my_llama", sgl_models=lambda: {"LlamaForCausalLM": override(MyLlama)})  # type: ignore[arg-type]
+    found = load_plugins(extra={"my-llama": module})
+    assert found.failures == []
+    assert found.models.get("LlamaForCausalLM") is MyLlama
+    assert found.models.origin("LlamaForCausalLM") == "my-llama"
+    assert found.models.replaced("LlamaForCausalLM") == "core-models"
+    assert found.models.replaced("Qwen3ForCausalLM") is None
+
+
+def test_override_of_a_name_nobody_registers_registers_it() -> None:
+    module = _plugin_module("new_arch", sgl_models=lambda: {"BrandNewForCausalLM": override("x.model:New")})
+    found = load_plugins(extra={"new-arch": module})
+    assert found.models.origin("BrandNewForCausalLM") == "new-arch"
+    assert found.models.replaced("BrandNewForCausalLM") is None
+
+
+def test_two_overrides_of_one_name_skip_the_later_plugin() -> None:
+    first = _plugin_module("first", sgl_models=lambda: {"LlamaForCausalLM": override("first.m:L")})
+    second = _plugin_module("second", sgl_models=lambda: {"LlamaForCausalLM": override("second.m:L")})
+    error = _failure_of("second", second, first=first)
+    assert error == "plugin 'second' overrides model architecture 'LlamaForCausalLM', which 'first' overrides too"
 
 
 # platform contract ----------------------------------------------------------------------------------------------
