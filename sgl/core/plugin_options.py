@@ -56,14 +56,14 @@ def plugin_options(plugin: str, cls: type) -> list[PluginOption]:
     for f in dataclasses.fields(cls):
         if not f.init:
             continue
-        if f.default is dataclasses.MISSING:
-            raise TypeError(f"field {cls.__name__}.{f.name} has no default (a plugin's options must all be optional)")
         kind = _scalar(hints[f.name])
         if kind is None:
             raise TypeError(
                 f"field {cls.__name__}.{f.name} is {hints[f.name]!r}; options may be bool, int, float or str "
                 "(or one of them | None)"
             )
+        if f.default is dataclasses.MISSING:
+            raise TypeError(f"field {cls.__name__}.{f.name} has no default (a plugin's options must all be optional)")
         flag = f"--{flag_prefix(plugin)}-{f.name.replace('_', '-')}"
         options.append(PluginOption(f.name, flag, kind[0], kind[1], f.default, f.metadata.get("help", "")))
     return options

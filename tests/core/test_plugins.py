@@ -2,25 +2,34 @@
 
 from __future__ import annotations
 
+import dataclasses
 import types
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import pytest
 
 from sgl.core import plugins as plugins_mod
+from sgl.core.config import ServerArgs
+from sgl.core.feature_select import select_features
 from sgl.core.hooks import hookimpl, override
+from sgl.core.lora.base import LoRABackend
+from sgl.core.model.linear_method import LinearMethod, UnquantizedLinearMethod
+from sgl.core.plugin_options import plugin_args, plugin_options
 from sgl.core.platform import Platform
 from sgl.core.plugins import (
     BackendError,
     PluginContractError,
+    Plugins,
     expected_signature,
     load_plugins,
     reset_plugins,
     select_platform,
 )
+from sgl.core.quant.base import QuantizationMethod, select_quantization
 from sgl.core.registry import Registry
+from sgl.core.speculative.base import SpeculativeAlgorithm
 
 
 def _plugin_module(name: str, **hooks: Callable[..., object]) -> types.ModuleType:
@@ -437,3 +446,212 @@ def test_sgl_plugins_table_shows_an_unavailable_platform_sorted_first(monkeypatc
     cpu = next(line for line in lines if line.strip().startswith("cpu "))
     assert "unavailable" in aardvark and "-> needs its device" in aardvark
     assert "available" in cpu and "->" not in cpu
+
+
+# feature flags: a name is looked up in its registry ------------------------------------------------------------
+
+
+class EchoSpeculative(SpeculativeAlgorithm):
+    def __init__(self, vocab_size: int) -> None:
+        self.vocab_size = vocab_size
+
+    @classmethod
+    def create(cls, server_args: ServerArgs, runner: Any) -> EchoSpeculative:
+        return cls(runner.vocab_size)
+
+
+class NotAnAlgorithm:
+    @classmethod
+    def create(cls, server_args: ServerArgs, runner: Any) -> NotAnAlgorithm:
+        return cls()
+
+
+class WrongResultLoRA(LoRABackend):
+    @classmethod
+    def create(cls, server_args: ServerArgs, runner: Any) -> LoRABackend:
+        return object()  # type: ignore[return-value]
+
+
+def _features_plugins() -> Plugins:
+    module = _plugin_module(
+        "feature_plugin",
+        sgl_speculative_algorithms=lambda: {"echo": EchoSpeculative, "not_one": NotAnAlgorithm},
+        sgl_lora_backends=lambda: {"wrong_result": WrongResultLoRA},
+    )
+    found = load_plugins(extra={"feature-plugin": module})
+    assert found.failures == []
+    return found
+
+
+def test_flag_without_a_name_selects_nothing() -> None:
+    assert select_features(ServerArgs(), _features_plugins()) == (None, None)
+
+
+def test_a_plugin_algorithm_chosen_by_name_is_built_with_the_runner() -> None:
+    selected = select_features(ServerArgs(speculative_algorithm="echo"), _features_plugins())
+    assert selected.speculative is EchoSpeculative
+    built = selected.build(ServerArgs(speculative_algorithm="echo"), types.SimpleNamespace(vocab_size=77))
+    assert isinstance(built.speculative, EchoSpeculative) and built.speculative.vocab_size == 77
+    assert built.lora is None
+
+
+def test_unknown_feature_name_lists_the_known_ones() -> None:
+    with pytest.raises(ValueError) as info:
+        select_features(ServerArgs(speculative_algorithm="ecko"), _features_plugins())
+    assert str(info.value) == (
+        "--speculative-algorithm: unknown speculative algorithm 'ecko'; known: EAGLE, EAGLE3, NEXTN, NGRAM, "
+        "STANDALONE, echo, not_one"
+    )
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (ServerArgs(speculative_algorithm="EAGLE"),
+         "--speculative-algorithm EAGLE is not supported yet: no installed plugin provides this speculative algorithm"),
+        (ServerArgs(lora_backend="triton"),
+         "--lora-backend triton is not supported yet: no installed plugin provides this LoRA backend"),
+    ],
+    ids=["speculative", "lora"],
+)
+def test_built_in_names_without_an_implementation_are_refused_with_one_line(args: ServerArgs, message: str) -> None:
+    with pytest.raises(ValueError) as info:
+        select_features(args, _features_plugins())
+    assert str(info.value) == message
+
+
+def test_a_registered_class_outside_the_contract_is_refused_naming_its_plugin() -> None:
+    with pytest.raises(ValueError, match=r"--speculative-algorithm not_one: plugin 'feature-plugin' registered .*"
+                                         r"NotAnAlgorithm.*not a subclass of sgl\.core\.speculative\.base\."):
+        select_features(ServerArgs(speculative_algorithm="not_one"), _features_plugins())
+
+
+def test_create_that_returns_something_else_is_refused() -> None:
+    args = ServerArgs(lora_backend="wrong_result")
+    selected = select_features(args, _features_plugins())
+    with pytest.raises(ValueError, match=r"WrongResultLoRA\.create returned object, not a LoRABackend"):
+        selected.build(args, types.SimpleNamespace())
+
+
+class HalfQuantization(QuantizationMethod):
+    def __init__(self, config: Mapping[str, Any]) -> None:
+        self.config = dict(config)
+
+    @classmethod
+    def from_config(cls, checkpoint_config: Mapping[str, Any]) -> HalfQuantization:
+        return cls(checkpoint_config)
+
+    def linear_method(self) -> LinearMethod:
+        return UnquantizedLinearMethod()
+
+
+def _quant_registry() -> Registry[type]:
+    module = _plugin_module("quant_plugin", sgl_quantization_methods=lambda: {"half": HalfQuantization})
+    return load_plugins(extra={"quant-plugin": module}).quantization_methods
+
+
+def test_quantization_flag_wins_and_hands_the_method_the_checkpoint_config() -> None:
+    method = select_quantization("half", {"quant_method": "awq", "bits": 4}, _quant_registry())
+    assert isinstance(method, HalfQuantization) and method.config == {"quant_method": "awq", "bits": 4}
+
+
+def test_checkpoint_quant_method_selects_without_a_flag_and_none_means_dense() -> None:
+    registry = _quant_registry()
+    method = select_quantization(None, {"quant_method": "half"}, registry)
+    assert isinstance(method, HalfQuantization)
+    assert select_quantization(None, None, registry) is None
+    with pytest.raises(ValueError, match="quantization_config has no quant_method"):
+        select_quantization(None, {"bits": 4}, registry)
+    with pytest.raises(ValueError, match=r"^--quantization awq is not supported yet"):
+        select_quantization(None, {"quant_method": "awq"}, registry)
+    with pytest.raises(ValueError, match=r"^--quantization: unknown quantization method 'int3'; known: .*half"):
+        select_quantization("int3", None, registry)
+
+
+def test_base_platform_answers_a_quantization_method_with_its_reference_linear_method() -> None:
+    class MarkedMethod(UnquantizedLinearMethod):
+        pass
+
+    class Marked(HalfQuantization):
+        def linear_method(self) -> LinearMethod:
+            return MarkedMethod()
+
+    assert isinstance(Platform().linear_method(None), UnquantizedLinearMethod)
+    assert isinstance(Platform().linear_method(Marked({})), MarkedMethod)
+
+
+# a plugin's own server arguments -------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class GoodOptions:
+    depth: int = dataclasses.field(default=2, metadata={"help": "how deep"})
+    label: str | None = None
+    fast: bool = False
+
+
+@dataclasses.dataclass
+class NoDefault:
+    depth: int
+
+
+@dataclasses.dataclass
+class ListOption:
+    depths: list[int] = dataclasses.field(default_factory=list)
+
+
+def test_server_args_dataclass_becomes_prefixed_typed_options() -> None:
+    found = load_plugins(extra={"my_plug": _plugin_module("my_plug", sgl_server_args=lambda: GoodOptions)})
+    assert found.server_args.get("my_plug") is GoodOptions
+    options = plugin_options("my_plug", GoodOptions)
+    assert [(o.flag, o.type, o.optional, o.default, o.help) for o in options] == [
+        ("--my-plug-depth", int, False, 2, "how deep"),
+        ("--my-plug-label", str, True, None, ""),
+        ("--my-plug-fast", bool, False, False, ""),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("result", "why"),
+    [
+        (NoDefault, "field NoDefault.depth has no default"),
+        (ListOption, "field ListOption.depths is list[int]; options may be bool, int, float or str"),
+        ("tests.core.test_plugins:NotThere", "has no attribute 'NotThere'"),
+        ({"x": "a:b"}, "expected a dataclass type, got {'x': 'a:b'}"),
+    ],
+    ids=["no-default", "list", "missing", "mapping"],
+)
+def test_server_args_that_the_cli_cannot_offer_fail_at_load(result: object, why: str) -> None:
+    error = _failure_of("opts", _plugin_module("opts", sgl_server_args=lambda: result))
+    assert error.startswith("plugin 'opts' hook 'sgl_server_args': ")
+    assert why in error
+    assert error.endswith(f"expected {expected_signature('sgl_server_args')} returning 'module:DataclassType'")
+
+
+def test_plugin_options_are_read_back_typed_or_default() -> None:
+    given = ServerArgs(plugin_args={"my_plug": GoodOptions(depth=9)})
+    assert plugin_args(given, GoodOptions) == GoodOptions(depth=9)
+    assert plugin_args(ServerArgs(), GoodOptions) == GoodOptions()
+    with pytest.raises(ValueError, match="plugin_args must map plugin names to instances"):
+        ServerArgs(plugin_args={"my_plug": GoodOptions})
+
+
+@pytest.mark.usefixtures("fresh_plugins")
+def test_plugin_options_that_clash_with_a_server_flag_are_left_out(monkeypatch: pytest.MonkeyPatch) -> None:
+    from sgl import plugin_args as cli_plugin_args
+
+    @dataclasses.dataclass
+    class MaxOptions:
+        n: int = 3  # --max-n is a server flag already
+
+    found = load_plugins(extra={
+        "max": _plugin_module("max_plug", sgl_server_args=lambda: MaxOptions),
+        "my_plug": _plugin_module("my_plug", sgl_server_args=lambda: GoodOptions),
+    })
+    monkeypatch.setattr(plugins_mod, "get_plugins", lambda: found)
+    groups = cli_plugin_args.plugin_groups()
+    assert [g.plugin for g in groups] == ["my_plug"]
+    assert groups[0].panel == "Plugin my_plug ((in-process) -)"
+    assert cli_plugin_args.plugin_argv({"my_plug": GoodOptions(depth=5, fast=True)}) == [
+        "--my-plug-depth", "5", "--my-plug-fast"
+    ]
