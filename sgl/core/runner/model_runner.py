@@ -68,7 +68,9 @@ class ModelRunner:
         )
         ctx = ModelContext.from_platform(platform, self.dtype, parallel, self.device, self.quantization)
         self.model: Any  # an architecture class from the model registry (forward, compute_logits)
-        self.model, _ = load_model(model_path, ctx, load_format=args.load_format, seed=args.random_seed)
+        self.model, _ = load_model(
+            model_path, ctx, load_format=args.load_format, seed=args.random_seed, models=plugins.models
+        )
         self.model.eval()
         cfg = self.model_config
         self.context_len = args.context_length or cfg.max_position_embeddings
