@@ -1,4 +1,4 @@
-"""Plugin discovery, contract checks, and platform selection.
+"""Plugin discovery and platform selection (the hook contract's checks are in ``sgl.core.plugin_contract``).
 
 Discovery reads entry points of the group ``sgl.plugins`` and imports each named hook module; those modules must
 be light (they return "module:attr" strings). A platform class is imported only to probe or use it.
@@ -10,13 +10,10 @@ have provided (``--backend``, ``--quantization``, an architecture, ...) raises i
 
 from __future__ import annotations
 
-import difflib
 import functools
-import inspect
 import logging
 from dataclasses import dataclass, field
 from importlib import metadata
-from types import ModuleType
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 import pluggy
@@ -24,33 +21,34 @@ import pluggy
 from sgl.core import env
 from sgl.core.attention.registry import BUILTIN as BUILTIN_ATTENTION
 from sgl.core.attention.registry import BUILTIN_ORIGIN
-from sgl.core.hooks import ENTRY_POINT_GROUP, HOOK_NAMES, PROJECT, Override, SglHookSpecs
-from sgl.core.plugin_options import plugin_options
-from sgl.core.registry import Registry, resolve
+from sgl.core.hooks import ENTRY_POINT_GROUP, PROJECT, SglHookSpecs
+from sgl.core.plugin_contract import (
+    REGISTRY_HOOKS,
+    SERVER_ARGS_HOOK,
+    PluginContractError,
+    Registration,
+    call_hook,
+    check_plugin_module,
+    expected_signature,
+    one_line,
+    registrations,
+    server_args_type,
+)
+from sgl.core.registry import Registry
 
 if TYPE_CHECKING:
     from sgl.core.platform import Platform
 
+# NOTE: the contract's error and checks are re-exported: plugin authors' tests import them from here.
+__all__ = [
+    "BackendError", "PluginContractError", "PluginFailure", "PluginInfo", "Plugins", "available_platforms",
+    "check_plugin_module", "expected_signature", "get_plugins", "load_plugins", "platform_extras", "reset_plugins",
+    "select_platform",
+]
+
 logger = logging.getLogger(__name__)
 
 IN_TREE_DISTRIBUTION = "sgl"
-
-REGISTRY_HOOKS: dict[str, tuple[str, str]] = {
-    "sgl_platforms": ("platforms", "backend"),
-    "sgl_models": ("models", "model architecture"),
-    "sgl_attention_backends": ("attention_backends", "attention backend"),
-    "sgl_grammar_backends": ("grammar_backends", "grammar backend"),
-    "sgl_speculative_algorithms": ("speculative_algorithms", "speculative algorithm"),
-    "sgl_lora_backends": ("lora_backends", "LoRA backend"),
-    "sgl_quantization_methods": ("quantization_methods", "quantization method"),
-}
-"""Each hook that returns ``{name: "module:attr"}``: the Plugins registry it fills, and what an entry is called."""
-
-SERVER_ARGS_HOOK = "sgl_server_args"
-
-
-class PluginContractError(Exception):
-    """A plugin broke the hook contract; the message names the plugin, the hook and what was expected."""
 
 
 @dataclass(frozen=True)
@@ -99,120 +97,14 @@ def _new_manager() -> pluggy.PluginManager:
     return pm
 
 
-def expected_signature(hook: str) -> str:
-    """``sgl_startup_check(server_args: ServerArgs) -> None``, as a plugin author would write it."""
-    sig = inspect.signature(getattr(SglHookSpecs, hook))
-    params = ", ".join(f"{p.name}: {p.annotation}" for p in sig.parameters.values() if p.name != "self")
-    returns = "dict[str, str]" if hook in REGISTRY_HOOKS else sig.return_annotation
-    return f"{hook}({params}) -> {returns}"
-
-
-def _did_you_mean(name: str) -> str:
-    close = difflib.get_close_matches(name, HOOK_NAMES, n=1)
-    return f"; did you mean {expected_signature(close[0])}?" if close else ""
-
-
-def check_plugin_module(plugin: str, module: ModuleType | object) -> None:
-    """Raises PluginContractError for a hook implementation with an unknown name or arguments, and for a function
-    named like a hook (``sgl_*``) that lacks ``@hookimpl`` (pluggy would ignore it without a word)."""
-    marker = f"{PROJECT}_impl"
-    for attr in dir(module):
-        obj = getattr(module, attr, None)
-        if not callable(obj):
-            continue
-        if getattr(obj, marker, None) is None:
-            if attr.startswith("sgl_"):
-                hint = "" if attr in HOOK_NAMES else _did_you_mean(attr)
-                raise PluginContractError(
-                    f"plugin {plugin!r} defines {attr!r} without @hookimpl, so it would never be called; decorate "
-                    f"it (from sgl.core.hooks import hookimpl){hint}"
-                )
-            continue
-        if attr not in HOOK_NAMES:
-            raise PluginContractError(
-                f"plugin {plugin!r} implements unknown hook {attr!r}{_did_you_mean(attr)} "
-                f"(known hooks: {', '.join(HOOK_NAMES)})"
-            )
-        spec_args = set(inspect.signature(getattr(SglHookSpecs, attr)).parameters) - {"self"}
-        impl_args = set(inspect.signature(obj).parameters) - {"self"}
-        if not impl_args <= spec_args:
-            raise PluginContractError(
-                f"plugin {plugin!r} hook {attr!r} takes {sorted(impl_args)}; expected {expected_signature(attr)}"
-            )
-
-
-class _Registration(NamedTuple):
-    hook: str
-    name: str
-    target: object  # "module:attr", or the object itself for an in-process plugin
-    override: bool
-
-
 class _Contribution(NamedTuple):
     info: PluginInfo
     module: object
-    registrations: list[_Registration]
+    registrations: list[Registration]
     server_args: type | None
 
 
-def _call(plugin: str, pm: pluggy.PluginManager, module: object, hook: str) -> object:
-    for impl in getattr(pm.hook, hook).get_hookimpls():
-        if impl.plugin is module:
-            try:
-                return impl.function()
-            except Exception as exc:
-                raise PluginContractError(
-                    f"plugin {plugin!r} hook {hook!r} raised {type(exc).__name__}: {_one_line(exc)}"
-                ) from exc
-    return None
-
-
-def _registrations(plugin: str, hook: str, result: object) -> list[_Registration]:
-    if result is None:
-        return []
-    if not isinstance(result, dict) or not all(isinstance(k, str) for k in result):
-        raise PluginContractError(
-            f"plugin {plugin!r} hook {hook!r} returned {type(result).__name__}; expected "
-            f"{expected_signature(hook)} mapping names to 'module:attr' strings"
-        )
-    regs = []
-    for name, value in result.items():
-        is_override = isinstance(value, Override)
-        target = value.target if isinstance(value, Override) else value
-        if isinstance(target, str) and ":" not in target:
-            raise PluginContractError(
-                f"plugin {plugin!r} hook {hook!r} registered {name!r} as {target!r}; expected 'module:attr'"
-            )
-        if not isinstance(target, str) and not callable(target):
-            raise PluginContractError(
-                f"plugin {plugin!r} hook {hook!r} registered {name!r} as {type(target).__name__}; expected "
-                "'module:attr'"
-            )
-        regs.append(_Registration(hook, name, target, is_override))
-    return regs
-
-
-def _server_args_type(plugin: str, result: object) -> type | None:
-    if result is None:
-        return None
-    expected = f"expected {expected_signature(SERVER_ARGS_HOOK)} returning 'module:DataclassType'"
-    if isinstance(result, str):
-        if ":" not in result:
-            raise PluginContractError(f"plugin {plugin!r} hook {SERVER_ARGS_HOOK!r} returned {result!r}; {expected}")
-        try:
-            result = resolve(result)
-        except (ImportError, ValueError) as exc:
-            raise PluginContractError(
-                f"plugin {plugin!r} hook {SERVER_ARGS_HOOK!r}: {_one_line(exc)}; {expected}"
-            ) from exc
-    try:
-        plugin_options(plugin, result)  # type: ignore[arg-type]
-    except TypeError as exc:
-        raise PluginContractError(f"plugin {plugin!r} hook {SERVER_ARGS_HOOK!r}: {exc}; {expected}") from exc
-    return result  # type: ignore[return-value]
-
-
-def _contribution(plugins: Plugins, info: PluginInfo, module: object, regs: list[_Registration]) -> _Contribution:
+def _contribution(plugins: Plugins, info: PluginInfo, module: object, regs: list[Registration]) -> _Contribution:
     """Checks the module, registers it with pluggy and calls its registration hooks into ``regs`` (which keeps
     what was collected when a later hook breaks the contract); nothing is committed yet."""
     check_plugin_module(info.name, module)
@@ -220,10 +112,10 @@ def _contribution(plugins: Plugins, info: PluginInfo, module: object, regs: list
         plugins.manager.register(module, name=info.name)
         plugins.manager.check_pending()
     except pluggy.PluginValidationError as exc:
-        raise PluginContractError(f"plugin {info.name!r}: {_one_line(exc)}") from exc
+        raise PluginContractError(f"plugin {info.name!r}: {one_line(exc)}") from exc
     for hook in REGISTRY_HOOKS:
-        regs += _registrations(info.name, hook, _call(info.name, plugins.manager, module, hook))
-    options = _server_args_type(info.name, _call(info.name, plugins.manager, module, SERVER_ARGS_HOOK))
+        regs += registrations(info.name, hook, call_hook(info.name, plugins.manager, module, hook))
+    options = server_args_type(info.name, call_hook(info.name, plugins.manager, module, SERVER_ARGS_HOOK))
     return _Contribution(info, module, regs, options)
 
 
@@ -243,7 +135,7 @@ def _clash(plugins: Plugins, contribution: _Contribution, overridden: dict[tuple
     return None
 
 
-def _skip(plugins: Plugins, info: PluginInfo, error: str, claims: list[_Registration], complete: bool) -> None:
+def _skip(plugins: Plugins, info: PluginInfo, error: str, claims: list[Registration], complete: bool) -> None:
     """Records the failure; each name the plugin claimed raises it when asked for. When its claims may be
     incomplete (it failed before all its hooks ran), unknown-name errors of every registry mention it too."""
     plugins.failures.append(PluginFailure(info, error))
@@ -258,10 +150,6 @@ def _skip(plugins: Plugins, info: PluginInfo, error: str, claims: list[_Registra
 def _unregister(plugins: Plugins, module: object) -> None:
     if plugins.manager.is_registered(module):
         plugins.manager.unregister(module)
-
-
-def _one_line(exc: BaseException) -> str:
-    return " ".join(str(exc).split())
 
 
 def _entry_points() -> list[metadata.EntryPoint]:
@@ -288,7 +176,7 @@ def load_plugins(extra: dict[str, object] | None = None) -> Plugins:
         try:
             module = ep.load()
         except Exception as exc:  # a broken third-party plugin must say who it is, and stop nothing else
-            error = f"plugin {ep.name!r} failed to import {ep.value!r}: {type(exc).__name__}: {_one_line(exc)}"
+            error = f"plugin {ep.name!r} failed to import {ep.value!r}: {type(exc).__name__}: {one_line(exc)}"
             _skip(plugins, info, error, [], complete=False)
             continue
         sources.append((info, module))
@@ -296,14 +184,14 @@ def load_plugins(extra: dict[str, object] | None = None) -> Plugins:
         sources.append((PluginInfo(name, getattr(module, "__name__", repr(module)), "(in-process)", "-"), module))
     contributions = []
     for info, module in sources:
-        claims: list[_Registration] = []
+        claims: list[Registration] = []
         try:
             contributions.append(_contribution(plugins, info, module, claims))
         except PluginContractError as exc:
             _unregister(plugins, module)
             _skip(plugins, info, str(exc), claims, complete=False)
     overridden: dict[tuple[str, str], str] = {}
-    queued: list[tuple[str, _Registration]] = []
+    queued: list[tuple[str, Registration]] = []
     for contribution in contributions:
         info = contribution.info
         clash = _clash(plugins, contribution, overridden)
