@@ -21,6 +21,7 @@ from sgl.core.config import ServerArgs
 
 if TYPE_CHECKING:
     from sgl.core.plugins import Plugins
+    from sgl.core.registry import Registry
 
 # NOTE: pretty tracebacks with locals would print ServerArgs (and an --api-key) on an unexpected error.
 app = typer.Typer(
@@ -101,37 +102,57 @@ def _platform_rows(plugins: Plugins) -> list[PlatformRow]:
     return rows
 
 
-def _attention_rows(plugins: Plugins) -> list[dict[str, str]]:
-    from sgl.core.attention.registry import BUILTIN
+def _registry_rows(registry: Registry[Any]) -> list[dict[str, str]]:
+    """One row per name: the plugin that registered it, and the one it replaced when it is an override."""
+    rows = []
+    for name in registry.names():
+        row = {"name": name, "plugin": registry.origin(name)}
+        replaced = registry.replaced(name)
+        if replaced is not None:
+            row["overrides"] = replaced
+        rows.append(row)
+    return rows
 
-    rows = [{"name": n, "plugin": "sgl (core)"} for n in sorted(BUILTIN)]
-    rows += [
-        {"name": n, "plugin": plugins.attention_backends.origin(n)}
-        for n in plugins.attention_backends.names()
-    ]
-    return sorted(rows, key=lambda r: r["name"])
+
+REGISTRY_SECTIONS: dict[str, str] = {
+    "models": "Model architectures",
+    "attention_backends": "Attention backends",
+    "grammar_backends": "Grammar backends (--grammar-backend)",
+    "quantization_methods": "Quantization methods (--quantization)",
+    "speculative_algorithms": "Speculative algorithms (--speculative-algorithm)",
+    "lora_backends": "LoRA backends (--lora-backend)",
+}
+"""The registries `sgl plugins` lists after the platforms: Plugins attribute -> section title."""
 
 
 def plugins_report(backend: str | None = None) -> dict[str, Any]:
     """Everything `sgl plugins` shows, as plain data (the ``--json`` output)."""
+    from sgl.core.plugin_options import plugin_options
     from sgl.core.plugins import get_plugins, select_platform
 
     plugins = get_plugins()
     active = select_platform(backend)
     return {
         "plugins": [dataclasses.asdict(info) for info in plugins.infos],
+        "failed_plugins": [{**dataclasses.asdict(f.plugin), "error": f.error} for f in plugins.failures],
         "platforms": [row._asdict() for row in _platform_rows(plugins)],
         "active_platform": active.describe(),
-        "models": [{"name": n, "plugin": plugins.models.origin(n)} for n in plugins.models.names()],
-        "attention_backends": _attention_rows(plugins),
+        **{attr: _registry_rows(getattr(plugins, attr)) for attr in REGISTRY_SECTIONS},
+        "server_args": [
+            {"plugin": name, "options": [o.flag for o in plugin_options(name, plugins.server_args.get(name))]}
+            for name in plugins.server_args.names()
+        ],
     }
 
 
 def _table(rows: list[list[str]], indent: str = "  ") -> list[str]:
+    """Left-aligned columns; rows may differ in length (an unavailable platform has a how-to-get column)."""
     if not rows:
         return [f"{indent}(none)"]
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    return [indent + "  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
+    ncols = max(len(r) for r in rows)
+    padded = [r + [""] * (ncols - len(r)) for r in rows]
+    widths = [max(len(r[i]) for r in padded) for i in range(ncols)]
+    return [indent + "  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in padded]
 
 
 def format_report(report: dict[str, Any]) -> str:
@@ -139,6 +160,10 @@ def format_report(report: dict[str, Any]) -> str:
     lines += _table(
         [[p["name"], p["module"], f"{p['distribution']} {p['version']}"] for p in report["plugins"]]
     )
+    if report["failed_plugins"]:
+        lines += ["", "Plugins that failed to load (skipped):"]
+        lines += _table([[f"{p['name']} ({p['distribution']} {p['version']})", p["error"]]
+                         for p in report["failed_plugins"]])
     lines += ["", "Platforms:"]
     lines += _table(
         [
@@ -156,12 +181,15 @@ def format_report(report: dict[str, Any]) -> str:
             f"dist backend {active['dist_backend']})"
         ),
         f"  capabilities: {caps}",
-        "",
-        "Model architectures:",
     ]
-    lines += _table([[m["name"], f"plugin {m['plugin']}"] for m in report["models"]])
-    lines += ["", "Attention backends:"]
-    lines += _table([[a["name"], f"plugin {a['plugin']}"] for a in report["attention_backends"]])
+    for attr, title in REGISTRY_SECTIONS.items():
+        lines += ["", f"{title}:"]
+        lines += _table([
+            [r["name"], f"plugin {r['plugin']}"] + ([f"(overrides {r['overrides']})"] if "overrides" in r else [])
+            for r in report[attr]
+        ])
+    lines += ["", "Plugin server arguments (sgl serve --help):"]
+    lines += _table([[a["plugin"], " ".join(a["options"])] for a in report["server_args"]])
     return "\n".join(lines)
 
 
@@ -172,7 +200,7 @@ def plugins_command(
     ),
     as_json: bool = typer.Option(False, "--json", help="Print machine-readable JSON."),
 ) -> None:
-    """List discovered plugins, platforms (and which is active), model architectures and attention backends."""
+    """List discovered plugins (and those that failed to load), platforms (and which is active), and every registry."""
     with user_errors():
         report = plugins_report(backend)
     typer.echo(json.dumps(report, indent=2) if as_json else format_report(report))
@@ -204,9 +232,11 @@ app.add_typer(bench_app, name="bench")
 # ---------------------------------------------------------------------------------------------------------------
 # sgl serve
 
+from sgl.plugin_args import with_plugin_args  # noqa: E402  plugin discovery: hook modules and options dataclasses only
 
 @app.command("serve", cls=Command, context_settings=CONTEXT_SETTINGS)
 @with_server_args()
+@with_plugin_args()
 def serve_command(server_args: ServerArgs) -> None:
     """Serve a model over HTTP: OpenAI-compatible and SGLang-native routes (the demo model without --model-path)."""
     from sgl.api.server import serve  # NOTE: fastapi and uvicorn load only for this command

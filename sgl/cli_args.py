@@ -93,7 +93,7 @@ def server_args_parameters(exclude: tuple[str, ...] = (), taken: Iterable[str] =
     ``taken``: flags the command already has; a field's alias among them is left out."""
     params = []
     for f in dataclasses.fields(ServerArgs):
-        if f.name in exclude:
+        if f.name in exclude or f.metadata.get("cli") is False:  # NOTE: plugin_args has flags of its own
             continue
         help_text = f.metadata.get("help", "")
         choices = f.metadata.get("choices")

@@ -27,8 +27,12 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 def server_argv(args: ServerArgs) -> list[str]:
     """The ``sgl serve`` flags for every field that differs from its default (bools as bare flags)."""
-    argv: list[str] = []
+    from sgl.plugin_args import plugin_argv
+
+    argv: list[str] = plugin_argv(args.plugin_args)
     for f in dataclasses.fields(args):
+        if f.metadata.get("cli") is False:
+            continue
         value = getattr(args, f.name)
         if value == f.default or value is None:
             continue

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -77,6 +78,17 @@ class ServerArgs:
         False, "sample every token of a constrained request, even text its grammar forces (jump-forward appends that "
         "text and computes it in one extend step; it needs the radix cache)"
     )
+    # features: names looked up in registries that plugins fill (`sgl plugins` lists them) ------------------------
+    quantization: str | None = _opt(
+        None, "quantization method; default: the checkpoint's quantization_config (quant_method), else none"
+    )
+    speculative_algorithm: str | None = _opt(None, "speculative decoding algorithm; default: off")
+    lora_backend: str | None = _opt(None, "LoRA backend; default: off")
+    plugin_args: Mapping[str, Any] = field(
+        default_factory=dict,
+        metadata={"help": "each plugin's own options, {plugin name: its dataclass} (the CLI's --<plugin>-* flags)",
+                  "cli": False},
+    )
     # server -----------------------------------------------------------------------------------------------------
     host: str = _opt("127.0.0.1", "address to listen on")
     port: int = _opt(30000, "port to listen on")
@@ -117,6 +129,11 @@ class ServerArgs:
         self._check(self.max_n >= 1, "max_n", "must be >= 1")
         self._check(self.decode_log_interval >= 1, "decode_log_interval", "must be >= 1")
         self._check(self.grammar_compile_timeout > 0, "grammar_compile_timeout", "must be > 0")
+        self._check(
+            all(isinstance(k, str) and dataclasses.is_dataclass(v) and not isinstance(v, type)
+                for k, v in self.plugin_args.items()),
+            "plugin_args", "must map plugin names to instances of their options dataclass",
+        )
 
     @staticmethod
     def _check(ok: bool, name: str, why: str) -> None:

@@ -17,8 +17,9 @@ import torch
 if TYPE_CHECKING:
     from sgl.core.attention.base import AttentionBackend
     from sgl.core.distributed.communicator import Communicator
-    from sgl.core.model.linear import LinearMethod
+    from sgl.core.model.linear_method import LinearMethod
     from sgl.core.ops.table import Ops
+    from sgl.core.quant.base import QuantizationMethod
     from sgl.core.sampling.sampler import Sampler
 
 
@@ -140,16 +141,18 @@ class Platform:
         return "torch_native"
 
     def attention_backend(self, name: str, runner: Any) -> AttentionBackend:
-        from sgl.core.attention.registry import attention_backend_factory
+        """The backend registered as ``name``; ``runner.attention_backends`` is the registry the engine hands the
+        runner (the core's backends and every plugin's), so the platform never reaches for plugin discovery."""
+        return runner.attention_backends.get(name)(runner)  # type: ignore[no-any-return]
 
-        return attention_backend_factory(name)(runner)
+    def linear_method(self, quant_config: QuantizationMethod | None = None) -> LinearMethod:
+        """The GEMM hook: dense weights without a quantization method, else the method's torch reference; a platform
+        overrides this for the methods it has fast kernels for."""
+        if quant_config is None:
+            from sgl.core.model.linear_method import UnquantizedLinearMethod
 
-    def linear_method(self, quant_config: Any = None) -> LinearMethod:
-        from sgl.core.model.linear import UnquantizedLinearMethod
-
-        if quant_config is not None:
-            raise ValueError(f"platform {self.name!r} supports no quantization (got {quant_config!r})")
-        return UnquantizedLinearMethod()
+            return UnquantizedLinearMethod()
+        return quant_config.linear_method()
 
     def ops(self) -> Ops:
         from sgl.core.ops.table import reference_ops

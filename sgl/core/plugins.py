@@ -1,34 +1,54 @@
-"""Plugin discovery, contract checks, and platform selection.
+"""Plugin discovery and platform selection (the hook contract's checks are in ``sgl.core.plugin_contract``).
 
 Discovery reads entry points of the group ``sgl.plugins`` and imports each named hook module; those modules must
 be light (they return "module:attr" strings). A platform class is imported only to probe or use it.
+
+NOTE: one broken plugin never stops the others. A plugin that fails to import, breaks the hook contract or clashes
+with another plugin's names is logged, listed by ``sgl plugins`` and skipped as a whole; asking for a name it would
+have provided (``--backend``, ``--quantization``, an architecture, ...) raises its failure, naming it.
 """
 
 from __future__ import annotations
 
-import difflib
 import functools
-import inspect
 import logging
 from dataclasses import dataclass, field
 from importlib import metadata
-from types import ModuleType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import pluggy
 
 from sgl.core import env
-from sgl.core.hooks import ENTRY_POINT_GROUP, HOOK_NAMES, PROJECT, SglHookSpecs
+from sgl.core.attention.registry import BUILTIN as BUILTIN_ATTENTION
+from sgl.core.attention.registry import BUILTIN_ORIGIN
+from sgl.core.hooks import ENTRY_POINT_GROUP, PROJECT, SglHookSpecs
+from sgl.core.plugin_contract import (
+    REGISTRY_HOOKS,
+    SERVER_ARGS_HOOK,
+    PluginContractError,
+    Registration,
+    call_hook,
+    check_plugin_module,
+    expected_signature,
+    one_line,
+    registrations,
+    server_args_type,
+)
 from sgl.core.registry import Registry
 
 if TYPE_CHECKING:
     from sgl.core.platform import Platform
 
+# NOTE: the contract's error and checks are re-exported: plugin authors' tests import them from here.
+__all__ = [
+    "BackendError", "PluginContractError", "PluginFailure", "PluginInfo", "Plugins", "available_platforms",
+    "check_plugin_module", "expected_signature", "get_plugins", "load_plugins", "platform_extras", "reset_plugins",
+    "select_platform",
+]
+
 logger = logging.getLogger(__name__)
 
-
-class PluginContractError(Exception):
-    """A plugin broke the hook contract; the message names the plugin, the hook and what was expected."""
+IN_TREE_DISTRIBUTION = "sgl"
 
 
 @dataclass(frozen=True)
@@ -39,16 +59,36 @@ class PluginInfo:
     version: str
 
 
+@dataclass(frozen=True)
+class PluginFailure:
+    """A plugin that was skipped, and why (one line that names it)."""
+
+    plugin: PluginInfo
+    error: str
+
+
+def _registry(kind: str) -> Any:
+    return field(default_factory=lambda: Registry(kind))
+
+
 @dataclass
 class Plugins:
-    """Everything the discovered plugins registered."""
+    """Everything the discovered plugins registered, and the plugins that were skipped."""
 
     infos: list[PluginInfo] = field(default_factory=list)
-    platforms: Registry[type[Platform]] = field(default_factory=lambda: Registry("backend"))
-    models: Registry[type] = field(default_factory=lambda: Registry("model architecture"))
-    attention_backends: Registry[object] = field(default_factory=lambda: Registry("attention backend"))
-    grammar_backends: Registry[type] = field(default_factory=lambda: Registry("grammar backend"))
+    failures: list[PluginFailure] = field(default_factory=list)
+    platforms: Registry[type[Platform]] = _registry("backend")
+    models: Registry[type] = _registry("model architecture")
+    attention_backends: Registry[Any] = _registry("attention backend")
+    grammar_backends: Registry[type] = _registry("grammar backend")
+    speculative_algorithms: Registry[type] = _registry("speculative algorithm")
+    lora_backends: Registry[type] = _registry("LoRA backend")
+    quantization_methods: Registry[type] = _registry("quantization method")
+    server_args: Registry[type] = _registry("server arguments")  # plugin name -> its options dataclass
     manager: pluggy.PluginManager = field(default_factory=lambda: _new_manager())
+
+    def registries(self) -> list[Registry[Any]]:
+        return [getattr(self, attr) for attr, _ in REGISTRY_HOOKS.values()] + [self.server_args]
 
 
 def _new_manager() -> pluggy.PluginManager:
@@ -57,84 +97,123 @@ def _new_manager() -> pluggy.PluginManager:
     return pm
 
 
-def expected_signature(hook: str) -> str:
-    spec = getattr(SglHookSpecs, hook)
-    sig = inspect.signature(spec)
-    params = [p for p in sig.parameters.values() if p.name != "self"]
-    return f"{hook}{sig.replace(parameters=params)}"
+class _Contribution(NamedTuple):
+    info: PluginInfo
+    module: object
+    registrations: list[Registration]
+    server_args: type | None
 
 
-def check_plugin_module(plugin: str, module: ModuleType | object) -> None:
-    """Raises PluginContractError for a hook implementation with an unknown name or arguments."""
-    marker = f"{PROJECT}_impl"
-    for attr in dir(module):
-        obj = getattr(module, attr, None)
-        if not callable(obj) or getattr(obj, marker, None) is None:
-            continue
-        if attr not in HOOK_NAMES:
-            close = difflib.get_close_matches(attr, HOOK_NAMES, n=1)
-            hint = f"; did you mean {expected_signature(close[0])}?" if close else ""
-            known = ", ".join(HOOK_NAMES)
-            raise PluginContractError(
-                f"plugin {plugin!r} implements unknown hook {attr!r}{hint} (known hooks: {known})"
+def _contribution(plugins: Plugins, info: PluginInfo, module: object, regs: list[Registration]) -> _Contribution:
+    """Checks the module, registers it with pluggy and calls its registration hooks into ``regs`` (which keeps
+    what was collected when a later hook breaks the contract); nothing is committed yet."""
+    check_plugin_module(info.name, module)
+    try:
+        plugins.manager.register(module, name=info.name)
+        plugins.manager.check_pending()
+    except pluggy.PluginValidationError as exc:
+        raise PluginContractError(f"plugin {info.name!r}: {one_line(exc)}") from exc
+    for hook in REGISTRY_HOOKS:
+        regs += registrations(info.name, hook, call_hook(info.name, plugins.manager, module, hook))
+    options = server_args_type(info.name, call_hook(info.name, plugins.manager, module, SERVER_ARGS_HOOK))
+    return _Contribution(info, module, regs, options)
+
+
+def _clash(plugins: Plugins, contribution: _Contribution, overridden: dict[tuple[str, str], str]) -> str | None:
+    for reg in contribution.registrations:
+        attr, kind = REGISTRY_HOOKS[reg.hook]
+        registry: Registry[Any] = getattr(plugins, attr)
+        if reg.override and (reg.hook, reg.name) in overridden:
+            other = overridden[(reg.hook, reg.name)]
+            return f"plugin {contribution.info.name!r} overrides {kind} {reg.name!r}, which {other!r} overrides too"
+        if not reg.override and reg.name in registry:
+            return (
+                f"plugin {contribution.info.name!r} registers {kind} {reg.name!r}, which {registry.origin(reg.name)!r} "
+                f"registers too; to replace it on purpose, register it as override({reg.target!r}) "
+                "(from sgl.core.hooks import override)"
             )
-        spec_args = set(inspect.signature(getattr(SglHookSpecs, attr)).parameters) - {"self"}
-        impl_args = set(inspect.signature(obj).parameters) - {"self"}
-        if not impl_args <= spec_args:
-            raise PluginContractError(
-                f"plugin {plugin!r} hook {attr!r} takes {sorted(impl_args)}; expected {expected_signature(attr)}"
-            )
+    return None
 
 
-def _collect(plugins: Plugins, hook: str, registry: Registry) -> None:  # type: ignore[type-arg]
-    caller = getattr(plugins.manager.hook, hook)
-    for impl in caller.get_hookimpls():
-        plugin = plugins.manager.get_name(impl.plugin) or repr(impl.plugin)
-        result = impl.function()
-        if result is None:
-            continue
-        if not isinstance(result, dict) or not all(
-            isinstance(k, str) and isinstance(v, (str, type)) for k, v in result.items()
-        ):
-            raise PluginContractError(
-                f"plugin {plugin!r} hook {hook!r} returned {type(result).__name__}; expected "
-                f"{expected_signature(hook)} mapping names to 'module:attr' strings"
-            )
-        for name, target in result.items():
-            if isinstance(target, str) and ":" not in target:
-                raise PluginContractError(
-                    f"plugin {plugin!r} hook {hook!r} registered {name!r} as {target!r}; expected 'module:attr'"
-                )
-            registry.register(name, target, origin=plugin)
+def _skip(plugins: Plugins, info: PluginInfo, error: str, claims: list[Registration], complete: bool) -> None:
+    """Records the failure; each name the plugin claimed raises it when asked for. When its claims may be
+    incomplete (it failed before all its hooks ran), unknown-name errors of every registry mention it too."""
+    plugins.failures.append(PluginFailure(info, error))
+    logger.warning("plugin %r from %s skipped: %s", info.name, info.distribution, error)
+    for reg in claims:
+        getattr(plugins, REGISTRY_HOOKS[reg.hook][0]).fail(reg.name, error)
+    if not complete:
+        for registry in plugins.registries():
+            registry.note(f"{info.name!r} ({info.distribution}): {error}")
+
+
+def _unregister(plugins: Plugins, module: object) -> None:
+    if plugins.manager.is_registered(module):
+        plugins.manager.unregister(module)
 
 
 def _entry_points() -> list[metadata.EntryPoint]:
-    return sorted(metadata.entry_points(group=ENTRY_POINT_GROUP), key=lambda ep: ep.name)
+    """In-tree plugins first, so a third party's clash with a built-in name is the third party's failure."""
+
+    def key(ep: metadata.EntryPoint) -> tuple[bool, str]:
+        return (ep.dist is None or ep.dist.name != IN_TREE_DISTRIBUTION, ep.name)
+
+    return sorted(metadata.entry_points(group=ENTRY_POINT_GROUP), key=key)
 
 
 def load_plugins(extra: dict[str, object] | None = None) -> Plugins:
-    """Discovers entry-point plugins (plus ``extra`` {name: module} given in-process) and checks their contracts."""
+    """Discovers entry-point plugins (plus ``extra`` {name: module} given in-process) and checks their contracts.
+
+    A plugin that fails is recorded in ``failures`` and skipped; the others load.
+    """
     plugins = Plugins()
+    for name, target in BUILTIN_ATTENTION.items():
+        plugins.attention_backends.register(name, target, origin=BUILTIN_ORIGIN)
     sources: list[tuple[PluginInfo, object]] = []
     for ep in _entry_points():
         dist = ep.dist
         info = PluginInfo(ep.name, ep.value, dist.name if dist else "?", dist.version if dist else "?")
         try:
             module = ep.load()
-        except Exception as exc:  # a broken third-party plugin must say who it is
-            raise PluginContractError(f"plugin {ep.name!r} ({info.distribution}) failed to import: {exc}") from exc
+        except Exception as exc:  # a broken third-party plugin must say who it is, and stop nothing else
+            error = f"plugin {ep.name!r} failed to import {ep.value!r}: {type(exc).__name__}: {one_line(exc)}"
+            _skip(plugins, info, error, [], complete=False)
+            continue
         sources.append((info, module))
     for name, module in (extra or {}).items():
         sources.append((PluginInfo(name, getattr(module, "__name__", repr(module)), "(in-process)", "-"), module))
+    contributions = []
     for info, module in sources:
-        check_plugin_module(info.name, module)
-        plugins.manager.register(module, name=info.name)
+        claims: list[Registration] = []
+        try:
+            contributions.append(_contribution(plugins, info, module, claims))
+        except PluginContractError as exc:
+            _unregister(plugins, module)
+            _skip(plugins, info, str(exc), claims, complete=False)
+    overridden: dict[tuple[str, str], str] = {}
+    queued: list[tuple[str, Registration]] = []
+    for contribution in contributions:
+        info = contribution.info
+        clash = _clash(plugins, contribution, overridden)
+        if clash is not None:
+            _unregister(plugins, contribution.module)
+            _skip(plugins, info, clash, contribution.registrations, complete=True)
+            continue
+        for reg in contribution.registrations:
+            if reg.override:
+                overridden[(reg.hook, reg.name)] = info.name
+                queued.append((info.name, reg))
+            else:
+                getattr(plugins, REGISTRY_HOOKS[reg.hook][0]).register(reg.name, reg.target, origin=info.name)
+        if contribution.server_args is not None:
+            plugins.server_args.register(info.name, contribution.server_args, origin=info.name)
         plugins.infos.append(info)
-    plugins.manager.check_pending()
-    _collect(plugins, "sgl_platforms", plugins.platforms)
-    _collect(plugins, "sgl_models", plugins.models)
-    _collect(plugins, "sgl_attention_backends", plugins.attention_backends)
-    _collect(plugins, "sgl_grammar_backends", plugins.grammar_backends)
+    # NOTE: overrides apply after every plain registration, so they win whatever the plugins' order.
+    for plugin, reg in queued:
+        attr, kind = REGISTRY_HOOKS[reg.hook]
+        registry: Registry[Any] = getattr(plugins, attr)
+        registry.register(reg.name, reg.target, origin=plugin, replace=True)  # type: ignore[arg-type]
+        logger.info("plugin %r overrides %s %r (was %s)", plugin, kind, reg.name, registry.replaced(reg.name))
     return plugins
 
 
@@ -176,21 +255,36 @@ def available_platforms(plugins: Plugins | None = None) -> dict[str, bool]:
 
 def _probe_order(plugins: Plugins) -> list[str]:
     def key(name: str) -> tuple[int, str]:
-        return (getattr(plugins.platforms.get(name), "probe_priority", 100), name)
+        try:
+            return (getattr(plugins.platforms.get(name), "probe_priority", 100), name)
+        except ImportError:
+            return (100, name)  # NOTE: probing it fails too, and says why
 
     return sorted(plugins.platforms.names(), key=key)
 
 
-def _backend_error(requested: str, plugins: Plugins) -> BackendError:
+def _backend_error(requested: str, plugins: Plugins) -> Exception:
+    failure = plugins.platforms.failure(requested)
+    if failure is not None:
+        return PluginContractError(f"backend {requested!r} is unavailable: {failure}")
     avail = [n for n, ok in available_platforms(plugins).items() if ok]
     registered = plugins.platforms.names()
     why = "is not available on this machine" if requested in registered else "is unknown"
     hint = ""
     if requested in platform_extras():
         hint = f"; install it with: pip install 'sgl[{requested}]'"
+    notes = plugins.platforms.notes
+    failed = f"; plugins that failed to load: {'; '.join(notes)}" if notes and why == "is unknown" else ""
     return BackendError(
-        f"backend {requested!r} {why}; available here: {', '.join(avail) or '(none)'}{hint}"
+        f"backend {requested!r} {why}; available here: {', '.join(avail) or '(none)'}{hint}{failed}"
     )
+
+
+def _platform_class(plugins: Plugins, name: str) -> type[Platform]:
+    try:
+        return plugins.platforms.get(name)
+    except ImportError as exc:
+        raise PluginContractError(str(exc)) from exc
 
 
 @functools.lru_cache(maxsize=8)
@@ -201,12 +295,16 @@ def select_platform(backend: str | None = None) -> Platform:
     if requested:
         if requested not in plugins.platforms:
             raise _backend_error(requested, plugins)
-        cls = plugins.platforms.get(requested)
+        cls = _platform_class(plugins, requested)
         if not cls.is_available():
             raise _backend_error(requested, plugins)
         return cls()
     for name in _probe_order(plugins):
-        cls = plugins.platforms.get(name)
-        if cls.is_available():
+        try:
+            cls = plugins.platforms.get(name)
+            available = cls.is_available()
+        except Exception:  # noqa: BLE001 - available_platforms logs it; probing goes on to the next one
+            continue
+        if available:
             return cls()
     raise BackendError("no backend is available; install one, e.g. pip install 'sgl' brings the cpu backend")

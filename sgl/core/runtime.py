@@ -7,6 +7,7 @@ import time
 from dataclasses import dataclass
 
 from sgl.core.config import ServerArgs
+from sgl.core.feature_select import Features, select_features
 from sgl.core.grammar.base import GrammarVocab
 from sgl.core.grammar.feature import GrammarFeature
 from sgl.core.load_report import LoadReport, build_report, log_report
@@ -38,6 +39,7 @@ class Runtime:
     tokenizer: Tokenizer
     scheduler: Scheduler
     report: LoadReport
+    features: Features  # the speculative algorithm and LoRA backend the flags chose, built on this rank
 
     def stats_log(self) -> StatsLog:
         """The periodic prefill/decode lines; its ``tick`` goes after every iteration of the scheduler loop."""
@@ -69,14 +71,17 @@ class Runtime:
 def build_runtime(args: ServerArgs) -> Runtime:
     """Builds everything the scheduler loop needs and logs the load summary (the Engine and the server alike)."""
     t0 = time.perf_counter()
+    plugins = get_plugins()
     platform = select_platform(args.backend)
+    selected = select_features(args, plugins)  # NOTE: before the model loads, so a bad name fails fast
     args = resolve_paths(args)
     model_path = args.model_path
     assert model_path is not None
-    get_plugins().manager.hook.sgl_startup_check(server_args=args)
+    plugins.manager.hook.sgl_startup_check(server_args=args)
     platform.manual_seed(args.random_seed)  # NOTE: unseeded sampling draws from this generator, as in SGLang
     tokenizer = load_tokenizer(args)
-    runner = ModelRunner(args, platform, model_path)
+    runner = ModelRunner(args, platform, model_path, plugins=plugins)
+    built = selected.build(args, runner)
     eos = set(runner.model_config.eos_token_ids)
     if tokenizer.eos_token_id is not None:
         eos.add(tokenizer.eos_token_id)
@@ -88,8 +93,8 @@ def build_runtime(args: ServerArgs) -> Runtime:
         return tokenizer.encode(text, add_special_tokens=False)
 
     vocab = GrammarVocab(args.tokenizer_path or model_path, runner.vocab_size, tuple(sorted(eos)))
-    features: list[SchedulerFeature] = [GrammarFeature.from_args(args, vocab, encode)]
+    features: list[SchedulerFeature] = [GrammarFeature.from_args(args, vocab, encode), *built.scheduler_features()]
     scheduler = Scheduler(args, runner, detokenize, eos, features)
     report = build_report(runner, platform.name, scheduler.overlap is not None, time.perf_counter() - t0)
     log_report(report)
-    return Runtime(args, platform, model_path, tokenizer, scheduler, report)
+    return Runtime(args, platform, model_path, tokenizer, scheduler, report, built)

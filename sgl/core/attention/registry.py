@@ -1,30 +1,19 @@
-"""Attention backends by name: the core's own, plus those plugins register through ``sgl_attention_backends``."""
+"""The core's own attention backends, by name. Plugins add theirs through ``sgl_attention_backends``.
+
+A leaf module: discovery (``sgl.core.plugins``) seeds its registry from ``BUILTIN``, and whoever builds a backend
+is handed that registry, so nothing here imports the plugin layer (or torch).
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from sgl.core.attention.base import AttentionBackend
-from sgl.core.registry import resolve
+if TYPE_CHECKING:
+    from sgl.core.attention.base import AttentionBackend
 
 BUILTIN: dict[str, str] = {"torch_native": "sgl.core.attention.torch_native:TorchNativeAttnBackend"}
+BUILTIN_ORIGIN = "sgl (core)"
 
-AttentionBackendFactory = Callable[[Any], AttentionBackend]
-
-
-def known_backends() -> list[str]:
-    from sgl.core.plugins import get_plugins
-
-    return sorted(set(BUILTIN) | set(get_plugins().attention_backends.names()))
-
-
-def attention_backend_factory(name: str) -> AttentionBackendFactory:
-    if name in BUILTIN:
-        return resolve(BUILTIN[name])  # type: ignore[return-value]
-    from sgl.core.plugins import get_plugins
-
-    registry = get_plugins().attention_backends
-    if name not in registry:
-        raise ValueError(f"unknown attention backend {name!r}; known: {', '.join(known_backends())}")
-    return registry.get(name)  # type: ignore[return-value]
+AttentionBackendFactory = Callable[[Any], "AttentionBackend"]
+"""``factory(runner) -> AttentionBackend``: a backend class or a function; the runner gives pools and shapes."""

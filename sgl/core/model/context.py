@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import torch
 
 from sgl.core.distributed.communicator import SINGLE, ParallelState
-from sgl.core.model.linear import LinearMethod
+from sgl.core.model.linear_method import LinearMethod
 from sgl.core.ops.table import Ops
 
 if TYPE_CHECKING:
     from sgl.core.platform import Platform
+    from sgl.core.quant.base import QuantizationMethod
 
 
 @dataclass(frozen=True)
@@ -32,7 +33,7 @@ class ModelContext:
         dtype: torch.dtype,
         parallel: ParallelState = SINGLE,
         device: torch.device | None = None,
-        quant_config: Any = None,
+        quant_config: QuantizationMethod | None = None,
     ) -> ModelContext:
         return cls(
             ops=platform.ops(),

@@ -7,43 +7,22 @@ Each layer holds only this rank's shard and knows how to cut it out of the full 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
+
+# NOTE: the GEMM contract lives in a leaf module (context.py needs it, and this module needs the context); it is
+# re-exported here because a layer's users reach for it beside the layers.
+from sgl.core.model.linear_method import LinearMethod, UnquantizedLinearMethod
+
+__all__ = [
+    "ColumnParallelLinear", "LinearBase", "LinearMethod", "MergedColumnParallelLinear", "QKVParallelLinear",
+    "ReplicatedLinear", "RowParallelLinear", "UnquantizedLinearMethod",
+]
 
 if TYPE_CHECKING:
     from sgl.core.model.context import ModelContext
-
-
-class LinearMethod:
-    """The GEMM hook: how a linear layer's weights are created and applied (quantized methods override both)."""
-
-    def create_weights(
-        self, layer: nn.Module, in_features: int, out_features: int, bias: bool, dtype: torch.dtype
-    ) -> None:
-        raise NotImplementedError
-
-    def apply(self, layer: nn.Module, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-        raise NotImplementedError
-
-
-class UnquantizedLinearMethod(LinearMethod):
-    """A dense ``weight [out, in]`` (+ optional ``bias [out]``) applied with F.linear."""
-
-    def create_weights(
-        self, layer: nn.Module, in_features: int, out_features: int, bias: bool, dtype: torch.dtype
-    ) -> None:
-        layer.register_parameter(
-            "weight", nn.Parameter(torch.empty(out_features, in_features, dtype=dtype), requires_grad=False)
-        )
-        layer.register_parameter(
-            "bias", nn.Parameter(torch.empty(out_features, dtype=dtype), requires_grad=False) if bias else None
-        )
-
-    def apply(self, layer: nn.Module, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-        return F.linear(x, cast(torch.Tensor, layer.weight), bias)
 
 
 def _copy_checked(dst: torch.Tensor, src: torch.Tensor) -> None:

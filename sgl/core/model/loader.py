@@ -13,17 +13,23 @@ from sgl.core.model.config import ModelConfig
 from sgl.core.model.context import ModelContext
 from sgl.core.model.layernorm import RMSNorm
 from sgl.core.model.weights import expected_checkpoint_names, iter_safetensors, safetensors_files
+from sgl.core.registry import Registry
 
 LOAD_FORMATS = ("auto", "safetensors", "dummy")
 DUMMY_STD = 0.02
 
 
-def resolve_architecture(config: ModelConfig) -> type[nn.Module]:
-    from sgl.core.plugins import get_plugins
+def resolve_architecture(config: ModelConfig, models: Registry[type] | None = None) -> type[nn.Module]:
+    """The class registered for the config's architecture, in ``models`` (default: the discovered plugins')."""
+    if models is None:
+        from sgl.core.plugins import get_plugins
 
-    models = get_plugins().models
+        models = get_plugins().models
     arch = config.architecture
     if arch not in models:
+        failure = models.failure(arch)  # NOTE: the plugin that would provide it was skipped: say which and why
+        if failure is not None:
+            raise ValueError(f"model architecture {arch!r} is unavailable: {failure}")
         supported = ", ".join(models.names()) or "(none)"
         remote = " (the model ships its own code in auto_map, which sgl never runs)" if config.get("auto_map") else ""
         raise ValueError(f"unsupported model architecture {arch!r}{remote}; supported: {supported}")
@@ -31,13 +37,14 @@ def resolve_architecture(config: ModelConfig) -> type[nn.Module]:
 
 
 def load_model(
-    model_path: str, ctx: ModelContext, load_format: str = "auto", seed: int = 0
+    model_path: str, ctx: ModelContext, load_format: str = "auto", seed: int = 0, models: Registry[type] | None = None
 ) -> tuple[nn.Module, ModelConfig]:
-    """Builds the model for ``model_path`` on ctx.device in ctx.dtype and fills its weights."""
+    """Builds the model for ``model_path`` on ctx.device in ctx.dtype and fills its weights; the architecture is
+    looked up in ``models`` (default: the discovered plugins')."""
     if load_format not in LOAD_FORMATS:
         raise ValueError(f"load_format must be one of {', '.join(LOAD_FORMATS)}; got {load_format!r}")
     config = ModelConfig.from_dir(model_path)
-    cls = resolve_architecture(config)
+    cls = resolve_architecture(config, models)
     # NOTE: parameters are allocated directly on the device, in ctx.dtype; nothing is built on CPU and moved.
     with torch.device(ctx.device):
         model = cls(config, ctx)

@@ -15,6 +15,8 @@ from sgl.core.model.config import ModelConfig
 from sgl.core.model.context import ModelContext
 from sgl.core.model.loader import load_model
 from sgl.core.platform import Platform
+from sgl.core.plugins import Plugins, get_plugins
+from sgl.core.quant.base import select_quantization
 from sgl.core.runner.forward_batch import ForwardBatch
 from sgl.core.runner.memory_plan import plan_memory
 
@@ -48,19 +50,27 @@ class ModelRunner:
     """One per tensor-parallel rank. Owns the model, the KV pool, the request-to-token table and the sampler."""
 
     def __init__(
-        self, args: ServerArgs, platform: Platform, model_path: str, parallel: ParallelState = SINGLE
+        self, args: ServerArgs, platform: Platform, model_path: str, parallel: ParallelState = SINGLE,
+        plugins: Plugins | None = None,
     ) -> None:
         self.args = args
         self.platform = platform
         self.parallel = parallel
+        plugins = plugins or get_plugins()
+        self.attention_backends = plugins.attention_backends  # read by Platform.attention_backend
         platform.set_device(parallel.tp_rank)
         self.device = platform.device(parallel.tp_rank)
         self.model_config = ModelConfig.from_dir(model_path)
         self.dtype = resolve_dtype(args, platform, self.model_config)
         self.kv_dtype = resolve_kv_cache_dtype(args, self.dtype)
-        ctx = ModelContext.from_platform(platform, self.dtype, parallel, self.device)
+        self.quantization = select_quantization(
+            args.quantization, self.model_config.get("quantization_config"), plugins.quantization_methods
+        )
+        ctx = ModelContext.from_platform(platform, self.dtype, parallel, self.device, self.quantization)
         self.model: Any  # an architecture class from the model registry (forward, compute_logits)
-        self.model, _ = load_model(model_path, ctx, load_format=args.load_format, seed=args.random_seed)
+        self.model, _ = load_model(
+            model_path, ctx, load_format=args.load_format, seed=args.random_seed, models=plugins.models
+        )
         self.model.eval()
         cfg = self.model_config
         self.context_len = args.context_length or cfg.max_position_embeddings

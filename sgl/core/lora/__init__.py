@@ -1,0 +1,1 @@
+"""LoRA serving: the backend contract (base.py); backends are plugins (``sgl_lora_backends``)."""

@@ -1,0 +1,1 @@
+"""Quantization: the method contract (base.py); methods themselves are plugins (``sgl_quantization_methods``)."""

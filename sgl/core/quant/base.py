@@ -1,0 +1,65 @@
+"""The quantization contract: a method reads its checkpoint config, lays out its weights, and supplies the linear
+method that computes with them.
+
+Methods register by name through ``sgl_quantization_methods``. The name comes from ``--quantization NAME``, else
+from the ``quant_method`` of the checkpoint's ``quantization_config`` (config.json). The core calls two things:
+``from_config`` once at startup, and ``linear_method()`` once, through ``Platform.linear_method(method)``, when the
+model context is built; every linear layer then creates and applies its weights through that LinearMethod. A
+platform that accelerates a method answers with its own kernel there; the method's torch reference is the fallback.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+from sgl.core.registry import Registry, select_class
+
+if TYPE_CHECKING:
+    from sgl.core.model.linear_method import LinearMethod
+
+FLAG = "--quantization"
+
+NOT_YET_SUPPORTED: tuple[str, ...] = ("fp8", "awq", "gptq", "compressed-tensors", "modelopt_fp4")
+"""Method names (SGLang's, and the checkpoints' ``quant_method``) that no in-tree plugin implements yet: refused at
+startup with one line rather than served unquantized."""
+
+
+class QuantizationMethod(ABC):
+    """One quantization scheme, configured for one checkpoint."""
+
+    @classmethod
+    @abstractmethod
+    def from_config(cls, checkpoint_config: Mapping[str, Any]) -> QuantizationMethod:
+        """Built once at startup from the checkpoint's ``quantization_config`` (empty when the checkpoint has none
+        and ``--quantization`` chose the method: online quantization). Raise ValueError for a config this method
+        cannot serve; the message is the startup error."""
+
+    @abstractmethod
+    def linear_method(self) -> LinearMethod:
+        """The torch reference LinearMethod for this layout: ``create_weights`` registers the method's parameters
+        (each gets the layer's tensor-parallel ``weight_loader``), ``apply`` computes with them."""
+
+
+def select_quantization(
+    flag: str | None, checkpoint_config: Mapping[str, Any] | None, registry: Registry[type]
+) -> QuantizationMethod | None:
+    """The method for this model: ``--quantization`` wins, else the checkpoint's ``quant_method``; None for neither.
+
+    NOTE: a flag that names another method than the checkpoint's still hands that method the checkpoint's config;
+    the method decides whether it can read it (``from_config`` raises ValueError when not).
+    """
+    checkpoint = dict(checkpoint_config or {})
+    name = flag
+    if name is None and checkpoint:
+        name = checkpoint.get("quant_method")
+        if not isinstance(name, str) or not name:
+            raise ValueError("the checkpoint's quantization_config has no quant_method; pass --quantization NAME")
+    if name is None:
+        return None
+    cls = select_class(registry, name, FLAG, QuantizationMethod, NOT_YET_SUPPORTED)
+    method = cls.from_config(checkpoint)
+    if not isinstance(method, QuantizationMethod):
+        raise ValueError(f"{FLAG} {name}: {cls.__qualname__}.from_config returned {type(method).__name__}")
+    return method
