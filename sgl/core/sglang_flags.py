@@ -84,7 +84,6 @@ _FLAGS = [
     _no("enable_dp_attention", bool, False, "data-parallel attention is not supported yet"),
     _no("enable_two_batch_overlap", bool, False, "two-batch overlap is not supported yet"),
     # quantization, LoRA, speculative decoding ------------------------------------------------------------------
-    _no("quantization", str, None, "weight quantization is not supported yet", _QUANT),
     _no("quantization_param_path", str, None, "KV cache scaling factors are not supported yet"),
     _no("enable_lora", bool, False, "LoRA adapters are not supported yet", _LORA),
     _no("lora_paths", str, None, "LoRA adapters are not supported yet", _LORA),
@@ -92,9 +91,7 @@ _FLAGS = [
     _no("max_loaded_loras", int, None, "LoRA adapters are not supported yet", _LORA),
     _no("max_lora_rank", int, None, "LoRA adapters are not supported yet", _LORA),
     _no("lora_target_modules", str, None, "LoRA adapters are not supported yet", _LORA),
-    _no("lora_backend", str, None, "LoRA adapters are not supported yet", _LORA),
     _no("lora_eviction_policy", str, None, "LoRA adapters are not supported yet", _LORA),
-    _no("speculative_algorithm", str, None, "speculative decoding is not supported yet", _SPEC),
     _no("speculative_draft_model_path", str, None, "speculative decoding is not supported yet", _SPEC),
     _no("speculative_draft_model_revision", str, None, "speculative decoding is not supported yet", _SPEC),
     _no("speculative_num_steps", int, None, "speculative decoding is not supported yet", _SPEC),
