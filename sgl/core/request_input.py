@@ -26,10 +26,11 @@ MAX_TOP_LOGPROBS = 20
 NATIVE_DEFAULT_MAX_NEW_TOKENS = 128  # SGLang's default when a request gives no max_new_tokens
 REST_OF_CONTEXT = None  # as a default: every token the context has left after the prompt
 
-# SGLang's native sampling params that sgl does not implement: null (what SGLang clients send when unset) is
-# accepted, any other value is refused with the reason.
+# SGLang's native sampling params that sgl does not implement: null or empty (what SGLang's clients send when unset;
+# its frontend sends stop_regex: []) is accepted, any other value is refused with the reason.
 UNSUPPORTED_SAMPLING = {
     "stop_regex": "stop_regex is not supported; use stop strings",
+    "structural_tag": "structural tags are not supported; use json_schema, regex or ebnf",
     "custom_params": "custom_params needs a custom logit processor, which sgl does not support",
 }
 
@@ -112,7 +113,7 @@ def sampling_params_of(given: SamplingParams | Mapping[str, Any] | None) -> tupl
         raise RequestError(f"sampling_params must be an object, got {type(given).__name__}", "sampling_params")
     fields = dict(given or {})
     for name, why in UNSUPPORTED_SAMPLING.items():
-        if fields.get(name) is not None:
+        if fields.get(name) not in (None, "", [], (), {}):
             raise RequestError(why, name)
         fields.pop(name, None)
     return SamplingParams.from_dict(fields), fields.get("max_new_tokens") is not None
