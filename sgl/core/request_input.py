@@ -54,7 +54,7 @@ class ModelLimits:
 
     @classmethod
     def of(cls, args: ServerArgs, context_len: int, vocab_size: int, max_total_tokens: int | None) -> ModelLimits:
-        """The limits the engine and the server both apply: the model's, plus the server arguments that cap a request."""
+        """The limits the engine and the server both apply: the model's, and the server arguments capping a request."""
         return cls(context_len, vocab_size, args.max_n, args.grammar_backend, max_total_tokens,
                    args.max_new_tokens_limit)
 

@@ -10,7 +10,7 @@ from sgl.core.ipc import FinishReason
 
 
 class TokenLogprob(NamedTuple):
-    """SGLang's (logprob, token_id, text) entry; text is None unless asked for; a prompt's first token has no logprob."""
+    """SGLang's (logprob, token_id, text); text is None unless asked for; a prompt's first token has no logprob."""
 
     logprob: float | None
     token_id: int

@@ -107,7 +107,8 @@ def test_a_prompt_provably_too_long_is_refused_without_tokenizing(tokenizer: Tok
     with pytest.raises(RequestError, match=rf"at least 64 tokens \({len(too_long)} bytes.*context length is 64"):
         prepare_request(GenerateInput(text=too_long), spy, LIMITS)  # type: ignore[arg-type]
     assert spy.encoded == 0
-    prepare_request(GenerateInput(text="short", sampling_params={"max_new_tokens": 2}), spy, LIMITS)  # type: ignore[arg-type]
+    short = GenerateInput(text="short", sampling_params={"max_new_tokens": 2})
+    prepare_request(short, spy, LIMITS)  # type: ignore[arg-type]
     assert spy.encoded == 1
 
 
