@@ -228,7 +228,7 @@ async def get_server_info(request: Request) -> dict[str, Any]:
     args = dataclasses.asdict(state.args)
     if args.get("api_key"):
         args["api_key"] = "<redacted>"
-    internal = {**scheduler, "last_gen_throughput": tm.metrics.gen_throughput(), "world_size": state.args.tp_size}
+    internal = {**scheduler, "last_gen_throughput": tm.metrics.gen_throughput(), "world_size": 1}
     return {"dp_size": 1, **args, **tm.model_info, **scheduler, "served_model_name": state.served_model_name,
             "max_req_input_len": tm.limits.prompt_limit - 1, "num_pending_requests": tm.num_pending,
             "internal_states": [internal], "version": __version__, "server_args": args}
