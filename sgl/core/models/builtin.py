@@ -10,6 +10,8 @@ def sgl_models() -> dict[str, str]:
     return {
         "LlamaForCausalLM": "sgl.core.models.llama:LlamaForCausalLM",
         "MistralForCausalLM": "sgl.core.models.mistral:MistralForCausalLM",
+        "MixtralForCausalLM": "sgl.core.models.mixtral:MixtralForCausalLM",
         "Qwen2ForCausalLM": "sgl.core.models.qwen2:Qwen2ForCausalLM",
         "Qwen3ForCausalLM": "sgl.core.models.qwen3:Qwen3ForCausalLM",
+        "Qwen3MoeForCausalLM": "sgl.core.models.qwen3_moe:Qwen3MoeForCausalLM",
     }
