@@ -18,6 +18,7 @@ MOE_ARCHS = ("qwen3_moe", "mixtral", "deepseek_v2", "deepseek_v3")
 _MLA: dict[str, Any] = {
     "kv_lora_rank": 32, "qk_rope_head_dim": 8, "qk_nope_head_dim": 16, "v_head_dim": 24,
     "moe_intermediate_size": 32, "n_shared_experts": 2, "first_k_dense_replace": 1, "num_hidden_layers": 3,
+    "num_key_value_heads": 4,  # NOTE: HF expands the latent to every head and repeats by heads / kv heads
 }
 
 
