@@ -36,7 +36,7 @@ class AlignedTokens(NamedTuple):
 
 
 def align_tokens(topk_ids: torch.Tensor, num_experts: int, block_m: int) -> AlignedTokens:
-    """Groups the pairs by expert in runs padded to ``block_m``; ids outside [0, E) (other ranks' experts) are dropped."""
+    """Groups the pairs by expert in runs padded to ``block_m``; ids outside [0, E) (other ranks' experts) drop."""
     flat = topk_ids.reshape(-1).long()
     n, dev = flat.numel(), flat.device
     valid = (flat >= 0) & (flat < num_experts)

@@ -87,3 +87,21 @@ def test_routing_chooses_several_experts_per_layer(pair: tuple[Any, Any, Any]) -
     for block in blocks:
         ids = block.gate(hidden).ids
         assert len(ids.unique()) > block.gate.routing.top_k
+
+
+YARN = {
+    "rope_type": "yarn", "rope_theta": 10000.0, "factor": 4.0, "original_max_position_embeddings": 16,
+    "beta_fast": 32, "beta_slow": 1, "mscale": 1.0, "mscale_all_dim": 0.8,
+}
+
+
+@pytest.mark.parametrize("arch", ["deepseek_v2", "deepseek_v3"])
+def test_yarn_scaled_deepseek_logits_equal_hf(arch: str, tmp_path: Any) -> None:
+    """DeepSeek's real configs use YaRN: the rope table (with its cos/sin factor) and MLA's mscale^2 softmax scale."""
+    path = make_tiny_moe_model(arch, tmp_path, seed=5, num_hidden_layers=2, max_position_embeddings=64,
+                               rope_parameters=dict(YARN))
+    model, config = load_model(path, ModelContext.from_platform(Platform(), torch.float32))
+    assert config.rope_scaling is not None and config.rope_scaling["rope_type"] == "yarn"
+    prompt = _prompts([50], seed=6)[0]
+    fb = build_forward_batch(make_model_paged_kv(model, config), [0], [0], [prompt])
+    torch.testing.assert_close(_ours(model, fb), _hf_logits(load_hf_model(path), prompt), atol=ATOL, rtol=0)
