@@ -32,4 +32,4 @@ def test_shipped_moe_config_has_the_published_parameter_count(name: str) -> None
 def test_deepseek_v2_lite_caches_one_576_wide_latent_per_token() -> None:
     layout = _build_on_meta("deepseek-v2-lite").kv_layout()  # type: ignore[operator]
     assert layout == KVLayout(1, 512 + 64, 512, latent=True)
-    assert layout.bytes_per_token(27, torch.bfloat16) == 27 * 576 * 2  # vs 27 * 2 * 16 * 192 * 2 for full heads
+    assert layout.bytes_per_token(27, torch.bfloat16) == 27 * 576 * 2  # full heads: 27 * 16 * (192 + 128) * 2
