@@ -72,3 +72,39 @@ def test_fused_moe_decode_bandwidth(name: str) -> None:
     bytes_read = k * 3 * h * i * 2
     print(f"\n{name}: batch-1 fused MoE {ms * 1e3:.1f} us, {bytes_read / ms / 1e6:.0f} GB/s over the active experts")
     assert ms > 0
+
+
+def _latent_attention_reference(q: torch.Tensor, cache: torch.Tensor, kv_lora: int, scale: float) -> torch.Tensor:
+    """q [H, 576] over one request's latent rows [S, 576] (the value: their first kv_lora features), causal-free."""
+    scores = (q.float() @ cache.float().T) * scale
+    return scores.softmax(-1) @ cache[:, :kv_lora].float()
+
+
+def test_triton_attention_over_the_mla_latent_pool_at_deepseek_shapes() -> None:
+    """16 heads over one 576-wide latent per token, the value a view of the key buffer (DeepSeek-V2-Lite's layer)."""
+    from sgl.core.memory.kv_pool import MLAKVPool
+    from sgl.kernels import decode_attention, extend_attention
+
+    heads, kv_lora, rope, seq = 16, 512, 64, 700
+    scale = (128 + 64) ** -0.5
+    pool = MLAKVPool(4096, 1, 1, kv_lora + rope, kv_lora, BF16, DEV)
+    slots = torch.randperm(4096, device=DEV)[:seq] + 1
+    pool.set_kv_buffer(0, slots, torch.randn(seq, kv_lora + rope, device=DEV, dtype=BF16), None)  # type: ignore[arg-type]
+    r2t = torch.zeros(1, 1024, dtype=torch.int32, device=DEV)
+    r2t[0, :seq] = slots.int()
+    k_buf, v_buf = pool.get_key_buffer(0), pool.get_value_buffer(0)
+    cache = k_buf[slots.long(), 0]
+    q = torch.randn(1, heads * (kv_lora + rope), device=DEV, dtype=BF16)
+    out = decode_attention(q, k_buf, v_buf, r2t, torch.zeros(1, dtype=torch.int64, device=DEV),
+                           torch.tensor([seq], device=DEV), scale)
+    ref = _latent_attention_reference(q.view(heads, -1), cache, kv_lora, scale)
+    torch.testing.assert_close(out[0].float(), ref, atol=2e-2, rtol=2e-2)
+    # the last 5 tokens as an extend over the first seq - 5: token j sees keys [0, seq - 5 + j]
+    n = 5
+    qe = torch.randn(n, heads * (kv_lora + rope), device=DEV, dtype=BF16)
+    out = extend_attention(qe, k_buf, v_buf, r2t, torch.zeros(1, dtype=torch.int64, device=DEV),
+                           torch.tensor([seq - n], device=DEV), torch.tensor([n], device=DEV),
+                           torch.tensor([0], device=DEV), n, scale)
+    for j in range(n):
+        ref = _latent_attention_reference(qe[j].view(heads, -1), cache[: seq - n + j + 1], kv_lora, scale)
+        torch.testing.assert_close(out[j].float(), ref, atol=2e-2, rtol=2e-2)
