@@ -42,7 +42,8 @@ def align_tokens(topk_ids: torch.Tensor, num_experts: int, block_m: int) -> Alig
     valid = (flat >= 0) & (flat < num_experts)
     expert = torch.where(valid, flat, num_experts)  # NOTE: dropped pairs sort last, into a bucket never stored
     # NOTE: scatter_add, not bincount: bincount reads the max id back to the host, which breaks graph capture.
-    counts = torch.zeros(num_experts + 1, dtype=torch.int64, device=dev).scatter_add_(0, expert, torch.ones_like(expert))
+    counts = torch.zeros(num_experts + 1, dtype=torch.int64, device=dev)
+    counts = counts.scatter_add_(0, expert, torch.ones_like(expert))
     counts = counts[:num_experts]
     padded = (counts + block_m - 1) // block_m * block_m
     run_end = padded.cumsum(0)

@@ -89,7 +89,8 @@ def test_triton_attention_over_the_mla_latent_pool_at_deepseek_shapes() -> None:
     scale = (128 + 64) ** -0.5
     pool = MLAKVPool(4096, 1, 1, kv_lora + rope, kv_lora, BF16, DEV)
     slots = torch.randperm(4096, device=DEV)[:seq] + 1
-    pool.set_kv_buffer(0, slots, torch.randn(seq, kv_lora + rope, device=DEV, dtype=BF16), None)  # type: ignore[arg-type]
+    latent = torch.randn(seq, kv_lora + rope, device=DEV, dtype=BF16)
+    pool.set_kv_buffer(0, slots, latent, latent[:, :kv_lora])
     r2t = torch.zeros(1, 1024, dtype=torch.int32, device=DEV)
     r2t[0, :seq] = slots.int()
     k_buf, v_buf = pool.get_key_buffer(0), pool.get_value_buffer(0)
