@@ -1,0 +1,41 @@
+"""NGRAM speculation on the demo model: the same greedy tokens as without it, drafts accepted on repetitive text,
+KV slots of rejected drafts given back (the pool invariant is checked after every step)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.core.engine_utils import GREEDY, PROMPTS, greedy_ids, make_engine, settled_info
+
+REPETITIVE = [
+    "a b c d e f g a b c d e f g a b c d e f g a b c",
+    "1, 2, 3, 4, 1, 2, 3, 4, 1, 2, 3, 4, 1, 2,",
+    "the cat sat on the mat. the cat sat on the mat. the cat sat on the",
+]
+
+
+@pytest.fixture(scope="module")
+def plain_tokens(demo_model_dir: Path) -> list[list[int]]:
+    engine = make_engine(demo_model_dir)
+    try:
+        return greedy_ids(engine, PROMPTS + REPETITIVE)
+    finally:
+        engine.shutdown()
+
+
+def test_ngram_gives_the_greedy_tokens_of_plain_decoding_and_accepts_drafts(
+    demo_model_dir: Path, plain_tokens: list[list[int]]
+) -> None:
+    engine = make_engine(demo_model_dir, speculative_algorithm="NGRAM", speculative_num_draft_tokens=5)
+    try:
+        assert greedy_ids(engine, PROMPTS + REPETITIVE) == plain_tokens
+        info = settled_info(engine)
+    finally:
+        engine.shutdown()
+    assert info["speculative_algorithm"] == "NGRAM"
+    assert info["spec_verify_steps"] > 0 and info["spec_drafted_tokens"] > 0
+    assert info["spec_accepted_tokens"] > 0, info
+    assert info["avg_spec_accept_length"] > 1.0
+    assert info["request_owned_tokens"] == 0 and info["locked_tokens"] == 0
