@@ -39,11 +39,10 @@ class NgramAlgorithm(DraftingAlgorithm):
 
     @classmethod
     def create(cls, server_args: ServerArgs, runner: ModelRunner) -> NgramAlgorithm:
-        a = server_args
-        n = a.speculative_num_draft_tokens or DEFAULT_DRAFT_TOKENS
-        return cls(n - 1, runner.context_len, a.speculative_ngram_min_match_window_size,
-                   a.speculative_ngram_max_match_window_size, a.speculative_ngram_branch_length,
-                   a.speculative_ngram_capacity)
+        n = server_args.speculative_num_draft_tokens or DEFAULT_DRAFT_TOKENS
+        return cls(n - 1, runner.context_len, server_args.speculative_ngram_min_match_window_size,
+                   server_args.speculative_ngram_max_match_window_size, server_args.speculative_ngram_branch_length,
+                   server_args.speculative_ngram_capacity)
 
     def _index(self, r: Req) -> SequenceIndex:
         index = r.features.get(self.name)
