@@ -83,6 +83,12 @@ class ServerArgs:
         None, "quantization method; default: the checkpoint's quantization_config (quant_method), else none"
     )
     speculative_algorithm: str | None = _opt(None, "speculative decoding algorithm; default: off")
+    speculative_draft_model_path: str | None = _opt(
+        None, "the draft model's directory or Hub id (STANDALONE; it must share the target's tokenizer)"
+    )
+    speculative_draft_model_revision: str | None = _opt(None, "Hub branch, tag or commit of a Hub id draft model")
+    speculative_num_steps: int | None = _opt(None, "draft forwards (draft tokens) per step; default: the algorithm's")
+    speculative_eagle_topk: int | None = _opt(None, "branches per draft step; only 1 (a chain) is supported yet")
     speculative_num_draft_tokens: int | None = _opt(
         None, "tokens verified per request per speculative step, its last token included (so N - 1 drafts); "
         "default: the algorithm's"

@@ -499,8 +499,8 @@ def test_unknown_feature_name_lists_the_known_ones() -> None:
     with pytest.raises(ValueError) as info:
         select_features(ServerArgs(speculative_algorithm="ecko"), _features_plugins())
     assert str(info.value) == (
-        "--speculative-algorithm: unknown speculative algorithm 'ecko'; known: EAGLE, EAGLE3, NEXTN, "
-        "STANDALONE, echo, not_one"
+        "--speculative-algorithm: unknown speculative algorithm 'ecko'; known: EAGLE, EAGLE3, NEXTN, echo, "
+        "not_one"
     )
 
 

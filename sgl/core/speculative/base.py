@@ -28,8 +28,23 @@ if TYPE_CHECKING:
 
 FLAG = "--speculative-algorithm"
 
-NOT_YET_SUPPORTED: tuple[str, ...] = ("EAGLE", "EAGLE3", "NEXTN", "STANDALONE")
+NOT_YET_SUPPORTED: tuple[str, ...] = ("EAGLE", "EAGLE3", "NEXTN")
 """SGLang's algorithm names, which no in-tree plugin implements yet: refused at startup with one line."""
+
+
+SHAPE_FLAGS: tuple[str, ...] = (
+    "speculative_draft_model_path", "speculative_num_steps", "speculative_eagle_topk", "speculative_num_draft_tokens",
+)
+
+
+def check_flags(server_args: ServerArgs) -> None:
+    """Speculation's flags mean nothing without an algorithm: refused with one line rather than ignored."""
+    if server_args.speculative_algorithm is not None:
+        return
+    given = [f for f in SHAPE_FLAGS if getattr(server_args, f) is not None]
+    if given:
+        flag = "--" + given[0].replace("_", "-")
+        raise ValueError(f"{flag} needs --speculative-algorithm (speculative decoding is off)")
 
 
 class SpeculativeAlgorithm(SchedulerFeature):

@@ -39,6 +39,10 @@ class NgramAlgorithm(DraftingAlgorithm):
 
     @classmethod
     def create(cls, server_args: ServerArgs, runner: ModelRunner) -> NgramAlgorithm:
+        for flag in ("speculative_draft_model_path", "speculative_num_steps", "speculative_eagle_topk"):
+            if getattr(server_args, flag) is not None:
+                raise ValueError(f"--{flag.replace('_', '-')}: NGRAM has no draft model (its flag is "
+                                 "--speculative-num-draft-tokens)")
         n = server_args.speculative_num_draft_tokens or DEFAULT_DRAFT_TOKENS
         return cls(n - 1, runner.context_len, server_args.speculative_ngram_min_match_window_size,
                    server_args.speculative_ngram_max_match_window_size, server_args.speculative_ngram_branch_length,

@@ -7,4 +7,7 @@ from sgl.core.hooks import hookimpl
 
 @hookimpl
 def sgl_speculative_algorithms() -> dict[str, str]:
-    return {"NGRAM": "sgl.plugins.speculative.ngram:NgramAlgorithm"}
+    return {
+        "NGRAM": "sgl.plugins.speculative.ngram:NgramAlgorithm",
+        "STANDALONE": "sgl.plugins.speculative.standalone:StandaloneAlgorithm",
+    }
