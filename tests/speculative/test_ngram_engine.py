@@ -39,3 +39,28 @@ def test_ngram_gives_the_greedy_tokens_of_plain_decoding_and_accepts_drafts(
     assert info["spec_accepted_tokens"] > 0, info
     assert info["avg_spec_accept_length"] > 1.0
     assert info["request_owned_tokens"] == 0 and info["locked_tokens"] == 0
+
+
+def test_grammar_requests_in_a_speculative_batch_keep_their_constraint_and_tokens(demo_model_dir: Path) -> None:
+    """A constrained request decodes one token per step (its mask advances token by token) beside requests that
+    verify drafts; both give the tokens they give without speculation."""
+    import re
+
+    pytest.importorskip("xgrammar")
+    regex = r"(yes|no), [0-9]{3}-[0-9]{3}\."
+    prompts = REPETITIVE + ["Answer:"]
+    params = [dict(GREEDY) for _ in REPETITIVE] + [{"regex": regex, "max_new_tokens": 32, "temperature": 0.0}]
+    plain = make_engine(demo_model_dir)
+    try:
+        want = plain.generate(prompts, params)
+    finally:
+        plain.shutdown()
+    engine = make_engine(demo_model_dir, speculative_algorithm="NGRAM", speculative_num_draft_tokens=4)
+    try:
+        got = engine.generate(prompts, params)
+        info = settled_info(engine)
+    finally:
+        engine.shutdown()
+    assert [o["output_ids"] for o in got] == [o["output_ids"] for o in want]
+    assert re.fullmatch(regex, got[-1]["text"])
+    assert info["spec_drafted_tokens"] > 0
