@@ -225,6 +225,8 @@ class RequestManager:
             st.logprobs["input_token_logprobs"] = out.input_logprobs
             st.logprobs["input_top_logprobs"] = out.input_top_logprobs or []
         st.logprobs["cached_tokens"] = [out.cached_tokens]
+        if out.spec_verify_ct is not None:
+            st.logprobs["spec_verify_ct"] = [out.spec_verify_ct]
         if fin is not None and self.on_finish is not None:
             self.on_finish(st.rid, out, now - st.created)
 
@@ -253,6 +255,8 @@ class RequestManager:
             "cached_tokens": st.logprobs.get("cached_tokens", [0])[0],
             "e2e_latency": time.time() - st.created,
         }
+        if "spec_verify_ct" in st.logprobs:
+            meta["spec_verify_ct"] = st.logprobs["spec_verify_ct"][0]
         if st.finished is not None and st.finished.status_code is not None:
             meta["error_status"] = st.finished.status_code
         if obj.return_logprob:

@@ -64,3 +64,15 @@ def test_grammar_requests_in_a_speculative_batch_keep_their_constraint_and_token
     assert [o["output_ids"] for o in got] == [o["output_ids"] for o in want]
     assert re.fullmatch(regex, got[-1]["text"])
     assert info["spec_drafted_tokens"] > 0
+
+
+def test_meta_info_reports_the_verify_steps_each_request_took(demo_model_dir: Path) -> None:
+    engine = make_engine(demo_model_dir, speculative_algorithm="NGRAM")
+    try:
+        outs = engine.generate(REPETITIVE, dict(GREEDY))
+    finally:
+        engine.shutdown()
+    for o in outs:
+        meta = o["meta_info"]
+        # NOTE: the first token comes from prefill; every later step is one verify forward (or a plain decode)
+        assert 1 <= meta["spec_verify_ct"] <= meta["completion_tokens"] - 1

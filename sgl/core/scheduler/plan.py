@@ -35,6 +35,8 @@ def run_step(
     if batch.mode.is_decode:
         for r in batch.reqs:
             r.inflight += 1
+            if speculative is not None:
+                r.spec_verify_ct = (r.spec_verify_ct or 0) + 1
         verified = speculative.decode_step(batch, state, executor) if speculative is not None else None
         if verified is not None:
             results.process_verify(batch, verified)
