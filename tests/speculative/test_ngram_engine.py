@@ -76,3 +76,20 @@ def test_meta_info_reports_the_verify_steps_each_request_took(demo_model_dir: Pa
         meta = o["meta_info"]
         # NOTE: the first token comes from prefill; every later step is one verify forward (or a plain decode)
         assert 1 <= meta["spec_verify_ct"] <= meta["completion_tokens"] - 1
+
+
+def test_a_request_drafts_from_what_an_earlier_request_generated(demo_model_dir: Path) -> None:
+    """The shared n-grams of recent requests: the same prompt again drafts the first answer, and is accepted."""
+    accepted = {}
+    for capacity in (0, 100_000):
+        engine = make_engine(demo_model_dir, speculative_algorithm="NGRAM", speculative_ngram_capacity=capacity,
+                             disable_radix_cache=True)
+        try:
+            first = engine.generate(PROMPTS[1], dict(GREEDY))
+            before = engine.get_server_info()["spec_accepted_tokens"]
+            again = engine.generate(PROMPTS[1], dict(GREEDY))
+            accepted[capacity] = engine.get_server_info()["spec_accepted_tokens"] - before
+        finally:
+            engine.shutdown()
+        assert again["output_ids"] == first["output_ids"]
+    assert accepted[100_000] >= 20 > accepted[0], accepted
