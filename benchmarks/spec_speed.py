@@ -1,10 +1,14 @@
-"""Batch-1 decode speed with and without speculative decoding (NGRAM), on real architectures with dummy weights.
+"""Batch-1 decode speed with and without speculative decoding, on real architectures with dummy weights.
 
-python benchmarks/spec_speed.py [llama-3.1-8b qwen3-0.6b ...] [--draft-tokens 4,8] [--new-tokens 256]
+python benchmarks/spec_speed.py [llama-3.1-8b qwen3-0.6b ...] [--algorithm NGRAM|STANDALONE] [--draft-tokens 4,8]
+    [--new-tokens 256]
 
-Dummy weights make no sense of a prompt, but their greedy continuation soon repeats itself, which is what NGRAM
-drafts from; the acceptance length printed with each figure says how much there was to gain. The baseline is
-measured in the same run, with graphs (the plain decode step) and without (the verify step has no graphs yet).
+NGRAM: dummy weights make no sense of a prompt, but their greedy continuation soon repeats itself, which is what
+NGRAM drafts from; ``--draft-tokens`` are --speculative-num-draft-tokens values. STANDALONE: the draft is the target's
+own config with the same dummy weights (same seed), so every draft is accepted and the figure is the machinery's
+ceiling at acceptance length K + 1; ``--draft-tokens`` are --speculative-num-steps values. The acceptance length is
+printed with each figure. The baseline is measured in the same run, with graphs (the plain decode step) and without
+(the verify step has no graphs yet).
 """
 
 from __future__ import annotations
@@ -21,8 +25,9 @@ PROMPT = list(range(100, 164)) * 2  # a repetitive prompt: NGRAM's best case
 
 
 def run(path: str, new_tokens: int, **kw: object) -> dict[str, float]:
-    with sgl.Engine(model_path=path, load_format="dummy", context_length=4096, max_total_tokens=65536,
-                    max_running_requests=64, **kw) as e:  # type: ignore[arg-type]
+    opts = {"load_format": "dummy", "context_length": 4096, "max_total_tokens": 65536, "max_running_requests": 64,
+            **kw}
+    with sgl.Engine(model_path=path, **opts) as e:  # type: ignore[arg-type]
         sp = {"max_new_tokens": new_tokens, "temperature": 0, "ignore_eos": True}
         e.generate(input_ids=PROMPT, sampling_params=sp)  # warm-up (and, for NGRAM, recent requests' n-grams)
         best = 0.0
@@ -44,9 +49,10 @@ if __name__ == "__main__":
     def opt(flag: str, default: str) -> str:
         return argv[argv.index(flag) + 1] if flag in argv else default
 
+    algorithm = opt("--algorithm", "NGRAM")
     drafts = [int(x) for x in opt("--draft-tokens", "4,8").split(",")]
     new_tokens = int(opt("--new-tokens", "256"))
-    values = {opt("--draft-tokens", ""), opt("--new-tokens", "")}
+    values = {opt("--draft-tokens", ""), opt("--new-tokens", ""), opt("--algorithm", "")}
     names = [a for a in argv if not a.startswith("--") and a not in values] or ["llama-3.1-8b"]
     for name in names:
         path = model_dir(name)
@@ -55,7 +61,11 @@ if __name__ == "__main__":
         print(json.dumps({"model": name, "variant": "off (graphs)", **base}), flush=True)
         print(json.dumps({"model": name, "variant": "off (eager)", **eager}), flush=True)
         for n in drafts:
-            got = run(path, new_tokens, speculative_algorithm="NGRAM", speculative_num_draft_tokens=n)
+            if algorithm == "STANDALONE":
+                kw: dict[str, object] = {"speculative_draft_model_path": path, "speculative_num_steps": n}
+            else:
+                kw = {"speculative_num_draft_tokens": n}
+            got = run(path, new_tokens, speculative_algorithm=algorithm, **kw)
             speedup = round(got["decode_tok_s"] / max(base["decode_tok_s"], 1e-9), 3)
-            print(json.dumps({"model": name, "variant": f"NGRAM n={n}", **got, "speedup_vs_graphs": speedup}),
+            print(json.dumps({"model": name, "variant": f"{algorithm} {n}", **got, "speedup_vs_graphs": speedup}),
                   flush=True)
