@@ -81,3 +81,25 @@ def test_speculative_flags_that_cannot_be_honoured_are_refused_with_one_line(
         kwargs = {**kwargs, "speculative_draft_model_path": str(small_draft_dir)}
     with pytest.raises(ValueError, match=message.replace("(", r"\(")):
         make_engine(demo_model_dir, **kwargs).shutdown()
+
+
+def test_a_pool_too_small_for_every_draft_retracts_and_keeps_the_tokens(demo_model_dir: Path) -> None:
+    """Drafts take KV only when the pool has it; retraction still makes room for one token per request.
+
+    NOTE: without ignore_eos admission cannot reserve every request's whole output, so the pool runs out."""
+    params = {"temperature": 0.0, "max_new_tokens": 48}
+    small = {"max_total_tokens": 160, "max_running_requests": 8}
+    plain = make_engine(demo_model_dir, **small)
+    try:
+        want = greedy_ids(plain, PROMPTS, params)
+    finally:
+        plain.shutdown()
+    engine = make_engine(demo_model_dir, speculative_algorithm="STANDALONE", **small,
+                         speculative_draft_model_path=str(demo_model_dir), speculative_num_steps=4)
+    try:
+        assert greedy_ids(engine, PROMPTS, params) == want
+        info = settled_info(engine)
+    finally:
+        engine.shutdown()
+    assert info["retractions"] > 0 and info["spec_accepted_tokens"] > 0
+    assert info["request_owned_tokens"] == 0 and info["available_tokens"] + info["evictable_tokens"] == 160
