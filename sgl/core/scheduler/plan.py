@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from sgl.core.scheduler.batch import ScheduleBatch
-from sgl.core.scheduler.decode import schedule_decode
+from sgl.core.scheduler.decode import DecodeRuns, schedule_decode
 from sgl.core.scheduler.prefill import PrefillBuilder
 from sgl.core.scheduler.results import ResultProcessor
 from sgl.core.scheduler.state import SchedulerState
@@ -15,11 +15,12 @@ if TYPE_CHECKING:
     from sgl.core.speculative.base import SpeculativeAlgorithm
 
 
-def plan_step(state: SchedulerState, prefill: PrefillBuilder) -> ScheduleBatch | None:
-    """A prefill when one fits (it may mix in the running decodes), else the running batch's decode, else None."""
+def plan_step(state: SchedulerState, prefill: PrefillBuilder, runs: DecodeRuns | None = None) -> ScheduleBatch | None:
+    """A prefill when one fits (it may mix in the running decodes), else the running batch's decode (a run of
+    steps where ``runs`` allows), else None."""
     batch = prefill.schedule()
     if batch is None and state.running:
-        batch = schedule_decode(state)
+        batch = schedule_decode(state, runs)
     return batch
 
 
@@ -34,9 +35,10 @@ def run_step(
     state.counters.steps += 1
     if batch.mode.is_decode:
         for r in batch.reqs:
-            r.inflight += 1
+            r.inflight += batch.steps
             if speculative is not None:
                 r.spec_verify_ct = (r.spec_verify_ct or 0) + 1
+        # NOTE: with speculation decode runs are off (Scheduler), so a speculative decode batch is one step
         verified = speculative.decode_step(batch, state, executor) if speculative is not None else None
         if verified is not None:
             results.process_verify(batch, verified)

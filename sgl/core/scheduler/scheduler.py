@@ -19,6 +19,7 @@ from sgl.core.config import ServerArgs
 from sgl.core.ipc import FinishReason, GenerateReq, ReqOutput
 from sgl.core.memory.allocator import TokenAllocator
 from sgl.core.runner.model_runner import ModelRunner
+from sgl.core.scheduler.decode import DecodeRuns
 from sgl.core.scheduler.feature import SchedulerFeature
 from sgl.core.scheduler.new_token_ratio import NewTokenRatio
 from sgl.core.scheduler.overlap import OverlapLoop
@@ -68,6 +69,10 @@ class Scheduler:
         self.prefill = PrefillBuilder(self.state, self.features)
         # NOTE: the feature that owns the decode step's shape (drafts verified per step), if any
         self.speculative = next((f for f in self.features if isinstance(f, SpeculativeAlgorithm)), None)
+        if self.speculative is not None and args.num_continuous_decode_steps > 1:
+            raise ValueError(f"--num-continuous-decode-steps {args.num_continuous_decode_steps}: speculative "
+                             "decoding runs single decode steps (each verifies several tokens)")
+        self.runs = DecodeRuns(args.num_continuous_decode_steps, self.features)
         use_overlap = args.force_overlap_schedule or (
             runner.platform.capabilities.overlap_schedule and not args.disable_overlap_schedule
         )
@@ -76,7 +81,7 @@ class Scheduler:
                 raise ValueError("--force-overlap-schedule: speculative decoding runs without the overlap loop")
             logger.info("speculative decoding: the overlap scheduler is off (a step's drafts need its tokens)")
             use_overlap = False
-        self.overlap = (OverlapLoop(self.state, self.prefill, self.executor, self.results, self.features)
+        self.overlap = (OverlapLoop(self.state, self.prefill, self.executor, self.results, self.features, self.runs)
                         if use_overlap else None)
         self._arrivals = 0
 
@@ -151,7 +156,7 @@ class Scheduler:
         if self.overlap is not None:
             self.overlap.step()
         else:
-            batch = plan_step(s, self.prefill)
+            batch = plan_step(s, self.prefill, self.runs)
             if batch is not None:
                 run_step(batch, s, self.executor, self.results, self.speculative)
         # NOTE: wall time by the kind of step that finished in it (overlap: the decode it resolved), so a run can
