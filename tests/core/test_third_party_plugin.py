@@ -380,9 +380,9 @@ def test_checkpoint_quantization_config_selects_the_fixture_method_without_a_fla
     assert run_python(fixture_site, CHECKPOINT_QUANT, str(odd)) == {
         "error": "fixture_counting cannot read quantization_config keys ['bits']"
     }
-    fp8 = _with_quantization_config(demo_model_dir, tmp_path / "fp8", {"quant_method": "fp8"})
-    assert run_python(fixture_site, CHECKPOINT_QUANT, str(fp8)) == {
-        "error": "--quantization fp8 is not supported yet: no installed plugin provides this quantization method"
+    fp4 = _with_quantization_config(demo_model_dir, tmp_path / "fp4", {"quant_method": "modelopt_fp4"})
+    assert run_python(fixture_site, CHECKPOINT_QUANT, str(fp4)) == {
+        "error": "--quantization modelopt_fp4 is not supported yet: no installed plugin provides this quantization method"
     }
 
 
