@@ -562,8 +562,8 @@ def test_checkpoint_quant_method_selects_without_a_flag_and_none_means_dense() -
     assert select_quantization(None, None, registry) is None
     with pytest.raises(ValueError, match="quantization_config has no quant_method"):
         select_quantization(None, {"bits": 4}, registry)
-    with pytest.raises(ValueError, match=r"^--quantization awq is not supported yet"):
-        select_quantization(None, {"quant_method": "awq"}, registry)
+    with pytest.raises(ValueError, match=r"^--quantization modelopt_fp4 is not supported yet"):
+        select_quantization(None, {"quant_method": "modelopt_fp4"}, registry)
     with pytest.raises(ValueError, match=r"^--quantization: unknown quantization method 'int3'; known: .*half"):
         select_quantization("int3", None, registry)
 

@@ -10,4 +10,6 @@ def sgl_quantization_methods() -> dict[str, str]:
     return {
         "fp8": "sgl.plugins.quant.fp8:Fp8Method",
         "compressed-tensors": "sgl.plugins.quant.compressed_tensors:CompressedTensorsMethod",
+        "awq": "sgl.plugins.quant.awq:AwqMethod",
+        "gptq": "sgl.plugins.quant.gptq:GptqMethod",
     }
