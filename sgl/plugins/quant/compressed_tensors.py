@@ -13,11 +13,11 @@ from typing import TYPE_CHECKING, Any
 from sgl.core.quant.base import QuantizationMethod
 from sgl.plugins.quant.checks import refuse_ignored_linears, require_float8
 from sgl.plugins.quant.fp8 import RUNS_ON
-from sgl.plugins.quant.fp8_linear import ActScheme, Fp8LinearMethod, Fp8Scheme
+from sgl.plugins.quant.fp8_linear import ActScheme, Fp8LinearMethod, Fp8Scheme, fast_fp8_linear_method
 
 if TYPE_CHECKING:
     from sgl.core.model.linear_method import LinearMethod
-    from sgl.core.platform import Platform
+    from sgl.core.platform import Capabilities, Platform
 
 NAME = "compressed-tensors"
 _FORMATS = ("float-quantized", "naive-quantized")
@@ -79,3 +79,6 @@ class CompressedTensorsMethod(QuantizationMethod):
 
     def check_platform(self, platform: Platform) -> None:
         require_float8(NAME, platform, RUNS_ON)
+
+    def kernel_linear_method(self, capabilities: Capabilities) -> LinearMethod | None:
+        return fast_fp8_linear_method(self.scheme, capabilities)

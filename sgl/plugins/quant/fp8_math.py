@@ -44,14 +44,22 @@ def quantize_blocks(w: torch.Tensor, block: tuple[int, int]) -> tuple[torch.Tens
     return quantize_with_scale(w, expand_blocks(scale, rows, cols, block)), scale
 
 
-def fake_quantize_per_token_group(x: torch.Tensor, group: int) -> torch.Tensor:
-    """``x`` rounded through e4m3 with one dynamic scale per token and ``group`` consecutive features (DeepSeek's
-    activation scheme for block-wise weights; ``group`` >= the width gives per-token)."""
+def quantize_per_token_group(x: torch.Tensor, group: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``x`` [rows, cols] in e4m3 with one dynamic scale per token and ``group`` consecutive features (DeepSeek's
+    activation scheme for block-wise weights; ``group`` >= cols gives per-token): (values, scales [rows, groups])."""
     rows, cols = x.shape
+    group = min(group, cols)
     pad = -(-cols // group) * group
     xp = torch.nn.functional.pad(x.float(), (0, pad - cols)).view(rows, pad // group, group)
     scale = (xp.abs().amax(dim=-1, keepdim=True) / FP8_MAX).clamp(min=_TINY)
-    return (quantize_with_scale(xp, scale).float() * scale).view(rows, pad)[:, :cols]
+    return quantize_with_scale(xp, scale).view(rows, pad)[:, :cols], scale.view(rows, pad // group)
+
+
+def fake_quantize_per_token_group(x: torch.Tensor, group: int) -> torch.Tensor:
+    """``x`` rounded through e4m3 as ``quantize_per_token_group`` does it (the reference's view of the input)."""
+    q, scale = quantize_per_token_group(x, group)
+    group = min(group, x.shape[1])
+    return q.float() * scale.repeat_interleave(group, 1)[:, : x.shape[1]]
 
 
 def fake_quantize_static(x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:

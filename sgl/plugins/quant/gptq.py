@@ -8,10 +8,11 @@ from typing import TYPE_CHECKING, Any
 from sgl.core.quant.base import QuantizationMethod
 from sgl.plugins.quant.awq import group_size, require_4bit
 from sgl.plugins.quant.checks import refuse_ignored_linears
-from sgl.plugins.quant.int4_linear import Int4LinearMethod, Int4Scheme
+from sgl.plugins.quant.int4_linear import Int4LinearMethod, Int4Scheme, fast_int4_linear_method
 
 if TYPE_CHECKING:
     from sgl.core.model.linear_method import LinearMethod
+    from sgl.core.platform import Capabilities
 
 NAME = "gptq"
 # NOTE: the original (v1) format stores each zero point minus one; GPTQModel's v2 stores it as it is.
@@ -36,3 +37,6 @@ class GptqMethod(QuantizationMethod):
 
     def linear_method(self) -> LinearMethod:
         return Int4LinearMethod(self.scheme)
+
+    def kernel_linear_method(self, capabilities: Capabilities) -> LinearMethod | None:
+        return fast_int4_linear_method(self.scheme, capabilities)
