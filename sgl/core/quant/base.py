@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 
 FLAG = "--quantization"
 
-NOT_YET_SUPPORTED: tuple[str, ...] = ("modelopt_fp4",)
+NOT_YET_SUPPORTED: tuple[str, ...] = ()
 """Method names (SGLang's, and the checkpoints' ``quant_method``) that no in-tree plugin implements yet: refused at
 startup with one line rather than served unquantized."""
 

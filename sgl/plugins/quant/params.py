@@ -48,7 +48,7 @@ def dummy_normal_cast(param: nn.Parameter, gen: torch.Generator) -> None:
 def dummy_bits(param: nn.Parameter, gen: torch.Generator) -> None:
     """Random bits for packed integer tensors (every int4 value in range)."""
     info = torch.iinfo(param.dtype)
-    param.data.copy_(torch.randint(info.min, info.max, param.shape, generator=gen, device=param.device,
+    param.data.copy_(torch.randint(info.min, info.max + 1, param.shape, generator=gen, device=param.device,
                                    dtype=torch.int64).to(param.dtype))
 
 

@@ -12,4 +12,6 @@ def sgl_quantization_methods() -> dict[str, str]:
         "compressed-tensors": "sgl.plugins.quant.compressed_tensors:CompressedTensorsMethod",
         "awq": "sgl.plugins.quant.awq:AwqMethod",
         "gptq": "sgl.plugins.quant.gptq:GptqMethod",
+        "modelopt": "sgl.plugins.quant.nvfp4:ModelOptMethod",
+        "modelopt_fp4": "sgl.plugins.quant.nvfp4:ModelOptMethod",
     }
