@@ -10,6 +10,7 @@ platform that accelerates a method answers with its own kernel there; the method
 
 from __future__ import annotations
 
+import logging
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
@@ -19,6 +20,8 @@ from sgl.core.registry import Registry, select_class
 if TYPE_CHECKING:
     from sgl.core.model.linear_method import LinearMethod
     from sgl.core.platform import Capabilities, Platform
+
+logger = logging.getLogger(__name__)
 
 FLAG = "--quantization"
 
@@ -80,4 +83,6 @@ def select_quantization(
         raise ValueError(f"{FLAG} {name}: {cls.__qualname__}.from_config returned {type(method).__name__}")
     if platform is not None:
         method.check_platform(platform)
+    logger.info("quantization: %s (%s, %s)", name, cls.__qualname__,
+                "from the checkpoint" if checkpoint else "quantized at load")
     return method
