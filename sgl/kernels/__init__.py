@@ -2,7 +2,8 @@
 
 Beside them, the portable pieces built on them that every Triton platform shares: the Triton attention backend
 (attention_backend.py), the decode graph runner over the platform's graph hooks (graph_runner.py) and the
-skinny-GEMM linear method (linear_method.py). Imported only by platforms whose capabilities include Triton (cuda,
+skinny-GEMM linear method (linear_method.py). The quantized GEMMs (fp8_gemm.py, int4_gemm.py) are imported by the
+quantization plugin's Triton linear methods, not from here. Imported only by platforms whose capabilities include Triton (cuda,
 rocm, xpu); importing this package imports triton.
 """
 

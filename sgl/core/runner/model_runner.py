@@ -64,7 +64,7 @@ class ModelRunner:
         self.dtype = resolve_dtype(args, platform, self.model_config)
         self.kv_dtype = resolve_kv_cache_dtype(args, self.dtype)
         self.quantization = select_quantization(
-            args.quantization, self.model_config.get("quantization_config"), plugins.quantization_methods
+            args.quantization, self.model_config.get("quantization_config"), plugins.quantization_methods, platform
         )
         ctx = ModelContext.from_platform(platform, self.dtype, parallel, self.device, self.quantization)
         self.model: Any  # an architecture class from the model registry (forward, compute_logits)

@@ -118,7 +118,13 @@ class CudaPlatform(Platform):
         return "torch_native"
 
     def linear_method(self, quant_config: Any = None) -> LinearMethod:
-        if quant_config is not None or not _has_triton():
+        if quant_config is not None:
+            fast = quant_config.kernel_linear_method(self.capabilities) if _has_triton() else None
+            if fast is None:
+                _log_once(f"{type(quant_config).__name__}: no kernel for this GPU; linear layers run its torch reference")
+                return super().linear_method(quant_config)
+            return fast
+        if not _has_triton():
             return super().linear_method(quant_config)
         from sgl.kernels.linear_method import SkinnyLinearMethod
 
