@@ -49,6 +49,7 @@ class GenerateInput:
     top_logprobs_num: int | None = None
     return_text_in_logprobs: bool = False
     stream: bool = False
+    lora_path: str | None = None  # a loaded LoRA adapter's name (None: the base model)
 
 
 @dataclass
@@ -124,6 +125,8 @@ class RequestManager:
             if obj.logprob_start_len >= len(ids):
                 raise ValueError(f"logprob_start_len {obj.logprob_start_len} must be < the prompt length {len(ids)}")
             start = obj.logprob_start_len
+        if obj.lora_path is not None and (not isinstance(obj.lora_path, str) or not obj.lora_path):
+            raise ValueError(f"lora_path must be an adapter name, got {obj.lora_path!r}")
         top = obj.top_logprobs_num or 0
         if not 0 <= top <= MAX_TOP_LOGPROBS:
             raise ValueError(f"top_logprobs_num must be in [0, {MAX_TOP_LOGPROBS}], got {top}")
@@ -133,7 +136,8 @@ class RequestManager:
                 raise ValueError(f"request id {rid!r} is already in use")
         rids = [rid] if params.n == 1 else [f"{rid}-{i}" for i in range(params.n)]
         return [
-            GenerateReq(r, ids, params, obj.return_logprob, start, top, obj.stream, rid if params.n > 1 else None)
+            GenerateReq(r, ids, params, obj.return_logprob, start, top, obj.stream, rid if params.n > 1 else None,
+                        obj.lora_path)
             for r in rids
         ]
 

@@ -70,6 +70,8 @@ class StepExecutor:
         every earlier token (grammar masks, penalties, min_new_tokens need them)."""
         runner = self.runner
         fb = build_forward_batch(batch, runner, input_ids)
+        for f in self.features:
+            f.before_forward(batch, fb)
         hidden = runner.forward(fb)
         if batch.mode.is_decode:
             rows = list(range(len(batch)))
