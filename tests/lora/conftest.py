@@ -8,13 +8,13 @@ import pytest
 
 from tests.lora.peft_adapters import make_peft_adapter
 
-pytest.importorskip("peft")
 
 
 @pytest.fixture(scope="session")
 def adapters(demo_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     """Three adapters on the demo model: rank 4 on every projection, rank 16 with rsLoRA on attention only, and
     rank 8 on the MLP only."""
+    pytest.importorskip("peft")  # NOTE: here, not at collection: peft imports triton, which must see TRITON_INTERPRET
     root = tmp_path_factory.mktemp("adapters")
     return {
         "r4": make_peft_adapter(demo_model_dir, root / "r4", rank=4, seed=1),
