@@ -137,3 +137,32 @@ def test_requests_on_an_adapter_being_unloaded_finish_first(
         assert info["lora_adapters"] == 0 and info["lora_resident_slots"] == 0
     finally:
         eng.shutdown()
+
+
+@pytest.mark.parametrize("options", [
+    {"disable_overlap_schedule": True},
+    {"force_overlap_schedule": True},
+    {"num_continuous_decode_steps": 4},
+    {"disable_radix_cache": True, "chunked_prefill_size": 4},
+], ids=["plain", "overlap", "decode-runs", "no-radix-chunked"])
+def test_scheduling_modes_give_the_same_adapter_tokens(
+    demo_model_dir: Path, adapters: dict[str, str], options: dict[str, Any]
+) -> None:
+    """Overlap, K-step decode runs and chunked prefill without the radix cache all see each batch's own adapters."""
+    loras = ["r4", None, "mlp8", "r4"]
+    prompts = [PROMPTS[i % len(PROMPTS)] for i in range(len(loras))]
+    want = [oracle_greedy(load_peft_model(demo_model_dir, adapters[x] if x else None), ids, 8)[0]
+            for x, ids in zip(loras, _encode(demo_model_dir, prompts))]
+    eng = make_engine(demo_model_dir, lora_paths=[f"{n}={adapters[n]}" for n in ("r4", "mlp8")], **options)
+    try:
+        got = [o["output_ids"] for o in eng.generate(prompts, GREEDY, lora_path=loras)]
+    finally:
+        eng.shutdown()
+    assert got == want
+
+
+def _encode(model_dir: Path, prompts: list[str]) -> list[list[int]]:
+    from sgl.core.tokenizer.tokenizer import Tokenizer
+
+    tok = Tokenizer.from_dir(model_dir)
+    return [tok.encode(p) for p in prompts]

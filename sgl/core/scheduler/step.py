@@ -111,6 +111,8 @@ class StepExecutor:
         for j, fb in enumerate(build_decode_run(batch, runner, input_ids)):
             if j:
                 fb.input_ids = ids  # type: ignore[assignment]
+            for f in self.features:
+                f.before_forward(batch, fb)
             logits = runner.compute_logits(runner.forward(fb))
             ids = self._sample(reqs, logits, step_offset + j, want_lp=False).next_token_ids
             sampled.append(ids)
