@@ -23,6 +23,7 @@ def _shrink_kernel(
     x_ptr, a_ptr, y_ptr, seg_start_ptr, seg_len_ptr, seg_slot_ptr,
     N, K, stride_xm, stride_as, stride_an, stride_ym,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, UPCAST: tl.constexpr,
+    PRECISION: tl.constexpr,
 ):
     seg = tl.program_id(0)
     pid_n = tl.program_id(1)
@@ -49,7 +50,7 @@ def _shrink_kernel(
                 a = a.to(tl.float32)
             else:
                 a = a.to(x.dtype)
-            acc += tl.dot(x, tl.trans(a))
+            acc += tl.dot(x, tl.trans(a), input_precision=PRECISION)
         tl.store(y_ptr + grow[:, None] * stride_ym + cols[None, :], acc, mask=rmask[:, None] & cmask[None, :])
 
 
@@ -76,11 +77,17 @@ def _expand_kernel(
         rmask = rows < length
         grow = (start + rows).to(tl.int64)
         y = tl.load(y_ptr + grow[:, None] * stride_ym + ks[None, :], mask=rmask[:, None] & kmask[None, :], other=0.0)
-        delta = tl.dot(y, tl.trans(b))
+        delta = tl.dot(y, tl.trans(b), input_precision="ieee")
         optr = out_ptr + grow[:, None] * stride_om + cols[None, :]
         omask = rmask[:, None] & cmask[None, :]
         cur = tl.load(optr, mask=omask, other=0.0)
         tl.store(optr, (cur.to(tl.float32) + delta).to(cur.dtype), mask=omask)
+
+
+def _precision(x: torch.Tensor) -> str:
+    """fp32 activations get fp32 dots (TF32 would differ from the reference in greedy decoding); bf16/fp16 dots are
+    exact products with fp32 accumulation either way."""
+    return "ieee" if x.dtype == torch.float32 else "tf32"
 
 
 def _block(n: int, lo: int, hi: int) -> int:
@@ -102,7 +109,7 @@ def sgmv_shrink(
     grid = (nseg, triton.cdiv(n, block_n))
     _shrink_kernel[grid](
         x, a, y, seg_start, seg_len, seg_slot, n, k, x.stride(0), a.stride(0), a.stride(1), y.stride(0),
-        BLOCK_M=BLOCK_M, BLOCK_N=block_n, BLOCK_K=64, UPCAST=upcast_dot(x),
+        BLOCK_M=BLOCK_M, BLOCK_N=block_n, BLOCK_K=64, UPCAST=upcast_dot(x), PRECISION=_precision(x),
     )
     return y
 
@@ -111,7 +118,8 @@ def sgmv_expand(
     y: torch.Tensor, b: torch.Tensor, out: torch.Tensor, seg_start: torch.Tensor, seg_len: torch.Tensor,
     seg_slot: torch.Tensor, max_seg_len: int,
 ) -> None:
-    """out[seg] += y[seg] @ b[slot].T in place: y [T, R] fp32 (a column view is fine), b [S, N, R], out [T, N] (a
+    """out[seg] += y[seg] @ b[slot].T in place (fp32 dots: the expand is bound by memory, not by its
+    flops): y [T, R] fp32 (a column view is fine), b [S, N, R], out [T, N] (a
     column view of a wider output is fine; its columns must be unit-stride)."""
     nseg = seg_start.numel()
     if nseg == 0 or max_seg_len == 0:
