@@ -83,7 +83,9 @@ class ServerArgs:
         None, "quantization method; default: the checkpoint's quantization_config (quant_method), else none"
     )
     speculative_algorithm: str | None = _opt(None, "speculative decoding algorithm; default: off")
-    enable_lora: bool = _opt(False, "serve LoRA adapters (implied by --lora-paths or --lora-backend)")
+    enable_lora: bool = _opt(
+        False, "serve LoRA adapters (implied by the other LoRA flags, --max-loras-per-batch aside)"
+    )
     lora_paths: list[str] | None = _opt(
         None, "adapters to load at startup, each NAME=PATH or PATH (named by its path); PEFT directories"
     )
@@ -190,7 +192,11 @@ class ServerArgs:
 
     @property
     def lora_enabled(self) -> bool:
-        return self.enable_lora or bool(self.lora_paths) or self.lora_backend is not None
+        """--enable-lora, or any LoRA flag given (so none is accepted and ignored)."""
+        return self.enable_lora or bool(self.lora_paths) or any(
+            v is not None for v in (self.lora_backend, self.lora_target_modules, self.max_lora_rank,
+                                    self.max_loaded_loras)
+        )
 
     @property
     def enable_chunked_prefill(self) -> bool:

@@ -166,3 +166,33 @@ def _encode(model_dir: Path, prompts: list[str]) -> list[list[int]]:
 
     tok = Tokenizer.from_dir(model_dir)
     return [tok.encode(p) for p in prompts]
+
+
+def test_adapters_outside_the_model_or_the_target_modules_are_refused(
+    demo_model_dir: Path, adapters: dict[str, str], tmp_path: Path
+) -> None:
+    """--lora-target-modules alone turns LoRA on; an adapter on another projection, or on a layer the model does not
+    have, is refused at load; one within them serves as peft does."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    qv = make_peft_adapter(demo_model_dir, tmp_path / "qv", rank=4, seed=6, target_modules=("q_proj", "v_proj"))
+    ghost = tmp_path / "ghost"
+    shutil.copytree(qv, ghost)
+    tensors = load_file(str(ghost / "adapter_model.safetensors"))
+    save_file({k.replace("layers.0.", "layers.99."): v for k, v in tensors.items()},
+              str(ghost / "adapter_model.safetensors"))
+    eng = make_engine(demo_model_dir, lora_target_modules=["q_proj", "v_proj"], max_lora_rank=16)
+    try:
+        with pytest.raises(ValueError, match=r"layers\.99\.self_attn\.[qv]_proj' does not exist in the base model"):
+            eng.load_lora_adapter("ghost", str(ghost))
+        with pytest.raises(ValueError, match="which --lora-target-modules"):
+            eng.load_lora_adapter("r4", adapters["r4"])
+        eng.load_lora_adapter("qv", qv)
+        prompt = eng.tokenizer.encode(PROMPTS[0])
+        want, _ = oracle_greedy(load_peft_model(demo_model_dir, qv), prompt, 8)
+        assert eng.generate(input_ids=prompt, sampling_params=GREEDY, lora_path="qv")["output_ids"] == want
+        assert [a["name"] for a in eng.list_lora_adapters()] == ["qv"]
+    finally:
+        eng.shutdown()
