@@ -17,6 +17,7 @@ from sgl.kernels.decode_attn import (
     max_kv_splits_for,
 )
 from sgl.kernels.extend_attn import extend_attention
+from sgl.kernels.fused_moe import fused_moe
 from sgl.kernels.kv_store import store_kv
 from sgl.kernels.norm import add_rms_norm, rms_norm
 from sgl.kernels.rotary import rotary_embedding
@@ -27,6 +28,7 @@ __all__ = [
     "decode_attention",
     "decode_workspace",
     "extend_attention",
+    "fused_moe",
     "gelu_tanh_and_mul",
     "kv_splits_per_request",
     "max_kv_splits_for",

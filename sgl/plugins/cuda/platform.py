@@ -126,7 +126,7 @@ class CudaPlatform(Platform):
 
     def ops(self) -> Ops:
         if not _has_triton():
-            _log_once("triton is not installed: norms, rope and activations run as torch reference ops")
+            _log_once("triton is not installed: norms, rope, activations and MoE run as torch reference ops")
             return reference_ops()
         from sgl import kernels
 
@@ -136,6 +136,7 @@ class CudaPlatform(Platform):
             silu_and_mul=kernels.silu_and_mul,
             gelu_tanh_and_mul=kernels.gelu_tanh_and_mul,
             rotary_embedding=kernels.rotary_embedding,
+            fused_moe=kernels.fused_moe,
         )
 
     def graph_runner(self, runner: Any) -> Any:
