@@ -152,7 +152,7 @@ class PrefillBuilder:
         ids = r.origin_input_ids
         if len(ids) < 2 * IN_BATCH_PREFIX_TOKENS:
             return False
-        head = tuple(ids[:IN_BATCH_PREFIX_TOKENS])
+        head = (r.cache_namespace, *ids[:IN_BATCH_PREFIX_TOKENS])  # NOTE: only one namespace can share the prompt
         if head in heads:
             return True
         heads.add(head)
