@@ -24,7 +24,7 @@ from sgl.core.sglang_flags import SGLANG_FLAGS
 PANEL = "Server arguments"
 SGLANG_PANEL = "SGLang flags: accepted where sgl already does what they ask, otherwise refused at startup"
 # NOTE: SGLang's list-valued flags (--lora-paths a=x b=y) leave their later values as extra arguments; the command
-# must allow them so that the flag's refusal, not a parse error, is what the user reads.
+# allows them and hands them to the one list-valued flag given (``_attach_list_values``).
 CONTEXT_SETTINGS = {"allow_extra_args": True}
 
 
@@ -116,6 +116,21 @@ def sglang_flag_parameters(taken: Iterable[str]) -> list[inspect.Parameter]:
     ]
 
 
+def _list_fields() -> list[str]:
+    return [f.name for f in dataclasses.fields(ServerArgs) if typing.get_origin(_base_type(f.type)) is list]
+
+
+def _attach_list_values(sa: dict[str, Any], extra: list[str]) -> list[str]:
+    """SGLang's ``--lora-paths a=x b=y``: click keeps ``a=x`` for the flag and leaves ``b=y`` over. When exactly one
+    list-valued flag was given, the leftover values are its own; returns what is still unexplained."""
+    given = [n for n in _list_fields() if sa.get(n)]
+    values = [a for a in extra if not a.startswith("-")]
+    if len(given) != 1 or not values:
+        return extra
+    sa[given[0]] = [*sa[given[0]], *values]
+    return [a for a in extra if a.startswith("-")]
+
+
 def _fail(message: str) -> typer.Exit:
     typer.echo(f"error: {message}", err=True)
     return typer.Exit(2)
@@ -140,12 +155,13 @@ def with_server_args(exclude: tuple[str, ...] = ()) -> Callable[[Callable[..., A
                 value = kwargs.pop(name)
                 if value != accepted:  # NOTE: the value that matches sgl changes nothing; others go to the check
                     sa[name] = value
+            extra = _attach_list_values(sa, list(ctx.args))
             try:
                 server_args = ServerArgs.from_kwargs(**sa)
             except ValueError as exc:
                 raise _fail(str(exc)) from None
-            if ctx.args:
-                raise _fail(f"unexpected argument(s): {' '.join(ctx.args)}")
+            if extra:
+                raise _fail(f"unexpected argument(s): {' '.join(extra)}")
             return fn(server_args, **kwargs)
 
         context = inspect.Parameter("ctx", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=typer.Context)

@@ -53,6 +53,7 @@ class GenerateRequest(_Body):
     top_logprobs_num: int | list[int] | None = None
     return_text_in_logprobs: bool | None = None
     stream: bool | None = None
+    lora_path: str | list[str | None] | None = None  # a loaded adapter's name, or one (or null) per prompt
 
     @model_validator(mode="before")
     @classmethod
@@ -107,6 +108,7 @@ async def _inputs(state: ServerState, body: GenerateRequest) -> tuple[list[Prepa
     lps = _per_prompt(body.return_logprob, count, "return_logprob")
     starts = _per_prompt(body.logprob_start_len, count, "logprob_start_len")
     tops = _per_prompt(body.top_logprobs_num, count, "top_logprobs_num")
+    loras = _per_prompt(body.lora_path, count, "lora_path")
     prepared = []
     for i, prompt in enumerate(prompts):
         obj = GenerateInput(
@@ -114,7 +116,7 @@ async def _inputs(state: ServerState, body: GenerateRequest) -> tuple[list[Prepa
             sampling_params=params[i], rid=rids[i] or (base if count == 1 else f"{base}_{i}"),
             return_logprob=bool(lps[i]), logprob_start_len=starts[i], top_logprobs_num=tops[i],
             return_text_in_logprobs=bool(body.return_text_in_logprobs), stream=bool(body.stream),
-            max_tokens_name="sampling_params.max_new_tokens",
+            max_tokens_name="sampling_params.max_new_tokens", lora_path=loras[i],
         )
         prepared.append(await tm.prepare(obj))  # NOTE: all or nothing: a bad prompt in a batch sends none of it
     return prepared, batched

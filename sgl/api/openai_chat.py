@@ -8,6 +8,7 @@ from contextlib import aclosing
 from typing import Any
 
 from sgl.api.errors import ApiError
+from sgl.api.lora_routes import adapter_of
 from sgl.api.openai_common import Cursor, chat_logprobs, finish_reason, now, sampling_params, usage_of
 from sgl.api.openai_protocol import ChatCompletionRequest, ChatMessage
 from sgl.api.state import ServerState
@@ -59,6 +60,7 @@ async def build_chat_input(state: ServerState, req: ChatCompletionRequest) -> Pr
         "sampling_params": sampling, "rid": req.rid, "return_logprob": bool(req.logprobs),
         "top_logprobs_num": req.top_logprobs or 0, "return_text_in_logprobs": True, "stream": bool(req.stream),
         "default_max_new_tokens": REST_OF_CONTEXT, "max_tokens_name": req.max_tokens_name,
+        "lora_path": adapter_of(state, req.model, req.lora_path),
     }
 
     def prepare() -> PreparedRequest:

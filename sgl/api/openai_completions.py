@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from sgl.api.errors import ApiError
+from sgl.api.lora_routes import adapter_of
 from sgl.api.openai_common import Cursor, finish_reason, legacy_logprobs, now, sampling_params, usage_of
 from sgl.api.openai_protocol import CompletionRequest
 from sgl.api.state import ServerState
@@ -74,6 +75,7 @@ async def build_completion_inputs(state: ServerState, req: CompletionRequest) ->
             logprob_start_len=0 if (want_lp and req.echo) else None, top_logprobs_num=req.logprobs or 0,
             return_text_in_logprobs=True, stream=bool(req.stream),
             default_max_new_tokens=COMPLETIONS_DEFAULT_MAX_TOKENS, max_tokens_name="max_tokens",
+            lora_path=adapter_of(state, req.model, req.lora_path),
         )
         prepared = tm.manager.prepare(obj)
         if not req.echo:

@@ -56,6 +56,7 @@ class _SamplingFields(_Strict):
     sampling_seed: int | None = None  # SGLang router's name for seed
     custom_params: dict[str, Any] | None = None
     rid: str | None = None
+    lora_path: str | None = None  # SGLang's: the adapter by name (else ``model`` names it)
 
     @model_validator(mode="before")
     @classmethod
@@ -144,4 +145,5 @@ class ModelCard(BaseModel):
     created: int
     owned_by: str = "sgl"
     root: str | None = None
+    parent: str | None = None  # a LoRA adapter's base model
     max_model_len: int | None = None

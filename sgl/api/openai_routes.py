@@ -13,6 +13,7 @@ from starlette.responses import Response
 
 from sgl.api.disconnect import abort_on_disconnect
 from sgl.api.errors import ApiError
+from sgl.api.lora_routes import loaded_adapters, unknown_model
 from sgl.api.openai_chat import chat_completion
 from sgl.api.openai_completions import completion
 from sgl.api.openai_protocol import ChatCompletionRequest, CompletionRequest, ModelCard
@@ -41,15 +42,28 @@ async def completions(body: CompletionRequest, request: Request) -> dict[str, An
     return await abort_on_disconnect(request, completion(_state(request), body))
 
 
+def _adapter_card(state: ServerState, adapter: dict[str, Any]) -> dict[str, Any]:
+    return ModelCard(id=adapter["name"], created=state.started_at, root=adapter["path"],
+                     parent=state.served_model_name, max_model_len=state.tm.limits.context_len).model_dump()
+
+
 @router.get("/v1/models")
 async def list_models(request: Request) -> dict[str, Any]:
-    return {"object": "list", "data": [_card(_state(request))]}
+    state = _state(request)
+    adapters = [_adapter_card(state, a) for a in await loaded_adapters(state)]
+    return {"object": "list", "data": [_card(state), *adapters]}
 
 
 @router.get("/v1/models/{model_id:path}")
 async def retrieve_model(model_id: str, request: Request) -> dict[str, Any]:
     state = _state(request)
-    if model_id != state.served_model_name:
+    if model_id == state.served_model_name:
+        return _card(state)
+    adapters = await loaded_adapters(state)
+    for a in adapters:
+        if a["name"] == model_id:
+            return _adapter_card(state, a)
+    if not state.args.lora_enabled:
         raise ApiError(404, f"the model {model_id!r} does not exist; this server serves {state.served_model_name!r}",
                        param="model", code="model_not_found")
-    return _card(state)
+    raise unknown_model(state, model_id, adapters)

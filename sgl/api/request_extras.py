@@ -1,7 +1,7 @@
 """SGLang's request fields that sgl knows but does not implement, and the values at which they ask for nothing.
 
 SGLang's clients send many of these with their neutral value on every request (its router re-serializes a request
-with ``return_hidden_states: false``, ``separate_reasoning: true``, ...; bench_serving sends ``lora_path: null``).
+with ``return_hidden_states: false``, ``separate_reasoning: true``, ...; bench_serving sends ``lora_id: null``).
 A neutral value is accepted, since it asks for nothing; any other value is refused with a 400 that names the field
 and says why, never accepted and ignored. Unknown fields stay refused as "unrecognized request argument".
 """
@@ -25,13 +25,12 @@ def _all(names: tuple[str, ...], neutral: tuple[Any, ...], why: str) -> dict[str
     return {name: Unsupported(neutral, why) for name in names}
 
 
-_LORA = "LoRA adapters are not supported yet"
 _PD = "prefill/decode disaggregation is not supported"
 _MULTIMODAL = "sgl serves text models only"
 
 # Fields of both OpenAI routes and of /generate (SGLang's GenerateReqInput and its OpenAI protocol).
 COMMON: dict[str, Unsupported] = {
-    **_all(("lora_path", "lora_id"), ("",), _LORA),
+    "lora_id": Unsupported(("",), "lora_id is not supported: name the adapter with lora_path"),
     **_all(("session_id", "session_params"), (), "sessions (continual prompting) are not supported"),
     "custom_logit_processor": Unsupported((), "custom logit processors are not supported"),
     "return_hidden_states": Unsupported((False,), "hidden states are not returned"),

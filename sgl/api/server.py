@@ -24,7 +24,7 @@ from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
 from sgl import __version__
-from sgl.api import native_routes, openai_routes
+from sgl.api import lora_routes, native_routes, openai_routes
 from sgl.api.auth import AuthMiddleware
 from sgl.api.errors import install_error_handlers
 from sgl.api.limits import BodyLimitMiddleware
@@ -48,6 +48,7 @@ def create_app(state: ServerState) -> FastAPI:
     install_error_handlers(app)
     app.include_router(openai_routes.router)
     app.include_router(native_routes.router)
+    app.include_router(lora_routes.router)
     # NOTE: the last middleware added runs first: CORS -> gate (503) -> auth (401) -> body cap (413) -> routes.
     app.add_middleware(BodyLimitMiddleware, max_bytes=state.args.max_request_bytes)
     if state.args.api_key:

@@ -99,7 +99,22 @@ class ServerArgs:
     speculative_ngram_capacity: int = _opt(
         10_000_000, "NGRAM: n-grams kept from recent requests (0: draft from a request's own tokens only)"
     )
-    lora_backend: str | None = _opt(None, "LoRA backend; default: off")
+    enable_lora: bool = _opt(
+        False, "serve LoRA adapters (implied by the other LoRA flags, --max-loras-per-batch aside)"
+    )
+    lora_paths: list[str] | None = _opt(
+        None, "adapters to load at startup, each NAME=PATH or PATH (named by its path); PEFT directories"
+    )
+    max_loras_per_batch: int = _opt(8, "most distinct adapters in one batch (device slots)")
+    max_loaded_loras: int | None = _opt(None, "most adapters loaded at once, in host memory (default: no limit)")
+    max_lora_rank: int | None = _opt(
+        None, "largest adapter rank that can be loaded (default: the largest of --lora-paths, else 64)"
+    )
+    lora_target_modules: list[str] | None = _opt(
+        None, "projections adapters may target: q_proj k_proj v_proj o_proj gate_proj up_proj down_proj, or all "
+        "(default: those of --lora-paths, else all)"
+    )
+    lora_backend: str | None = _opt(None, "LoRA backend (see `sgl plugins`); default with LoRA on: triton")
     plugin_args: Mapping[str, Any] = field(
         default_factory=dict,
         metadata={"help": "each plugin's own options, {plugin name: its dataclass} (the CLI's --<plugin>-* flags)",
@@ -149,6 +164,14 @@ class ServerArgs:
         self._check(self.decode_log_interval >= 1, "decode_log_interval", "must be >= 1")
         self._check(self.num_continuous_decode_steps >= 1, "num_continuous_decode_steps", "must be >= 1")
         self._check(self.grammar_compile_timeout > 0, "grammar_compile_timeout", "must be > 0")
+        for name in ("lora_paths", "lora_target_modules"):  # NOTE: a list from the CLI, stored as a tuple
+            value = getattr(self, name)
+            if isinstance(value, str):
+                value = value.split()
+            object.__setattr__(self, name, tuple(value) if value is not None else None)
+        self._check(self.max_loras_per_batch >= 1, "max_loras_per_batch", "must be >= 1")
+        self._check(self.max_loaded_loras is None or self.max_loaded_loras >= 1, "max_loaded_loras", "must be >= 1")
+        self._check(self.max_lora_rank is None or self.max_lora_rank >= 1, "max_lora_rank", "must be >= 1")
         self._check(
             all(isinstance(k, str) and dataclasses.is_dataclass(v) and not isinstance(v, type)
                 for k, v in self.plugin_args.items()),
@@ -182,6 +205,14 @@ class ServerArgs:
 
     def replace(self, **changes: Any) -> ServerArgs:
         return dataclasses.replace(self, **changes)
+
+    @property
+    def lora_enabled(self) -> bool:
+        """--enable-lora, or any LoRA flag given (so none is accepted and ignored)."""
+        return self.enable_lora or bool(self.lora_paths) or any(
+            v is not None for v in (self.lora_backend, self.lora_target_modules, self.max_lora_rank,
+                                    self.max_loaded_loras)
+        )
 
     @property
     def enable_chunked_prefill(self) -> bool:

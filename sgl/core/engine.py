@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 
 from sgl.core.config import ServerArgs
 from sgl.core.ipc import Inbox, ShutdownReq, start_thread
+from sgl.core.lora.base import FEATURE as LORA_FEATURE
 from sgl.core.replies import ReplyRouter
 from sgl.core.request_manager import GenerateInput, PreparedRequest, RequestManager
 from sgl.core.request_result import GenerateResult
@@ -89,7 +90,7 @@ class Engine:
     def _inputs(
         prompt: str | list[str] | None, input_ids: list[int] | list[list[int]] | None, sampling_params: Any,
         return_logprob: bool, logprob_start_len: int | None, top_logprobs_num: int | None, stream: bool,
-        rid: str | list[str] | None,
+        rid: str | list[str] | None, lora_path: str | list[str | None] | None = None,
     ) -> tuple[list[GenerateInput], bool]:
         if (prompt is None) == (input_ids is None):
             raise ValueError("give exactly one of prompt and input_ids")
@@ -102,8 +103,9 @@ class Engine:
             raise ValueError("the prompt list is empty")
         params = sampling_params if isinstance(sampling_params, list) else [sampling_params] * n
         rids = rid if isinstance(rid, list) else [rid] * n
-        if len(params) != n or len(rids) != n:
-            raise ValueError(f"sampling_params and rid must have one entry per prompt ({n})")
+        loras = lora_path if isinstance(lora_path, list) else [lora_path] * n
+        if len(params) != n or len(rids) != n or len(loras) != n:
+            raise ValueError(f"sampling_params, rid and lora_path must have one entry per prompt ({n})")
         if rid is not None and not isinstance(rid, list) and n > 1:
             raise ValueError("a batch needs a list of rids")
         objs = [
@@ -111,9 +113,9 @@ class Engine:
                 text=p if prompt is not None else None, input_ids=p if input_ids is not None else None,
                 sampling_params=sp,
                 rid=r, return_logprob=return_logprob, logprob_start_len=logprob_start_len,
-                top_logprobs_num=top_logprobs_num, stream=stream,
+                top_logprobs_num=top_logprobs_num, stream=stream, lora_path=lora,
             )
-            for p, sp, r in zip(prompts, params, rids)
+            for p, sp, r, lora in zip(prompts, params, rids, loras)
         ]
         return objs, batched
 
@@ -130,11 +132,12 @@ class Engine:
         self, prompt: str | list[str] | None = None, sampling_params: Params | list[Params] = None,
         input_ids: list[int] | list[list[int]] | None = None, return_logprob: bool = False,
         logprob_start_len: int | None = None, top_logprobs_num: int | None = None, stream: bool = False,
-        rid: str | list[str] | None = None,
+        rid: str | list[str] | None = None, lora_path: str | list[str | None] | None = None,
     ) -> Any:
-        """A dict for one prompt (a list when n > 1), a list for a list; with stream=True an iterator of chunks."""
+        """A dict for one prompt (a list when n > 1), a list for a list; with stream=True an iterator of chunks.
+        ``lora_path``: a loaded LoRA adapter's name, or one (or None) per prompt."""
         objs, batched = self._prepare(prompt, input_ids, sampling_params, return_logprob, logprob_start_len,
-                                      top_logprobs_num, stream, rid)
+                                      top_logprobs_num, stream, rid, lora_path)
         if stream:
             return self._stream_sync(objs[0])
         results = self._run_sync(self._gather(objs))
@@ -169,11 +172,11 @@ class Engine:
         self, prompt: str | list[str] | None = None, sampling_params: Params | list[Params] = None,
         input_ids: list[int] | list[list[int]] | None = None, return_logprob: bool = False,
         logprob_start_len: int | None = None, top_logprobs_num: int | None = None, stream: bool = False,
-        rid: str | list[str] | None = None,
+        rid: str | list[str] | None = None, lora_path: str | list[str | None] | None = None,
     ) -> Any:
         """Awaitable result; with stream=True an async iterator of cumulative chunks."""
         objs, batched = self._prepare(prompt, input_ids, sampling_params, return_logprob, logprob_start_len,
-                                      top_logprobs_num, stream, rid)
+                                      top_logprobs_num, stream, rid, lora_path)
         if stream:
             return self._stream(objs[0])
         results = await self._gather(objs)
@@ -186,6 +189,25 @@ class Engine:
         self._check_open()
         info = self.replies.info().result(timeout)  # NOTE: TimeoutError when the scheduler does not answer
         return {**self.runtime.model_info(), **info.info}
+
+    def _feature_call(self, method: str, kwargs: dict[str, Any], timeout: float) -> dict[str, Any]:
+        self._check_open()
+        result: dict[str, Any] = self.replies.feature_call(LORA_FEATURE, method, kwargs).result(timeout).info
+        if "error" in result:
+            raise ValueError(result["error"])
+        return result
+
+    def load_lora_adapter(self, lora_name: str, lora_path: str, timeout: float = 300.0) -> dict[str, Any]:
+        """Loads a PEFT adapter while serving; ValueError says why one is refused (rank, modules, shapes)."""
+        return self._feature_call("load", {"lora_name": lora_name, "lora_path": lora_path}, timeout)
+
+    def unload_lora_adapter(self, lora_name: str, timeout: float = 30.0) -> dict[str, Any]:
+        """New requests can no longer name it; those already running on it finish first."""
+        return self._feature_call("unload", {"lora_name": lora_name}, timeout)
+
+    def list_lora_adapters(self, timeout: float = 30.0) -> list[dict[str, Any]]:
+        adapters: list[dict[str, Any]] = self._feature_call("list", {}, timeout)["adapters"]
+        return adapters
 
     def flush_cache(self, timeout: float = 30.0) -> bool:
         self._check_open()

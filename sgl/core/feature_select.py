@@ -65,5 +65,8 @@ def select_features(args: ServerArgs, plugins: Plugins) -> SelectedFeatures:
             plugins.speculative_algorithms, args.speculative_algorithm, speculative.FLAG,
             speculative.SpeculativeAlgorithm, speculative.NOT_YET_SUPPORTED,
         ),
-        _select(plugins.lora_backends, args.lora_backend, lora.FLAG, lora.LoRABackend, lora.NOT_YET_SUPPORTED),
+        _select(
+            plugins.lora_backends, args.lora_backend or (lora.DEFAULT_BACKEND if args.lora_enabled else None),
+            lora.FLAG, lora.LoRABackend, lora.NOT_YET_SUPPORTED,
+        ),
     )

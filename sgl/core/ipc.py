@@ -44,6 +44,19 @@ class GenerateReq:
     top_logprobs_num: int = 0
     stream: bool = False
     group: str | None = None  # siblings of one n > 1 request share a group and their prompt's KV
+    lora_path: str | None = None  # the name of a loaded LoRA adapter; None runs the base model
+
+
+@dataclass(frozen=True)
+class FeatureCallReq:
+    """A control operation for one scheduler feature (load a LoRA adapter); answered by an InfoResp with ``token``.
+
+    The reply's info holds the feature's result, or ``{"error": message}`` when it refused."""
+
+    token: int
+    feature: str
+    method: str
+    kwargs: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

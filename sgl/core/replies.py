@@ -15,6 +15,7 @@ from typing import Any
 
 from sgl.core.ipc import (
     BatchOutput,
+    FeatureCallReq,
     FlushCacheReq,
     FlushCacheResp,
     GetInfoReq,
@@ -46,6 +47,16 @@ class ReplyRouter:
             token = next(self._tokens)
             self._info[token] = fut
         self.manager.send(GetInfoReq(token))
+        return fut
+
+    def feature_call(self, feature: str, method: str, kwargs: dict[str, Any]) -> Future[InfoResp]:
+        """Sends a control operation to a scheduler feature (load a LoRA adapter); answered like info()."""
+        fut: Future[InfoResp] = Future()
+        with self._lock:
+            self._raise_if_failed()
+            token = next(self._tokens)
+            self._info[token] = fut
+        self.manager.send(FeatureCallReq(token, feature, method, kwargs))
         return fut
 
     def flush(self) -> Future[FlushCacheResp]:

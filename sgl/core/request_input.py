@@ -51,12 +51,13 @@ class ModelLimits:
     grammar_backend: str = DEFAULT_GRAMMAR_BACKEND  # ServerArgs.grammar_backend, checked at the edge
     max_total_tokens: int | None = None  # KV pool size: a prompt that cannot fit in it could never be scheduled
     max_new_tokens_limit: int | None = None  # --max-new-tokens-limit
+    lora_enabled: bool = False  # a request may name a LoRA adapter (which one is loaded, the scheduler checks)
 
     @classmethod
     def of(cls, args: ServerArgs, context_len: int, vocab_size: int, max_total_tokens: int | None) -> ModelLimits:
         """The limits the engine and the server both apply: the model's, and the server arguments capping a request."""
         return cls(context_len, vocab_size, args.max_n, args.grammar_backend, max_total_tokens,
-                   args.max_new_tokens_limit)
+                   args.max_new_tokens_limit, args.lora_enabled)
 
     @property
     def prompt_limit(self) -> int:
@@ -84,6 +85,7 @@ class GenerateInput:
     return_text_in_logprobs: bool = False
     stream: bool = False
     add_special_tokens: bool = True  # False for text that already holds them (a rendered chat template)
+    lora_path: str | None = None  # a loaded LoRA adapter's name (None: the base model)
     default_max_new_tokens: int | None = NATIVE_DEFAULT_MAX_NEW_TOKENS
     max_tokens_name: str = "max_new_tokens"
 
@@ -214,5 +216,12 @@ def prepare_request(obj: GenerateInput, tokenizer: Tokenizer, limits: ModelLimit
         start = obj.logprob_start_len
     rids = [rid] if params.n == 1 else [f"{rid}-{i}" for i in range(params.n)]
     group = rid if params.n > 1 else None
-    reqs = tuple(GenerateReq(r, ids, params, obj.return_logprob, start, top, obj.stream, group) for r in rids)
+    if obj.lora_path is not None:
+        if not limits.lora_enabled:
+            raise RequestError(f"lora_path {obj.lora_path!r}: LoRA is not enabled on this server (start it with "
+                               "--enable-lora or --lora-paths)", "lora_path")
+        if not isinstance(obj.lora_path, str) or not obj.lora_path:
+            raise RequestError(f"lora_path must be an adapter name, got {obj.lora_path!r}", "lora_path")
+    reqs = tuple(GenerateReq(r, ids, params, obj.return_logprob, start, top, obj.stream, group, obj.lora_path)
+                 for r in rids)
     return PreparedRequest(rid, ids, params, reqs, obj.return_logprob, obj.return_text_in_logprobs, obj.stream)

@@ -85,13 +85,7 @@ _FLAGS = [
     _no("enable_two_batch_overlap", bool, False, "two-batch overlap is not supported yet"),
     # quantization, LoRA, speculative decoding ------------------------------------------------------------------
     _no("quantization_param_path", str, None, "KV cache scaling factors are not supported yet"),
-    _no("enable_lora", bool, False, "LoRA adapters are not supported yet", _LORA),
-    _no("lora_paths", str, None, "LoRA adapters are not supported yet", _LORA),
-    _no("max_loras_per_batch", int, 8, "LoRA adapters are not supported yet", _LORA),
-    _no("max_loaded_loras", int, None, "LoRA adapters are not supported yet", _LORA),
-    _no("max_lora_rank", int, None, "LoRA adapters are not supported yet", _LORA),
-    _no("lora_target_modules", str, None, "LoRA adapters are not supported yet", _LORA),
-    _no("lora_eviction_policy", str, None, "LoRA adapters are not supported yet", _LORA),
+    _no("lora_eviction_policy", str, "lru", "LoRA eviction policies other than LRU are not supported yet", _LORA),
     _no("speculative_ngram_min_bfs_breadth", int, 1, "tree drafts are not supported yet (NGRAM drafts a chain)", _SPEC),
     _no("speculative_ngram_max_bfs_breadth", int, 1, "tree drafts are not supported yet (NGRAM drafts a chain)", _SPEC),
     _no("speculative_ngram_match_type", str, None, "NGRAM match types are not supported yet (it drafts the newest "

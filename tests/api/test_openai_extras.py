@@ -152,7 +152,7 @@ def test_no_stop_trim_keeps_the_stop_string(client: openai.OpenAI) -> None:
 
 
 @pytest.mark.parametrize("field, neutral, refused", [
-    ("lora_path", None, "my-adapter"),
+    ("lora_id", None, "my-adapter"),
     ("return_hidden_states", False, True),
     ("data_parallel_rank", 0, 1),
     ("session_params", None, {"id": "s"}),

@@ -203,7 +203,8 @@ def test_an_sglang_launch_script_reaches_the_server_with_its_values(
     [
         (["--tp", "2"], "error: --tp-size 2: tensor parallelism is not supported yet (issue 16)"),
         (["--dp-size", "4"], "error: --dp-size 4: data parallelism is not supported yet (issue 16)"),
-        (["--lora-paths", "a=/x", "b=/y"], "error: --lora-paths a=/x: LoRA adapters are not supported yet (issue 15)"),
+        (["--lora-eviction-policy", "fifo"],
+         "error: --lora-eviction-policy fifo: LoRA eviction policies other than LRU are not supported yet (issue 15)"),
         (["--speculative-token-map", "map.pt"],
          "error: --speculative-token-map map.pt: EAGLE token maps are not supported yet (issue 22)"),
         (["--enable-torch-compile"], "error: --enable-torch-compile: torch.compile is not supported yet"),
@@ -212,13 +213,24 @@ def test_an_sglang_launch_script_reaches_the_server_with_its_values(
         (["stray"], "error: unexpected argument(s): stray"),
         (["--dtype", "fp64"], "error: dtype must be one of auto, float32, bfloat16, float16, half, float; got 'fp64'"),
     ],
-    ids=["tp", "dp", "list-valued", "speculative", "torch-compile", "stream-interval", "stray", "bad-choice"],
+    ids=["tp", "dp", "lora-eviction", "speculative", "torch-compile", "stream-interval", "stray", "bad-choice"],
 )
 def test_a_refused_flag_stops_serve_with_one_line(
     argv: list[str], line: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     code, output, seen = _parsed(argv, monkeypatch)
     assert (code, output.strip().splitlines(), seen) == (2, [line], [])
+
+
+def test_sglang_list_valued_lora_flags_reach_the_server(monkeypatch: pytest.MonkeyPatch) -> None:
+    """SGLang's ``--lora-paths a=x b=y`` (values after one flag) and the repeated-flag spelling both parse."""
+    code, output, seen = _parsed(["--lora-paths", "a=/x", "b=/y", "--max-lora-rank", "8"], monkeypatch)
+    assert code == 0, output
+    args = seen[0]
+    assert (args.lora_paths, args.max_lora_rank, args.lora_enabled) == (("a=/x", "b=/y"), 8, True)  # type: ignore[attr-defined]
+    code, output, seen = _parsed(["--lora-target-modules", "q_proj", "--lora-target-modules", "v_proj"], monkeypatch)
+    assert code == 0, output
+    assert seen[0].lora_target_modules == ("q_proj", "v_proj")  # type: ignore[attr-defined]
 
 
 def test_engine_kwargs_take_sglang_spellings_and_refusals() -> None:

@@ -510,8 +510,8 @@ def test_unknown_feature_name_lists_the_known_ones() -> None:
     [
         (ServerArgs(speculative_algorithm="EAGLE"),
          "--speculative-algorithm EAGLE is not supported yet: no installed plugin provides this speculative algorithm"),
-        (ServerArgs(lora_backend="triton"),
-         "--lora-backend triton is not supported yet: no installed plugin provides this LoRA backend"),
+        (ServerArgs(lora_backend="csgmv"),
+         "--lora-backend csgmv is not supported yet: no installed plugin provides this LoRA backend"),
     ],
     ids=["speculative", "lora"],
 )

@@ -40,6 +40,7 @@ class CacheableReq(Protocol):
 
     prefix_indices: torch.Tensor  # slots of its prefix that the cache owns (radix) or it owns (chunk)
     last_handle: CacheHandle | None  # the handle it holds a lock on, if any
+    # optional ``cache_namespace: int`` (0 when absent): KV is shared only within one namespace (see namespace_of)
 
     @property
     def req_pool_idx(self) -> int | None:
@@ -49,6 +50,12 @@ class CacheableReq(Protocol):
     def kv_committed_ids(self) -> list[int]:
         """Token ids whose KV is written in ``req_to_token[req_pool_idx, :len]``."""
         ...
+
+
+def namespace_of(req: CacheableReq) -> int:
+    """The request's cache namespace: its KV is shared only with requests of the same one (0: the base model;
+    a LoRA adapter's requests compute different KV for the same tokens)."""
+    return int(getattr(req, "cache_namespace", 0))
 
 
 class PrefixCache(ABC):
@@ -69,11 +76,12 @@ class PrefixCache(ABC):
         self.page_size = page_size
 
     @abstractmethod
-    def match_prefix(self, token_ids: Sequence[int]) -> MatchResult:
-        """Longest cached page-aligned prefix of ``token_ids`` (possibly all of it); refreshes its LRU time."""
+    def match_prefix(self, token_ids: Sequence[int], namespace: int = 0) -> MatchResult:
+        """Longest cached page-aligned prefix of ``token_ids`` in ``namespace`` (possibly all of it); refreshes its
+        LRU time. Entries of another namespace never match."""
 
     @abstractmethod
-    def insert(self, token_ids: Sequence[int], kv_indices: torch.Tensor) -> int:
+    def insert(self, token_ids: Sequence[int], kv_indices: torch.Tensor, namespace: int = 0) -> int:
         """Caches ``token_ids`` (page-aligned length) at ``kv_indices``; returns how many leading tokens were
         already cached. Their slots in ``kv_indices`` stay the caller's to free; the rest now belong to the cache."""
 

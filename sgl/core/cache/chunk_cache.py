@@ -24,10 +24,10 @@ class ChunkCache(PrefixCache):
     NOTE: the cache's sizes are always 0, so the invariant reduces to free + request-owned == capacity.
     """
 
-    def match_prefix(self, token_ids: Sequence[int]) -> MatchResult:
+    def match_prefix(self, token_ids: Sequence[int], namespace: int = 0) -> MatchResult:
         return MatchResult(torch.empty(0, dtype=torch.int64, device=self.allocator.device), _NO_ENTRY)
 
-    def insert(self, token_ids: Sequence[int], kv_indices: torch.Tensor) -> int:
+    def insert(self, token_ids: Sequence[int], kv_indices: torch.Tensor, namespace: int = 0) -> int:
         """Takes ownership of the slots and, keeping nothing, frees them at once; nothing was cached before."""
         if len(token_ids) != kv_indices.numel():
             raise ValueError(f"insert of {len(token_ids)} tokens with {kv_indices.numel()} KV slots")

@@ -9,13 +9,27 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from sgl.core.cache.base import CacheableReq, CacheHandle, EvictResult, MatchResult, PrefixCache
+from sgl.core.cache.base import CacheableReq, CacheHandle, EvictResult, MatchResult, PrefixCache, namespace_of
 
 if TYPE_CHECKING:
     from sgl.core.memory.allocator import TokenAllocator
     from sgl.core.memory.req_to_token import ReqToTokenPool
 
 _ChildKey = int | tuple[int, ...]
+_NAMESPACE_SHIFT = 32
+
+
+def _keys(token_ids: Sequence[int], namespace: int) -> list[int]:
+    """The tree's keys for ``token_ids`` in ``namespace``.
+
+    NOTE: namespace n > 0 lifts every token id by n << 32 (token ids are below 2**32), so the namespaces' keys are
+    disjoint: one tree, one LRU and one KV ledger, yet no node is ever shared across namespaces."""
+    if namespace == 0:
+        return list(token_ids)
+    if namespace < 0:
+        raise ValueError(f"cache namespace must be >= 0, got {namespace}")
+    lift = namespace << _NAMESPACE_SHIFT
+    return [t + lift for t in token_ids]
 
 
 class _Node(CacheHandle):
@@ -64,8 +78,8 @@ class RadixCache(PrefixCache):
 
     # ---- lookup and insertion ------------------------------------------------------------------------------------
 
-    def match_prefix(self, token_ids: Sequence[int]) -> MatchResult:
-        tokens = list(token_ids)
+    def match_prefix(self, token_ids: Sequence[int], namespace: int = 0) -> MatchResult:
+        tokens = _keys(token_ids, namespace)
         end = len(tokens) - len(tokens) % self.page_size
         node, pos = self._root, 0
         values: list[torch.Tensor] = []
@@ -85,8 +99,8 @@ class RadixCache(PrefixCache):
         kv = torch.cat(values) if values else self._empty
         return MatchResult(kv, node)
 
-    def insert(self, token_ids: Sequence[int], kv_indices: torch.Tensor) -> int:
-        tokens = list(token_ids)
+    def insert(self, token_ids: Sequence[int], kv_indices: torch.Tensor, namespace: int = 0) -> int:
+        tokens = _keys(token_ids, namespace)
         n = len(tokens)
         if n % self.page_size:
             raise ValueError(
@@ -172,7 +186,7 @@ class RadixCache(PrefixCache):
     def cache_finished_req(self, req: CacheableReq) -> None:
         _, token_ids, kv = self._committed_kv(req)
         aligned = len(token_ids) - len(token_ids) % self.page_size
-        cached = self.insert(token_ids[:aligned], kv[:aligned])
+        cached = self.insert(token_ids[:aligned], kv[:aligned], namespace_of(req))
         self._free_duplicates(req, kv, cached)
         if aligned < len(token_ids):
             self.allocator.free(kv[aligned:])  # NOTE: the partial last page is the request's alone
@@ -183,9 +197,10 @@ class RadixCache(PrefixCache):
     def cache_unfinished_req(self, req: CacheableReq) -> None:
         row, token_ids, kv = self._committed_kv(req)
         aligned = len(token_ids) - len(token_ids) % self.page_size
-        cached = self.insert(token_ids[:aligned], kv[:aligned])
+        ns = namespace_of(req)
+        cached = self.insert(token_ids[:aligned], kv[:aligned], ns)
         self._free_duplicates(req, kv, cached)
-        match = self.match_prefix(token_ids[:aligned])
+        match = self.match_prefix(token_ids[:aligned], ns)
         assert match.kv_indices.numel() == aligned, "a prefix just inserted must match in full"
         start = req.prefix_indices.numel()
         if start < aligned:

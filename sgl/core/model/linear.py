@@ -7,7 +7,7 @@ Each layer holds only this rank's shard and knows how to cut it out of the full 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
 import torch
 from torch import nn
@@ -17,8 +17,9 @@ from torch import nn
 from sgl.core.model.linear_method import LinearMethod, ShardLayout, UnquantizedLinearMethod, shard_layout
 
 __all__ = [
-    "ColumnParallelLinear", "LinearBase", "LinearMethod", "MergedColumnParallelLinear", "QKVParallelLinear",
-    "ReplicatedLinear", "RowParallelLinear", "ShardLayout", "UnquantizedLinearMethod",
+    "ColumnParallelLinear", "LinearBase", "LinearMethod", "MergedColumnParallelLinear", "OutputAdapter",
+    "OutputSlice", "QKVParallelLinear", "ReplicatedLinear", "RowParallelLinear", "ShardLayout",
+    "UnquantizedLinearMethod",
 ]
 
 if TYPE_CHECKING:
@@ -56,8 +57,27 @@ def _divide(n: int, d: int, what: str) -> int:
     return n // d
 
 
+class OutputSlice(NamedTuple):
+    """One of the matrices a layer's output stacks (q, k, v; gate, up), as laid out on this rank."""
+
+    shard_id: Any  # the id its weight_loader takes (None for a layer of one matrix)
+    offset: int  # first output column on this rank
+    size: int  # output columns on this rank
+
+
+class OutputAdapter(Protocol):
+    """Adds something to a layer's GEMM output, per batch row (LoRA's low-rank updates).
+
+    NOTE: called on this rank's shard before any reduce, so a row-parallel layer's partial delta is summed with its
+    partial product; ``x`` is the GEMM's input and ``out`` may be updated in place."""
+
+    def __call__(self, layer: LinearBase, x: torch.Tensor, out: torch.Tensor) -> torch.Tensor: ...
+
+
 class LinearBase(nn.Module):
     """Shared plumbing: the method creates ``weight``/``bias`` and each parameter points at ``weight_loader``.
+
+    ``adapter`` is the one seam through which a feature adds to the output after the GEMM (None: nothing added).
 
     NOTE: loaders shard through each parameter's ``ShardLayout``, so a quantized layout (block scales, packed int4,
     transposed AWQ/GPTQ tensors) loads through the same code as a dense weight. A parameter the method already gave
@@ -65,6 +85,7 @@ class LinearBase(nn.Module):
     """
 
     bias: nn.Parameter | None  # created by the LinearMethod (None without a bias); quantized methods add more
+    adapter: OutputAdapter | None = None
 
     def __init__(self, in_features: int, out_features: int, bias: bool, ctx: ModelContext) -> None:
         super().__init__()
@@ -89,6 +110,14 @@ class LinearBase(nn.Module):
     def extra_repr(self) -> str:
         return f"in={self.in_features}, out={self.out_features}, tp={self.tp_rank}/{self.tp_size}"
 
+    def output_slices(self) -> list[OutputSlice]:
+        """The matrices this layer's output stacks, on this rank; merged layers list each."""
+        return [OutputSlice(None, 0, self.out_features)]
+
+    def _gemm(self, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        out = self.linear_method.apply(self, x, bias)
+        return out if self.adapter is None else self.adapter(self, x, out)
+
 
 class ReplicatedLinear(LinearBase):
     """The full matrix on every rank."""
@@ -103,7 +132,7 @@ class ReplicatedLinear(LinearBase):
         _copy_checked(param.data, loaded_weight)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.linear_method.apply(self, x, self.bias)
+        return self._gemm(x, self.bias)
 
 
 class ColumnParallelLinear(LinearBase):
@@ -148,7 +177,7 @@ class ColumnParallelLinear(LinearBase):
         _copy_checked(dst, _narrow(loaded, lay.output_dim, src_offset, local, lay.output_unit))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.linear_method.apply(self, x, self.bias)
+        out = self._gemm(x, self.bias)
         if self.gather_output and self.tp_size > 1:
             out = self.ctx.parallel.comm.all_gather(out, dim=-1)
         return out
@@ -172,6 +201,10 @@ class MergedColumnParallelLinear(ColumnParallelLinear):
 
     def _partition_sizes(self, out_features: int) -> list[int]:
         return [s // self.tp_size for s in self.output_sizes]
+
+    def output_slices(self) -> list[OutputSlice]:
+        local = [s // self.tp_size for s in self.output_sizes]
+        return [OutputSlice(i, sum(local[:i]), n) for i, n in enumerate(local)]
 
     def weight_loader(self, param: nn.Parameter, loaded_weight: torch.Tensor, shard_id: Any = None) -> None:
         lay = shard_layout(param)
@@ -216,6 +249,10 @@ class QKVParallelLinear(ColumnParallelLinear):
         self.kv_size = self.num_kv_heads * head_dim
         full_out = (self.num_heads + 2 * self.num_kv_heads) * head_dim * tp
         super().__init__(hidden_size, full_out, bias, ctx)
+
+    def output_slices(self) -> list[OutputSlice]:
+        q, kv = self.q_size, self.kv_size
+        return [OutputSlice("q", 0, q), OutputSlice("k", q, kv), OutputSlice("v", q + kv, kv)]
 
     def _full_sizes(self) -> dict[str, int]:
         kv = self.total_num_kv_heads * self.head_dim
@@ -273,8 +310,8 @@ class RowParallelLinear(LinearBase):
         if not self.input_is_parallel and self.tp_size > 1:
             x = x.narrow(-1, self.tp_rank * self.in_features, self.in_features)
         if self.tp_size == 1:
-            return self.linear_method.apply(self, x, self.bias)
-        out = self.linear_method.apply(self, x, None)
+            return self._gemm(x, self.bias)
+        out = self._gemm(x, None)
         if self.reduce_results:
             out = self.ctx.parallel.comm.all_reduce(out)
         # NOTE: unreduced partial sums carry the bias on rank 0 only, so a later reduce adds it exactly once.

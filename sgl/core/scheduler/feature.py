@@ -13,6 +13,7 @@ The points, in a request's life:
 - ``take_splice``: tokens to append without sampling once no step of the request is in flight (they are
   recomputed through prefill, where the radix cache holds everything before them);
 - ``resync``: the request's outputs changed without ``on_token`` (retraction, a splice);
+- ``before_forward``: a batch is about to run; per-batch state the model reads (LoRA's adapter segments);
 - ``release``: the request ended (finish, abort, error alike): free what the feature holds for it.
 """
 
@@ -26,6 +27,8 @@ import torch
 
 if TYPE_CHECKING:
     from sgl.core.ipc import FinishReason
+    from sgl.core.runner.forward_batch import ForwardBatch
+    from sgl.core.scheduler.batch import ScheduleBatch
     from sgl.core.scheduler.req import Req
 
 
@@ -71,8 +74,17 @@ class SchedulerFeature(ABC):  # noqa: B024 - every point has a do-nothing defaul
     def resync(self, req: Req) -> None:
         return None
 
+    def before_forward(self, batch: ScheduleBatch, forward_batch: ForwardBatch) -> None:
+        """Called once per forward, after its inputs are built and before the model runs."""
+        return None
+
     def release(self, req: Req) -> None:
         req.features.pop(self.name, None)
+
+    def call(self, method: str, kwargs: dict[str, Any]) -> dict[str, Any]:
+        """A control operation sent to this feature while serving (``ipc.FeatureCallReq``): loading a LoRA adapter.
+        Raise ValueError to refuse it; the message is the caller's error."""
+        raise ValueError(f"the {self.name} feature has no operation {method!r}")
 
     def info(self) -> dict[str, Any]:
         """Counters merged into the server info."""

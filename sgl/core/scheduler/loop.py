@@ -10,6 +10,7 @@ from typing import Any
 from sgl.core.ipc import (
     AbortReq,
     BatchOutput,
+    FeatureCallReq,
     FlushCacheReq,
     FlushCacheResp,
     GenerateReq,
@@ -47,6 +48,8 @@ def run_scheduler_loop(
                 elif isinstance(msg, FlushCacheReq):
                     ok = scheduler.flush_cache()
                     send(FlushCacheResp(ok, "" if ok else "requests are running; the cache was not flushed"))
+                elif isinstance(msg, FeatureCallReq):
+                    send(InfoResp(msg.token, scheduler.call_feature(msg.feature, msg.method, msg.kwargs)))
                 elif isinstance(msg, ShutdownReq):
                     return
             outs = scheduler.step()

@@ -38,7 +38,7 @@ class PrefillBuilder:
 
     def match(self, r: Req) -> tuple[int, object]:
         s = self.s
-        m = s.cache.match_prefix(r.all_ids()[: self.match_limit(r)])
+        m = s.cache.match_prefix(r.all_ids()[: self.match_limit(r)], r.cache_namespace)
         return int(m.kv_indices.numel()), m.handle
 
     def possible(self) -> bool:
@@ -93,7 +93,7 @@ class PrefillBuilder:
                 continue  # a sibling waits for its leader's prompt to enter the cache
             if not all(f.ready(r) for f in self.features):
                 continue  # a feature still prepares it (a grammar compiling); the requests behind it go ahead
-            m = s.cache.match_prefix(r.all_ids()[: self.match_limit(r)])
+            m = s.cache.match_prefix(r.all_ids()[: self.match_limit(r)], r.cache_namespace)
             prefix_len = int(m.kv_indices.numel())
             if self.defer_in_batch_duplicate(r, prefix_len, batch_heads):
                 continue
@@ -152,7 +152,7 @@ class PrefillBuilder:
         ids = r.origin_input_ids
         if len(ids) < 2 * IN_BATCH_PREFIX_TOKENS:
             return False
-        head = tuple(ids[:IN_BATCH_PREFIX_TOKENS])
+        head = (r.cache_namespace, *ids[:IN_BATCH_PREFIX_TOKENS])  # NOTE: only one namespace can share the prompt
         if head in heads:
             return True
         heads.add(head)

@@ -39,6 +39,10 @@ class Req:
         self.top_logprobs_num = msg.top_logprobs_num
         self.group = msg.group
         self.stream = msg.stream
+        self.lora_path = msg.lora_path
+        # NOTE: the prefix cache shares KV only between requests of one namespace (a LoRA adapter's KV differs from
+        # the base model's for the same tokens); 0 is the base model's. A feature sets it on admit.
+        self.cache_namespace = 0
         self.arrival = arrival
         self.output_ids: list[int] = []
         sp = msg.sampling_params

@@ -207,6 +207,16 @@ class Scheduler:
         self.state.cache.reset()
         return True
 
+    def call_feature(self, feature: str, method: str, kwargs: dict[str, Any]) -> dict[str, Any]:
+        """Runs a feature's control operation between steps; a refusal comes back as ``{"error": message}``."""
+        for f in self.features:
+            if f.name == feature:
+                try:
+                    return f.call(method, kwargs)
+                except ValueError as exc:
+                    return {"error": str(exc)}
+        return {"error": f"the {feature} feature is not enabled on this server"}
+
     def close(self) -> None:
         for f in self.features:
             f.close()

@@ -74,6 +74,8 @@ class StepExecutor:
             return self._launch_run(batch, input_ids, step_offset)
         runner = self.runner
         fb = build_forward_batch(batch, runner, input_ids)
+        for f in self.features:
+            f.before_forward(batch, fb)
         hidden = runner.forward(fb)
         if batch.mode.is_decode:
             rows = list(range(len(batch)))
@@ -109,6 +111,8 @@ class StepExecutor:
         for j, fb in enumerate(build_decode_run(batch, runner, input_ids)):
             if j:
                 fb.input_ids = ids  # type: ignore[assignment]
+            for f in self.features:
+                f.before_forward(batch, fb)
             logits = runner.compute_logits(runner.forward(fb))
             ids = self._sample(reqs, logits, step_offset + j, want_lp=False).next_token_ids
             sampled.append(ids)

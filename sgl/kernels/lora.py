@@ -1,0 +1,134 @@
+"""Segmented low-rank GEMMs for multi-LoRA batches (SGMV-style shrink and expand).
+
+A batch's tokens fall into segments, each a run of consecutive rows on one adapter slot (a request's new tokens,
+or neighbouring requests on the same adapter). ``shrink`` computes ``y[seg] = x[seg] @ A[slot].T`` (the rank-sized
+intermediate, every slice of a merged layer at once) and ``expand`` adds ``y[seg] @ B[slot].T`` into one output
+slice. One program per (segment, column block) walks its segment's rows, so the kernels never see a row of another
+adapter and base-model rows (in no segment) are never touched.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from sgl.kernels._common import upcast_dot
+
+BLOCK_M = 16
+
+
+@triton.jit
+def _shrink_kernel(
+    x_ptr, a_ptr, y_ptr, seg_start_ptr, seg_len_ptr, seg_slot_ptr,
+    N, K, stride_xm, stride_as, stride_an, stride_ym,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, UPCAST: tl.constexpr,
+    PRECISION: tl.constexpr,
+):
+    seg = tl.program_id(0)
+    pid_n = tl.program_id(1)
+    start = tl.load(seg_start_ptr + seg)
+    length = tl.load(seg_len_ptr + seg)
+    slot = tl.load(seg_slot_ptr + seg).to(tl.int64)
+    cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    cmask = cols < N
+    a_base = a_ptr + slot * stride_as
+    for m0 in range(0, length, BLOCK_M):
+        rows = m0 + tl.arange(0, BLOCK_M)
+        rmask = rows < length
+        grow = (start + rows).to(tl.int64)
+        acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+        for k0 in range(0, K, BLOCK_K):
+            ks = k0 + tl.arange(0, BLOCK_K)
+            kmask = ks < K
+            x = tl.load(x_ptr + grow[:, None] * stride_xm + ks[None, :], mask=rmask[:, None] & kmask[None, :],
+                        other=0.0)
+            a = tl.load(a_base + cols[:, None] * stride_an + ks[None, :], mask=cmask[:, None] & kmask[None, :],
+                        other=0.0)
+            if UPCAST:
+                x = x.to(tl.float32)
+                a = a.to(tl.float32)
+            else:
+                a = a.to(x.dtype)
+            acc += tl.dot(x, tl.trans(a), input_precision=PRECISION)
+        tl.store(y_ptr + grow[:, None] * stride_ym + cols[None, :], acc, mask=rmask[:, None] & cmask[None, :])
+
+
+@triton.jit
+def _expand_kernel(
+    y_ptr, b_ptr, out_ptr, seg_start_ptr, seg_len_ptr, seg_slot_ptr,
+    N, R, stride_ym, stride_bs, stride_bn, stride_om,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_R: tl.constexpr,
+):
+    seg = tl.program_id(0)
+    pid_n = tl.program_id(1)
+    start = tl.load(seg_start_ptr + seg)
+    length = tl.load(seg_len_ptr + seg)
+    slot = tl.load(seg_slot_ptr + seg).to(tl.int64)
+    cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    cmask = cols < N
+    ks = tl.arange(0, BLOCK_R)
+    kmask = ks < R
+    b = tl.load(b_ptr + slot * stride_bs + cols[:, None] * stride_bn + ks[None, :],
+                mask=cmask[:, None] & kmask[None, :], other=0.0)
+    b = b.to(tl.float32)
+    for m0 in range(0, length, BLOCK_M):
+        rows = m0 + tl.arange(0, BLOCK_M)
+        rmask = rows < length
+        grow = (start + rows).to(tl.int64)
+        y = tl.load(y_ptr + grow[:, None] * stride_ym + ks[None, :], mask=rmask[:, None] & kmask[None, :], other=0.0)
+        delta = tl.dot(y, tl.trans(b), input_precision="ieee")
+        optr = out_ptr + grow[:, None] * stride_om + cols[None, :]
+        omask = rmask[:, None] & cmask[None, :]
+        cur = tl.load(optr, mask=omask, other=0.0)
+        tl.store(optr, (cur.to(tl.float32) + delta).to(cur.dtype), mask=omask)
+
+
+def _precision(x: torch.Tensor) -> str:
+    """fp32 activations get fp32 dots (TF32 would differ from the reference in greedy decoding); bf16/fp16 dots are
+    exact products with fp32 accumulation either way."""
+    return "ieee" if x.dtype == torch.float32 else "tf32"
+
+
+def _block(n: int, lo: int, hi: int) -> int:
+    return max(lo, min(hi, triton.next_power_of_2(max(n, 1))))
+
+
+def sgmv_shrink(
+    x: torch.Tensor, a: torch.Tensor, seg_start: torch.Tensor, seg_len: torch.Tensor, seg_slot: torch.Tensor,
+    max_seg_len: int,
+) -> torch.Tensor:
+    """x [T, K], a [S, N, K] -> fp32 y [T, N]; rows outside every segment are 0. Segments are int32 tensors."""
+    t, k = x.shape
+    n = a.shape[1]
+    y = torch.zeros(t, n, dtype=torch.float32, device=x.device)
+    nseg = seg_start.numel()
+    if nseg == 0 or max_seg_len == 0:
+        return y
+    block_n = _block(n, 16, 64)
+    grid = (nseg, triton.cdiv(n, block_n))
+    _shrink_kernel[grid](
+        x, a, y, seg_start, seg_len, seg_slot, n, k, x.stride(0), a.stride(0), a.stride(1), y.stride(0),
+        BLOCK_M=BLOCK_M, BLOCK_N=block_n, BLOCK_K=64, UPCAST=upcast_dot(x), PRECISION=_precision(x),
+    )
+    return y
+
+
+def sgmv_expand(
+    y: torch.Tensor, b: torch.Tensor, out: torch.Tensor, seg_start: torch.Tensor, seg_len: torch.Tensor,
+    seg_slot: torch.Tensor, max_seg_len: int,
+) -> None:
+    """out[seg] += y[seg] @ b[slot].T in place (fp32 dots: the expand is bound by memory, not by its
+    flops): y [T, R] fp32 (a column view is fine), b [S, N, R], out [T, N] (a
+    column view of a wider output is fine; its columns must be unit-stride)."""
+    nseg = seg_start.numel()
+    if nseg == 0 or max_seg_len == 0:
+        return
+    n, r = b.shape[1], b.shape[2]
+    assert y.stride(1) == 1 and b.stride(2) == 1 and out.stride(1) == 1, "inner dims must be contiguous"
+    block_n = _block(n, 16, 64)
+    grid = (nseg, triton.cdiv(n, block_n))
+    _expand_kernel[grid](
+        y, b, out, seg_start, seg_len, seg_slot, n, r, y.stride(0), b.stride(0), b.stride(1), out.stride(0),
+        BLOCK_M=BLOCK_M, BLOCK_N=block_n, BLOCK_R=_block(r, 16, 256),
+    )

@@ -1,0 +1,1 @@
+"""The LoRA feature plugin: PEFT adapters served many to a batch, registered through ``sgl_lora_backends``."""
