@@ -73,6 +73,7 @@ class CudaPlatform(Platform):
     dist_backend: ClassVar[str] = "nccl"
     capabilities: ClassVar[Capabilities] = _DeviceCapabilities()  # type: ignore[assignment]
     probe_priority: ClassVar[int] = 10
+    verified_on_hardware: ClassVar[bool] = True  # tests/gpu run on an NVIDIA H200
 
     def __init__(self) -> None:
         self._index: int | None = None
