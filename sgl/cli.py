@@ -264,8 +264,13 @@ from sgl.plugin_args import with_plugin_args  # noqa: E402  plugin discovery: ho
 def serve_command(server_args: ServerArgs) -> None:
     """Serve a model over HTTP: OpenAI-compatible and SGLang-native routes (the demo model without --model-path)."""
     from sgl.api.server import serve  # NOTE: fastapi and uvicorn load only for this command
+    from sgl.core import env
+    from sgl.core.plugins import select_platform
 
-    with user_errors():  # NOTE: a Hub id that cannot be fetched stops serve before any process starts
+    with user_errors():
+        # NOTE: a named backend that cannot run here stops serve in seconds, with one line, before any process starts.
+        if server_args.backend or env.BACKEND.get():
+            select_platform(server_args.backend)  # NOTE: a Hub id that cannot be fetched stops serve before any process starts
         code = serve(server_args)
     if code:
         raise typer.Exit(code)

@@ -138,3 +138,24 @@ def standin_torch_dot_npu(total: int = 64 << 30, free: int = 60 << 30, graphs: b
         npu.graph = lambda graph, pool=None, stream=None: ("capture", graph, pool, stream)
         npu.graph_pool_handle = lambda: "pool"
     return npu
+
+
+# torch.xpu -----------------------------------------------------------------------------------------------------------
+def standin_torch_dot_xpu(total: int = 48 << 30, free: int = 40 << 30, graphs: bool = True) -> types.ModuleType:
+    """``torch.xpu`` of an XPU build of PyTorch with one Intel GPU; XPU graphs only when ``graphs``."""
+    xpu = _module("torch.xpu")
+    state: dict[str, Any] = {"device": 0, "seed": None}
+    xpu.state = state
+    xpu._is_compiled = lambda: True
+    xpu.is_available = lambda: True
+    xpu.set_device = lambda i: state.__setitem__("device", i)
+    xpu.current_device = lambda: state["device"]
+    xpu.get_device_properties = lambda i=None: types.SimpleNamespace(total_memory=total)
+    xpu.mem_get_info = lambda i=None: (free, total)
+    xpu.manual_seed_all = lambda seed: state.__setitem__("seed", seed)
+    xpu.get_device_name = lambda i=None: "Intel GPU stand-in"
+    if graphs:
+        xpu.XPUGraph = lambda: "graph"
+        xpu.graph = lambda graph, pool=None, stream=None: ("capture", graph, pool, stream)
+        xpu.graph_pool_handle = lambda: "pool"
+    return xpu

@@ -23,7 +23,7 @@ class NpuRuntime(NamedTuple):
 @functools.lru_cache(maxsize=1)
 def npu_runtime() -> NpuRuntime:
     if importlib.util.find_spec("torch_npu") is None:
-        return NpuRuntime(None, "torch_npu is not installed (pip install 'sgl[ascend]' on a machine with Ascend NPUs)")
+        return NpuRuntime(None, "torch_npu is not installed")
     try:
         module = importlib.import_module("torch_npu")
     except Exception as exc:  # noqa: BLE001 - a broken CANN install must read as "unavailable", not as a crash
@@ -32,7 +32,7 @@ def npu_runtime() -> NpuRuntime:
 
     npu = getattr(torch, "npu", None)
     if npu is None or not npu.is_available():
-        return NpuRuntime(module, "torch_npu sees no Ascend NPU (check the driver and ASCEND_RT_VISIBLE_DEVICES)")
+        return NpuRuntime(module, "torch_npu sees no Ascend NPU: check the driver and ASCEND_RT_VISIBLE_DEVICES")
     return NpuRuntime(module, None)
 
 

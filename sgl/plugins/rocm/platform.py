@@ -102,7 +102,7 @@ class RocmPlatform(Platform):
     @classmethod
     def unavailable_reason(cls) -> str | None:
         if torch.version.hip is None and not ON_CUDA.get_bool():
-            return "torch is not a ROCm build (torch.version.hip is None)"
+            return "torch is not a ROCm build"
         if not torch.cuda.is_available():
             return "no AMD GPU is visible to torch"
         return None

@@ -76,10 +76,10 @@ class XpuPlatform(Platform):
     def unavailable_reason(cls) -> str | None:
         xpu = _xpu()
         if xpu is None:
-            return "this torch has no torch.xpu (PyTorch 2.5+ is needed)"
+            return "this torch has no torch.xpu: PyTorch 2.5+ is needed"
         compiled = getattr(xpu, "_is_compiled", None)
         if compiled is not None and not compiled():
-            return "torch is not an XPU build (install PyTorch's XPU wheels)"
+            return "torch is not an XPU build"
         if not xpu.is_available():
             return "no Intel GPU is visible to torch.xpu"
         return None
