@@ -19,8 +19,6 @@ import os
 import sys
 from typing import Any
 
-os.environ["SGL_TEST_ROCM_ON_CUDA"] = "1"  # NOTE: before any engine is built; the test-only HIP override
-
 import torch
 
 import sgl
@@ -55,6 +53,7 @@ def main(models: list[str], out_json: str | None) -> int:
     if not torch.cuda.is_available() or torch.version.hip is not None:
         print("needs an NVIDIA GPU and a CUDA build of torch", file=sys.stderr)
         return 2
+    os.environ["SGL_TEST_ROCM_ON_CUDA"] = "1"  # NOTE: the test-only HIP override, before any engine is built
     rows, ok = [], True
     for model in models:
         for name, variant in VARIANTS.items():
@@ -66,7 +65,8 @@ def main(models: list[str], out_json: str | None) -> int:
             rows.append({"model": model, "variant": name, "identical": same,
                          "first_differing_request": first, "requests": len(want),
                          "tokens": sum(len(t) for t in want),
-                         "rocm_platform": rocm_info.get("platform"), "rocm_attention": rocm_info.get("attention_backend"),
+                         "rocm_platform": rocm_info.get("platform"),
+                         "rocm_attention": rocm_info.get("attention_backend"),
                          "cuda_attention": cuda_info.get("attention_backend")})
             print(f"{model:14s} {name:7s} {'identical' if same else 'DIFFERENT'}  "
                   f"({rows[-1]['tokens']} tokens; rocm platform={rows[-1]['rocm_platform']} "

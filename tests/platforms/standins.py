@@ -21,7 +21,9 @@ def _module(name: str) -> types.ModuleType:
     return module
 
 
-def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, hidden_mask: torch.Tensor | None) -> torch.Tensor:
+def _attend(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, hidden_mask: torch.Tensor | None
+) -> torch.Tensor:
     """q [n, H, D], k/v [s, KVH, D] -> [n, H, D] in fp32; hidden_mask [n, s] True hides a key."""
     group = q.shape[1] // k.shape[1]
     k = k.float().repeat_interleave(group, dim=1)

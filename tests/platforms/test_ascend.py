@@ -25,14 +25,14 @@ HEADS, KV_HEADS, DIM = 4, 2, 16
 
 
 @pytest.fixture
-def fresh_runtime():  # type: ignore[no-untyped-def]
+def fresh_runtime():
     runtime.npu_runtime.cache_clear()
     yield
     runtime.npu_runtime.cache_clear()
 
 
 @pytest.fixture
-def npu(monkeypatch: pytest.MonkeyPatch, fresh_runtime):  # type: ignore[no-untyped-def]
+def npu(monkeypatch: pytest.MonkeyPatch, fresh_runtime):
     """Installs the stand-ins; returns (torch_npu stand-in, torch.npu stand-in, recorded attention calls)."""
 
     def install(graphs: bool = True, scale_keyword: str = "scale") -> SimpleNamespace:
@@ -48,7 +48,7 @@ def npu(monkeypatch: pytest.MonkeyPatch, fresh_runtime):  # type: ignore[no-unty
 
 
 def test_without_torch_npu_ascend_is_unavailable_and_says_what_is_missing(
-    monkeypatch: pytest.MonkeyPatch, fresh_runtime  # type: ignore[no-untyped-def]
+    monkeypatch: pytest.MonkeyPatch, fresh_runtime: None
 ) -> None:
     real = importlib.util.find_spec
     monkeypatch.setattr(runtime.importlib.util, "find_spec", lambda n, *a: None if n == "torch_npu" else real(n, *a))
@@ -58,10 +58,11 @@ def test_without_torch_npu_ascend_is_unavailable_and_says_what_is_missing(
 
 
 def test_a_torch_npu_that_fails_to_import_reads_as_unavailable_not_as_a_crash(
-    monkeypatch: pytest.MonkeyPatch, fresh_runtime  # type: ignore[no-untyped-def]
+    monkeypatch: pytest.MonkeyPatch, fresh_runtime: None
 ) -> None:
     real_find, real_import = importlib.util.find_spec, importlib.import_module
-    monkeypatch.setattr(runtime.importlib.util, "find_spec", lambda n, *a: object() if n == "torch_npu" else real_find(n, *a))
+    monkeypatch.setattr(runtime.importlib.util, "find_spec",
+                        lambda n, *a: object() if n == "torch_npu" else real_find(n, *a))
 
     def broken(name: str, *a: Any) -> Any:
         if name == "torch_npu":
@@ -74,7 +75,7 @@ def test_a_torch_npu_that_fails_to_import_reads_as_unavailable_not_as_a_crash(
     )
 
 
-def test_with_torch_npu_ascend_is_the_npu_device_on_hccl_with_memory_from_torch_npu(npu) -> None:  # type: ignore[no-untyped-def]
+def test_with_torch_npu_ascend_is_the_npu_device_on_hccl_with_memory_from_torch_npu(npu: Any) -> None:
     env = npu()
     assert AscendPlatform.is_available() and AscendPlatform.unavailable_reason() is None
     p = AscendPlatform()
@@ -87,7 +88,7 @@ def test_with_torch_npu_ascend_is_the_npu_device_on_hccl_with_memory_from_torch_
     assert p.capabilities.triton is False and p.capabilities.fp8 is False
 
 
-def test_npu_graphs_are_a_capability_only_where_torch_npu_has_them(npu) -> None:  # type: ignore[no-untyped-def]
+def test_npu_graphs_are_a_capability_only_where_torch_npu_has_them(npu: Any) -> None:
     npu(graphs=True)
     p = AscendPlatform()
     assert p.capabilities.graph_capture and p.new_graph() == "graph" and p.graph_pool() == "pool"
@@ -97,7 +98,7 @@ def test_npu_graphs_are_a_capability_only_where_torch_npu_has_them(npu) -> None:
 
 
 def test_decode_runs_eagerly_with_the_ascend_attention_backend_and_says_so(
-    npu, caplog: pytest.LogCaptureFixture  # type: ignore[no-untyped-def]
+    npu: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
     from sgl.plugins.ascend import platform as ascend_platform
     from sgl.plugins.ascend.attention import AscendAttnBackend
@@ -123,7 +124,8 @@ def _run_steps(backend: Any, dtype: torch.dtype, seed: int = 0) -> list[torch.Te
     for r, p in zip(reqs, prefix):
         paged.fill_prefix(r, p)
     outs = []
-    for mode, ext in ((ForwardMode.EXTEND, [3, 4, 1]), (ForwardMode.DECODE, [1, 1, 1]), (ForwardMode.DECODE, [1, 1, 1])):
+    steps = ((ForwardMode.EXTEND, [3, 4, 1]), (ForwardMode.DECODE, [1, 1, 1]), (ForwardMode.DECODE, [1, 1, 1]))
+    for mode, ext in steps:
         fb = paged.batch(reqs, prefix, ext, mode, backend)
         q = torch.randn(sum(ext), HEADS * DIM).to(dtype)
         k, v = torch.randn(sum(ext), KV_HEADS * DIM).to(dtype), torch.randn(sum(ext), KV_HEADS * DIM).to(dtype)
@@ -134,7 +136,7 @@ def _run_steps(backend: Any, dtype: torch.dtype, seed: int = 0) -> list[torch.Te
 
 
 @pytest.mark.parametrize("scale_keyword", ["scale", "scale_value"])
-def test_fused_attention_matches_the_reference_backend(npu, scale_keyword: str) -> None:  # type: ignore[no-untyped-def]
+def test_fused_attention_matches_the_reference_backend(npu: Any, scale_keyword: str) -> None:
     """bf16 goes through the fused op (prompt path with the prefix-shifted mask, incremental path without one)."""
     from sgl.plugins.ascend import attention
 
@@ -152,7 +154,9 @@ def test_fused_attention_matches_the_reference_backend(npu, scale_keyword: str) 
     assert all((c["num_heads"], c["kv_heads"]) == (HEADS, KV_HEADS) for c in env.calls)
 
 
-def test_fp32_or_a_torch_npu_without_the_op_takes_the_torch_reference(npu, caplog: pytest.LogCaptureFixture) -> None:  # type: ignore[no-untyped-def]
+def test_fp32_or_a_torch_npu_without_the_op_takes_the_torch_reference(
+    npu: Any, caplog: pytest.LogCaptureFixture
+) -> None:
     from sgl.plugins.ascend import attention
 
     env = npu()
@@ -171,7 +175,7 @@ def test_fp32_or_a_torch_npu_without_the_op_takes_the_torch_reference(npu, caplo
 
 
 # norms and rotary ---------------------------------------------------------------------------------------------------
-def test_rmsnorm_and_rotary_go_through_torch_npu_and_match_the_reference(npu) -> None:  # type: ignore[no-untyped-def]
+def test_rmsnorm_and_rotary_go_through_torch_npu_and_match_the_reference(npu: Any) -> None:
     npu()
     ops = AscendPlatform().ops()
     assert ops.rms_norm is not reference.rms_norm and ops.rotary_embedding is not reference.rotary_embedding
@@ -191,7 +195,7 @@ def test_rmsnorm_and_rotary_go_through_torch_npu_and_match_the_reference(npu) ->
             torch.testing.assert_close(g, w2, atol=1e-5, rtol=1e-5)
 
 
-def test_a_torch_npu_without_the_fused_ops_leaves_the_reference_ops(npu) -> None:  # type: ignore[no-untyped-def]
+def test_a_torch_npu_without_the_fused_ops_leaves_the_reference_ops(npu: Any) -> None:
     env = npu()
     for name in ("npu_rms_norm", "npu_add_rms_norm", "npu_rotary_mul"):
         delattr(env.module, name)

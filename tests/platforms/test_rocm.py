@@ -4,6 +4,8 @@ backend's page table. Nothing here has run on AMD hardware."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import logging
 import subprocess
 import sys
@@ -23,7 +25,7 @@ from tests.platforms.standins import standin_aiter, unrelated_pypi_aiter
 
 
 @pytest.fixture
-def on_arch(monkeypatch: pytest.MonkeyPatch):  # type: ignore[no-untyped-def]
+def on_arch(monkeypatch: pytest.MonkeyPatch):
     """Makes torch look like a HIP build with one visible GPU of the given gfx architecture."""
 
     def set_arch(name: str) -> None:
@@ -76,7 +78,9 @@ def test_the_test_only_override_lets_rocm_run_on_a_cuda_build(monkeypatch: pytes
     [("gfx942:sramecc+:xnack-", torch.float8_e4m3fnuz, False), ("gfx950", torch.float8_e4m3fn, True),
      ("gfx90a:sramecc+:xnack-", None, False), ("gfx1100", None, False)],
 )
-def test_fp8_encoding_and_capabilities_follow_the_architecture(gcn_arch: str, fp8: torch.dtype | None, fp4: bool) -> None:
+def test_fp8_encoding_and_capabilities_follow_the_architecture(
+    gcn_arch: str, fp8: torch.dtype | None, fp4: bool
+) -> None:
     name = arch_mod.gfx_name(gcn_arch)
     assert arch_mod.fp8_dtype_for(gcn_arch) == fp8
     caps = rocm.capabilities_for(name, triton=True)
@@ -85,7 +89,7 @@ def test_fp8_encoding_and_capabilities_follow_the_architecture(gcn_arch: str, fp
 
 @pytest.mark.parametrize("name,expected", [("gfx942", torch.float8_e4m3fnuz), ("gfx950", torch.float8_e4m3fn),
                                            ("gfx90a", torch.float8_e4m3fn)])
-def test_kv_cache_fp8_e4m3_is_the_platforms_encoding(on_arch, name: str, expected: torch.dtype) -> None:  # type: ignore[no-untyped-def]
+def test_kv_cache_fp8_e4m3_is_the_platforms_encoding(on_arch: Any, name: str, expected: torch.dtype) -> None:
     on_arch(name)
     platform = rocm.RocmPlatform()
     assert platform.fp8_dtype() == expected
@@ -104,7 +108,7 @@ def test_a_fnuz_kv_pool_saturates_at_its_own_bound_240() -> None:
 # aiter or Triton -----------------------------------------------------------------------------------------------------
 @needs_triton
 def test_aiter_is_the_default_attention_where_amds_module_runs_on_a_supported_arch(
-    on_arch, monkeypatch: pytest.MonkeyPatch  # type: ignore[no-untyped-def]
+    on_arch: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setitem(sys.modules, "aiter", standin_aiter())
     on_arch("gfx942")
@@ -119,7 +123,8 @@ def test_aiter_is_the_default_attention_where_amds_module_runs_on_a_supported_ar
      ("amd", "gfx90a", "aiter is not built for gfx90a")],
 )
 def test_triton_attention_is_the_fallback_and_the_log_says_why(
-    on_arch, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, module: str | None, name: str, why: str  # type: ignore[no-untyped-def]
+    on_arch: Any, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, module: str | None, name: str,
+    why: str,
 ) -> None:
     if module is None:
         real = arch_mod.importlib.util.find_spec
@@ -135,7 +140,7 @@ def test_triton_attention_is_the_fallback_and_the_log_says_why(
 
 
 @needs_triton
-def test_asking_for_aiter_where_it_cannot_run_is_one_line_naming_the_way_out(on_arch, no_aiter) -> None:  # type: ignore[no-untyped-def]
+def test_asking_for_aiter_where_it_cannot_run_is_one_line_naming_the_way_out(on_arch: Any, no_aiter: Any) -> None:
     from sgl.plugins.rocm.aiter_backend import AiterAttnBackend
 
     on_arch("gfx942")
@@ -145,7 +150,7 @@ def test_asking_for_aiter_where_it_cannot_run_is_one_line_naming_the_way_out(on_
 
 
 @needs_triton
-def test_the_rocm_platform_builds_the_portable_triton_backend_itself(on_arch) -> None:  # type: ignore[no-untyped-def]
+def test_the_rocm_platform_builds_the_portable_triton_backend_itself(on_arch: Any) -> None:
     from sgl.kernels.attention_backend import TritonAttnBackend
 
     on_arch("gfx942")
@@ -154,7 +159,7 @@ def test_the_rocm_platform_builds_the_portable_triton_backend_itself(on_arch) ->
 
 
 @needs_triton
-def test_aiter_rmsnorm_replaces_the_triton_one_where_aiter_runs(on_arch, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+def test_aiter_rmsnorm_replaces_the_triton_one_where_aiter_runs(on_arch: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     from sgl.core.ops import reference
 
     monkeypatch.setitem(sys.modules, "aiter", standin_aiter())
@@ -185,7 +190,7 @@ def test_the_ragged_page_table_lists_each_requests_slots_in_order() -> None:
 @needs_triton
 @pytest.mark.parametrize("kv_dtype,kv_name", [(None, "auto"), (torch.float8_e4m3fnuz, "fp8")])
 def test_aiter_decode_reads_the_pool_in_place_and_matches_the_oracle(
-    on_arch, monkeypatch: pytest.MonkeyPatch, kv_dtype: torch.dtype | None, kv_name: str  # type: ignore[no-untyped-def]
+    on_arch: Any, monkeypatch: pytest.MonkeyPatch, kv_dtype: torch.dtype | None, kv_name: str
 ) -> None:
     """Extend runs the portable Triton kernel (interpreted on CPU); decode hands the pool, viewed as aiter's NHD
     paged cache, to the stand-in; both must agree with the contract's oracle."""

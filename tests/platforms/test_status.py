@@ -4,6 +4,8 @@ vendor plugin on a machine without its runtime never raises."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import importlib.util
 import json
 import subprocess
@@ -97,14 +99,14 @@ def test_every_vendor_plugin_module_imports_without_its_runtime() -> None:
         f"for m in {modules!r}: importlib.import_module(m)\n"
         "from sgl.plugins.ascend.platform import AscendPlatform\n"
         "from sgl.plugins.rocm.platform import RocmPlatform\n"
-        "print(AscendPlatform.is_available(), AscendPlatform.unavailable_reason(), RocmPlatform.default_attention_backend)\n"
+        "print(AscendPlatform.is_available(), AscendPlatform.unavailable_reason())\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=REPO)
     assert out.returncode == 0, out.stderr
     assert out.stdout.startswith("False torch_npu is not installed")
 
 
-def test_discovery_over_this_checkout_loads_every_vendor_plugin_without_failures(checkout_plugins) -> None:  # type: ignore[no-untyped-def]
+def test_discovery_over_this_checkout_loads_every_vendor_plugin_without_failures(checkout_plugins: Any) -> None:
     assert checkout_plugins.failures == []
     assert {"rocm", "ascend", "xpu", "cuda", "cpu"} <= set(checkout_plugins.platforms.names())
     assert {"aiter", "ascend", "triton", "torch_native"} <= set(checkout_plugins.attention_backends.names())

@@ -4,6 +4,8 @@ portable Triton pieces. Nothing here has run on an Intel GPU."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import subprocess
 import sys
 import tomllib
@@ -17,8 +19,8 @@ from tests.platforms.standins import standin_torch_dot_xpu
 
 
 @pytest.fixture
-def xpu(monkeypatch: pytest.MonkeyPatch):  # type: ignore[no-untyped-def]
-    def install(graphs: bool = True):  # type: ignore[no-untyped-def]
+def xpu(monkeypatch: pytest.MonkeyPatch):
+    def install(graphs: bool = True):
         device = standin_torch_dot_xpu(graphs=graphs)
         monkeypatch.setattr(torch, "xpu", device)
         return device
@@ -40,7 +42,7 @@ def test_an_xpu_build_without_a_visible_gpu_says_so(monkeypatch: pytest.MonkeyPa
     assert XpuPlatform.unavailable_reason() == "no Intel GPU is visible to torch.xpu"
 
 
-def test_with_an_intel_gpu_xpu_is_the_native_xpu_device_on_xccl(xpu) -> None:  # type: ignore[no-untyped-def]
+def test_with_an_intel_gpu_xpu_is_the_native_xpu_device_on_xccl(xpu: Any) -> None:
     device = xpu()
     p = XpuPlatform()
     assert XpuPlatform.is_available()
@@ -49,7 +51,7 @@ def test_with_an_intel_gpu_xpu_is_the_native_xpu_device_on_xccl(xpu) -> None:  #
     assert device.state["device"] == 1 and (p.total_memory(), p.free_memory()) == (48 << 30, 40 << 30)
 
 
-def test_xpu_graphs_are_a_capability_only_where_the_build_has_them(xpu) -> None:  # type: ignore[no-untyped-def]
+def test_xpu_graphs_are_a_capability_only_where_the_build_has_them(xpu: Any) -> None:
     xpu(graphs=True)
     p = XpuPlatform()
     assert p.capabilities.graph_capture and p.new_graph() == "graph"
@@ -59,7 +61,7 @@ def test_xpu_graphs_are_a_capability_only_where_the_build_has_them(xpu) -> None:
 
 
 @needs_triton
-def test_xpu_runs_the_portable_triton_pieces(xpu) -> None:  # type: ignore[no-untyped-def]
+def test_xpu_runs_the_portable_triton_pieces(xpu: Any) -> None:
     from sgl import kernels
     from sgl.kernels.attention_backend import TritonAttnBackend
     from sgl.kernels.linear_method import SkinnyLinearMethod

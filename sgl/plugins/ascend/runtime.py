@@ -27,7 +27,8 @@ def npu_runtime() -> NpuRuntime:
     try:
         module = importlib.import_module("torch_npu")
     except Exception as exc:  # noqa: BLE001 - a broken CANN install must read as "unavailable", not as a crash
-        return NpuRuntime(None, f"torch_npu failed to import: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
+        first_line = str(exc).splitlines()[0] if str(exc) else ""
+        return NpuRuntime(None, f"torch_npu failed to import: {type(exc).__name__}: {first_line}")
     import torch
 
     npu = getattr(torch, "npu", None)

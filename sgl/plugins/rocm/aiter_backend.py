@@ -31,7 +31,9 @@ class RaggedKV(NamedTuple):
     last_page_lens: torch.Tensor  # [B] int32, all 1: every page holds one token
 
 
-def ragged_kv(req_to_token: torch.Tensor, req_pool_indices: torch.Tensor, seq_lens: torch.Tensor, max_len: int) -> RaggedKV:
+def ragged_kv(
+    req_to_token: torch.Tensor, req_pool_indices: torch.Tensor, seq_lens: torch.Tensor, max_len: int
+) -> RaggedKV:
     """The page table of a decode batch, from the request-to-token table (no host sync but ``max_len``)."""
     lens = seq_lens.to(torch.int32)
     indptr = torch.zeros(lens.shape[0] + 1, dtype=torch.int32, device=lens.device)

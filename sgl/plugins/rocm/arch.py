@@ -58,7 +58,8 @@ def probe_aiter(arch: str) -> AiterProbe:
         return AiterProbe(False, f"the installed 'aiter' is not AMD's ROCm/aiter (it lacks {', '.join(missing)})")
     name = gfx_name(arch)
     if name not in AITER_ARCHS:
-        return AiterProbe(False, f"aiter is not built for {name or 'this device'} (it supports {', '.join(sorted(AITER_ARCHS))})")
+        supported = ", ".join(sorted(AITER_ARCHS))
+        return AiterProbe(False, f"aiter is not built for {name or 'this device'} (it supports {supported})")
     return AiterProbe(True, f"aiter kernels on {name}")
 
 
