@@ -15,7 +15,7 @@ from pathlib import Path
 import sgl
 from sgl.core.demo_model import ensure_demo_model
 
-CONFIGS = Path(__file__).resolve().parents[1] / "sgl" / "bench" / "configs"
+CONFIGS = Path(__file__).resolve().parents[1] / "sgl" / "core" / "model" / "configs"
 
 
 def model_dir(name: str) -> str:

@@ -15,7 +15,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from sgl.api.tokenizer_manager import SchedulerUnavailable
+from sgl.api.request_extras import UNSUPPORTED_FIELD
+from sgl.core.replies import SchedulerUnavailable
 
 logger = logging.getLogger(__name__)
 
@@ -67,6 +68,9 @@ def _validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
     loc = [str(p) for p in first.get("loc", ()) if p != "body" and not _TYPE_TAG.match(str(p))]
     param = ".".join(loc) or None
     msg = str(first.get("msg", "invalid value"))
+    if first.get("type") == UNSUPPORTED_FIELD:  # a known field sgl refuses: its own message names it
+        field = (first.get("ctx") or {}).get("field")
+        return msg, str(field) if field else None
     if first.get("type") == "extra_forbidden":
         msg = f"unrecognized request argument: {param}"
     elif first.get("type") == "json_invalid":
@@ -87,7 +91,7 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(ValueError)
     async def _value(_: Request, exc: ValueError) -> JSONResponse:
-        return error_response(400, str(exc))
+        return error_response(400, str(exc), param=getattr(exc, "param", None))  # RequestError names its field
 
     @app.exception_handler(SchedulerUnavailable)
     async def _dead(_: Request, exc: SchedulerUnavailable) -> JSONResponse:

@@ -10,6 +10,7 @@ import bisect
 import math
 import threading
 import time
+from collections import deque
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -22,6 +23,7 @@ ITL_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5
 E2E_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+THROUGHPUT_WINDOW_S = 10.0  # last_gen_throughput: tokens/s over the outputs of the last this-many seconds
 
 
 @dataclass
@@ -88,6 +90,7 @@ class Metrics:
                               TTFT_BUCKETS)
         self.itl = Histogram("inter_token_latency_seconds", "Time between consecutive output tokens.", ITL_BUCKETS)
         self.e2e = Histogram("e2e_request_latency_seconds", "Time from request to its last output.", E2E_BUCKETS)
+        self._recent: deque[tuple[float, int]] = deque()  # (time, tokens) of each output batch in the window
 
     def on_sent(self, rid: str) -> None:
         with self._lock:
@@ -95,7 +98,12 @@ class Metrics:
 
     def on_outputs(self, outputs: Iterable[ReqOutput]) -> None:
         now = time.monotonic()
+        outputs = list(outputs)
         with self._lock:
+            tokens = sum(len(out.new_token_ids) for out in outputs)
+            if tokens:
+                self._recent.append((now, tokens))
+                self._prune(now)
             for out in outputs:
                 sent = self._sent.get(out.rid)
                 if sent is None:
@@ -117,6 +125,20 @@ class Metrics:
                     self.cached_tokens += out.cached_tokens
                     self._sent.pop(out.rid, None)
                     self._last.pop(out.rid, None)
+
+    def _prune(self, now: float) -> None:
+        while self._recent and self._recent[0][0] < now - THROUGHPUT_WINDOW_S:
+            self._recent.popleft()
+
+    def gen_throughput(self) -> float:
+        """Generated tokens per second over the recent window (SGLang's last_gen_throughput); 0.0 when idle."""
+        with self._lock:
+            self._prune(time.monotonic())
+            if len(self._recent) < 2:
+                return 0.0
+            span = self._recent[-1][0] - self._recent[0][0]
+            tokens = sum(n for _, n in list(self._recent)[1:])  # NOTE: the first batch marks the window's start
+            return round(tokens / span, 2) if span > 0 else 0.0
 
     def forget(self, rids: Iterable[str]) -> None:
         """Requests that end without a finished output (the scheduler died) stop being tracked."""

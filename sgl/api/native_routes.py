@@ -1,32 +1,37 @@
-"""SGLang's native routes: /generate, health, model and server info, cache flush, abort, (de)tokenize, /metrics."""
+"""SGLang's native routes: /generate, health, model and server info, load, cache flush, abort, (de)tokenize,
+/metrics; in the shapes SGLang's own clients (bench_serving, the frontend's RuntimeEndpoint, sglang-router) read."""
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
+import time
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import aclosing
 from typing import Any
 
 from fastapi import APIRouter, Request
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, model_validator
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 
 from sgl import __version__
 from sgl.api.disconnect import abort_on_disconnect
 from sgl.api.errors import ApiError
 from sgl.api.metrics import CONTENT_TYPE
-from sgl.api.openai_common import abort_error, check_n
+from sgl.api.openai_common import abort_error
+from sgl.api.request_extras import COMMON, drop_neutral
 from sgl.api.state import ServerState
 from sgl.api.streaming import DONE, SSEResponse, merge, sse
-from sgl.api.tokenizer_manager import SchedulerUnavailable
-from sgl.core.request_manager import GenerateInput
+from sgl.core.replies import SchedulerUnavailable
+from sgl.core.request_manager import GenerateInput, PreparedRequest
+from sgl.core.request_result import GenerateResult
 
 router = APIRouter()
 
-NATIVE_DEFAULT_MAX_NEW_TOKENS = 128
 HEALTH_GENERATE_TIMEOUT_S = 20.0
+WEIGHT_VERSION = "default"  # SGLang's name for weights that were never updated in place
 
 
 class _Body(BaseModel):
@@ -34,7 +39,10 @@ class _Body(BaseModel):
 
 
 class GenerateRequest(_Body):
-    """SGLang's GenerateReqInput (the text-model subset); null means "not given" for every field."""
+    """SGLang's GenerateReqInput (the text-model subset); null means "not given" for every field.
+
+    SGLang's other fields are accepted at their neutral value and refused otherwise (request_extras.py).
+    """
 
     text: str | list[str] | None = None
     input_ids: list[int] | list[list[int]] | None = None
@@ -45,6 +53,11 @@ class GenerateRequest(_Body):
     top_logprobs_num: int | list[int] | None = None
     return_text_in_logprobs: bool | None = None
     stream: bool | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _known_extras(cls, data: Any) -> Any:
+        return drop_neutral(data, COMMON)
 
 
 class AbortRequest(_Body):
@@ -75,7 +88,7 @@ def _per_prompt(value: Any, count: int, name: str) -> list[Any]:
     return [value] * count
 
 
-def _inputs(state: ServerState, body: GenerateRequest) -> tuple[list[GenerateInput], bool]:
+async def _inputs(state: ServerState, body: GenerateRequest) -> tuple[list[PreparedRequest], bool]:
     tm = state.tm
     tm.check_alive()
     if (body.text is None) == (body.input_ids is None):
@@ -94,35 +107,22 @@ def _inputs(state: ServerState, body: GenerateRequest) -> tuple[list[GenerateInp
     lps = _per_prompt(body.return_logprob, count, "return_logprob")
     starts = _per_prompt(body.logprob_start_len, count, "logprob_start_len")
     tops = _per_prompt(body.top_logprobs_num, count, "top_logprobs_num")
-    cap = state.args.max_new_tokens_limit
-    objs = []
+    prepared = []
     for i, prompt in enumerate(prompts):
-        sp = dict(params[i] or {})
-        check_n(state, sp.get("n"))
-        ids = tm.tokenizer.encode(prompt) if isinstance(prompt, str) and prompt else None
-        if sp.get("max_new_tokens") is None:
-            prompt_len = len(ids) if ids is not None else len(prompt or [])
-            default = min(NATIVE_DEFAULT_MAX_NEW_TOKENS, max(tm.limits.context_len - prompt_len, 0))
-            sp["max_new_tokens"] = min(default, cap) if cap is not None else default
-        elif cap is not None and isinstance(sp["max_new_tokens"], int) and sp["max_new_tokens"] > cap:
-            raise ApiError(400, f"max_new_tokens is {sp['max_new_tokens']}; at most {cap} is allowed "
-                                "(--max-new-tokens-limit)", param="sampling_params.max_new_tokens")
         obj = GenerateInput(
-            text=prompt if isinstance(prompt, str) else None,
-            input_ids=ids if ids is not None else (None if isinstance(prompt, str) else prompt),
-            sampling_params=sp, rid=rids[i] or (base if count == 1 else f"{base}_{i}"),
+            text=prompt if isinstance(prompt, str) else None, input_ids=None if isinstance(prompt, str) else prompt,
+            sampling_params=params[i], rid=rids[i] or (base if count == 1 else f"{base}_{i}"),
             return_logprob=bool(lps[i]), logprob_start_len=starts[i], top_logprobs_num=tops[i],
             return_text_in_logprobs=bool(body.return_text_in_logprobs), stream=bool(body.stream),
+            max_tokens_name="sampling_params.max_new_tokens",
         )
-        tm.validate(obj)  # NOTE: all or nothing: a bad prompt in a batch sends none of it
-        objs.append(obj)
-    return objs, batched
+        prepared.append(await tm.prepare(obj))  # NOTE: all or nothing: a bad prompt in a batch sends none of it
+    return prepared, batched
 
 
-def _error_of(state: ServerState, result: dict[str, Any]) -> ApiError | None:
-    meta = result["meta_info"]
-    reason = meta.get("finish_reason") or {}
-    if reason.get("type") == "abort" and (meta.get("error_status") is not None or state.phase == "draining"):
+def _error_of(state: ServerState, result: GenerateResult) -> ApiError | None:
+    meta = result.meta
+    if meta.aborted and (meta.error_status is not None or state.phase == "draining"):
         return abort_error(state, meta)
     return None
 
@@ -130,14 +130,14 @@ def _error_of(state: ServerState, result: dict[str, Any]) -> ApiError | None:
 @router.post("/generate", response_model=None)
 async def generate(body: GenerateRequest, request: Request) -> Any:
     state = _state(request)
-    objs, batched = _inputs(state, body)
+    objs, batched = await _inputs(state, body)
     if body.stream:
-        return SSEResponse(_stream(state, objs, indexed=batched or any(_n(o) > 1 for o in objs)))
+        return SSEResponse(_stream(state, objs, indexed=batched or any(o.n > 1 for o in objs)))
     return await abort_on_disconnect(request, _generate_all(state, objs, batched))
 
 
-async def _generate_all(state: ServerState, objs: list[GenerateInput], batched: bool) -> Any:
-    finals: dict[int, list[dict[str, Any]]] = {}
+async def _generate_all(state: ServerState, objs: list[PreparedRequest], batched: bool) -> Any:
+    finals: dict[int, list[GenerateResult]] = {}
     async with aclosing(merge([state.tm.generate(o) for o in objs])) as merged:
         async for p, results in merged:
             finals[p] = results
@@ -146,21 +146,16 @@ async def _generate_all(state: ServerState, objs: list[GenerateInput], batched: 
         err = _error_of(state, r)
         if err is not None:
             raise err
+    dicts = [r.to_dict() for r in flat]
     if batched:
-        return flat
-    return flat if len(flat) > 1 else flat[0]
+        return dicts
+    return dicts if len(dicts) > 1 else dicts[0]
 
 
-def _n(obj: GenerateInput) -> int:
-    sp = obj.sampling_params
-    n = sp.get("n") if isinstance(sp, dict) else getattr(sp, "n", 1)
-    return int(n or 1)
-
-
-async def _stream(state: ServerState, objs: list[GenerateInput], indexed: bool) -> AsyncIterator[str]:
+async def _stream(state: ServerState, objs: list[PreparedRequest], indexed: bool) -> AsyncIterator[str]:
     offsets = [0]
     for o in objs[:-1]:
-        offsets.append(offsets[-1] + _n(o))
+        offsets.append(offsets[-1] + o.n)
     seen: dict[int, tuple[int, int, bool]] = {}
     try:
         async with aclosing(merge([state.tm.generate(o) for o in objs])) as merged:
@@ -172,11 +167,11 @@ async def _stream(state: ServerState, objs: list[GenerateInput], indexed: bool) 
                         yield sse(err.body())
                         yield DONE
                         return
-                    mark = (len(r["text"]), len(r["output_ids"]), r["meta_info"]["finish_reason"] is not None)
+                    mark = (len(r.text), len(r.output_ids), r.finished)
                     if seen.get(k) == mark:
                         continue
                     seen[k] = mark
-                    yield sse({**r, "index": k} if indexed else r)
+                    yield sse({**r.to_dict(), "index": k} if indexed else r.to_dict())
     except ApiError as exc:
         yield sse(exc.body())
     except SchedulerUnavailable as exc:
@@ -194,8 +189,8 @@ async def health_generate(request: Request) -> Response:
     """Ready only if the scheduler produces a token now (a health probe that sees a hung scheduler)."""
     tm = _state(request).tm
     tm.check_alive()
-    obj = GenerateInput(input_ids=[0], sampling_params={"max_new_tokens": 1, "temperature": 0.0},
-                        rid=f"health-{uuid.uuid4().hex}")
+    obj = await tm.prepare(GenerateInput(input_ids=[0], sampling_params={"max_new_tokens": 1, "temperature": 0.0},
+                                         rid=f"health-{uuid.uuid4().hex}"))
 
     async def run() -> None:
         async with aclosing(tm.generate(obj)) as results:
@@ -210,23 +205,42 @@ async def health_generate(request: Request) -> Response:
 
 
 @router.get("/get_model_info")
+@router.get("/model_info")  # SGLang's newer name
 async def get_model_info(request: Request) -> dict[str, Any]:
     state = _state(request)
     info = state.tm.model_info
     keys = ("model_path", "tokenizer_path", "architecture", "context_length", "vocab_size", "dtype", "chat_template")
     return {"served_model_name": state.served_model_name, "is_generation": True, **{k: info.get(k) for k in keys},
-            "special_tokens": state.tm.tokenizer.special_tokens_map}
+            "architectures": [info.get("architecture")], "special_tokens": state.tm.tokenizer.special_tokens_map,
+            # SGLang's: no preferred sampling params, weights never updated in place, text only
+            "preferred_sampling_params": None, "weight_version": WEIGHT_VERSION, "has_image_understanding": False,
+            "has_audio_understanding": False}
 
 
 @router.get("/get_server_info")
+@router.get("/server_info")  # SGLang's newer name
 async def get_server_info(request: Request) -> dict[str, Any]:
+    """SGLang's shape: the server arguments at the top level, the model's and the scheduler's figures over them, and
+    ``internal_states`` (one entry per data-parallel replica: one) for the clients that read it."""
     state = _state(request)
-    scheduler = await state.tm.scheduler_info()
+    tm = state.tm
+    scheduler = await tm.scheduler_info()
     args = dataclasses.asdict(state.args)
     if args.get("api_key"):
         args["api_key"] = "<redacted>"
-    return {**state.tm.model_info, **scheduler, "served_model_name": state.served_model_name,
-            "num_pending_requests": state.tm.num_pending, "version": __version__, "server_args": args}
+    internal = {**scheduler, "last_gen_throughput": tm.metrics.gen_throughput(), "world_size": 1}
+    return {"dp_size": 1, **args, **tm.model_info, **scheduler, "served_model_name": state.served_model_name,
+            "max_req_input_len": tm.limits.prompt_limit - 1, "num_pending_requests": tm.num_pending,
+            "internal_states": [internal], "version": __version__, "server_args": args}
+
+
+@router.get("/get_load")
+async def get_load(request: Request) -> list[dict[str, Any]]:
+    """SGLang's load report, one entry per data-parallel replica (one), as load-aware routers poll it."""
+    scheduler = await _state(request).tm.scheduler_info()
+    running, waiting = int(scheduler.get("num_running_reqs", 0)), int(scheduler.get("num_waiting_reqs", 0))
+    return [{"dp_rank": 0, "num_reqs": running + waiting, "num_waiting_reqs": waiting,
+             "num_tokens": int(scheduler.get("request_owned_tokens", 0)), "ts_tic": time.perf_counter()}]
 
 
 @router.api_route("/flush_cache", methods=["GET", "POST"])
@@ -248,16 +262,20 @@ async def abort_request(body: AbortRequest, request: Request) -> dict[str, Any]:
 
 
 @router.post("/tokenize")
-async def tokenize(body: TokenizeRequest, request: Request) -> dict[str, Any]:
+async def tokenize(body: TokenizeRequest, request: Request) -> Response:
+    """Off the event loop for a long prompt: tokenizing and serializing megabytes takes seconds."""
     tm = _state(request).tm
     special = body.add_special_tokens is not False
-    if isinstance(body.prompt, str):
-        ids: Any = tm.tokenizer.encode(body.prompt, add_special_tokens=special)
-        count: Any = len(ids)
-    else:
-        ids = [tm.tokenizer.encode(p, add_special_tokens=special) for p in body.prompt]
-        count = [len(x) for x in ids]
-    return {"tokens": ids, "count": count, "max_model_len": tm.limits.context_len}
+    prompts = [body.prompt] if isinstance(body.prompt, str) else body.prompt
+
+    def run() -> bytes:
+        ids = [tm.tokenizer.encode(p, add_special_tokens=special) for p in prompts]
+        single = isinstance(body.prompt, str)
+        out = {"tokens": ids[0] if single else ids, "count": len(ids[0]) if single else [len(x) for x in ids],
+               "max_model_len": tm.limits.context_len}
+        return json.dumps(out, separators=(",", ":")).encode()
+
+    return Response(await tm.run(run, sum(len(p) for p in prompts)), media_type="application/json")
 
 
 @router.post("/detokenize")
@@ -267,7 +285,8 @@ async def detokenize(body: DetokenizeRequest, request: Request) -> dict[str, Any
     if bad:
         raise ApiError(400, f"token id {bad[0]} is outside the vocabulary [0, {tm.limits.vocab_size})",
                        param="tokens")
-    return {"text": tm.tokenizer.decode(body.tokens, skip_special_tokens=body.skip_special_tokens is not False)}
+    skip = body.skip_special_tokens is not False
+    return {"text": await tm.run(lambda: tm.tokenizer.decode(body.tokens, skip_special_tokens=skip), len(body.tokens))}
 
 
 @router.get("/metrics")

@@ -2,28 +2,20 @@
 
 from __future__ import annotations
 
-import json
 import logging
-import uuid
 from collections.abc import AsyncIterator
 from contextlib import aclosing
 from typing import Any
 
 from sgl.api.errors import ApiError
-from sgl.api.openai_common import (
-    Cursor,
-    chat_logprobs,
-    check_n,
-    finish_reason,
-    now,
-    resolve_max_tokens,
-    usage_of,
-)
+from sgl.api.openai_common import Cursor, chat_logprobs, finish_reason, now, sampling_params, usage_of
 from sgl.api.openai_protocol import ChatCompletionRequest, ChatMessage
 from sgl.api.state import ServerState
 from sgl.api.streaming import DONE, SSEResponse, sse
-from sgl.api.tokenizer_manager import SchedulerUnavailable
-from sgl.core.request_manager import GenerateInput
+from sgl.core.replies import SchedulerUnavailable
+from sgl.core.request_input import REST_OF_CONTEXT
+from sgl.core.request_manager import GenerateInput, PreparedRequest
+from sgl.core.request_result import GenerateResult, MetaInfo
 
 logger = logging.getLogger(__name__)
 
@@ -43,88 +35,78 @@ def _message_dict(m: ChatMessage) -> dict[str, Any]:
     return d
 
 
-def response_format_constraint(fmt: dict[str, Any] | None) -> dict[str, str]:
-    """OpenAI's response_format as a sampling constraint: json_object is any JSON object; json_schema its schema."""
-    kind = (fmt or {}).get("type")
-    if kind in (None, "text"):
-        return {}
-    if kind == "json_object":
-        return {"json_schema": json.dumps({"type": "object"})}
-    if kind == "json_schema":
-        spec = (fmt or {}).get("json_schema")
-        if not isinstance(spec, dict) or not isinstance(spec.get("schema", {}), dict):
-            raise ApiError(400, "response_format.json_schema must be an object with a 'schema' object",
-                           param="response_format")
-        return {"json_schema": json.dumps(spec.get("schema", {}))}
-    raise ApiError(400, f"response_format type {kind!r} is not supported (text, json_object, json_schema)",
-                   param="response_format")
+def _template_kwargs(req: ChatCompletionRequest) -> tuple[bool, dict[str, Any]]:
+    kwargs = dict(req.chat_template_kwargs or {})
+    kwargs.pop("tokenize", None)  # NOTE: the route tokenizes the rendered text itself
+    return bool(kwargs.pop("add_generation_prompt", True)), kwargs
 
 
-def build_chat_input(state: ServerState, req: ChatCompletionRequest) -> tuple[GenerateInput, int]:
-    """Validated input and its n; every client mistake raises ApiError or ValueError (both 400)."""
+async def build_chat_input(state: ServerState, req: ChatCompletionRequest) -> PreparedRequest:
+    """The validated, tokenized request; every client mistake raises ApiError or ValueError (both 400).
+
+    NOTE: templating and tokenizing a long conversation run off the event loop (TokenizerManager.run).
+    """
     tm = state.tm
     tm.check_alive()
-    constraint = response_format_constraint(req.response_format)
     if req.top_logprobs and not req.logprobs:
         raise ApiError(400, "top_logprobs requires logprobs: true", param="top_logprobs")
-    n = check_n(state, req.n)
-    kwargs = dict(req.chat_template_kwargs or {})
-    add_generation_prompt = bool(kwargs.pop("add_generation_prompt", True))
-    ids = tm.tokenizer.apply_chat_template(
-        [_message_dict(m) for m in req.messages], add_generation_prompt=add_generation_prompt, tokenize=True,
-        **kwargs,
-    )
-    assert isinstance(ids, list)
-    sampling = req.sampling_dict(resolve_max_tokens(state, req.requested_max_tokens, len(ids)))
-    sampling["n"] = n
-    if constraint:
-        if any(sampling.get(k) is not None for k in ("json_schema", "regex", "ebnf", "choices")):
-            raise ApiError(400, "give either response_format or a json_schema/regex/ebnf constraint, not both",
-                           param="response_format")
-        sampling.update(constraint)
-    obj = GenerateInput(
-        input_ids=ids, sampling_params=sampling, rid=req.rid or uuid.uuid4().hex,
-        return_logprob=bool(req.logprobs), top_logprobs_num=req.top_logprobs or 0, return_text_in_logprobs=True,
-        stream=bool(req.stream),
-    )
-    tm.validate(obj)
+    sampling = sampling_params(req)
+    if req.requested_max_tokens is not None:
+        sampling["max_new_tokens"] = req.requested_max_tokens
+    messages = [_message_dict(m) for m in req.messages]
+    add_generation_prompt, kwargs = _template_kwargs(req)
+    options: dict[str, Any] = {
+        "sampling_params": sampling, "rid": req.rid, "return_logprob": bool(req.logprobs),
+        "top_logprobs_num": req.top_logprobs or 0, "return_text_in_logprobs": True, "stream": bool(req.stream),
+        "default_max_new_tokens": REST_OF_CONTEXT, "max_tokens_name": req.max_tokens_name,
+    }
+
+    def prepare() -> PreparedRequest:
+        if req.input_ids is not None:
+            return tm.manager.prepare(GenerateInput(input_ids=req.input_ids, **options))
+        text = tm.tokenizer.apply_chat_template(messages, add_generation_prompt=add_generation_prompt, **kwargs)
+        assert isinstance(text, str)
+        return tm.manager.prepare(GenerateInput(text=text, add_special_tokens=False, **options))
+
+    size = len(req.input_ids) if req.input_ids is not None else sum(len(str(m.get("content", ""))) for m in messages)
+    prepared = await tm.run(prepare, size)
     if state.args.log_requests:
-        logger.info("chat request %s: %d prompt tokens, n=%d, max_tokens=%d, user=%s",
-                    obj.rid, len(ids), n, sampling["max_new_tokens"], req.user)
-    return obj, n
+        logger.info("chat request %s: %d prompt tokens, n=%d, max_tokens=%d, user=%s", prepared.rid,
+                    len(prepared.prompt_ids), prepared.n, prepared.params.max_new_tokens, req.user)
+    return prepared
 
 
-def _choice_logprobs(req: ChatCompletionRequest, meta: dict[str, Any], start: int = 0,
+def _choice_logprobs(req: ChatCompletionRequest, meta: MetaInfo, start: int = 0,
                      end: int | None = None) -> dict[str, Any] | None:
-    if not req.logprobs:
+    if not req.logprobs or meta.logprobs is None:
         return None
-    tokens = meta.get("output_token_logprobs", [])[start:end]
-    tops = meta.get("output_top_logprobs", [])[start:end]
-    return {"content": chat_logprobs(tokens, tops, req.top_logprobs or 0), "refusal": None}
+    lp = meta.logprobs
+    return {"content": chat_logprobs(lp.output[start:end], lp.output_top[start:end], req.top_logprobs or 0),
+            "refusal": None}
 
 
 async def chat_completion(state: ServerState, req: ChatCompletionRequest) -> dict[str, Any] | SSEResponse:
-    obj, n = build_chat_input(state, req)
+    obj = await build_chat_input(state, req)
+    n = obj.n
     rid = f"chatcmpl-{obj.rid}"
     if obj.stream:
         return SSEResponse(_stream(state, req, obj, n, rid))
-    final: list[dict[str, Any]] = []
+    final: list[GenerateResult] = []
     async with aclosing(state.tm.generate(obj)) as results:
         async for final in results:
             pass
     choices = []
     for j, r in enumerate(final):
         choices.append({
-            "index": j, "message": {"role": "assistant", "content": r["text"], "refusal": None},
-            "logprobs": _choice_logprobs(req, r["meta_info"]),
-            "finish_reason": finish_reason(state, r["meta_info"]),
+            "index": j, "message": {"role": "assistant", "content": r.text, "refusal": None},
+            "logprobs": _choice_logprobs(req, r.meta), "finish_reason": finish_reason(state, r.meta),
         })
     return {"id": rid, "object": "chat.completion", "created": now(), "model": state.served_model_name,
             "choices": choices, "usage": usage_of(final, n)}
 
 
 async def _stream(
-    state: ServerState, req: ChatCompletionRequest, obj: GenerateInput, n: int, rid: str
+    state: ServerState, req: ChatCompletionRequest, obj: PreparedRequest, n: int, rid: str
 ) -> AsyncIterator[str]:
     created, model = now(), state.served_model_name
     include_usage = req.include_usage
@@ -140,22 +122,22 @@ async def _stream(
         return sse(body)
 
     cursors = [Cursor() for _ in range(n)]
-    final: list[dict[str, Any]] = []
+    final: list[GenerateResult] = []
     try:
         async with aclosing(state.tm.generate(obj)) as results:
             async for final in results:
                 for j, r in enumerate(final):
-                    c, meta = cursors[j], r["meta_info"]
+                    c, meta = cursors[j], r.meta
                     if c.finished:
                         continue
                     reason = finish_reason(state, meta)
                     if not c.started:
                         c.started = True
                         yield chunk(j, {"role": "assistant", "content": ""})
-                    delta = c.text_delta(r["text"])
+                    delta = c.text_delta(r.text)
                     lp = None
-                    if req.logprobs:
-                        start, end = c.logprob_delta(meta.get("output_token_logprobs", []))
+                    if req.logprobs and meta.logprobs is not None:
+                        start, end = c.logprob_delta(meta.logprobs.output)
                         lp = _choice_logprobs(req, meta, start, end) if end > start else None
                     if delta or lp is not None:
                         yield chunk(j, {"content": delta}, logprobs=lp)

@@ -1,16 +1,19 @@
-"""What both OpenAI generation routes share: limits, finish reasons, usage, logprob shapes, choice cursors."""
+"""What both OpenAI generation routes share: sampling params, finish reasons, usage, logprob shapes, choice cursors."""
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from sgl.api.errors import ApiError
+from sgl.api.openai_protocol import _SamplingFields
 from sgl.api.state import ServerState
-
-MAX_TOP_LOGPROBS = 20
+from sgl.core.request_result import GenerateResult, MetaInfo, TokenLogprob
+from sgl.core.sampling.params import CONSTRAINT_FIELDS
 
 
 def new_id(prefix: str) -> str:
@@ -21,30 +24,46 @@ def now() -> int:
     return int(time.time())
 
 
-def resolve_max_tokens(state: ServerState, requested: int | None, prompt_len: int) -> int:
-    """Omitted: the rest of the context, capped by --max-new-tokens-limit. Given: checked against that cap."""
-    cap = state.args.max_new_tokens_limit
-    if requested is None:
-        remaining = max(state.tm.limits.context_len - prompt_len, 0)
-        return min(remaining, cap) if cap is not None else remaining
-    if cap is not None and requested > cap:
-        raise ApiError(400, f"max_tokens is {requested}; at most {cap} is allowed (--max-new-tokens-limit)",
-                       param="max_tokens")
-    return requested
+def response_format_constraint(fmt: dict[str, Any] | None) -> dict[str, str]:
+    """OpenAI's response_format as a sampling constraint: json_object is any JSON object; json_schema its schema."""
+    kind = (fmt or {}).get("type")
+    if kind in (None, "text"):
+        return {}
+    if kind == "json_object":
+        return {"json_schema": json.dumps({"type": "object"})}
+    if kind == "json_schema":
+        spec = (fmt or {}).get("json_schema")
+        if not isinstance(spec, dict):
+            raise ApiError(400, "response_format.json_schema must be an object with a 'schema' object",
+                           param="response_format.json_schema")
+        schema = spec.get("schema")
+        if not isinstance(schema, dict):
+            # NOTE: without a schema there is nothing to constrain to; answering unconstrained would break the promise
+            raise ApiError(400, "response_format.json_schema.schema must be a JSON Schema object"
+                           + (" (it is missing)" if schema is None else ""),
+                           param="response_format.json_schema.schema")
+        return {"json_schema": json.dumps(schema)}
+    raise ApiError(400, f"response_format type {kind!r} is not supported (text, json_object, json_schema)",
+                   param="response_format")
 
 
-def check_n(state: ServerState, n: int | None) -> int:
-    n = 1 if n is None else n
-    if n > state.args.max_n:
-        raise ApiError(400, f"n is {n}; at most {state.args.max_n} is allowed (--max-n)", param="n")
-    return n
+def sampling_params(req: _SamplingFields) -> dict[str, Any]:
+    """The request's native sampling params, its response_format included (at most one constraint in all)."""
+    sampling = req.sampling_dict()
+    constraint = response_format_constraint(req.response_format)
+    if constraint:
+        given = [k for k in CONSTRAINT_FIELDS if sampling.get(k) is not None]
+        if given:
+            raise ApiError(400, f"give either response_format or {given[0]}, not both", param="response_format")
+        sampling.update(constraint)
+    return sampling
 
 
-def abort_error(state: ServerState, meta: dict[str, Any]) -> ApiError:
+def abort_error(state: ServerState, meta: MetaInfo) -> ApiError:
     """An aborted choice is an error, never a finish_reason: its status comes from the abort, else the situation."""
-    reason = meta.get("finish_reason") or {}
-    message = reason.get("message") or "the request was aborted"
-    status = meta.get("error_status")
+    reason = meta.finish_reason
+    message = (reason.message if reason is not None else None) or "the request was aborted"
+    status = meta.error_status
     if status is None:
         status = 503 if state.phase == "draining" else 400
         if status == 503:
@@ -52,15 +71,14 @@ def abort_error(state: ServerState, meta: dict[str, Any]) -> ApiError:
     return ApiError(int(status), message, code="request_aborted")
 
 
-def finish_reason(state: ServerState, meta: dict[str, Any]) -> str | None:
+def finish_reason(state: ServerState, meta: MetaInfo) -> str | None:
     """'stop' | 'length' | None (still running); raises ApiError for an abort."""
-    reason = meta.get("finish_reason")
+    reason = meta.finish_reason
     if reason is None:
         return None
-    kind = reason.get("type")
-    if kind == "abort":
+    if reason.type == "abort":
         raise abort_error(state, meta)
-    return "length" if kind == "length" else "stop"
+    return "length" if reason.type == "length" else "stop"
 
 
 def usage(prompt_tokens: int, completion_tokens: int, cached_tokens: int | None = None) -> dict[str, Any]:
@@ -71,28 +89,30 @@ def usage(prompt_tokens: int, completion_tokens: int, cached_tokens: int | None 
     return out
 
 
-def usage_of(results: list[dict[str, Any]], n: int) -> dict[str, Any]:
+def usage_of(results: list[GenerateResult], n: int) -> dict[str, Any]:
     """Prompt tokens count once per prompt (its n choices share it); completion tokens count for every choice."""
-    metas = [r["meta_info"] for r in results]
-    prompt = sum(m["prompt_tokens"] for i, m in enumerate(metas) if i % n == 0)
-    cached = sum(m.get("cached_tokens", 0) for i, m in enumerate(metas) if i % n == 0)
-    return usage(prompt, sum(m["completion_tokens"] for m in metas), cached)
+    metas = [r.meta for r in results]
+    prompt = sum(m.prompt_tokens for i, m in enumerate(metas) if i % n == 0)
+    cached = sum(m.cached_tokens for i, m in enumerate(metas) if i % n == 0)
+    return usage(prompt, sum(m.completion_tokens for m in metas), cached)
 
 
-def _token_text(entry: list[Any]) -> str:
-    return str(entry[2]) if len(entry) > 2 and entry[2] is not None else ""
+def _token_text(entry: TokenLogprob) -> str:
+    return entry.text or ""
 
 
-def chat_logprobs(tokens: list[list[Any]], tops: list[list[list[Any]]], top_n: int) -> list[dict[str, Any]]:
-    """OpenAI chat logprob entries from SGLang's [[logprob, id, text], ...] lists."""
+def chat_logprobs(tokens: Sequence[TokenLogprob], tops: Sequence[list[TokenLogprob]],
+                  top_n: int) -> list[dict[str, Any]]:
+    """OpenAI chat logprob entries from SGLang's (logprob, id, text) entries."""
     out = []
     for i, entry in enumerate(tokens):
         text = _token_text(entry)
         alts = tops[i] if i < len(tops) else []
         out.append({
-            "token": text, "logprob": float(entry[0]), "bytes": list(text.encode("utf-8")),
+            "token": text, "logprob": float(entry.logprob or 0.0), "bytes": list(text.encode("utf-8")),
             "top_logprobs": [
-                {"token": _token_text(a), "logprob": float(a[0]), "bytes": list(_token_text(a).encode("utf-8"))}
+                {"token": _token_text(a), "logprob": float(a.logprob or 0.0),
+                 "bytes": list(_token_text(a).encode("utf-8"))}
                 for a in alts[:top_n]
             ],
         })
@@ -100,7 +120,8 @@ def chat_logprobs(tokens: list[list[Any]], tops: list[list[list[Any]]], top_n: i
 
 
 def legacy_logprobs(
-    tokens: list[list[Any]], tops: list[list[list[Any]]], start_offset: int, hidden: frozenset[int] = frozenset()
+    tokens: Sequence[TokenLogprob], tops: Sequence[list[TokenLogprob]], start_offset: int,
+    hidden: frozenset[int] = frozenset(),
 ) -> dict[str, Any]:
     """The completions API's {tokens, token_logprobs, top_logprobs, text_offset}.
 
@@ -112,13 +133,13 @@ def legacy_logprobs(
     offset = start_offset
     for i, entry in enumerate(tokens):
         text = _token_text(entry)
-        if entry[0] is not None:
+        if entry.logprob is not None:
             alts = tops[i] if i < len(tops) and tops[i] else []
             out["tokens"].append(text)
-            out["token_logprobs"].append(float(entry[0]))
-            out["top_logprobs"].append({_token_text(a): float(a[0]) for a in alts})
+            out["token_logprobs"].append(float(entry.logprob))
+            out["top_logprobs"].append({_token_text(a): float(a.logprob or 0.0) for a in alts})
             out["text_offset"].append(offset)
-        if entry[1] not in hidden:
+        if entry.token_id not in hidden:
             offset += len(text)
     return out
 
@@ -139,6 +160,6 @@ class Cursor:
         self.text = max(self.text, len(text))
         return delta
 
-    def logprob_delta(self, entries: list[Any]) -> tuple[int, int]:
+    def logprob_delta(self, entries: Sequence[Any]) -> tuple[int, int]:
         start, self.logprobs = self.logprobs, len(entries)
         return start, len(entries)

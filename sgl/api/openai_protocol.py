@@ -1,15 +1,18 @@
 """Request bodies of the OpenAI-compatible routes (responses are built as plain dicts in OpenAI's exact shapes).
 
 NOTE: unknown fields are refused (400 "unrecognized request argument"), as OpenAI does, so a misspelt option never
-silently does nothing. The sglang extras (top_k, min_p, ...) are accepted at the top level, as the openai client's
-``extra_body`` sends them.
+silently does nothing. SGLang's extras are accepted at the top level, as the openai client's ``extra_body`` sends
+them: those sgl implements map onto SamplingParams; those it does not are refused unless neutral
+(request_extras.py).
 """
 
 from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from sgl.api.request_extras import CHAT, COMMON, drop_neutral
 
 
 class _Strict(BaseModel):
@@ -37,7 +40,8 @@ class _SamplingFields(_Strict):
     frequency_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
     logit_bias: dict[str, float] | None = None
     user: str | None = None
-    # extras (SGLang's names)
+    response_format: dict[str, Any] | None = None
+    # SGLang's extras (its names)
     top_k: int | None = None
     min_p: float | None = None
     repetition_penalty: float | None = None
@@ -46,17 +50,28 @@ class _SamplingFields(_Strict):
     ignore_eos: bool | None = None
     skip_special_tokens: bool | None = None
     no_stop_trim: bool | None = None
+    regex: str | None = None
+    ebnf: str | None = None
+    json_schema: str | dict[str, Any] | None = None  # NOTE: SGLang takes the schema's JSON text; an object works too
+    sampling_seed: int | None = None  # SGLang router's name for seed
+    custom_params: dict[str, Any] | None = None
     rid: str | None = None
 
-    def sampling_dict(self, max_new_tokens: int) -> dict[str, Any]:
-        """SGLang's native sampling params; unset fields are left to SamplingParams' defaults."""
+    @model_validator(mode="before")
+    @classmethod
+    def _known_extras(cls, data: Any) -> Any:
+        return drop_neutral(data, COMMON)
+
+    def sampling_dict(self) -> dict[str, Any]:
+        """SGLang's native sampling params (max_new_tokens aside); unset fields keep SamplingParams' defaults."""
         fields = {
-            "max_new_tokens": max_new_tokens, "temperature": self.temperature, "top_p": self.top_p,
-            "stop": self.stop, "seed": self.seed, "presence_penalty": self.presence_penalty,
+            "temperature": self.temperature, "top_p": self.top_p, "n": self.n, "stop": self.stop, "seed": self.seed,
+            "sampling_seed": self.sampling_seed, "presence_penalty": self.presence_penalty,
             "frequency_penalty": self.frequency_penalty, "logit_bias": self.logit_bias, "top_k": self.top_k,
             "min_p": self.min_p, "repetition_penalty": self.repetition_penalty, "min_new_tokens": self.min_tokens,
             "stop_token_ids": self.stop_token_ids, "ignore_eos": self.ignore_eos,
-            "skip_special_tokens": self.skip_special_tokens, "no_stop_trim": self.no_stop_trim,
+            "skip_special_tokens": self.skip_special_tokens, "no_stop_trim": self.no_stop_trim, "regex": self.regex,
+            "ebnf": self.ebnf, "json_schema": self.json_schema, "custom_params": self.custom_params,
         }
         return {k: v for k, v in fields.items() if v is not None}
 
@@ -88,11 +103,24 @@ class ChatCompletionRequest(_SamplingFields):
     logprobs: bool | None = False
     top_logprobs: int | None = Field(default=None, ge=0, le=20)
     chat_template_kwargs: dict[str, Any] | None = None
-    response_format: dict[str, Any] | None = None
+    input_ids: list[int] | None = None  # SGLang: the prompt's token ids, used instead of rendering the messages
+    # NOTE: SGLang splits reasoning_content off only with --reasoning-parser; sgl has no reasoning parser, so both
+    # values answer alike, as SGLang does without one.
+    separate_reasoning: bool | None = None
+    stream_reasoning: bool | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _chat_extras(cls, data: Any) -> Any:
+        return drop_neutral(data, CHAT)
 
     @property
     def requested_max_tokens(self) -> int | None:
         return self.max_completion_tokens if self.max_completion_tokens is not None else self.max_tokens
+
+    @property
+    def max_tokens_name(self) -> str:
+        return "max_completion_tokens" if self.max_completion_tokens is not None else "max_tokens"
 
 
 Prompt = str | list[str] | list[int] | list[list[int]]

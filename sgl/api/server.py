@@ -32,8 +32,9 @@ from sgl.api.scheduler_process import SchedulerProcess, SchedulerStartError
 from sgl.api.state import GateMiddleware, ServerState
 from sgl.api.tokenizer_manager import TokenizerManager
 from sgl.core.config import ServerArgs
-from sgl.core.request_manager import ModelLimits
 from sgl.core.model.source import load_tokenizer, resolve_paths
+from sgl.core.request_input import ModelLimits
+from sgl.core.tokenizer.tokenizer import Tokenizer
 
 logger = logging.getLogger("sgl.serve")
 
@@ -134,15 +135,16 @@ class Lifecycle:
         state = self.state
         try:
             info = await fut
-            tokenizer = load_tokenizer(state.args)
+            # NOTE: off the loop: loading a large tokenizer (and its length bound) takes a while
+            tokenizer = await asyncio.to_thread(_load_tokenizer, state.args)
         except (SchedulerStartError, OSError, ValueError) as exc:
             logger.error("scheduler failed to start: %s", exc)
             state.exit_code = 1
             state.phase = "stopped"
             self._exit()
             return
-        limits = ModelLimits(int(info["context_length"]), max(int(info["vocab_size"]), tokenizer.vocab_size),
-                             state.args.max_n)
+        limits = ModelLimits.of(state.args, int(info["context_length"]),
+                                max(int(info["vocab_size"]), tokenizer.vocab_size), info.get("max_total_tokens"))
         state.manager = TokenizerManager(self.proc, tokenizer, limits, info, self._on_dead)
         logger.info("scheduler ready: %s (context %d, KV pool %s tokens, platform %s)", state.served_model_name,
                     limits.context_len, info.get("max_total_tokens"), info.get("platform"))
@@ -209,6 +211,12 @@ class Lifecycle:
         if self.state.manager is not None:
             await _wait_idle(self.state.manager, DEATH_GRACE_S)
         self._exit()
+
+
+def _load_tokenizer(args: ServerArgs) -> Tokenizer:
+    tokenizer = load_tokenizer(args)
+    _ = tokenizer.max_token_bytes  # computed once here, not on the first request
+    return tokenizer
 
 
 async def _wait_idle(tm: TokenizerManager, timeout: float) -> None:

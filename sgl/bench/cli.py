@@ -108,7 +108,7 @@ def offline_command(
 ) -> None:
     """Offline throughput of an in-process Engine over a synthetic workload (all requests at once)."""
     from sgl.bench import offline
-    from sgl.bench.models import resolve_server_args
+    from sgl.core.model.shipped import resolve_shipped as resolve_server_args
 
     with _bench_errors():
         args = resolve_server_args(server_args)
@@ -143,7 +143,7 @@ def one_batch_command(
     result_json: str | None = RESULT_JSON,
 ) -> None:
     """Latency of one prefill of a whole batch and of its decode steps, through the real Scheduler."""
-    from sgl.bench.models import resolve_server_args
+    from sgl.core.model.shipped import resolve_shipped as resolve_server_args
     from sgl.bench.one_batch import format_results, run_one_batch
 
     with _bench_errors():
@@ -177,7 +177,8 @@ def serving_command(
     """Online serving: stream a workload to a server, report TTFT, ITL, latency and throughput."""
     from sgl.bench import serving
     from sgl.bench.launch import launched_server
-    from sgl.bench.models import resolve_server_args, workload_vocab
+    from sgl.bench.models import workload_vocab
+    from sgl.core.model.shipped import resolve_shipped as resolve_server_args
 
     with _bench_errors():
         if launch_server and base_url:

@@ -102,6 +102,9 @@ class ServerArgs:
     log_level: str = _opt("info", "logging level")
     log_requests: bool = _opt(False, "log each request's metadata")
     decode_log_interval: int = _opt(40, "log the running batch's stats every N decode steps")
+    num_continuous_decode_steps: int = _opt(
+        1, "decode steps launched back to back per scheduler step when no sampling needs host tokens (fewer host "
+           "round trips per token; outputs arrive in chunks of this many)")
     debug_invariants: bool = _opt(False, "assert KV-pool accounting after every scheduler step (tests turn it on)")
 
     def __post_init__(self) -> None:
@@ -128,6 +131,7 @@ class ServerArgs:
         self._check(1 <= self.port <= 65535 or self.port == 0, "port", "must be in [0, 65535]")
         self._check(self.max_n >= 1, "max_n", "must be >= 1")
         self._check(self.decode_log_interval >= 1, "decode_log_interval", "must be >= 1")
+        self._check(self.num_continuous_decode_steps >= 1, "num_continuous_decode_steps", "must be >= 1")
         self._check(self.grammar_compile_timeout > 0, "grammar_compile_timeout", "must be > 0")
         self._check(
             all(isinstance(k, str) and dataclasses.is_dataclass(v) and not isinstance(v, type)

@@ -10,24 +10,16 @@ caller's thread to be free of a running loop, so ``generate`` works in a noteboo
 from __future__ import annotations
 
 import asyncio
-import itertools
 import logging
 import threading
 from collections.abc import AsyncGenerator, Coroutine, Iterator
 from typing import Any, TypeVar
 
 from sgl.core.config import ServerArgs
-from sgl.core.ipc import (
-    FlushCacheReq,
-    FlushCacheResp,
-    GetInfoReq,
-    Inbox,
-    InfoResp,
-    SchedulerFailed,
-    ShutdownReq,
-    start_thread,
-)
-from sgl.core.request_manager import GenerateInput, RequestManager
+from sgl.core.ipc import Inbox, ShutdownReq, start_thread
+from sgl.core.replies import ReplyRouter
+from sgl.core.request_manager import GenerateInput, PreparedRequest, RequestManager
+from sgl.core.request_result import GenerateResult
 from sgl.core.runtime import build_runtime
 from sgl.core.sampling.params import SamplingParams
 from sgl.core.scheduler.loop import run_scheduler_loop
@@ -53,37 +45,6 @@ def show_logs(level: str) -> None:
         sgl_logger.addHandler(handler)
 
 
-class _Replies:
-    """Matches scheduler replies (info, flush) to the thread waiting for them."""
-
-    def __init__(self) -> None:
-        self._tokens = itertools.count(1)
-        self._waiting: dict[int, tuple[threading.Event, list[Any]]] = {}
-        self._flush: list[tuple[threading.Event, list[Any]]] = []
-        self._lock = threading.Lock()
-
-    def expect(self, flush: bool = False) -> tuple[int, threading.Event, list[Any]]:
-        ev = threading.Event()
-        box: list[Any] = []
-        with self._lock:
-            token = next(self._tokens)
-            if flush:
-                self._flush.append((ev, box))
-            else:
-                self._waiting[token] = (ev, box)
-        return token, ev, box
-
-    def deliver(self, msg: Any) -> None:
-        with self._lock:
-            if isinstance(msg, InfoResp):
-                entry = self._waiting.pop(msg.token, None)
-            else:
-                entry = self._flush.pop(0) if self._flush else None
-        if entry is not None:
-            entry[1].append(msg)
-            entry[0].set()
-
-
 class Engine:
     """``sgl.Engine(model_path=..., backend=..., **server_args)``; with no model_path it runs the demo model."""
 
@@ -93,9 +54,8 @@ class Engine:
         self.runtime = build_runtime(self.server_args)
         self.tokenizer = self.runtime.tokenizer
         self._inbox = Inbox()
-        self._replies = _Replies()
-        self._failed: str | None = None
         self.manager = RequestManager(self.tokenizer, self.runtime.limits, self._inbox.put)
+        self.replies = ReplyRouter(self.manager)
         self._loop = asyncio.new_event_loop()
         self._loop_thread = start_thread(self._loop.run_forever, "sgl-engine-loop")
         self._closed = False
@@ -104,8 +64,8 @@ class Engine:
     # plumbing ---------------------------------------------------------------------------------------------------
     def _run_scheduler(self) -> None:
         stats_log = self.runtime.stats_log()
-        run_scheduler_loop(self.runtime.scheduler, lambda block, t: self._inbox.drain(block, t), self._on_message,
-                           on_progress=stats_log.tick)
+        run_scheduler_loop(self.runtime.scheduler, lambda block, t: self._inbox.drain(block, t),
+                           self.replies.deliver, on_progress=stats_log.tick)
 
     def _run_sync(self, coro: Coroutine[Any, Any, T]) -> T:
         """Runs ``coro`` on the engine's loop thread and waits for it, whether or not this thread runs a loop."""
@@ -119,20 +79,11 @@ class Engine:
             fut.cancel()  # NOTE: an interrupted call (Ctrl-C in a notebook) aborts its requests instead of leaving them
             raise
 
-    def _on_message(self, msg: Any) -> None:
-        if isinstance(msg, (InfoResp, FlushCacheResp)):
-            self._replies.deliver(msg)
-        elif isinstance(msg, SchedulerFailed):
-            self._failed = msg.message
-            self.manager.fail_all(msg.message)
-        else:
-            self.manager.on_output(msg)
-
     def _check_open(self) -> None:
         if self._closed:
             raise RuntimeError("the engine was shut down")
-        if self._failed:
-            raise RuntimeError(self._failed)
+        if self.replies.failed:
+            raise RuntimeError(self.replies.failed)
 
     @staticmethod
     def _inputs(
@@ -158,7 +109,7 @@ class Engine:
         objs = [
             GenerateInput(
                 text=p if prompt is not None else None, input_ids=p if input_ids is not None else None,
-                sampling_params=sp if isinstance(sp, SamplingParams) else SamplingParams.from_dict(sp),
+                sampling_params=sp,
                 rid=r, return_logprob=return_logprob, logprob_start_len=logprob_start_len,
                 top_logprobs_num=top_logprobs_num, stream=stream,
             )
@@ -166,15 +117,13 @@ class Engine:
         ]
         return objs, batched
 
-    def _prepare(self, *args: Any) -> tuple[list[GenerateInput], bool]:
+    def _prepare(self, *args: Any) -> tuple[list[PreparedRequest], bool]:
         """Checks the engine and every input before anything is sent (all or nothing for a batch)."""
         self._check_open()
         objs, batched = self._inputs(*args)
-        for obj in objs:
-            self.manager.build(obj)
         if objs[0].stream and batched:
             raise ValueError("stream=True takes a single prompt")
-        return objs, batched
+        return [self.manager.prepare(obj) for obj in objs], batched
 
     # public API -------------------------------------------------------------------------------------------------
     def generate(
@@ -191,7 +140,7 @@ class Engine:
         results = self._run_sync(self._gather(objs))
         return results if batched else results[0]
 
-    def _stream_sync(self, obj: GenerateInput) -> Iterator[Any]:
+    def _stream_sync(self, obj: PreparedRequest) -> Iterator[Any]:
         agen = self._stream(obj)
         try:
             while True:
@@ -203,18 +152,18 @@ class Engine:
             if self._loop.is_running():
                 self._run_sync(_aclose(agen))  # NOTE: an abandoned stream aborts its request
 
-    async def _one(self, obj: GenerateInput) -> Any:
-        final: list[dict[str, Any]] = []
+    async def _one(self, obj: PreparedRequest) -> Any:
+        final: list[GenerateResult] = []
         async for final in self.manager.generate(obj):
             pass
-        return final[0] if len(final) == 1 else final
+        return _public(final)
 
-    async def _gather(self, objs: list[GenerateInput]) -> list[Any]:
+    async def _gather(self, objs: list[PreparedRequest]) -> list[Any]:
         return list(await asyncio.gather(*(self._one(o) for o in objs)))
 
-    async def _stream(self, obj: GenerateInput) -> AsyncGenerator[Any, None]:
+    async def _stream(self, obj: PreparedRequest) -> AsyncGenerator[Any, None]:
         async for chunk in self.manager.generate(obj):
-            yield chunk[0] if len(chunk) == 1 else chunk
+            yield _public(chunk)
 
     async def async_generate(
         self, prompt: str | list[str] | None = None, sampling_params: Params | list[Params] = None,
@@ -235,19 +184,12 @@ class Engine:
 
     def get_server_info(self, timeout: float = 30.0) -> dict[str, Any]:
         self._check_open()
-        token, ev, box = self._replies.expect()
-        self._inbox.put(GetInfoReq(token))
-        if not ev.wait(timeout):
-            raise TimeoutError("the scheduler did not answer")
-        return {**self.runtime.model_info(), **box[0].info}
+        info = self.replies.info().result(timeout)  # NOTE: TimeoutError when the scheduler does not answer
+        return {**self.runtime.model_info(), **info.info}
 
     def flush_cache(self, timeout: float = 30.0) -> bool:
         self._check_open()
-        _, ev, box = self._replies.expect(flush=True)
-        self._inbox.put(FlushCacheReq())
-        if not ev.wait(timeout):
-            raise TimeoutError("the scheduler did not answer")
-        return bool(box[0].ok)
+        return bool(self.replies.flush().result(timeout).ok)
 
     def shutdown(self) -> None:
         if self._closed:
@@ -288,3 +230,9 @@ async def _cancel_pending() -> None:
     for t in tasks:
         t.cancel()
     await asyncio.gather(*tasks, return_exceptions=True)
+
+
+def _public(results: list[GenerateResult]) -> Any:
+    """SGLang's shape: one dict per choice, a list of them when n > 1."""
+    dicts = [r.to_dict() for r in results]
+    return dicts[0] if len(dicts) == 1 else dicts

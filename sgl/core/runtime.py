@@ -14,7 +14,7 @@ from sgl.core.load_report import LoadReport, build_report, log_report
 from sgl.core.model.source import load_tokenizer, resolve_paths
 from sgl.core.platform import Platform
 from sgl.core.plugins import get_plugins, select_platform
-from sgl.core.request_manager import ModelLimits
+from sgl.core.request_input import ModelLimits
 from sgl.core.runner.model_runner import ModelRunner
 from sgl.core.scheduler.feature import SchedulerFeature
 from sgl.core.scheduler.scheduler import Scheduler
@@ -48,8 +48,7 @@ class Runtime:
     @property
     def limits(self) -> ModelLimits:
         runner = self.scheduler.runner
-        return ModelLimits(runner.context_len, runner.vocab_size, self.args.max_n, self.args.grammar_backend,
-                           runner.max_total_tokens)
+        return ModelLimits.of(self.args, runner.context_len, runner.vocab_size, runner.max_total_tokens)
 
     def model_info(self) -> dict[str, object]:
         runner = self.scheduler.runner

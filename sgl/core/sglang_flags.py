@@ -136,7 +136,6 @@ _FLAGS = [
     _no("radix_eviction_policy", str, "lru", "eviction policies other than LRU are not supported yet"),
     _no("enable_priority_scheduling", bool, False, "priority scheduling is not supported yet"),
     _no("max_queued_requests", int, None, "a bound on queued requests is not supported yet", _HARDENING),
-    _no("num_continuous_decode_steps", int, 1, "several decode steps per scheduler step are not supported yet"),
     _no("stream_interval", int, 1, "streaming every N tokens is not supported yet (sgl streams every step)"),
     # logging --------------------------------------------------------------------------------------------------
     _no("show_time_cost", bool, False, "timing marks are not supported yet"),

@@ -133,12 +133,24 @@ def test_legacy_logprobs_cover_every_generated_token(client: openai.OpenAI, mode
     assert echoed.choices[0].logprobs is not None and len(echoed.choices[0].logprobs.tokens or []) > 2
 
 
-def test_default_max_tokens_fills_the_remaining_context(client: openai.OpenAI, model: str) -> None:
-    rng = random.Random(0)
-    prompt = [rng.randrange(10, 2000) for _ in range(1000)]
-    resp = client.completions.create(model=model, prompt=prompt, extra_body={"ignore_eos": True})
+def test_completions_default_to_16_tokens_as_openai_and_sglang_do(client: openai.OpenAI, model: str) -> None:
+    resp = client.completions.create(model=model, prompt="Once upon a time", extra_body={"ignore_eos": True})
     assert resp.choices[0].finish_reason == "length"
-    assert resp.usage is not None and resp.usage.completion_tokens == 1024 - 1000
+    assert resp.usage is not None and resp.usage.completion_tokens == 16
+    rng = random.Random(0)
+    near_the_end = [rng.randrange(10, 2000) for _ in range(1015)]  # a default never overruns the context
+    resp = client.completions.create(model=model, prompt=near_the_end, extra_body={"ignore_eos": True})
+    assert resp.usage is not None and resp.usage.completion_tokens == 1024 - 1015
+
+
+def test_chat_default_max_tokens_fills_the_remaining_context(client: openai.OpenAI, model: str) -> None:
+    rng = random.Random(0)
+    prompt_ids = [rng.randrange(10, 2000) for _ in range(1000)]
+    resp = client.chat.completions.create(model=model, messages=MESSAGES,  # type: ignore[arg-type]
+                                          extra_body={"ignore_eos": True, "input_ids": prompt_ids})
+    assert resp.choices[0].finish_reason == "length"
+    assert resp.usage is not None and resp.usage.prompt_tokens == 1000
+    assert resp.usage.completion_tokens == 1024 - 1000
 
 
 def test_seed_makes_sampling_reproducible(client: openai.OpenAI, model: str) -> None:

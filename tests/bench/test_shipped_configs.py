@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
-from sgl.bench.models import materialize, resolve_server_args, shipped_configs, workload_vocab
+from sgl.bench.models import workload_vocab
+from sgl.core.model.shipped import materialize, shipped_configs
+from sgl.core.model.shipped import resolve_shipped as resolve_server_args
 from sgl.core.config import ServerArgs
 from sgl.core.model.config import ModelConfig
 from sgl.core.plugins import get_plugins
@@ -53,3 +56,25 @@ def test_directories_and_unknown_names_pass_through_unchanged(tmp_path: object) 
     assert resolve_server_args(args) is args
     with pytest.raises(ValueError, match="no shipped config"):
         materialize("gpt-5")
+
+
+def test_serve_and_engine_resolve_a_shipped_config_name_as_bench_does(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``sgl serve --model-path llama-3.1-8b --load-format dummy`` (issue 23): the name becomes the materialised
+    directory in the one place every entry point resolves paths; without dummy weights it is one line, exit 2."""
+    import subprocess
+    import sys
+
+    from sgl.core.config import ServerArgs
+    from sgl.core.model.source import resolve_paths
+
+    monkeypatch.setenv("SGL_CACHE_DIR", str(tmp_path))
+    got = resolve_paths(ServerArgs(model_path="qwen3-0.6b", load_format="dummy"))
+    assert got.model_path is not None and (Path(got.model_path) / "config.json").is_file()
+    assert (Path(got.model_path) / "tokenizer.json").is_file()
+    bad = subprocess.run([sys.executable, "-m", "sgl.cli", "serve", "--model-path", "llama-3.1-8b"],
+                         capture_output=True, text=True, timeout=120, check=False)
+    assert bad.returncode == 2
+    assert bad.stderr.strip().splitlines() == [
+        "error: --model-path llama-3.1-8b is a shipped config without weights: add --load-format dummy"]

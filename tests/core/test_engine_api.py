@@ -166,7 +166,7 @@ def test_shared_prefix_workload_reports_cached_tokens(engine: sgl.Engine) -> Non
 def test_bad_input_raises_value_error_and_engine_keeps_serving(engine: sgl.Engine, kwargs: dict, field: str) -> None:
     with pytest.raises(ValueError, match=field):
         engine.generate(**kwargs)
-    ok = engine.generate("still alive", {"max_new_tokens": 2})
+    ok = engine.generate("still alive", {"max_new_tokens": 2, "ignore_eos": True})
     assert ok["meta_info"]["completion_tokens"] == 2
 
 

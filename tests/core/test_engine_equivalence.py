@@ -32,6 +32,9 @@ def reference(demo_model_dir: Path) -> list[list[int]]:
         ("mixed-chunk-overlap-page-16", {"enable_mixed_chunk": True, "force_overlap_schedule": True, "page_size": 16,
                                          "chunked_prefill_size": 16}),
         ("overlap-page-16-chunks", {"force_overlap_schedule": True, "page_size": 16, "chunked_prefill_size": 16}),
+        ("decode-runs-4", {"num_continuous_decode_steps": 4}),
+        ("decode-runs-5-overlap-page-16", {"num_continuous_decode_steps": 5, "force_overlap_schedule": True,
+                                           "page_size": 16}),
     ],
 )
 def test_greedy_tokens_identical_across_scheduling_options(

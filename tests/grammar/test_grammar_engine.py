@@ -239,8 +239,8 @@ def test_request_manager_refuses_constraints_when_grammar_is_disabled(engine: sg
     limits = dataclasses.replace(engine.runtime.limits, grammar_backend="none")
     rm = RequestManager(engine.tokenizer, limits, send=lambda msg: None)
     with pytest.raises(ValueError, match=r"json_schema needs grammar-constrained decoding, which is disabled"):
-        rm.build(GenerateInput(text="x", sampling_params={"json_schema": "{}"}))
-    assert len(rm.build(GenerateInput(text="x", sampling_params={"max_new_tokens": 2}))) == 1
+        rm.prepare(GenerateInput(text="x", sampling_params={"json_schema": "{}"}))
+    assert len(rm.prepare(GenerateInput(text="x", sampling_params={"max_new_tokens": 2})).reqs) == 1
 
 
 def test_xgrammar_masks_special_tokens_and_allows_eos_only_at_the_end(demo_model_dir: Path) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import socket
@@ -17,7 +18,17 @@ import pytest
 
 pytest.importorskip("sgl.api.server")
 
-from sgl.lang import BackendError, RuntimeEndpoint, assistant, function, gen, select, system, user
+from sgl.lang import (
+    BackendError,
+    OpenAICompatible,
+    RuntimeEndpoint,
+    assistant,
+    function,
+    gen,
+    select,
+    system,
+    user,
+)
 
 STARTUP_TIMEOUT_S = 180.0
 
@@ -200,3 +211,27 @@ def test_server_errors_surface_with_the_servers_message(backend: RuntimeEndpoint
         too_long.run(backend=backend)
     assert info.value.status == 400
     assert info.value.message == raw.json()["error"]["message"]
+
+
+@pytest.fixture(scope="module")
+def openai_backend(server_url: str) -> Iterator[OpenAICompatible]:
+    model = httpx.get(f"{server_url}/v1/models").json()["data"][0]["id"]
+    ep = OpenAICompatible(f"{server_url}/v1", model)
+    yield ep
+    ep.close()
+
+
+def test_openai_compatible_backend_constrains_gen_with_regex_and_json_schema(openai_backend: OpenAICompatible) -> None:
+    """The OpenAI-compatible backend sends regex and json_schema as SGLang's top-level extras; sgl honours them."""
+    pattern = r"[a-z]{3,8}-[0-9]{2}"
+    schema = {"type": "object", "properties": {"n": {"type": "integer", "minimum": 0, "maximum": 99}},
+              "required": ["n"], "additionalProperties": False}
+
+    @function
+    def code(s):  # type: ignore[no-untyped-def]
+        s += "Code: " + gen("code", max_tokens=24, regex=pattern, temperature=0.8)
+        s += "\nJSON: " + gen("obj", max_tokens=24, json_schema=schema, top_k=20, min_p=0.01)
+
+    state = code.run(backend=openai_backend)
+    assert re.fullmatch(pattern, state["code"]), state["code"]
+    assert set(json.loads(state["obj"])) == {"n"}

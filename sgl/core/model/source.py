@@ -10,6 +10,7 @@ import logging
 
 from sgl.core.config import ServerArgs
 from sgl.core.model.hub import download, is_hub_id
+from sgl.core.model.shipped import resolve_shipped
 from sgl.core.tokenizer.tokenizer import Tokenizer
 
 logger = logging.getLogger(__name__)
@@ -24,6 +25,7 @@ def resolve_paths(args: ServerArgs) -> ServerArgs:
     """``args`` with local directories for the model and the tokenizer; local paths come back unchanged.
 
     A Hub id stays the served model name (unless --served-model-name), so clients keep using the id they know."""
+    args = resolve_shipped(args)  # a shipped config's name (llama-3.1-8b) with --load-format dummy
     served = args.served_model_name
     if args.model_path:
         if served is None and is_hub_id(args.model_path):

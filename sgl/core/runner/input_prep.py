@@ -53,3 +53,35 @@ def build_forward_batch(
         extend_prefix_lens=per_req[2], extend_seq_lens=per_req[3], extend_start_loc=per_req[4],
         extend_prefix_lens_cpu=list(batch.prefix_lens), extend_seq_lens_cpu=list(batch.extend_lens),
     )
+
+
+def build_decode_run(
+    batch: ScheduleBatch, runner: ModelRunner, input_ids: torch.Tensor | None = None
+) -> list[ForwardBatch]:
+    """The ``batch.steps`` ForwardBatches of a decode run, from one transfer; step j's input ids are step j-1's
+    sampled tokens, which the caller sets (``input_ids`` or the batch's own are step 0's).
+
+    NOTE: every step's slots are written into req_to_token here, on the device, before the first step runs.
+    """
+    device = runner.device
+    pinned = bool(runner.platform.capabilities.pinned_memory)
+    k, b = batch.steps, len(batch)
+    starts = batch.prefix_lens
+    pool_idx = [int(r.req_pool_idx) for r in batch.reqs]  # type: ignore[arg-type]  # scheduled: always set
+    ids = batch.input_ids() if input_ids is None else [0] * b
+    positions = [[s + j for s in starts] for j in range(k)]
+    seq_lens = [[s + j + 1 for s in starts] for j in range(k)]
+    loc = batch.out_cache_loc.view(b, k).t().tolist()  # request-major slots -> one row per step
+    packed = rows_to_device([ids, pool_idx, *positions, *seq_lens, *loc], torch.int64, device, pinned)
+    table = runner.req_to_token_pool.req_to_token
+    table[packed[1].repeat(k), packed[2 : 2 + k].reshape(-1)] = packed[2 + 2 * k :].reshape(-1).to(table.dtype)
+    return [
+        ForwardBatch(
+            forward_mode=batch.mode, batch_size=b,
+            input_ids=(input_ids if input_ids is not None else packed[0]) if j == 0 else packed[0],
+            positions=packed[2 + j], req_pool_indices=packed[1], seq_lens=packed[2 + k + j],
+            out_cache_loc=packed[2 + 2 * k + j], seq_lens_cpu=seq_lens[j],
+            req_to_token_pool=runner.req_to_token_pool, kv_pool=runner.kv_pool, attn_backend=runner.attn_backend,
+        )
+        for j in range(k)
+    ]

@@ -15,7 +15,8 @@ class ScheduleBatch:
     """Which requests run this step, and which of their tokens.
 
     NOTE: request i computes tokens ``all_ids()[prefix_lens[i] : prefix_lens[i] + extend_lens[i]]``; their KV slots
-    are ``out_cache_loc`` (concatenated in request order), already written into req_to_token for EXTEND batches
+    are ``out_cache_loc`` (concatenated in request order; a DECODE run of ``steps`` holds each request's
+    ``steps`` slots together, for positions ``prefix_lens[i] ..``), already written into req_to_token for EXTEND batches
     and written by ``build_forward_batch`` (on the device, without a host sync) for DECODE batches.
     """
 
@@ -23,7 +24,8 @@ class ScheduleBatch:
     reqs: list[Req]
     prefix_lens: list[int]
     extend_lens: list[int]
-    out_cache_loc: torch.Tensor  # [sum(extend_lens)] int64, CPU or device
+    out_cache_loc: torch.Tensor  # [sum(extend_lens) * steps] int64, CPU or device (a run: request-major)
+    steps: int = 1  # DECODE only: a run of this many decode steps launched back to back (``decode.DecodeRuns``)
 
     @property
     def seq_lens(self) -> list[int]:

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 import torch
 
 from sgl.core.scheduler.batch import ScheduleBatch
-from sgl.core.scheduler.decode import decode_batch
+from sgl.core.scheduler.decode import DecodeRuns, decode_batch, needs_host_tokens
 from sgl.core.scheduler.feature import SchedulerFeature
 from sgl.core.scheduler.plan import plan_step, run_step
 from sgl.core.scheduler.prefill import PrefillBuilder
@@ -26,36 +26,25 @@ from sgl.core.scheduler.state import SchedulerState
 from sgl.core.scheduler.step import Pending, StepExecutor
 
 
-def _needs_host_tokens(r: Req, features: Sequence[SchedulerFeature]) -> bool:
-    """True when sampling r's next token depends on the token still in flight."""
-    sp = r.sampling_params
-    return (
-        sp.frequency_penalty != 0.0
-        or sp.presence_penalty != 0.0
-        or sp.repetition_penalty != 1.0
-        or sp.min_new_tokens > len(r.output_ids) + 1
-        or any(f.needs_host_tokens(r) for f in features)
-    )
-
-
 class OverlapLoop:
     """Keeps at most one decode step in flight; same tokens as the plain loop (tests prove it)."""
 
     def __init__(
         self, state: SchedulerState, prefill: PrefillBuilder, executor: StepExecutor, results: ResultProcessor,
-        features: Sequence[SchedulerFeature] = (),
+        features: Sequence[SchedulerFeature] = (), runs: DecodeRuns | None = None,
     ) -> None:
         self.s = state
         self.prefill = prefill
         self.executor = executor
         self.results = results
         self.features = tuple(features)
+        self.runs = runs or DecodeRuns(1, features)
         self.inflight: tuple[ScheduleBatch, Pending] | None = None
 
     def step(self) -> None:
         s = self.s
         if self.inflight is None:
-            batch = plan_step(s, self.prefill)
+            batch = plan_step(s, self.prefill, self.runs)
             if batch is None:
                 return
             if batch.mode.is_decode:
@@ -80,26 +69,29 @@ class OverlapLoop:
     ) -> tuple[ScheduleBatch, Pending]:
         self.s.counters.steps += 1
         for r in batch.reqs:
-            r.inflight += 1
+            r.inflight += batch.steps
         return batch, self.executor.launch(batch, input_ids, step_offset=ahead, defer_sampling=defer_sampling)
 
     def _chain(self, batch: ScheduleBatch, pending: Pending) -> tuple[ScheduleBatch, Pending] | None:
         s = self.s
         if s.chunked is not None or pending.next_ids is None or self.prefill.possible():
             return None
-        defer = any(_needs_host_tokens(r, self.features) for r in batch.reqs)
-        # NOTE: a request that reaches max_new_tokens at N is known to finish: leave it out of N+1.
+        defer = any(needs_host_tokens(r, self.features) for r in batch.reqs)
+        # NOTE: a request that reaches max_new_tokens in N is known to finish: leave it out of N+1.
         # One a feature splices tokens into (grammar jump-forward) once N+1 resolves: leave it out too.
+        ahead = batch.steps
         keep = [i for i, r in enumerate(batch.reqs)
-                if not r.finished and not r.splice_pending and len(r.output_ids) + 1 < r.sampling_params.max_new_tokens]
+                if not r.finished and not r.splice_pending
+                and len(r.output_ids) + ahead < r.sampling_params.max_new_tokens]
         if not keep:
             return None
         reqs = [batch.reqs[i] for i in keep]
-        nxt = decode_batch(s, reqs, ahead=1)
+        steps = 1 if defer else self.runs.steps(s, reqs, ahead)
+        nxt = decode_batch(s, reqs, ahead=ahead, steps=steps)
         if nxt is None:
             return None  # the pool is full: resolve first, then the plain path retracts
         ids = pending.next_ids
         if len(keep) != len(batch.reqs):
             ids = ids.index_select(0, torch.tensor(keep, dtype=torch.int64).to(ids.device))
         s.counters.overlapped_steps += 1
-        return self._launch(nxt, ids, ahead=1, defer_sampling=defer)
+        return self._launch(nxt, ids, ahead=ahead, defer_sampling=defer)

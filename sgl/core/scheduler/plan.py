@@ -3,18 +3,19 @@
 from __future__ import annotations
 
 from sgl.core.scheduler.batch import ScheduleBatch
-from sgl.core.scheduler.decode import schedule_decode
+from sgl.core.scheduler.decode import DecodeRuns, schedule_decode
 from sgl.core.scheduler.prefill import PrefillBuilder
 from sgl.core.scheduler.results import ResultProcessor
 from sgl.core.scheduler.state import SchedulerState
 from sgl.core.scheduler.step import StepExecutor
 
 
-def plan_step(state: SchedulerState, prefill: PrefillBuilder) -> ScheduleBatch | None:
-    """A prefill when one fits (it may mix in the running decodes), else the running batch's decode, else None."""
+def plan_step(state: SchedulerState, prefill: PrefillBuilder, runs: DecodeRuns | None = None) -> ScheduleBatch | None:
+    """A prefill when one fits (it may mix in the running decodes), else the running batch's decode (a run of
+    steps where ``runs`` allows), else None."""
     batch = prefill.schedule()
     if batch is None and state.running:
-        batch = schedule_decode(state)
+        batch = schedule_decode(state, runs)
     return batch
 
 
@@ -23,7 +24,7 @@ def run_step(batch: ScheduleBatch, state: SchedulerState, executor: StepExecutor
     state.counters.steps += 1
     if batch.mode.is_decode:
         for r in batch.reqs:
-            r.inflight += 1
+            r.inflight += batch.steps
         results.process_decode(batch, executor.execute(batch))
     else:
         results.process_extend(batch, executor.execute(batch))

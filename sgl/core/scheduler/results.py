@@ -25,19 +25,23 @@ class ResultProcessor:
         self._splicing: list[Req] = []  # requests a feature will splice tokens into, once no step is in flight
 
     def process_decode(self, batch: ScheduleBatch, result: StepResult) -> None:
-        s = self.s
-        s.counters.decode_steps += 1
-        s.counters.decode_rows += len(batch.reqs)
-        for r, tok, lp in zip(batch.reqs, result.next_token_ids, result.logprobs):
-            r.kv_len += 1
-            r.inflight -= 1
-            if r.finished:  # finished while this step was in flight (overlap): its token is dropped
+        """A decode step, or a run of ``batch.steps`` (tokens step-major): each request takes its tokens in order
+        until it finishes; the rest are dropped, and their KV slots go back when the request is released."""
+        s, k, b = self.s, batch.steps, len(batch.reqs)
+        s.counters.decode_steps += k
+        s.counters.decode_rows += b * k
+        ids, lps = result.next_token_ids, result.logprobs
+        for i, r in enumerate(batch.reqs):
+            r.kv_len += k
+            r.inflight -= k
+            if r.finished:  # finished while this step was in flight (overlap): its tokens are dropped
                 if r.release_deferred:
                     s.release(r)
                 continue
-            if r.splice_pending:  # a splice was found while this step was in flight: its token is dropped
-                continue
-            self.append_token(r, tok, lp)
+            for j in range(k):
+                if r.finished or r.splice_pending:  # a splice found while this step was in flight drops the rest
+                    break
+                self.append_token(r, ids[j * b + i], lps[j * b + i])
         s.running = [r for r in s.running if not r.finished]
         self.take_splices()
         s.token_ratio.decay()

@@ -18,6 +18,7 @@ from sgl.core.config import ServerArgs
 from sgl.core.ipc import FinishReason, GenerateReq, ReqOutput
 from sgl.core.memory.allocator import TokenAllocator
 from sgl.core.runner.model_runner import ModelRunner
+from sgl.core.scheduler.decode import DecodeRuns
 from sgl.core.scheduler.feature import SchedulerFeature
 from sgl.core.scheduler.new_token_ratio import NewTokenRatio
 from sgl.core.scheduler.overlap import OverlapLoop
@@ -62,10 +63,11 @@ class Scheduler:
         self.executor = StepExecutor(runner, self.features)
         self.results = ResultProcessor(self.state, self.features, detokenize)
         self.prefill = PrefillBuilder(self.state, self.features)
+        self.runs = DecodeRuns(args.num_continuous_decode_steps, self.features)
         use_overlap = args.force_overlap_schedule or (
             runner.platform.capabilities.overlap_schedule and not args.disable_overlap_schedule
         )
-        self.overlap = (OverlapLoop(self.state, self.prefill, self.executor, self.results, self.features)
+        self.overlap = (OverlapLoop(self.state, self.prefill, self.executor, self.results, self.features, self.runs)
                         if use_overlap else None)
         self._arrivals = 0
 
@@ -140,7 +142,7 @@ class Scheduler:
         if self.overlap is not None:
             self.overlap.step()
         else:
-            batch = plan_step(s, self.prefill)
+            batch = plan_step(s, self.prefill, self.runs)
             if batch is not None:
                 run_step(batch, s, self.executor, self.results)
         # NOTE: wall time by the kind of step that finished in it (overlap: the decode it resolved), so a run can

@@ -11,6 +11,8 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
+import torch
+
 from sgl.core.cache.base import PrefixCache
 from sgl.core.memory.allocator import TokenAllocator
 from sgl.core.memory.req_to_token import ReqToTokenPool
@@ -100,12 +102,26 @@ class SchedulerState:
             r.release_deferred = True
             return
         r.release_deferred = False
+        self._drop_uncommitted(r)
         self.cache.cache_finished_req(r)
         self.req_pool.free(r.req_pool_idx)
         r.req_pool_idx = None
         r.prefix_indices = r.prefix_indices[:0]
         r.last_handle = None
         r.kv_len = 0
+
+    def _drop_uncommitted(self, r: Req) -> None:
+        """Frees the slots a decode run wrote past the request's end (tokens dropped after a stop).
+
+        NOTE: whole pages only: slots on the page of the last kept token stay with it and leave with that page."""
+        keep = r.seq_len
+        if r.kv_len <= keep:
+            return
+        p = self.page_size
+        first = -(-keep // p) * p
+        if first < r.kv_len:
+            self.allocator.free(self.req_pool.host[r.req_pool_idx, first : r.kv_len].to(torch.int64))
+        r.kv_len = keep
 
     def finish(self, r: Req) -> None:
         """Ends ``r`` (its ``finished_reason`` is set): KV released, out of every queue, reported this step."""

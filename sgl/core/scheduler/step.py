@@ -8,7 +8,7 @@ from typing import Any, NamedTuple
 
 import torch
 
-from sgl.core.runner.input_prep import build_forward_batch
+from sgl.core.runner.input_prep import build_decode_run, build_forward_batch
 from sgl.core.runner.model_runner import ModelRunner
 from sgl.core.sampling.batch_info import SamplingBatchInfo, step_seed
 from sgl.core.sampling.sampler import SampleOutput, compute_prompt_logprobs
@@ -36,6 +36,7 @@ class Pending(NamedTuple):
     sample: SampleOutput | None
     input_lps: dict[int, tuple[list[tuple[float | None, int]], list[list[tuple[float, int]]]]]
     logits: torch.Tensor | None = None  # set while sampling is deferred (launch(defer_sampling=True))
+    steps: int = 1  # a decode run: host_ids holds [steps, len(reqs)] tokens, step-major
 
 
 def _pairs(values: list[float], ids: list[int]) -> list[tuple[float, int]]:
@@ -68,6 +69,9 @@ class StepExecutor:
         ``step_offset`` counts the tokens sampled but not yet appended to each request (for per-step seeds).
         With ``defer_sampling`` only the forward is enqueued: ``finish_sampling`` samples once the host knows
         every earlier token (grammar masks, penalties, min_new_tokens need them)."""
+        if batch.steps > 1:
+            assert not defer_sampling, "a decode run never needs host tokens between its steps"
+            return self._launch_run(batch, input_ids, step_offset)
         runner = self.runner
         fb = build_forward_batch(batch, runner, input_ids)
         hidden = runner.forward(fb)
@@ -96,11 +100,24 @@ class StepExecutor:
         pending = Pending(reqs, None, None, None, None, input_lps, logits)
         return pending if defer_sampling else self.finish_sampling(pending, step_offset)
 
-    @torch.inference_mode()
-    def finish_sampling(self, p: Pending, step_offset: int = 0) -> Pending:
-        """Samples a launched forward's logits and starts copying the tokens home."""
-        runner, reqs, logits = self.runner, p.reqs, p.logits
-        assert logits is not None, "this step was already sampled"
+    def _launch_run(self, batch: ScheduleBatch, input_ids: torch.Tensor | None, step_offset: int) -> Pending:
+        """A decode run: ``batch.steps`` forwards back to back, each fed the tokens the one before it sampled on the
+        device; one copy home at the end. (``DecodeRuns`` admits only rows whose sampling needs no host tokens.)"""
+        runner, reqs = self.runner, batch.reqs
+        ids = input_ids
+        sampled: list[torch.Tensor] = []
+        for j, fb in enumerate(build_decode_run(batch, runner, input_ids)):
+            if j:
+                fb.input_ids = ids  # type: ignore[assignment]
+            logits = runner.compute_logits(runner.forward(fb))
+            ids = self._sample(reqs, logits, step_offset + j, want_lp=False).next_token_ids
+            sampled.append(ids)
+        assert ids is not None
+        host, event = self._copy_home(torch.stack(sampled))
+        return Pending(reqs, ids, host, event, None, {}, steps=batch.steps)
+
+    def _sample(self, reqs: list[Req], logits: torch.Tensor, step_offset: int, want_lp: bool) -> SampleOutput:
+        runner = self.runner
         seeds = None
         if step_offset:
             seeds = [
@@ -118,18 +135,28 @@ class StepExecutor:
             # NOTE: a mask needs every earlier token accepted: such steps are sampled with step_offset 0 only.
             assert step_offset == 0, "a masked batch cannot sample before the previous step resolved"
             info = dataclasses.replace(info, vocab_mask=mask)
-        want_lp = any(r.return_logprob for r in reqs)
-        out = self.sampler(
+        return self.sampler(
             logits, info, return_logprob=want_lp,
             top_logprobs_nums=[r.top_logprobs_num for r in reqs] if want_lp else None,
         )
-        next_ids = out.next_token_ids
-        host = torch.empty(next_ids.shape, dtype=next_ids.dtype, pin_memory=self.pinned)
-        host.copy_(next_ids, non_blocking=self.pinned)
+
+    def _copy_home(self, ids: torch.Tensor) -> tuple[torch.Tensor, Any]:
+        """Starts copying ``ids`` to the host; the event marks when the copy is complete."""
+        host = torch.empty(ids.shape, dtype=ids.dtype, pin_memory=self.pinned)
+        host.copy_(ids, non_blocking=self.pinned)
         event = self.platform.new_event()
         if event is not None:
             event.record()
-        return Pending(reqs, next_ids, host, event, out, p.input_lps)
+        return host, event
+
+    @torch.inference_mode()
+    def finish_sampling(self, p: Pending, step_offset: int = 0) -> Pending:
+        """Samples a launched forward's logits and starts copying the tokens home."""
+        assert p.logits is not None, "this step was already sampled"
+        want_lp = any(r.return_logprob for r in p.reqs)
+        out = self._sample(p.reqs, p.logits, step_offset, want_lp)
+        host, event = self._copy_home(out.next_token_ids)
+        return Pending(p.reqs, out.next_token_ids, host, event, out, p.input_lps)
 
     def _feature_mask(self, reqs: list[Req], device: torch.device) -> torch.Tensor | None:
         """The union of the features' forbidden-token masks for these rows (grammar constraints, ...)."""
@@ -145,8 +172,8 @@ class StepExecutor:
             return StepResult([], [], p.input_lps)
         if p.event is not None:
             p.event.synchronize()
-        next_ids = p.host_ids.tolist()
-        lps: list[LogprobEntry | None] = [None] * len(p.reqs)
+        next_ids = p.host_ids.reshape(-1).tolist()  # a run: step-major
+        lps: list[LogprobEntry | None] = [None] * len(next_ids)
         out = p.sample
         if out is not None and out.next_token_logprobs is not None:
             chosen = out.next_token_logprobs.tolist()

@@ -12,6 +12,11 @@ import tokenizers
 from tokenizers import AddedToken
 
 from sgl.core.tokenizer.chat_template import render_chat_template, select_chat_template
+from sgl.core.tokenizer.length_bound import max_token_bytes
+
+# NOTE: `tokenizers` holds the GIL through `encode` but releases it in `encode_batch`; a text this long is encoded
+# through the latter, so a server's event loop keeps answering while another thread tokenizes it.
+GIL_FREE_CHARS = 16384
 
 # The named special tokens transformers exposes to chat templates (its `special_tokens_map`).
 _NAMED_SPECIAL = ("bos_token", "eos_token", "unk_token", "sep_token", "pad_token", "cls_token", "mask_token")
@@ -117,6 +122,7 @@ class Tokenizer:
         named = {self._id_of(t) for t in [*self._special.values(), *extra_special_tokens]}
         flagged = {i for i, tok in backend.get_added_tokens_decoder().items() if tok.special}
         self.all_special_ids: set[int] = {i for i in named | flagged if i is not None}
+        self._max_token_bytes: int | None | bool = False  # False: not computed yet
 
     @classmethod
     def from_dir(cls, path: str | os.PathLike[str], chat_template: str | None = None) -> Tokenizer:
@@ -167,6 +173,13 @@ class Tokenizer:
     def special_tokens_map(self) -> dict[str, str]:
         return dict(self._special)
 
+    @property
+    def max_token_bytes(self) -> int | None:
+        """The most input bytes one token stands for (a prompt of B bytes has >= B / this tokens); None: no bound."""
+        if self._max_token_bytes is False:
+            self._max_token_bytes = max_token_bytes(self._backend)
+        return self._max_token_bytes  # type: ignore[return-value]
+
     def token_to_id(self, token: str) -> int | None:
         return self._backend.token_to_id(token)
 
@@ -179,7 +192,10 @@ class Tokenizer:
     # --- text ---
 
     def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
-        ids: list[int] = self._backend.encode(text, add_special_tokens=add_special_tokens).ids
+        if len(text) >= GIL_FREE_CHARS:
+            ids: list[int] = self._backend.encode_batch([text], add_special_tokens=add_special_tokens)[0].ids
+        else:
+            ids = self._backend.encode(text, add_special_tokens=add_special_tokens).ids
         if add_special_tokens:
             bos, eos = self.bos_token_id, self.eos_token_id
             if self._add_bos and bos is not None and (not ids or ids[0] != bos):
