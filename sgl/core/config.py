@@ -83,6 +83,22 @@ class ServerArgs:
         None, "quantization method; default: the checkpoint's quantization_config (quant_method), else none"
     )
     speculative_algorithm: str | None = _opt(None, "speculative decoding algorithm; default: off")
+    speculative_draft_model_path: str | None = _opt(
+        None, "the draft model's directory or Hub id (STANDALONE; it must share the target's tokenizer)"
+    )
+    speculative_draft_model_revision: str | None = _opt(None, "Hub branch, tag or commit of a Hub id draft model")
+    speculative_num_steps: int | None = _opt(None, "draft forwards (draft tokens) per step; default: the algorithm's")
+    speculative_eagle_topk: int | None = _opt(None, "branches per draft step; only 1 (a chain) is supported yet")
+    speculative_num_draft_tokens: int | None = _opt(
+        None, "tokens verified per request per speculative step, its last token included (so N - 1 drafts); "
+        "default: the algorithm's"
+    )
+    speculative_ngram_min_match_window_size: int = _opt(1, "NGRAM: the shortest suffix matched")
+    speculative_ngram_max_match_window_size: int = _opt(12, "NGRAM: the longest suffix matched (tried first)")
+    speculative_ngram_branch_length: int = _opt(18, "NGRAM: the longest continuation drafted from a match")
+    speculative_ngram_capacity: int = _opt(
+        10_000_000, "NGRAM: n-grams kept from recent requests (0: draft from a request's own tokens only)"
+    )
     lora_backend: str | None = _opt(None, "LoRA backend; default: off")
     plugin_args: Mapping[str, Any] = field(
         default_factory=dict,

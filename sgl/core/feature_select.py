@@ -59,6 +59,7 @@ class SelectedFeatures(NamedTuple):
 
 def select_features(args: ServerArgs, plugins: Plugins) -> SelectedFeatures:
     """ValueError (one line) for an unknown name, a name no installed plugin implements yet, or a broken plugin's."""
+    speculative.check_flags(args)
     return SelectedFeatures(
         _select(
             plugins.speculative_algorithms, args.speculative_algorithm, speculative.FLAG,

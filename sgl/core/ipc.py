@@ -81,6 +81,7 @@ class ReqOutput:
     output_top_logprobs: list[list[tuple[float, int]]] = field(default_factory=list)
     input_logprobs: list[tuple[float | None, int]] | None = None
     input_top_logprobs: list[list[tuple[float, int]]] | None = None
+    spec_verify_ct: int | None = None  # decode steps taken under speculative decoding (None: speculation off)
 
 
 @dataclass

@@ -45,6 +45,7 @@ class _State:
     text: str = ""
     finished: FinishReason | None = None
     cached_tokens: int = 0
+    spec_verify_ct: int | None = None  # decode steps under speculation (None: speculation off)
     output_logprobs: list[tuple[float, int]] = field(default_factory=list)
     output_top: list[list[tuple[float, int]]] = field(default_factory=list)
     prompt_logprobs: list[tuple[float | None, int]] | None = None
@@ -156,6 +157,8 @@ class RequestManager:
             st.prompt_logprobs = out.input_logprobs
             st.prompt_top = out.input_top_logprobs or []
         st.cached_tokens = out.cached_tokens
+        if out.spec_verify_ct is not None:
+            st.spec_verify_ct = out.spec_verify_ct
 
     def _visible_text(self, st: _State) -> str:
         """While streaming, hold back a tail that could still become a stop string."""
@@ -187,5 +190,6 @@ class RequestManager:
             id=st.rid, finish_reason=st.finished, prompt_tokens=len(st.prompt_ids),
             completion_tokens=len(st.output_ids), cached_tokens=st.cached_tokens, e2e_latency=time.time() - st.created,
             logprobs=self._logprobs(st, req.return_text_in_logprobs) if req.return_logprob else None,
+            spec_verify_ct=st.spec_verify_ct,
         )
         return GenerateResult(self._visible_text(st), list(st.output_ids), meta)

@@ -36,6 +36,7 @@ class MetaInfo:
     cached_tokens: int
     e2e_latency: float
     logprobs: Logprobs | None = None  # present when the request asked for logprobs
+    spec_verify_ct: int | None = None  # decode steps under speculative decoding (SGLang's name); None: it is off
 
     @property
     def error_status(self) -> int | None:
@@ -57,6 +58,8 @@ class MetaInfo:
         }
         if self.error_status is not None:
             meta["error_status"] = self.error_status
+        if self.spec_verify_ct is not None:
+            meta["spec_verify_ct"] = self.spec_verify_ct
         lp = self.logprobs
         if lp is not None:
             meta["output_token_logprobs"] = lp.output

@@ -2,7 +2,8 @@
 
 Beside them, the portable pieces built on them that every Triton platform shares: the Triton attention backend
 (attention_backend.py), the decode graph runner over the platform's graph hooks (graph_runner.py) and the
-skinny-GEMM linear method (linear_method.py). Imported only by platforms whose capabilities include Triton (cuda,
+skinny-GEMM linear method (linear_method.py). The quantized GEMMs (fp8_gemm.py, int4_gemm.py) are imported by the
+quantization plugin's Triton linear methods, not from here. Imported only by platforms whose capabilities include Triton (cuda,
 rocm, xpu); importing this package imports triton.
 """
 
@@ -17,6 +18,7 @@ from sgl.kernels.decode_attn import (
     max_kv_splits_for,
 )
 from sgl.kernels.extend_attn import extend_attention
+from sgl.kernels.fused_moe import fused_moe
 from sgl.kernels.kv_store import store_kv
 from sgl.kernels.norm import add_rms_norm, rms_norm
 from sgl.kernels.rotary import rotary_embedding
@@ -27,6 +29,7 @@ __all__ = [
     "decode_attention",
     "decode_workspace",
     "extend_attention",
+    "fused_moe",
     "gelu_tanh_and_mul",
     "kv_splits_per_request",
     "max_kv_splits_for",

@@ -197,6 +197,8 @@ def decode_attention(
     # flight (H200, 384 x 1536: 321 us per call against 392 us at bf16's tile; benchmarks/decode_kernel_sweep.py);
     # bf16 is flat across tiles and reads at the bandwidth ceiling
     tile = (32, 1, 3) if k_buffer.element_size() == 1 else (64, 4, 2)
+    if head_dim > 256:  # NOTE: MLA's 576-wide latent: a 64 x 1024 key block per stage would not fit shared memory
+        tile = (16, 4, 1)
     block_n, num_warps, num_stages = block_n or tile[0], num_warps or tile[1], num_stages or tile[2]
     if fp8_as_fp16 is None:
         fp8_as_fp16 = fp8_kv_as_fp16(q, k_buffer)

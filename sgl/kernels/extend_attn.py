@@ -82,6 +82,8 @@ def extend_config(head_dim: int, device: torch.device) -> tuple[int, int, int]:
         return 32, 32, 4
     if head_dim <= 128:
         return 128, 64, 8
+    if head_dim > 256:  # MLA's latent (576 wide, padded to 1024)
+        return 32, 16, 4
     return 64, 32, 4
 
 

@@ -52,6 +52,12 @@ def _token_rows(x: torch.Tensor, n_tokens: int, width: int) -> torch.Tensor:
 _FP8 = (torch.float8_e4m3fn, torch.float8_e4m3fnuz, torch.float8_e5m2)
 
 
+def _rows_contiguous(buf: torch.Tensor) -> bool:
+    """A slot's heads lie back to back. NOTE: a one-head buffer may be a view (MLA's value: the latent's first
+    features), whose slot stride exceeds its width; its row is still one contiguous run."""
+    return buf.stride(-1) == 1 and (buf.shape[1] == 1 or buf[0].stride(0) == buf.shape[2])
+
+
 def store_kv(
     k_buffer: torch.Tensor, v_buffer: torch.Tensor, loc: torch.Tensor, k: torch.Tensor, v: torch.Tensor
 ) -> None:
@@ -65,9 +71,9 @@ def store_kv(
         return
     k_width = k_buffer.shape[1] * k_buffer.shape[2]
     v_width = v_buffer.shape[1] * v_buffer.shape[2]
-    if k_buffer[0].stride(0) != k_buffer.shape[2] or k_buffer.stride(-1) != 1:
+    if not _rows_contiguous(k_buffer):
         raise ValueError("store_kv needs each slot's row of the K buffer to be contiguous")
-    if v_buffer[0].stride(0) != v_buffer.shape[2] or v_buffer.stride(-1) != 1:
+    if not _rows_contiguous(v_buffer):
         raise ValueError("store_kv needs each slot's row of the V buffer to be contiguous")
     if k_buffer.dtype != v_buffer.dtype:
         raise ValueError(f"store_kv needs one dtype for K and V buffers, got {k_buffer.dtype} and {v_buffer.dtype}")

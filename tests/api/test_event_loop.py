@@ -77,7 +77,9 @@ def test_health_answers_while_megabytes_are_tokenized(big_server: ServerProc) ->
     assert resp.json()["count"] > 1_000_000
     assert took > 1.0, "the prompt was tokenized too fast for this test to mean anything"
     assert len(probe.latencies) > 10
-    assert max(probe.latencies) < HEALTH_BUDGET_S, sorted(probe.latencies)[-5:]
+    # NOTE: a blocked loop answers after the whole tokenisation (``took``); on a loaded machine one answer may still
+    # wait for a time slice, so the bound is the budget or a third of ``took``, whichever is larger
+    assert max(probe.latencies) < max(HEALTH_BUDGET_S, took / 3), (took, sorted(probe.latencies)[-5:])
 
 
 @pytest.mark.parametrize("route, body", [

@@ -153,5 +153,5 @@ def test_rope_scaled_model_logits_equal_hf(variant: str, tmp_path: Any) -> None:
 
 
 def test_unsupported_rope_type_error_lists_supported() -> None:
-    with pytest.raises(ValueError, match=r"'yarn'.*llama3"):
-        get_rope(16, 16, 32, 10000.0, {"rope_type": "yarn", "factor": 2.0}, ctx=_ctx())
+    with pytest.raises(ValueError, match=r"'longrope'.*llama3"):
+        get_rope(16, 16, 32, 10000.0, {"rope_type": "longrope", "factor": 2.0}, ctx=_ctx())

@@ -380,10 +380,10 @@ def test_checkpoint_quantization_config_selects_the_fixture_method_without_a_fla
     assert run_python(fixture_site, CHECKPOINT_QUANT, str(odd)) == {
         "error": "fixture_counting cannot read quantization_config keys ['bits']"
     }
-    fp8 = _with_quantization_config(demo_model_dir, tmp_path / "fp8", {"quant_method": "fp8"})
-    assert run_python(fixture_site, CHECKPOINT_QUANT, str(fp8)) == {
-        "error": "--quantization fp8 is not supported yet: no installed plugin provides this quantization method"
-    }
+    unknown = _with_quantization_config(demo_model_dir, tmp_path / "int3", {"quant_method": "int3"})
+    error = run_python(fixture_site, CHECKPOINT_QUANT, str(unknown))["error"]
+    assert error.startswith("--quantization: unknown quantization method 'int3'; known: ")
+    assert "fixture_counting" in error
 
 
 def test_server_hands_the_plugin_its_typed_options_in_the_scheduler_process(

@@ -56,3 +56,4 @@ def test_ops_table_swaps_in_the_triton_kernels() -> None:
     assert ops.rms_norm is kernels.rms_norm and ops.add_rms_norm is kernels.add_rms_norm
     assert ops.silu_and_mul is kernels.silu_and_mul and ops.gelu_tanh_and_mul is kernels.gelu_tanh_and_mul
     assert ops.rotary_embedding is kernels.rotary_embedding
+    assert ops.fused_moe is kernels.fused_moe

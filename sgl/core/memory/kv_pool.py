@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Any
+
 import torch
 
 FP8_KV_DTYPES = (torch.float8_e4m3fn, torch.float8_e4m3fnuz, torch.float8_e5m2)
@@ -27,6 +30,8 @@ class KVPool:
     NOTE: slots ``[0, page_size)`` are never handed out: slot 0 is the padding sink that padded tokens write to, so
     usable slots are ``[page_size, size + page_size)``.
     """
+
+    latent = False  # MLA's pool (MLAKVPool) stores one latent buffer per layer and no separate values
 
     def __init__(
         self,
@@ -69,3 +74,57 @@ class KVPool:
         """Writes k, v ([T, KVH*D] or [T, KVH, D]) at slots ``loc`` [T]."""
         self.k_buffer[layer_id][loc] = to_kv_dtype(k.view(-1, self.num_kv_heads, self.head_dim), self.dtype)
         self.v_buffer[layer_id][loc] = to_kv_dtype(v.view(-1, self.num_kv_heads, self.v_head_dim), self.dtype)
+
+
+class MLAKVPool(KVPool):
+    """Multi-head latent attention's cache: per layer one buffer ``[size + page_size, 1, kv_lora_rank + rope_dim]``
+    holding each token's normalised latent and its rotated rope key, read as one key "head" by every query head.
+
+    NOTE: the value is not stored twice: ``v_buffer[layer]`` is a view of the key buffer's first ``v_head_dim``
+    (= kv_lora_rank) features, so ``set_kv_buffer`` writes k only and a backend reading v reads the latent.
+    """
+
+    latent = True
+
+    def __init__(
+        self, size: int, page_size: int, num_layers: int, latent_dim: int, v_head_dim: int, dtype: torch.dtype,
+        device: torch.device | str = "cpu",
+    ) -> None:
+        if v_head_dim > latent_dim:
+            raise ValueError(f"MLA value width {v_head_dim} exceeds the latent width {latent_dim}")
+        super().__init__(size, page_size, 0, 1, latent_dim, dtype, device, v_head_dim)
+        self.num_layers = num_layers
+        rows = size + page_size
+        self.k_buffer = [torch.zeros((rows, 1, latent_dim), dtype=dtype, device=device) for _ in range(num_layers)]
+        self.v_buffer = [k[..., :v_head_dim] for k in self.k_buffer]
+
+    def set_kv_buffer(self, layer_id: int, loc: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
+        """Writes the latent k ([T, latent_dim]) at ``loc``; v, a view of k's first features, is not stored again."""
+        self.k_buffer[layer_id][loc] = to_kv_dtype(k.view(-1, 1, self.head_dim), self.dtype)
+
+
+@dataclass(frozen=True)
+class KVLayout:
+    """What one token's cache holds in each layer on this rank: the model says (``kv_layout``), the pool follows."""
+
+    num_kv_heads: int
+    head_dim: int
+    v_head_dim: int
+    latent: bool = False  # MLA: one buffer of head_dim features; the value is its first v_head_dim
+
+    def bytes_per_token(self, num_layers: int, dtype: torch.dtype) -> int:
+        width = self.head_dim if self.latent else self.head_dim + self.v_head_dim
+        return num_layers * self.num_kv_heads * width * torch.empty((), dtype=dtype).element_size()
+
+    def make_pool(
+        self, size: int, page_size: int, num_layers: int, dtype: torch.dtype, device: torch.device | str = "cpu"
+    ) -> KVPool:
+        if self.latent:
+            return MLAKVPool(size, page_size, num_layers, self.head_dim, self.v_head_dim, dtype, device)
+        return KVPool(size, page_size, num_layers, self.num_kv_heads, self.head_dim, dtype, device, self.v_head_dim)
+
+
+def model_kv_layout(model: Any, num_kv_heads: int, head_dim: int) -> KVLayout:
+    """The model's own layout when it declares one (``kv_layout()``, MLA does), else standard heads of the config."""
+    declared = getattr(model, "kv_layout", None)
+    return declared() if callable(declared) else KVLayout(num_kv_heads, head_dim, head_dim)

@@ -14,11 +14,11 @@ from torch import nn
 
 # NOTE: the GEMM contract lives in a leaf module (context.py needs it, and this module needs the context); it is
 # re-exported here because a layer's users reach for it beside the layers.
-from sgl.core.model.linear_method import LinearMethod, UnquantizedLinearMethod
+from sgl.core.model.linear_method import LinearMethod, ShardLayout, UnquantizedLinearMethod, shard_layout
 
 __all__ = [
     "ColumnParallelLinear", "LinearBase", "LinearMethod", "MergedColumnParallelLinear", "QKVParallelLinear",
-    "ReplicatedLinear", "RowParallelLinear", "UnquantizedLinearMethod",
+    "ReplicatedLinear", "RowParallelLinear", "ShardLayout", "UnquantizedLinearMethod",
 ]
 
 if TYPE_CHECKING:
@@ -31,6 +31,25 @@ def _copy_checked(dst: torch.Tensor, src: torch.Tensor) -> None:
     dst.copy_(src)
 
 
+def _narrow(t: torch.Tensor, dim: int | None, start: int, size: int, unit: int) -> torch.Tensor:
+    """Features ``[start, start + size)`` of ``t`` along ``dim``, where one index covers ``unit`` features."""
+    if dim is None:
+        return t
+    if start % unit:
+        raise ValueError(f"a shard starting at feature {start} does not fall on the parameter's block of {unit}")
+    return t.narrow(dim, start // unit, -(-size // unit))
+
+
+def _copy_per_shard(param: nn.Parameter, loaded: torch.Tensor, index: int | None) -> None:
+    """A per-slice scalar (``ShardLayout.per_shard``): into entry ``index``, or every entry for a fused tensor."""
+    if loaded.numel() != 1:
+        raise ValueError(f"shape mismatch: checkpoint {tuple(loaded.shape)} vs one scalar per slice")
+    if index is None:
+        param.data.fill_(loaded.reshape(()).item())
+    else:
+        param.data[index] = loaded.reshape(())
+
+
 def _divide(n: int, d: int, what: str) -> int:
     if n % d:
         raise ValueError(f"{what} ({n}) is not divisible by the tensor-parallel size ({d})")
@@ -38,7 +57,12 @@ def _divide(n: int, d: int, what: str) -> int:
 
 
 class LinearBase(nn.Module):
-    """Shared plumbing: the method creates ``weight``/``bias`` and each parameter points at ``weight_loader``."""
+    """Shared plumbing: the method creates ``weight``/``bias`` and each parameter points at ``weight_loader``.
+
+    NOTE: loaders shard through each parameter's ``ShardLayout``, so a quantized layout (block scales, packed int4,
+    transposed AWQ/GPTQ tensors) loads through the same code as a dense weight. A parameter the method already gave
+    its own ``weight_loader`` keeps it (it may call the layer's).
+    """
 
     bias: nn.Parameter | None  # created by the LinearMethod (None without a bias); quantized methods add more
 
@@ -49,10 +73,15 @@ class LinearBase(nn.Module):
         self.out_features = out_features  # on this rank
         self.tp_rank = ctx.parallel.tp_rank
         self.tp_size = ctx.parallel.tp_size
+        self.output_partition_sizes = self._partition_sizes(out_features)  # this rank's rows of each merged slice
         self.linear_method = ctx.linear_method
         self.linear_method.create_weights(self, in_features, out_features, bias, ctx.dtype)
         for p in self.parameters(recurse=False):
-            p.weight_loader = self.weight_loader  # type: ignore[attr-defined]
+            if not hasattr(p, "weight_loader"):
+                p.weight_loader = self.weight_loader  # type: ignore[attr-defined]
+
+    def _partition_sizes(self, out_features: int) -> list[int]:
+        return [out_features]
 
     def weight_loader(self, param: nn.Parameter, loaded_weight: torch.Tensor, shard_id: Any = None) -> None:
         raise NotImplementedError
@@ -68,6 +97,9 @@ class ReplicatedLinear(LinearBase):
         super().__init__(in_features, out_features, bias, ctx)
 
     def weight_loader(self, param: nn.Parameter, loaded_weight: torch.Tensor, shard_id: Any = None) -> None:
+        if shard_layout(param).per_shard:
+            _copy_per_shard(param, loaded_weight, 0)
+            return
         _copy_checked(param.data, loaded_weight)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -85,8 +117,35 @@ class ColumnParallelLinear(LinearBase):
         self.gather_output = gather_output
 
     def weight_loader(self, param: nn.Parameter, loaded_weight: torch.Tensor, shard_id: Any = None) -> None:
-        n = param.shape[0]
-        _copy_checked(param.data, loaded_weight.narrow(0, self.tp_rank * n, n) if self.tp_size > 1 else loaded_weight)
+        lay = shard_layout(param)
+        if lay.per_shard:
+            _copy_per_shard(param, loaded_weight, 0)
+            return
+        if self.tp_size > 1:
+            n = self.out_features
+            loaded_weight = _narrow(loaded_weight, lay.output_dim, self.tp_rank * n, n, lay.output_unit)
+        _copy_checked(param.data, loaded_weight)
+
+    def _load_slice(
+        self, param: nn.Parameter, loaded: torch.Tensor, index: int, full: int, dst_offset: int, src_offset: int
+    ) -> None:
+        """Slice ``index`` of a merged layer: checkpoint rows ``[src_offset, +local)`` of a ``full``-row tensor go to
+        this rank's rows ``[dst_offset, +local)`` (in features; the layout converts to indices)."""
+        lay = shard_layout(param)
+        if lay.per_shard:
+            _copy_per_shard(param, loaded, index)
+            return
+        if lay.output_dim is None:  # e.g. GPTQ's g_idx: the slices share their input
+            _copy_checked(param.data, loaded)
+            return
+        if loaded.shape[lay.output_dim] != -(-full // lay.output_unit):
+            raise ValueError(
+                f"shape mismatch: checkpoint slice {index} {tuple(loaded.shape)}, expected {full} output features "
+                f"along dim {lay.output_dim} (block {lay.output_unit})"
+            )
+        local = self.output_partition_sizes[index]
+        dst = _narrow(param.data, lay.output_dim, dst_offset, local, lay.output_unit)
+        _copy_checked(dst, _narrow(loaded, lay.output_dim, src_offset, local, lay.output_unit))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.linear_method.apply(self, x, self.bias)
@@ -111,22 +170,24 @@ class MergedColumnParallelLinear(ColumnParallelLinear):
             _divide(s, ctx.parallel.tp_size, "a merged output size")
         super().__init__(in_features, sum(self.output_sizes), bias, ctx, gather_output)
 
+    def _partition_sizes(self, out_features: int) -> list[int]:
+        return [s // self.tp_size for s in self.output_sizes]
+
     def weight_loader(self, param: nn.Parameter, loaded_weight: torch.Tensor, shard_id: Any = None) -> None:
+        lay = shard_layout(param)
         if shard_id is None:  # a checkpoint that already stores the merged matrix
+            if lay.per_shard:
+                _copy_per_shard(param, loaded_weight, None)
+                return
             for i, size in enumerate(self.output_sizes):
                 offset = sum(self.output_sizes[:i])
-                self.weight_loader(param, loaded_weight.narrow(0, offset, size), i)
+                self.weight_loader(param, _narrow(loaded_weight, lay.output_dim, offset, size, lay.output_unit), i)
             return
         if not isinstance(shard_id, int) or not 0 <= shard_id < len(self.output_sizes):
             raise ValueError(f"shard id {shard_id!r} is not in [0, {len(self.output_sizes)})")
-        local = self.output_sizes[shard_id] // self.tp_size
-        offset = sum(self.output_sizes[:shard_id]) // self.tp_size
-        if loaded_weight.shape[0] != self.output_sizes[shard_id]:
-            raise ValueError(
-                f"shape mismatch: checkpoint shard {tuple(loaded_weight.shape)} for output {shard_id} of size "
-                f"{self.output_sizes[shard_id]}"
-            )
-        _copy_checked(param.data.narrow(0, offset, local), loaded_weight.narrow(0, self.tp_rank * local, local))
+        local = self.output_partition_sizes[shard_id]
+        offset = sum(self.output_partition_sizes[:shard_id])
+        self._load_slice(param, loaded_weight, shard_id, self.output_sizes[shard_id], offset, self.tp_rank * local)
 
 
 class QKVParallelLinear(ColumnParallelLinear):
@@ -160,26 +221,30 @@ class QKVParallelLinear(ColumnParallelLinear):
         kv = self.total_num_kv_heads * self.head_dim
         return {"q": self.total_num_heads * self.head_dim, "k": kv, "v": kv}
 
+    def _partition_sizes(self, out_features: int) -> list[int]:
+        return [self.q_size, self.kv_size, self.kv_size]
+
     def weight_loader(self, param: nn.Parameter, loaded_weight: torch.Tensor, shard_id: Any = None) -> None:
         full = self._full_sizes()
+        lay = shard_layout(param)
         if shard_id is None:  # a fused checkpoint tensor: [q; k; v]
+            if lay.per_shard:
+                _copy_per_shard(param, loaded_weight, None)
+                return
             offset = 0
             for sid in ("q", "k", "v"):
-                self.weight_loader(param, loaded_weight.narrow(0, offset, full[sid]), sid)
+                self.weight_loader(param, _narrow(loaded_weight, lay.output_dim, offset, full[sid], lay.output_unit), sid)
                 offset += full[sid]
             return
         if shard_id not in full:
             raise ValueError(f"shard id {shard_id!r} is not one of 'q', 'k', 'v'")
-        if loaded_weight.shape[0] != full[shard_id]:
-            raise ValueError(
-                f"shape mismatch: checkpoint {shard_id} {tuple(loaded_weight.shape)}, expected {full[shard_id]} rows"
-            )
         if shard_id == "q":
             dst_offset, size, src_index = 0, self.q_size, self.tp_rank
         else:
             dst_offset = self.q_size + (self.kv_size if shard_id == "v" else 0)
             size, src_index = self.kv_size, self.tp_rank // self.kv_replicas
-        _copy_checked(param.data.narrow(0, dst_offset, size), loaded_weight.narrow(0, src_index * size, size))
+        index = ("q", "k", "v").index(shard_id)
+        self._load_slice(param, loaded_weight, index, full[shard_id], dst_offset, src_index * size)
 
 
 class RowParallelLinear(LinearBase):
@@ -195,11 +260,14 @@ class RowParallelLinear(LinearBase):
         self.reduce_results = reduce_results
 
     def weight_loader(self, param: nn.Parameter, loaded_weight: torch.Tensor, shard_id: Any = None) -> None:
-        if param.dim() == 1 or self.tp_size == 1:  # the bias is not split
-            _copy_checked(param.data, loaded_weight)
+        lay = shard_layout(param)
+        if lay.per_shard:
+            _copy_per_shard(param, loaded_weight, 0)
             return
-        n = param.shape[1]
-        _copy_checked(param.data, loaded_weight.narrow(1, self.tp_rank * n, n))
+        if self.tp_size > 1:  # NOTE: the bias (input_dim None) is not split
+            n = self.in_features
+            loaded_weight = _narrow(loaded_weight, lay.input_dim, self.tp_rank * n, n, lay.input_unit)
+        _copy_checked(param.data, loaded_weight)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.input_is_parallel and self.tp_size > 1:

@@ -7,11 +7,38 @@ importing the layers that use it.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import cast
+from typing import NamedTuple, cast
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+
+class ShardLayout(NamedTuple):
+    """How a parameter's tensor maps onto the layer's features, so the layer's loader can shard any layout.
+
+    Set as the ``shard_layout`` attribute of a parameter (absent: a dense ``[out, in]`` weight, or ``[out]``).
+    ``output_unit``/``input_unit`` are how many features one index along that dim covers: a block scale covers a
+    block, a packed int32 covers 8 int4 values. ``per_shard``: one entry per merged slice (a per-tensor scale of q, k
+    and v), indexed by the slice, never split.
+    """
+
+    output_dim: int | None = 0  # the tensor dim indexing output features; None: not split by output
+    input_dim: int | None = 1  # the tensor dim indexing input features; None: not split by input
+    output_unit: int = 1
+    input_unit: int = 1
+    per_shard: bool = False
+
+
+DENSE_WEIGHT = ShardLayout()
+DENSE_BIAS = ShardLayout(0, None)
+
+
+def shard_layout(param: nn.Parameter) -> ShardLayout:
+    layout = getattr(param, "shard_layout", None)
+    if layout is not None:
+        return cast(ShardLayout, layout)
+    return DENSE_WEIGHT if param.dim() >= 2 else DENSE_BIAS
 
 
 class LinearMethod(ABC):
@@ -30,6 +57,12 @@ class LinearMethod(ABC):
     @abstractmethod
     def apply(self, layer: nn.Module, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
         """``x [tokens, in] -> [tokens, out]`` with the layer's parameters, plus ``bias`` when given."""
+
+    def process_weights_after_loading(self, layer: nn.Module) -> None:
+        """Called once per layer after every weight arrived (checkpoint or dummy): repack, requantize, fold scales.
+
+        NOTE: online quantization happens here (the layer loaded dense weights); the default keeps them as they are.
+        """
 
 
 class UnquantizedLinearMethod(LinearMethod):

@@ -53,7 +53,17 @@ def load_model(
         init_dummy_weights(model, seed)
     else:
         load_checkpoint(model, model_path)
+    process_weights_after_loading(model)
     return model, config
+
+
+@torch.no_grad()
+def process_weights_after_loading(model: nn.Module) -> None:
+    """Each linear layer's method finishes its weights once all arrived (online quantization, scale folding)."""
+    for module in model.modules():
+        method = getattr(module, "linear_method", None)
+        if method is not None and hasattr(method, "process_weights_after_loading"):
+            method.process_weights_after_loading(module)
 
 
 def load_checkpoint(model: nn.Module, model_path: str) -> None:
@@ -81,11 +91,17 @@ def init_dummy_weights(model: nn.Module, seed: int) -> None:
     """Seeded random weights for any config: normal(0, 0.02) for matrices and biases, 1 + small noise for norms.
 
     NOTE: each parameter is drawn in place on its own device from a generator seeded by (seed, its index), so an
-    8B model initialises in seconds; a seed gives the same model on every run of the same device type.
+    8B model initialises in seconds; a seed gives the same model on every run of the same device type. A parameter
+    with a ``dummy_init(param, generator)`` attribute (a quantized layout: fp8 values, packed ints, scales) fills
+    itself.
     """
     norm_weights = {id(m.weight) for m in model.modules() if isinstance(m, RMSNorm)}
     for index, (_, param) in enumerate(model.named_parameters()):
         gen = torch.Generator(device=param.device).manual_seed(seed * 1_000_003 + index)
+        dummy_init = getattr(param, "dummy_init", None)
+        if dummy_init is not None:
+            dummy_init(param, gen)
+            continue
         with torch.no_grad():
             param.normal_(0.0, DUMMY_STD, generator=gen)
             if id(param) in norm_weights:

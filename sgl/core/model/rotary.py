@@ -61,12 +61,57 @@ def _llama3(rotary_dim: int, base: float, max_position: int, scaling: Mapping[st
     return torch.where(is_medium, smoothed, scaled)
 
 
+def _yarn_mscale(factor: float, mscale: float = 1.0) -> float:
+    return 1.0 if factor <= 1 else 0.1 * mscale * math.log(factor) + 1.0
+
+
+def _yarn_factor(scaling: Mapping[str, Any], max_position: int) -> float:
+    factor = scaling.get("factor")
+    return float(factor) if factor is not None else max_position / float(scaling["original_max_position_embeddings"])
+
+
+def _yarn(rotary_dim: int, base: float, max_position: int, scaling: Mapping[str, Any]) -> torch.Tensor:
+    # YaRN (DeepSeek-V2/V3, Qwen long context): high frequencies kept, low ones interpolated by the factor, a linear
+    # ramp between the dims that make beta_fast and beta_slow rotations over the original context.
+    factor = _yarn_factor(scaling, max_position)
+    original = float(scaling["original_max_position_embeddings"])
+    beta_fast, beta_slow = float(scaling.get("beta_fast") or 32), float(scaling.get("beta_slow") or 1)
+
+    def dim_of(rotations: float) -> float:
+        return (rotary_dim * math.log(original / (rotations * 2 * math.pi))) / (2 * math.log(base))
+
+    low, high = dim_of(beta_fast), dim_of(beta_slow)
+    if scaling.get("truncate", True):
+        low, high = math.floor(low), math.ceil(high)
+    low, high = max(low, 0), min(high, rotary_dim - 1)
+    if low == high:
+        high += 0.001
+    ramp = ((torch.arange(rotary_dim // 2, dtype=torch.float32) - low) / (high - low)).clamp(0, 1)
+    pos_freqs = base ** (torch.arange(0, rotary_dim, 2).to(torch.float32) / rotary_dim)
+    extrapolation = 1 - ramp
+    return (1.0 / (factor * pos_freqs)) * (1 - extrapolation) + (1.0 / pos_freqs) * extrapolation
+
+
+def _yarn_attention_factor(scaling: Mapping[str, Any], max_position: int) -> float:
+    """The constant YaRN multiplies cos and sin by (HF's attention_factor)."""
+    if scaling.get("attention_factor") is not None:
+        return float(scaling["attention_factor"])
+    factor = _yarn_factor(scaling, max_position)
+    mscale, mscale_all_dim = scaling.get("mscale"), scaling.get("mscale_all_dim")
+    if mscale and mscale_all_dim:
+        return _yarn_mscale(factor, float(mscale)) / _yarn_mscale(factor, float(mscale_all_dim))
+    return _yarn_mscale(factor)
+
+
 ROPE_SCALINGS: dict[str, InvFreqFn] = {
     "default": _default,
     "linear": _linear,
     "dynamic": _dynamic,
     "llama3": _llama3,
+    "yarn": _yarn,
 }
+# NOTE: the variants that also scale cos and sin by a constant; the others leave them as they are.
+ROPE_ATTENTION_FACTORS: dict[str, Callable[[Mapping[str, Any], int], float]] = {"yarn": _yarn_attention_factor}
 
 
 def rope_type(rope_scaling: Mapping[str, Any] | None) -> str:
@@ -109,6 +154,8 @@ class RotaryEmbedding(nn.Module):
         t = torch.arange(max_position, dtype=torch.float32)
         freqs = torch.outer(t, inv_freq)
         cache = torch.cat((freqs.cos(), freqs.sin()), dim=-1)
+        if kind in ROPE_ATTENTION_FACTORS:
+            cache = cache * ROPE_ATTENTION_FACTORS[kind](rope_scaling or {}, max_position)
         self.register_buffer("cos_sin_cache", cache.to(torch.get_default_device()), persistent=False)
 
     def forward(

@@ -26,15 +26,17 @@ from sgl.core.runner.forward_batch import ForwardBatch
 class LlamaMLP(nn.Module):
     """down(silu(gate(x)) * up(x)), with gate and up fused into one column-parallel GEMM."""
 
-    def __init__(self, config: ModelConfig, ctx: ModelContext, bias: bool = False) -> None:
+    def __init__(
+        self, config: ModelConfig, ctx: ModelContext, bias: bool = False, intermediate_size: int | None = None,
+        reduce_results: bool = True,
+    ) -> None:
         super().__init__()
         act = config.get("hidden_act", "silu")
         if act != "silu":
             raise ValueError(f"unsupported hidden_act {act!r}; this MLP implements 'silu'")
-        self.gate_up_proj = MergedColumnParallelLinear(
-            config.hidden_size, [config.intermediate_size] * 2, bias, ctx
-        )
-        self.down_proj = RowParallelLinear(config.intermediate_size, config.hidden_size, bias, ctx)
+        inter = intermediate_size or config.intermediate_size
+        self.gate_up_proj = MergedColumnParallelLinear(config.hidden_size, [inter] * 2, bias, ctx)
+        self.down_proj = RowParallelLinear(inter, config.hidden_size, bias, ctx, reduce_results=reduce_results)
         self.act = ctx.ops.silu_and_mul
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -83,7 +85,13 @@ class LlamaAttention(nn.Module):
         return self.o_proj(self.attn(q, k, v.contiguous(), forward_batch))
 
 
-AttentionFactory = Callable[[ModelConfig, ModelContext, int, RotaryEmbedding], LlamaAttention]
+AttentionFactory = Callable[[ModelConfig, ModelContext, int, RotaryEmbedding], nn.Module]
+# NOTE: the feed-forward block of layer ``layer_id``: a dense MLP here, a mixture of experts in the MoE families.
+MlpFactory = Callable[[ModelConfig, ModelContext, int], nn.Module]
+
+
+def llama_mlp(config: ModelConfig, ctx: ModelContext, layer_id: int) -> nn.Module:
+    return LlamaMLP(config, ctx, bias=bool(config.get("mlp_bias", False)))
 
 
 class LlamaDecoderLayer(nn.Module):
@@ -91,11 +99,11 @@ class LlamaDecoderLayer(nn.Module):
 
     def __init__(
         self, config: ModelConfig, ctx: ModelContext, layer_id: int, rotary_emb: RotaryEmbedding,
-        attention_factory: AttentionFactory = LlamaAttention,
+        attention_factory: AttentionFactory = LlamaAttention, mlp_factory: MlpFactory = llama_mlp,
     ) -> None:
         super().__init__()
         self.self_attn = attention_factory(config, ctx, layer_id, rotary_emb)
-        self.mlp = LlamaMLP(config, ctx, bias=bool(config.get("mlp_bias", False)))
+        self.mlp = mlp_factory(config, ctx, layer_id)
         self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps, ctx)
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps, ctx)
 
@@ -115,7 +123,8 @@ class LlamaDecoderLayer(nn.Module):
 
 class LlamaModel(nn.Module):
     def __init__(
-        self, config: ModelConfig, ctx: ModelContext, attention_factory: AttentionFactory = LlamaAttention
+        self, config: ModelConfig, ctx: ModelContext, attention_factory: AttentionFactory = LlamaAttention,
+        mlp_factory: MlpFactory = llama_mlp,
     ) -> None:
         super().__init__()
         self.embed_tokens = VocabParallelEmbedding(config.vocab_size, config.hidden_size, ctx)
@@ -130,7 +139,8 @@ class LlamaModel(nn.Module):
             ctx=ctx,
         )
         self.layers = nn.ModuleList(
-            LlamaDecoderLayer(config, ctx, i, rotary_emb, attention_factory) for i in range(config.num_layers)
+            LlamaDecoderLayer(config, ctx, i, rotary_emb, attention_factory, mlp_factory)
+            for i in range(config.num_layers)
         )
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps, ctx)
 
@@ -149,6 +159,7 @@ class LlamaForCausalLM(nn.Module):
     """The shared model contract: forward -> final hidden states, compute_logits -> fp32, load_weights -> names."""
 
     attention_factory: ClassVar[AttentionFactory] = LlamaAttention
+    mlp_factory: ClassVar[MlpFactory] = llama_mlp
     stacked_params_mapping: ClassVar[tuple[StackedParam, ...]] = (
         StackedParam(".qkv_proj", ".q_proj", "q"),
         StackedParam(".qkv_proj", ".k_proj", "k"),
@@ -160,7 +171,7 @@ class LlamaForCausalLM(nn.Module):
     def __init__(self, config: ModelConfig, ctx: ModelContext) -> None:
         super().__init__()
         self.config = config
-        self.model = LlamaModel(config, ctx, type(self).attention_factory)
+        self.model = LlamaModel(config, ctx, type(self).attention_factory, type(self).mlp_factory)
         tie_to = self.model.embed_tokens if config.tie_word_embeddings else None
         self.lm_head = ParallelLMHead(config.vocab_size, config.hidden_size, ctx, tie_to=tie_to)
 

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import torch
 
-from sgl.core.ops import reference
+from sgl.core.ops import moe, reference
 
 
 @dataclass(frozen=True)
@@ -20,6 +20,7 @@ class Ops:
     silu_and_mul: Callable[[torch.Tensor], torch.Tensor]
     gelu_tanh_and_mul: Callable[[torch.Tensor], torch.Tensor]
     rotary_embedding: Callable[..., tuple[torch.Tensor, torch.Tensor]]
+    fused_moe: Callable[..., torch.Tensor]  # (x, w13, w2, topk_weights, topk_ids, activation) -> [T, H]
 
     def replace(self, **overrides: Callable[..., object]) -> Ops:
         unknown = set(overrides) - {f.name for f in dataclasses.fields(self)}
@@ -36,4 +37,5 @@ def reference_ops() -> Ops:
         silu_and_mul=reference.silu_and_mul,
         gelu_tanh_and_mul=reference.gelu_tanh_and_mul,
         rotary_embedding=reference.rotary_embedding,
+        fused_moe=moe.fused_moe,
     )

@@ -10,6 +10,7 @@ platform that accelerates a method answers with its own kernel there; the method
 
 from __future__ import annotations
 
+import logging
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
@@ -18,10 +19,13 @@ from sgl.core.registry import Registry, select_class
 
 if TYPE_CHECKING:
     from sgl.core.model.linear_method import LinearMethod
+    from sgl.core.platform import Capabilities, Platform
+
+logger = logging.getLogger(__name__)
 
 FLAG = "--quantization"
 
-NOT_YET_SUPPORTED: tuple[str, ...] = ("fp8", "awq", "gptq", "compressed-tensors", "modelopt_fp4")
+NOT_YET_SUPPORTED: tuple[str, ...] = ()
 """Method names (SGLang's, and the checkpoints' ``quant_method``) that no in-tree plugin implements yet: refused at
 startup with one line rather than served unquantized."""
 
@@ -41,11 +45,26 @@ class QuantizationMethod(ABC):
         """The torch reference LinearMethod for this layout: ``create_weights`` registers the method's parameters
         (each gets the layer's tensor-parallel ``weight_loader``), ``apply`` computes with them."""
 
+    def check_platform(self, platform: Platform) -> None:
+        """Raise ValueError when ``platform`` cannot run this method: one line naming the method, the platform and
+        what would run it. Called once at startup, before any weight is built."""
+        return None
+
+    def kernel_linear_method(self, capabilities: Capabilities) -> LinearMethod | None:
+        """A faster LinearMethod for a device with these capabilities (Triton kernels, scaled FP8 GEMMs), or None.
+
+        NOTE: platforms ask this from ``Platform.linear_method``; the answer must compute what ``linear_method()``
+        computes (it is tested against it), so a platform may always fall back to the reference.
+        """
+        return None
+
 
 def select_quantization(
-    flag: str | None, checkpoint_config: Mapping[str, Any] | None, registry: Registry[type]
+    flag: str | None, checkpoint_config: Mapping[str, Any] | None, registry: Registry[type],
+    platform: Platform | None = None,
 ) -> QuantizationMethod | None:
     """The method for this model: ``--quantization`` wins, else the checkpoint's ``quant_method``; None for neither.
+    With ``platform``, a method that platform cannot run is refused here (``check_platform``).
 
     NOTE: a flag that names another method than the checkpoint's still hands that method the checkpoint's config;
     the method decides whether it can read it (``from_config`` raises ValueError when not).
@@ -62,4 +81,8 @@ def select_quantization(
     method = cls.from_config(checkpoint)
     if not isinstance(method, QuantizationMethod):
         raise ValueError(f"{FLAG} {name}: {cls.__qualname__}.from_config returned {type(method).__name__}")
+    if platform is not None:
+        method.check_platform(platform)
+    logger.info("quantization: %s (%s, %s)", name, cls.__qualname__,
+                "from the checkpoint" if checkpoint else "quantized at load")
     return method

@@ -27,10 +27,17 @@ class ForwardMode(enum.Enum):
     DECODE = "decode"  # exactly one new token per request
     MIXED = "mixed"  # extends and decodes in one batch; treated as EXTEND with extend length 1 for the decodes
     IDLE = "idle"  # no tokens on this rank (keeps tensor-parallel ranks in step)
+    # NOTE: speculative verification: per request, its last token and its k draft tokens (k >= 0) extend its KV,
+    # causal among themselves; logits come back for every position. Backends run it as an extend over the prefix.
+    TARGET_VERIFY = "target_verify"
 
     @property
     def is_extend(self) -> bool:
-        return self in (ForwardMode.EXTEND, ForwardMode.MIXED)
+        return self in (ForwardMode.EXTEND, ForwardMode.MIXED, ForwardMode.TARGET_VERIFY)
+
+    @property
+    def is_verify(self) -> bool:
+        return self is ForwardMode.TARGET_VERIFY
 
     @property
     def is_decode(self) -> bool:

@@ -36,8 +36,10 @@ def plan_memory(
     kv_dtype: torch.dtype,
     context_len: int,
     weight_bytes: int,
+    bytes_per_token: int | None = None,
 ) -> MemoryPlan:
-    per_token = KVPool.bytes_per_token(num_layers, num_kv_heads, head_dim, kv_dtype)
+    """``bytes_per_token``, when given, is the model's own KV layout's (MLA's latent cache), else K and V heads'."""
+    per_token = bytes_per_token or KVPool.bytes_per_token(num_layers, num_kv_heads, head_dim, kv_dtype)
     page = args.page_size
     if args.max_total_tokens is not None:
         tokens = args.max_total_tokens

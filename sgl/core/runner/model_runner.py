@@ -9,7 +9,7 @@ import torch
 
 from sgl.core.config import ServerArgs
 from sgl.core.distributed.communicator import SINGLE, ParallelState
-from sgl.core.memory.kv_pool import KVPool
+from sgl.core.memory.kv_pool import model_kv_layout
 from sgl.core.memory.req_to_token import ReqToTokenPool
 from sgl.core.model.config import ModelConfig
 from sgl.core.model.context import ModelContext
@@ -67,7 +67,7 @@ class ModelRunner:
         self.dtype = resolve_dtype(args, platform, self.model_config)
         self.kv_dtype = resolve_kv_cache_dtype(args, self.dtype, platform)
         self.quantization = select_quantization(
-            args.quantization, self.model_config.get("quantization_config"), plugins.quantization_methods
+            args.quantization, self.model_config.get("quantization_config"), plugins.quantization_methods, platform
         )
         ctx = ModelContext.from_platform(platform, self.dtype, parallel, self.device, self.quantization)
         self.model: Any  # an architecture class from the model registry (forward, compute_logits)
@@ -80,14 +80,16 @@ class ModelRunner:
         self.vocab_size = cfg.vocab_size
         weight_bytes = sum(p.numel() * p.element_size() for p in self.model.parameters())
         kv_heads = max(1, cfg.num_kv_heads // parallel.tp_size)
+        layout = model_kv_layout(self.model, kv_heads, cfg.head_dim)
         self.plan = plan_memory(
-            args, platform, num_layers=cfg.num_layers, num_kv_heads=kv_heads, head_dim=cfg.head_dim,
+            args, platform, num_layers=cfg.num_layers, num_kv_heads=layout.num_kv_heads, head_dim=layout.head_dim,
             kv_dtype=self.kv_dtype, context_len=self.context_len, weight_bytes=weight_bytes,
+            bytes_per_token=layout.bytes_per_token(cfg.num_layers, self.kv_dtype),
         )
         self.max_total_tokens = self.plan.max_total_tokens
         self.max_running_requests = self.plan.max_running_requests
-        self.kv_pool = KVPool(
-            self.max_total_tokens, args.page_size, cfg.num_layers, kv_heads, cfg.head_dim, self.kv_dtype, self.device
+        self.kv_pool = layout.make_pool(
+            self.max_total_tokens, args.page_size, cfg.num_layers, self.kv_dtype, self.device
         )
         # NOTE: one spare row so padded graph batches can point at a request slot no real request owns.
         self.req_to_token_pool = ReqToTokenPool(

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from sgl.core.scheduler.batch import ScheduleBatch
 from sgl.core.scheduler.decode import DecodeRuns, schedule_decode
 from sgl.core.scheduler.prefill import PrefillBuilder
 from sgl.core.scheduler.results import ResultProcessor
 from sgl.core.scheduler.state import SchedulerState
 from sgl.core.scheduler.step import StepExecutor
+
+if TYPE_CHECKING:
+    from sgl.core.speculative.base import SpeculativeAlgorithm
 
 
 def plan_step(state: SchedulerState, prefill: PrefillBuilder, runs: DecodeRuns | None = None) -> ScheduleBatch | None:
@@ -19,12 +24,25 @@ def plan_step(state: SchedulerState, prefill: PrefillBuilder, runs: DecodeRuns |
     return batch
 
 
-def run_step(batch: ScheduleBatch, state: SchedulerState, executor: StepExecutor, results: ResultProcessor) -> None:
-    """Runs ``batch`` to its sampled tokens and applies them (the plain loop; overlap for prefills)."""
+def run_step(
+    batch: ScheduleBatch, state: SchedulerState, executor: StepExecutor, results: ResultProcessor,
+    speculative: SpeculativeAlgorithm | None = None,
+) -> None:
+    """Runs ``batch`` to its sampled tokens and applies them (the plain loop; overlap for prefills).
+
+    With a speculative algorithm, a decode step is its ``decode_step`` (drafts verified, several tokens accepted per
+    request) unless it has no drafts to verify."""
     state.counters.steps += 1
     if batch.mode.is_decode:
         for r in batch.reqs:
             r.inflight += batch.steps
-        results.process_decode(batch, executor.execute(batch))
+            if speculative is not None:
+                r.spec_verify_ct = (r.spec_verify_ct or 0) + 1
+        # NOTE: with speculation decode runs are off (Scheduler), so a speculative decode batch is one step
+        verified = speculative.decode_step(batch, state, executor) if speculative is not None else None
+        if verified is not None:
+            results.process_verify(batch, verified)
+        else:
+            results.process_decode(batch, executor.execute(batch))
     else:
         results.process_extend(batch, executor.execute(batch))

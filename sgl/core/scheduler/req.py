@@ -59,6 +59,7 @@ class Req:
         self.features: dict[str, Any] = {}  # per-request state of the scheduler features, by feature name
         self.feature_may_stop = False  # a feature (a grammar) may end this request before max_new_tokens
         self.splice_pending = False  # a feature splices tokens in once no step of this request is in flight
+        self.spec_verify_ct: int | None = None  # decode steps under speculation (SGLang's meta_info name)
         # outputs not yet sent
         self.sent_tokens = 0
         self.pending_logprobs: list[tuple[float, int]] = []
@@ -143,6 +144,7 @@ class Req:
             cached_tokens=self.cached_tokens, output_logprobs=self.pending_logprobs,
             output_top_logprobs=self.pending_top_logprobs, input_logprobs=input_lps,
             input_top_logprobs=self.input_top_logprobs if input_lps is not None else None,
+            spec_verify_ct=self.spec_verify_ct,
         )
         self.sent_tokens = len(self.output_ids)
         self.pending_logprobs, self.pending_top_logprobs = [], []

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+import torch
 
 from sgl.core.ipc import FinishReason
 from sgl.core.scheduler.batch import ScheduleBatch
@@ -11,6 +13,9 @@ from sgl.core.scheduler.feature import SchedulerFeature
 from sgl.core.scheduler.req import Req, ReqStage
 from sgl.core.scheduler.state import SchedulerState
 from sgl.core.scheduler.step import StepResult
+
+if TYPE_CHECKING:
+    from sgl.core.speculative.verify import VerifyResult
 
 Detokenize = Callable[[Sequence[int]], str]
 
@@ -45,6 +50,43 @@ class ResultProcessor:
         s.running = [r for r in s.running if not r.finished]
         self.take_splices()
         s.token_ratio.decay()
+
+    def process_verify(self, batch: ScheduleBatch, result: VerifyResult) -> None:
+        """A verified decode step: each request appends its accepted tokens one by one, exactly as that many decode
+        steps would (stop conditions, features, logprobs per token), and frees the KV slots of what it did not keep.
+
+        NOTE: appended token j was the input of verified position j + 1, so after e tokens the request keeps the
+        KV of positions 0 .. e - 1 (its last token's and the e - 1 accepted drafts'); slots past those are freed,
+        except those on the page of the last kept slot (the request's partial page owns them)."""
+        s = self.s
+        s.counters.decode_steps += 1
+        s.counters.decode_rows += len(batch.reqs)
+        for r, tokens, lps, slots in zip(batch.reqs, result.tokens, result.logprobs, result.slots):
+            kept = 0
+            for tok, lp in zip(tokens, lps):
+                if r.finished or r.splice_pending:
+                    break
+                kept += 1
+                r.kv_len += 1
+                self.append_token(r, tok, lp)  # NOTE: a finish here defers the release: the step is still in flight
+            if kept == 0:  # ended before this step resolved: its last token's KV is computed all the same
+                kept = 1
+                r.kv_len += 1
+            self._free_rejected(slots, kept)
+            r.last_slot = slots[kept - 1]
+            r.inflight -= 1
+            if r.release_deferred:
+                s.release(r)
+        s.running = [r for r in s.running if not r.finished]
+        self.take_splices()
+        s.token_ratio.decay()
+
+    def _free_rejected(self, slots: list[int], kept: int) -> None:
+        page = self.s.page_size
+        last_page = slots[kept - 1] // page
+        rejected = [x for x in slots[kept:] if x // page != last_page]
+        if rejected:
+            self.s.allocator.free(torch.tensor(rejected, dtype=torch.int64))
 
     def process_extend(self, batch: ScheduleBatch, result: StepResult) -> None:
         s = self.s

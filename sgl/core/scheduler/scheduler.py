@@ -7,6 +7,7 @@ result processor receive the state, never the scheduler. Features (grammar, ...)
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -28,6 +29,9 @@ from sgl.core.scheduler.req import Req
 from sgl.core.scheduler.results import ResultProcessor
 from sgl.core.scheduler.state import SchedulerState, SchedulingLimits, StepCounters
 from sgl.core.scheduler.step import StepExecutor
+from sgl.core.speculative.base import SpeculativeAlgorithm
+
+logger = logging.getLogger(__name__)
 
 
 def scheduling_limits(args: ServerArgs, runner: ModelRunner) -> SchedulingLimits:
@@ -63,10 +67,20 @@ class Scheduler:
         self.executor = StepExecutor(runner, self.features)
         self.results = ResultProcessor(self.state, self.features, detokenize)
         self.prefill = PrefillBuilder(self.state, self.features)
+        # NOTE: the feature that owns the decode step's shape (drafts verified per step), if any
+        self.speculative = next((f for f in self.features if isinstance(f, SpeculativeAlgorithm)), None)
+        if self.speculative is not None and args.num_continuous_decode_steps > 1:
+            raise ValueError(f"--num-continuous-decode-steps {args.num_continuous_decode_steps}: speculative "
+                             "decoding runs single decode steps (each verifies several tokens)")
         self.runs = DecodeRuns(args.num_continuous_decode_steps, self.features)
         use_overlap = args.force_overlap_schedule or (
             runner.platform.capabilities.overlap_schedule and not args.disable_overlap_schedule
         )
+        if self.speculative is not None and use_overlap:
+            if args.force_overlap_schedule:
+                raise ValueError("--force-overlap-schedule: speculative decoding runs without the overlap loop")
+            logger.info("speculative decoding: the overlap scheduler is off (a step's drafts need its tokens)")
+            use_overlap = False
         self.overlap = (OverlapLoop(self.state, self.prefill, self.executor, self.results, self.features, self.runs)
                         if use_overlap else None)
         self._arrivals = 0
@@ -144,7 +158,7 @@ class Scheduler:
         else:
             batch = plan_step(s, self.prefill, self.runs)
             if batch is not None:
-                run_step(batch, s, self.executor, self.results)
+                run_step(batch, s, self.executor, self.results, self.speculative)
         # NOTE: wall time by the kind of step that finished in it (overlap: the decode it resolved), so a run can
         # tell time lost to prefill from time in decode
         ms = round((time.perf_counter() - t0) * 1e3)

@@ -129,7 +129,13 @@ class CudaPlatform(Platform):
         return "torch_native"
 
     def linear_method(self, quant_config: Any = None) -> LinearMethod:
-        if quant_config is not None or not _has_triton():
+        if quant_config is not None:
+            fast = quant_config.kernel_linear_method(self.capabilities) if _has_triton() else None
+            if fast is None:
+                _log_once(f"{type(quant_config).__name__}: no kernel for this GPU; linear layers run its torch reference")
+                return super().linear_method(quant_config)
+            return fast
+        if not _has_triton():
             return super().linear_method(quant_config)
         from sgl.kernels.linear_method import SkinnyLinearMethod
 
@@ -137,7 +143,7 @@ class CudaPlatform(Platform):
 
     def ops(self) -> Ops:
         if not _has_triton():
-            _log_once("triton is not installed: norms, rope and activations run as torch reference ops")
+            _log_once("triton is not installed: norms, rope, activations and MoE run as torch reference ops")
             return reference_ops()
         from sgl import kernels
 
@@ -147,6 +153,7 @@ class CudaPlatform(Platform):
             silu_and_mul=kernels.silu_and_mul,
             gelu_tanh_and_mul=kernels.gelu_tanh_and_mul,
             rotary_embedding=kernels.rotary_embedding,
+            fused_moe=kernels.fused_moe,
         )
 
     def graph_runner(self, runner: Any) -> Any:

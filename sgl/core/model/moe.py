@@ -1,0 +1,158 @@
+"""Mixture-of-experts layers: the router (gate), the experts' fused weights, and loading per-expert checkpoints.
+
+Every expert's gate and up projections live in one ``w13 [E, 2 * I, H]`` tensor and its down projection in
+``w2 [E, H, I]``, so a fused kernel sees all experts at once; checkpoints store one tensor per expert and projection
+(``experts.{e}.gate_proj.weight``), which ``ExpertWeights`` routes into place. Under tensor parallelism each rank
+holds every expert's slice of the intermediate dimension and the partial outputs are summed, as in a row-parallel
+linear.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from sgl.core.ops.moe_routing import RoutingConfig, TopKOutput, select_experts
+
+if TYPE_CHECKING:
+    from sgl.core.model.context import ModelContext
+
+
+class ExpertParam(NamedTuple):
+    """Checkpoint tensors ``...experts.{e}.{source}.weight`` load into ``...experts.{target}`` as ``shard``."""
+
+    source: str  # "gate_proj" (Qwen, DeepSeek) or "w1" (Mixtral)
+    target: str  # "w13_weight" or "w2_weight"
+    shard: str  # "w1" (gate), "w3" (up) or "w2" (down)
+
+
+# NOTE: Hugging Face names (Qwen-MoE, DeepSeek) and Mixtral's original ones.
+HF_EXPERT_PARAMS = (
+    ExpertParam("gate_proj", "w13_weight", "w1"),
+    ExpertParam("up_proj", "w13_weight", "w3"),
+    ExpertParam("down_proj", "w2_weight", "w2"),
+)
+MIXTRAL_EXPERT_PARAMS = (
+    ExpertParam("w1", "w13_weight", "w1"),
+    ExpertParam("w3", "w13_weight", "w3"),
+    ExpertParam("w2", "w2_weight", "w2"),
+)
+
+_EXPERT_NAME = re.compile(r"^(?P<prefix>.+\.experts)\.(?P<expert>\d+)\.(?P<proj>[A-Za-z0-9_]+)\.weight$")
+
+
+class FusedMoE(nn.Module):
+    """The routed experts of one layer: ``forward(x, topk) -> [T, H]`` through the platform's ``fused_moe`` op."""
+
+    def __init__(
+        self, num_experts: int, hidden_size: int, intermediate_size: int, ctx: ModelContext,
+        activation: str = "silu", reduce_results: bool = True,
+    ) -> None:
+        super().__init__()
+        tp = ctx.parallel.tp_size
+        if intermediate_size % tp:
+            raise ValueError(f"expert intermediate size {intermediate_size} is not divisible by the TP size {tp}")
+        self.ctx = ctx
+        self.num_experts = num_experts
+        self.hidden_size = hidden_size
+        self.intermediate_size = intermediate_size // tp  # on this rank
+        self.tp_rank, self.tp_size = ctx.parallel.tp_rank, tp
+        self.activation = activation
+        self.reduce_results = reduce_results
+        i = self.intermediate_size
+        self.w13_weight = nn.Parameter(torch.empty(num_experts, 2 * i, hidden_size, dtype=ctx.dtype),
+                                       requires_grad=False)
+        self.w2_weight = nn.Parameter(torch.empty(num_experts, hidden_size, i, dtype=ctx.dtype), requires_grad=False)
+        for p in (self.w13_weight, self.w2_weight):
+            p.weight_loader = self.weight_loader  # type: ignore[attr-defined]
+
+    def weight_loader(self, param: nn.Parameter, loaded: torch.Tensor, shard_id: tuple[int, str]) -> None:
+        """Copies this rank's slice of expert ``shard_id[0]``'s ``shard_id[1]`` ("w1", "w3" or "w2") into ``param``."""
+        expert, shard = shard_id
+        i = self.intermediate_size
+        dim = 1 if shard == "w2" else 0  # down is split on its input features, gate and up on their outputs
+        full = (self.hidden_size, i * self.tp_size) if shard == "w2" else (i * self.tp_size, self.hidden_size)
+        if tuple(loaded.shape) != full:
+            raise ValueError(f"shape mismatch: expert {expert} {shard} {tuple(loaded.shape)}, expected {full}")
+        dst = param.data[expert] if shard == "w2" else param.data[expert].narrow(0, 0 if shard == "w1" else i, i)
+        dst.copy_(loaded.narrow(dim, self.tp_rank * i, i))
+
+    def forward(self, x: torch.Tensor, topk: TopKOutput) -> torch.Tensor:
+        out = self.ctx.ops.fused_moe(x, self.w13_weight, self.w2_weight, topk.weights, topk.ids, self.activation)
+        if self.reduce_results and self.tp_size > 1:
+            out = self.ctx.parallel.comm.all_reduce(out)
+        return out
+
+    def extra_repr(self) -> str:
+        return f"experts={self.num_experts}, hidden={self.hidden_size}, inter={self.intermediate_size}"
+
+
+class MoEGate(nn.Module):
+    """The router: ``weight [E, H]`` (replicated, never quantized) and DeepSeek-V3's ``e_score_correction_bias``."""
+
+    def __init__(
+        self, hidden_size: int, routing: RoutingConfig, ctx: ModelContext, correction_bias: bool = False,
+        fp32: bool = False,
+    ) -> None:
+        super().__init__()
+        self.routing = routing
+        self.fp32 = fp32  # DeepSeek computes router logits in fp32
+        self.weight = nn.Parameter(torch.empty(routing.num_experts, hidden_size, dtype=ctx.dtype), requires_grad=False)
+        self.e_score_correction_bias = (
+            nn.Parameter(torch.empty(routing.num_experts, dtype=torch.float32), requires_grad=False)
+            if correction_bias else None
+        )
+
+    def forward(self, x: torch.Tensor) -> TopKOutput:
+        logits = F.linear(x.float(), self.weight.float()) if self.fp32 else F.linear(x, self.weight)
+        return select_experts(logits, self.routing, self.e_score_correction_bias)
+
+
+class ExpertWeights:
+    """Takes the per-expert tensors out of a checkpoint stream and loads them into the fused expert parameters.
+
+    NOTE: a fused parameter counts as loaded only once every expert's every shard arrived; ``finish`` names what
+    is missing otherwise.
+    """
+
+    def __init__(self, model: nn.Module, mapping: Sequence[ExpertParam]) -> None:
+        self.params = dict(model.named_parameters())
+        self.mapping = {m.source: m for m in mapping}
+        self.seen: dict[str, set[tuple[int, str]]] = {}
+
+    def take(self, name: str, tensor: torch.Tensor) -> bool:
+        """Loads ``tensor`` when it is an expert's; returns whether it was."""
+        match = _EXPERT_NAME.match(name)
+        if match is None or match["proj"] not in self.mapping:
+            return False
+        m = self.mapping[match["proj"]]
+        target = f"{match['prefix']}.{m.target}"
+        if target not in self.params:
+            raise ValueError(f"unexpected tensor {name!r} in the checkpoint: the model has no parameter {target!r}")
+        shard: Any = (int(match["expert"]), m.shard)
+        try:
+            self.params[target].weight_loader(self.params[target], tensor, shard)  # type: ignore[attr-defined]
+        except (ValueError, IndexError) as exc:
+            raise ValueError(f"tensor {name!r}: {exc}") from exc
+        self.seen.setdefault(target, set()).add(shard)
+        return True
+
+    def finish(self) -> set[str]:
+        """The fused parameters fully loaded; raises naming the first missing tensors of a partial one."""
+        for target, shards in self.seen.items():
+            layer = target.rsplit(".", 1)[0]
+            want = {
+                (e, m.shard) for e in range(self.params[target].shape[0])
+                for m in self.mapping.values() if m.target == target.rsplit(".", 1)[1]
+            }
+            missing = sorted(want - shards)
+            if missing:
+                src = {m.shard: m.source for m in self.mapping.values()}
+                names = ", ".join(f"{layer}.{e}.{src[s]}.weight" for e, s in missing[:8])
+                raise ValueError(f"missing tensor(s) {names} in the checkpoint ({len(missing)} in all)")
+        return set(self.seen)

@@ -1,0 +1,44 @@
+"""The reference MoE op: every token through its top-k experts, weighted and summed.
+
+Weight layout (SGLang's and Hugging Face's fused one): ``w13 [E, 2 * I, H]`` holds each expert's gate rows then its up
+rows, ``w2 [E, H, I]`` its down projection. It loops over the experts that were hit, so it is slow but obviously
+right: the CPU path and the oracle the fused Triton kernel is tested against.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from sgl.core.ops import reference
+
+ACTIVATIONS = {"silu": reference.silu_and_mul, "gelu_tanh": reference.gelu_tanh_and_mul}
+
+
+def fused_moe(
+    x: torch.Tensor,
+    w13: torch.Tensor,
+    w2: torch.Tensor,
+    topk_weights: torch.Tensor,
+    topk_ids: torch.Tensor,
+    activation: str = "silu",
+) -> torch.Tensor:
+    """x [T, H] -> [T, H] = sum_k weights[t, k] * down_e(act(gate_e(x)) * up_e(x)) with e = ids[t, k].
+
+    NOTE: ids outside [0, E) are skipped (a rank's non-local experts under expert parallelism are marked that way).
+    """
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"unsupported MoE activation {activation!r}; supported: {', '.join(ACTIVATIONS)}")
+    act = ACTIVATIONS[activation]
+    out = torch.zeros(x.shape[0], w2.shape[1], dtype=torch.float32, device=x.device)
+    flat_ids = topk_ids.reshape(-1)
+    token_of = torch.arange(x.shape[0], device=x.device).repeat_interleave(topk_ids.shape[1])
+    flat_w = topk_weights.reshape(-1).float()
+    for e in torch.unique(flat_ids).tolist():
+        if not 0 <= e < w13.shape[0]:
+            continue
+        hit = (flat_ids == e).nonzero().squeeze(1)
+        rows = token_of[hit]
+        h = act(torch.nn.functional.linear(x[rows], w13[e]))
+        y = torch.nn.functional.linear(h, w2[e])
+        out.index_add_(0, rows, y.float() * flat_w[hit, None])
+    return out.to(x.dtype)

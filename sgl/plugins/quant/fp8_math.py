@@ -1,0 +1,67 @@
+"""FP8 (e4m3) arithmetic in plain torch: the quantizers and dequantizers every FP8 layout shares.
+
+NOTE: every scale here is a dequantization multiplier (``real = fp8 * scale``), as in the checkpoints: HF's
+``weight_scale_inv`` and compressed-tensors' ``weight_scale`` both multiply.
+"""
+
+from __future__ import annotations
+
+import torch
+
+FP8 = torch.float8_e4m3fn
+FP8_MAX = float(torch.finfo(FP8).max)  # 448
+_TINY = 1e-12
+
+
+def quantize_with_scale(x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """``x / scale`` saturated into e4m3 (``scale`` broadcasts against ``x``)."""
+    return (x.float() / scale).clamp(-FP8_MAX, FP8_MAX).to(FP8)
+
+
+def per_row_scale(x: torch.Tensor) -> torch.Tensor:
+    """``[rows, 1]`` scales mapping each row's absolute maximum to 448 (per-channel weights, per-token inputs)."""
+    return (x.float().abs().amax(dim=-1, keepdim=True) / FP8_MAX).clamp(min=_TINY)
+
+
+def quantize_per_row(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    scale = per_row_scale(x)
+    return quantize_with_scale(x, scale), scale
+
+
+def expand_blocks(scale: torch.Tensor, rows: int, cols: int, block: tuple[int, int]) -> torch.Tensor:
+    """A ``[ceil(rows/b0), ceil(cols/b1)]`` block scale spread over ``[rows, cols]`` (the last blocks may be partial)."""
+    return scale.repeat_interleave(block[0], 0)[:rows].repeat_interleave(block[1], 1)[:, :cols]
+
+
+def quantize_blocks(w: torch.Tensor, block: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Block-wise quantization (as DeepSeek/Qwen3 FP8 releases were made): one scale per ``block`` tile."""
+    rows, cols = w.shape
+    b0, b1 = block
+    pad = torch.zeros(-(-rows // b0) * b0, -(-cols // b1) * b1, dtype=torch.float32, device=w.device)
+    pad[:rows, :cols] = w.float()
+    tiles = pad.view(pad.shape[0] // b0, b0, pad.shape[1] // b1, b1)
+    scale = (tiles.abs().amax(dim=(1, 3)) / FP8_MAX).clamp(min=_TINY)
+    return quantize_with_scale(w, expand_blocks(scale, rows, cols, block)), scale
+
+
+def quantize_per_token_group(x: torch.Tensor, group: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``x`` [rows, cols] in e4m3 with one dynamic scale per token and ``group`` consecutive features (DeepSeek's
+    activation scheme for block-wise weights; ``group`` >= cols gives per-token): (values, scales [rows, groups])."""
+    rows, cols = x.shape
+    group = min(group, cols)
+    pad = -(-cols // group) * group
+    xp = torch.nn.functional.pad(x.float(), (0, pad - cols)).view(rows, pad // group, group)
+    scale = (xp.abs().amax(dim=-1, keepdim=True) / FP8_MAX).clamp(min=_TINY)
+    return quantize_with_scale(xp, scale).view(rows, pad)[:, :cols], scale.view(rows, pad // group)
+
+
+def fake_quantize_per_token_group(x: torch.Tensor, group: int) -> torch.Tensor:
+    """``x`` rounded through e4m3 as ``quantize_per_token_group`` does it (the reference's view of the input)."""
+    q, scale = quantize_per_token_group(x, group)
+    group = min(group, x.shape[1])
+    return q.float() * scale.repeat_interleave(group, 1)[:, : x.shape[1]]
+
+
+def fake_quantize_static(x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """``x`` rounded through e4m3 with one fixed scale (a checkpoint's static ``input_scale``)."""
+    return quantize_with_scale(x, scale).float() * scale

@@ -1,0 +1,121 @@
+"""NVIDIA ModelOpt checkpoints: NVFP4 (``quant_algo: "NVFP4"``) and FP8 (``quant_algo: "FP8"``).
+
+NVFP4 per linear layer: ``weight`` uint8 [out, in/2] (two e2m1 values a byte, the even input in the low nibble),
+``weight_scale`` e4m3 [out, in/16], ``weight_scale_2`` a float32 scalar (the global scale; one per merged slice)
+and ``input_scale`` (the activations' global scale, read by a W4A4 kernel). The reference dequantizes the weights
+and multiplies in float (activations unquantized); no FP4 tensor-core path is shipped or verified here.
+ModelOpt FP8 is per-tensor weights with static input scales: the FP8 reference and kernels.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any, cast
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from sgl.core.model.linear_method import LinearMethod, ShardLayout
+from sgl.core.quant.base import QuantizationMethod
+from sgl.plugins.quant.checks import refuse_ignored_linears, require_float8
+from sgl.plugins.quant.fp8_linear import Fp8LinearMethod, Fp8Scheme, fast_fp8_linear_method
+from sgl.plugins.quant.params import DUMMY_SCALE, dummy_bits, expand_per_shard, quant_param, replace_param
+
+if TYPE_CHECKING:
+    from sgl.core.platform import Capabilities, Platform
+
+GROUP = 16
+# e2m1: sign bit 3, then the magnitudes 0, 0.5, 1, 1.5, 2, 3, 4, 6
+E2M1_VALUES = (0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0, -0.0, -0.5, -1.0, -1.5, -2.0, -3.0, -4.0, -6.0)
+RUNS_ON = "its torch reference runs on the cpu platform and on CUDA GPUs"
+
+
+def unpack_e2m1(packed: torch.Tensor) -> torch.Tensor:
+    """[rows, cols/2] uint8 -> [rows, cols] float32 e2m1 values (low nibble first)."""
+    table = torch.tensor(E2M1_VALUES, dtype=torch.float32, device=packed.device)
+    p = packed.to(torch.int32)
+    return torch.stack([table[p & 0xF], table[(p >> 4) & 0xF]], dim=-1).reshape(packed.shape[0], -1)
+
+
+def _fill(value: float, dtype: torch.dtype):  # type: ignore[no-untyped-def]
+    @torch.no_grad()
+    def fill(param: nn.Parameter, gen: torch.Generator) -> None:
+        param.data.copy_(torch.full(param.shape, value, device=param.device).to(dtype))
+
+    return fill
+
+
+class NvFp4LinearMethod(LinearMethod):
+    def create_weights(
+        self, layer: nn.Module, in_features: int, out_features: int, bias: bool, dtype: torch.dtype
+    ) -> None:
+        if in_features % GROUP:
+            raise ValueError(f"nvfp4: input features {in_features} are not whole groups of {GROUP}")
+        shards = len(layer.output_partition_sizes)
+        layer.register_parameter(
+            "bias", nn.Parameter(torch.empty(out_features, dtype=dtype), requires_grad=False) if bias else None
+        )
+        quant_param(layer, "weight", torch.empty(out_features, in_features // 2, dtype=torch.uint8),
+                    ShardLayout(0, 1, 1, 2), dummy_bits)
+        quant_param(layer, "weight_scale", torch.empty(out_features, in_features // GROUP, dtype=torch.float8_e4m3fn),
+                    ShardLayout(0, 1, 1, GROUP), _fill(1.0, torch.float8_e4m3fn))
+        per_shard = ShardLayout(None, None, per_shard=True)
+        quant_param(layer, "weight_scale_2", torch.empty(shards, dtype=torch.float32), per_shard,
+                    _fill(DUMMY_SCALE / 3, torch.float32))
+        quant_param(layer, "input_scale", torch.empty(shards, dtype=torch.float32), per_shard,
+                    _fill(1.0, torch.float32))
+
+    @torch.no_grad()
+    def process_weights_after_loading(self, layer: nn.Module) -> None:
+        # NOTE: each merged slice keeps its own global scale, spread over its rows
+        scale_2 = cast(torch.Tensor, layer.weight_scale_2)
+        replace_param(layer, "weight_scale_2", expand_per_shard(scale_2, layer.output_partition_sizes))
+
+    def dequantized_weight(self, layer: nn.Module) -> torch.Tensor:
+        values = unpack_e2m1(cast(torch.Tensor, layer.weight))
+        scales = cast(torch.Tensor, layer.weight_scale).float().repeat_interleave(GROUP, 1)
+        return values * scales * cast(torch.Tensor, layer.weight_scale_2)
+
+    def apply(self, layer: nn.Module, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+        out = F.linear(x.float(), self.dequantized_weight(layer)).to(x.dtype)
+        return out + bias if bias is not None else out
+
+
+def _modelopt_config(cfg: Mapping[str, Any]) -> dict[str, Any]:
+    """The quantization section: config.json's quantization_config, flat or as hf_quant_config.json nests it."""
+    nested = cfg.get("quantization")
+    return dict(nested) if isinstance(nested, Mapping) else dict(cfg)
+
+
+class ModelOptMethod(QuantizationMethod):
+    """``quant_method: "modelopt"`` (and SGLang's ``--quantization modelopt_fp4``): NVFP4 or FP8 by ``quant_algo``."""
+
+    def __init__(self, algo: str) -> None:
+        self.algo = algo
+
+    @classmethod
+    def from_config(cls, checkpoint_config: Mapping[str, Any]) -> ModelOptMethod:
+        if not checkpoint_config:
+            raise ValueError("modelopt: needs a ModelOpt checkpoint (sgl does not quantize to FP4 at load)")
+        cfg = _modelopt_config(checkpoint_config)
+        algo = str(cfg.get("quant_algo", "")).upper()
+        if algo not in ("NVFP4", "FP8"):
+            raise ValueError(f"modelopt: quant_algo {cfg.get('quant_algo')!r} is not supported; supported: NVFP4, FP8")
+        if algo == "NVFP4" and cfg.get("group_size", GROUP) != GROUP:
+            raise ValueError(f"modelopt NVFP4: group_size must be {GROUP}; got {cfg.get('group_size')!r}")
+        refuse_ignored_linears("modelopt", cfg.get("exclude_modules") or cfg.get("ignore"))
+        return cls(algo)
+
+    def linear_method(self) -> LinearMethod:
+        if self.algo == "NVFP4":
+            return NvFp4LinearMethod()
+        return Fp8LinearMethod(Fp8Scheme("tensor", "static"))
+
+    def check_platform(self, platform: Platform) -> None:
+        require_float8(f"modelopt ({self.algo})", platform, RUNS_ON)
+
+    def kernel_linear_method(self, capabilities: Capabilities) -> LinearMethod | None:
+        if self.algo == "FP8":
+            return fast_fp8_linear_method(Fp8Scheme("tensor", "static"), capabilities)
+        return None  # NOTE: no FP4 tensor-core kernel yet: the reference runs (and the platform says so once)

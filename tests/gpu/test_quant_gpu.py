@@ -1,0 +1,148 @@
+"""FP8 and INT4 Triton paths against their torch reference methods at Llama-3.1-8B shapes, and the engine with
+quantized weights, on a real GPU.
+
+Run on a GPU machine: ``pytest tests/gpu/test_quant_gpu.py -m gpu -s`` (``-s`` shows the GEMM timing lines).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+if not torch.cuda.is_available() or torch.version.hip is not None:
+    pytest.skip("needs an NVIDIA GPU", allow_module_level=True)
+if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
+    pytest.skip("kernels are decorated for the interpreter in this process; run tests/gpu on its own",
+                allow_module_level=True)
+pytest.importorskip("triton")
+
+import sgl
+from sgl.plugins.quant import fp8_math as fm
+from sgl.plugins.quant.fp8_linear import Fp8LinearMethod, Fp8Scheme
+from sgl.plugins.quant.int4_linear import Int4LinearMethod, Int4Scheme
+from sgl.plugins.quant.triton_fp8 import TritonFp8LinearMethod
+from sgl.plugins.quant.triton_int4 import TritonInt4LinearMethod
+from tests.core.engine_utils import GREEDY, PROMPTS
+
+pytestmark = pytest.mark.gpu
+
+DEV = torch.device("cuda")
+BF16 = torch.bfloat16
+SHAPES = [(4096, 6144), (14336 * 2, 4096), (4096, 14336)]  # (out, in): qkv, gate_up, down of Llama-3.1-8B
+SCALED_MM = torch.cuda.get_device_capability() >= (8, 9)
+
+
+def _fp8_layer(scheme: Fp8Scheme, n: int, k: int) -> nn.Module:
+    layer = nn.Module()
+    layer.output_partition_sizes = [n]  # type: ignore[assignment]
+    layer.to(DEV)
+    with torch.device(DEV):
+        Fp8LinearMethod(scheme).create_weights(layer, k, n, False, BF16)
+    dense = torch.randn(n, k, device=DEV) * 0.02
+    if scheme.weight == "block":
+        w, s = fm.quantize_blocks(dense, scheme.block)  # type: ignore[arg-type]
+        layer.weight.data.copy_(w)  # type: ignore[union-attr,operator]
+        getattr(layer, scheme.scale_name).data.copy_(s)
+    else:
+        layer.weight.data.copy_(dense.to(BF16))  # type: ignore[union-attr,operator]
+        Fp8LinearMethod(scheme).process_weights_after_loading(layer)
+    return layer
+
+
+def _rel(out: torch.Tensor, ref: torch.Tensor) -> float:
+    return float((out.float() - ref.float()).norm() / ref.float().norm())
+
+
+def _time(fn: object, iters: int = 50) -> float:
+    for _ in range(5):
+        fn()  # type: ignore[operator]
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(iters):
+        fn()  # type: ignore[operator]
+    end.record()
+    torch.cuda.synchronize()
+    return start.elapsed_time(end) / iters * 1e3  # us
+
+
+@pytest.mark.parametrize("scheme", [Fp8Scheme("block", "group", (128, 128), scale_name="weight_scale_inv"),
+                                    Fp8Scheme("channel", "token", serialized=False)], ids=["block128", "online"])
+@pytest.mark.parametrize("m", [1, 16, 512])
+@pytest.mark.parametrize(("n", "k"), SHAPES)
+def test_triton_fp8_matches_reference_at_llama_shapes(scheme: Fp8Scheme, m: int, n: int, k: int) -> None:
+    layer = _fp8_layer(scheme, n, k)
+    x = torch.randn(m, k, device=DEV, dtype=BF16)
+    ref = Fp8LinearMethod(scheme).apply(layer, x)
+    fast = TritonFp8LinearMethod(scheme, scaled_mm=SCALED_MM, fp16_dot=not SCALED_MM)
+    out = fast.apply(layer, x)
+    assert out.dtype == BF16 and _rel(out, ref) < 1e-2
+    if m == 1:
+        dense = torch.randn(n, k, device=DEV, dtype=BF16)
+        from sgl.kernels.linear_method import SkinnyLinearMethod
+
+        holder = nn.Module()
+        holder.weight = nn.Parameter(dense, requires_grad=False)
+        t_fp8 = _time(lambda: fast.apply(layer, x))
+        t_bf16 = _time(lambda: SkinnyLinearMethod().apply(holder, x))
+        gbps = n * k / t_fp8 / 1e3
+        print(f"\nfp8 {scheme.weight} decode GEMM {n}x{k}: {t_fp8:.1f} us ({gbps:.0f} GB/s of weights), "
+              f"bf16 skinny {t_bf16:.1f} us")
+
+
+@pytest.mark.parametrize(("fmt", "desc_act"), [("awq", False), ("gptq", False), ("gptq", True)])
+@pytest.mark.parametrize("m", [1, 16, 512])
+@pytest.mark.parametrize(("n", "k"), SHAPES)
+def test_triton_int4_matches_reference_at_llama_shapes(fmt: str, desc_act: bool, m: int, n: int, k: int) -> None:
+    scheme = Int4Scheme(fmt, 128, desc_act, 1 if fmt == "gptq" else 0)  # type: ignore[arg-type]
+    layer = nn.Module()
+    layer.output_partition_sizes = [n]  # type: ignore[assignment]
+    with torch.device(DEV):
+        Int4LinearMethod(scheme).create_weights(layer, k, n, False, BF16)
+        for name, p in layer.named_parameters():
+            if name in ("qweight", "qzeros"):
+                p.data.copy_(torch.randint(-2**31, 2**31 - 1, p.shape, dtype=torch.int64).to(torch.int32))
+            elif name == "scales":
+                p.data.copy_((torch.rand(p.shape) * 0.004 + 0.001).half())
+            elif name == "g_idx":
+                g = torch.arange(k, dtype=torch.int32) // 128
+                p.data.copy_(g[torch.randperm(k)] if desc_act else g)
+    x = torch.randn(m, k, device=DEV, dtype=BF16)
+    ref = Int4LinearMethod(scheme).apply(layer, x)
+    fast = TritonInt4LinearMethod(scheme)
+    out = fast.apply(layer, x)
+    assert out.dtype == BF16 and _rel(out, ref) < 1e-2
+    if m == 1:
+        t = _time(lambda: fast.apply(layer, x))
+        print(f"\n{fmt}{' desc_act' if desc_act else ''} decode GEMM {n}x{k}: {t:.1f} us "
+              f"({n * k / 2 / t / 1e3:.0f} GB/s of packed weights)")
+
+
+def _engine(model: Path, **kw: object) -> sgl.Engine:
+    kw.setdefault("backend", "cuda")
+    kw.setdefault("max_total_tokens", 16384)
+    kw.setdefault("context_length", 2048)
+    return sgl.Engine(model_path=str(model), **kw)  # type: ignore[arg-type]
+
+
+def test_online_fp8_engine_graphs_and_eager_agree_and_quantize(demo_model_dir: Path) -> None:
+    """Graphs replay the fp8 kernels exactly as eager runs them. NOTE: closeness to the dense model is proven on the
+    CPU against the dequantized reference (tests/quant); on the random-weight demo model, W8A8 rounding alone moves
+    logits ~10%, so greedy agreement with bf16 says nothing and is not asserted (it held for 2 of 6 prompts)."""
+    outs = {}
+    for label, kw in {"graphs": {}, "eager": {"disable_cuda_graph": True}}.items():
+        with _engine(demo_model_dir, quantization="fp8", **kw) as e:
+            outs[label] = [o["output_ids"] for o in e.generate(PROMPTS, dict(GREEDY))]
+    assert outs["graphs"] == outs["eager"]
+    with _engine(demo_model_dir) as e:
+        bf16 = [o["output_ids"] for o in e.generate(PROMPTS, dict(GREEDY))]
+    assert outs["eager"] != bf16, "fp8 gave the bf16 tokens exactly: the weights were not quantized"
+
+
+def test_dummy_weights_with_online_fp8_serve(demo_model_dir: Path) -> None:
+    with _engine(demo_model_dir, quantization="fp8", load_format="dummy") as e:
+        out = e.generate(PROMPTS[:2], dict(GREEDY))
+    assert all(len(o["output_ids"]) == GREEDY["max_new_tokens"] for o in out)

@@ -1,0 +1,36 @@
+"""Speculative decoding on a real GPU (Triton attention, graphs for the plain decode steps): the greedy tokens of
+plain decoding, for NGRAM and for STANDALONE with the target drafting for itself (which must accept nearly all)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+if not torch.cuda.is_available():
+    pytest.skip("needs a GPU", allow_module_level=True)
+
+import sgl
+from tests.core.engine_utils import GREEDY, PROMPTS
+
+pytestmark = pytest.mark.gpu
+
+
+def run(model: Path, **kw: object) -> tuple[list[list[int]], dict[str, object]]:
+    # NOTE: fp32, so a verify forward (extend kernels) and a decode step (decode kernels) agree to far below a tie
+    with sgl.Engine(model_path=str(model), backend="cuda", dtype="float32", max_total_tokens=16384,
+                    context_length=2048, debug_invariants=True, **kw) as e:  # type: ignore[arg-type]
+        ids = [o["output_ids"] for o in e.generate(PROMPTS, GREEDY)]
+        return ids, e.get_server_info()
+
+
+@pytest.mark.parametrize("page_size", [1, 16])
+def test_speculation_on_the_gpu_gives_the_tokens_of_plain_decoding(demo_model_dir: Path, page_size: int) -> None:
+    plain, _ = run(demo_model_dir, page_size=page_size)
+    ngram, info = run(demo_model_dir, page_size=page_size, speculative_algorithm="NGRAM")
+    assert ngram == plain and info["spec_verify_steps"] > 0
+    own, info = run(demo_model_dir, page_size=page_size, speculative_algorithm="STANDALONE",
+                    speculative_draft_model_path=str(demo_model_dir), speculative_num_steps=4)
+    assert own == plain
+    assert info["spec_accept_rate"] >= 0.95, info

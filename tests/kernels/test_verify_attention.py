@@ -1,0 +1,53 @@
+"""TARGET_VERIFY on the attention backends: each request's last token and its drafts extend its KV, causal among
+themselves; Triton and the torch reference agree, and one verify forward equals the decode steps it replaces."""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from kernel_oracle import Paged, paged_attention_oracle
+from test_triton_backend import HEAD_DIM, HEADS, KV_HEADS, Layer, _qkv
+
+from sgl.core.attention.torch_native import TorchNativeAttnBackend
+from sgl.core.runner.forward_batch import ForwardMode
+from sgl.kernels.attention_backend import ExtendMetadata, TritonAttnBackend
+
+
+def test_verify_batch_matches_torch_native_and_the_oracle(device: torch.device) -> None:
+    torch.manual_seed(5)
+    ours = Paged.make(KV_HEADS, HEAD_DIM, torch.float32, device)
+    reqs, prefix, ext = [0, 1, 2], [21, 9, 40], [5, 1, 3]  # k = 4, 0 and 2 drafts
+    for r, p in zip(reqs, prefix):
+        ours.fill_prefix(r, p)
+    theirs = copy.deepcopy(ours)
+    triton_backend, native = TritonAttnBackend(None), TorchNativeAttnBackend(None)
+    q, k, v = _qkv(sum(ext), torch.float32, device)
+    fb_ours = ours.batch(reqs, prefix, ext, ForwardMode.TARGET_VERIFY, triton_backend)
+    fb_theirs = theirs.batch(reqs, prefix, ext, ForwardMode.TARGET_VERIFY, native)
+    triton_backend.init_forward_metadata(fb_ours)
+    native.init_forward_metadata(fb_theirs)
+    assert isinstance(fb_ours.attn_metadata, ExtendMetadata)
+    out = triton_backend.forward(q, k, v, Layer(), fb_ours)
+    ref = native.forward(q, k, v, Layer(), fb_theirs)
+    torch.testing.assert_close(out, ref, atol=1e-4, rtol=1e-4)
+    oracle = paged_attention_oracle(q.view(-1, HEADS, HEAD_DIM), ours.kv_pool.k_buffer[0], ours.kv_pool.v_buffer[0],
+                                    ours.req_to_token_pool.req_to_token, reqs, prefix, ext, Layer().scaling)
+    torch.testing.assert_close(out.view(-1, HEADS, HEAD_DIM), oracle, atol=1e-4, rtol=1e-4)
+
+
+def test_one_verify_forward_equals_the_decode_steps_it_replaces(device: torch.device) -> None:
+    torch.manual_seed(6)
+    verify = Paged.make(KV_HEADS, HEAD_DIM, torch.float32, device)
+    verify.fill_prefix(0, 17)
+    stepwise = copy.deepcopy(verify)
+    backend = TritonAttnBackend(None)
+    q, k, v = _qkv(4, torch.float32, device)
+    fb = verify.batch([0], [17], [4], ForwardMode.TARGET_VERIFY, backend)
+    backend.init_forward_metadata(fb)
+    whole = backend.forward(q, k, v, Layer(), fb)
+    for j in range(4):
+        fb = stepwise.batch([0], [17 + j], [1], ForwardMode.DECODE, backend)
+        backend.init_forward_metadata(fb)
+        one = backend.forward(q[j : j + 1], k[j : j + 1], v[j : j + 1], Layer(), fb)
+        torch.testing.assert_close(one, whole[j : j + 1], atol=1e-4, rtol=1e-4)
