@@ -75,6 +75,9 @@ class PlatformRow(NamedTuple):
     available: bool
     plugin: str
     how_to_get: str | None  # None when it is available here
+    status: str  # active, available or unavailable
+    why: str | None  # why it is unavailable here; None when it is available
+    verified_on_hardware: bool  # whether its kernels have run on its own hardware in sgl's tests
 
 
 def _distribution_of(plugins: Plugins, plugin: str) -> str:
@@ -91,14 +94,34 @@ def _how_to_get(name: str, plugin: str, plugins: Plugins, extras: list[str]) -> 
     return f"needs its device and the requirements of {dist!r} (plugin {plugin!r})"
 
 
-def _platform_rows(plugins: Plugins) -> list[PlatformRow]:
+def _honest_status(plugins: Plugins, name: str) -> tuple[str | None, bool]:
+    """(why it is unavailable or None, verified on hardware), never raising: a platform whose class cannot even be
+    imported is unavailable for that reason."""
+    from sgl.core.plugin_contract import one_line
+
+    try:
+        cls = plugins.platforms.get(name)
+        verified = bool(getattr(cls, "verified_on_hardware", False))
+        reason = getattr(cls, "unavailable_reason", None)
+        why = reason() if callable(reason) else None
+    except Exception as exc:  # noqa: BLE001 - probing must never take `sgl plugins` down
+        return f"{type(exc).__name__}: {one_line(exc)}", False
+    return why, verified
+
+
+def _platform_rows(plugins: Plugins, active: str) -> list[PlatformRow]:
     from sgl.core.plugins import available_platforms, platform_extras
 
     extras = platform_extras()
     rows = []
     for name, ok in available_platforms(plugins).items():
         origin = plugins.platforms.origin(name)
-        rows.append(PlatformRow(name, ok, origin, None if ok else _how_to_get(name, origin, plugins, extras)))
+        why, verified = _honest_status(plugins, name)
+        status = "active" if name == active else "available" if ok else "unavailable"
+        rows.append(PlatformRow(
+            name, ok, origin, None if ok else _how_to_get(name, origin, plugins, extras), status,
+            None if ok else why or "not available on this machine", verified,
+        ))
     return rows
 
 
@@ -135,7 +158,7 @@ def plugins_report(backend: str | None = None) -> dict[str, Any]:
     return {
         "plugins": [dataclasses.asdict(info) for info in plugins.infos],
         "failed_plugins": [{**dataclasses.asdict(f.plugin), "error": f.error} for f in plugins.failures],
-        "platforms": [row._asdict() for row in _platform_rows(plugins)],
+        "platforms": [row._asdict() for row in _platform_rows(plugins, active.name)],
         "active_platform": active.describe(),
         **{attr: _registry_rows(getattr(plugins, attr)) for attr in REGISTRY_SECTIONS},
         "server_args": [
@@ -167,8 +190,9 @@ def format_report(report: dict[str, Any]) -> str:
     lines += ["", "Platforms:"]
     lines += _table(
         [
-            [p["name"], "available" if p["available"] else "unavailable", f"plugin {p['plugin']}"]
-            + ([] if p["available"] else [f"-> {p['how_to_get']}"])
+            [p["name"], p["status"], f"verified on hardware: {'yes' if p['verified_on_hardware'] else 'no'}",
+             f"plugin {p['plugin']}"]
+            + ([] if p["available"] else [f"({p['why']}) -> {p['how_to_get']}"])
             for p in report["platforms"]
         ]
     )
@@ -240,8 +264,13 @@ from sgl.plugin_args import with_plugin_args  # noqa: E402  plugin discovery: ho
 def serve_command(server_args: ServerArgs) -> None:
     """Serve a model over HTTP: OpenAI-compatible and SGLang-native routes (the demo model without --model-path)."""
     from sgl.api.server import serve  # NOTE: fastapi and uvicorn load only for this command
+    from sgl.core import env
+    from sgl.core.plugins import select_platform
 
-    with user_errors():  # NOTE: a Hub id that cannot be fetched stops serve before any process starts
+    with user_errors():
+        # NOTE: a named backend that cannot run here stops serve in seconds, with one line, before any process starts.
+        if server_args.backend or env.BACKEND.get():
+            select_platform(server_args.backend)  # NOTE: a Hub id that cannot be fetched stops serve before any process starts
         code = serve(server_args)
     if code:
         raise typer.Exit(code)

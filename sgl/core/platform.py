@@ -64,6 +64,8 @@ _CHECKED_METHODS = (
     "new_stream",
     "stream_context",
     "graph_capture",
+    "unavailable_reason",
+    "fp8_dtype",
 )
 
 
@@ -76,6 +78,9 @@ class Platform:
     capabilities: ClassVar[Capabilities] = Capabilities()
     probe_priority: ClassVar[int] = 100
     """Lower probes first when no backend is named; a CPU fallback uses a high number."""
+    verified_on_hardware: ClassVar[bool] = False
+    """Whether this platform's kernels have run on its own hardware in sgl's tests (``sgl plugins`` shows it). A
+    platform written against a vendor's public API without the device at hand says False until they have."""
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -97,6 +102,12 @@ class Platform:
     def is_available(cls) -> bool:
         """Cheap probe: must not initialise the device or import a vendor library that may be missing."""
         return False
+
+    @classmethod
+    def unavailable_reason(cls) -> str | None:
+        """Why ``is_available()`` is False, in words a user can act on ("torch_npu is not installed"); None when it
+        is available or the platform gives no reason. As cheap and side-effect free as ``is_available()``."""
+        return None
 
     def device(self, index: int = 0) -> torch.device:
         return torch.device(self.device_type, index) if self.device_type != "cpu" else torch.device("cpu")
@@ -135,6 +146,11 @@ class Platform:
     def new_event(self) -> Any:
         """An event with ``record()`` and ``synchronize()`` on the current stream; None where work is synchronous."""
         return None
+
+    def fp8_dtype(self) -> torch.dtype:
+        """The e4m3 FP8 encoding this device computes in: the OCP ``float8_e4m3fn`` unless the platform says
+        otherwise (AMD MI300 uses ``float8_e4m3fnuz``). An fp8_e4m3 KV cache and FP8 weights are stored in it."""
+        return torch.float8_e4m3fn
 
     # factories ----------------------------------------------------------------------------------------------
     def default_attention_backend(self) -> str:

@@ -270,6 +270,12 @@ def _backend_error(requested: str, plugins: Plugins) -> Exception:
     avail = [n for n, ok in available_platforms(plugins).items() if ok]
     registered = plugins.platforms.names()
     why = "is not available on this machine" if requested in registered else "is unknown"
+    if requested in registered:
+        try:
+            reason = plugins.platforms.get(requested).unavailable_reason()
+        except Exception:  # noqa: BLE001 - the error being built must not itself fail
+            reason = None
+        why += f" ({reason})" if reason else ""
     hint = ""
     if requested in platform_extras():
         hint = f"; install it with: pip install 'sgl[{requested}]'"

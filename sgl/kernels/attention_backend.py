@@ -79,7 +79,8 @@ def check_kv_dtype(runner: Any) -> None:
     Any other KV dtype needs nothing: the kernels upcast what they load to q's dtype.
     """
     pool, platform = getattr(runner, "kv_pool", None), getattr(runner, "platform", None)
-    if pool is None or platform is None or pool.dtype != torch.float8_e4m3fn or platform.capabilities.fp8:
+    e4m3 = (torch.float8_e4m3fn, torch.float8_e4m3fnuz)  # NOTE: fnuz is AMD MI300's e4m3 (Platform.fp8_dtype)
+    if pool is None or platform is None or pool.dtype not in e4m3 or platform.capabilities.fp8:
         return
     raise ValueError(
         "kv_cache_dtype fp8_e4m3 needs a device with fp8 support (NVIDIA: compute capability 8.9+) for the "

@@ -49,7 +49,7 @@ def _token_rows(x: torch.Tensor, n_tokens: int, width: int) -> torch.Tensor:
     return x2 if x2.stride(-1) == 1 else x2.contiguous()
 
 
-_FP8 = (torch.float8_e4m3fn, torch.float8_e5m2)
+_FP8 = (torch.float8_e4m3fn, torch.float8_e4m3fnuz, torch.float8_e5m2)
 
 
 def _rows_contiguous(buf: torch.Tensor) -> bool:

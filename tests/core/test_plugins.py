@@ -445,7 +445,7 @@ def test_sgl_plugins_table_shows_an_unavailable_platform_sorted_first(monkeypatc
     aardvark = next(line for line in lines if line.strip().startswith("aardvark "))
     cpu = next(line for line in lines if line.strip().startswith("cpu "))
     assert "unavailable" in aardvark and "-> needs its device" in aardvark
-    assert "available" in cpu and "->" not in cpu
+    assert "active" in cpu and "->" not in cpu  # the platform shown as active (--backend cpu)
 
 
 # feature flags: a name is looked up in its registry ------------------------------------------------------------

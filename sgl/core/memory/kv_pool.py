@@ -7,15 +7,15 @@ from typing import Any
 
 import torch
 
-FP8_KV_DTYPES = (torch.float8_e4m3fn, torch.float8_e5m2)
+FP8_KV_DTYPES = (torch.float8_e4m3fn, torch.float8_e4m3fnuz, torch.float8_e5m2)
 
 
 def to_kv_dtype(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """x as stored in a KV buffer of ``dtype``: the one place that knows the cast (fp8 is unscaled, scale 1.0).
 
-    NOTE: fp8 saturates: x is clamped to the dtype's finite range (e4m3 +-448, e5m2 +-57344) before the cast. torch's
-    own cast overflows (e5m2 to inf; e4m3 to NaN in older releases), and one such value in a slot would poison every
-    attention output that reads it. The Triton store kernel clamps to the same bound.
+    NOTE: fp8 saturates: x is clamped to the dtype's finite range (e4m3 +-448, e4m3fnuz +-240, e5m2 +-57344) before
+    the cast. torch's own cast overflows (e5m2 to inf; e4m3 to NaN in older releases), and one such value in a slot
+    would poison every attention output that reads it. The Triton store kernel clamps to the same bound.
     """
     if dtype in FP8_KV_DTYPES and x.dtype != dtype:
         bound = torch.finfo(dtype).max

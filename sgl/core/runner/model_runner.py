@@ -23,7 +23,7 @@ from sgl.core.runner.memory_plan import plan_memory
 logger = logging.getLogger(__name__)
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-_KV_CACHE_DTYPES = {"fp8_e4m3": torch.float8_e4m3fn, "fp8_e5m2": torch.float8_e5m2}
+_KV_CACHE_DTYPES = {"fp8_e5m2": torch.float8_e5m2}  # fp8_e4m3 is the platform's answer (Platform.fp8_dtype)
 
 
 def resolve_dtype(args: ServerArgs, platform: Platform, config: ModelConfig) -> torch.dtype:
@@ -37,12 +37,15 @@ def resolve_dtype(args: ServerArgs, platform: Platform, config: ModelConfig) -> 
     return dtype if dtype in (torch.bfloat16, torch.float16) else torch.bfloat16
 
 
-def resolve_kv_cache_dtype(args: ServerArgs, dtype: torch.dtype) -> torch.dtype:
-    """The KV pool's storage dtype: the compute dtype unless --kv-cache-dtype narrows it.
+def resolve_kv_cache_dtype(args: ServerArgs, dtype: torch.dtype, platform: Platform | None = None) -> torch.dtype:
+    """The KV pool's storage dtype: the compute dtype unless --kv-cache-dtype narrows it; fp8_e4m3 is the platform's
+    e4m3 encoding (``Platform.fp8_dtype``: float8_e4m3fn, or float8_e4m3fnuz on AMD MI300).
 
     NOTE: no platform capability gates fp8 storage: every reader upcasts what it loads, so only casts are needed, and
     torch has them on every device (the CPU reference included). Capabilities.fp8 is about fp8 matmuls.
     """
+    if args.kv_cache_dtype == "fp8_e4m3":
+        return platform.fp8_dtype() if platform is not None else torch.float8_e4m3fn
     return _KV_CACHE_DTYPES.get(args.kv_cache_dtype, dtype)
 
 
@@ -62,7 +65,7 @@ class ModelRunner:
         self.device = platform.device(parallel.tp_rank)
         self.model_config = ModelConfig.from_dir(model_path)
         self.dtype = resolve_dtype(args, platform, self.model_config)
-        self.kv_dtype = resolve_kv_cache_dtype(args, self.dtype)
+        self.kv_dtype = resolve_kv_cache_dtype(args, self.dtype, platform)
         self.quantization = select_quantization(
             args.quantization, self.model_config.get("quantization_config"), plugins.quantization_methods, platform
         )

@@ -73,6 +73,7 @@ class CudaPlatform(Platform):
     dist_backend: ClassVar[str] = "nccl"
     capabilities: ClassVar[Capabilities] = _DeviceCapabilities()  # type: ignore[assignment]
     probe_priority: ClassVar[int] = 10
+    verified_on_hardware: ClassVar[bool] = True  # tests/gpu run on an NVIDIA H200
 
     def __init__(self) -> None:
         self._index: int | None = None
@@ -82,6 +83,16 @@ class CudaPlatform(Platform):
     def is_available(cls) -> bool:
         # NOTE: ROCm builds of torch answer torch.cuda too; they belong to the rocm platform.
         return torch.version.hip is None and torch.cuda.is_available()
+
+    @classmethod
+    def unavailable_reason(cls) -> str | None:
+        if torch.version.hip is not None:
+            return "torch is a ROCm build (see the rocm platform)"
+        if torch.version.cuda is None:
+            return "torch is not a CUDA build"
+        if not torch.cuda.is_available():
+            return "no NVIDIA GPU is visible to torch"
+        return None
 
     def set_device(self, index: int) -> None:
         torch.cuda.set_device(index)

@@ -13,6 +13,7 @@ class CpuPlatform(Platform):
     dist_backend: ClassVar[str] = "gloo"
     capabilities: ClassVar[Capabilities] = Capabilities(bf16=True, host_memory=True)
     probe_priority: ClassVar[int] = 1000
+    verified_on_hardware: ClassVar[bool] = True  # every CI run is on a CPU
 
     @classmethod
     def is_available(cls) -> bool:
