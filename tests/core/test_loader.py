@@ -182,6 +182,16 @@ class _ThreadComm(Communicator):
         self.shared.barrier.wait()
         return out
 
+    def all_to_all(self, x: torch.Tensor, send_counts: list[int]) -> tuple[torch.Tensor, list[int]]:
+        sent = self._exchange((x, list(send_counts)))  # type: ignore[arg-type]
+        parts, counts = [], []
+        for rows, sizes in sent:
+            start = sum(sizes[: self.rank])
+            parts.append(rows[start : start + sizes[self.rank]])
+            counts.append(sizes[self.rank])
+        self.shared.barrier.wait()
+        return torch.cat(parts), counts
+
 
 @pytest.mark.parametrize(("arch", "tp", "vocab"), [("qwen2", 2, 256), ("llama", 4, 250)])
 def test_tensor_parallel_ranks_reproduce_single_rank_logits(arch: str, tp: int, vocab: int, tmp_path: Path) -> None:

@@ -36,6 +36,24 @@ class Communicator:
         dist.all_gather(parts, x.contiguous(), group=self.group)
         return torch.cat(parts, dim=dim)
 
+    def all_to_all(self, x: torch.Tensor, send_counts: list[int]) -> tuple[torch.Tensor, list[int]]:
+        """Sends rows ``x[sum(send_counts[:r]) : ...]`` to rank r; returns the rows received (in rank order) and how
+        many came from each rank. Expert parallel dispatches tokens to their experts' ranks and back with it."""
+        n = self.world_size
+        if n == 1:
+            return x, list(send_counts)
+        if len(send_counts) != n or sum(send_counts) != x.shape[0]:
+            raise ValueError(f"send_counts {send_counts} do not split {x.shape[0]} rows over {n} ranks")
+        counts = torch.tensor(send_counts, dtype=torch.int64)
+        received = torch.empty_like(counts)
+        if x.device.type != "cpu":
+            counts, received = counts.to(x.device), received.to(x.device)
+        dist.all_to_all_single(received, counts, group=self.group)
+        recv_counts = [int(c) for c in received.tolist()]
+        out = x.new_empty((sum(recv_counts), *x.shape[1:]))
+        dist.all_to_all_single(out, x.contiguous(), recv_counts, list(send_counts), group=self.group)
+        return out, recv_counts
+
     def broadcast_object(self, obj: Any, src: int = 0) -> Any:
         if self.world_size == 1:
             return obj
@@ -50,15 +68,23 @@ class TorchCommunicator(Communicator):
 
 @dataclass(frozen=True)
 class ParallelState:
-    """This process's place in the tensor-parallel group."""
+    """This process's place in the tensor-parallel group.
+
+    Expert parallel rides the TP group: with ``ep_size == tp_size`` each rank holds ``1/ep`` of every MoE layer's
+    experts whole, instead of every expert's ``1/tp`` slice.
+    """
 
     tp_rank: int = 0
     tp_size: int = 1
     comm: Communicator = Communicator()
+    ep_size: int = 1
 
     def __post_init__(self) -> None:
         if not 0 <= self.tp_rank < self.tp_size:
             raise ValueError(f"tp_rank {self.tp_rank} is outside [0, {self.tp_size})")
+        if self.ep_size not in (1, self.tp_size):
+            raise ValueError(f"ep_size {self.ep_size} must be 1 or the TP size {self.tp_size} "
+                             "(expert parallel rides the TP group)")
 
 
 SINGLE = ParallelState()

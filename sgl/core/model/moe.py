@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from sgl.core.model.expert_parallel import ExpertPlacement, expert_parallel_moe
 from sgl.core.ops.moe_routing import RoutingConfig, TopKOutput, select_experts
 
 if TYPE_CHECKING:
@@ -54,26 +55,36 @@ class FusedMoE(nn.Module):
         activation: str = "silu", reduce_results: bool = True,
     ) -> None:
         super().__init__()
-        tp = ctx.parallel.tp_size
+        parallel = ctx.parallel
+        # NOTE: under expert parallel a rank holds its experts whole; otherwise every expert's 1/tp slice
+        self.placement = ExpertPlacement(num_experts, parallel.tp_rank if parallel.ep_size > 1 else 0,
+                                         parallel.ep_size)
+        tp = 1 if parallel.ep_size > 1 else parallel.tp_size
         if intermediate_size % tp:
             raise ValueError(f"expert intermediate size {intermediate_size} is not divisible by the TP size {tp}")
         self.ctx = ctx
         self.num_experts = num_experts
         self.hidden_size = hidden_size
         self.intermediate_size = intermediate_size // tp  # on this rank
-        self.tp_rank, self.tp_size = ctx.parallel.tp_rank, tp
+        self.tp_rank, self.tp_size = (0, 1) if parallel.ep_size > 1 else (parallel.tp_rank, tp)
         self.activation = activation
         self.reduce_results = reduce_results
-        i = self.intermediate_size
-        self.w13_weight = nn.Parameter(torch.empty(num_experts, 2 * i, hidden_size, dtype=ctx.dtype),
-                                       requires_grad=False)
-        self.w2_weight = nn.Parameter(torch.empty(num_experts, hidden_size, i, dtype=ctx.dtype), requires_grad=False)
+        i, local = self.intermediate_size, self.placement.local
+        self.w13_weight = nn.Parameter(torch.empty(local, 2 * i, hidden_size, dtype=ctx.dtype), requires_grad=False)
+        self.w2_weight = nn.Parameter(torch.empty(local, hidden_size, i, dtype=ctx.dtype), requires_grad=False)
         for p in (self.w13_weight, self.w2_weight):
             p.weight_loader = self.weight_loader  # type: ignore[attr-defined]
+            p.num_experts = num_experts  # type: ignore[attr-defined]  # all of them, for the loader's completeness check
 
     def weight_loader(self, param: nn.Parameter, loaded: torch.Tensor, shard_id: tuple[int, str]) -> None:
-        """Copies this rank's slice of expert ``shard_id[0]``'s ``shard_id[1]`` ("w1", "w3" or "w2") into ``param``."""
+        """Copies this rank's slice of expert ``shard_id[0]``'s ``shard_id[1]`` ("w1", "w3" or "w2") into ``param``;
+        under expert parallel, an expert another rank holds is skipped."""
         expert, shard = shard_id
+        if not 0 <= expert < self.num_experts:
+            raise ValueError(f"expert {expert} is outside the model's {self.num_experts} experts")
+        if not self.placement.holds(expert):
+            return
+        expert -= self.placement.first
         i = self.intermediate_size
         dim = 1 if shard == "w2" else 0  # down is split on its input features, gate and up on their outputs
         full = (self.hidden_size, i * self.tp_size) if shard == "w2" else (i * self.tp_size, self.hidden_size)
@@ -83,13 +94,17 @@ class FusedMoE(nn.Module):
         dst.copy_(loaded.narrow(dim, self.tp_rank * i, i))
 
     def forward(self, x: torch.Tensor, topk: TopKOutput) -> torch.Tensor:
+        if self.placement.ep_size > 1:
+            return expert_parallel_moe(x, topk, self.w13_weight, self.w2_weight, self.placement,
+                                       self.ctx.parallel.comm, self.ctx.ops.fused_moe, self.activation)
         out = self.ctx.ops.fused_moe(x, self.w13_weight, self.w2_weight, topk.weights, topk.ids, self.activation)
         if self.reduce_results and self.tp_size > 1:
             out = self.ctx.parallel.comm.all_reduce(out)
         return out
 
     def extra_repr(self) -> str:
-        return f"experts={self.num_experts}, hidden={self.hidden_size}, inter={self.intermediate_size}"
+        ep = f", ep={self.placement.ep_size} (local {self.placement.local})" if self.placement.ep_size > 1 else ""
+        return f"experts={self.num_experts}{ep}, hidden={self.hidden_size}, inter={self.intermediate_size}"
 
 
 class MoEGate(nn.Module):
@@ -147,7 +162,7 @@ class ExpertWeights:
         for target, shards in self.seen.items():
             layer = target.rsplit(".", 1)[0]
             want = {
-                (e, m.shard) for e in range(self.params[target].shape[0])
+                (e, m.shard) for e in range(getattr(self.params[target], "num_experts", self.params[target].shape[0]))
                 for m in self.mapping.values() if m.target == target.rsplit(".", 1)[1]
             }
             missing = sorted(want - shards)
