@@ -50,6 +50,11 @@ class QuantizationMethod(ABC):
         what would run it. Called once at startup, before any weight is built."""
         return None
 
+    def bind_platform(self, platform: Platform) -> None:
+        """Called once at startup, after ``check_platform``: keep what the linear methods need of the device (the FP8
+        methods keep ``platform.fp8_dtype()``, the e4m3 encoding they store weights in)."""
+        return None
+
     def kernel_linear_method(self, capabilities: Capabilities) -> LinearMethod | None:
         """A faster LinearMethod for a device with these capabilities (Triton kernels, scaled FP8 GEMMs), or None.
 
@@ -83,6 +88,7 @@ def select_quantization(
         raise ValueError(f"{FLAG} {name}: {cls.__qualname__}.from_config returned {type(method).__name__}")
     if platform is not None:
         method.check_platform(platform)
+        method.bind_platform(platform)
     logger.info("quantization: %s (%s, %s)", name, cls.__qualname__,
                 "from the checkpoint" if checkpoint else "quantized at load")
     return method

@@ -8,16 +8,11 @@ One config group targeting ``Linear``: 8-bit float weights with a ``channel`` ([
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from sgl.core.quant.base import QuantizationMethod
-from sgl.plugins.quant.checks import refuse_ignored_linears, require_float8
-from sgl.plugins.quant.fp8 import RUNS_ON
-from sgl.plugins.quant.fp8_linear import ActScheme, Fp8LinearMethod, Fp8Scheme, fast_fp8_linear_method
-
-if TYPE_CHECKING:
-    from sgl.core.model.linear_method import LinearMethod
-    from sgl.core.platform import Capabilities, Platform
+from sgl.plugins.quant.checks import refuse_ignored_linears
+from sgl.plugins.quant.fp8 import Fp8Family
+from sgl.plugins.quant.fp8_linear import ActScheme, Fp8Scheme
 
 NAME = "compressed-tensors"
 _FORMATS = ("float-quantized", "naive-quantized")
@@ -36,9 +31,8 @@ def _fp8_args(args: Any, what: str) -> dict[str, Any]:
     return dict(args)
 
 
-class CompressedTensorsMethod(QuantizationMethod):
-    def __init__(self, scheme: Fp8Scheme) -> None:
-        self.scheme = scheme
+class CompressedTensorsMethod(Fp8Family):
+    name = NAME
 
     @classmethod
     def from_config(cls, checkpoint_config: Mapping[str, Any]) -> CompressedTensorsMethod:
@@ -73,12 +67,3 @@ class CompressedTensorsMethod(QuantizationMethod):
                     f"{kind[0]!r}, dynamic {kind[1]}"
                 )
         return cls(Fp8Scheme(strategy, act))
-
-    def linear_method(self) -> LinearMethod:
-        return Fp8LinearMethod(self.scheme)
-
-    def check_platform(self, platform: Platform) -> None:
-        require_float8(NAME, platform, RUNS_ON)
-
-    def kernel_linear_method(self, capabilities: Capabilities) -> LinearMethod | None:
-        return fast_fp8_linear_method(self.scheme, capabilities)

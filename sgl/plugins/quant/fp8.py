@@ -13,6 +13,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
+import torch
+
 from sgl.core.quant.base import QuantizationMethod
 from sgl.plugins.quant.checks import refuse_ignored_linears, require_float8
 from sgl.plugins.quant.fp8_linear import Fp8LinearMethod, Fp8Scheme, fast_fp8_linear_method
@@ -25,9 +27,30 @@ NAME = "fp8"
 RUNS_ON = "it runs on the cpu platform and on CUDA GPUs (scaled FP8 GEMMs from compute capability 8.9)"
 
 
-class Fp8Method(QuantizationMethod):
+class Fp8Family(QuantizationMethod):
+    """What every FP8 checkpoint format shares once its config is read: one ``Fp8Scheme``, stored in the device's
+    e4m3 encoding, computed by the reference or the Triton FP8 method."""
+
+    name = NAME
+
     def __init__(self, scheme: Fp8Scheme) -> None:
         self.scheme = scheme
+        self.fp8_dtype = torch.float8_e4m3fn
+
+    def linear_method(self) -> LinearMethod:
+        return Fp8LinearMethod(self.scheme, self.fp8_dtype)
+
+    def check_platform(self, platform: Platform) -> None:
+        require_float8(self.name, platform, RUNS_ON)
+
+    def bind_platform(self, platform: Platform) -> None:
+        self.fp8_dtype = platform.fp8_dtype()
+
+    def kernel_linear_method(self, capabilities: Capabilities) -> LinearMethod | None:
+        return fast_fp8_linear_method(self.scheme, capabilities, self.fp8_dtype)
+
+
+class Fp8Method(Fp8Family):
 
     @classmethod
     def from_config(cls, checkpoint_config: Mapping[str, Any]) -> Fp8Method:
@@ -53,12 +76,3 @@ class Fp8Method(QuantizationMethod):
         if act != "dynamic":
             raise ValueError("fp8: block-wise weights need activation_scheme 'dynamic'")
         return cls(Fp8Scheme("block", "group", (block[0], block[1]), scale_name="weight_scale_inv"))
-
-    def linear_method(self) -> LinearMethod:
-        return Fp8LinearMethod(self.scheme)
-
-    def check_platform(self, platform: Platform) -> None:
-        require_float8(NAME, platform, RUNS_ON)
-
-    def kernel_linear_method(self, capabilities: Capabilities) -> LinearMethod | None:
-        return fast_fp8_linear_method(self.scheme, capabilities)

@@ -34,10 +34,17 @@ class Fp8Scheme:
 
 class Fp8LinearMethod(LinearMethod):
     """After loading, every scheme holds ``weight`` (fp8 [out, in]) and either a block scale (``scale_name``) or a
-    per-row ``weight_scale`` [out, 1]; static activations hold one ``input_scale``."""
+    per-row ``weight_scale`` [out, 1]; static activations hold one ``input_scale``.
 
-    def __init__(self, scheme: Fp8Scheme) -> None:
+    ``fp8_dtype`` is the device's e4m3 encoding (``Platform.fp8_dtype``): with ``float8_e4m3fnuz`` (AMD MI300) the
+    loaded OCP weights are re-encoded after loading and activations are quantized into fnuz.
+    """
+
+    def __init__(self, scheme: Fp8Scheme, fp8_dtype: torch.dtype = fm.FP8) -> None:
+        if fp8_dtype not in (fm.FP8, fm.FNUZ):
+            raise ValueError(f"fp8 weights: unsupported device encoding {fp8_dtype}; supported: {fm.FP8}, {fm.FNUZ}")
         self.scheme = scheme
+        self.fp8_dtype = fp8_dtype
 
     def create_weights(
         self, layer: nn.Module, in_features: int, out_features: int, bias: bool, dtype: torch.dtype
@@ -79,10 +86,12 @@ class Fp8LinearMethod(LinearMethod):
     def process_weights_after_loading(self, layer: nn.Module) -> None:
         s = self.scheme
         if not s.serialized:
-            weight, scale = fm.quantize_per_row(cast(torch.Tensor, layer.weight))
+            weight, scale = fm.quantize_per_row(cast(torch.Tensor, layer.weight), self.fp8_dtype)
             replace_param(layer, "weight", weight)
             replace_param(layer, "weight_scale", scale)
             return
+        if self.fp8_dtype == fm.FNUZ:
+            self._to_fnuz(layer)
         if s.weight == "tensor":  # NOTE: each merged slice keeps its own scale, spread over its rows
             per_shard = cast(torch.Tensor, getattr(layer, s.scale_name))
             replace_param(layer, "weight_scale", expand_per_shard(per_shard, layer.output_partition_sizes))
@@ -90,6 +99,14 @@ class Fp8LinearMethod(LinearMethod):
             replace_param(layer, "weight_scale", cast(torch.Tensor, getattr(layer, s.scale_name)).float())
         if s.activation == "static":  # one scale for the shared input: the largest slice's, as a device kernel does
             replace_param(layer, "input_scale", cast(torch.Tensor, layer.input_scale).max().reshape(1))
+
+    def _to_fnuz(self, layer: nn.Module) -> None:
+        """The checkpoint's bytes read as fnuz mean half their value: every scale doubles, so each weight and every
+        static input scale keeps its meaning."""
+        replace_param(layer, "weight", fm.to_e4m3fnuz(cast(torch.Tensor, layer.weight)))
+        replace_param(layer, self.scheme.scale_name, cast(torch.Tensor, getattr(layer, self.scheme.scale_name)) * 2)
+        if self.scheme.activation == "static":
+            replace_param(layer, "input_scale", cast(torch.Tensor, layer.input_scale) * 2)
 
     def dequantized_weight(self, layer: nn.Module) -> torch.Tensor:
         """The float32 weight this layer computes with (the oracle for fast kernels)."""
@@ -104,12 +121,12 @@ class Fp8LinearMethod(LinearMethod):
         """``x`` [tokens, in] as the scaled GEMM sees it (rounded through e4m3 unless weight-only)."""
         act = self.scheme.activation if self.scheme.serialized else "token"
         if act == "token":
-            return fm.fake_quantize_per_token_group(x, x.shape[-1])
+            return fm.fake_quantize_per_token_group(x, x.shape[-1], self.fp8_dtype)
         if act == "group":
             assert self.scheme.block is not None
-            return fm.fake_quantize_per_token_group(x, self.scheme.block[1])
+            return fm.fake_quantize_per_token_group(x, self.scheme.block[1], self.fp8_dtype)
         if act == "static":
-            return fm.fake_quantize_static(x, cast(torch.Tensor, layer.input_scale).float())
+            return fm.fake_quantize_static(x, cast(torch.Tensor, layer.input_scale).float(), self.fp8_dtype)
         return x.float()
 
     def apply(self, layer: nn.Module, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
@@ -120,10 +137,13 @@ class Fp8LinearMethod(LinearMethod):
         return out.reshape(*x.shape[:-1], out.shape[-1])
 
 
-def fast_fp8_linear_method(scheme: Fp8Scheme, capabilities: Capabilities) -> LinearMethod | None:
+def fast_fp8_linear_method(
+    scheme: Fp8Scheme, capabilities: Capabilities, fp8_dtype: torch.dtype = fm.FP8
+) -> LinearMethod | None:
     """The Triton FP8 method where the platform runs Triton (imported only then: it imports triton)."""
     if not capabilities.triton:
         return None
     from sgl.plugins.quant.triton_fp8 import TritonFp8LinearMethod
 
-    return TritonFp8LinearMethod(scheme, scaled_mm=capabilities.fp8, fp16_dot=not capabilities.fp8)
+    return TritonFp8LinearMethod(scheme, scaled_mm=capabilities.fp8, fp16_dot=not capabilities.fp8,
+                                 fp8_dtype=fp8_dtype)

@@ -21,8 +21,8 @@ class TritonFp8LinearMethod(Fp8LinearMethod):
     """NOTE: ``scaled_mm`` needs fp8 tensor cores (compute capability 8.9+); without them ``fp16_dot`` widens both
     operands to fp16 (exact for e4m3) inside the Triton kernel."""
 
-    def __init__(self, scheme: Fp8Scheme, scaled_mm: bool, fp16_dot: bool) -> None:
-        super().__init__(scheme)
+    def __init__(self, scheme: Fp8Scheme, scaled_mm: bool, fp16_dot: bool, fp8_dtype: torch.dtype = fm.FP8) -> None:
+        super().__init__(scheme, fp8_dtype)
         self.scaled_mm = scaled_mm
         self.fp16_dot = fp16_dot
 
@@ -34,9 +34,9 @@ class TritonFp8LinearMethod(Fp8LinearMethod):
             return x, None, 0
         if act == "static":
             scale = cast(torch.Tensor, layer.input_scale).float()
-            return fm.quantize_with_scale(x, scale), scale.reshape(1, 1).expand(x.shape[0], 1), k
+            return fm.quantize_with_scale(x, scale, self.fp8_dtype), scale.reshape(1, 1).expand(x.shape[0], 1), k
         group = k if act == "token" else cast(tuple[int, int], self.scheme.block)[1]
-        q, scale = fm.quantize_per_token_group(x, group)
+        q, scale = fm.quantize_per_token_group(x, group, self.fp8_dtype)
         return q, scale, min(group, k)
 
     def apply(self, layer: nn.Module, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
