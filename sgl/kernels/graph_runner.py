@@ -8,8 +8,11 @@ graph, its memory pool and the capture stream come from the platform's graph hoo
 from __future__ import annotations
 
 import bisect
+import contextlib
 import functools
+import gc
 import logging
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -51,6 +54,21 @@ def graph_runner_for(runner: Any, platform: Platform) -> GraphRunner | None:
         _log_once(f"decode graphs are off: attention backend {type(backend).__name__} cannot be captured")
         return None
     return GraphRunner(runner, platform)
+
+
+@contextlib.contextmanager
+def _collector_paused() -> Iterator[None]:
+    """No garbage collection while capturing: a collection could free an earlier engine's graphs or device
+    tensors mid-capture, a device call that a capture forbids (it fails later, at an innocent line, with "operation
+    failed due to a previous error during capture"). What is garbage now is collected first."""
+    gc.collect()
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
 
 
 class GraphRunner:
@@ -96,6 +114,12 @@ class GraphRunner:
     def _capture_all(self) -> None:
         platform = self.platform
         stream = platform.new_stream()
+        with _collector_paused():
+            self._capture_sizes(platform, stream)
+        platform.synchronize()
+        logger.info("captured decode graphs for batch sizes %s", self.sizes)
+
+    def _capture_sizes(self, platform: Platform, stream: Any) -> None:
         for bs in tqdm(list(reversed(self.sizes)), desc="capturing decode graphs", leave=False):
             fb = self._static_batch(bs)
             self.attn.init_metadata_capture(bs, fb)
@@ -107,8 +131,6 @@ class GraphRunner:
                 out = self.model(fb.input_ids, fb.positions, fb)
             self.graphs[bs] = graph
             self.outputs[bs] = out
-        platform.synchronize()
-        logger.info("captured decode graphs for batch sizes %s", self.sizes)
 
     def can_run(self, fb: ForwardBatch) -> bool:
         return fb.forward_mode is ForwardMode.DECODE and fb.batch_size <= self.max_bs

@@ -8,6 +8,7 @@ it, over the same tensors, on replay, which is what a device graph does with the
 from __future__ import annotations
 
 import contextlib
+import gc
 import inspect
 from collections.abc import Callable, Iterator
 from types import SimpleNamespace
@@ -62,6 +63,7 @@ class RecordingPlatform(Platform):
     @contextlib.contextmanager
     def graph_capture(self, graph: Any, pool: Any, stream: Any) -> Iterator[None]:
         self.log.append(("capture", pool, stream))
+        self.collector_on_during_capture = gc.isenabled()
         self.capturing = graph
         yield
         self.capturing = None
@@ -139,6 +141,15 @@ def test_capture_goes_through_the_platform_hooks_with_one_stream_and_one_pool() 
     assert runner.model.calls == 3 * len(sizes)  # two warm-up runs and the captured one
     assert runner.attn_backend.calls == [("state", MAX_BS)] + [("capture", bs) for bs in reversed(sizes)]
     assert torch.equal(runner.req_to_token_pool.req_to_token[PAD_SLOT], torch.zeros(16))
+
+
+def test_no_garbage_collection_runs_during_a_capture() -> None:
+    """A collection mid-capture may free an earlier engine's graphs or tensors: a device call a capture forbids."""
+    platform = RecordingPlatform()
+    assert gc.isenabled()
+    assert isinstance(graph_runner_for(_runner(platform), platform), GraphRunner)
+    assert platform.collector_on_during_capture is False
+    assert gc.isenabled()
 
 
 def test_replay_pads_to_the_next_size_and_resets_rows_a_larger_batch_left() -> None:

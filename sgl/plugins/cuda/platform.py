@@ -188,7 +188,9 @@ class CudaPlatform(Platform):
         current.wait_stream(stream)
 
     def graph_capture(self, graph: Any, pool: Any, stream: Any) -> contextlib.AbstractContextManager[Any]:
-        return torch.cuda.graph(graph, pool=pool, stream=stream)
+        # NOTE: thread_local: the engine's other threads (tokenizer, event loop) may touch the device while a
+        # capture runs; only this thread's forbidden calls can spoil it
+        return torch.cuda.graph(graph, pool=pool, stream=stream, capture_error_mode="thread_local")
 
     def describe(self) -> dict[str, Any]:
         info = super().describe()
