@@ -170,6 +170,9 @@ class Metrics:
                 ("cache_hit_rate", "Prompt tokens served from the prefix cache / all prompt tokens.",
                  scheduler.get("cache_hit_rate", 0.0)),
             )
+            if scheduler.get("avg_spec_accept_length"):  # SGLang's spec_accept_length, with speculation on
+                gauges += (("spec_accept_length", "Mean tokens a request gains per speculative verify forward.",
+                            scheduler["avg_spec_accept_length"]),)
             for name, help_text, value in gauges:
                 lines += _family(name, "gauge", help_text, [_sample(name, float(value))])
             for hist in (self.ttft, self.itl, self.e2e):

@@ -33,6 +33,8 @@ class OfflineResult:
     duration_s: float
     # what the scheduler did during the run (steps, retractions, ...): how a figure is explained, not just stated
     scheduler: dict[str, float] = dataclasses.field(default_factory=dict)
+    # speculative decoding: generated tokens per verify forward (SGLang's meta_info spec_verify_ct); None without
+    accept_length: float | None = None
 
     @property
     def request_throughput(self) -> float:
@@ -74,6 +76,7 @@ class OfflineResult:
             ("Input token throughput (tok/s):", self.input_throughput),
             ("Output token throughput (tok/s):", self.output_throughput),
             ("Total token throughput (tok/s):", self.total_throughput),
+            *((("Accept length:", self.accept_length),) if self.accept_length is not None else ()),
             *((f"Scheduler {k.replace('_', ' ')}:", v) for k, v in self.scheduler.items()),
         ]
 
@@ -155,6 +158,7 @@ def run_offline(args: ServerArgs, spec: WorkloadSpec, label: str = "", progress:
         gc.collect()
     _check(results, reqs)
     metas = [r["meta_info"] for r in results]
+    verify_forwards = sum(m.get("spec_verify_ct", 0) for m in metas)
     return OfflineResult(
         label=label or ("radix on" if not args.disable_radix_cache else "radix off"),
         num_requests=len(reqs),
@@ -163,6 +167,7 @@ def run_offline(args: ServerArgs, spec: WorkloadSpec, label: str = "", progress:
         cached_tokens=sum(m["cached_tokens"] for m in metas),
         duration_s=duration,
         scheduler=counters,
+        accept_length=(sum(m["completion_tokens"] for m in metas) / verify_forwards) if verify_forwards else None,
     )
 
 

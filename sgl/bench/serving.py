@@ -8,6 +8,7 @@ events, end-to-end latency the time to the end of the stream; all from the clien
 
 from __future__ import annotations
 
+import dataclasses
 import asyncio
 import json
 import math
@@ -147,6 +148,7 @@ class ServingResult:
     tpot: Summary
     e2e: Summary
     errors: tuple[str, ...] = ()
+    accept_length: float | None = None  # speculative decoding's mean acceptance length, from the server's info
 
     @property
     def request_throughput(self) -> float:
@@ -169,6 +171,7 @@ class ServingResult:
             "request_throughput": self.request_throughput, "input_throughput": self.input_throughput,
             "output_throughput": self.output_throughput,
             "total_throughput": self.input_throughput + self.output_throughput, "errors": list(self.errors),
+            "accept_length": self.accept_length,
         }
         for name in ("ttft", "itl", "tpot", "e2e"):
             for k, v in getattr(self, name).as_ms().items():
@@ -187,6 +190,8 @@ class ServingResult:
             ("Input token throughput (tok/s):", self.input_throughput),
             ("Output token throughput (tok/s):", self.output_throughput),
         ]
+        if self.accept_length is not None:
+            rows.append(("Accept length:", self.accept_length))
         for title, s in (("TTFT", self.ttft), ("ITL", self.itl), ("TPOT", self.tpot), ("E2E latency", self.e2e)):
             ms = s.as_ms()
             rows += [(f"Mean {title} (ms):", ms["mean_ms"]), (f"Median {title} (ms):", ms["median_ms"]),
@@ -258,7 +263,25 @@ def run_serving(
     outcomes, duration = asyncio.run(
         _run(base_url, api, reqs, request_rate, max_concurrency, model, seed, progress, api_key)
     )
-    return summarize_outcomes(outcomes, duration, api, request_rate, max_concurrency)
+    result = summarize_outcomes(outcomes, duration, api, request_rate, max_concurrency)
+    return dataclasses.replace(result, accept_length=server_accept_length(base_url, api_key))
+
+
+def server_accept_length(base_url: str, api_key: str | None = None, timeout: float = 10.0) -> float | None:
+    """Speculative decoding's mean acceptance length, where SGLang's bench_serving reads it
+    (``/get_server_info`` -> ``internal_states[0].avg_spec_accept_length``); None without speculation."""
+    import httpx
+
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else None
+    try:
+        resp = httpx.get(base_url.rstrip("/") + "/get_server_info", timeout=timeout, trust_env=False, headers=headers)
+        if resp.status_code != 200:
+            return None
+        states = resp.json().get("internal_states") or [{}]
+        value = states[0].get("avg_spec_accept_length")
+        return float(value) if value else None
+    except (httpx.HTTPError, ValueError, TypeError, AttributeError, IndexError):
+        return None
 
 
 def discover_model(base_url: str, api_key: str | None = None, timeout: float = 10.0) -> str | None:

@@ -63,3 +63,14 @@ def test_a_workload_that_cannot_fit_the_context_is_a_clear_error() -> None:
     with pytest.raises(ValueError, match="context length"):
         run_offline(ARGS.replace(context_length=32), WorkloadSpec(num_prompts=1, input_len=40, output_len=2),
                     progress=False)
+
+
+def test_offline_bench_reports_the_acceptance_length_with_speculation_only() -> None:
+    """completion tokens / verify forwards (SGLang's meta_info spec_verify_ct), as SGLang's offline bench prints it."""
+    spec = WorkloadSpec(num_prompts=2, input_len=16, output_len=12)
+    plain = run_offline(ARGS, spec, progress=False)
+    assert plain.accept_length is None and "Accept length" not in plain.format()
+    ngram = run_offline(ARGS.replace(speculative_algorithm="NGRAM", speculative_num_draft_tokens=4), spec,
+                        progress=False)
+    assert ngram.accept_length is not None and 1.0 <= ngram.accept_length <= 4.0
+    assert "Accept length:" in ngram.format() and ngram.as_dict()["accept_length"] == ngram.accept_length
