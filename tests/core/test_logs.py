@@ -168,10 +168,11 @@ def test_engine_logs_a_decode_line_every_interval_with_its_real_throughput(
     assert all(m is not None and (int(m[1]), int(m[5])) == (1, 0) for m in parsed)
     used = [int(m[2]) for m in parsed if m is not None]
     assert [b - a for a, b in zip(used, used[1:])] == [interval] * (len(used) - 1)  # one new KV slot per step
-    for prev, rec, m in zip(records, records[1:], parsed[1:]):
-        # NOTE: one request decodes: each window holds `interval` tokens over the time between the two lines
-        assert m is not None
-        assert float(m[4]) == pytest.approx(interval / (rec.created - prev.created), rel=0.3)
+    # NOTE: one request decodes: each window holds `interval` tokens over the time between two lines. A line's own
+    # timestamp may lag the scheduler's clock by a busy machine's jitter, but the lags cancel over the run: the
+    # windows that the throughputs imply add up to the time between the first and the last line.
+    implied = sum(interval / float(m[4]) for m in parsed[1:] if m is not None)
+    assert implied == pytest.approx(records[-1].created - records[0].created, rel=0.3)
 
 
 def test_engine_prefill_line_counts_new_and_cached_prompt_tokens(
