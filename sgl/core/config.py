@@ -99,6 +99,10 @@ class ServerArgs:
     speculative_ngram_capacity: int = _opt(
         10_000_000, "NGRAM: n-grams kept from recent requests (0: draft from a request's own tokens only)"
     )
+    disable_speculative_gate: bool = _opt(
+        False, "always draft, at every batch size (default: per batch size, the scheduler measures tokens/s with and "
+               "without drafts and runs the faster)"
+    )
     enable_lora: bool = _opt(
         False, "serve LoRA adapters (implied by the other LoRA flags, --max-loras-per-batch aside)"
     )

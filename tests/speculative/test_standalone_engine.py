@@ -47,8 +47,10 @@ def test_a_random_small_draft_leaves_the_greedy_tokens_unchanged(
 def test_the_target_drafting_for_itself_is_accepted_at_least_95_percent(
     demo_model_dir: Path, plain_tokens: list[list[int]], page_size: int
 ) -> None:
+    # NOTE: the gate off: this measures what verification accepts, so every decode step must draft
     engine = make_engine(demo_model_dir, speculative_algorithm="STANDALONE", page_size=page_size,
-                         speculative_draft_model_path=str(demo_model_dir), speculative_num_steps=4)
+                         speculative_draft_model_path=str(demo_model_dir), speculative_num_steps=4,
+                         disable_speculative_gate=True)
     try:
         outs = engine.generate(PROMPTS, PARAMS)
         info = settled_info(engine)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import TYPE_CHECKING
 
 from sgl.core.scheduler.batch import ScheduleBatch
@@ -10,6 +11,7 @@ from sgl.core.scheduler.prefill import PrefillBuilder
 from sgl.core.scheduler.results import ResultProcessor
 from sgl.core.scheduler.state import SchedulerState
 from sgl.core.scheduler.step import StepExecutor
+from sgl.core.speculative.gate import PLAIN, SPECULATE, SpeculationGate
 
 if TYPE_CHECKING:
     from sgl.core.speculative.base import SpeculativeAlgorithm
@@ -26,12 +28,13 @@ def plan_step(state: SchedulerState, prefill: PrefillBuilder, runs: DecodeRuns |
 
 def run_step(
     batch: ScheduleBatch, state: SchedulerState, executor: StepExecutor, results: ResultProcessor,
-    speculative: SpeculativeAlgorithm | None = None,
+    speculative: SpeculativeAlgorithm | None = None, gate: SpeculationGate | None = None,
 ) -> None:
     """Runs ``batch`` to its sampled tokens and applies them (the plain loop; overlap for prefills).
 
     With a speculative algorithm, a decode step is its ``decode_step`` (drafts verified, several tokens accepted per
-    request) unless it has no drafts to verify."""
+    request) unless it has no drafts to verify, or the ``gate`` measured that plain steps deliver more tokens per
+    second at this batch size."""
     state.counters.steps += 1
     if batch.mode.is_decode:
         for r in batch.reqs:
@@ -39,10 +42,16 @@ def run_step(
             if speculative is not None:
                 r.spec_verify_ct = (r.spec_verify_ct or 0) + 1
         # NOTE: with speculation decode runs are off (Scheduler), so a speculative decode batch is one step
-        verified = speculative.decode_step(batch, state, executor) if speculative is not None else None
+        size = len(batch.reqs)
+        drafting = speculative is not None and (gate is None or gate.choose(size) == SPECULATE)
+        start = time.perf_counter()
+        verified = speculative.decode_step(batch, state, executor) if drafting else None  # type: ignore[union-attr]
         if verified is not None:
             results.process_verify(batch, verified)
         else:
             results.process_decode(batch, executor.execute(batch))
+        if gate is not None:  # NOTE: the results were read on the host, so the step's device work is done
+            tokens = sum(map(len, verified.tokens)) if verified is not None else size * batch.steps
+            gate.record(size, SPECULATE if verified is not None else PLAIN, tokens, time.perf_counter() - start)
     else:
         results.process_extend(batch, executor.execute(batch))

@@ -30,6 +30,7 @@ from sgl.core.scheduler.results import ResultProcessor
 from sgl.core.scheduler.state import SchedulerState, SchedulingLimits, StepCounters
 from sgl.core.scheduler.step import StepExecutor
 from sgl.core.speculative.base import SpeculativeAlgorithm
+from sgl.core.speculative.gate import SpeculationGate
 
 logger = logging.getLogger(__name__)
 
@@ -72,6 +73,8 @@ class Scheduler:
         if self.speculative is not None and args.num_continuous_decode_steps > 1:
             raise ValueError(f"--num-continuous-decode-steps {args.num_continuous_decode_steps}: speculative "
                              "decoding runs single decode steps (each verifies several tokens)")
+        self.gate = (SpeculationGate() if self.speculative is not None and not args.disable_speculative_gate
+                     else None)
         self.runs = DecodeRuns(args.num_continuous_decode_steps, self.features)
         use_overlap = args.force_overlap_schedule or (
             runner.platform.capabilities.overlap_schedule and not args.disable_overlap_schedule
@@ -158,7 +161,7 @@ class Scheduler:
         else:
             batch = plan_step(s, self.prefill, self.runs)
             if batch is not None:
-                run_step(batch, s, self.executor, self.results, self.speculative)
+                run_step(batch, s, self.executor, self.results, self.speculative, self.gate)
         # NOTE: wall time by the kind of step that finished in it (overlap: the decode it resolved), so a run can
         # tell time lost to prefill from time in decode
         ms = round((time.perf_counter() - t0) * 1e3)
@@ -225,4 +228,6 @@ class Scheduler:
         info = self.state.info()
         for f in self.features:
             info.update(f.info())
+        if self.gate is not None:
+            info.update(self.gate.info())
         return info

@@ -42,6 +42,8 @@ def check_flags(server_args: ServerArgs) -> None:
     if server_args.speculative_algorithm is not None:
         return
     given = [f for f in SHAPE_FLAGS if getattr(server_args, f) is not None]
+    if server_args.disable_speculative_gate:
+        given.append("disable_speculative_gate")
     if given:
         flag = "--" + given[0].replace("_", "-")
         raise ValueError(f"{flag} needs --speculative-algorithm (speculative decoding is off)")
