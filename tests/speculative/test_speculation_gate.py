@@ -9,7 +9,7 @@ import pytest
 
 from sgl.core.speculative.gate import PLAIN, SPECULATE, SpeculationGate
 from tests.core.engine_utils import PROMPTS, greedy_ids, make_engine, settled_info
-from tests.speculative.test_ngram_engine import REPETITIVE
+from tests.speculative.test_ngram_engine import REPETITIVE, plain_tokens  # noqa: F401 (a fixture)
 
 
 def _feed(gate: SpeculationGate, size: int, spec_tps: float, plain_tps: float, steps: int) -> list[str]:
@@ -39,18 +39,9 @@ def test_a_change_in_what_speculation_delivers_is_noticed_through_the_probes() -
     assert later[-10:].count(PLAIN) >= 8
 
 
-@pytest.fixture(scope="module")
-def plain_tokens(demo_model_dir: Path) -> list[list[int]]:
-    engine = make_engine(demo_model_dir)
-    try:
-        return greedy_ids(engine, PROMPTS + REPETITIVE)
-    finally:
-        engine.shutdown()
-
-
 @pytest.mark.parametrize("preferred", [SPECULATE, PLAIN])
 def test_whichever_mode_the_gate_picks_the_tokens_are_plain_decodings(
-    demo_model_dir: Path, plain_tokens: list[list[int]], preferred: str
+    demo_model_dir: Path, plain_tokens: list[list[int]], preferred: str  # noqa: F811
 ) -> None:
     engine = make_engine(demo_model_dir, speculative_algorithm="NGRAM", speculative_num_draft_tokens=5)
     try:
