@@ -9,6 +9,8 @@ rocm, xpu); importing this package imports triton.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from sgl.kernels.activation import gelu_tanh_and_mul, silu_and_mul
 from sgl.kernels.decode_attn import (
     DecodeWorkspace,
@@ -23,6 +25,20 @@ from sgl.kernels.kv_store import store_kv
 from sgl.kernels.norm import add_rms_norm, rms_norm
 from sgl.kernels.rotary import rotary_embedding
 
+if TYPE_CHECKING:
+    from sgl.core.ops.table import Ops
+
+
+def portable_ops() -> Ops:
+    """The op table every Triton platform starts from: these kernels where they exist, the references elsewhere."""
+    from sgl.core.ops.table import reference_ops
+
+    return reference_ops().replace(
+        rms_norm=rms_norm, add_rms_norm=add_rms_norm, silu_and_mul=silu_and_mul, gelu_tanh_and_mul=gelu_tanh_and_mul,
+        rotary_embedding=rotary_embedding, fused_moe=fused_moe,
+    )
+
+
 __all__ = [
     "DecodeWorkspace",
     "add_rms_norm",
@@ -33,6 +49,7 @@ __all__ = [
     "gelu_tanh_and_mul",
     "kv_splits_per_request",
     "max_kv_splits_for",
+    "portable_ops",
     "rms_norm",
     "rotary_embedding",
     "silu_and_mul",

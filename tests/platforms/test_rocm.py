@@ -173,6 +173,20 @@ def test_aiter_rmsnorm_replaces_the_triton_one_where_aiter_runs(on_arch: Any, mo
         torch.testing.assert_close(got, want)
 
 
+@needs_triton
+def test_every_triton_platform_starts_from_the_same_portable_ops_moe_included(on_arch: Any) -> None:
+    """One table for cuda, rocm and xpu: a kernel added to it (the fused MoE) reaches every Triton platform."""
+    from sgl import kernels
+    from sgl.plugins.cuda.platform import CudaPlatform
+    from sgl.plugins.xpu.platform import XpuPlatform
+
+    on_arch("gfx942")
+    portable = kernels.portable_ops()
+    assert portable.fused_moe is kernels.fused_moe and portable.rms_norm is kernels.rms_norm
+    for platform in (CudaPlatform(), rocm.RocmPlatform(), XpuPlatform()):
+        assert platform.ops() == portable, platform.name
+
+
 # the aiter backend's page table --------------------------------------------------------------------------------------
 def test_the_ragged_page_table_lists_each_requests_slots_in_order() -> None:
     from sgl.plugins.rocm.aiter_backend import ragged_kv

@@ -176,13 +176,7 @@ class RocmPlatform(Platform):
             return reference_ops()
         from sgl import kernels
 
-        ops = reference_ops().replace(
-            rms_norm=kernels.rms_norm,
-            add_rms_norm=kernels.add_rms_norm,
-            silu_and_mul=kernels.silu_and_mul,
-            gelu_tanh_and_mul=kernels.gelu_tanh_and_mul,
-            rotary_embedding=kernels.rotary_embedding,
-        )
+        ops = kernels.portable_ops()
         if _aiter().usable:
             from sgl.plugins.rocm import aiter_ops
 

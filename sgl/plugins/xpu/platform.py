@@ -142,13 +142,7 @@ class XpuPlatform(Platform):
             return reference_ops()
         from sgl import kernels
 
-        return reference_ops().replace(
-            rms_norm=kernels.rms_norm,
-            add_rms_norm=kernels.add_rms_norm,
-            silu_and_mul=kernels.silu_and_mul,
-            gelu_tanh_and_mul=kernels.gelu_tanh_and_mul,
-            rotary_embedding=kernels.rotary_embedding,
-        )
+        return kernels.portable_ops()
 
     def graph_runner(self, runner: Any) -> Any:
         if not _has_triton():
