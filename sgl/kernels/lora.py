@@ -5,6 +5,10 @@ or neighbouring requests on the same adapter). ``shrink`` computes ``y[seg] = x[
 intermediate, every slice of a merged layer at once) and ``expand`` adds ``y[seg] @ B[slot].T`` into one output
 slice. One program per (segment, column block) walks its segment's rows, so the kernels never see a row of another
 adapter and base-model rows (in no segment) are never touched.
+
+With ``row_index``, segment positions name batch rows through it (position p is row ``row_index[p]``): a decode
+graph's batch keeps its rows in request order, and its segments (one per adapter slot, sized at replay) sort them by
+slot without moving the data.
 """
 
 from __future__ import annotations
@@ -20,10 +24,10 @@ BLOCK_M = 16
 
 @triton.jit
 def _shrink_kernel(
-    x_ptr, a_ptr, y_ptr, seg_start_ptr, seg_len_ptr, seg_slot_ptr,
+    x_ptr, a_ptr, y_ptr, seg_start_ptr, seg_len_ptr, seg_slot_ptr, row_index_ptr,
     N, K, stride_xm, stride_as, stride_an, stride_ym,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, UPCAST: tl.constexpr,
-    PRECISION: tl.constexpr,
+    PRECISION: tl.constexpr, HAS_ROW_INDEX: tl.constexpr,
 ):
     seg = tl.program_id(0)
     pid_n = tl.program_id(1)
@@ -36,7 +40,10 @@ def _shrink_kernel(
     for m0 in range(0, length, BLOCK_M):
         rows = m0 + tl.arange(0, BLOCK_M)
         rmask = rows < length
-        grow = (start + rows).to(tl.int64)
+        if HAS_ROW_INDEX:
+            grow = tl.load(row_index_ptr + start + rows, mask=rmask, other=0).to(tl.int64)
+        else:
+            grow = (start + rows).to(tl.int64)
         acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
         for k0 in range(0, K, BLOCK_K):
             ks = k0 + tl.arange(0, BLOCK_K)
@@ -56,9 +63,9 @@ def _shrink_kernel(
 
 @triton.jit
 def _expand_kernel(
-    y_ptr, b_ptr, out_ptr, seg_start_ptr, seg_len_ptr, seg_slot_ptr,
+    y_ptr, b_ptr, out_ptr, seg_start_ptr, seg_len_ptr, seg_slot_ptr, row_index_ptr,
     N, R, stride_ym, stride_bs, stride_bn, stride_om,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_R: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_R: tl.constexpr, HAS_ROW_INDEX: tl.constexpr,
 ):
     seg = tl.program_id(0)
     pid_n = tl.program_id(1)
@@ -75,7 +82,10 @@ def _expand_kernel(
     for m0 in range(0, length, BLOCK_M):
         rows = m0 + tl.arange(0, BLOCK_M)
         rmask = rows < length
-        grow = (start + rows).to(tl.int64)
+        if HAS_ROW_INDEX:
+            grow = tl.load(row_index_ptr + start + rows, mask=rmask, other=0).to(tl.int64)
+        else:
+            grow = (start + rows).to(tl.int64)
         y = tl.load(y_ptr + grow[:, None] * stride_ym + ks[None, :], mask=rmask[:, None] & kmask[None, :], other=0.0)
         delta = tl.dot(y, tl.trans(b), input_precision="ieee")
         optr = out_ptr + grow[:, None] * stride_om + cols[None, :]
@@ -96,7 +106,7 @@ def _block(n: int, lo: int, hi: int) -> int:
 
 def sgmv_shrink(
     x: torch.Tensor, a: torch.Tensor, seg_start: torch.Tensor, seg_len: torch.Tensor, seg_slot: torch.Tensor,
-    max_seg_len: int,
+    max_seg_len: int, row_index: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """x [T, K], a [S, N, K] -> fp32 y [T, N]; rows outside every segment are 0. Segments are int32 tensors."""
     t, k = x.shape
@@ -108,15 +118,17 @@ def sgmv_shrink(
     block_n = _block(n, 16, 64)
     grid = (nseg, triton.cdiv(n, block_n))
     _shrink_kernel[grid](
-        x, a, y, seg_start, seg_len, seg_slot, n, k, x.stride(0), a.stride(0), a.stride(1), y.stride(0),
+        x, a, y, seg_start, seg_len, seg_slot, seg_start if row_index is None else row_index,
+        n, k, x.stride(0), a.stride(0), a.stride(1), y.stride(0),
         BLOCK_M=BLOCK_M, BLOCK_N=block_n, BLOCK_K=64, UPCAST=upcast_dot(x), PRECISION=_precision(x),
+        HAS_ROW_INDEX=row_index is not None,
     )
     return y
 
 
 def sgmv_expand(
     y: torch.Tensor, b: torch.Tensor, out: torch.Tensor, seg_start: torch.Tensor, seg_len: torch.Tensor,
-    seg_slot: torch.Tensor, max_seg_len: int,
+    seg_slot: torch.Tensor, max_seg_len: int, row_index: torch.Tensor | None = None,
 ) -> None:
     """out[seg] += y[seg] @ b[slot].T in place (fp32 dots: the expand is bound by memory, not by its
     flops): y [T, R] fp32 (a column view is fine), b [S, N, R], out [T, N] (a
@@ -129,6 +141,7 @@ def sgmv_expand(
     block_n = _block(n, 16, 64)
     grid = (nseg, triton.cdiv(n, block_n))
     _expand_kernel[grid](
-        y, b, out, seg_start, seg_len, seg_slot, n, r, y.stride(0), b.stride(0), b.stride(1), out.stride(0),
-        BLOCK_M=BLOCK_M, BLOCK_N=block_n, BLOCK_R=_block(r, 16, 256),
+        y, b, out, seg_start, seg_len, seg_slot, seg_start if row_index is None else row_index,
+        n, r, y.stride(0), b.stride(0), b.stride(1), out.stride(0),
+        BLOCK_M=BLOCK_M, BLOCK_N=block_n, BLOCK_R=_block(r, 16, 256), HAS_ROW_INDEX=row_index is not None,
     )

@@ -104,3 +104,22 @@ def test_engine_serves_adapters_with_the_triton_backend(demo_model_dir: Path, tm
                         lora_backend=backend, max_total_tokens=4096) as engine:
             outs[backend] = [o["output_ids"] for o in engine.generate(prompts, params, lora_path=loras)]
     assert outs["triton"] == outs["torch"]
+
+
+def test_decode_graphs_stay_on_with_lora_and_give_the_eager_tokens(demo_model_dir: Path, tmp_path: Path) -> None:
+    """The triton backend recaptures the decode graphs with the adapter updates: graphs on == graphs off."""
+    import sgl
+    from tests.lora.peft_adapters import make_peft_adapter
+
+    paths = {n: make_peft_adapter(demo_model_dir, tmp_path / n, rank=r, seed=s) for n, r, s in (("a", 8, 1), ("b", 4, 2))}
+    params = {"temperature": 0.0, "max_new_tokens": 16, "ignore_eos": True}
+    prompts = ["The quick brown fox", "def fibonacci(n):", "Once upon a time", "1, 2, 3,", "Hello"]
+    loras = ["a", None, "b", "a", None]
+    outs = {}
+    for graphs in (True, False):
+        with sgl.Engine(model_path=str(demo_model_dir), backend="cuda", dtype="float32",
+                        lora_paths=[f"{n}={p}" for n, p in paths.items()], lora_backend="triton",
+                        max_total_tokens=4096, disable_cuda_graph=not graphs) as engine:
+            assert (engine.runtime.scheduler.runner.graph_runner is not None) == graphs
+            outs[graphs] = [o["output_ids"] for o in engine.generate(prompts, params, lora_path=loras)]
+    assert outs[True] == outs[False]

@@ -74,3 +74,36 @@ def test_reference_equals_dense_formula(device: torch.device) -> None:
                     want[r, sl.offset:sl.offset + sl.size] += (x[r] @ a[s, k * 4:(k + 1) * 4].t()) @ bs[k][s].t()
         row += c
     torch.testing.assert_close(ref, want, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("slots", [[2, -1, 0, 2, 1, -1, 0], [-1, -1, -1], [1], [0, 0, 0, 0, 0, 0, 0, 0]])
+def test_graph_segments_sort_rows_by_slot_through_the_row_index(slots: list[int], device: torch.device) -> None:
+    """A decode graph's segments (one per slot, rows reached through row_index) add what the batch's own segments
+    add; the rows a padded graph adds past the batch stay untouched."""
+    from sgl.plugins.lora.segments import GraphSegments
+
+    num_slots, max_rows, padded = 3, 8, 8
+    x, a, bs, slices, _, seg = _case(device, torch.float32, [1] * len(slots), slots, 64, [40, 24], 8, num_slots,
+                                     seed=11)
+    gen = torch.Generator().manual_seed(12)
+    x_pad = torch.cat([x, torch.randn(padded - len(slots), 64, generator=gen).to(device)])
+    out = torch.randn(padded, 64, generator=gen).to(device)
+    want = out.clone()
+    apply_reference(x_pad[:len(slots)], want[:len(slots)], a, bs, slices, 8, seg)
+    graph = GraphSegments(num_slots, max_rows, device)
+    graph.fill(slots)
+    got = out.clone()
+    apply_triton(x_pad, got, a, bs, slices, 8, graph.segments)
+    torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
+    assert torch.equal(got[len(slots):], out[len(slots):])
+
+
+def test_graph_segments_layout_is_sorted_by_slot_with_base_and_padding_rows_last() -> None:
+    from sgl.plugins.lora.segments import GraphSegments
+
+    layout = GraphSegments(3, 8, torch.device("cpu")).host_layout([2, -1, 0, 2])
+    starts, lens, slots, order = layout[:3], layout[3:6], layout[6:9], layout[9:]
+    assert lens.tolist() == [1, 0, 2] and starts.tolist() == [0, 1, 1] and slots.tolist() == [0, 1, 2]
+    assert order.tolist() == [2, 0, 3, 1, 4, 5, 6, 7]
+    with pytest.raises(ValueError, match="9 rows exceed the graphs' 8"):
+        GraphSegments(3, 8, torch.device("cpu")).fill([0] * 9)

@@ -39,7 +39,7 @@ def apply_triton(
     from sgl.kernels.lora import sgmv_expand, sgmv_shrink
 
     x2 = x if x.stride(-1) == 1 else x.contiguous()
-    y = sgmv_shrink(x2, a, seg.seg_start, seg.seg_len, seg.seg_slot, seg.max_seg_len)
+    y = sgmv_shrink(x2, a, seg.seg_start, seg.seg_len, seg.seg_slot, seg.max_seg_len, seg.row_index)
     for k, sl in enumerate(slices):
         sgmv_expand(y[:, k * rank:(k + 1) * rank], bs[k], out[:, sl.offset:sl.offset + sl.size],
-                    seg.seg_start, seg.seg_len, seg.seg_slot, seg.max_seg_len)
+                    seg.seg_start, seg.seg_len, seg.seg_slot, seg.max_seg_len, seg.row_index)

@@ -18,7 +18,7 @@ from sgl.core.lora.base import AdapterInfo, LoRABackend, parse_lora_paths
 from sgl.plugins.lora.apply import ApplyFn, apply_reference, apply_triton
 from sgl.plugins.lora.peft_adapter import AdapterWeights, load_adapter_weights
 from sgl.plugins.lora.pool import AdapterPool, LayerBuffers
-from sgl.plugins.lora.segments import BatchSegments, build_segments
+from sgl.plugins.lora.segments import BatchSegments, GraphSegments, build_segments
 from sgl.plugins.lora.targets import SUPPORTED, Target, projection_of, projection_targets, resolve_target_modules
 
 if TYPE_CHECKING:
@@ -57,7 +57,10 @@ class LoRAHook:
         self.buffers = buffers
 
     def __call__(self, layer: LinearBase, x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
-        seg = self.backend.segments
+        # NOTE: a graph being captured records the kernels over the graph segments, which each replay's
+        # before_forward rewrites; eager forwards use the segments built for their own batch
+        graph = self.backend.graph_segments
+        seg = graph.segments if graph is not None and self.backend.capturing else self.backend.segments
         if seg is None or seg.empty:
             return out
         b = self.buffers
@@ -88,6 +91,8 @@ class TorchLoRABackend(LoRABackend):
         self._names: dict[str, int] = {}
         self._by_uid: dict[int, _Adapter] = {}
         self.segments: BatchSegments | None = None
+        self.graph_segments: GraphSegments | None = None  # set where decode graphs run with the adapters
+        self.capturing = False
 
     # startup ----------------------------------------------------------------------------------------------------
     @classmethod
@@ -117,12 +122,28 @@ class TorchLoRABackend(LoRABackend):
         for name, path in initial.items():
             backend._register(name, path, read[name])
         if runner.graph_runner is not None:
-            # NOTE: the adapter segments change shape with every batch; captured graphs would replay stale ones.
-            logger.info("LoRA: decode graphs are off (the adapter segments are not captured yet)")
-            runner.graph_runner = None
+            backend._graphs_with_adapters(runner)
         logger.info("LoRA: %d adapter(s), rank <= %d, %d slot(s), targets %s", len(initial), max_rank,
                     args.max_loras_per_batch, " ".join(allowed))
         return backend
+
+    def _graphs_with_adapters(self, runner: ModelRunner) -> None:
+        """The runner captured its decode graphs before the adapter hooks existed: recapture them through the graph
+        segments (where the backend's kernels can be captured), else turn graphs off."""
+        if self.apply_fn is not apply_triton:
+            # NOTE: the reference gathers rows per adapter on the host's say-so: a graph would replay stale ones
+            logger.info("LoRA: decode graphs are off: the torch reference's updates cannot be captured "
+                        "(--lora-backend triton's can)")
+            runner.graph_runner = None
+            return
+        self.graph_segments = GraphSegments(self.pool.num_slots, runner.graph_runner.max_bs, runner.device)
+        runner.graph_runner = None
+        self.capturing = True
+        try:
+            runner.graph_runner = runner.platform.graph_runner(runner)
+        finally:
+            self.capturing = False
+        logger.info("LoRA: decode graphs recaptured with the adapter updates (one segment per slot)")
 
     # adapters ---------------------------------------------------------------------------------------------------
     def load_adapter(self, name: str, path: str) -> AdapterInfo:
@@ -191,13 +212,18 @@ class TorchLoRABackend(LoRABackend):
 
     def before_forward(self, batch: ScheduleBatch, forward_batch: ForwardBatch) -> None:
         states: list[_ReqLoRA | None] = [r.features.get(self.name) for r in batch.reqs]
+        graphed = self.graph_segments is not None and batch.mode.is_decode and len(batch) <= self.graph_segments.max_rows
         if all(st is None for st in states):
             self.segments = None
+            if graphed:
+                self.graph_segments.fill([])  # type: ignore[union-attr]
             return
         busy = {u for u, a in self._by_uid.items() if a.active}
         slots = [-1 if st is None else self.pool.slot(st.uid, self._by_uid[st.uid].weights, busy) for st in states]
         counts = [1] * len(batch) if batch.mode.is_decode else list(batch.extend_lens)
         self.segments = build_segments(counts, slots, forward_batch.input_ids.device)
+        if graphed:  # NOTE: a decode batch the graphs replay reads these (a larger one runs eagerly on the above)
+            self.graph_segments.fill(slots)  # type: ignore[union-attr]
 
     def release(self, req: Req) -> None:
         st: _ReqLoRA | None = req.features.pop(self.name, None)

@@ -19,10 +19,11 @@ class BatchSegments(NamedTuple):
     seg_slot: torch.Tensor  # [nseg] int32, the device slot of each segment's adapter
     max_seg_len: int
     slot_rows: dict[int, torch.Tensor]  # slot -> int64 row indices on the device (the reference's gather)
+    row_index: torch.Tensor | None = None  # [rows] int32: segment position p is batch row row_index[p] (graphs)
 
     @property
     def empty(self) -> bool:
-        return not self.slot_rows
+        return not self.slot_rows and self.row_index is None
 
 
 def build_segments(row_counts: Sequence[int], row_slots: Sequence[int], device: torch.device) -> BatchSegments:
@@ -50,3 +51,37 @@ def build_segments(row_counts: Sequence[int], row_slots: Sequence[int], device: 
         dev(starts, torch.int32), dev(lens, torch.int32), dev(slots, torch.int32), max(lens, default=0),
         {s: dev(r, torch.int64) for s, r in rows.items()},
     )
+
+
+class GraphSegments:
+    """The segments a captured decode graph reads: one per device slot, over the batch's rows sorted by slot through
+    ``row_index``, all in one device buffer that ``fill`` rewrites before each step (stream-ordered after the step
+    before it, as the graph runner's own input copies are). Base-model rows sort last, outside every segment.
+
+    NOTE: the shapes never change (``num_slots`` segments, ``max_rows`` rows), which is what lets a graph capture
+    them; a slot without rows this step is a segment of length 0."""
+
+    def __init__(self, num_slots: int, max_rows: int, device: torch.device) -> None:
+        self.num_slots, self.max_rows = num_slots, max_rows
+        self.buffer = torch.zeros(3 * num_slots + max_rows, dtype=torch.int32, device=device)
+        self.fill([])
+        n = num_slots
+        self.segments = BatchSegments(self.buffer[:n], self.buffer[n:2 * n], self.buffer[2 * n:3 * n], max_rows, {},
+                                      self.buffer[3 * n:])
+
+    def host_layout(self, row_slots: Sequence[int]) -> torch.Tensor:
+        """[seg_start | seg_len | seg_slot | row_index] for rows on ``row_slots`` (-1: the base model)."""
+        if len(row_slots) > self.max_rows:
+            raise ValueError(f"{len(row_slots)} rows exceed the graphs' {self.max_rows}")
+        counts = [0] * self.num_slots
+        for slot in row_slots:
+            if slot >= 0:
+                counts[slot] += 1
+        starts = [sum(counts[:s]) for s in range(self.num_slots)]
+        base = [i for i, slot in enumerate(row_slots) if slot < 0]
+        order = sorted((i for i, slot in enumerate(row_slots) if slot >= 0), key=lambda i: row_slots[i]) + base
+        order += range(len(row_slots), self.max_rows)  # padding rows: base rows of the padded graph
+        return torch.tensor(starts + counts + list(range(self.num_slots)) + order, dtype=torch.int32)
+
+    def fill(self, row_slots: Sequence[int]) -> None:
+        self.buffer.copy_(self.host_layout(row_slots), non_blocking=True)
