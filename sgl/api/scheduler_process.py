@@ -7,8 +7,10 @@ code when the scheduler is busy but makes no progress, so a hung device never lo
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import multiprocessing
+import multiprocessing.connection
 import os
 import signal
 import threading
@@ -17,9 +19,10 @@ import traceback
 from collections.abc import Callable
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
-from typing import Any
+from typing import Any, NamedTuple
 
 from sgl.core.config import ServerArgs
+from sgl.core.distributed.topology import RankPlace, local_ranks, replica_addr
 from sgl.core.ipc import SchedulerFailed, SchedulerReady, ShutdownReq
 
 logger = logging.getLogger(__name__)
@@ -67,19 +70,27 @@ class Watchdog:
                 return
 
 
-def _exit_on_stall(stalled: float) -> None:
-    logger.error("watchdog: the scheduler was busy for %.1f s without progress; exiting", stalled)
+def _exit_on_stall(stalled: float, who: str = "the scheduler") -> None:
+    logger.error("watchdog: %s was busy for %.1f s without progress; exiting", who, stalled)
     logging.shutdown()
     os._exit(WATCHDOG_EXIT)
 
 
-def _child_main(args: ServerArgs, conn: Connection, log_level: str) -> None:
-    """Entry point of the scheduler process (spawned: it imports torch afresh, never inherits the API's state)."""
+def _child_main(args: ServerArgs, place: RankPlace, conn: Connection, log_level: str) -> None:
+    """Entry point of one scheduler rank (spawned: it imports torch afresh, never inherits the API's state).
+
+    Rank 0 of a replica talks to the API over ``conn``; a follower rank uses its pipe only to report start-up and
+    failure, and receives its work from rank 0's broadcast (``step_sync``).
+    """
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # NOTE: Ctrl-C reaches the whole group; the API process decides
-    logging.basicConfig(level=log_level.upper(), format="%(asctime)s [scheduler] %(levelname)s %(message)s")
+    tag = "scheduler" if place.tp_size == 1 else f"scheduler {place.name}"
+    logging.basicConfig(level=log_level.upper(), format=f"%(asctime)s [{tag}] %(levelname)s %(message)s")
     send_lock = threading.Lock()
+    leader = place.tp_rank == 0
 
     def send(msg: Any) -> None:
+        if not leader and not isinstance(msg, SchedulerFailed):
+            return  # NOTE: a follower's outputs are rank 0's too; only rank 0 answers the API
         with send_lock:
             try:
                 conn.send(msg)
@@ -87,23 +98,35 @@ def _child_main(args: ServerArgs, conn: Connection, log_level: str) -> None:
                 pass  # the API process is gone; the loop ends at the next recv
 
     try:
+        from sgl.core.distributed.group import join_group
+        from sgl.core.plugins import select_platform
         from sgl.core.runtime import build_runtime
 
-        runtime = build_runtime(args)
+        parallel = join_group(args, place, select_platform(args.backend))
+        runtime = build_runtime(args, parallel)
         info = {**runtime.model_info(), **runtime.scheduler.info(), "scheduler_pid": os.getpid()}
     except Exception as exc:  # noqa: BLE001 - every start-up failure becomes one clear message for the API process
         logger.debug("start-up failed:\n%s", traceback.format_exc())
         send(SchedulerFailed(f"{type(exc).__name__}: {exc}"))
         conn.close()
         raise SystemExit(STARTUP_FAILED_EXIT) from None
-    send(SchedulerReady(info))
+    with send_lock:
+        conn.send(SchedulerReady(info))
 
+    from sgl.core.distributed.group import leave_group
+    from sgl.core.distributed.step_sync import follower_recv, leader_recv
     from sgl.core.scheduler.loop import run_scheduler_loop
 
     scheduler = runtime.scheduler
-    watchdog = Watchdog(args.watchdog_timeout, lambda: not scheduler.is_idle, _exit_on_stall).start()
+    if place.tp_size == 1:
+        watchdog = Watchdog(args.watchdog_timeout, lambda: not scheduler.is_idle, _exit_on_stall).start()
+    else:
+        # NOTE: under TP every iteration meets the peers in a collective (rank 0 broadcasts even when idle), so an
+        # iteration that never ends is a peer that is gone or hangs: the watchdog counts idle time too
+        who = f"tensor-parallel rank {place.tp_rank} (stuck in a collective: a peer rank is gone or hangs)"
+        watchdog = Watchdog(args.watchdog_timeout, lambda: True, lambda s: _exit_on_stall(s, who)).start()
 
-    def recv(block: bool, timeout: float) -> list[Any]:
+    def recv_pipe(block: bool, timeout: float) -> list[Any]:
         msgs: list[Any] = []
         try:
             if conn.poll(timeout if block else 0):
@@ -114,24 +137,100 @@ def _child_main(args: ServerArgs, conn: Connection, log_level: str) -> None:
             msgs.append(ShutdownReq())  # the API process is gone: stop instead of serving no one
         return msgs
 
+    recv = recv_pipe
+    if place.tp_size > 1:
+        recv = leader_recv(recv_pipe, parallel, scheduler) if leader else follower_recv(parallel, scheduler)
     stats_log = runtime.stats_log()
 
     def on_progress() -> None:
         watchdog.beat()
-        stats_log.tick()
+        if leader:
+            stats_log.tick()
 
     run_scheduler_loop(scheduler, recv, send, on_progress=on_progress)
+    leave_group()
     watchdog.stop()
     conn.close()
 
 
-class SchedulerProcess:
-    """The API side's handle on the child: its connection and process. Reading is the TokenizerManager's job."""
+class RankHandle(NamedTuple):
+    place: RankPlace
+    process: BaseProcess
+    conn: Connection
 
-    def __init__(self, process: BaseProcess, conn: Connection) -> None:
-        self.process = process
-        self.conn = conn
+
+def spawn_rank(args: ServerArgs, place: RankPlace) -> RankHandle:
+    ctx = multiprocessing.get_context("spawn")
+    parent, child = ctx.Pipe(duplex=True)
+    name = "sgl-scheduler" if place.tp_size == 1 else f"sgl-scheduler-{place.name.replace(' ', '-')}"
+    proc = ctx.Process(target=_child_main, args=(args, place, child, args.log_level), name=name, daemon=True)
+    proc.start()
+    child.close()  # NOTE: only the child holds its end, so its death shows up here as EOF
+    return RankHandle(place, proc, parent)
+
+
+def wait_ranks_ready(ranks: list[RankHandle], timeout: float | None = None) -> list[dict[str, Any]]:
+    """Blocks until every rank reports ready; raises SchedulerStartError naming the first rank that fails or dies."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    infos: dict[int, dict[str, Any]] = {}
+    multi = len(ranks) > 1 or ranks[0].place.tp_size > 1
+    while len(infos) < len(ranks):
+        for i, r in enumerate(ranks):
+            if i in infos:
+                continue
+            who = f"rank {r.place.name}: " if multi else ""
+            try:
+                if r.conn.poll(0.05):
+                    msg = r.conn.recv()
+                    if isinstance(msg, SchedulerReady):
+                        infos[i] = msg.info
+                        continue
+                    if isinstance(msg, SchedulerFailed):
+                        raise SchedulerStartError(who + msg.message)
+                    raise SchedulerStartError(f"{who}unexpected first message from the scheduler: {type(msg).__name__}")
+            except (EOFError, OSError):
+                pass
+            if not r.process.is_alive():
+                r.process.join(1)
+                raise SchedulerStartError(f"{who}the scheduler process exited with code {r.process.exitcode}")
+        if deadline is not None and time.monotonic() > deadline:
+            raise SchedulerStartError(f"the scheduler was not ready within {timeout} s")
+    return [infos[i] for i in range(len(ranks))]
+
+
+def stop_ranks(ranks: list[RankHandle], timeout: float = 10.0) -> list[int | None]:
+    """Asks each rank to shut down (rank 0 passes it on to its followers), then terminates and finally kills."""
+    for r in ranks:
+        if r.process.is_alive():
+            with contextlib.suppress(BrokenPipeError, EOFError, OSError):
+                r.conn.send(ShutdownReq())
+    deadline = time.monotonic() + timeout
+    for r in ranks:
+        r.process.join(max(0.0, deadline - time.monotonic()))
+    for r in ranks:
+        if r.process.is_alive():
+            logger.warning("scheduler %s did not stop within %.0f s; terminating it", r.place.name, timeout)
+            r.process.terminate()
+            r.process.join(5)
+        if r.process.is_alive():
+            r.process.kill()
+            r.process.join(5)
+        with contextlib.suppress(OSError):
+            r.conn.close()
+    return [r.process.exitcode for r in ranks]
+
+
+class SchedulerProcess:
+    """The API side's handle on one replica: rank 0's connection and process (reading it is the TokenizerManager's
+    job), and the follower ranks of its tensor-parallel group, watched so that one dying takes the replica down."""
+
+    def __init__(self, ranks: list[RankHandle]) -> None:
+        self.ranks = ranks
+        self.process = ranks[0].process
+        self.conn = ranks[0].conn
         self._send_lock = threading.Lock()  # NOTE: one writer at a time, or pickled frames interleave
+        self._peer_death: str | None = None
+        self._stopping = False
 
     def send(self, msg: Any) -> None:
         """Raises BrokenPipeError/OSError when the child is gone."""
@@ -139,55 +238,61 @@ class SchedulerProcess:
             self.conn.send(msg)
 
     @classmethod
-    def spawn(cls, args: ServerArgs) -> SchedulerProcess:
-        ctx = multiprocessing.get_context("spawn")
-        parent, child = ctx.Pipe(duplex=True)
-        proc = ctx.Process(target=_child_main, args=(args, child, args.log_level), name="sgl-scheduler", daemon=True)
-        proc.start()
-        child.close()  # NOTE: only the child holds its end, so its death shows up here as EOF
-        return cls(proc, parent)
+    def spawn(cls, args: ServerArgs, replica: int = 0, addr: str | None = None) -> SchedulerProcess:
+        """Starts this node's ranks of ``replica``; ``addr`` is its group's TCP store (chosen here when None)."""
+        places = local_ranks(args, replica, replica_addr(args, replica) if addr is None else addr)
+        return cls([spawn_rank(args, p) for p in places])
 
     @property
     def pid(self) -> int | None:
         return self.process.pid
 
     def wait_ready(self, timeout: float | None = None) -> dict[str, Any]:
-        """Blocks until the child reports; raises SchedulerStartError when it fails or dies first."""
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while True:
-            try:
-                if self.conn.poll(0.2):
-                    msg = self.conn.recv()
-                    if isinstance(msg, SchedulerReady):
-                        return msg.info
-                    if isinstance(msg, SchedulerFailed):
-                        raise SchedulerStartError(msg.message)
-                    raise SchedulerStartError(f"unexpected first message from the scheduler: {type(msg).__name__}")
-            except (EOFError, OSError):
-                pass
-            if not self.process.is_alive():
-                self.process.join(1)
-                raise SchedulerStartError(f"the scheduler process exited with code {self.process.exitcode}")
-            if deadline is not None and time.monotonic() > deadline:
-                raise SchedulerStartError(f"the scheduler was not ready within {timeout} s")
+        """Blocks until every rank is ready; raises SchedulerStartError when one fails or dies first."""
+        info = wait_ranks_ready(self.ranks, timeout)[0]
+        if len(self.ranks) > 1:
+            threading.Thread(target=self._watch_followers, name="sgl-rank-watch", daemon=True).start()
+        return info
+
+    def _watch_followers(self) -> None:
+        """A follower that fails or exits takes rank 0 down too, so the reader sees one death and says whose."""
+        followers = self.ranks[1:]
+        waitables: list[Any] = [r.process.sentinel for r in followers] + [r.conn for r in followers]
+        while not self._stopping:
+            ready = multiprocessing.connection.wait(waitables + [self.process.sentinel], 1.0)
+            if self._stopping or self.process.sentinel in ready:
+                return
+            for r in followers:
+                failed = None
+                if r.conn in ready:
+                    try:
+                        msg = r.conn.recv()
+                        failed = msg.message if isinstance(msg, SchedulerFailed) else None
+                    except (EOFError, OSError):
+                        failed = "its pipe closed"
+                if failed is None and r.process.sentinel not in ready:
+                    continue
+                r.process.join(2)
+                code = r.process.exitcode
+                self._peer_death = (f"tensor-parallel rank {r.place.name} (pid {r.process.pid}) "
+                                    + (f"failed: {failed}" if failed else f"exited with code {code}"))
+                logger.error("%s; stopping its replica", self._peer_death)
+                if self.process.is_alive():
+                    self.process.terminate()
+                return
+
+    def explain(self, message: str) -> str:
+        """``message`` (rank 0's failure), led by the follower's death that caused it when there was one."""
+        if len(self.ranks) > 1 and self._peer_death is None:
+            deadline = time.monotonic() + 2.0  # NOTE: rank 0 may notice before the watcher does
+            while self._peer_death is None and time.monotonic() < deadline:
+                time.sleep(0.05)
+        return f"{self._peer_death}; rank 0: {message}" if self._peer_death else message
+
+    def exit_message(self) -> str:
+        return self.explain(f"the scheduler process exited unexpectedly (exit code {self.process.exitcode})")
 
     def stop(self, timeout: float = 10.0) -> int | None:
-        """Asks the child to shut down, then terminates and finally kills it; returns its exit code."""
-        if self.process.is_alive():
-            try:
-                self.send(ShutdownReq())
-            except (BrokenPipeError, EOFError, OSError):
-                pass
-            self.process.join(timeout)
-        if self.process.is_alive():
-            logger.warning("the scheduler did not stop within %.0f s; terminating it", timeout)
-            self.process.terminate()
-            self.process.join(5)
-        if self.process.is_alive():
-            self.process.kill()
-            self.process.join(5)
-        try:
-            self.conn.close()
-        except OSError:
-            pass
-        return self.process.exitcode
+        """Asks every rank to shut down, then terminates and finally kills them; returns rank 0's exit code."""
+        self._stopping = True
+        return stop_ranks(self.ranks, timeout)[0]

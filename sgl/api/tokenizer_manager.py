@@ -88,10 +88,10 @@ class TokenizerManager:
                 if self._closing:
                     return  # NOTE: the closer reaps the process; two threads joining it race on waitpid
                 multiprocessing.connection.wait([self.proc.process.sentinel], 2)
-                self._die(f"the scheduler process exited unexpectedly (exit code {self.proc.process.exitcode})")
+                self._die(self.proc.exit_message())
                 return
             if isinstance(msg, SchedulerFailed):
-                self._die(msg.message)
+                self._die(self.proc.explain(msg.message))
                 return
             if isinstance(msg, BatchOutput):
                 self.metrics.on_outputs(msg.outputs)

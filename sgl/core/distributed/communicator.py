@@ -36,6 +36,15 @@ class Communicator:
         dist.all_gather(parts, x.contiguous(), group=self.group)
         return torch.cat(parts, dim=dim)
 
+    def min_ints(self, values: list[int]) -> list[int]:
+        """The element-wise minimum of ``values`` over the group (each rank's KV pool size: the smallest wins)."""
+        if self.world_size == 1:
+            return list(values)
+        # NOTE: an object collective, so the same call works where the backend only moves device tensors (NCCL)
+        everyone: list[Any] = [None] * self.world_size
+        dist.all_gather_object(everyone, list(values), group=self.group)
+        return [min(int(v[i]) for v in everyone) for i in range(len(values))]
+
     def broadcast_object(self, obj: Any, src: int = 0) -> Any:
         if self.world_size == 1:
             return obj
@@ -55,6 +64,11 @@ class ParallelState:
     tp_rank: int = 0
     tp_size: int = 1
     comm: Communicator = Communicator()
+    device_index: int | None = None  # this rank's device on its machine (default: its tp_rank)
+
+    @property
+    def device(self) -> int:
+        return self.tp_rank if self.device_index is None else self.device_index
 
     def __post_init__(self) -> None:
         if not 0 <= self.tp_rank < self.tp_size:

@@ -61,8 +61,8 @@ class ModelRunner:
         self.parallel = parallel
         plugins = plugins or get_plugins()
         self.attention_backends = plugins.attention_backends  # read by Platform.attention_backend
-        platform.set_device(parallel.tp_rank)
-        self.device = platform.device(parallel.tp_rank)
+        platform.set_device(parallel.device)
+        self.device = platform.device(parallel.device)
         self.model_config = ModelConfig.from_dir(model_path)
         self.dtype = resolve_dtype(args, platform, self.model_config)
         self.kv_dtype = resolve_kv_cache_dtype(args, self.dtype, platform)
@@ -86,8 +86,10 @@ class ModelRunner:
             kv_dtype=self.kv_dtype, context_len=self.context_len, weight_bytes=weight_bytes,
             bytes_per_token=layout.bytes_per_token(cfg.num_layers, self.kv_dtype),
         )
-        self.max_total_tokens = self.plan.max_total_tokens
-        self.max_running_requests = self.plan.max_running_requests
+        # NOTE: every rank runs the same schedule, so every rank's pools must be the same size: the smallest wins
+        sizes = [self.plan.max_total_tokens, self.plan.max_running_requests]
+        self.max_total_tokens, self.max_running_requests = parallel.comm.min_ints(sizes) if parallel.tp_size > 1 \
+            else sizes
         self.kv_pool = layout.make_pool(
             self.max_total_tokens, args.page_size, cfg.num_layers, self.kv_dtype, self.device
         )
