@@ -7,7 +7,7 @@ import logging
 import multiprocessing.connection
 import threading
 import time
-from typing import Any
+from typing import Any, Protocol
 
 from sgl.core.config import ServerArgs
 from sgl.core.distributed.rank_process import (
@@ -21,9 +21,21 @@ from sgl.core.distributed.rank_process import (
 from sgl.core.distributed.topology import local_ranks, replica_addr
 from sgl.core.ipc import SchedulerFailed
 
-__all__ = ["SchedulerProcess", "SchedulerStartError", "Watchdog"]
+__all__ = ["SchedulerHandle", "SchedulerProcess", "SchedulerStartError", "Watchdog"]
 
 logger = logging.getLogger(__name__)
+
+
+class SchedulerHandle(Protocol):
+    """What the API needs of its schedulers: one replica (SchedulerProcess) or several behind a dispatcher."""
+
+    def send(self, msg: Any) -> None: ...
+    def recv(self) -> Any: ...
+    def wait_dead(self, timeout: float) -> None: ...
+    def wait_ready(self, timeout: float | None = None) -> dict[str, Any]: ...
+    def explain(self, message: str) -> str: ...
+    def exit_message(self) -> str: ...
+    def stop(self, timeout: float = 10.0) -> int | None: ...
 
 
 class SchedulerProcess:
@@ -42,6 +54,13 @@ class SchedulerProcess:
         """Raises BrokenPipeError/OSError when the child is gone."""
         with self._send_lock:
             self.conn.send(msg)
+
+    def recv(self) -> Any:
+        """The next message from rank 0; EOFError/OSError when it is gone."""
+        return self.conn.recv()
+
+    def wait_dead(self, timeout: float) -> None:
+        multiprocessing.connection.wait([self.process.sentinel], timeout)
 
     @classmethod
     def spawn(cls, args: ServerArgs, replica: int = 0, addr: str | None = None) -> SchedulerProcess:
