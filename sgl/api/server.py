@@ -28,6 +28,7 @@ from sgl.api import lora_routes, native_routes, openai_routes
 from sgl.api.auth import AuthMiddleware
 from sgl.api.errors import install_error_handlers
 from sgl.api.limits import BodyLimitMiddleware
+from sgl.api.node import serve_node
 from sgl.api.data_parallel import DataParallelScheduler
 from sgl.api.scheduler_process import SchedulerHandle, SchedulerProcess, SchedulerStartError
 from sgl.api.state import GateMiddleware, ServerState
@@ -237,6 +238,8 @@ def serve(args: ServerArgs) -> int:
     args = resolve_paths(args)  # NOTE: here, so both processes use the same local (demo, Hub snapshot) paths
     model_path = args.model_path
     assert model_path is not None
+    if args.node_rank > 0:
+        return serve_node(args)
     logger.info("starting sgl %s: model %s on %s:%d", __version__, model_path, args.host, args.port)
     proc: SchedulerHandle = DataParallelScheduler.spawn(args) if args.dp_size > 1 else SchedulerProcess.spawn(args)
     state = ServerState(args, model_path)
