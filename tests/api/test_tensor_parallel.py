@@ -23,6 +23,8 @@ from tests.api.conftest import ServerProc, pool_is_whole, start_server
 
 PROMPTS = ["The quick brown fox", "one two three four five six", "a"]
 PARAMS = {"max_new_tokens": 12, "temperature": 0.0, "ignore_eos": True}
+# NOTE: a constrained request too: every rank compiles its grammar at admission, so all agree on when it can run
+CONSTRAINED = {"max_new_tokens": 12, "temperature": 0.0, "regex": "(yes|no|maybe)-[a-z]{2,6}"}
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +37,8 @@ def few_kv_heads(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def tp1_tokens(few_kv_heads: Path) -> list[list[int]]:
     """The oracle: the same model on one rank."""
     with sgl.Engine(model_path=str(few_kv_heads), max_total_tokens=2048, context_length=1024) as engine:
-        return [r["output_ids"] for r in engine.generate(PROMPTS, PARAMS)]
+        plain = [r["output_ids"] for r in engine.generate(PROMPTS, PARAMS)]
+        return [*plain, engine.generate(PROMPTS[0], CONSTRAINED)["output_ids"]]
 
 
 @pytest.fixture(scope="module")
@@ -51,8 +54,10 @@ def test_tp2_server_gives_the_tp1_greedy_tokens(tp2_server: ServerProc, tp1_toke
     with tp2_server.client() as c:
         info = c.get("/get_server_info").json()
         assert info["tp_size"] == 2 and info["dp_size"] == 1 and len(info["scheduler_pids"]) == 2
-        got = c.post("/generate", json={"text": PROMPTS, "sampling_params": PARAMS}).json()
+        got = c.post("/generate", json={"text": PROMPTS + PROMPTS[:1],
+                                        "sampling_params": [PARAMS] * len(PROMPTS) + [CONSTRAINED]}).json()
         assert [r["output_ids"] for r in got] == tp1_tokens
+        assert got[-1]["text"].split("-")[0] in ("yes", "no", "maybe")
         # one at a time too: batch composition changes nothing
         single = c.post("/generate", json={"text": PROMPTS[1], "sampling_params": PARAMS}).json()
         assert single["output_ids"] == tp1_tokens[1]
