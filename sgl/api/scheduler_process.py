@@ -85,25 +85,30 @@ class SchedulerProcess:
         waitables: list[Any] = [r.process.sentinel for r in followers] + [r.conn for r in followers]
         while not self._stopping:
             ready = multiprocessing.connection.wait(waitables + [self.process.sentinel], 1.0)
-            if self._stopping or self.process.sentinel in ready:
+            if self._stopping:
                 return
+            # NOTE: followers first: rank 0 exits right after a peer's death breaks its collective, often before
+            # this thread wakes, and the death to report is the follower's
             for r in followers:
+                if r.conn not in ready and r.process.sentinel not in ready:
+                    continue
                 failed = None
                 if r.conn in ready:
                     try:
                         msg = r.conn.recv()
                         failed = msg.message if isinstance(msg, SchedulerFailed) else None
                     except (EOFError, OSError):
-                        failed = "its pipe closed"
-                if failed is None and r.process.sentinel not in ready:
-                    continue
-                r.process.join(2)
-                code = r.process.exitcode
-                self._peer_death = (f"tensor-parallel rank {r.place.name} (pid {r.process.pid}) "
-                                    + (f"failed: {failed}" if failed else f"exited with code {code}"))
+                        pass
+                r.process.join(5)
+                if failed is None and r.process.exitcode is None:
+                    continue  # NOTE: not a death after all (nothing but a failure is ever sent after ready)
+                self._peer_death = f"tensor-parallel rank {r.place.name} (pid {r.process.pid}) " + (
+                    f"failed: {failed}" if failed else f"exited with code {r.process.exitcode}")
                 logger.error("%s; stopping its replica", self._peer_death)
                 if self.process.is_alive():
                     self.process.terminate()
+                return
+            if self.process.sentinel in ready:
                 return
 
     def explain(self, message: str) -> str:

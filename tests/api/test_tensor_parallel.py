@@ -93,4 +93,5 @@ def test_a_dead_rank_takes_the_server_down_with_a_clear_line(tp2_server: ServerP
     follower = httpx.get(f"{tp2_server.url}/get_server_info").json()["scheduler_pids"][1]
     os.kill(follower, signal.SIGKILL)
     assert tp2_server.proc.wait(60) != 0
-    assert f"tensor-parallel rank tp1 (pid {follower}) exited with code -9" in tp2_server.log()
+    log = tp2_server.log()
+    assert f"tensor-parallel rank tp1 (pid {follower}) exited with code -9" in log, log

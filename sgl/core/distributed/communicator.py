@@ -36,6 +36,13 @@ class Communicator:
         dist.all_gather(parts, x.contiguous(), group=self.group)
         return torch.cat(parts, dim=dim)
 
+    def broadcast(self, x: torch.Tensor, src: int = 0) -> torch.Tensor:
+        """``x`` as rank ``src`` holds it, on every rank (in place)."""
+        if self.world_size == 1:
+            return x
+        dist.broadcast(x, src=src, group=self.group)
+        return x
+
     def min_ints(self, values: list[int]) -> list[int]:
         """The element-wise minimum of ``values`` over the group (each rank's KV pool size: the smallest wins)."""
         if self.world_size == 1:

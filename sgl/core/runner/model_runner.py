@@ -9,6 +9,7 @@ import torch
 
 from sgl.core.config import ServerArgs
 from sgl.core.distributed.communicator import SINGLE, ParallelState
+from sgl.core.distributed.tp_sampler import RankZeroTokens
 from sgl.core.memory.kv_pool import model_kv_layout
 from sgl.core.memory.req_to_token import ReqToTokenPool
 from sgl.core.model.config import ModelConfig
@@ -102,6 +103,8 @@ class ModelRunner:
         self.attn_backend = platform.attention_backend(name, self)
         self.attention_backend_name = name
         self.sampler = platform.sampler()
+        if parallel.tp_size > 1:
+            self.sampler = RankZeroTokens(self.sampler, parallel)
         self.graph_runner = None if args.disable_cuda_graph else platform.graph_runner(self)
         logger.info(
             "model %s on %s (%s, KV cache %s, %s attention, graphs %s)",
