@@ -138,7 +138,7 @@ def _child_main(args: ServerArgs, place: RankPlace, conn: Connection, log_level:
             msgs.append(ShutdownReq())  # the API process is gone: stop instead of serving no one
         return msgs
 
-    recv = recv_pipe
+    recv: Callable[[bool, float], list[Any]] = recv_pipe
     if place.tp_size > 1:
         recv = leader_recv(recv_pipe, parallel, scheduler) if leader else follower_recv(parallel, scheduler)
     stats_log = runtime.stats_log()
