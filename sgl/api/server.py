@@ -26,10 +26,10 @@ from fastapi.middleware.cors import CORSMiddleware
 from sgl import __version__
 from sgl.api import lora_routes, native_routes, openai_routes
 from sgl.api.auth import AuthMiddleware
+from sgl.api.data_parallel import DataParallelScheduler
 from sgl.api.errors import install_error_handlers
 from sgl.api.limits import BodyLimitMiddleware
 from sgl.api.node import serve_node
-from sgl.api.data_parallel import DataParallelScheduler
 from sgl.api.scheduler_process import SchedulerHandle, SchedulerProcess, SchedulerStartError
 from sgl.api.state import GateMiddleware, ServerState
 from sgl.api.tokenizer_manager import TokenizerManager

@@ -102,7 +102,7 @@ class ModelRunner:
         name = args.attention_backend or platform.default_attention_backend()
         self.attn_backend = platform.attention_backend(name, self)
         self.attention_backend_name = name
-        self.sampler = platform.sampler()
+        self.sampler: Any = platform.sampler()  # the platform's Sampler, or it wrapped for TP
         if parallel.tp_size > 1:
             self.sampler = RankZeroTokens(self.sampler, parallel)
         self.graph_runner = None if args.disable_cuda_graph else platform.graph_runner(self)
