@@ -72,10 +72,16 @@ class ParallelState:
     tp_size: int = 1
     comm: Communicator = Communicator()
     device_index: int | None = None  # this rank's device on its machine (default: its tp_rank)
+    control: Communicator | None = None  # host-side (gloo) collectives over the same ranks, where comm's are not
 
     @property
     def device(self) -> int:
         return self.tp_rank if self.device_index is None else self.device_index
+
+    @property
+    def control_comm(self) -> Communicator:
+        """For the scheduler's own messages (a step's inputs, pool sizes): host objects never touch the device."""
+        return self.control if self.control is not None else self.comm
 
     def __post_init__(self) -> None:
         if not 0 <= self.tp_rank < self.tp_size:

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 
 import torch.distributed as dist
 
-from sgl.core.distributed.communicator import ParallelState
+from sgl.core.distributed.communicator import ParallelState, TorchCommunicator
 from sgl.core.distributed.topology import RankPlace
 
 if TYPE_CHECKING:
@@ -37,7 +37,10 @@ def join_group(args: ServerArgs, place: RankPlace, platform: Platform) -> Parall
         backend, init_method=f"tcp://{place.init_addr}", world_size=place.tp_size, rank=place.tp_rank,
         timeout=timedelta(seconds=collective_timeout(args)),
     )
-    return ParallelState(place.tp_rank, place.tp_size, platform.communicator(None), place.device_index)
+    # NOTE: the scheduler's messages go over a gloo group of the same ranks, as SGLang's do: pickled objects stay
+    # on the host instead of costing device copies and syncs every iteration
+    control = None if backend == "gloo" else TorchCommunicator(dist.new_group(backend="gloo"))
+    return ParallelState(place.tp_rank, place.tp_size, platform.communicator(None), place.device_index, control)
 
 
 def leave_group() -> None:

@@ -40,7 +40,7 @@ def leader_recv(recv: Recv, parallel: ParallelState, scheduler: Scheduler) -> Re
 
     def sync(block: bool, timeout: float) -> list[Any]:
         msgs = recv(block, timeout)
-        parallel.comm.broadcast_object((msgs, fingerprint(scheduler)), src=0)
+        parallel.control_comm.broadcast_object((msgs, fingerprint(scheduler)), src=0)
         return msgs
 
     return sync
@@ -50,7 +50,7 @@ def follower_recv(parallel: ParallelState, scheduler: Scheduler) -> Recv:
     """Ranks > 0: the messages rank 0 received this iteration (waits in the broadcast while rank 0 polls)."""
 
     def sync(block: bool, timeout: float) -> list[Any]:
-        msgs, theirs = parallel.comm.broadcast_object(None, src=0)
+        msgs, theirs = parallel.control_comm.broadcast_object(None, src=0)
         mine = fingerprint(scheduler)
         if mine != theirs:
             raise RanksDiverged(f"tensor-parallel rank {parallel.tp_rank} diverged from rank 0: {mine} vs {theirs}")

@@ -89,8 +89,9 @@ class ModelRunner:
         )
         # NOTE: every rank runs the same schedule, so every rank's pools must be the same size: the smallest wins
         sizes = [self.plan.max_total_tokens, self.plan.max_running_requests]
-        self.max_total_tokens, self.max_running_requests = parallel.comm.min_ints(sizes) if parallel.tp_size > 1 \
-            else sizes
+        if parallel.tp_size > 1:
+            sizes = parallel.control_comm.min_ints(sizes)
+        self.max_total_tokens, self.max_running_requests = sizes
         self.kv_pool = layout.make_pool(
             self.max_total_tokens, args.page_size, cfg.num_layers, self.kv_dtype, self.device
         )
