@@ -208,7 +208,3 @@ class DataParallelScheduler:
     def exit_message(self) -> str:
         i = self._dead if self._dead is not None else 0
         return f"data-parallel replica {i}: {self.replicas[i].exit_message()}"
-
-    def loads_snapshot(self) -> list[int]:
-        with self._lock:
-            return list(self.loads)
