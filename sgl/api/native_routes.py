@@ -223,26 +223,30 @@ async def get_model_info(request: Request) -> dict[str, Any]:
 @router.get("/server_info")  # SGLang's newer name
 async def get_server_info(request: Request) -> dict[str, Any]:
     """SGLang's shape: the server arguments at the top level, the model's and the scheduler's figures over them, and
-    ``internal_states`` (one entry per data-parallel replica: one) for the clients that read it."""
+    ``internal_states`` (one entry per data-parallel replica) for the clients that read it."""
     state = _state(request)
     tm = state.tm
     scheduler = await tm.scheduler_info()
     args = dataclasses.asdict(state.args)
     if args.get("api_key"):
         args["api_key"] = "<redacted>"
-    internal = {**scheduler, "last_gen_throughput": tm.metrics.gen_throughput(), "world_size": 1}
-    return {"dp_size": 1, **args, **tm.model_info, **scheduler, "served_model_name": state.served_model_name,
+    internal = [{**replica, "last_gen_throughput": tm.metrics.gen_throughput(), "world_size": state.args.tp_size}
+                for replica in scheduler.get("replicas", [scheduler])]
+    return {**args, **tm.model_info, **scheduler, "served_model_name": state.served_model_name,
             "max_req_input_len": tm.limits.prompt_limit - 1, "num_pending_requests": tm.num_pending,
-            "internal_states": [internal], "version": __version__, "server_args": args}
+            "internal_states": internal, "version": __version__, "server_args": args}
 
 
 @router.get("/get_load")
 async def get_load(request: Request) -> list[dict[str, Any]]:
-    """SGLang's load report, one entry per data-parallel replica (one), as load-aware routers poll it."""
+    """SGLang's load report, one entry per data-parallel replica, as load-aware routers poll it."""
     scheduler = await _state(request).tm.scheduler_info()
-    running, waiting = int(scheduler.get("num_running_reqs", 0)), int(scheduler.get("num_waiting_reqs", 0))
-    return [{"dp_rank": 0, "num_reqs": running + waiting, "num_waiting_reqs": waiting,
-             "num_tokens": int(scheduler.get("request_owned_tokens", 0)), "ts_tic": time.perf_counter()}]
+    loads = []
+    for rank, replica in enumerate(scheduler.get("replicas", [scheduler])):
+        running, waiting = int(replica.get("num_running_reqs", 0)), int(replica.get("num_waiting_reqs", 0))
+        loads.append({"dp_rank": rank, "num_reqs": running + waiting, "num_waiting_reqs": waiting,
+                      "num_tokens": int(replica.get("request_owned_tokens", 0)), "ts_tic": time.perf_counter()})
+    return loads
 
 
 @router.api_route("/flush_cache", methods=["GET", "POST"])

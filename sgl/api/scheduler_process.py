@@ -1,193 +1,128 @@
-"""The scheduler in its own process, joined to the API process by a pipe that carries the ipc dataclasses (pickle).
-
-The child builds the runtime, answers SchedulerReady(info) or SchedulerFailed(message), then runs the scheduler loop
-until a ShutdownReq arrives or the pipe closes (the API process died). A watchdog thread ends the child with a non-zero
-code when the scheduler is busy but makes no progress, so a hung device never looks like a slow server.
-"""
+"""The API side's handle on a scheduler replica: its ranks' processes (started by sgl.core.distributed.rank_process),
+rank 0's pipe, and a watcher that turns a follower rank's death into one clear failure."""
 
 from __future__ import annotations
 
 import logging
-import multiprocessing
-import os
-import signal
+import multiprocessing.connection
 import threading
 import time
-import traceback
-from collections.abc import Callable
-from multiprocessing.connection import Connection
-from multiprocessing.process import BaseProcess
-from typing import Any
+from typing import Any, Protocol
 
 from sgl.core.config import ServerArgs
-from sgl.core.ipc import SchedulerFailed, SchedulerReady, ShutdownReq
+from sgl.core.distributed.rank_process import (
+    RankHandle,
+    SchedulerStartError,
+    Watchdog,
+    spawn_rank,
+    stop_ranks,
+    wait_ranks_ready,
+)
+from sgl.core.distributed.topology import local_ranks, replica_addr
+from sgl.core.ipc import SchedulerFailed
+
+__all__ = ["SchedulerHandle", "SchedulerProcess", "SchedulerStartError", "Watchdog"]
 
 logger = logging.getLogger(__name__)
 
-STARTUP_FAILED_EXIT = 1
-WATCHDOG_EXIT = 3
 
+class SchedulerHandle(Protocol):
+    """What the API needs of its schedulers: one replica (SchedulerProcess) or several behind a dispatcher."""
 
-class SchedulerStartError(RuntimeError):
-    """The scheduler process could not start; the message says why (it is shown to the user as is)."""
-
-
-class Watchdog:
-    """Calls ``on_stall`` once when ``busy()`` has been true for ``timeout`` seconds without a ``beat()``."""
-
-    def __init__(
-        self, timeout: float, busy: Callable[[], bool], on_stall: Callable[[float], None], poll: float | None = None
-    ) -> None:
-        self.timeout = timeout
-        self._busy = busy
-        self._on_stall = on_stall
-        self._poll = poll if poll is not None else min(1.0, max(timeout / 4, 0.01))
-        self._last = time.monotonic()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="sgl-watchdog", daemon=True)
-
-    def start(self) -> Watchdog:
-        self._thread.start()
-        return self
-
-    def beat(self) -> None:
-        self._last = time.monotonic()
-
-    def stop(self) -> None:
-        self._stop.set()
-
-    def _run(self) -> None:
-        while not self._stop.wait(self._poll):
-            if not self._busy():
-                self._last = time.monotonic()  # NOTE: idle time never counts as a stall
-                continue
-            stalled = time.monotonic() - self._last
-            if stalled >= self.timeout:
-                self._on_stall(stalled)
-                return
-
-
-def _exit_on_stall(stalled: float) -> None:
-    logger.error("watchdog: the scheduler was busy for %.1f s without progress; exiting", stalled)
-    logging.shutdown()
-    os._exit(WATCHDOG_EXIT)
-
-
-def _child_main(args: ServerArgs, conn: Connection, log_level: str) -> None:
-    """Entry point of the scheduler process (spawned: it imports torch afresh, never inherits the API's state)."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # NOTE: Ctrl-C reaches the whole group; the API process decides
-    logging.basicConfig(level=log_level.upper(), format="%(asctime)s [scheduler] %(levelname)s %(message)s")
-    send_lock = threading.Lock()
-
-    def send(msg: Any) -> None:
-        with send_lock:
-            try:
-                conn.send(msg)
-            except (BrokenPipeError, EOFError, OSError):
-                pass  # the API process is gone; the loop ends at the next recv
-
-    try:
-        from sgl.core.runtime import build_runtime
-
-        runtime = build_runtime(args)
-        info = {**runtime.model_info(), **runtime.scheduler.info(), "scheduler_pid": os.getpid()}
-    except Exception as exc:  # noqa: BLE001 - every start-up failure becomes one clear message for the API process
-        logger.debug("start-up failed:\n%s", traceback.format_exc())
-        send(SchedulerFailed(f"{type(exc).__name__}: {exc}"))
-        conn.close()
-        raise SystemExit(STARTUP_FAILED_EXIT) from None
-    send(SchedulerReady(info))
-
-    from sgl.core.scheduler.loop import run_scheduler_loop
-
-    scheduler = runtime.scheduler
-    watchdog = Watchdog(args.watchdog_timeout, lambda: not scheduler.is_idle, _exit_on_stall).start()
-
-    def recv(block: bool, timeout: float) -> list[Any]:
-        msgs: list[Any] = []
-        try:
-            if conn.poll(timeout if block else 0):
-                msgs.append(conn.recv())
-                while conn.poll(0):
-                    msgs.append(conn.recv())
-        except (EOFError, OSError):
-            msgs.append(ShutdownReq())  # the API process is gone: stop instead of serving no one
-        return msgs
-
-    stats_log = runtime.stats_log()
-
-    def on_progress() -> None:
-        watchdog.beat()
-        stats_log.tick()
-
-    run_scheduler_loop(scheduler, recv, send, on_progress=on_progress)
-    watchdog.stop()
-    conn.close()
+    def send(self, msg: Any) -> None: ...
+    def recv(self) -> Any: ...
+    def wait_dead(self, timeout: float) -> None: ...
+    def wait_ready(self, timeout: float | None = None) -> dict[str, Any]: ...
+    def explain(self, message: str) -> str: ...
+    def exit_message(self) -> str: ...
+    def stop(self, timeout: float = 10.0) -> int | None: ...
 
 
 class SchedulerProcess:
-    """The API side's handle on the child: its connection and process. Reading is the TokenizerManager's job."""
+    """The API side's handle on one replica: rank 0's connection and process (reading it is the TokenizerManager's
+    job), and the follower ranks of its tensor-parallel group, watched so that one dying takes the replica down."""
 
-    def __init__(self, process: BaseProcess, conn: Connection) -> None:
-        self.process = process
-        self.conn = conn
+    def __init__(self, ranks: list[RankHandle]) -> None:
+        self.ranks = ranks
+        self.process = ranks[0].process
+        self.conn = ranks[0].conn
         self._send_lock = threading.Lock()  # NOTE: one writer at a time, or pickled frames interleave
+        self._peer_death: str | None = None
+        self._stopping = False
 
     def send(self, msg: Any) -> None:
         """Raises BrokenPipeError/OSError when the child is gone."""
         with self._send_lock:
             self.conn.send(msg)
 
+    def recv(self) -> Any:
+        """The next message from rank 0; EOFError/OSError when it is gone."""
+        return self.conn.recv()
+
+    def wait_dead(self, timeout: float) -> None:
+        multiprocessing.connection.wait([self.process.sentinel], timeout)
+
     @classmethod
-    def spawn(cls, args: ServerArgs) -> SchedulerProcess:
-        ctx = multiprocessing.get_context("spawn")
-        parent, child = ctx.Pipe(duplex=True)
-        proc = ctx.Process(target=_child_main, args=(args, child, args.log_level), name="sgl-scheduler", daemon=True)
-        proc.start()
-        child.close()  # NOTE: only the child holds its end, so its death shows up here as EOF
-        return cls(proc, parent)
+    def spawn(cls, args: ServerArgs, replica: int = 0, addr: str | None = None) -> SchedulerProcess:
+        """Starts this node's ranks of ``replica``; ``addr`` is its group's TCP store (chosen here when None)."""
+        places = local_ranks(args, replica, replica_addr(args, replica) if addr is None else addr)
+        return cls([spawn_rank(args, p) for p in places])
 
     @property
     def pid(self) -> int | None:
         return self.process.pid
 
     def wait_ready(self, timeout: float | None = None) -> dict[str, Any]:
-        """Blocks until the child reports; raises SchedulerStartError when it fails or dies first."""
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while True:
-            try:
-                if self.conn.poll(0.2):
-                    msg = self.conn.recv()
-                    if isinstance(msg, SchedulerReady):
-                        return msg.info
-                    if isinstance(msg, SchedulerFailed):
-                        raise SchedulerStartError(msg.message)
-                    raise SchedulerStartError(f"unexpected first message from the scheduler: {type(msg).__name__}")
-            except (EOFError, OSError):
-                pass
-            if not self.process.is_alive():
-                self.process.join(1)
-                raise SchedulerStartError(f"the scheduler process exited with code {self.process.exitcode}")
-            if deadline is not None and time.monotonic() > deadline:
-                raise SchedulerStartError(f"the scheduler was not ready within {timeout} s")
+        """Blocks until every rank is ready; raises SchedulerStartError when one fails or dies first."""
+        info = {**wait_ranks_ready(self.ranks, timeout)[0], "scheduler_pids": [r.process.pid for r in self.ranks]}
+        if len(self.ranks) > 1:
+            threading.Thread(target=self._watch_followers, name="sgl-rank-watch", daemon=True).start()
+        return info
+
+    def _watch_followers(self) -> None:
+        """A follower that fails or exits takes rank 0 down too, so the reader sees one death and says whose."""
+        followers = self.ranks[1:]
+        waitables: list[Any] = [r.process.sentinel for r in followers] + [r.conn for r in followers]
+        while not self._stopping:
+            ready = multiprocessing.connection.wait(waitables + [self.process.sentinel], 1.0)
+            if self._stopping:
+                return
+            # NOTE: followers first: rank 0 exits right after a peer's death breaks its collective, often before
+            # this thread wakes, and the death to report is the follower's
+            for r in followers:
+                if r.conn not in ready and r.process.sentinel not in ready:
+                    continue
+                failed = None
+                if r.conn in ready:
+                    try:
+                        msg = r.conn.recv()
+                        failed = msg.message if isinstance(msg, SchedulerFailed) else None
+                    except (EOFError, OSError):
+                        pass
+                r.process.join(5)
+                if failed is None and r.process.exitcode is None:
+                    continue  # NOTE: not a death after all (nothing but a failure is ever sent after ready)
+                self._peer_death = f"tensor-parallel rank {r.place.name} (pid {r.process.pid}) " + (
+                    f"failed: {failed}" if failed else f"exited with code {r.process.exitcode}")
+                logger.error("%s; stopping its replica", self._peer_death)
+                if self.process.is_alive():
+                    self.process.terminate()
+                return
+            if self.process.sentinel in ready:
+                return
+
+    def explain(self, message: str) -> str:
+        """``message`` (rank 0's failure), led by the follower's death that caused it when there was one."""
+        if len(self.ranks) > 1 and self._peer_death is None:
+            deadline = time.monotonic() + 2.0  # NOTE: rank 0 may notice before the watcher does
+            while self._peer_death is None and time.monotonic() < deadline:
+                time.sleep(0.05)
+        return f"{self._peer_death}; rank 0: {message}" if self._peer_death else message
+
+    def exit_message(self) -> str:
+        return self.explain(f"the scheduler process exited unexpectedly (exit code {self.process.exitcode})")
 
     def stop(self, timeout: float = 10.0) -> int | None:
-        """Asks the child to shut down, then terminates and finally kills it; returns its exit code."""
-        if self.process.is_alive():
-            try:
-                self.send(ShutdownReq())
-            except (BrokenPipeError, EOFError, OSError):
-                pass
-            self.process.join(timeout)
-        if self.process.is_alive():
-            logger.warning("the scheduler did not stop within %.0f s; terminating it", timeout)
-            self.process.terminate()
-            self.process.join(5)
-        if self.process.is_alive():
-            self.process.kill()
-            self.process.join(5)
-        try:
-            self.conn.close()
-        except OSError:
-            pass
-        return self.process.exitcode
+        """Asks every rank to shut down, then terminates and finally kills them; returns rank 0's exit code."""
+        self._stopping = True
+        return stop_ranks(self.ranks, timeout)[0]

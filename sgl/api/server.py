@@ -26,9 +26,11 @@ from fastapi.middleware.cors import CORSMiddleware
 from sgl import __version__
 from sgl.api import lora_routes, native_routes, openai_routes
 from sgl.api.auth import AuthMiddleware
+from sgl.api.data_parallel import DataParallelScheduler
 from sgl.api.errors import install_error_handlers
 from sgl.api.limits import BodyLimitMiddleware
-from sgl.api.scheduler_process import SchedulerProcess, SchedulerStartError
+from sgl.api.node import serve_node
+from sgl.api.scheduler_process import SchedulerHandle, SchedulerProcess, SchedulerStartError
 from sgl.api.state import GateMiddleware, ServerState
 from sgl.api.tokenizer_manager import TokenizerManager
 from sgl.core.config import ServerArgs
@@ -84,7 +86,7 @@ class _Server(uvicorn.Server):
 
 
 class Lifecycle:
-    def __init__(self, state: ServerState, proc: SchedulerProcess) -> None:
+    def __init__(self, state: ServerState, proc: SchedulerHandle) -> None:
         self.state = state
         self.proc = proc
         self.server: _Server | None = None
@@ -236,8 +238,10 @@ def serve(args: ServerArgs) -> int:
     args = resolve_paths(args)  # NOTE: here, so both processes use the same local (demo, Hub snapshot) paths
     model_path = args.model_path
     assert model_path is not None
+    if args.node_rank > 0:
+        return serve_node(args)
     logger.info("starting sgl %s: model %s on %s:%d", __version__, model_path, args.host, args.port)
-    proc = SchedulerProcess.spawn(args)
+    proc: SchedulerHandle = DataParallelScheduler.spawn(args) if args.dp_size > 1 else SchedulerProcess.spawn(args)
     state = ServerState(args, model_path)
     lifecycle = Lifecycle(state, proc)
     config = uvicorn.Config(

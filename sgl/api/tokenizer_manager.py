@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import multiprocessing.connection
 import queue
 import threading
 from collections.abc import AsyncGenerator, Callable
@@ -17,7 +16,7 @@ from typing import Any, TypeVar
 
 from sgl.api.metrics import Metrics
 from sgl.api.offload import offload
-from sgl.api.scheduler_process import SchedulerProcess
+from sgl.api.scheduler_process import SchedulerHandle
 from sgl.core.ipc import AbortReq, BatchOutput, FlushCacheResp, GenerateReq, SchedulerFailed
 from sgl.core.replies import ReplyRouter, SchedulerUnavailable
 from sgl.core.request_manager import GenerateInput, ModelLimits, PreparedRequest, RequestManager
@@ -34,7 +33,7 @@ _STOP = object()
 
 class TokenizerManager:
     def __init__(
-        self, proc: SchedulerProcess, tokenizer: Tokenizer, limits: ModelLimits, model_info: dict[str, Any],
+        self, proc: SchedulerHandle, tokenizer: Tokenizer, limits: ModelLimits, model_info: dict[str, Any],
         on_dead: Callable[[str], None],
     ) -> None:
         self.proc = proc
@@ -83,15 +82,15 @@ class TokenizerManager:
     def _read_loop(self) -> None:
         while True:
             try:
-                msg = self.proc.conn.recv()
+                msg = self.proc.recv()
             except (EOFError, OSError):
                 if self._closing:
                     return  # NOTE: the closer reaps the process; two threads joining it race on waitpid
-                multiprocessing.connection.wait([self.proc.process.sentinel], 2)
-                self._die(f"the scheduler process exited unexpectedly (exit code {self.proc.process.exitcode})")
+                self.proc.wait_dead(2)
+                self._die(self.proc.exit_message())
                 return
             if isinstance(msg, SchedulerFailed):
-                self._die(msg.message)
+                self._die(self.proc.explain(msg.message))
                 return
             if isinstance(msg, BatchOutput):
                 self.metrics.on_outputs(msg.outputs)

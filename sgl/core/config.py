@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from sgl.core.distributed.topology import check_parallel_args
 from sgl.core.sglang_flags import SGLANG_FLAGS, check_sglang_flags
 
 SCHEDULE_POLICIES = ("lpm", "dfs-weight", "fcfs")
@@ -14,6 +15,7 @@ LOAD_FORMATS = ("auto", "safetensors", "dummy")
 DTYPES = ("auto", "float32", "bfloat16", "float16", "half", "float")
 DTYPE_SPELLINGS = {"half": "float16", "float": "float32"}  # SGLang's other names, normalised on construction
 KV_CACHE_DTYPES = ("auto", "fp8_e4m3", "fp8_e5m2")
+LOAD_BALANCE_METHODS = ("round_robin", "shortest_queue", "cache_aware")
 DEFAULT_GRAMMAR_BACKEND = "auto"  # the first grammar backend a plugin registers; "none" turns constraints off
 
 
@@ -51,6 +53,24 @@ class ServerArgs:
         None, "platform plugin (cpu, cuda, ...); default: SGL_BACKEND, else the first available", aliases=("--device",)
     )
     attention_backend: str | None = _opt(None, "attention backend name (default: the platform's choice)")
+    # parallelism (sgl/core/distributed, docs/serving.md "Parallelism") -----------------------------------------
+    tp_size: int = _opt(1, "tensor-parallel ranks: one scheduler process per rank, each on its device",
+                        aliases=("--tp", "--tensor-parallel-size"))
+    dp_size: int = _opt(1, "data-parallel replicas (each of --tp-size ranks) behind one dispatcher",
+                        aliases=("--dp", "--data-parallel-size"))
+    load_balance_method: str = _opt(
+        "round_robin", "how the dispatcher picks a data-parallel replica; cache_aware: where the prompt's prefix is "
+        "cached, unless the replicas' loads differ too much", LOAD_BALANCE_METHODS)
+    nnodes: int = _opt(1, "machines the tensor-parallel ranks span (tp-size / nnodes ranks on each)")
+    node_rank: int = _opt(0, "this machine's index among --nnodes; node 0 serves HTTP, the others run ranks only")
+    dist_init_addr: str | None = _opt(
+        None, "host:port of node 0's torch.distributed TCP store (needed with --nnodes > 1; default: 127.0.0.1 and "
+        "a free port)", aliases=("--nccl-init-addr",))
+    nccl_port: int | None = _opt(None, "port of the TCP store when --dist-init-addr is not given (default: free)")
+    dist_timeout: int | None = _opt(
+        None, "seconds a collective may wait for its peers before the rank fails (default: --watchdog-timeout)")
+    base_gpu_id: int = _opt(0, "device index of this node's first rank")
+    gpu_id_step: int = _opt(1, "device index step between consecutive ranks of a node")
     # memory -----------------------------------------------------------------------------------------------------
     mem_fraction_static: float = _opt(0.85, "fraction of free device memory for weights and KV cache")
     max_total_tokens: int | None = _opt(None, "KV pool size in tokens (overrides --mem-fraction-static)")
@@ -173,6 +193,7 @@ class ServerArgs:
             if isinstance(value, str):
                 value = value.split()
             object.__setattr__(self, name, tuple(value) if value is not None else None)
+        check_parallel_args(self)
         self._check(self.max_loras_per_batch >= 1, "max_loras_per_batch", "must be >= 1")
         self._check(self.max_loaded_loras is None or self.max_loaded_loras >= 1, "max_loaded_loras", "must be >= 1")
         self._check(self.max_lora_rank is None or self.max_lora_rank >= 1, "max_lora_rank", "must be >= 1")

@@ -16,6 +16,7 @@ from collections.abc import AsyncGenerator, Coroutine, Iterator
 from typing import Any, TypeVar
 
 from sgl.core.config import ServerArgs
+from sgl.core.distributed.engine_group import start_engine_group
 from sgl.core.ipc import Inbox, ShutdownReq, start_thread
 from sgl.core.lora.base import FEATURE as LORA_FEATURE
 from sgl.core.replies import ReplyRouter
@@ -52,7 +53,13 @@ class Engine:
     def __init__(self, model_path: str | None = None, backend: str | None = None, **server_args: Any) -> None:
         self.server_args = ServerArgs.from_kwargs(model_path=model_path, backend=backend, **server_args)
         show_logs(self.server_args.log_level)
-        self.runtime = build_runtime(self.server_args)
+        self._group = start_engine_group(self.server_args)  # NOTE: tp_size > 1: follower ranks, this process rank 0
+        try:
+            self.runtime = build_runtime(self.server_args, self._group.parallel)
+            self._group.wait_ready()
+        except BaseException:
+            self._group.close()
+            raise
         self.tokenizer = self.runtime.tokenizer
         self._inbox = Inbox()
         self.manager = RequestManager(self.tokenizer, self.runtime.limits, self._inbox.put)
@@ -65,8 +72,8 @@ class Engine:
     # plumbing ---------------------------------------------------------------------------------------------------
     def _run_scheduler(self) -> None:
         stats_log = self.runtime.stats_log()
-        run_scheduler_loop(self.runtime.scheduler, lambda block, t: self._inbox.drain(block, t),
-                           self.replies.deliver, on_progress=stats_log.tick)
+        recv = self._group.recv(lambda block, t: self._inbox.drain(block, t), self.runtime.scheduler)
+        run_scheduler_loop(self.runtime.scheduler, recv, self.replies.deliver, on_progress=stats_log.tick)
 
     def _run_sync(self, coro: Coroutine[Any, Any, T]) -> T:
         """Runs ``coro`` on the engine's loop thread and waits for it, whether or not this thread runs a loop."""
@@ -221,6 +228,7 @@ class Engine:
             asyncio.run_coroutine_threadsafe(_cancel_pending(), self._loop).result(timeout=30)
         self._inbox.put(ShutdownReq())
         self._thread.join(timeout=30)
+        self._group.close()
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._loop_thread.join(timeout=30)
         self._loop.close()

@@ -7,6 +7,7 @@ import time
 from dataclasses import dataclass
 
 from sgl.core.config import ServerArgs
+from sgl.core.distributed.communicator import SINGLE, ParallelState
 from sgl.core.feature_select import Features, select_features
 from sgl.core.grammar.base import GrammarVocab
 from sgl.core.grammar.feature import GrammarFeature
@@ -60,6 +61,8 @@ class Runtime:
             "context_length": runner.context_len,
             "vocab_size": runner.vocab_size,
             "platform": self.platform.name,
+            "tp_size": runner.parallel.tp_size,
+            "dp_size": self.args.dp_size,
             "attention_backend": runner.attention_backend_name,
             "dtype": str(runner.dtype).replace("torch.", ""),
             "kv_cache_dtype": str(runner.kv_dtype).replace("torch.", ""),
@@ -67,7 +70,7 @@ class Runtime:
         }
 
 
-def build_runtime(args: ServerArgs) -> Runtime:
+def build_runtime(args: ServerArgs, parallel: ParallelState = SINGLE) -> Runtime:
     """Builds everything the scheduler loop needs and logs the load summary (the Engine and the server alike)."""
     t0 = time.perf_counter()
     plugins = get_plugins()
@@ -79,7 +82,7 @@ def build_runtime(args: ServerArgs) -> Runtime:
     plugins.manager.hook.sgl_startup_check(server_args=args)
     platform.manual_seed(args.random_seed)  # NOTE: unseeded sampling draws from this generator, as in SGLang
     tokenizer = load_tokenizer(args)
-    runner = ModelRunner(args, platform, model_path, plugins=plugins)
+    runner = ModelRunner(args, platform, model_path, parallel, plugins=plugins)
     built = selected.build(args, runner)
     eos = set(runner.model_config.eos_token_ids)
     if tokenizer.eos_token_id is not None:

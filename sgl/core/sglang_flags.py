@@ -51,7 +51,6 @@ def _yes(name: str, type_: type, default: Any, why: str) -> SGLangFlag:
     return SGLangFlag(name, type_, default, why, accepted=True)
 
 
-_PARALLEL = 16
 _QUANT = 14
 _LORA = 15
 _OPENAI = 19
@@ -69,18 +68,8 @@ _FLAGS = [
     _yes("skip_server_warmup", bool, False, "sgl sends no warm-up request"),
     _yes("disable_custom_all_reduce", bool, False, "sgl has no custom all-reduce"),
     # parallelism ----------------------------------------------------------------------------------------------
-    _no("tp_size", int, 1, "tensor parallelism is not supported yet", _PARALLEL, "--tp", "--tensor-parallel-size"),
-    _no("dp_size", int, 1, "data parallelism is not supported yet", _PARALLEL, "--dp", "--data-parallel-size"),
     _no("pp_size", int, 1, "pipeline parallelism is not supported yet", None, "--pp", "--pipeline-parallel-size"),
     _no("ep_size", int, 1, "expert parallelism is not supported yet", _MOE, "--ep", "--expert-parallel-size"),
-    _no("nnodes", int, 1, "multi-node serving is not supported yet", _PARALLEL),
-    _no("node_rank", int, 0, "multi-node serving is not supported yet", _PARALLEL),
-    _no("dist_init_addr", str, None, "multi-node serving is not supported yet", _PARALLEL, "--nccl-init-addr"),
-    _no("nccl_port", int, None, "distributed serving is not supported yet", _PARALLEL),
-    _no("dist_timeout", int, None, "distributed serving is not supported yet", _PARALLEL),
-    _no("base_gpu_id", int, 0, "choosing devices is not supported yet (CUDA_VISIBLE_DEVICES does)", _PARALLEL),
-    _no("gpu_id_step", int, 1, "choosing devices is not supported yet (CUDA_VISIBLE_DEVICES does)", _PARALLEL),
-    _no("load_balance_method", str, None, "data-parallel load balancing is not supported yet", _PARALLEL),
     _no("enable_dp_attention", bool, False, "data-parallel attention is not supported yet"),
     _no("enable_two_batch_overlap", bool, False, "two-batch overlap is not supported yet"),
     # quantization, LoRA, speculative decoding ------------------------------------------------------------------

@@ -201,8 +201,10 @@ def test_an_sglang_launch_script_reaches_the_server_with_its_values(
 @pytest.mark.parametrize(
     ("argv", "line"),
     [
-        (["--tp", "2"], "error: --tp-size 2: tensor parallelism is not supported yet (issue 16)"),
-        (["--dp-size", "4"], "error: --dp-size 4: data parallelism is not supported yet (issue 16)"),
+        (["--pp", "2"], "error: --pp-size 2: pipeline parallelism is not supported yet"),
+        (["--ep-size", "4"], "error: --ep-size 4: expert parallelism is not supported yet (issue 20)"),
+        (["--tp", "3", "--nnodes", "2", "--dist-init-addr", "127.0.0.1:5000"],
+         "error: tp_size (3) must be a multiple of nnodes (2): every node runs the same number of ranks"),
         (["--lora-eviction-policy", "fifo"],
          "error: --lora-eviction-policy fifo: LoRA eviction policies other than LRU are not supported yet (issue 15)"),
         (["--speculative-token-map", "map.pt"],
@@ -213,7 +215,7 @@ def test_an_sglang_launch_script_reaches_the_server_with_its_values(
         (["stray"], "error: unexpected argument(s): stray"),
         (["--dtype", "fp64"], "error: dtype must be one of auto, float32, bfloat16, float16, half, float; got 'fp64'"),
     ],
-    ids=["tp", "dp", "lora-eviction", "speculative", "torch-compile", "stream-interval", "stray", "bad-choice"],
+    ids=["pp", "ep", "tp-over-nodes", "lora-eviction", "speculative", "torch-compile", "stream-interval", "stray", "bad-choice"],
 )
 def test_a_refused_flag_stops_serve_with_one_line(
     argv: list[str], line: str, monkeypatch: pytest.MonkeyPatch
@@ -241,7 +243,10 @@ def test_engine_kwargs_take_sglang_spellings_and_refusals() -> None:
     assert ServerArgs.from_kwargs(backend=None, device="cpu").backend == "cpu"  # sgl.Engine passes backend=None
     with pytest.raises(ValueError, match="give one of backend and device, not both"):
         ServerArgs.from_kwargs(backend="cuda", device="cpu")
-    with pytest.raises(ValueError, match=r"^--tp-size 2: tensor parallelism is not supported yet \(issue 16\)$"):
-        ServerArgs.from_kwargs(tp_size=2)
+    with pytest.raises(ValueError, match=r"^--pp-size 2: pipeline parallelism is not supported yet$"):
+        ServerArgs.from_kwargs(pp_size=2)
+    assert ServerArgs.from_kwargs(tp=2, dp=3).tp_size * ServerArgs.from_kwargs(tp=2, dp=3).dp_size == 6
+    with pytest.raises(ValueError, match=r"^dist_init_addr is needed with nnodes > 1"):
+        ServerArgs.from_kwargs(tp_size=2, nnodes=2)
     with pytest.raises(ValueError, match="unknown server argument"):
         ServerArgs.from_kwargs(no_such_flag=1)

@@ -54,6 +54,22 @@ class Communicator:
         dist.all_to_all_single(out, x.contiguous(), recv_counts, list(send_counts), group=self.group)
         return out, recv_counts
 
+    def broadcast(self, x: torch.Tensor, src: int = 0) -> torch.Tensor:
+        """``x`` as rank ``src`` holds it, on every rank (in place)."""
+        if self.world_size == 1:
+            return x
+        dist.broadcast(x, src=src, group=self.group)
+        return x
+
+    def min_ints(self, values: list[int]) -> list[int]:
+        """The element-wise minimum of ``values`` over the group (each rank's KV pool size: the smallest wins)."""
+        if self.world_size == 1:
+            return list(values)
+        # NOTE: an object collective, so the same call works where the backend only moves device tensors (NCCL)
+        everyone: list[Any] = [None] * self.world_size
+        dist.all_gather_object(everyone, list(values), group=self.group)
+        return [min(int(v[i]) for v in everyone) for i in range(len(values))]
+
     def broadcast_object(self, obj: Any, src: int = 0) -> Any:
         if self.world_size == 1:
             return obj
@@ -77,7 +93,18 @@ class ParallelState:
     tp_rank: int = 0
     tp_size: int = 1
     comm: Communicator = Communicator()
-    ep_size: int = 1
+    device_index: int | None = None  # this rank's device on its machine (default: its tp_rank)
+    control: Communicator | None = None  # host-side (gloo) collectives over the same ranks, where comm's are not
+    ep_size: int = 1  # expert parallel over the TP group: 1 or tp_size
+
+    @property
+    def device(self) -> int:
+        return self.tp_rank if self.device_index is None else self.device_index
+
+    @property
+    def control_comm(self) -> Communicator:
+        """For the scheduler's own messages (a step's inputs, pool sizes): host objects never touch the device."""
+        return self.control if self.control is not None else self.comm
 
     def __post_init__(self) -> None:
         if not 0 <= self.tp_rank < self.tp_size:

@@ -48,7 +48,8 @@ class GrammarFeature(SchedulerFeature):
 
         NOTE: a jump re-enters prefill and finds its computed KV in the radix cache; without it, it would recompute.
         """
-        manager = GrammarManager(args.grammar_backend, vocab, args.grammar_compile_timeout)
+        manager = GrammarManager(args.grammar_backend, vocab, args.grammar_compile_timeout,
+                                 synchronous=args.tp_size > 1)
         use_jump = not (args.disable_jump_forward or args.disable_radix_cache or encode is None)
         return cls(manager, JumpForward(encode) if use_jump and encode is not None else None)
 

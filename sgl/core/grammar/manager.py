@@ -172,9 +172,11 @@ class GrammarManager:
 
     def __init__(
         self, backend_name: str, vocab: GrammarVocab, timeout_s: float, workers: int | None = None,
-        cache_entries: int = DEFAULT_CACHE_ENTRIES, registry: Any = None,
+        cache_entries: int = DEFAULT_CACHE_ENTRIES, registry: Any = None, synchronous: bool = False,
     ) -> None:
         self.backend_name = backend_name
+        # NOTE: tensor-parallel ranks must agree on when a grammar is ready, so there a compile finishes at admission
+        self.synchronous = synchronous
         self.vocab = vocab
         self.timeout_s = timeout_s
         self.workers = workers or min(4, os.cpu_count() or 1)
@@ -201,6 +203,8 @@ class GrammarManager:
                 self.stats["cache_hits"] += 1
                 self._cache.move_to_end(key)
             rg = RequestGrammar(key, future, now, self.timeout_s)
+            if self.synchronous:
+                wait([future], timeout=self.timeout_s)
         self._pending.append((owner, rg))
         return rg
 

@@ -40,5 +40,5 @@ class ModelContext:
             linear_method=platform.linear_method(quant_config),
             parallel=parallel,
             dtype=dtype,
-            device=device if device is not None else platform.device(parallel.tp_rank),
+            device=device if device is not None else platform.device(parallel.device),
         )

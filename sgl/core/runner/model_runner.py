@@ -9,6 +9,7 @@ import torch
 
 from sgl.core.config import ServerArgs
 from sgl.core.distributed.communicator import SINGLE, ParallelState
+from sgl.core.distributed.tp_sampler import RankZeroTokens
 from sgl.core.memory.kv_pool import model_kv_layout
 from sgl.core.memory.req_to_token import ReqToTokenPool
 from sgl.core.model.config import ModelConfig
@@ -61,8 +62,8 @@ class ModelRunner:
         self.parallel = parallel
         plugins = plugins or get_plugins()
         self.attention_backends = plugins.attention_backends  # read by Platform.attention_backend
-        platform.set_device(parallel.tp_rank)
-        self.device = platform.device(parallel.tp_rank)
+        platform.set_device(parallel.device)
+        self.device = platform.device(parallel.device)
         self.model_config = ModelConfig.from_dir(model_path)
         self.dtype = resolve_dtype(args, platform, self.model_config)
         self.kv_dtype = resolve_kv_cache_dtype(args, self.dtype, platform)
@@ -86,8 +87,11 @@ class ModelRunner:
             kv_dtype=self.kv_dtype, context_len=self.context_len, weight_bytes=weight_bytes,
             bytes_per_token=layout.bytes_per_token(cfg.num_layers, self.kv_dtype),
         )
-        self.max_total_tokens = self.plan.max_total_tokens
-        self.max_running_requests = self.plan.max_running_requests
+        # NOTE: every rank runs the same schedule, so every rank's pools must be the same size: the smallest wins
+        sizes = [self.plan.max_total_tokens, self.plan.max_running_requests]
+        if parallel.tp_size > 1:
+            sizes = parallel.control_comm.min_ints(sizes)
+        self.max_total_tokens, self.max_running_requests = sizes
         self.kv_pool = layout.make_pool(
             self.max_total_tokens, args.page_size, cfg.num_layers, self.kv_dtype, self.device
         )
@@ -99,7 +103,9 @@ class ModelRunner:
         name = args.attention_backend or platform.default_attention_backend()
         self.attn_backend = platform.attention_backend(name, self)
         self.attention_backend_name = name
-        self.sampler = platform.sampler()
+        self.sampler: Any = platform.sampler()  # the platform's Sampler, or it wrapped for TP
+        if parallel.tp_size > 1:
+            self.sampler = RankZeroTokens(self.sampler, parallel)
         self.graph_runner = None if args.disable_cuda_graph else platform.graph_runner(self)
         logger.info(
             "model %s on %s (%s, KV cache %s, %s attention, graphs %s)",

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from sgl.core.distributed.communicator import ParallelState
 from sgl.core.memory.allocator import TokenAllocator
 from sgl.core.runner.forward_batch import ForwardMode
 from sgl.core.runner.input_prep import build_forward_batch
@@ -51,7 +52,9 @@ class DraftModel:
             args, model_path=path, max_total_tokens=target.max_total_tokens,
             max_running_requests=target.max_running_requests, context_length=target.context_len, page_size=1,
         )
-        self.runner = ModelRunner(draft_args, target.platform, path)
+        # NOTE: under tensor parallelism every rank runs the whole draft (greedy, so all ranks draft alike) on its
+        # own device, with no collectives
+        self.runner = ModelRunner(draft_args, target.platform, path, ParallelState(device_index=target.parallel.device))
         if self.runner.vocab_size != target.vocab_size:
             raise ValueError(f"--speculative-draft-model-path {path}: its vocabulary ({self.runner.vocab_size} tokens) "
                              f"is not the target's ({target.vocab_size}); the draft must share the target's tokenizer")
