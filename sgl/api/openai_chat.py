@@ -13,6 +13,8 @@ from sgl.api.openai_common import Cursor, chat_logprobs, finish_reason, now, sam
 from sgl.api.openai_protocol import ChatCompletionRequest, ChatMessage
 from sgl.api.state import ServerState
 from sgl.api.streaming import DONE, SSEResponse, sse
+from sgl.api.tool_calls.request import ToolPlan, plan_tools, template_message
+from sgl.api.tool_calls.stream import ToolStream
 from sgl.core.replies import SchedulerUnavailable
 from sgl.core.request_input import REST_OF_CONTEXT
 from sgl.core.request_manager import GenerateInput, PreparedRequest
@@ -42,8 +44,8 @@ def _template_kwargs(req: ChatCompletionRequest) -> tuple[bool, dict[str, Any]]:
     return bool(kwargs.pop("add_generation_prompt", True)), kwargs
 
 
-async def build_chat_input(state: ServerState, req: ChatCompletionRequest) -> PreparedRequest:
-    """The validated, tokenized request; every client mistake raises ApiError or ValueError (both 400).
+async def build_chat_input(state: ServerState, req: ChatCompletionRequest) -> tuple[PreparedRequest, ToolPlan | None]:
+    """The validated, tokenized request and its tool plan; every client mistake raises ApiError or ValueError (400).
 
     NOTE: templating and tokenizing a long conversation run off the event loop (TokenizerManager.run).
     """
@@ -54,8 +56,11 @@ async def build_chat_input(state: ServerState, req: ChatCompletionRequest) -> Pr
     sampling = sampling_params(req)
     if req.requested_max_tokens is not None:
         sampling["max_new_tokens"] = req.requested_max_tokens
-    messages = [_message_dict(m) for m in req.messages]
+    plan, tools = plan_tools(state.tool_parser, req.tools, req.tool_choice, req.parallel_tool_calls, sampling)
+    messages = [template_message(_message_dict(m), i) for i, m in enumerate(req.messages)]
     add_generation_prompt, kwargs = _template_kwargs(req)
+    if tools is not None:
+        kwargs["tools"] = tools
     options: dict[str, Any] = {
         "sampling_params": sampling, "rid": req.rid, "return_logprob": bool(req.logprobs),
         "top_logprobs_num": req.top_logprobs or 0, "return_text_in_logprobs": True, "stream": bool(req.stream),
@@ -75,7 +80,7 @@ async def build_chat_input(state: ServerState, req: ChatCompletionRequest) -> Pr
     if state.args.log_requests:
         logger.info("chat request %s: %d prompt tokens, n=%d, max_tokens=%d, user=%s", prepared.rid,
                     len(prepared.prompt_ids), prepared.n, prepared.params.max_new_tokens, req.user)
-    return prepared
+    return prepared, plan
 
 
 def _choice_logprobs(req: ChatCompletionRequest, meta: MetaInfo, start: int = 0,
@@ -88,27 +93,30 @@ def _choice_logprobs(req: ChatCompletionRequest, meta: MetaInfo, start: int = 0,
 
 
 async def chat_completion(state: ServerState, req: ChatCompletionRequest) -> dict[str, Any] | SSEResponse:
-    obj = await build_chat_input(state, req)
+    obj, plan = await build_chat_input(state, req)
     n = obj.n
     rid = f"chatcmpl-{obj.rid}"
     if obj.stream:
-        return SSEResponse(_stream(state, req, obj, n, rid))
+        return SSEResponse(_stream(state, req, obj, n, rid, plan))
     final: list[GenerateResult] = []
     async with aclosing(state.tm.generate(obj)) as results:
         async for final in results:
             pass
     choices = []
     for j, r in enumerate(final):
-        choices.append({
-            "index": j, "message": {"role": "assistant", "content": r.text, "refusal": None},
-            "logprobs": _choice_logprobs(req, r.meta), "finish_reason": finish_reason(state, r.meta),
-        })
+        reason = finish_reason(state, r.meta)
+        message: dict[str, Any] = {"role": "assistant", "content": r.text, "refusal": None}
+        if plan is not None:
+            message, called = plan.message(r.text)
+            reason = "tool_calls" if called and reason == "stop" else reason
+        choices.append({"index": j, "message": message, "logprobs": _choice_logprobs(req, r.meta),
+                        "finish_reason": reason})
     return {"id": rid, "object": "chat.completion", "created": now(), "model": state.served_model_name,
             "choices": choices, "usage": usage_of(final, n)}
 
 
 async def _stream(
-    state: ServerState, req: ChatCompletionRequest, obj: PreparedRequest, n: int, rid: str
+    state: ServerState, req: ChatCompletionRequest, obj: PreparedRequest, n: int, rid: str, plan: ToolPlan | None
 ) -> AsyncIterator[str]:
     created, model = now(), state.served_model_name
     include_usage = req.include_usage
@@ -124,6 +132,7 @@ async def _stream(
         return sse(body)
 
     cursors = [Cursor() for _ in range(n)]
+    tool_streams = [ToolStream(plan) for _ in range(n)] if plan is not None else None
     final: list[GenerateResult] = []
     try:
         async with aclosing(state.tm.generate(obj)) as results:
@@ -141,7 +150,16 @@ async def _stream(
                     if req.logprobs and meta.logprobs is not None:
                         start, end = c.logprob_delta(meta.logprobs.output)
                         lp = _choice_logprobs(req, meta, start, end) if end > start else None
-                    if delta or lp is not None:
+                    if tool_streams is not None:
+                        ts = tool_streams[j]
+                        for k, d in enumerate(ts.deltas(r.text, final=reason is not None)):
+                            yield chunk(j, d, logprobs=lp if k == 0 else None)
+                            lp = None
+                        if lp is not None:
+                            yield chunk(j, {"content": ""}, logprobs=lp)
+                        if reason == "stop" and ts.called:
+                            reason = "tool_calls"
+                    elif delta or lp is not None:
                         yield chunk(j, {"content": delta}, logprobs=lp)
                     if reason is not None:
                         c.finished = True

@@ -237,8 +237,9 @@ def serve(args: ServerArgs) -> int:
     model_path = args.model_path
     assert model_path is not None
     logger.info("starting sgl %s: model %s on %s:%d", __version__, model_path, args.host, args.port)
-    proc = SchedulerProcess.spawn(args)
     state = ServerState(args, model_path)
+    _ = state.tool_parser  # NOTE: an unknown --tool-call-parser fails here, before the model loads
+    proc = SchedulerProcess.spawn(args)
     lifecycle = Lifecycle(state, proc)
     config = uvicorn.Config(
         create_app(state), host=args.host, port=args.port, log_config=None, log_level=args.log_level.lower(),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import TYPE_CHECKING, Literal
 
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -14,6 +15,7 @@ from sgl.core.config import ServerArgs
 
 if TYPE_CHECKING:
     from sgl.api.tokenizer_manager import TokenizerManager
+    from sgl.api.tool_calls.base import ToolCallParser
 
 Phase = Literal["starting", "ready", "draining", "stopped"]
 
@@ -30,6 +32,13 @@ class ServerState:
     @property
     def served_model_name(self) -> str:
         return self.args.served_model_name or self.model_path
+
+    @cached_property
+    def tool_parser(self) -> ToolCallParser | None:
+        """The --tool-call-parser's parser; ValueError (one line) for an unknown name."""
+        from sgl.api.tool_calls.base import load_tool_parser
+
+        return load_tool_parser(self.args.tool_call_parser)
 
     @property
     def tm(self) -> TokenizerManager:

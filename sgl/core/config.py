@@ -115,6 +115,11 @@ class ServerArgs:
         "(default: those of --lora-paths, else all)"
     )
     lora_backend: str | None = _opt(None, "LoRA backend (see `sgl plugins`); default with LoRA on: triton")
+    # tool calling (issue 19) --------------------------------------------------------------------------------------
+    tool_call_parser: str | None = _opt(
+        None, "how the model writes tool calls (qwen25, llama3, mistral, pythonic, deepseekv3, ...; see `sgl plugins`):"
+        " chat completions accept tools and answer message.tool_calls"
+    )
     plugin_args: Mapping[str, Any] = field(
         default_factory=dict,
         metadata={"help": "each plugin's own options, {plugin name: its dataclass} (the CLI's --<plugin>-* flags)",

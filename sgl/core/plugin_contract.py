@@ -25,6 +25,7 @@ REGISTRY_HOOKS: dict[str, tuple[str, str]] = {
     "sgl_speculative_algorithms": ("speculative_algorithms", "speculative algorithm"),
     "sgl_lora_backends": ("lora_backends", "LoRA backend"),
     "sgl_quantization_methods": ("quantization_methods", "quantization method"),
+    "sgl_tool_call_parsers": ("tool_call_parsers", "tool-call parser"),
 }
 """Each hook that returns ``{name: "module:attr"}``: the Plugins registry it fills, and what an entry is called."""
 

@@ -30,7 +30,6 @@ REST_OF_CONTEXT = None  # as a default: every token the context has left after t
 # its frontend sends stop_regex: []) is accepted, any other value is refused with the reason.
 UNSUPPORTED_SAMPLING = {
     "stop_regex": "stop_regex is not supported; use stop strings",
-    "structural_tag": "structural tags are not supported; use json_schema, regex or ebnf",
     "custom_params": "custom_params needs a custom logit processor, which sgl does not support",
 }
 
