@@ -238,7 +238,11 @@ def serve(args: ServerArgs) -> int:
     assert model_path is not None
     logger.info("starting sgl %s: model %s on %s:%d", __version__, model_path, args.host, args.port)
     state = ServerState(args, model_path)
-    _ = state.tool_parser  # NOTE: an unknown --tool-call-parser fails here, before the model loads
+    try:
+        _ = state.tool_parser  # NOTE: an unknown --tool-call-parser stops serve here, before the model loads
+    except ValueError as exc:
+        logger.error("%s", exc)
+        return 2
     proc = SchedulerProcess.spawn(args)
     lifecycle = Lifecycle(state, proc)
     config = uvicorn.Config(

@@ -66,14 +66,14 @@ def plan_tools(
     dup = next((n for n in names if names.count(n) > 1), None)
     if dup is not None:
         raise ApiError(400, f"tools: the function name {dup!r} is given twice", param="tools")
+    if isinstance(choice, NamedToolChoice) and choice.function.name not in names:
+        raise ApiError(400, f"tool_choice names the function {choice.function.name!r}, which is not in tools "
+                       f"({', '.join(names)})", param="tool_choice.function.name")
     if parser is None:
         raise ApiError(400, "tools need a server started with --tool-call-parser (it says how the model writes calls)",
                        param="tools")
     functions = _functions(tools)
     if isinstance(choice, NamedToolChoice):
-        if choice.function.name not in names:
-            raise ApiError(400, f"tool_choice names the function {choice.function.name!r}, which is not in tools "
-                           f"({', '.join(names)})", param="tool_choice.function.name")
         forced = [f for f in functions if f.name == choice.function.name]
         max_calls = 1
     elif choice == "required":
