@@ -109,8 +109,7 @@ class ChatCompletionRequest(_SamplingFields):
     tools: list[Tool] | None = None
     tool_choice: ToolChoice | None = None
     parallel_tool_calls: bool | None = None
-    # NOTE: SGLang splits reasoning_content off only with --reasoning-parser; sgl has no reasoning parser, so both
-    # values answer alike, as SGLang does without one.
+    # SGLang's: split reasoning_content off (with --reasoning-parser; default true), stream it as it grows (true)
     separate_reasoning: bool | None = None
     stream_reasoning: bool | None = None
 

@@ -239,7 +239,8 @@ def serve(args: ServerArgs) -> int:
     logger.info("starting sgl %s: model %s on %s:%d", __version__, model_path, args.host, args.port)
     state = ServerState(args, model_path)
     try:
-        _ = state.tool_parser  # NOTE: an unknown --tool-call-parser stops serve here, before the model loads
+        # NOTE: an unknown --tool-call-parser or --reasoning-parser stops serve here, before the model loads
+        _ = state.tool_parser, state.reasoning_parser
     except ValueError as exc:
         logger.error("%s", exc)
         return 2

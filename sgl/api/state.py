@@ -15,6 +15,7 @@ from sgl.core.config import ServerArgs
 
 if TYPE_CHECKING:
     from sgl.api.tokenizer_manager import TokenizerManager
+    from sgl.api.reasoning import ReasoningParser
     from sgl.api.tool_calls.base import ToolCallParser
 
 Phase = Literal["starting", "ready", "draining", "stopped"]
@@ -39,6 +40,13 @@ class ServerState:
         from sgl.api.tool_calls.base import load_tool_parser
 
         return load_tool_parser(self.args.tool_call_parser)
+
+    @cached_property
+    def reasoning_parser(self) -> ReasoningParser | None:
+        """The --reasoning-parser's parser; ValueError (one line) for an unknown name."""
+        from sgl.api.reasoning import load_reasoning_parser
+
+        return load_reasoning_parser(self.args.reasoning_parser)
 
     @property
     def tm(self) -> TokenizerManager:

@@ -120,6 +120,9 @@ class ServerArgs:
         None, "how the model writes tool calls (qwen25, llama3, mistral, pythonic, deepseekv3, ...; see `sgl plugins`):"
         " chat completions accept tools and answer message.tool_calls"
     )
+    reasoning_parser: str | None = _opt(
+        None, "how the model marks its thinking (qwen3, deepseek-r1): chat completions answer it as reasoning_content"
+    )
     plugin_args: Mapping[str, Any] = field(
         default_factory=dict,
         metadata={"help": "each plugin's own options, {plugin name: its dataclass} (the CLI's --<plugin>-* flags)",

@@ -14,7 +14,9 @@ TEMPLATE = Path(__file__).with_name("tool_template.jinja")
 
 
 def tool_server(parser: str, *extra: str) -> ServerProc:
-    srv = start_server(*SHARED_ARGS, "--tool-call-parser", parser, "--chat-template", str(TEMPLATE), *extra)
+    # NOTE: no jump-forward: a scripted (grammar-forced) output then streams token by token, as a model writes it
+    srv = start_server(*SHARED_ARGS, "--tool-call-parser", parser, "--chat-template", str(TEMPLATE),
+                       "--disable-jump-forward", *extra)
     srv.api_key = API_KEY
     return srv
 
