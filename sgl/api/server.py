@@ -240,7 +240,7 @@ def serve(args: ServerArgs) -> int:
     state = ServerState(args, model_path)
     try:
         # NOTE: an unknown --tool-call-parser or --reasoning-parser stops serve here, before the model loads
-        _ = state.tool_parser, state.reasoning_parser
+        _ = state.tool_parser, state.reasoning_parser, state.embedding_pooling
     except ValueError as exc:
         logger.error("%s", exc)
         return 2

@@ -48,6 +48,13 @@ class ServerState:
 
         return load_reasoning_parser(self.args.reasoning_parser)
 
+    @cached_property
+    def embedding_pooling(self) -> str | None:
+        """With --is-embedding: how the checkpoint pools ("mean" | "last"); ValueError for one sgl lacks."""
+        from sgl.core.pooling import pooling_method
+
+        return pooling_method(self.model_path) if self.args.is_embedding else None
+
     @property
     def tm(self) -> TokenizerManager:
         # NOTE: the gate lets requests through only once the manager exists (ready or draining).

@@ -123,6 +123,10 @@ class ServerArgs:
     reasoning_parser: str | None = _opt(
         None, "how the model marks its thinking (qwen3, deepseek-r1): chat completions answer it as reasoning_content"
     )
+    is_embedding: bool = _opt(
+        False, "serve the model as an embedding model: /v1/embeddings and Engine.encode (mean or last-token pooling "
+        "as its sentence-transformers config says, normalized)"
+    )
     plugin_args: Mapping[str, Any] = field(
         default_factory=dict,
         metadata={"help": "each plugin's own options, {plugin name: its dataclass} (the CLI's --<plugin>-* flags)",
