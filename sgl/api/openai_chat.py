@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from contextlib import aclosing
-from typing import Any
+from typing import Any, NamedTuple
 
 from sgl.api.errors import ApiError
 from sgl.api.lora_routes import adapter_of
@@ -46,6 +46,12 @@ def _template_kwargs(req: ChatCompletionRequest) -> tuple[bool, dict[str, Any]]:
     return bool(kwargs.pop("add_generation_prompt", True)), kwargs
 
 
+class ChatInput(NamedTuple):
+    prepared: PreparedRequest
+    tools: ToolPlan | None  # None: no tool calling (no tools, or tool_choice none)
+    thinking: Thinking | None  # None: no reasoning split
+
+
 def _thinking(state: ServerState, req: ChatCompletionRequest, kwargs: dict[str, Any]) -> Thinking | None:
     """The request's reasoning split, where the server has a --reasoning-parser and the template lets the model think."""
     parser = state.reasoning_parser
@@ -54,9 +60,7 @@ def _thinking(state: ServerState, req: ChatCompletionRequest, kwargs: dict[str, 
     return Thinking(parser, stream=req.stream_reasoning is not False)
 
 
-async def build_chat_input(
-    state: ServerState, req: ChatCompletionRequest
-) -> tuple[PreparedRequest, ToolPlan | None, Thinking | None]:
+async def build_chat_input(state: ServerState, req: ChatCompletionRequest) -> ChatInput:
     """The validated, tokenized request, its tool plan and reasoning split; every client mistake raises ApiError or
     ValueError (both 400).
 
@@ -100,7 +104,7 @@ async def build_chat_input(
     if state.args.log_requests:
         logger.info("chat request %s: %d prompt tokens, n=%d, max_tokens=%d, user=%s", prepared.rid,
                     len(prepared.prompt_ids), prepared.n, prepared.params.max_new_tokens, req.user)
-    return prepared, plan, thinking
+    return ChatInput(prepared, plan, thinking)
 
 
 def _choice_logprobs(req: ChatCompletionRequest, meta: MetaInfo, start: int = 0,
