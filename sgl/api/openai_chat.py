@@ -18,9 +18,9 @@ from sgl.api.tool_calls.request import ToolPlan, plan_tools, template_message
 from sgl.api.tool_calls.stream import ToolStream
 from sgl.core.replies import SchedulerUnavailable
 from sgl.core.request_input import REST_OF_CONTEXT
-from sgl.core.sampling.params import CONSTRAINT_FIELDS
 from sgl.core.request_manager import GenerateInput, PreparedRequest
 from sgl.core.request_result import GenerateResult, MetaInfo
+from sgl.core.sampling.params import CONSTRAINT_FIELDS
 
 logger = logging.getLogger(__name__)
 

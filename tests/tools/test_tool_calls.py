@@ -34,7 +34,7 @@ SCHEMAS = {"get_weather": WEATHER, "get_time": TIME}
 USER = [{"role": "user", "content": "What is the weather in Paris?"}]
 ARGS = {"city": "Paris", "unit": "c"}
 
-_DS = "<｜tool▁calls▁begin｜><｜tool▁call▁begin｜>function<｜tool▁sep｜>{name}\n```json\n{args}\n```<｜tool▁call▁end｜>"
+_DS = "<｜tool▁call▁begin｜>function<｜tool▁sep｜>{name}\n```json\n{args}\n```<｜tool▁call▁end｜>"
 # What a model of each family writes for get_weather(ARGS) (then get_time(zone=1) where there are two calls).
 SCRIPTS: dict[str, tuple[str, str]] = {
     "qwen25": ('<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris", "unit": "c"}}\n</tool_call>',
@@ -44,7 +44,7 @@ SCRIPTS: dict[str, tuple[str, str]] = {
     "mistral": ('[TOOL_CALLS] [{"name": "get_weather", "arguments": {"city": "Paris", "unit": "c"}}',
                 ', {"name": "get_time", "arguments": {"zone": 1}}'),
     "pythonic": ('[get_weather(city="Paris", unit="c")', ', get_time(zone=1)'),
-    "deepseekv3": (_DS.format(name="get_weather", args='{"city": "Paris", "unit": "c"}'),
+    "deepseekv3": ("<｜tool▁calls▁begin｜>" + _DS.format(name="get_weather", args='{"city": "Paris", "unit": "c"}'),
                    "\n" + _DS.format(name="get_time", args='{"zone": 1}')),
 }
 CLOSE = {"mistral": "]", "pythonic": "]", "deepseekv3": "<｜tool▁calls▁end｜>"}
