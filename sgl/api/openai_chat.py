@@ -5,18 +5,22 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from contextlib import aclosing
-from typing import Any
+from typing import Any, NamedTuple
 
 from sgl.api.errors import ApiError
 from sgl.api.lora_routes import adapter_of
 from sgl.api.openai_common import Cursor, chat_logprobs, finish_reason, now, sampling_params, usage_of
 from sgl.api.openai_protocol import ChatCompletionRequest, ChatMessage
+from sgl.api.reasoning import Thinking
 from sgl.api.state import ServerState
 from sgl.api.streaming import DONE, SSEResponse, sse
+from sgl.api.tool_calls.request import ToolPlan, plan_tools, template_message
+from sgl.api.tool_calls.stream import ToolStream
 from sgl.core.replies import SchedulerUnavailable
 from sgl.core.request_input import REST_OF_CONTEXT
 from sgl.core.request_manager import GenerateInput, PreparedRequest
 from sgl.core.request_result import GenerateResult, MetaInfo
+from sgl.core.sampling.params import CONSTRAINT_FIELDS
 
 logger = logging.getLogger(__name__)
 
@@ -42,8 +46,23 @@ def _template_kwargs(req: ChatCompletionRequest) -> tuple[bool, dict[str, Any]]:
     return bool(kwargs.pop("add_generation_prompt", True)), kwargs
 
 
-async def build_chat_input(state: ServerState, req: ChatCompletionRequest) -> PreparedRequest:
-    """The validated, tokenized request; every client mistake raises ApiError or ValueError (both 400).
+class ChatInput(NamedTuple):
+    prepared: PreparedRequest
+    tools: ToolPlan | None  # None: no tool calling (no tools, or tool_choice none)
+    thinking: Thinking | None  # None: no reasoning split
+
+
+def _thinking(state: ServerState, req: ChatCompletionRequest, kwargs: dict[str, Any]) -> Thinking | None:
+    """The request's reasoning split, where the server has a --reasoning-parser and the template lets the model think."""
+    parser = state.reasoning_parser
+    if parser is None or not parser.thinks(kwargs):
+        return None
+    return Thinking(parser, stream=req.stream_reasoning is not False)
+
+
+async def build_chat_input(state: ServerState, req: ChatCompletionRequest) -> ChatInput:
+    """The validated, tokenized request, its tool plan and reasoning split; every client mistake raises ApiError or
+    ValueError (both 400).
 
     NOTE: templating and tokenizing a long conversation run off the event loop (TokenizerManager.run).
     """
@@ -54,8 +73,18 @@ async def build_chat_input(state: ServerState, req: ChatCompletionRequest) -> Pr
     sampling = sampling_params(req)
     if req.requested_max_tokens is not None:
         sampling["max_new_tokens"] = req.requested_max_tokens
-    messages = [_message_dict(m) for m in req.messages]
+    plan, tools = plan_tools(state.tool_parser, req.tools, req.tool_choice, req.parallel_tool_calls, sampling)
+    messages = [template_message(_message_dict(m), i) for i, m in enumerate(req.messages)]
     add_generation_prompt, kwargs = _template_kwargs(req)
+    if tools is not None:
+        kwargs["tools"] = tools
+    thinking = _thinking(state, req, kwargs)
+    # NOTE: the model thinks freely; response_format and a forced tool call apply after the section. SGLang's raw
+    # constraint extras (regex, ebnf, json_schema) say what the whole output is, so they stay as given.
+    if thinking is not None and not any(getattr(req, k, None) is not None for k in CONSTRAINT_FIELDS):
+        thinking.constrain_after(sampling)
+    if req.separate_reasoning is False:
+        thinking = None
     options: dict[str, Any] = {
         "sampling_params": sampling, "rid": req.rid, "return_logprob": bool(req.logprobs),
         "top_logprobs_num": req.top_logprobs or 0, "return_text_in_logprobs": True, "stream": bool(req.stream),
@@ -75,7 +104,7 @@ async def build_chat_input(state: ServerState, req: ChatCompletionRequest) -> Pr
     if state.args.log_requests:
         logger.info("chat request %s: %d prompt tokens, n=%d, max_tokens=%d, user=%s", prepared.rid,
                     len(prepared.prompt_ids), prepared.n, prepared.params.max_new_tokens, req.user)
-    return prepared
+    return ChatInput(prepared, plan, thinking)
 
 
 def _choice_logprobs(req: ChatCompletionRequest, meta: MetaInfo, start: int = 0,
@@ -88,27 +117,36 @@ def _choice_logprobs(req: ChatCompletionRequest, meta: MetaInfo, start: int = 0,
 
 
 async def chat_completion(state: ServerState, req: ChatCompletionRequest) -> dict[str, Any] | SSEResponse:
-    obj = await build_chat_input(state, req)
+    obj, plan, thinking = await build_chat_input(state, req)
     n = obj.n
     rid = f"chatcmpl-{obj.rid}"
     if obj.stream:
-        return SSEResponse(_stream(state, req, obj, n, rid))
+        return SSEResponse(_stream(state, req, obj, n, rid, plan, thinking))
     final: list[GenerateResult] = []
     async with aclosing(state.tm.generate(obj)) as results:
         async for final in results:
             pass
     choices = []
     for j, r in enumerate(final):
-        choices.append({
-            "index": j, "message": {"role": "assistant", "content": r.text, "refusal": None},
-            "logprobs": _choice_logprobs(req, r.meta), "finish_reason": finish_reason(state, r.meta),
-        })
+        reason = finish_reason(state, r.meta)
+        reasoning, text = thinking.parser.split(r.text, final=True) if thinking is not None else ("", r.text)
+        message: dict[str, Any] = {"role": "assistant", "content": text, "refusal": None}
+        if plan is not None:
+            message, called = plan.message(text)
+            reason = "tool_calls" if called and reason == "stop" else reason
+        if thinking is not None:
+            message["reasoning_content"] = reasoning or None
+            if not message["content"] and reasoning:
+                message["content"] = None
+        choices.append({"index": j, "message": message, "logprobs": _choice_logprobs(req, r.meta),
+                        "finish_reason": reason})
     return {"id": rid, "object": "chat.completion", "created": now(), "model": state.served_model_name,
             "choices": choices, "usage": usage_of(final, n)}
 
 
 async def _stream(
-    state: ServerState, req: ChatCompletionRequest, obj: PreparedRequest, n: int, rid: str
+    state: ServerState, req: ChatCompletionRequest, obj: PreparedRequest, n: int, rid: str, plan: ToolPlan | None,
+    thinking: Thinking | None,
 ) -> AsyncIterator[str]:
     created, model = now(), state.served_model_name
     include_usage = req.include_usage
@@ -124,6 +162,8 @@ async def _stream(
         return sse(body)
 
     cursors = [Cursor() for _ in range(n)]
+    tool_streams = [ToolStream(plan) for _ in range(n)] if plan is not None else None
+    thought = [0] * n  # reasoning characters streamed, per choice
     final: list[GenerateResult] = []
     try:
         async with aclosing(state.tm.generate(obj)) as results:
@@ -136,12 +176,28 @@ async def _stream(
                     if not c.started:
                         c.started = True
                         yield chunk(j, {"role": "assistant", "content": ""})
-                    delta = c.text_delta(r.text)
+                    text = r.text
+                    if thinking is not None:
+                        reasoning, text = thinking.parser.split(r.text, final=reason is not None)
+                        # NOTE: stream_reasoning false: the whole section in one delta, once it ends
+                        if len(reasoning) > thought[j] and (thinking.stream or text or reason is not None):
+                            yield chunk(j, {"reasoning_content": reasoning[thought[j]:]})
+                            thought[j] = len(reasoning)
+                    delta = c.text_delta(text)
                     lp = None
                     if req.logprobs and meta.logprobs is not None:
                         start, end = c.logprob_delta(meta.logprobs.output)
                         lp = _choice_logprobs(req, meta, start, end) if end > start else None
-                    if delta or lp is not None:
+                    if tool_streams is not None:
+                        ts = tool_streams[j]
+                        for k, d in enumerate(ts.deltas(text, final=reason is not None)):
+                            yield chunk(j, d, logprobs=lp if k == 0 else None)
+                            lp = None
+                        if lp is not None:
+                            yield chunk(j, {"content": ""}, logprobs=lp)
+                        if reason == "stop" and ts.called:
+                            reason = "tool_calls"
+                    elif delta or lp is not None:
                         yield chunk(j, {"content": delta}, logprobs=lp)
                     if reason is not None:
                         c.finished = True

@@ -13,6 +13,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from sgl.api.request_extras import CHAT, COMMON, drop_neutral
+from sgl.api.tool_calls.protocol import Tool, ToolChoice
 
 
 class _Strict(BaseModel):
@@ -105,8 +106,10 @@ class ChatCompletionRequest(_SamplingFields):
     top_logprobs: int | None = Field(default=None, ge=0, le=20)
     chat_template_kwargs: dict[str, Any] | None = None
     input_ids: list[int] | None = None  # SGLang: the prompt's token ids, used instead of rendering the messages
-    # NOTE: SGLang splits reasoning_content off only with --reasoning-parser; sgl has no reasoning parser, so both
-    # values answer alike, as SGLang does without one.
+    tools: list[Tool] | None = None
+    tool_choice: ToolChoice | None = None
+    parallel_tool_calls: bool | None = None
+    # SGLang's: split reasoning_content off (with --reasoning-parser; default true), stream it as it grows (true)
     separate_reasoning: bool | None = None
     stream_reasoning: bool | None = None
 

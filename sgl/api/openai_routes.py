@@ -1,4 +1,4 @@
-"""The OpenAI-compatible routes: /v1/chat/completions, /v1/completions, /v1/models, /v1/models/{id}.
+"""The OpenAI-compatible routes: /v1/chat/completions, /v1/completions, /v1/embeddings, /v1/models, /v1/models/{id}.
 
 NOTE: any "model" value is accepted in a request (as SGLang does; one model is served), but /v1/models lists only the
 served name and /v1/models/{id} answers 404 for any other.
@@ -16,6 +16,7 @@ from sgl.api.errors import ApiError
 from sgl.api.lora_routes import loaded_adapters, unknown_model
 from sgl.api.openai_chat import chat_completion
 from sgl.api.openai_completions import completion
+from sgl.api.openai_embeddings import EmbeddingRequest, embeddings
 from sgl.api.openai_protocol import ChatCompletionRequest, CompletionRequest, ModelCard
 from sgl.api.state import ServerState
 
@@ -40,6 +41,11 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> dic
 @router.post("/v1/completions", response_model=None)
 async def completions(body: CompletionRequest, request: Request) -> dict[str, Any] | Response:
     return await abort_on_disconnect(request, completion(_state(request), body))
+
+
+@router.post("/v1/embeddings", response_model=None)
+async def create_embeddings(body: EmbeddingRequest, request: Request) -> dict[str, Any] | Response:
+    return await abort_on_disconnect(request, embeddings(_state(request), body))
 
 
 def _adapter_card(state: ServerState, adapter: dict[str, Any]) -> dict[str, Any]:

@@ -61,10 +61,7 @@ COMMON: dict[str, Unsupported] = {
 
 # Fields only chat completions has (OpenAI's and SGLang's).
 CHAT: dict[str, Unsupported] = {
-    **_all(("tools", "functions"), ([],), "tool calling is not supported yet"),
-    **_all(("tool_choice", "function_call"), ("none", "auto"), "tool calling is not supported yet"),
-    # NOTE: without tools there is nothing to call in parallel: any value asks for what happens anyway
-    "parallel_tool_calls": Unsupported((True, False), ""),
+    **_all(("functions", "function_call"), (), "the deprecated functions API is not supported: use tools"),
     "continue_final_message": Unsupported((False,), "continuing the final assistant message is not supported"),
     **_all(("reasoning_effort", "reasoning", "task"), (), "sgl has no reasoning controls"),
     **_all(("audio", "prediction", "web_search_options"), (), "this OpenAI feature is not supported"),

@@ -241,8 +241,14 @@ def serve(args: ServerArgs) -> int:
     if args.node_rank > 0:
         return serve_node(args)
     logger.info("starting sgl %s: model %s on %s:%d", __version__, model_path, args.host, args.port)
-    proc: SchedulerHandle = DataParallelScheduler.spawn(args) if args.dp_size > 1 else SchedulerProcess.spawn(args)
     state = ServerState(args, model_path)
+    try:
+        # NOTE: an unknown --tool-call-parser or --reasoning-parser stops serve here, before the model loads
+        _ = state.tool_parser, state.reasoning_parser, state.embedding_pooling
+    except ValueError as exc:
+        logger.error("%s", exc)
+        return 2
+    proc: SchedulerHandle = DataParallelScheduler.spawn(args) if args.dp_size > 1 else SchedulerProcess.spawn(args)
     lifecycle = Lifecycle(state, proc)
     config = uvicorn.Config(
         create_app(state), host=args.host, port=args.port, log_config=None, log_level=args.log_level.lower(),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import TYPE_CHECKING, Literal
 
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -14,6 +15,8 @@ from sgl.core.config import ServerArgs
 
 if TYPE_CHECKING:
     from sgl.api.tokenizer_manager import TokenizerManager
+    from sgl.api.reasoning import ReasoningParser
+    from sgl.api.tool_calls.base import ToolCallParser
 
 Phase = Literal["starting", "ready", "draining", "stopped"]
 
@@ -30,6 +33,27 @@ class ServerState:
     @property
     def served_model_name(self) -> str:
         return self.args.served_model_name or self.model_path
+
+    @cached_property
+    def tool_parser(self) -> ToolCallParser | None:
+        """The --tool-call-parser's parser; ValueError (one line) for an unknown name."""
+        from sgl.api.tool_calls.base import load_tool_parser
+
+        return load_tool_parser(self.args.tool_call_parser)
+
+    @cached_property
+    def reasoning_parser(self) -> ReasoningParser | None:
+        """The --reasoning-parser's parser; ValueError (one line) for an unknown name."""
+        from sgl.api.reasoning import load_reasoning_parser
+
+        return load_reasoning_parser(self.args.reasoning_parser)
+
+    @cached_property
+    def embedding_pooling(self) -> str | None:
+        """With --is-embedding: how the checkpoint pools ("mean" | "last"); ValueError for one sgl lacks."""
+        from sgl.core.pooling import pooling_method
+
+        return pooling_method(self.model_path) if self.args.is_embedding else None
 
     @property
     def tm(self) -> TokenizerManager:

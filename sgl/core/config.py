@@ -139,6 +139,18 @@ class ServerArgs:
         "(default: those of --lora-paths, else all)"
     )
     lora_backend: str | None = _opt(None, "LoRA backend (see `sgl plugins`); default with LoRA on: triton")
+    # tool calling (issue 19) --------------------------------------------------------------------------------------
+    tool_call_parser: str | None = _opt(
+        None, "how the model writes tool calls (qwen25, llama3, mistral, pythonic, deepseekv3, ...; see `sgl plugins`):"
+        " chat completions accept tools and answer message.tool_calls"
+    )
+    reasoning_parser: str | None = _opt(
+        None, "how the model marks its thinking (qwen3, deepseek-r1): chat completions answer it as reasoning_content"
+    )
+    is_embedding: bool = _opt(
+        False, "serve the model as an embedding model: /v1/embeddings and Engine.encode (mean or last-token pooling "
+        "as its sentence-transformers config says, normalized)"
+    )
     plugin_args: Mapping[str, Any] = field(
         default_factory=dict,
         metadata={"help": "each plugin's own options, {plugin name: its dataclass} (the CLI's --<plugin>-* flags)",

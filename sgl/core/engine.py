@@ -19,6 +19,7 @@ from sgl.core.config import ServerArgs
 from sgl.core.distributed.engine_group import start_engine_group
 from sgl.core.ipc import Inbox, ShutdownReq, start_thread
 from sgl.core.lora.base import FEATURE as LORA_FEATURE
+from sgl.core.pooling import pooling_method
 from sgl.core.replies import ReplyRouter
 from sgl.core.request_manager import GenerateInput, PreparedRequest, RequestManager
 from sgl.core.request_result import GenerateResult
@@ -61,6 +62,7 @@ class Engine:
             self._group.close()
             raise
         self.tokenizer = self.runtime.tokenizer
+        self.pooling = pooling_method(self.runtime.model_path) if self.server_args.is_embedding else None
         self._inbox = Inbox()
         self.manager = RequestManager(self.tokenizer, self.runtime.limits, self._inbox.put)
         self.replies = ReplyRouter(self.manager)
@@ -70,6 +72,27 @@ class Engine:
         self._thread = start_thread(self._run_scheduler, "sgl-scheduler")
 
     # plumbing ---------------------------------------------------------------------------------------------------
+    def encode(
+        self, prompt: str | list[str] | None = None, input_ids: list[int] | list[list[int]] | None = None,
+    ) -> Any:
+        """SGLang's ``{"embedding": [...], "meta_info": {...}}`` for one prompt, a list of them for a list; the model
+        must be served as an embedding model (``is_embedding=True``)."""
+        if not self.server_args.is_embedding:
+            raise ValueError("encode needs an embedding model: create the engine with is_embedding=True")
+        objs, batched = self._prepare(prompt, input_ids, {"max_new_tokens": 0}, False, None, None, False, None,
+                                      None, self.pooling)
+        results = self._run_sync(self._gather_embeddings(objs))
+        return results if batched else results[0]
+
+    async def _gather_embeddings(self, objs: list[PreparedRequest]) -> list[dict[str, Any]]:
+        async def one(obj: PreparedRequest) -> dict[str, Any]:
+            final: list[GenerateResult] = []
+            async for final in self.manager.generate(obj):
+                pass
+            return {"embedding": final[0].embedding, "meta_info": final[0].meta.to_dict()}
+
+        return list(await asyncio.gather(*(one(o) for o in objs)))
+
     def _run_scheduler(self) -> None:
         stats_log = self.runtime.stats_log()
         recv = self._group.recv(lambda block, t: self._inbox.drain(block, t), self.runtime.scheduler)
@@ -97,7 +120,7 @@ class Engine:
     def _inputs(
         prompt: str | list[str] | None, input_ids: list[int] | list[list[int]] | None, sampling_params: Any,
         return_logprob: bool, logprob_start_len: int | None, top_logprobs_num: int | None, stream: bool,
-        rid: str | list[str] | None, lora_path: str | list[str | None] | None = None,
+        rid: str | list[str] | None, lora_path: str | list[str | None] | None = None, pooling: str | None = None,
     ) -> tuple[list[GenerateInput], bool]:
         if (prompt is None) == (input_ids is None):
             raise ValueError("give exactly one of prompt and input_ids")
@@ -120,7 +143,7 @@ class Engine:
                 text=p if prompt is not None else None, input_ids=p if input_ids is not None else None,
                 sampling_params=sp,
                 rid=r, return_logprob=return_logprob, logprob_start_len=logprob_start_len,
-                top_logprobs_num=top_logprobs_num, stream=stream, lora_path=lora,
+                top_logprobs_num=top_logprobs_num, stream=stream, lora_path=lora, pooling=pooling,
             )
             for p, sp, r, lora in zip(prompts, params, rids, loras)
         ]

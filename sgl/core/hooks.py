@@ -83,6 +83,18 @@ class SglHookSpecs:
         raise NotImplementedError
 
     @hookspec
+    def sgl_tool_call_parsers(self) -> Registrations:
+        """Tool-call parsers: ``{name: "module:ToolCallParserSubclass"}`` (sgl.api.tool_calls.base), chosen by
+        ``--tool-call-parser``."""
+        raise NotImplementedError
+
+    @hookspec
+    def sgl_reasoning_parsers(self) -> Registrations:
+        """Reasoning parsers: ``{name: "module:ReasoningParserSubclass"}`` (sgl.api.reasoning), chosen by
+        ``--reasoning-parser``."""
+        raise NotImplementedError
+
+    @hookspec
     def sgl_server_args(self) -> str:
         """This plugin's own server arguments: ``"module:DataclassType"`` (a light module: the dataclass only).
 

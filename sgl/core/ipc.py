@@ -45,6 +45,7 @@ class GenerateReq:
     stream: bool = False
     group: str | None = None  # siblings of one n > 1 request share a group and their prompt's KV
     lora_path: str | None = None  # the name of a loaded LoRA adapter; None runs the base model
+    pooling: str | None = None  # "last" | "mean": an embedding request (prompt only; the pooled hidden state back)
 
 
 @dataclass(frozen=True)
@@ -95,6 +96,7 @@ class ReqOutput:
     input_logprobs: list[tuple[float | None, int]] | None = None
     input_top_logprobs: list[list[tuple[float, int]]] | None = None
     spec_verify_ct: int | None = None  # decode steps taken under speculative decoding (None: speculation off)
+    embedding: list[float] | None = None  # an embedding request's normalized pooled vector, with its end
 
 
 @dataclass

@@ -25,6 +25,8 @@ REGISTRY_HOOKS: dict[str, tuple[str, str]] = {
     "sgl_speculative_algorithms": ("speculative_algorithms", "speculative algorithm"),
     "sgl_lora_backends": ("lora_backends", "LoRA backend"),
     "sgl_quantization_methods": ("quantization_methods", "quantization method"),
+    "sgl_tool_call_parsers": ("tool_call_parsers", "tool-call parser"),
+    "sgl_reasoning_parsers": ("reasoning_parsers", "reasoning parser"),
 }
 """Each hook that returns ``{name: "module:attr"}``: the Plugins registry it fills, and what an entry is called."""
 

@@ -84,6 +84,8 @@ class Plugins:
     speculative_algorithms: Registry[type] = _registry("speculative algorithm")
     lora_backends: Registry[type] = _registry("LoRA backend")
     quantization_methods: Registry[type] = _registry("quantization method")
+    tool_call_parsers: Registry[type] = _registry("tool-call parser")
+    reasoning_parsers: Registry[type] = _registry("reasoning parser")
     server_args: Registry[type] = _registry("server arguments")  # plugin name -> its options dataclass
     manager: pluggy.PluginManager = field(default_factory=lambda: _new_manager())
 

@@ -24,13 +24,13 @@ if TYPE_CHECKING:
 
 MAX_TOP_LOGPROBS = 20
 NATIVE_DEFAULT_MAX_NEW_TOKENS = 128  # SGLang's default when a request gives no max_new_tokens
+POOLING_METHODS = ("last", "mean")
 REST_OF_CONTEXT = None  # as a default: every token the context has left after the prompt
 
 # SGLang's native sampling params that sgl does not implement: null or empty (what SGLang's clients send when unset;
 # its frontend sends stop_regex: []) is accepted, any other value is refused with the reason.
 UNSUPPORTED_SAMPLING = {
     "stop_regex": "stop_regex is not supported; use stop strings",
-    "structural_tag": "structural tags are not supported; use json_schema, regex or ebnf",
     "custom_params": "custom_params needs a custom logit processor, which sgl does not support",
 }
 
@@ -86,6 +86,7 @@ class GenerateInput:
     stream: bool = False
     add_special_tokens: bool = True  # False for text that already holds them (a rendered chat template)
     lora_path: str | None = None  # a loaded LoRA adapter's name (None: the base model)
+    pooling: str | None = None  # "last" | "mean": embed the prompt instead of generating (max_new_tokens 0)
     default_max_new_tokens: int | None = NATIVE_DEFAULT_MAX_NEW_TOKENS
     max_tokens_name: str = "max_new_tokens"
 
@@ -222,6 +223,11 @@ def prepare_request(obj: GenerateInput, tokenizer: Tokenizer, limits: ModelLimit
                                "--enable-lora or --lora-paths)", "lora_path")
         if not isinstance(obj.lora_path, str) or not obj.lora_path:
             raise RequestError(f"lora_path must be an adapter name, got {obj.lora_path!r}", "lora_path")
-    reqs = tuple(GenerateReq(r, ids, params, obj.return_logprob, start, top, obj.stream, group, obj.lora_path)
-                 for r in rids)
+    if obj.pooling is not None:
+        if obj.pooling not in POOLING_METHODS:
+            raise RequestError(f"pooling must be one of {', '.join(POOLING_METHODS)}, got {obj.pooling!r}", "pooling")
+        if params.max_new_tokens != 0 or params.n != 1:
+            raise RequestError("an embedding request generates nothing: max_new_tokens must be 0 and n 1", "pooling")
+    reqs = tuple(GenerateReq(r, ids, params, obj.return_logprob, start, top, obj.stream, group, obj.lora_path,
+                             obj.pooling) for r in rids)
     return PreparedRequest(rid, ids, params, reqs, obj.return_logprob, obj.return_text_in_logprobs, obj.stream)

@@ -50,6 +50,7 @@ class _State:
     output_top: list[list[tuple[float, int]]] = field(default_factory=list)
     prompt_logprobs: list[tuple[float | None, int]] | None = None
     prompt_top: list[list[tuple[float, int]]] | None = None
+    embedding: list[float] | None = None
 
 
 class RequestManager:
@@ -159,6 +160,8 @@ class RequestManager:
         st.cached_tokens = out.cached_tokens
         if out.spec_verify_ct is not None:
             st.spec_verify_ct = out.spec_verify_ct
+        if out.embedding is not None:
+            st.embedding = out.embedding
 
     def _visible_text(self, st: _State) -> str:
         """While streaming, hold back a tail that could still become a stop string."""
@@ -192,4 +195,4 @@ class RequestManager:
             logprobs=self._logprobs(st, req.return_text_in_logprobs) if req.return_logprob else None,
             spec_verify_ct=st.spec_verify_ct,
         )
-        return GenerateResult(self._visible_text(st), list(st.output_ids), meta)
+        return GenerateResult(self._visible_text(st), list(st.output_ids), meta, st.embedding)

@@ -77,6 +77,7 @@ class GenerateResult:
     text: str
     output_ids: list[int]
     meta: MetaInfo
+    embedding: list[float] | None = None  # an embedding request's normalized pooled vector
 
     @property
     def finished(self) -> bool:

@@ -84,9 +84,6 @@ _FLAGS = [
     _no("speculative_accept_threshold_acc", float, 1.0, "relaxed acceptance is not supported yet (exact only)", _SPEC),
     _no("speculative_attention_mode", str, None, "choosing the verify attention mode is not supported yet", _SPEC),
     # the OpenAI surface ---------------------------------------------------------------------------------------
-    _no("tool_call_parser", str, None, "tool-call parsing is not supported yet", _OPENAI),
-    _no("reasoning_parser", str, None, "reasoning parsing is not supported yet", _OPENAI),
-    _no("is_embedding", bool, False, "embedding models are not supported yet", _OPENAI),
     _no("enable_multimodal", bool, False, "multimodal input is not supported yet"),
     _no("completion_template", str, None, "completion templates are not supported yet"),
     _no("sampling_defaults", str, "openai",

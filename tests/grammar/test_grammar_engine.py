@@ -159,7 +159,7 @@ def test_invalid_schema_and_regex_abort_with_400_and_engine_keeps_serving(engine
 
 
 def test_edge_rejects_malformed_requests_with_value_error(engine: sgl.Engine) -> None:
-    with pytest.raises(ValueError, match="at most one of json_schema, regex, ebnf, choices; got json_schema, regex"):
+    with pytest.raises(ValueError, match="at most one of json_schema, regex, ebnf, choices, structural_tag; got json_schema, regex"):
         engine.generate("x", {"json_schema": "{}", "regex": "a"})
     with pytest.raises(ValueError, match="json_schema is not valid JSON"):
         engine.generate("x", {"json_schema": "{not json"})

@@ -28,6 +28,7 @@ class GrammarKind(str, enum.Enum):
     REGEX = "regex"
     EBNF = "ebnf"
     CHOICES = "choices"  # spec: a JSON list of strings; the output is exactly one of them
+    STRUCTURAL_TAG = "structural_tag"  # spec: SGLang's structural tag JSON (text, JSON, tags, any-text regions)
 
 
 class GrammarKey(NamedTuple):
@@ -120,4 +121,6 @@ def grammar_key(params: SamplingParams) -> GrammarKey | None:
         return GrammarKey(GrammarKind.EBNF, params.ebnf)
     if params.choices is not None:
         return GrammarKey(GrammarKind.CHOICES, json.dumps(list(params.choices)))
+    if params.structural_tag is not None:
+        return GrammarKey(GrammarKind.STRUCTURAL_TAG, params.structural_tag)
     return None

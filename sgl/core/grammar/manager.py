@@ -75,13 +75,15 @@ def check_grammar_request(params: SamplingParams, backend_name: str, registry: A
         return
     if backend_name == DISABLED:
         raise ValueError(_disabled_message(key))
-    if key.kind is GrammarKind.JSON:
+    if key.kind in (GrammarKind.JSON, GrammarKind.STRUCTURAL_TAG):
+        name = key.kind.value
         try:
             schema = json.loads(key.spec)
         except json.JSONDecodeError as exc:
-            raise ValueError(f"json_schema is not valid JSON: {exc}") from exc
-        if not isinstance(schema, (dict, bool)):
-            raise ValueError(f"json_schema must be a JSON object, got {type(schema).__name__}")
+            raise ValueError(f"{name} is not valid JSON: {exc}") from exc
+        allowed = (dict, bool) if key.kind is GrammarKind.JSON else (dict,)
+        if not isinstance(schema, allowed):
+            raise ValueError(f"{name} must be a JSON object, got {type(schema).__name__}")
     elif not key.spec:
         raise ValueError(f"{key.kind.value} is empty")
     load_backend_class(backend_name, registry)

@@ -32,8 +32,8 @@ _FLOAT_FIELDS = (
     "repetition_penalty",
 )
 _BOOL_FIELDS = ("ignore_eos", "skip_special_tokens", "spaces_between_special_tokens", "no_stop_trim")
-_STR_FIELDS = ("json_schema", "regex", "ebnf")
-CONSTRAINT_FIELDS = ("json_schema", "regex", "ebnf", "choices")
+_STR_FIELDS = ("json_schema", "regex", "ebnf", "structural_tag")
+CONSTRAINT_FIELDS = ("json_schema", "regex", "ebnf", "choices", "structural_tag")
 
 
 def _is_int(value: object) -> bool:
@@ -71,6 +71,7 @@ class SamplingParams:
     regex: str | None = None
     ebnf: str | None = None
     choices: list[str] | None = None  # the output is exactly one of these strings
+    structural_tag: str | None = None  # SGLang's structural tag JSON (tool-call formats, free text until a tag)
     custom_params: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
@@ -101,7 +102,7 @@ class SamplingParams:
                 continue
             if value is None:
                 continue
-            if name == "json_schema" and isinstance(value, Mapping):
+            if name in ("json_schema", "structural_tag") and isinstance(value, Mapping):
                 value = json.dumps(value)  # NOTE: clients send the schema as an object or as its JSON text
             if name in kwargs and kwargs[name] != value:
                 raise ValueError(

@@ -32,6 +32,8 @@ class PrefillBuilder:
     def match_limit(self, r: Req) -> int:
         """How many leading tokens may come from the cache: never the last, nor those whose logprobs are asked."""
         limit = r.seq_len - 1
+        if r.pooling == "mean":
+            return 0  # NOTE: the mean needs every prompt token's hidden state, computed here
         if not r.input_logprobs_done:
             limit = min(limit, max(r.logprob_start_len - 1, 0))
         return limit

@@ -71,6 +71,9 @@ class Req:
         self.input_logprobs: list[tuple[float | None, int]] | None = None
         self.input_top_logprobs: list[list[tuple[float, int]]] | None = None
         self.input_logprobs_done = not (msg.return_logprob and msg.logprob_start_len >= 0)
+        self.pooling = msg.pooling  # an embedding request: "last" | "mean"
+        self.pooled: Any = None  # the device sum (mean) or last hidden state so far
+        self.embedding: list[float] | None = None
 
     # tokens -------------------------------------------------------------------------------------------------
     def all_ids(self) -> list[int]:
@@ -148,7 +151,7 @@ class Req:
             cached_tokens=self.cached_tokens, output_logprobs=self.pending_logprobs,
             output_top_logprobs=self.pending_top_logprobs, input_logprobs=input_lps,
             input_top_logprobs=self.input_top_logprobs if input_lps is not None else None,
-            spec_verify_ct=self.spec_verify_ct,
+            spec_verify_ct=self.spec_verify_ct, embedding=self.embedding if self.finished else None,
         )
         self.sent_tokens = len(self.output_ids)
         self.pending_logprobs, self.pending_top_logprobs = [], []

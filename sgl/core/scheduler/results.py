@@ -12,7 +12,7 @@ from sgl.core.scheduler.batch import ScheduleBatch
 from sgl.core.scheduler.feature import SchedulerFeature
 from sgl.core.scheduler.req import Req, ReqStage
 from sgl.core.scheduler.state import SchedulerState
-from sgl.core.scheduler.step import StepResult
+from sgl.core.scheduler.step import StepResult, finish_embedding
 
 if TYPE_CHECKING:
     from sgl.core.speculative.verify import VerifyResult
@@ -106,6 +106,8 @@ class ResultProcessor:
                 s.cache.cache_unfinished_req(r)
                 continue
             r.input_logprobs_done = True
+            if r.pooling is not None:
+                r.embedding = finish_embedding(r.pooled, r.pooling, len(r.origin_input_ids))
             if s.chunked is r:
                 s.chunked = None
             s.leave_group(r)

@@ -43,6 +43,12 @@ def _pairs(values: list[float], ids: list[int]) -> list[tuple[float, int]]:
     return [(float(v), int(i)) for v, i in zip(values, ids)]
 
 
+def finish_embedding(pooled: torch.Tensor, pooling: str, num_tokens: int) -> list[float]:
+    """The pooled hidden state (a mean where ``pooling`` says so), L2-normalized, as floats for the reply."""
+    vec = pooled / num_tokens if pooling == "mean" else pooled
+    return torch.nn.functional.normalize(vec.float(), dim=0).tolist()
+
+
 class StepExecutor:
     """Runs a ScheduleBatch: ``launch`` enqueues forward + sampling, ``resolve`` waits for the tokens.
 
@@ -90,6 +96,8 @@ class StepExecutor:
                 offsets.append(offsets[-1] + e)
             last = [offsets[i + 1] - 1 for i in rows]
         input_lps = {} if batch.mode.is_decode else self._prompt_logprobs(batch, hidden)
+        if not batch.mode.is_decode:
+            self._pool(batch, hidden)
         reqs = [batch.reqs[i] for i in rows]
         if not rows:
             return Pending([], None, None, None, None, input_lps)
@@ -186,6 +194,22 @@ class StepExecutor:
                     top = out.top_logprobs[j] if out.top_logprobs is not None else ([], [])
                     lps[j] = ((float(chosen[j]), next_ids[j]), _pairs(top[0], top[1]))
         return StepResult(next_ids, lps, p.input_lps)
+
+    @staticmethod
+    def _pool(batch: ScheduleBatch, hidden: torch.Tensor) -> None:
+        """Embedding requests: adds this chunk's hidden states to the request's pool (a sum, or the last row).
+
+        NOTE: kept on the device (no sync here); ``finish_embedding`` normalizes once the prompt is whole.
+        """
+        offset = 0
+        for i, r in enumerate(batch.reqs):
+            e = batch.extend_lens[i]
+            if r.pooling == "mean":
+                part = hidden[offset:offset + e].float().sum(0)
+                r.pooled = part if r.pooled is None else r.pooled + part
+            elif r.pooling == "last" and batch.completes_prefill(i):
+                r.pooled = hidden[offset + e - 1].float()
+            offset += e
 
     def _prompt_logprobs(
         self, batch: ScheduleBatch, hidden: torch.Tensor

@@ -94,6 +94,24 @@ def choices_ebnf(choices: list[str]) -> str:
     return "root ::= " + " | ".join(json.dumps(c, ensure_ascii=False) for c in choices)
 
 
+def structural_tag(tag: dict[str, Any]) -> str:
+    """SGLang's structural tag (``{"type": "structural_tag", "format": ...}``, or the bare format) as xgrammar's JSON;
+    the schemas inside are patched as ``patch_schema`` says, so tool arguments get the same stricter strings."""
+    if tag.get("type") != "structural_tag":
+        tag = {"type": "structural_tag", "format": tag}
+    return json.dumps(_patch_formats(tag))
+
+
+def _patch_formats(node: Any) -> Any:
+    if isinstance(node, list):
+        return [_patch_formats(v) for v in node]
+    if not isinstance(node, dict):
+        return node
+    if node.get("type") == "json_schema" and isinstance(node.get("json_schema"), dict):
+        return {**node, "json_schema": patch_schema(node["json_schema"])}
+    return {k: _patch_formats(v) for k, v in node.items()}
+
+
 class XGrammarMatcher(Grammar):
     def __init__(self, matcher: xgr.GrammarMatcher) -> None:
         self._m = matcher
@@ -148,6 +166,8 @@ class XGrammarBackend(GrammarBackend):
                 compiled = self.compiler.compile_regex(key.spec)
             elif key.kind is GrammarKind.EBNF:
                 compiled = self.compiler.compile_grammar(key.spec)
+            elif key.kind is GrammarKind.STRUCTURAL_TAG:
+                compiled = self.compiler.compile_structural_tag(structural_tag(json.loads(key.spec)))
             else:
                 compiled = self.compiler.compile_grammar(choices_ebnf(json.loads(key.spec)))
         except GrammarCompileError:

@@ -1,0 +1,1 @@
+"""Reasoning parsers of the model families, registered through ``sgl_reasoning_parsers``."""
