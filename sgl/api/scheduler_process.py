@@ -2,7 +2,8 @@
 
 The child builds the runtime, answers SchedulerReady(info) or SchedulerFailed(message), then runs the scheduler loop
 until a ShutdownReq arrives or the pipe closes (the API process died). A watchdog thread ends the child with a non-zero
-code when the scheduler is busy but makes no progress, so a hung device never looks like a slow server.
+code when one step of a busy scheduler runs past --watchdog-timeout, logging the stuck step (the forward it was in),
+so a hung device or collective never looks like a slow server.
 """
 
 from __future__ import annotations
@@ -67,8 +68,9 @@ class Watchdog:
                 return
 
 
-def _exit_on_stall(stalled: float) -> None:
-    logger.error("watchdog: the scheduler was busy for %.1f s without progress; exiting", stalled)
+def _exit_on_stall(stalled: float, stuck_step: str) -> None:
+    logger.error("watchdog: one scheduler step ran %.1f s, past --watchdog-timeout; stuck step: %s; exiting",
+                 stalled, stuck_step)
     logging.shutdown()
     os._exit(WATCHDOG_EXIT)
 
@@ -101,7 +103,9 @@ def _child_main(args: ServerArgs, conn: Connection, log_level: str) -> None:
     from sgl.core.scheduler.loop import run_scheduler_loop
 
     scheduler = runtime.scheduler
-    watchdog = Watchdog(args.watchdog_timeout, lambda: not scheduler.is_idle, _exit_on_stall).start()
+    runner = scheduler.runner
+    watchdog = Watchdog(args.watchdog_timeout, lambda: scheduler.is_busy,
+                        lambda stalled: _exit_on_stall(stalled, runner.describe_step())).start()
 
     def recv(block: bool, timeout: float) -> list[Any]:
         msgs: list[Any] = []

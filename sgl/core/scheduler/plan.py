@@ -10,6 +10,7 @@ from sgl.core.scheduler.prefill import PrefillBuilder
 from sgl.core.scheduler.results import ResultProcessor
 from sgl.core.scheduler.state import SchedulerState
 from sgl.core.scheduler.step import StepExecutor
+from sgl.core.scheduler.step_failure import fail_batch
 
 if TYPE_CHECKING:
     from sgl.core.speculative.base import SpeculativeAlgorithm
@@ -42,7 +43,14 @@ def run_step(
         verified = speculative.decode_step(batch, state, executor) if speculative is not None else None
         if verified is not None:
             results.process_verify(batch, verified)
-        else:
-            results.process_decode(batch, executor.execute(batch))
+            return
+    # NOTE: a forward or sampling that raises fails this batch's requests (500), not the server
+    try:
+        result = executor.execute(batch)
+    except Exception as exc:  # noqa: BLE001 - reported to each request of the batch
+        fail_batch(batch, state, exc)
+        return
+    if batch.mode.is_decode:
+        results.process_decode(batch, result)
     else:
-        results.process_extend(batch, executor.execute(batch))
+        results.process_extend(batch, result)
