@@ -103,7 +103,9 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
-        return error_response(exc.status_code, str(exc.detail))
+        resp = error_response(exc.status_code, str(exc.detail))
+        resp.headers.update(exc.headers or {})  # NOTE: a 405 keeps its Allow header
+        return resp
 
     @app.exception_handler(Exception)
     async def _internal(_: Request, exc: Exception) -> JSONResponse:

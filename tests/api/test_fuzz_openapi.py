@@ -22,7 +22,8 @@ WORKERS = 2
 
 @pytest.fixture(scope="module")
 def server() -> Iterator[ServerProc]:
-    srv = start_server("--max-n", "4", "--max-new-tokens-limit", "256")
+    # NOTE: a small --max-new-tokens-limit keeps each generation short, and the document says so (max_tokens <= 32)
+    srv = start_server("--max-n", "4", "--max-new-tokens-limit", "32")
     try:
         yield srv
     finally:
@@ -32,6 +33,30 @@ def server() -> Iterator[ServerProc]:
 def _schemathesis() -> list[str]:
     exe = Path(sys.executable).parent / "schemathesis"
     return [str(exe)] if exe.exists() else [shutil.which("schemathesis") or "schemathesis"]
+
+
+def test_the_openapi_document_states_this_servers_bounds_errors_and_routes(server: ServerProc) -> None:
+    doc = httpx.get(f"{server.url}/openapi.json", timeout=30).json()
+    paths, schemas = doc["paths"], doc["components"]["schemas"]
+    assert "/load_lora_adapter" not in paths  # LoRA is off: the route only answers 400 here
+    tokens = schemas["DetokenizeRequest"]["properties"]["tokens"]["items"]
+    top = int(tokens["maximum"])
+    assert tokens["minimum"] == 0
+    with server.client() as c:  # the bound is the server's own: the largest id is accepted, the next refused
+        assert c.post("/detokenize", json={"tokens": [top]}).status_code == 200
+        assert c.post("/detokenize", json={"tokens": [top + 1]}).status_code == 400
+    assert schemas["CompletionRequest"]["properties"]["max_tokens"]["maximum"] == 32
+    assert schemas["CompletionRequest"]["properties"]["n"]["maximum"] == 4
+    assert len(schemas["GenerateRequest"]["oneOf"]) == 2  # exactly one of text and input_ids
+    for path, ops in paths.items():
+        for method, op in ops.items():
+            assert "422" not in op["responses"] and {"400", "413", "500", "503"} <= set(op["responses"]), (path,
+                                                                                                            method)
+    assert "400" in paths["/flush_cache"]["get"]["responses"]  # busy: SGLang's answer, documented
+    assert "application/json" not in paths["/health"]["get"]["responses"]["200"].get("content", {})
+    assert "text/plain" in paths["/metrics"]["get"]["responses"]["200"]["content"]
+    trace = httpx.request("TRACE", f"{server.url}/health", timeout=30)
+    assert trace.status_code == 405 and "GET" in trace.headers["allow"]
 
 
 def test_fuzzing_the_openapi_document_finds_no_5xx_no_timeout_and_leaves_the_server_healthy(
