@@ -4,6 +4,7 @@ Retry-After. Faults come from the documented test seam SGL_FAULT_INJECT (sgl/cor
 
 from __future__ import annotations
 
+import json
 import tempfile
 import threading
 import time
@@ -57,12 +58,43 @@ def test_a_forward_that_raises_fails_its_batch_with_500_and_the_next_requests_ar
 def test_a_fault_mid_decode_frees_the_requests_kv_and_the_next_request_is_served(
     faulty: tuple[ServerProc, Path],
 ) -> None:
-    srv, arm = faulty
+    _fault_mid_decode(*faulty)
+
+
+def test_with_the_overlap_scheduler_a_fault_fails_the_chained_steps_and_the_server_goes_on() -> None:
+    arm = _arm_path()
+    srv = start_server("--force-overlap-schedule", env={"SGL_FAULT_INJECT": "raise@forward",
+                                                        "SGL_FAULT_INJECT_ARM": str(arm)})
+    try:
+        assert "overlap schedule on" in srv.log()
+        _fault_mid_decode(srv, arm)
+        with srv.client() as c:  # several decoding requests, one fault: all of that step fail, the next are served
+            results: list[httpx.Response] = []
+            threads = [threading.Thread(target=lambda i=i: results.append(_generate(srv.client(), f"o{i}", 200)))
+                       for i in range(3)]
+            for t in threads:
+                t.start()
+            time.sleep(1.0)
+            arm.touch()
+            for t in threads:
+                t.join(120)
+            assert not arm.exists()
+            assert {r.status_code for r in results} <= {200, 500} and len(results) == 3
+            pool_is_whole(c)
+            assert _generate(c, "after overlap fault", 5).status_code == 200
+        assert srv.proc.poll() is None
+    finally:
+        srv.stop()
+
+
+def _fault_mid_decode(srv: ServerProc, arm: Path) -> None:
     with srv.client() as c, c.stream("POST", "/generate", json={
         "text": "decoding", "stream": True, "sampling_params": {"max_new_tokens": 400, "ignore_eos": True},
     }) as resp:
         lines = resp.iter_lines()
-        assert next(line for line in lines if line.startswith("data: "))  # decoding has begun
+        for line in lines:  # decoding has begun once a token has streamed
+            if line.startswith("data: ") and json.loads(line[6:])["output_ids"]:
+                break
         arm.touch()
         rest = "\n".join(lines)
     assert "injected fault in forward" in rest

@@ -10,7 +10,7 @@ from sgl.core.scheduler.prefill import PrefillBuilder
 from sgl.core.scheduler.results import ResultProcessor
 from sgl.core.scheduler.state import SchedulerState
 from sgl.core.scheduler.step import StepExecutor
-from sgl.core.scheduler.step_failure import fail_batch
+from sgl.core.scheduler.step_failure import fail_batches
 
 if TYPE_CHECKING:
     from sgl.core.speculative.base import SpeculativeAlgorithm
@@ -48,7 +48,7 @@ def run_step(
     try:
         result = executor.execute(batch)
     except Exception as exc:  # noqa: BLE001 - reported to each request of the batch
-        fail_batch(batch, state, exc)
+        fail_batches([batch], state, exc)
         return
     if batch.mode.is_decode:
         results.process_decode(batch, result)
