@@ -133,7 +133,8 @@ class ServerArgs:
     watchdog_timeout: float = _opt(
         300.0, "seconds one scheduler step (a forward, a collective) may run before the server exits non-zero")
     max_queued_requests: int | None = _opt(
-        4096, "most requests waiting to be scheduled; more are refused with 503 and Retry-After (None: no bound)")
+        8192, "most requests waiting to be scheduled; more are refused with 503 and Retry-After (sgl.Engine: no "
+        "bound unless given, its caller submits whole batches)")
     log_level: str = _opt("info", "logging level")
     log_requests: bool = _opt(False, "log each request's metadata")
     decode_log_interval: int = _opt(40, "log the running batch's stats every N decode steps")
