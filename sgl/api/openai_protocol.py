@@ -15,7 +15,6 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from sgl.api.openapi_doc import MAX_N, MAX_TOKENS, TokenId
 from sgl.api.request_extras import CHAT, COMMON, drop_neutral
 
-
 CHAT_ROLES = ("system", "user", "assistant", "tool")
 
 

@@ -49,7 +49,7 @@ class OverlapLoop:
         step (500) and the loop goes on. An error while applying resolved tokens is a bug: it propagates."""
         try:
             self._step()
-        except Exception as exc:  # noqa: BLE001 - reported to each request of the failed steps
+        except Exception as exc:  # reported to each request of the failed steps
             if self._applying or not self._launched:
                 raise
             fail_batches(self._launched, self.s, exc)
