@@ -23,6 +23,8 @@ logger = logging.getLogger(__name__)
 # pydantic names the union member that failed inside the location ("prompt.list[int]"): not a field name
 _TYPE_TAG = re.compile(r"^(str|int|float|bool|none|.*\[.*\]|function-.*)$")
 
+RETRY_AFTER_S = 1  # seconds a client is asked to wait after a 503
+
 _TYPES = {
     400: "invalid_request_error", 401: "authentication_error", 403: "permission_error", 404: "not_found_error",
     405: "invalid_request_error", 413: "invalid_request_error", 500: "internal_server_error",
@@ -48,7 +50,9 @@ class ApiError(Exception):
         return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
 
     def response(self) -> JSONResponse:
-        return JSONResponse(self.body(), status_code=self.status)
+        # NOTE: every 503 is temporary (busy, starting, draining): say when to come back
+        headers = {"Retry-After": str(RETRY_AFTER_S)} if self.status == 503 else None
+        return JSONResponse(self.body(), status_code=self.status, headers=headers)
 
 
 def error_response(status: int, message: str, **kwargs: Any) -> JSONResponse:
@@ -99,7 +103,9 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
-        return error_response(exc.status_code, str(exc.detail))
+        resp = error_response(exc.status_code, str(exc.detail))
+        resp.headers.update(exc.headers or {})  # NOTE: a 405 keeps its Allow header
+        return resp
 
     @app.exception_handler(Exception)
     async def _internal(_: Request, exc: Exception) -> JSONResponse:

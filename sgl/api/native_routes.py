@@ -13,7 +13,7 @@ from contextlib import aclosing
 from typing import Any
 
 from fastapi import APIRouter, Request
-from pydantic import BaseModel, ConfigDict, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 
 from sgl import __version__
@@ -21,6 +21,7 @@ from sgl.api.disconnect import abort_on_disconnect
 from sgl.api.errors import ApiError
 from sgl.api.metrics import CONTENT_TYPE
 from sgl.api.openai_common import abort_error
+from sgl.api.openapi_doc import TokenId
 from sgl.api.request_extras import COMMON, drop_neutral
 from sgl.api.state import ServerState
 from sgl.api.streaming import DONE, SSEResponse, merge, sse
@@ -38,14 +39,22 @@ class _Body(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+_NON_EMPTY = {"minLength": 1, "minItems": 1}
+
+
 class GenerateRequest(_Body):
     """SGLang's GenerateReqInput (the text-model subset); null means "not given" for every field.
 
     SGLang's other fields are accepted at their neutral value and refused otherwise (request_extras.py).
     """
 
-    text: str | list[str] | None = None
-    input_ids: list[int] | list[list[int]] | None = None
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"oneOf": [  # exactly one of text and input_ids
+        {"required": ["text"], "properties": {"text": {"not": {"type": "null"}}, "input_ids": {"type": "null"}}},
+        {"required": ["input_ids"], "properties": {"input_ids": {"not": {"type": "null"}}, "text": {"type": "null"}}},
+    ]})
+
+    text: str | list[str] | None = Field(default=None, json_schema_extra=_NON_EMPTY)
+    input_ids: list[TokenId] | list[list[TokenId]] | None = Field(default=None, json_schema_extra=_NON_EMPTY)
     sampling_params: dict[str, Any] | list[dict[str, Any]] | None = None
     rid: str | list[str] | None = None
     return_logprob: bool | list[bool] | None = None
@@ -62,6 +71,11 @@ class GenerateRequest(_Body):
 
 
 class AbortRequest(_Body):
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"anyOf": [  # a rid, or abort_all: true
+        {"required": ["rid"], "properties": {"rid": {"type": "string", "minLength": 1}}},
+        {"required": ["abort_all"], "properties": {"abort_all": {"const": True}}},
+    ]})
+
     rid: str | None = None
     abort_all: bool | None = False
 
@@ -72,7 +86,7 @@ class TokenizeRequest(_Body):
 
 
 class DetokenizeRequest(_Body):
-    tokens: list[int]
+    tokens: list[TokenId]
     skip_special_tokens: bool | None = True
 
 
@@ -181,12 +195,12 @@ async def _stream(state: ServerState, objs: list[PreparedRequest], indexed: bool
     yield DONE
 
 
-@router.get("/health")
+@router.get("/health", response_class=Response)
 async def health() -> Response:
     return Response(status_code=200)
 
 
-@router.get("/health_generate")
+@router.get("/health_generate", response_class=Response)
 async def health_generate(request: Request) -> Response:
     """Ready only if the scheduler produces a token now (a health probe that sees a hung scheduler)."""
     tm = _state(request).tm
@@ -249,7 +263,8 @@ async def get_load(request: Request) -> list[dict[str, Any]]:
     return loads
 
 
-@router.api_route("/flush_cache", methods=["GET", "POST"])
+@router.api_route("/flush_cache", methods=["GET", "POST"], responses={
+    400: {"description": "requests are running or waiting: the cache was not flushed (SGLang's answer); retry later"}})
 async def flush_cache(request: Request) -> JSONResponse:
     resp = await _state(request).tm.flush_cache()
     message = "cache flushed" if resp.ok else resp.message
@@ -295,7 +310,7 @@ async def detokenize(body: DetokenizeRequest, request: Request) -> dict[str, Any
     return {"text": await tm.run(lambda: tm.tokenizer.decode(body.tokens, skip_special_tokens=skip), len(body.tokens))}
 
 
-@router.get("/metrics")
+@router.get("/metrics", response_class=PlainTextResponse)
 async def metrics(request: Request) -> PlainTextResponse:
     tm = _state(request).tm
     scheduler = await tm.scheduler_info()

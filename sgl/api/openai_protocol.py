@@ -12,8 +12,11 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from sgl.api.openapi_doc import MAX_N, MAX_TOKENS, TokenId
 from sgl.api.request_extras import CHAT, COMMON, drop_neutral
 from sgl.api.tool_calls.protocol import Tool, ToolChoice
+
+CHAT_ROLES = ("system", "user", "assistant", "tool")
 
 
 class _Strict(BaseModel):
@@ -29,10 +32,10 @@ class _SamplingFields(_Strict):
     """Fields shared by both generation routes; None means "not given" (clients send nulls)."""
 
     model: str | None = None
-    max_tokens: int | None = Field(default=None, ge=0)
+    max_tokens: int | None = Field(default=None, ge=0, json_schema_extra={MAX_TOKENS: True})
     temperature: float | None = Field(default=None, ge=0.0, le=2.0)
     top_p: float | None = Field(default=None, gt=0.0, le=1.0)
-    n: int | None = Field(default=None, ge=1)
+    n: int | None = Field(default=None, ge=1, json_schema_extra={MAX_N: True})
     stop: str | list[str] | None = None
     stream: bool | None = False
     stream_options: StreamOptions | None = None
@@ -47,7 +50,7 @@ class _SamplingFields(_Strict):
     min_p: float | None = None
     repetition_penalty: float | None = None
     min_tokens: int | None = Field(default=None, ge=0)
-    stop_token_ids: list[int] | None = None
+    stop_token_ids: list[TokenId] | None = None
     ignore_eos: bool | None = None
     skip_special_tokens: bool | None = None
     no_stop_trim: bool | None = None
@@ -94,18 +97,21 @@ class ChatMessage(BaseModel):
 
     model_config = ConfigDict(extra="allow")
 
-    role: str
+    # NOTE: the document lists the roles chat templates commonly know; a template may accept more (validation
+    # leaves that to it)
+    role: str = Field(json_schema_extra={"enum": list(CHAT_ROLES)})
     content: str | list[ContentPart] | None = None
     name: str | None = None
 
 
 class ChatCompletionRequest(_SamplingFields):
     messages: list[ChatMessage] = Field(min_length=1)
-    max_completion_tokens: int | None = Field(default=None, ge=0)
+    max_completion_tokens: int | None = Field(default=None, ge=0, json_schema_extra={MAX_TOKENS: True})
     logprobs: bool | None = False
     top_logprobs: int | None = Field(default=None, ge=0, le=20)
     chat_template_kwargs: dict[str, Any] | None = None
-    input_ids: list[int] | None = None  # SGLang: the prompt's token ids, used instead of rendering the messages
+    # SGLang: the prompt's token ids, used instead of rendering the messages
+    input_ids: list[TokenId] | None = Field(default=None, json_schema_extra={"minItems": 1})
     tools: list[Tool] | None = None
     tool_choice: ToolChoice | None = None
     parallel_tool_calls: bool | None = None
@@ -127,11 +133,11 @@ class ChatCompletionRequest(_SamplingFields):
         return "max_completion_tokens" if self.max_completion_tokens is not None else "max_tokens"
 
 
-Prompt = str | list[str] | list[int] | list[list[int]]
+Prompt = str | list[str] | list[TokenId] | list[list[TokenId]]
 
 
 class CompletionRequest(_SamplingFields):
-    prompt: Prompt
+    prompt: Prompt = Field(json_schema_extra={"minLength": 1, "minItems": 1})
     echo: bool | None = False
     logprobs: int | None = Field(default=None, ge=0, le=20)
     suffix: str | None = None

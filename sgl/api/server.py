@@ -30,6 +30,7 @@ from sgl.api.data_parallel import DataParallelScheduler
 from sgl.api.errors import install_error_handlers
 from sgl.api.limits import BodyLimitMiddleware
 from sgl.api.node import serve_node
+from sgl.api.openapi_doc import install_openapi
 from sgl.api.scheduler_process import SchedulerHandle, SchedulerProcess, SchedulerStartError
 from sgl.api.state import GateMiddleware, ServerState
 from sgl.api.tokenizer_manager import TokenizerManager
@@ -48,6 +49,7 @@ def create_app(state: ServerState) -> FastAPI:
     app = FastAPI(title="sgl", version=__version__, docs_url=None, redoc_url=None)
     app.state.sgl = state
     install_error_handlers(app)
+    install_openapi(app, state)
     app.include_router(openai_routes.router)
     app.include_router(native_routes.router)
     app.include_router(lora_routes.router)

@@ -165,7 +165,12 @@ class ServerArgs:
     max_n: int = _opt(64, "largest n (choices per request)")
     max_new_tokens_limit: int | None = _opt(None, "cap on max_tokens per request (default: the context length)")
     shutdown_timeout: float = _opt(30.0, "seconds to drain running requests on SIGTERM")
-    watchdog_timeout: float = _opt(300.0, "seconds a busy scheduler may go without progress before the server exits")
+    # hardening (issue 21): limits and the watchdog, documented together in docs/serving.md
+    watchdog_timeout: float = _opt(
+        300.0, "seconds one scheduler step (a forward, a collective) may run before the server exits non-zero")
+    max_queued_requests: int | None = _opt(
+        8192, "most requests waiting to be scheduled; more are refused with 503 and Retry-After (sgl.Engine: no "
+        "bound unless given, its caller submits whole batches)")
     log_level: str = _opt("info", "logging level")
     log_requests: bool = _opt(False, "log each request's metadata")
     decode_log_interval: int = _opt(40, "log the running batch's stats every N decode steps")
@@ -200,6 +205,9 @@ class ServerArgs:
         self._check(self.decode_log_interval >= 1, "decode_log_interval", "must be >= 1")
         self._check(self.num_continuous_decode_steps >= 1, "num_continuous_decode_steps", "must be >= 1")
         self._check(self.grammar_compile_timeout > 0, "grammar_compile_timeout", "must be > 0")
+        self._check(self.watchdog_timeout > 0, "watchdog_timeout", "must be > 0")
+        self._check(self.max_queued_requests is None or self.max_queued_requests >= 1, "max_queued_requests",
+                    "must be >= 1")
         for name in ("lora_paths", "lora_target_modules"):  # NOTE: a list from the CLI, stored as a tuple
             value = getattr(self, name)
             if isinstance(value, str):

@@ -52,6 +52,8 @@ class Engine:
     """``sgl.Engine(model_path=..., backend=..., **server_args)``; with no model_path it runs the demo model."""
 
     def __init__(self, model_path: str | None = None, backend: str | None = None, **server_args: Any) -> None:
+        # NOTE: offline, the one caller submits its whole batch at once: the waiting queue is bounded by the batch
+        server_args.setdefault("max_queued_requests", None)
         self.server_args = ServerArgs.from_kwargs(model_path=model_path, backend=backend, **server_args)
         show_logs(self.server_args.log_level)
         self._group = start_engine_group(self.server_args)  # NOTE: tp_size > 1: follower ranks, this process rank 0

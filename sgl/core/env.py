@@ -24,5 +24,7 @@ BACKEND = EnvVar("SGL_BACKEND", None, "platform to use when --backend is not giv
 CACHE_DIR = EnvVar("SGL_CACHE_DIR", None, "where the demo model and other generated files are kept")
 DEBUG_INVARIANTS = EnvVar("SGL_DEBUG_INVARIANTS", None, "check KV-pool accounting after every scheduler step")
 LOG_LEVEL = EnvVar("SGL_LOG_LEVEL", None, "logging level (debug, info, warning)")
+FAULT_INJECT = EnvVar("SGL_FAULT_INJECT", None, "test seam: raise@forward or sleep=SECONDS@forward (sgl/core/faults.py)")
+FAULT_INJECT_ARM = EnvVar("SGL_FAULT_INJECT_ARM", None, "test seam: the fault fires once, when this file appears")
 
-ALL = [BACKEND, CACHE_DIR, DEBUG_INVARIANTS, LOG_LEVEL]
+ALL = [BACKEND, CACHE_DIR, DEBUG_INVARIANTS, LOG_LEVEL, FAULT_INJECT, FAULT_INJECT_ARM]

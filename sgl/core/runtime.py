@@ -95,7 +95,7 @@ def build_runtime(args: ServerArgs, parallel: ParallelState = SINGLE) -> Runtime
         return tokenizer.encode(text, add_special_tokens=False)
 
     vocab = GrammarVocab(args.tokenizer_path or model_path, runner.vocab_size, tuple(sorted(eos)))
-    features: list[SchedulerFeature] = [GrammarFeature.from_args(args, vocab, encode), *built.scheduler_features()]
+    features: list[SchedulerFeature] = [GrammarFeature.from_args(args, vocab, encode, tokenizer.decode), *built.scheduler_features()]
     scheduler = Scheduler(args, runner, detokenize, eos, features)
     report = build_report(runner, platform.name, scheduler.overlap is not None, time.perf_counter() - t0)
     log_report(report)

@@ -55,7 +55,6 @@ _QUANT = 14
 _LORA = 15
 _OPENAI = 19
 _MOE = 20
-_HARDENING = 21
 _SPEC = 22
 
 _FLAGS = [
@@ -114,7 +113,6 @@ _FLAGS = [
     _no("disaggregation_mode", str, "null", "prefill/decode disaggregation is not supported yet"),
     _no("radix_eviction_policy", str, "lru", "eviction policies other than LRU are not supported yet"),
     _no("enable_priority_scheduling", bool, False, "priority scheduling is not supported yet"),
-    _no("max_queued_requests", int, None, "a bound on queued requests is not supported yet", _HARDENING),
     _no("stream_interval", int, 1, "streaming every N tokens is not supported yet (sgl streams every step)"),
     # logging --------------------------------------------------------------------------------------------------
     _no("show_time_cost", bool, False, "timing marks are not supported yet"),

@@ -78,14 +78,15 @@ class ServerProc:
         return int(self.proc.returncode)
 
 
-def start_server(*extra: str, api_key: str | None = None, wait: bool = True) -> ServerProc:
+def start_server(*extra: str, api_key: str | None = None, wait: bool = True,
+                 env: dict[str, str] | None = None) -> ServerProc:
     port = free_port()
     log = Path(tempfile.mkstemp(prefix="sgl-serve-", suffix=".log")[1])
     args = [sys.executable, "-m", "sgl.cli", "serve", "--host", "127.0.0.1", "--port", str(port), *BASE_ARGS, *extra]
     if api_key:
         args += ["--api-key", api_key]
     with open(log, "wb") as out:
-        proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, env=dict(os.environ),
+        proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})},
                                 start_new_session=True)
     server = ServerProc(port, proc, log, api_key)
     if wait:

@@ -71,8 +71,9 @@ class Watchdog:
                 return
 
 
-def _exit_on_stall(stalled: float, who: str = "the scheduler") -> None:
-    logger.error("watchdog: %s was busy for %.1f s without progress; exiting", who, stalled)
+def _exit_on_stall(stalled: float, stuck_step: str, who: str = "one scheduler step") -> None:
+    logger.error("watchdog: %s ran %.1f s, past --watchdog-timeout; stuck step: %s; exiting", who, stalled,
+                 stuck_step)
     logging.shutdown()
     os._exit(WATCHDOG_EXIT)
 
@@ -119,13 +120,16 @@ def _child_main(args: ServerArgs, place: RankPlace, conn: Connection, log_level:
     from sgl.core.scheduler.loop import run_scheduler_loop
 
     scheduler = runtime.scheduler
+    runner = scheduler.runner
     if place.tp_size == 1:
-        watchdog = Watchdog(args.watchdog_timeout, lambda: not scheduler.is_idle, _exit_on_stall).start()
+        watchdog = Watchdog(args.watchdog_timeout, lambda: scheduler.is_busy,
+                            lambda s: _exit_on_stall(s, runner.describe_step())).start()
     else:
         # NOTE: under TP every iteration meets the peers in a collective (rank 0 broadcasts even when idle), so an
         # iteration that never ends is a peer that is gone or hangs: the watchdog counts idle time too
         who = f"tensor-parallel rank {place.tp_rank} (stuck in a collective: a peer rank is gone or hangs)"
-        watchdog = Watchdog(args.watchdog_timeout, lambda: True, lambda s: _exit_on_stall(s, who)).start()
+        watchdog = Watchdog(args.watchdog_timeout, lambda: True,
+                            lambda s: _exit_on_stall(s, runner.describe_step(), who)).start()
 
     def recv_pipe(block: bool, timeout: float) -> list[Any]:
         msgs: list[Any] = []

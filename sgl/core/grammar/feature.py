@@ -10,9 +10,10 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from sgl.core.grammar.base import GrammarVocab, grammar_key
+from sgl.core.grammar.base import GrammarKind, GrammarVocab, grammar_key
 from sgl.core.grammar.jump_forward import Encode, JumpForward
 from sgl.core.grammar.manager import GrammarManager, RequestGrammar
+from sgl.core.grammar.strict_json import ControlTokenMask, Decode
 from sgl.core.scheduler.feature import SchedulerFeature
 
 if TYPE_CHECKING:
@@ -34,16 +35,21 @@ class _Constraint:
 class GrammarFeature(SchedulerFeature):
     name = "grammar"
 
-    def __init__(self, manager: GrammarManager, jump: JumpForward | None) -> None:
+    def __init__(
+        self, manager: GrammarManager, jump: JumpForward | None, control_tokens: ControlTokenMask | None = None,
+    ) -> None:
         self.manager = manager
         self.jump = jump
+        self.control_tokens = control_tokens  # NOTE: strict JSON whatever the backend (strict_json.py)
         self.mask_seconds = 0.0  # host time spent on masks (fill + enqueue), per constrained token
         self.masked_tokens = 0
         self.jumps = 0
         self.jump_tokens = 0
 
     @classmethod
-    def from_args(cls, args: ServerArgs, vocab: GrammarVocab, encode: Encode | None) -> GrammarFeature:
+    def from_args(
+        cls, args: ServerArgs, vocab: GrammarVocab, encode: Encode | None, decode: Decode | None = None,
+    ) -> GrammarFeature:
         """Compiles run off the scheduler thread; nothing is imported until the first constrained request.
 
         NOTE: a jump re-enters prefill and finds its computed KV in the radix cache; without it, it would recompute.
@@ -51,7 +57,8 @@ class GrammarFeature(SchedulerFeature):
         manager = GrammarManager(args.grammar_backend, vocab, args.grammar_compile_timeout,
                                  synchronous=args.tp_size > 1)
         use_jump = not (args.disable_jump_forward or args.disable_radix_cache or encode is None)
-        return cls(manager, JumpForward(encode) if use_jump and encode is not None else None)
+        control = ControlTokenMask(decode, vocab.vocab_size) if decode is not None else None
+        return cls(manager, JumpForward(encode) if use_jump and encode is not None else None, control)
 
     def _state(self, req: Req) -> _Constraint | None:
         return req.features.get(self.name)  # type: ignore[no-any-return]
@@ -90,6 +97,9 @@ class GrammarFeature(SchedulerFeature):
             return None
         t0 = time.perf_counter()
         mask = self.manager.vocab_mask(grammars, vocab_size, device, pinned)
+        if self.control_tokens is not None:
+            json_rows = [i for i, g in enumerate(grammars) if g is not None and g.key.kind is GrammarKind.JSON]
+            mask = self.control_tokens.apply(mask, json_rows)
         self.mask_seconds += time.perf_counter() - t0
         self.masked_tokens += sum(g is not None for g in grammars)
         return mask

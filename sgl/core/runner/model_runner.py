@@ -10,6 +10,7 @@ import torch
 from sgl.core.config import ServerArgs
 from sgl.core.distributed.communicator import SINGLE, ParallelState
 from sgl.core.distributed.tp_sampler import RankZeroTokens
+from sgl.core.faults import fault_injector
 from sgl.core.memory.kv_pool import model_kv_layout
 from sgl.core.memory.req_to_token import ReqToTokenPool
 from sgl.core.model.config import ModelConfig
@@ -60,6 +61,9 @@ class ModelRunner:
         self.args = args
         self.platform = platform
         self.parallel = parallel
+        self.faults = fault_injector()  # NOTE: None unless a test sets SGL_FAULT_INJECT
+        self.last_forward = "none yet"  # what the latest forward ran, for the watchdog's log line
+        self.in_forward = False
         plugins = plugins or get_plugins()
         self.attention_backends = plugins.attention_backends  # read by Platform.attention_backend
         platform.set_device(parallel.device)
@@ -117,10 +121,23 @@ class ModelRunner:
     @torch.inference_mode()
     def forward(self, fb: ForwardBatch) -> torch.Tensor:
         """Returns the final hidden states [T, hidden]."""
-        if self.graph_runner is not None and self.graph_runner.can_run(fb):
-            return self.graph_runner.replay(fb)
-        self.attn_backend.init_forward_metadata(fb)
-        return self.model(fb.input_ids, fb.positions, fb)
+        self.last_forward = (f"{fb.forward_mode.name.lower()} forward of {fb.batch_size} request(s), "
+                             f"{fb.input_ids.shape[0]} token(s)")
+        self.in_forward = True
+        try:
+            if self.faults is not None:
+                self.faults.at("forward")
+            if self.graph_runner is not None and self.graph_runner.can_run(fb):
+                return self.graph_runner.replay(fb)
+            self.attn_backend.init_forward_metadata(fb)
+            return self.model(fb.input_ids, fb.positions, fb)
+        finally:
+            self.in_forward = False
+
+    def describe_step(self) -> str:
+        """The step a stalled scheduler is stuck in: inside a forward (a kernel, a collective) or after it."""
+        where = "inside" if self.in_forward else "after (waiting on its results or scheduling)"
+        return f"{where} the {self.last_forward}"
 
     @torch.inference_mode()
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:

@@ -24,6 +24,7 @@ from sgl.core.scheduler.req import Req
 from sgl.core.scheduler.results import ResultProcessor
 from sgl.core.scheduler.state import SchedulerState
 from sgl.core.scheduler.step import Pending, StepExecutor
+from sgl.core.scheduler.step_failure import fail_batches
 
 
 class OverlapLoop:
@@ -40,8 +41,24 @@ class OverlapLoop:
         self.features = tuple(features)
         self.runs = runs or DecodeRuns(1, features)
         self.inflight: tuple[ScheduleBatch, Pending] | None = None
+        self._launched: list[ScheduleBatch] = []  # launched decode steps not yet applied (at most two)
+        self._applying = False
 
     def step(self) -> None:
+        """One overlapped step; a launch, sampling or resolve that raises fails the requests of every unresolved
+        step (500) and the loop goes on. An error while applying resolved tokens is a bug: it propagates."""
+        try:
+            self._step()
+        except Exception as exc:  # reported to each request of the failed steps
+            if self._applying or not self._launched:
+                raise
+            fail_batches(self._launched, self.s, exc)
+            self._launched = []
+            self._set_inflight(None)
+        finally:
+            self._applying = False
+
+    def _step(self) -> None:
         s = self.s
         if self.inflight is None:
             batch = plan_step(s, self.prefill, self.runs)
@@ -54,7 +71,11 @@ class OverlapLoop:
             return
         batch, pending = self.inflight
         nxt = self._chain(batch, pending)
-        self.results.process_decode(batch, self.executor.resolve(pending))
+        result = self.executor.resolve(pending)
+        self._launched.remove(batch)
+        self._applying = True
+        self.results.process_decode(batch, result)
+        self._applying = False
         if nxt is not None and nxt[1].next_ids is None:
             # NOTE: N's tokens are appended and accepted by now: sample N+1 while its forward may still run.
             nxt = (nxt[0], self.executor.finish_sampling(nxt[1]))
@@ -70,6 +91,7 @@ class OverlapLoop:
         self.s.counters.steps += 1
         for r in batch.reqs:
             r.inflight += batch.steps
+        self._launched.append(batch)
         return batch, self.executor.launch(batch, input_ids, step_offset=ahead, defer_sampling=defer_sampling)
 
     def _chain(self, batch: ScheduleBatch, pending: Pending) -> tuple[ScheduleBatch, Pending] | None:

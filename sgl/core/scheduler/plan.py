@@ -11,6 +11,7 @@ from sgl.core.scheduler.prefill import PrefillBuilder
 from sgl.core.scheduler.results import ResultProcessor
 from sgl.core.scheduler.state import SchedulerState
 from sgl.core.scheduler.step import StepExecutor
+from sgl.core.scheduler.step_failure import fail_batches
 from sgl.core.speculative.gate import PLAIN, SPECULATE, SpeculationGate
 
 if TYPE_CHECKING:
@@ -48,10 +49,18 @@ def run_step(
         verified = speculative.decode_step(batch, state, executor) if drafting else None  # type: ignore[union-attr]
         if verified is not None:
             results.process_verify(batch, verified)
-        else:
-            results.process_decode(batch, executor.execute(batch))
-        if gate is not None:  # NOTE: the results were read on the host, so the step's device work is done
-            tokens = sum(map(len, verified.tokens)) if verified is not None else size * batch.steps
-            gate.record(size, SPECULATE if verified is not None else PLAIN, tokens, time.perf_counter() - start)
+            if gate is not None:  # NOTE: the results were read on the host, so the step's device work is done
+                gate.record(size, SPECULATE, sum(map(len, verified.tokens)), time.perf_counter() - start)
+            return
+    # NOTE: a forward or sampling that raises fails this batch's requests (500), not the server
+    try:
+        result = executor.execute(batch)
+    except Exception as exc:  # noqa: BLE001 - reported to each request of the batch
+        fail_batches([batch], state, exc)
+        return
+    if batch.mode.is_decode:
+        results.process_decode(batch, result)
+        if gate is not None and speculative is not None:
+            gate.record(size, PLAIN, size * batch.steps, time.perf_counter() - start)
     else:
-        results.process_extend(batch, executor.execute(batch))
+        results.process_extend(batch, result)

@@ -87,6 +87,7 @@ class Scheduler:
         self.overlap = (OverlapLoop(self.state, self.prefill, self.executor, self.results, self.features, self.runs)
                         if use_overlap else None)
         self._arrivals = 0
+        self._in_step = False
 
     # views the engine, benchmarks and tests read -----------------------------------------------------------------
     @property
@@ -114,6 +115,11 @@ class Scheduler:
         return self.state.is_idle
 
     @property
+    def is_busy(self) -> bool:
+        """Inside a step, or with work queued (the watchdog's notion: a prefill's requests sit in no queue)."""
+        return self._in_step or not self.state.is_idle
+
+    @property
     def counters(self) -> StepCounters:
         return self.state.counters
 
@@ -123,6 +129,13 @@ class Scheduler:
         if msg.rid in s.reqs:
             self._finish_unscheduled(msg, FinishReason("abort", message=f"duplicate request id {msg.rid!r}",
                                                        status_code=400))
+            return
+        limit = self.args.max_queued_requests
+        if limit is not None and len(s.waiting) >= limit:
+            # NOTE: a bounded queue: past the limit a request is refused at once (503), never left to wait unbounded
+            self._finish_unscheduled(msg, FinishReason(
+                "abort", message=f"the server is busy: {len(s.waiting)} requests are already waiting "
+                f"(--max-queued-requests {limit}); retry later", status_code=503))
             return
         req = Req(msg, self.eos_ids, self._arrivals)
         self._arrivals += 1
@@ -156,12 +169,16 @@ class Scheduler:
         s = self.state
         self._settle_features()
         t0, steps, decodes = time.perf_counter(), s.counters.steps, s.counters.decode_steps
-        if self.overlap is not None:
-            self.overlap.step()
-        else:
-            batch = plan_step(s, self.prefill, self.runs)
-            if batch is not None:
-                run_step(batch, s, self.executor, self.results, self.speculative, self.gate)
+        self._in_step = True
+        try:
+            if self.overlap is not None:
+                self.overlap.step()
+            else:
+                batch = plan_step(s, self.prefill, self.runs)
+                if batch is not None:
+                    run_step(batch, s, self.executor, self.results, self.speculative, self.gate)
+        finally:
+            self._in_step = False
         # NOTE: wall time by the kind of step that finished in it (overlap: the decode it resolved), so a run can
         # tell time lost to prefill from time in decode
         ms = round((time.perf_counter() - t0) * 1e3)

@@ -111,10 +111,13 @@ class SchedulerState:
         r.kv_len = 0
 
     def _drop_uncommitted(self, r: Req) -> None:
-        """Frees the slots a decode run wrote past the request's end (tokens dropped after a stop).
+        """Frees the slots a decode run wrote past the request's end (tokens dropped after a stop)."""
+        self.drop_kv_after(r, r.seq_len)
+
+    def drop_kv_after(self, r: Req, keep: int) -> None:
+        """Frees the request's slots past its first ``keep`` tokens (never cached: their KV is not to be trusted).
 
         NOTE: whole pages only: slots on the page of the last kept token stay with it and leave with that page."""
-        keep = r.seq_len
         if r.kv_len <= keep:
             return
         p = self.page_size
