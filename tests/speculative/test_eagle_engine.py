@@ -1,0 +1,117 @@
+"""EAGLE and EAGLE3 speculation on the demo model, with draft heads written here in the public checkpoint layouts and
+seeded random weights: the greedy tokens of plain decoding whatever the draft proposes, grammar requests beside
+drafting ones, no KV slot kept after the runs, and the flags that cannot be honoured refused."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from tests.core.engine_utils import GREEDY, PROMPTS, greedy_ids, make_engine, settled_info
+from tests.speculative.eagle_drafts import write_eagle3_draft, write_eagle_draft
+
+PARAMS = {"temperature": 0.0, "max_new_tokens": 20, "ignore_eos": True}
+
+
+@pytest.fixture(scope="module")
+def plain_tokens(demo_model_dir: Path) -> list[list[int]]:
+    engine = make_engine(demo_model_dir)
+    try:
+        return greedy_ids(engine, PROMPTS, PARAMS)
+    finally:
+        engine.shutdown()
+
+
+@pytest.fixture(scope="module")
+def drafts(demo_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("eagle")
+    return {"EAGLE": write_eagle_draft(root / "eagle", demo_model_dir),
+            "EAGLE3": write_eagle3_draft(root / "eagle3", demo_model_dir)}
+
+
+@pytest.mark.parametrize("algorithm", ["EAGLE", "EAGLE3"])
+def test_a_random_eagle_draft_leaves_the_greedy_tokens_unchanged(
+    demo_model_dir: Path, drafts: dict[str, Path], plain_tokens: list[list[int]], algorithm: str
+) -> None:
+    engine = make_engine(demo_model_dir, speculative_algorithm=algorithm, page_size=4 if algorithm == "EAGLE" else 1,
+                         speculative_draft_model_path=str(drafts[algorithm]), speculative_num_steps=3,
+                         speculative_eagle_topk=1, speculative_num_draft_tokens=4)
+    try:
+        outs = engine.generate(PROMPTS, PARAMS)
+        # NOTE: the same prompts again: their prefixes now come from the radix cache, draft KV included
+        again = greedy_ids(engine, PROMPTS[:2], PARAMS)
+        info = settled_info(engine)
+    finally:
+        engine.shutdown()
+    assert [o["output_ids"] for o in outs] == plain_tokens
+    assert again == plain_tokens[:2]
+    assert info["speculative_algorithm"] == algorithm
+    # every decode step after the prefill's drafts 3 tokens (fewer only at the end of max_new_tokens)
+    assert info["spec_drafted_tokens"] >= 3 * info["spec_verify_steps"] * 0.9 > 0, info
+    assert all(o["meta_info"]["spec_verify_ct"] >= 1 for o in outs)
+    assert info["request_owned_tokens"] == 0 and info["locked_tokens"] == 0
+    assert info["available_tokens"] + info["evictable_tokens"] == 8192
+
+
+def test_grammar_requests_beside_eagle_drafts_keep_their_constraint_and_tokens(
+    demo_model_dir: Path, drafts: dict[str, Path]
+) -> None:
+    pytest.importorskip("xgrammar")
+    regex = r"(yes|no), [0-9]{3}-[0-9]{3}\."
+    prompts = PROMPTS[:3] + ["Answer:"]
+    params = [dict(GREEDY) for _ in PROMPTS[:3]] + [{"regex": regex, "max_new_tokens": 32, "temperature": 0.0}]
+    plain = make_engine(demo_model_dir)
+    try:
+        want = plain.generate(prompts, params)
+    finally:
+        plain.shutdown()
+    engine = make_engine(demo_model_dir, speculative_algorithm="EAGLE3",
+                         speculative_draft_model_path=str(drafts["EAGLE3"]), speculative_num_steps=2)
+    try:
+        got = engine.generate(prompts, params)
+        info = settled_info(engine)
+    finally:
+        engine.shutdown()
+    assert [o["output_ids"] for o in got] == [o["output_ids"] for o in want]
+    assert re.fullmatch(regex, got[-1]["text"])
+    assert info["spec_drafted_tokens"] > 0 and info["request_owned_tokens"] == 0
+
+
+def test_an_eagle1_checkpoint_naming_the_llama_architecture_loads_as_the_eagle_head(
+    demo_model_dir: Path, tmp_path: Path, plain_tokens: list[list[int]]
+) -> None:
+    """Published EAGLE-1/2 checkpoints often say LlamaForCausalLM in their config; SGLang reads them as the head."""
+    path = write_eagle_draft(tmp_path / "eagle1", demo_model_dir, architecture="LlamaForCausalLM")
+    engine = make_engine(demo_model_dir, speculative_algorithm="EAGLE", speculative_draft_model_path=str(path),
+                         speculative_num_steps=2)
+    try:
+        assert greedy_ids(engine, PROMPTS[:2], PARAMS) == plain_tokens[:2]
+        assert engine.get_server_info()["spec_drafted_tokens"] > 0
+    finally:
+        engine.shutdown()
+
+
+@pytest.mark.parametrize(
+    "kwargs,message",
+    [
+        ({"speculative_algorithm": "EAGLE"}, "--speculative-algorithm EAGLE needs --speculative-draft-model-path"),
+        ({"speculative_algorithm": "EAGLE", "speculative_draft_model_path": "EAGLE3"},
+         "is a LlamaForCausalLMEagle3 checkpoint; --speculative-algorithm EAGLE reads LlamaForCausalLMEagle or "
+         "LlamaForCausalLM"),
+        ({"speculative_algorithm": "EAGLE3", "speculative_draft_model_path": "EAGLE3", "speculative_eagle_topk": 4},
+         "--speculative-eagle-topk 4: tree drafts are not supported yet"),
+        ({"speculative_algorithm": "EAGLE3", "speculative_draft_model_path": "TARGET"},
+         "is a LlamaForCausalLM checkpoint; --speculative-algorithm EAGLE3 reads LlamaForCausalLMEagle3"),
+    ],
+    ids=["no-draft", "eagle3-under-eagle", "topk", "target-as-draft"],
+)
+def test_eagle_flags_that_cannot_be_honoured_are_refused_with_one_line(
+    demo_model_dir: Path, drafts: dict[str, Path], kwargs: dict[str, object], message: str
+) -> None:
+    path = kwargs.get("speculative_draft_model_path")
+    if path is not None:
+        kwargs = {**kwargs, "speculative_draft_model_path": str(demo_model_dir if path == "TARGET" else drafts[path])}
+    with pytest.raises(ValueError, match=message):
+        make_engine(demo_model_dir, **kwargs).shutdown()
