@@ -87,3 +87,28 @@ def write_eagle3_draft(out: Path, target: Path, seed: int = 2, std: float = 0.1,
     if aux_layer_ids is not None:
         extra["eagle_config"] = {"eagle_aux_hidden_state_layer_ids": list(aux_layer_ids)}
     return _write(out, _draft_config(t, "LlamaForCausalLMEagle3", **extra), w)
+
+
+def write_mirroring_pair(root: Path) -> tuple[Path, Path]:
+    """A one-layer target and an EAGLE-1 head that computes almost what the target does, so most drafts are right.
+
+    The head's ``fc`` passes the token embedding through (the target's feature is ignored) and its layer is the
+    target's layer; the target's embedding rows have unit RMS, so the input norm the head lacks would change nothing.
+    What remains different is EAGLE's own shift: the head's row at position p sees tokens 1..p+1, never token 0.
+    """
+    from safetensors.torch import load_file
+
+    from sgl.core.demo_model import write_demo_model
+
+    target = write_demo_model(root / "target", seed=3, num_layers=1)
+    weights = load_file(str(target / "model.safetensors"))
+    embed = weights["model.embed_tokens.weight"]
+    weights["model.embed_tokens.weight"] = embed / embed.pow(2).mean(-1, keepdim=True).sqrt()
+    save_file(weights, str(target / "model.safetensors"))
+    t = _target_config(target)
+    h = t["hidden_size"]
+    w = {"fc.weight": torch.cat([torch.eye(h), torch.zeros(h, h)], dim=1), "fc.bias": torch.zeros(h)}
+    for name, tensor in weights.items():
+        if name.startswith("model.layers.0.") and "input_layernorm" not in name:
+            w[name.removeprefix("model.")] = tensor
+    return target, _write(root / "draft", _draft_config(t, "LlamaForCausalLMEagle"), w)

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from tests.core.engine_utils import GREEDY, PROMPTS, greedy_ids, make_engine, settled_info
-from tests.speculative.eagle_drafts import write_eagle3_draft, write_eagle_draft
+from tests.speculative.eagle_drafts import write_eagle3_draft, write_eagle_draft, write_mirroring_pair
 
 PARAMS = {"temperature": 0.0, "max_new_tokens": 20, "ignore_eos": True}
 
@@ -115,3 +115,31 @@ def test_eagle_flags_that_cannot_be_honoured_are_refused_with_one_line(
         kwargs = {**kwargs, "speculative_draft_model_path": str(demo_model_dir if path == "TARGET" else drafts[path])}
     with pytest.raises(ValueError, match=message):
         make_engine(demo_model_dir, **kwargs).shutdown()
+
+
+def test_a_head_that_mirrors_the_target_has_most_drafts_accepted_and_a_random_one_almost_none(
+    tmp_path: Path,
+) -> None:
+    """Verification accepts what it should, and the draft's KV, positions and chaining are wired as EAGLE trains
+    them: a head computing nearly the target's own layer (``write_mirroring_pair``) is accepted well over half the
+    time (the rest is EAGLE's shift: the head never sees token 0), a random head on the same target almost never.
+
+    NOTE: without the radix cache: these prompts share their first token, whose shared draft KV pairs it with the
+    first owner's second token (see the NOTE in eagle.py), which costs this one-layer mirror much of its accuracy."""
+    target, mirror = write_mirroring_pair(tmp_path)
+    plain = make_engine(target)
+    try:
+        want = greedy_ids(plain, PROMPTS, PARAMS)
+    finally:
+        plain.shutdown()
+    rates = {}
+    for name, draft in (("mirror", mirror), ("random", write_eagle_draft(tmp_path / "random", target))):
+        engine = make_engine(target, speculative_algorithm="EAGLE", speculative_draft_model_path=str(draft),
+                             speculative_num_steps=4, disable_radix_cache=True)
+        try:
+            assert greedy_ids(engine, PROMPTS, PARAMS) == want
+            rates[name] = settled_info(engine)
+        finally:
+            engine.shutdown()
+    assert rates["mirror"]["spec_accept_rate"] >= 0.55 and rates["mirror"]["avg_spec_accept_length"] >= 3.0, rates
+    assert rates["random"]["spec_accept_rate"] <= 0.1, rates

@@ -15,9 +15,11 @@ target's features next time.
 
 NOTE: the draft's KV pool is its own but uses the target's slot numbers and request table: a verified position's
 slot holds both models' KV, rejected slots are freed by the scheduler as usual (nothing for the draft to leak), and a
-prefix the radix cache shares carries the draft KV its first owner computed. That KV can be stale (the draft's guess
-at a position the owner never verified, or another continuation at the prefix's last position): it only ever
-changes what is drafted, never what is emitted, since every token is the target's.
+prefix the radix cache shares carries the draft KV its first owner computed. That KV can be stale: the row at a
+shared prefix's last position pairs it with the owner's next token, which may not be this request's (SGLang keys its
+radix cache by token pairs under EAGLE for this; ours keys by tokens), and a finished owner may leave draft guesses
+at positions it never verified. Staleness only changes what is drafted, never what is emitted: every token is the
+target's.
 """
 
 from __future__ import annotations
