@@ -100,7 +100,9 @@ class EagleModel(nn.Module):
         self.layers = nn.ModuleList(LlamaDecoderLayer(config, ctx, i, rope) for i in range(config.num_layers))
         self.layers[0].input_layernorm = _NoNorm()  # NOTE: as EAGLE trained it: fc's output goes in unnormed
 
-    def forward(self, embeds: torch.Tensor, feats: torch.Tensor, positions: torch.Tensor, fb: ForwardBatch) -> torch.Tensor:
+    def forward(
+        self, embeds: torch.Tensor, feats: torch.Tensor, positions: torch.Tensor, fb: ForwardBatch
+    ) -> torch.Tensor:
         hidden = self.fc(torch.cat([embeds, feats], dim=-1))
         residual: torch.Tensor | None = None
         for layer in self.layers:
@@ -157,7 +159,9 @@ class Eagle3Model(nn.Module):
         self.midlayer = Eagle3DecoderLayer(config, ctx, _rope(config, ctx))
         self.norm = RMSNorm(h, config.rms_norm_eps, ctx)
 
-    def forward(self, embeds: torch.Tensor, feats: torch.Tensor, positions: torch.Tensor, fb: ForwardBatch) -> torch.Tensor:
+    def forward(
+        self, embeds: torch.Tensor, feats: torch.Tensor, positions: torch.Tensor, fb: ForwardBatch
+    ) -> torch.Tensor:
         if feats.shape[-1] == self.fc.in_features and feats.shape[-1] != embeds.shape[-1]:
             feats = self.fc(feats)  # NOTE: the target's three layers; a chained step feeds the draft's own feature
         return self.midlayer(positions, embeds, feats, fb)
