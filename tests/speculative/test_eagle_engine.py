@@ -143,3 +143,41 @@ def test_a_head_that_mirrors_the_target_has_most_drafts_accepted_and_a_random_on
             engine.shutdown()
     assert rates["mirror"]["spec_accept_rate"] >= 0.55 and rates["mirror"]["avg_spec_accept_length"] >= 3.0, rates
     assert rates["random"]["spec_accept_rate"] <= 0.1, rates
+
+
+def test_a_pool_too_small_for_every_draft_retracts_and_keeps_the_tokens(demo_model_dir: Path, tmp_path: Path) -> None:
+    """A pool that runs out retracts a request (its draft rows restart after recomputation) and every slot comes
+    back, the draft KV's included (it lives at the target's slots).
+
+    NOTE: without ignore_eos admission cannot reserve every request's whole output, so the pool runs out."""
+    target, mirror = write_mirroring_pair(tmp_path)
+    params = {"temperature": 0.0, "max_new_tokens": 48}
+    small = {"max_total_tokens": 144, "max_running_requests": 8}
+    plain = make_engine(target, **small)
+    try:
+        want = greedy_ids(plain, PROMPTS, params)
+    finally:
+        plain.shutdown()
+    engine = make_engine(target, speculative_algorithm="EAGLE", speculative_draft_model_path=str(mirror),
+                         speculative_num_steps=3, **small)
+    try:
+        assert greedy_ids(engine, PROMPTS, params) == want
+        info = settled_info(engine)
+    finally:
+        engine.shutdown()
+    assert info["retractions"] > 0 and info["spec_accepted_tokens"] > 0
+    assert info["request_owned_tokens"] == 0 and info["available_tokens"] + info["evictable_tokens"] == 144
+
+
+def test_chunked_prefill_hands_the_hidden_states_over_chunk_by_chunk(tmp_path: Path) -> None:
+    """The draft's first extend covers every chunk's positions: the mirror is accepted as well as unchunked."""
+    target, mirror = write_mirroring_pair(tmp_path)
+    rates = []
+    for chunk in (-1, 8):
+        engine = make_engine(target, speculative_algorithm="EAGLE", speculative_draft_model_path=str(mirror),
+                             speculative_num_steps=3, chunked_prefill_size=chunk, disable_radix_cache=True)
+        try:
+            rates.append((greedy_ids(engine, PROMPTS, PARAMS), settled_info(engine)["spec_accept_rate"]))
+        finally:
+            engine.shutdown()
+    assert rates[0] == rates[1] and rates[0][1] >= 0.55
