@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -61,7 +62,8 @@ def test_grammar_requests_beside_eagle_drafts_keep_their_constraint_and_tokens(
     pytest.importorskip("xgrammar")
     regex = r"(yes|no), [0-9]{3}-[0-9]{3}\."
     prompts = PROMPTS[:3] + ["Answer:"]
-    params = [dict(GREEDY) for _ in PROMPTS[:3]] + [{"regex": regex, "max_new_tokens": 32, "temperature": 0.0}]
+    params: list[Any] = [dict(GREEDY) for _ in PROMPTS[:3]]
+    params.append({"regex": regex, "max_new_tokens": 32, "temperature": 0.0})
     plain = make_engine(demo_model_dir)
     try:
         want = plain.generate(prompts, params)
@@ -112,7 +114,7 @@ def test_eagle_flags_that_cannot_be_honoured_are_refused_with_one_line(
 ) -> None:
     path = kwargs.get("speculative_draft_model_path")
     if path is not None:
-        kwargs = {**kwargs, "speculative_draft_model_path": str(demo_model_dir if path == "TARGET" else drafts[path])}
+        kwargs = {**kwargs, "speculative_draft_model_path": str(demo_model_dir if path == "TARGET" else drafts[str(path)])}
     with pytest.raises(ValueError, match=message):
         make_engine(demo_model_dir, **kwargs).shutdown()
 

@@ -97,13 +97,13 @@ def verify_drafts(
 ) -> VerifyResult | None:
     """Verifies ``drafts`` (one list per request of the DECODE ``batch``); None when no request has a draft or the
     pool cannot hold them: the caller then runs the plain decode step."""
-    drafts = [list(d) for d in drafts]
-    if not any(drafts):
+    chains = [list(d) for d in drafts]
+    if not any(chains):
         return None
-    rows = alloc_verify_slots(batch, state, [len(d) for d in drafts])
+    rows = alloc_verify_slots(batch, state, [len(d) for d in chains])
     if rows is None:
         return None
-    return run_verify(batch, executor, drafts, rows).result
+    return run_verify(batch, executor, chains, rows).result
 
 
 class Verified(NamedTuple):

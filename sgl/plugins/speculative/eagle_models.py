@@ -69,6 +69,10 @@ class EagleDraftHead(nn.Module):
     def to_target_ids(self, ids: torch.Tensor) -> torch.Tensor:
         return ids
 
+    def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Features [N, hidden] -> fp32 logits over the draft vocabulary."""
+        raise NotImplementedError
+
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> set[str]:
         """Checkpoint names are the inner model's (``fc.weight``, ``layers.0...`` / ``midlayer...``)."""
         params = {n for n, _ in self.named_parameters()}
@@ -169,6 +173,8 @@ class Eagle3Model(nn.Module):
 
 class LlamaForCausalLMEagle3(EagleDraftHead):
     """EAGLE-3: its own LM head over a reduced vocabulary, mapped to the target's by ``d2t``."""
+
+    hot_token_ids: torch.Tensor  # draft id -> target id
 
     def __init__(self, config: ModelConfig, ctx: ModelContext) -> None:
         super().__init__(config)
