@@ -30,8 +30,8 @@ def test_captured_layers_equal_hf_hidden_states(arch: str, tmp_path: Any) -> Non
     with torch.no_grad():
         out = model(fb.input_ids, fb.positions, fb)
         assert torch.equal(out, model(plain.input_ids, plain.positions, plain)) and not plain.captured_hidden
-        want = [torch.cat([x[0] for x in h]) for h in zip(*(hf(torch.tensor([p]), output_hidden_states=True).hidden_states
-                                            for p in prompts))]
+        per_prompt = [hf(torch.tensor([p]), output_hidden_states=True).hidden_states for p in prompts]
+        want = [torch.cat([x[0] for x in layer]) for layer in zip(*per_prompt)]
     assert sorted(fb.captured_hidden) == [0, 1, n]
     for layer in (0, 1):
         torch.testing.assert_close(fb.captured_hidden[layer], want[layer], atol=1e-4, rtol=0)
