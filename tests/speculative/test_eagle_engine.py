@@ -183,3 +183,9 @@ def test_chunked_prefill_hands_the_hidden_states_over_chunk_by_chunk(tmp_path: P
         finally:
             engine.shutdown()
     assert rates[0] == rates[1] and rates[0][1] >= 0.55
+
+
+def test_an_eagle3_head_asking_for_layers_the_target_lacks_is_refused(demo_model_dir: Path, tmp_path: Path) -> None:
+    path = write_eagle3_draft(tmp_path / "deep", demo_model_dir, aux_layer_ids=(0, 1, 9))
+    with pytest.raises(ValueError, match=r"EAGLE-3 reads three layers of the target's 4, got \[1, 2, 10\]"):
+        make_engine(demo_model_dir, speculative_algorithm="EAGLE3", speculative_draft_model_path=str(path)).shutdown()
