@@ -500,7 +500,7 @@ def test_unknown_feature_name_lists_the_known_ones() -> None:
     with pytest.raises(ValueError) as info:
         select_features(ServerArgs(speculative_algorithm="ecko"), found)
     # NOTE: the reserved names no plugin implements yet, and every registered one (in-tree NGRAM, ... included)
-    known = sorted(set(found.speculative_algorithms.names()) | {"EAGLE", "EAGLE3", "NEXTN"})
+    known = sorted(set(found.speculative_algorithms.names()) | {"NEXTN"})
     assert {"echo", "not_one"} <= set(known)
     assert str(info.value) == f"--speculative-algorithm: unknown speculative algorithm 'ecko'; known: {', '.join(known)}"
 
@@ -508,8 +508,8 @@ def test_unknown_feature_name_lists_the_known_ones() -> None:
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (ServerArgs(speculative_algorithm="EAGLE"),
-         "--speculative-algorithm EAGLE is not supported yet: no installed plugin provides this speculative algorithm"),
+        (ServerArgs(speculative_algorithm="NEXTN"),
+         "--speculative-algorithm NEXTN is not supported yet: no installed plugin provides this speculative algorithm"),
         (ServerArgs(lora_backend="csgmv"),
          "--lora-backend csgmv is not supported yet: no installed plugin provides this LoRA backend"),
     ],

@@ -19,13 +19,16 @@ LOAD_FORMATS = ("auto", "safetensors", "dummy")
 DUMMY_STD = 0.02
 
 
-def resolve_architecture(config: ModelConfig, models: Registry[type] | None = None) -> type[nn.Module]:
-    """The class registered for the config's architecture, in ``models`` (default: the discovered plugins')."""
+def resolve_architecture(
+    config: ModelConfig, models: Registry[type] | None = None, architecture: str | None = None
+) -> type[nn.Module]:
+    """The class registered for the config's architecture (or ``architecture``, which replaces it), in ``models``
+    (default: the discovered plugins')."""
     if models is None:
         from sgl.core.plugins import get_plugins
 
         models = get_plugins().models
-    arch = config.architecture
+    arch = architecture or config.architecture
     if arch not in models:
         failure = models.failure(arch)  # NOTE: the plugin that would provide it was skipped: say which and why
         if failure is not None:
@@ -37,14 +40,15 @@ def resolve_architecture(config: ModelConfig, models: Registry[type] | None = No
 
 
 def load_model(
-    model_path: str, ctx: ModelContext, load_format: str = "auto", seed: int = 0, models: Registry[type] | None = None
+    model_path: str, ctx: ModelContext, load_format: str = "auto", seed: int = 0, models: Registry[type] | None = None,
+    architecture: str | None = None,
 ) -> tuple[nn.Module, ModelConfig]:
-    """Builds the model for ``model_path`` on ctx.device in ctx.dtype and fills its weights; the architecture is
-    looked up in ``models`` (default: the discovered plugins')."""
+    """Builds the model for ``model_path`` on ctx.device in ctx.dtype and fills its weights; the architecture (the
+    config's unless ``architecture`` is given) is looked up in ``models`` (default: the discovered plugins')."""
     if load_format not in LOAD_FORMATS:
         raise ValueError(f"load_format must be one of {', '.join(LOAD_FORMATS)}; got {load_format!r}")
     config = ModelConfig.from_dir(model_path)
-    cls = resolve_architecture(config, models)
+    cls = resolve_architecture(config, models, architecture)
     # NOTE: parameters are allocated directly on the device, in ctx.dtype; nothing is built on CPU and moved.
     with torch.device(ctx.device):
         model = cls(config, ctx)

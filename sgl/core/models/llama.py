@@ -147,12 +147,23 @@ class LlamaModel(nn.Module):
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, forward_batch: ForwardBatch) -> torch.Tensor:
         hidden = self.embed_tokens(input_ids)
         residual: torch.Tensor | None = None
-        for layer in self.layers:
+        capture = forward_batch.capture_hidden_layers
+        for i, layer in enumerate(self.layers):
+            if capture:
+                _capture(forward_batch, i, hidden, residual)
             hidden, residual = layer(positions, hidden, residual, forward_batch)
+        if capture:
+            _capture(forward_batch, len(self.layers), hidden, residual)
         if residual is None:  # a model with no layers
             return self.norm(hidden)
         hidden, _ = self.norm(hidden, residual)
         return hidden
+
+
+def _capture(forward_batch: ForwardBatch, layer: int, hidden: torch.Tensor, residual: torch.Tensor | None) -> None:
+    """Records the residual stream entering ``layer`` when the batch asks for it."""
+    if layer in forward_batch.capture_hidden_layers:
+        forward_batch.captured_hidden[layer] = hidden if residual is None else hidden + residual
 
 
 class LlamaForCausalLM(nn.Module):
@@ -182,6 +193,10 @@ class LlamaForCausalLM(nn.Module):
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """hidden [N, hidden] -> fp32 logits [N, vocab]."""
         return self.lm_head.compute_logits(hidden)
+
+    def get_input_embeddings(self) -> nn.Module:
+        """The token embedding (input_ids [T] -> [T, hidden]), which a speculative draft head may share."""
+        return self.model.embed_tokens
 
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> set[str]:
         """Loads HF-named tensors (q/k/v into qkv_proj, gate/up into gate_up_proj); returns the parameters loaded."""

@@ -71,6 +71,11 @@ class ForwardBatch:
     extend_prefix_lens_cpu: list[int] | None = None
     extend_seq_lens_cpu: list[int] | None = None
     attn_metadata: Any = None  # owned by attn_backend.init_forward_metadata
+    # NOTE: the model contract's hidden-state capture: layer L means the residual stream entering decoder layer L
+    # (num_layers: leaving the last, before the final norm). The model stores each as ``captured_hidden[L]``
+    # ([T, hidden]). Speculative drafts (EAGLE-3) read a target's middle layers this way.
+    capture_hidden_layers: tuple[int, ...] = ()
+    captured_hidden: dict[int, torch.Tensor] = field(default_factory=dict)
     extras: dict[str, Any] = field(default_factory=dict)
 
     @property

@@ -56,8 +56,9 @@ class ModelRunner:
 
     def __init__(
         self, args: ServerArgs, platform: Platform, model_path: str, parallel: ParallelState = SINGLE,
-        plugins: Plugins | None = None,
+        plugins: Plugins | None = None, architecture: str | None = None,
     ) -> None:
+        """``architecture`` replaces the config's (a speculative draft whose checkpoint names its target's)."""
         self.args = args
         self.platform = platform
         self.parallel = parallel
@@ -77,7 +78,8 @@ class ModelRunner:
         ctx = ModelContext.from_platform(platform, self.dtype, parallel, self.device, self.quantization)
         self.model: Any  # an architecture class from the model registry (forward, compute_logits)
         self.model, _ = load_model(
-            model_path, ctx, load_format=args.load_format, seed=args.random_seed, models=plugins.models
+            model_path, ctx, load_format=args.load_format, seed=args.random_seed, models=plugins.models,
+            architecture=architecture,
         )
         self.model.eval()
         cfg = self.model_config
@@ -127,7 +129,8 @@ class ModelRunner:
         try:
             if self.faults is not None:
                 self.faults.at("forward")
-            if self.graph_runner is not None and self.graph_runner.can_run(fb):
+            # NOTE: graphs return the final hidden states only; a forward capturing other layers runs eagerly
+            if self.graph_runner is not None and not fb.capture_hidden_layers and self.graph_runner.can_run(fb):
                 return self.graph_runner.replay(fb)
             self.attn_backend.init_forward_metadata(fb)
             return self.model(fb.input_ids, fb.positions, fb)

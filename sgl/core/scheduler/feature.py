@@ -14,6 +14,7 @@ The points, in a request's life:
   recomputed through prefill, where the radix cache holds everything before them);
 - ``resync``: the request's outputs changed without ``on_token`` (retraction, a splice);
 - ``before_forward``: a batch is about to run; per-batch state the model reads (LoRA's adapter segments);
+- ``after_forward``: its forward was enqueued; the hidden states it made (a speculative draft head reads them);
 - ``release``: the request ended (finish, abort, error alike): free what the feature holds for it.
 """
 
@@ -76,6 +77,12 @@ class SchedulerFeature(ABC):  # noqa: B024 - every point has a do-nothing defaul
 
     def before_forward(self, batch: ScheduleBatch, forward_batch: ForwardBatch) -> None:
         """Called once per forward, after its inputs are built and before the model runs."""
+        return None
+
+    def after_forward(self, batch: ScheduleBatch, forward_batch: ForwardBatch, hidden: torch.Tensor) -> None:
+        """Called once per forward, right after the model ran: ``hidden`` is its final hidden states [T, hidden]
+        (row j is the batch's token j), ``forward_batch.captured_hidden`` the layers asked for in
+        ``before_forward``. NOTE: the tensors may still be in flight on the device; read them on its stream."""
         return None
 
     def release(self, req: Req) -> None:

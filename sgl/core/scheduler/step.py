@@ -83,6 +83,8 @@ class StepExecutor:
         for f in self.features:
             f.before_forward(batch, fb)
         hidden = runner.forward(fb)
+        for f in self.features:
+            f.after_forward(batch, fb, hidden)
         if batch.mode.is_decode:
             rows = list(range(len(batch)))
             last = rows
@@ -121,7 +123,10 @@ class StepExecutor:
                 fb.input_ids = ids  # type: ignore[assignment]
             for f in self.features:
                 f.before_forward(batch, fb)
-            logits = runner.compute_logits(runner.forward(fb))
+            hidden = runner.forward(fb)
+            for f in self.features:
+                f.after_forward(batch, fb, hidden)
+            logits = runner.compute_logits(hidden)
             ids = self._sample(reqs, logits, step_offset + j, want_lp=False).next_token_ids
             sampled.append(ids)
         assert ids is not None

@@ -28,7 +28,7 @@ if TYPE_CHECKING:
 
 FLAG = "--speculative-algorithm"
 
-NOT_YET_SUPPORTED: tuple[str, ...] = ("EAGLE", "EAGLE3", "NEXTN")
+NOT_YET_SUPPORTED: tuple[str, ...] = ("NEXTN",)
 """SGLang's algorithm names, which no in-tree plugin implements yet: refused at startup with one line."""
 
 

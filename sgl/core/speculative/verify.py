@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, NamedTuple
 
 import torch
 
-from sgl.core.runner.forward_batch import ForwardMode
+from sgl.core.runner.forward_batch import ForwardBatch, ForwardMode
 from sgl.core.runner.input_prep import build_forward_batch
 from sgl.core.sampling.batch_info import SamplingBatchInfo
 from sgl.core.scheduler.batch import ScheduleBatch
@@ -68,14 +68,28 @@ def may_draft(r: Req, executor: StepExecutor) -> bool:
     return not any(f.needs_host_tokens(r) for f in executor.features)
 
 
-def _alloc_draft_slots(batch: ScheduleBatch, state: SchedulerState, drafts: list[list[int]]) -> torch.Tensor | None:
-    """Slots for every draft token, after each request's decode slot; None (nothing allocated) when they do not fit."""
+def alloc_verify_slots(batch: ScheduleBatch, state: SchedulerState, counts: Sequence[int]) -> list[list[int]] | None:
+    """Per request of the DECODE ``batch``: the KV slots of its last token (the decode slot) and of ``counts[i]``
+    draft tokens after it, written into req_to_token; None (nothing allocated) when they do not fit.
+
+    NOTE: a draft model may write its own KV at these slots before the verify forward (EAGLE's draft KV shares the
+    target's slot numbers); the scheduler frees the rejected ones after verification as usual."""
     starts = [p + 1 for p in batch.prefix_lens]
-    ends = [s + len(d) for s, d in zip(starts, drafts)]
-    total = sum(len(d) for d in drafts)
-    state.make_room(total + len(drafts) * state.page_size)
-    last = [int(x) for x in batch.out_cache_loc.tolist()]
-    return state.allocator.alloc_extend(starts, ends, last)
+    ends = [s + n for s, n in zip(starts, counts)]
+    state.make_room(sum(counts) + len(counts) * state.page_size)
+    decode_slots = [int(x) for x in batch.out_cache_loc.tolist()]
+    extra = state.allocator.alloc_extend(starts, ends, decode_slots)
+    if extra is None:
+        return None
+    extra_host = extra.to("cpu", torch.int64).tolist()
+    rows: list[list[int]] = []
+    cursor = 0
+    for i, (r, n) in enumerate(zip(batch.reqs, counts)):
+        row = [decode_slots[i]] + extra_host[cursor : cursor + n]
+        cursor += n
+        rows.append(row)
+        state.req_pool.write(int(r.req_pool_idx), batch.prefix_lens[i], torch.tensor(row, dtype=torch.int64))  # type: ignore[arg-type]
+    return rows
 
 
 def verify_drafts(
@@ -83,40 +97,50 @@ def verify_drafts(
 ) -> VerifyResult | None:
     """Verifies ``drafts`` (one list per request of the DECODE ``batch``); None when no request has a draft or the
     pool cannot hold them: the caller then runs the plain decode step."""
-    drafts = [list(d) for d in drafts]
-    if not any(drafts):
+    chains = [list(d) for d in drafts]
+    if not any(chains):
         return None
-    extra = _alloc_draft_slots(batch, state, drafts)
-    if extra is None:
+    rows = alloc_verify_slots(batch, state, [len(d) for d in chains])
+    if rows is None:
         return None
+    return run_verify(batch, executor, chains, rows).result
+
+
+class Verified(NamedTuple):
+    """A verify forward's outcome, and what it computed: ``hidden`` row j is the verified token j (request-major:
+    each request's last token, then its drafts); ``forward_batch.captured_hidden`` holds the layers asked for."""
+
+    result: VerifyResult
+    forward_batch: ForwardBatch
+    hidden: torch.Tensor
+
+
+def run_verify(
+    batch: ScheduleBatch, executor: StepExecutor, drafts: list[list[int]], rows: list[list[int]],
+    capture_hidden_layers: tuple[int, ...] = (),
+) -> Verified:
+    """One TARGET_VERIFY forward over each request's last token and its drafts, at the slots ``rows`` (from
+    ``alloc_verify_slots``), and the accepted prefix of each chain."""
     runner = executor.runner
-    decode_slots = batch.out_cache_loc.to("cpu", torch.int64)
-    extra_host = extra.to("cpu", torch.int64)
-    per_req: list[list[int]] = []
-    cursor = 0
-    for i, (r, d) in enumerate(zip(batch.reqs, drafts)):
-        row = [int(decode_slots[i])] + extra_host[cursor : cursor + len(d)].tolist()
-        cursor += len(d)
-        per_req.append(row)
-        state.req_pool.write(int(r.req_pool_idx), batch.prefix_lens[i], torch.tensor(row, dtype=torch.int64))  # type: ignore[arg-type]
-    flat = torch.tensor([s for row in per_req for s in row], dtype=torch.int64)
+    flat = torch.tensor([s for row in rows for s in row], dtype=torch.int64)
     vb = VerifyBatch(list(batch.reqs), list(batch.prefix_lens), drafts, flat)
     with torch.inference_mode():
         fb = build_forward_batch(vb, runner)
+        fb.capture_hidden_layers = capture_hidden_layers
         hidden = runner.forward(fb)
         logits = runner.compute_logits(hidden)
         ids, lps = _sample_positions(vb, logits, executor)
     tokens: list[list[int]] = []
     logprobs: list[list[LogprobEntry | None]] = []
     offset = 0
-    for r, d in zip(vb.reqs, drafts):
+    for d in drafts:
         n = 1
         while n <= len(d) and d[n - 1] == ids[offset + n - 1]:
             n += 1
         tokens.append(ids[offset : offset + n])
         logprobs.append(lps[offset : offset + n])
         offset += 1 + len(d)
-    return VerifyResult(tokens, logprobs, per_req, [len(d) for d in drafts])
+    return Verified(VerifyResult(tokens, logprobs, rows, [len(d) for d in drafts]), fb, hidden)
 
 
 def _sample_positions(

@@ -1,2 +1,2 @@
-"""The speculative decoding plugin: NGRAM (and the draft-model algorithms), registered through
-``sgl_speculative_algorithms`` exactly as a third party's plugin would be."""
+"""The speculative decoding plugin: NGRAM, STANDALONE, EAGLE and EAGLE3 (with the EAGLE draft heads' architectures),
+registered through ``sgl_speculative_algorithms`` and ``sgl_models`` exactly as a third party's plugin would be."""

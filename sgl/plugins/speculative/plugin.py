@@ -10,4 +10,15 @@ def sgl_speculative_algorithms() -> dict[str, str]:
     return {
         "NGRAM": "sgl.plugins.speculative.ngram:NgramAlgorithm",
         "STANDALONE": "sgl.plugins.speculative.standalone:StandaloneAlgorithm",
+        "EAGLE": "sgl.plugins.speculative.eagle:EagleAlgorithm",
+        "EAGLE3": "sgl.plugins.speculative.eagle:Eagle3Algorithm",
+    }
+
+
+@hookimpl
+def sgl_models() -> dict[str, str]:
+    """The EAGLE draft heads' architectures (only ever loaded as a draft: they read a target's hidden states)."""
+    return {
+        "LlamaForCausalLMEagle": "sgl.plugins.speculative.eagle_models:LlamaForCausalLMEagle",
+        "LlamaForCausalLMEagle3": "sgl.plugins.speculative.eagle_models:LlamaForCausalLMEagle3",
     }

@@ -1,0 +1,257 @@
+"""EAGLE and EAGLE3: a one-layer draft head reads the target's hidden states and drafts a chain of tokens.
+
+Flags (SGLang's): ``--speculative-draft-model-path`` (an EAGLE-1/2 or EAGLE-3 checkpoint), ``--speculative-num-steps``
+(draft tokens per step, default 3), ``--speculative-eagle-topk 1`` and ``--speculative-num-draft-tokens`` = steps + 1
+(a chain; trees are refused).
+
+How a request's draft is kept (SGLang's layout): the draft head's row at position p pairs the target's feature at p
+(its final hidden state; EAGLE-3: three layers' residual streams) with the token at p + 1, and predicts the feature
+at p + 1. Every target forward (prefill chunk, plain decode, verify) hands its features to the algorithm
+(``after_forward``; verify's directly); they wait in ``req.features`` until the token after them is known. A decode
+step then (1) runs the draft over the waiting rows (an extend over the request's draft KV), which drafts d1 from its
+last row, (2) chains: feeds (its own predicted feature, d_j) to draft d_(j+1), (3) verifies. Only the features of
+accepted positions are kept for the next step, so the draft's guesses past the accepted run are recomputed from the
+target's features next time.
+
+NOTE: the draft's KV pool is its own but uses the target's slot numbers and request table: a verified position's
+slot holds both models' KV, rejected slots are freed by the scheduler as usual (nothing for the draft to leak), and a
+prefix the radix cache shares carries the draft KV its first owner computed. That KV can be stale: the row at a
+shared prefix's last position pairs it with the owner's next token, which may not be this request's (SGLang keys its
+radix cache by token pairs under EAGLE for this; ours keys by tokens), and a finished owner may leave draft guesses
+at positions it never verified. Staleness only changes what is drafted, never what is emitted: every token is the
+target's.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from sgl.core.runner.forward_batch import ForwardMode
+from sgl.core.runner.input_prep import build_forward_batch
+from sgl.core.runner.model_runner import ModelRunner
+from sgl.core.scheduler.batch import ScheduleBatch
+from sgl.core.speculative.base import SpeculativeAlgorithm
+from sgl.core.speculative.verify import alloc_verify_slots, draft_budget, may_draft, run_verify
+from sgl.core.model.config import ModelConfig
+from sgl.plugins.speculative.common import AcceptanceStats
+from sgl.plugins.speculative.eagle_models import TARGET_HIDDEN, EagleDraftHead, LlamaForCausalLMEagle3
+from sgl.plugins.speculative.standalone import chain_steps, draft_dir
+
+if TYPE_CHECKING:
+    from sgl.core.config import ServerArgs
+    from sgl.core.runner.forward_batch import ForwardBatch
+    from sgl.core.scheduler.req import Req
+    from sgl.core.scheduler.state import SchedulerState
+    from sgl.core.scheduler.step import StepExecutor
+    from sgl.core.speculative.verify import VerifyResult
+
+DEFAULT_NUM_STEPS = 3
+
+
+@dataclass
+class TargetFeatures:
+    """The target's features of one request at positions ``start ..``, whose draft rows are not computed yet."""
+
+    start: int
+    chunks: list[torch.Tensor]
+    count: int
+
+    @property
+    def end(self) -> int:
+        return self.start + self.count
+
+    def joined(self) -> torch.Tensor:
+        return self.chunks[0] if len(self.chunks) == 1 else torch.cat(self.chunks)
+
+
+def build_draft_runner(args: ServerArgs, target: ModelRunner, path: str, architecture: str | None) -> ModelRunner:
+    """The draft head's runner: its own KV pool, the size and page size of the target's (same slot numbers), and the
+    target's request table, so a draft batch addresses a request's KV exactly as the target does."""
+    draft_args = dataclasses.replace(
+        args, model_path=path, max_total_tokens=target.max_total_tokens, quantization=None,
+        max_running_requests=target.max_running_requests, context_length=target.context_len, disable_cuda_graph=True,
+    )
+    runner = ModelRunner(draft_args, target.platform, path, target.parallel, architecture=architecture)
+    if runner.max_total_tokens != target.max_total_tokens:
+        raise ValueError(f"--speculative-draft-model-path {path}: its KV pool ({runner.max_total_tokens} tokens) "
+                         f"cannot mirror the target's ({target.max_total_tokens})")
+    runner.req_to_token_pool = target.req_to_token_pool
+    if not isinstance(runner.model, EagleDraftHead):
+        raise ValueError(f"--speculative-draft-model-path {path}: {runner.model_config.architecture} is not an EAGLE "
+                         "draft head (LlamaForCausalLMEagle, LlamaForCausalLMEagle3)")
+    runner.model.bind_target(target.model)
+    return runner
+
+
+class EagleAlgorithm(SpeculativeAlgorithm):
+    """EAGLE-1/2 checkpoints: the draft reads the target's final hidden states."""
+
+    algorithm = "EAGLE"
+    # NOTE: EAGLE-1/2 checkpoints often name the plain Llama architecture; SGLang reads them as the EAGLE head too
+    accepted: tuple[str, ...] = ("LlamaForCausalLMEagle", "LlamaForCausalLM")
+
+    def __init__(self, target: ModelRunner, draft: ModelRunner, num_steps: int, capture: tuple[int, ...]) -> None:
+        self.target = target
+        self.draft = draft
+        self.head: EagleDraftHead = draft.model
+        self.num_steps = num_steps
+        self.capture = capture  # target layers whose residual streams make the features (); the final hidden state
+        self.stats = AcceptanceStats()
+
+    @classmethod
+    def create(cls, server_args: ServerArgs, runner: ModelRunner) -> EagleAlgorithm:
+        path = server_args.speculative_draft_model_path
+        if not path:
+            raise ValueError(f"--speculative-algorithm {cls.algorithm} needs --speculative-draft-model-path")
+        steps = chain_steps(server_args, DEFAULT_NUM_STEPS)
+        local = draft_dir(server_args, path)
+        arch = ModelConfig.from_dir(local).architecture
+        if arch not in cls.accepted:
+            raise ValueError(f"--speculative-draft-model-path {path} is a {arch} checkpoint; "
+                             f"--speculative-algorithm {cls.algorithm} reads {' or '.join(cls.accepted)}")
+        draft = build_draft_runner(server_args, runner, local, cls.accepted[0])
+        return cls(runner, draft, steps, cls.capture_layers(draft, runner))
+
+    @classmethod
+    def capture_layers(cls, draft: ModelRunner, target: ModelRunner) -> tuple[int, ...]:
+        return ()
+
+    # the target's features -------------------------------------------------------------------------------------
+    def before_forward(self, batch: ScheduleBatch, forward_batch: ForwardBatch) -> None:
+        forward_batch.capture_hidden_layers = self.capture
+
+    def _features(self, fb: ForwardBatch, hidden: torch.Tensor) -> torch.Tensor:
+        if not self.capture:
+            return hidden
+        return torch.cat([fb.captured_hidden[layer] for layer in self.capture], dim=-1)
+
+    def _keep(self, r: Req, start: int, rows: torch.Tensor) -> None:
+        old: TargetFeatures | None = r.features.get(self.name)
+        if old is not None and old.end == start:
+            old.chunks.append(rows)
+            old.count += rows.shape[0]
+        else:  # NOTE: a gap (retraction, a step without features) restarts the rows from here
+            r.features[self.name] = TargetFeatures(start, [rows], rows.shape[0])
+
+    def after_forward(self, batch: ScheduleBatch, forward_batch: ForwardBatch, hidden: torch.Tensor) -> None:
+        fb = forward_batch
+        if fb.forward_mode.is_decode:
+            starts, lens = [s - 1 for s in fb.seq_lens_cpu], [1] * fb.batch_size
+        elif fb.extend_prefix_lens_cpu is not None and fb.extend_seq_lens_cpu is not None:
+            starts, lens = fb.extend_prefix_lens_cpu, fb.extend_seq_lens_cpu
+        else:
+            return
+        feats = self._features(fb, hidden)
+        if fb.forward_mode.is_decode:
+            feats = feats.clone()  # NOTE: a decode graph's output buffer is overwritten by its next replay
+        offset = 0
+        for r, start, n in zip(batch.reqs, starts, lens):
+            if n:
+                self._keep(r, start, feats[offset : offset + n])
+            offset += n
+
+    # a decode step ---------------------------------------------------------------------------------------------
+    def _budget(self, r: Req, last_pos: int, executor: StepExecutor) -> int:
+        """Drafts for ``r`` this step: none unless its waiting features end right before its last token."""
+        k = draft_budget(r, self.num_steps, self.target.context_len) if may_draft(r, executor) else 0
+        feats: TargetFeatures | None = r.features.get(self.name)
+        if k and feats is not None and feats.end == last_pos:
+            return k
+        r.features.pop(self.name, None)  # NOTE: of no use to a request that does not draft now; bounds memory
+        return 0
+
+    def decode_step(self, batch: ScheduleBatch, state: SchedulerState, executor: StepExecutor) -> VerifyResult | None:
+        budgets = [self._budget(r, p, executor) for r, p in zip(batch.reqs, batch.prefix_lens)]
+        if not any(budgets):
+            return None
+        rows = alloc_verify_slots(batch, state, budgets)
+        if rows is None:
+            return None
+        drafts = self._draft(batch, budgets, rows)
+        verified = run_verify(batch, executor, drafts, rows, self.capture)
+        feats = self._features(verified.forward_batch, verified.hidden)
+        offset = 0
+        for r, p, d, tokens in zip(batch.reqs, batch.prefix_lens, drafts, verified.result.tokens):
+            r.features.pop(self.name, None)
+            self._keep(r, p, feats[offset : offset + len(tokens)])  # the accepted positions' features only
+            offset += 1 + len(d)
+        self.stats.record(verified.result)
+        return verified.result
+
+    @torch.inference_mode()
+    def _draft(self, batch: ScheduleBatch, budgets: list[int], rows: list[list[int]]) -> list[list[int]]:
+        drafts: list[list[int]] = [[] for _ in budgets]
+        idx = [i for i, k in enumerate(budgets) if k]
+        reqs = [batch.reqs[i] for i in idx]
+        feats: list[TargetFeatures] = [r.features.pop(self.name) for r in reqs]
+        device = self.draft.device
+        # (1) the waiting rows: (feature at p, token at p + 1) for p in start .. last - 1, at the target's slots
+        table = self.target.req_to_token_pool
+        ids: list[int] = []
+        slots: list[torch.Tensor] = []
+        for r, f, i in zip(reqs, feats, idx):
+            ids.extend(r.all_ids()[f.start + 1 : batch.prefix_lens[i] + 1])
+            slots.append(table.read(int(r.req_pool_idx), f.end)[f.start :])  # type: ignore[arg-type]
+        lens = [f.count for f in feats]
+        sb = ScheduleBatch(ForwardMode.EXTEND, reqs, [f.start for f in feats], lens, torch.cat(slots))
+        hidden = self._run(sb, torch.tensor(ids, dtype=torch.int64), torch.cat([f.joined() for f in feats]))
+        last = torch.tensor(lens, dtype=torch.int64).cumsum(0) - 1
+        hidden = hidden.index_select(0, last.to(device))
+        tokens = self._pick(hidden)
+        for i, t in zip(idx, tokens.tolist()):
+            drafts[i].append(int(t))
+        # (2) the chain: (predicted feature, d_j) at position last + j - 1 drafts d_(j+1), at verify's slots
+        live = list(range(len(idx)))
+        for j in range(1, max(budgets)):
+            keep = [m for m in live if budgets[idx[m]] > j]
+            if not keep:
+                break
+            if len(keep) != len(live):
+                sel = torch.tensor([live.index(m) for m in keep], dtype=torch.int64, device=device)
+                hidden, tokens = hidden.index_select(0, sel), tokens.index_select(0, sel)
+            live = keep
+            sb = ScheduleBatch(ForwardMode.DECODE, [reqs[m] for m in live],
+                               [batch.prefix_lens[idx[m]] + j - 1 for m in live], [1] * len(live),
+                               torch.tensor([rows[idx[m]][j - 1] for m in live], dtype=torch.int64))
+            hidden = self._run(sb, tokens, hidden)
+            tokens = self._pick(hidden)
+            for m, t in zip(live, tokens.tolist()):
+                drafts[idx[m]].append(int(t))
+        return drafts
+
+    def _run(self, sb: ScheduleBatch, ids: torch.Tensor, feats: torch.Tensor) -> torch.Tensor:
+        fb = build_forward_batch(sb, self.draft, ids.to(self.draft.device))
+        fb.extras[TARGET_HIDDEN] = feats.to(self.draft.dtype)
+        return self.draft.forward(fb)
+
+    def _pick(self, hidden: torch.Tensor) -> torch.Tensor:
+        """The draft's greedy token (target ids) after each feature."""
+        return self.head.to_target_ids(self.head.compute_logits(hidden).argmax(dim=-1))
+
+    def info(self) -> dict[str, Any]:
+        return self.stats.as_info(self.algorithm)
+
+
+class Eagle3Algorithm(EagleAlgorithm):
+    """EAGLE-3 checkpoints: the draft reads three target layers (low, middle, high)."""
+
+    algorithm = "EAGLE3"
+    accepted = ("LlamaForCausalLMEagle3",)
+
+    @classmethod
+    def capture_layers(cls, draft: ModelRunner, target: ModelRunner) -> tuple[int, ...]:
+        """SGLang's choice: the residual streams entering layers 2, n // 2 and n - 3 of an n-layer target, or those
+        leaving the layers the checkpoint's ``eagle_aux_hidden_state_layer_ids`` names."""
+        n = target.model_config.num_layers
+        head = draft.model
+        assert isinstance(head, LlamaForCausalLMEagle3)
+        ids = head.aux_layers
+        layers = (2, n // 2, n - 3) if ids is None else tuple(i + 1 for i in ids)
+        if len(layers) != 3 or not all(0 <= layer <= n for layer in layers):
+            raise ValueError(f"--speculative-draft-model-path: EAGLE-3 reads three layers of the target's {n}, "
+                             f"got {list(layers)} (set eagle_config.eagle_aux_hidden_state_layer_ids in its config)")
+        return layers
