@@ -58,6 +58,9 @@ class ServerArgs:
                         aliases=("--tp", "--tensor-parallel-size"))
     dp_size: int = _opt(1, "data-parallel replicas (each of --tp-size ranks) behind one dispatcher",
                         aliases=("--dp", "--data-parallel-size"))
+    ep_size: int = _opt(1, "expert-parallel ranks, 1 or --tp-size: each rank holds 1/ep of every MoE layer's experts "
+                           "whole and tokens reach them by all-to-all (default: every expert split over the TP ranks)",
+                        aliases=("--ep", "--expert-parallel-size"))
     load_balance_method: str = _opt(
         "round_robin", "how the dispatcher picks a data-parallel replica; cache_aware: where the prompt's prefix is "
         "cached, unless the replicas' loads differ too much", LOAD_BALANCE_METHODS)

@@ -54,7 +54,6 @@ def _yes(name: str, type_: type, default: Any, why: str) -> SGLangFlag:
 _QUANT = 14
 _LORA = 15
 _OPENAI = 19
-_MOE = 20
 _SPEC = 22
 
 _FLAGS = [
@@ -68,7 +67,6 @@ _FLAGS = [
     _yes("disable_custom_all_reduce", bool, False, "sgl has no custom all-reduce"),
     # parallelism ----------------------------------------------------------------------------------------------
     _no("pp_size", int, 1, "pipeline parallelism is not supported yet", None, "--pp", "--pipeline-parallel-size"),
-    _no("ep_size", int, 1, "expert parallelism is not supported yet", _MOE, "--ep", "--expert-parallel-size"),
     _no("enable_dp_attention", bool, False, "data-parallel attention is not supported yet"),
     _no("enable_two_batch_overlap", bool, False, "two-batch overlap is not supported yet"),
     # quantization, LoRA, speculative decoding ------------------------------------------------------------------

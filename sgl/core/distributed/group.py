@@ -40,7 +40,8 @@ def join_group(args: ServerArgs, place: RankPlace, platform: Platform) -> Parall
     # NOTE: the scheduler's messages go over a gloo group of the same ranks, as SGLang's do: pickled objects stay
     # on the host instead of costing device copies and syncs every iteration
     control = None if backend == "gloo" else TorchCommunicator(dist.new_group(backend="gloo"))
-    return ParallelState(place.tp_rank, place.tp_size, platform.communicator(None), place.device_index, control)
+    return ParallelState(place.tp_rank, place.tp_size, platform.communicator(None), place.device_index, control,
+                         ep_size=args.ep_size)
 
 
 def leave_group() -> None:

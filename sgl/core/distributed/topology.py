@@ -32,6 +32,8 @@ def check_parallel_args(args: ServerArgs) -> None:
     """The parallelism flags' limits, checked once when ServerArgs is built."""
     _check(args.tp_size >= 1, "tp_size", "must be >= 1")
     _check(args.dp_size >= 1, "dp_size", "must be >= 1")
+    _check(args.ep_size in (1, args.tp_size), "ep_size", f"must be 1 or tp_size ({args.tp_size}): expert parallel "
+           "rides the tensor-parallel group")
     _check(args.nnodes >= 1, "nnodes", "must be >= 1")
     _check(0 <= args.node_rank < args.nnodes, "node_rank", f"must be in [0, nnodes={args.nnodes})")
     _check(args.tp_size % args.nnodes == 0, "tp_size", f"({args.tp_size}) must be a multiple of nnodes "

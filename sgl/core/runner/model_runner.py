@@ -16,6 +16,7 @@ from sgl.core.memory.req_to_token import ReqToTokenPool
 from sgl.core.model.config import ModelConfig
 from sgl.core.model.context import ModelContext
 from sgl.core.model.loader import load_model
+from sgl.core.model.moe import FusedMoE
 from sgl.core.platform import Platform
 from sgl.core.plugins import Plugins, get_plugins
 from sgl.core.quant.base import select_quantization
@@ -85,6 +86,8 @@ class ModelRunner:
         cfg = self.model_config
         self.context_len = args.context_length or cfg.max_position_embeddings
         self.vocab_size = cfg.vocab_size
+        if parallel.ep_size > 1 and not any(isinstance(m, FusedMoE) for m in self.model.modules()):
+            raise ValueError(f"--ep-size {parallel.ep_size}: {self.model_config.architecture} has no experts to spread")
         weight_bytes = sum(p.numel() * p.element_size() for p in self.model.parameters())
         kv_heads = max(1, cfg.num_kv_heads // parallel.tp_size)
         layout = model_kv_layout(self.model, kv_heads, cfg.head_dim)
@@ -113,6 +116,10 @@ class ModelRunner:
         if parallel.tp_size > 1:
             self.sampler = RankZeroTokens(self.sampler, parallel)
         self.graph_runner = None if args.disable_cuda_graph else platform.graph_runner(self)
+        if self.graph_runner is not None and parallel.ep_size > 1:
+            # NOTE: expert-parallel dispatch sizes depend on the routing, read on the host each forward
+            logger.info("decode graphs are off: expert-parallel dispatch sizes change with every batch")
+            self.graph_runner = None
         logger.info(
             "model %s on %s (%s, KV cache %s, %s attention, graphs %s)",
             cfg.architecture, platform.name, str(self.dtype).replace("torch.", ""),
