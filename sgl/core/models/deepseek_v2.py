@@ -7,7 +7,7 @@ groups by their best expert); V3 scores by sigmoid, ranks groups by their best t
 and renormalise when ``norm_topk_prob`` says so. Rope is DeepSeek's interleaved-pair layout over the rope dims only.
 
 NOTE: V3's multi-token-prediction layers (``model.layers.{num_hidden_layers}+``) are skipped when loading: they only
-serve speculative decoding (NEXTN), which is not supported yet.
+serve speculative decoding (``--speculative-algorithm NEXTN``, which loads the first as its draft head).
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from sgl.core.model.context import ModelContext
 from sgl.core.model.embedding import VocabParallelEmbedding
 from sgl.core.model.layernorm import RMSNorm
 from sgl.core.model.moe import HF_EXPERT_PARAMS
-from sgl.core.model.rotary import get_rope
+from sgl.core.model.rotary import RotaryEmbedding, get_rope
 from sgl.core.models.deepseek_mla import DeepseekMLA
 from sgl.core.models.llama import LlamaDecoderLayer, LlamaForCausalLM, LlamaMLP, LlamaModel
 from sgl.core.models.moe_block import SparseMoeBlock, load_moe_weights
@@ -57,27 +57,36 @@ def deepseek_v3_routing(config: ModelConfig) -> tuple[RoutingConfig, bool]:
     return routing, config.get("topk_method", "noaux_tc") == "noaux_tc"
 
 
+def deepseek_rope(config: ModelConfig, ctx: ModelContext) -> RotaryEmbedding:
+    """DeepSeek's rope over the qk_rope_head_dim features (interleaved pairs unless rope_interleave is false)."""
+    rope_dim = int(config.qk_rope_head_dim)
+    # NOTE: transformers may rotate in halves (rope_interleave false); the cache holds the rotated key either way.
+    interleave = bool(config.get("rope_interleave", True))
+    return get_rope(rope_dim, rope_dim, config.max_position_embeddings, config.rope_theta, config.rope_scaling,
+                    is_neox=not interleave, ctx=ctx)
+
+
+def deepseek_mlp(config: ModelConfig, ctx: ModelContext, layer_id: int, routing_of: object) -> nn.Module:
+    """Layer ``layer_id``'s MLP: dense for the first_k_dense_replace layers (and off moe_layer_freq), else routed
+    experts plus the shared ones."""
+    dense = layer_id < int(config.get("first_k_dense_replace", 0))
+    if not config.get("n_routed_experts") or dense or layer_id % int(config.get("moe_layer_freq", 1)):
+        return LlamaMLP(config, ctx)
+    routing, bias = routing_of(config)  # type: ignore[operator]
+    shared = int(config.moe_intermediate_size) * int(config.get("n_shared_experts") or 0)
+    return SparseMoeBlock(config, ctx, routing, int(config.moe_intermediate_size), shared, bias, True)
+
+
 class DeepseekV2Model(LlamaModel):
     """Llama's stack and forward, with DeepSeek's rope (interleaved pairs over qk_rope_head_dim) and MoE layers."""
 
     def __init__(self, config: ModelConfig, ctx: ModelContext, routing_of: object) -> None:
         nn.Module.__init__(self)
         self.embed_tokens = VocabParallelEmbedding(config.vocab_size, config.hidden_size, ctx)
-        rope_dim = int(config.qk_rope_head_dim)
-        # NOTE: transformers may rotate in halves (rope_interleave false); the cache holds the rotated key either way.
-        interleave = bool(config.get("rope_interleave", True))
-        rotary_emb = get_rope(
-            rope_dim, rope_dim, config.max_position_embeddings, config.rope_theta, config.rope_scaling,
-            is_neox=not interleave, ctx=ctx,
-        )
+        rotary_emb = deepseek_rope(config, ctx)
 
         def mlp(config: ModelConfig, ctx: ModelContext, layer_id: int) -> nn.Module:
-            dense = layer_id < int(config.get("first_k_dense_replace", 0))
-            if not config.get("n_routed_experts") or dense or layer_id % int(config.get("moe_layer_freq", 1)):
-                return LlamaMLP(config, ctx)
-            routing, bias = routing_of(config)  # type: ignore[operator]
-            shared = int(config.moe_intermediate_size) * int(config.get("n_shared_experts") or 0)
-            return SparseMoeBlock(config, ctx, routing, int(config.moe_intermediate_size), shared, bias, True)
+            return deepseek_mlp(config, ctx, layer_id, routing_of)
 
         self.layers = nn.ModuleList(
             LlamaDecoderLayer(config, ctx, i, rotary_emb, DeepseekMLA, mlp) for i in range(config.num_layers)

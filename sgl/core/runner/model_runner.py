@@ -91,19 +91,19 @@ class ModelRunner:
         weight_bytes = sum(p.numel() * p.element_size() for p in self.model.parameters())
         kv_heads = max(1, cfg.num_kv_heads // parallel.tp_size)
         layout = model_kv_layout(self.model, kv_heads, cfg.head_dim)
+        # NOTE: a model may cache other than its config's layers (a draft head read from its target's checkpoint)
+        kv_layers = int(getattr(self.model, "kv_cache_layers", cfg.num_layers))
         self.plan = plan_memory(
-            args, platform, num_layers=cfg.num_layers, num_kv_heads=layout.num_kv_heads, head_dim=layout.head_dim,
+            args, platform, num_layers=kv_layers, num_kv_heads=layout.num_kv_heads, head_dim=layout.head_dim,
             kv_dtype=self.kv_dtype, context_len=self.context_len, weight_bytes=weight_bytes,
-            bytes_per_token=layout.bytes_per_token(cfg.num_layers, self.kv_dtype),
+            bytes_per_token=layout.bytes_per_token(kv_layers, self.kv_dtype),
         )
         # NOTE: every rank runs the same schedule, so every rank's pools must be the same size: the smallest wins
         sizes = [self.plan.max_total_tokens, self.plan.max_running_requests]
         if parallel.tp_size > 1:
             sizes = parallel.control_comm.min_ints(sizes)
         self.max_total_tokens, self.max_running_requests = sizes
-        self.kv_pool = layout.make_pool(
-            self.max_total_tokens, args.page_size, cfg.num_layers, self.kv_dtype, self.device
-        )
+        self.kv_pool = layout.make_pool(self.max_total_tokens, args.page_size, kv_layers, self.kv_dtype, self.device)
         # NOTE: one spare row so padded graph batches can point at a request slot no real request owns.
         self.req_to_token_pool = ReqToTokenPool(
             self.max_running_requests + 1, self.context_len + 8, self.device, bool(platform.capabilities.pinned_memory)

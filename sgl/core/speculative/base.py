@@ -28,7 +28,7 @@ if TYPE_CHECKING:
 
 FLAG = "--speculative-algorithm"
 
-NOT_YET_SUPPORTED: tuple[str, ...] = ("NEXTN",)
+NOT_YET_SUPPORTED: tuple[str, ...] = ()
 """SGLang's algorithm names, which no in-tree plugin implements yet: refused at startup with one line."""
 
 

@@ -255,3 +255,17 @@ class Eagle3Algorithm(EagleAlgorithm):
             raise ValueError(f"--speculative-draft-model-path: EAGLE-3 reads three layers of the target's {n}, "
                              f"got {list(layers)} (set eagle_config.eagle_aux_hidden_state_layer_ids in its config)")
         return layers
+
+
+class NextNAlgorithm(EagleAlgorithm):
+    """DeepSeek-V3's multi-token-prediction layer, read from the target's own checkpoint, drafts as an EAGLE head
+    (SGLang's NEXTN). ``--speculative-draft-model-path`` defaults to the target's path."""
+
+    algorithm = "NEXTN"
+    accepted = ("DeepseekV3ForCausalLMNextN", "DeepseekV3ForCausalLM")
+
+    @classmethod
+    def create(cls, server_args: ServerArgs, runner: ModelRunner) -> EagleAlgorithm:
+        if server_args.speculative_draft_model_path is None:
+            server_args = dataclasses.replace(server_args, speculative_draft_model_path=runner.model_config.path)
+        return super().create(server_args, runner)

@@ -12,13 +12,15 @@ def sgl_speculative_algorithms() -> dict[str, str]:
         "STANDALONE": "sgl.plugins.speculative.standalone:StandaloneAlgorithm",
         "EAGLE": "sgl.plugins.speculative.eagle:EagleAlgorithm",
         "EAGLE3": "sgl.plugins.speculative.eagle:Eagle3Algorithm",
+        "NEXTN": "sgl.plugins.speculative.eagle:NextNAlgorithm",
     }
 
 
 @hookimpl
 def sgl_models() -> dict[str, str]:
-    """The EAGLE draft heads' architectures (only ever loaded as a draft: they read a target's hidden states)."""
+    """The EAGLE draft heads' architectures (and DeepSeek-V3's MTP layer as one) (only ever loaded as a draft: they read a target's hidden states)."""
     return {
         "LlamaForCausalLMEagle": "sgl.plugins.speculative.eagle_models:LlamaForCausalLMEagle",
         "LlamaForCausalLMEagle3": "sgl.plugins.speculative.eagle_models:LlamaForCausalLMEagle3",
+        "DeepseekV3ForCausalLMNextN": "sgl.plugins.speculative.nextn_models:DeepseekV3ForCausalLMNextN",
     }
