@@ -202,7 +202,7 @@ def test_an_sglang_launch_script_reaches_the_server_with_its_values(
     ("argv", "line"),
     [
         (["--pp", "2"], "error: --pp-size 2: pipeline parallelism is not supported yet"),
-        (["--ep-size", "4"], "error: --ep-size 4: expert parallelism is not supported yet (issue 20)"),
+        (["--ep-size", "4"], "error: ep_size must be 1 or tp_size (1): expert parallel rides the tensor-parallel group"),
         (["--tp", "3", "--nnodes", "2", "--dist-init-addr", "127.0.0.1:5000"],
          "error: tp_size (3) must be a multiple of nnodes (2): every node runs the same number of ranks"),
         (["--lora-eviction-policy", "fifo"],
@@ -215,7 +215,7 @@ def test_an_sglang_launch_script_reaches_the_server_with_its_values(
         (["stray"], "error: unexpected argument(s): stray"),
         (["--dtype", "fp64"], "error: dtype must be one of auto, float32, bfloat16, float16, half, float; got 'fp64'"),
     ],
-    ids=["pp", "ep", "tp-over-nodes", "lora-eviction", "speculative", "torch-compile", "stream-interval", "stray", "bad-choice"],
+    ids=["pp", "ep-over-tp", "tp-over-nodes", "lora-eviction", "speculative", "torch-compile", "stream-interval", "stray", "bad-choice"],
 )
 def test_a_refused_flag_stops_serve_with_one_line(
     argv: list[str], line: str, monkeypatch: pytest.MonkeyPatch

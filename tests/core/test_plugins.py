@@ -499,8 +499,8 @@ def test_unknown_feature_name_lists_the_known_ones() -> None:
     found = _features_plugins()
     with pytest.raises(ValueError) as info:
         select_features(ServerArgs(speculative_algorithm="ecko"), found)
-    # NOTE: the reserved names no plugin implements yet, and every registered one (in-tree NGRAM, ... included)
-    known = sorted(set(found.speculative_algorithms.names()) | {"NEXTN"})
+    # NOTE: every registered name (in-tree NGRAM, ... included); no speculative name is reserved any more
+    known = sorted(found.speculative_algorithms.names())
     assert {"echo", "not_one"} <= set(known)
     assert str(info.value) == f"--speculative-algorithm: unknown speculative algorithm 'ecko'; known: {', '.join(known)}"
 
@@ -508,12 +508,10 @@ def test_unknown_feature_name_lists_the_known_ones() -> None:
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (ServerArgs(speculative_algorithm="NEXTN"),
-         "--speculative-algorithm NEXTN is not supported yet: no installed plugin provides this speculative algorithm"),
         (ServerArgs(lora_backend="csgmv"),
          "--lora-backend csgmv is not supported yet: no installed plugin provides this LoRA backend"),
     ],
-    ids=["speculative", "lora"],
+    ids=["lora"],
 )
 def test_built_in_names_without_an_implementation_are_refused_with_one_line(args: ServerArgs, message: str) -> None:
     with pytest.raises(ValueError) as info:
