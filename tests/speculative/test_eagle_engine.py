@@ -189,3 +189,24 @@ def test_an_eagle3_head_asking_for_layers_the_target_lacks_is_refused(demo_model
     path = write_eagle3_draft(tmp_path / "deep", demo_model_dir, aux_layer_ids=(0, 1, 9))
     with pytest.raises(ValueError, match=r"EAGLE-3 reads three layers of the target's 4, got \[1, 2, 10\]"):
         make_engine(demo_model_dir, speculative_algorithm="EAGLE3", speculative_draft_model_path=str(path)).shutdown()
+
+
+def test_seeded_sampling_gives_the_tokens_of_plain_decoding(tmp_path: Path) -> None:
+    """At temperature > 0 a seeded request draws each token with the seed of its output index, drafts or not."""
+    target, mirror = write_mirroring_pair(tmp_path)
+    params = [{"temperature": 0.9, "top_p": 0.95, "max_new_tokens": 20, "seed": 5 + i, "ignore_eos": True}
+              for i in range(len(PROMPTS))]
+    plain = make_engine(target)
+    try:
+        want = [o["output_ids"] for o in plain.generate(PROMPTS, params)]
+    finally:
+        plain.shutdown()
+    engine = make_engine(target, speculative_algorithm="EAGLE", speculative_draft_model_path=str(mirror),
+                         speculative_num_steps=3)
+    try:
+        got = [o["output_ids"] for o in engine.generate(PROMPTS, params)]
+        info = settled_info(engine)
+    finally:
+        engine.shutdown()
+    assert got == want
+    assert info["spec_accepted_tokens"] > 0 and info["request_owned_tokens"] == 0
