@@ -223,7 +223,7 @@ class EagleAlgorithm(SpeculativeAlgorithm):
         self.stats.record(verified.result)
         return verified.result
 
-    def _catch_up(self, batch: ScheduleBatch, idx: list[int], reqs: list[Req]) -> torch.Tensor:
+    def catch_up(self, batch: ScheduleBatch, idx: list[int], reqs: list[Req]) -> torch.Tensor:
         """The waiting rows of each drafting request: (feature at p, token at p + 1) for p in start .. last - 1, at
         the target's slots. Returns each request's last row's output, the feature d1 is drafted from [m, hidden]."""
         feats: list[TargetFeatures] = [r.features.pop(self.name) for r in reqs]
@@ -235,7 +235,7 @@ class EagleAlgorithm(SpeculativeAlgorithm):
             slots.append(table.read(int(r.req_pool_idx), f.end)[f.start :])  # type: ignore[arg-type]
         lens = [f.count for f in feats]
         sb = ScheduleBatch(ForwardMode.EXTEND, reqs, [f.start for f in feats], lens, torch.cat(slots))
-        hidden = self._run(sb, torch.tensor(ids, dtype=torch.int64), torch.cat([f.joined() for f in feats]))
+        hidden = self.run_draft(sb, torch.tensor(ids, dtype=torch.int64), torch.cat([f.joined() for f in feats]))
         last = torch.tensor(lens, dtype=torch.int64).cumsum(0) - 1
         return hidden.index_select(0, last.to(self.draft.device))
 
@@ -245,7 +245,7 @@ class EagleAlgorithm(SpeculativeAlgorithm):
         idx = [i for i, k in enumerate(budgets) if k]
         reqs = [batch.reqs[i] for i in idx]
         device = self.draft.device
-        hidden = self._catch_up(batch, idx, reqs)
+        hidden = self.catch_up(batch, idx, reqs)
         tokens = self._pick(hidden)
         for i, t in zip(idx, tokens.tolist()):
             drafts[i].append(int(t))
@@ -262,13 +262,13 @@ class EagleAlgorithm(SpeculativeAlgorithm):
             sb = ScheduleBatch(ForwardMode.DECODE, [reqs[m] for m in live],
                                [batch.prefix_lens[idx[m]] + j - 1 for m in live], [1] * len(live),
                                torch.tensor([rows[idx[m]][j - 1] for m in live], dtype=torch.int64))
-            hidden = self._run(sb, tokens, hidden)
+            hidden = self.run_draft(sb, tokens, hidden)
             tokens = self._pick(hidden)
             for m, t in zip(live, tokens.tolist()):
                 drafts[idx[m]].append(int(t))
         return drafts
 
-    def _run(self, sb: ScheduleBatch, ids: torch.Tensor, feats: torch.Tensor) -> torch.Tensor:
+    def run_draft(self, sb: ScheduleBatch, ids: torch.Tensor, feats: torch.Tensor) -> torch.Tensor:
         if isinstance(sb, TreeBatch):
             fb = sb.forward_batch(self.draft, ids.to(self.draft.device))
         else:

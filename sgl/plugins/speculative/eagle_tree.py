@@ -18,6 +18,7 @@ from sgl.core.speculative.tree import DraftTree, TreeBatch
 
 if TYPE_CHECKING:
     from sgl.core.scheduler.batch import ScheduleBatch
+    from sgl.core.scheduler.req import Req
     from sgl.core.scheduler.state import SchedulerState
     from sgl.plugins.speculative.eagle import EagleAlgorithm
 
@@ -85,10 +86,10 @@ def draft_trees(
 
 def _grow(
     alg: EagleAlgorithm, batch: ScheduleBatch, state: SchedulerState, budgets: list[int], topk: int, max_nodes: int,
-    idx: list[int], reqs: list, need: list[int], scratch: list[int],
+    idx: list[int], reqs: list[Req], need: list[int], scratch: list[int],
 ) -> list[DraftTree]:
     device = alg.draft.device
-    root = alg._catch_up(batch, idx, reqs)  # [m, hidden]: the feature each request's depth-1 nodes read
+    root = alg.catch_up(batch, idx, reqs)  # [m, hidden]: the feature each request's depth-1 nodes read
     grown = [_Growing() for _ in idx]
     values, tokens = _top(alg, root, topk)
     for g, vs, ts in zip(grown, values, tokens):
@@ -114,13 +115,13 @@ def _grow(
         tb = TreeBatch(ForwardMode.EXTEND, [reqs[m] for m in live], [batch.prefix_lens[idx[m]] for m in live], ids,
                        positions, masks, torch.tensor(slots, dtype=torch.int64))
         flat_ids = torch.tensor([t for x in ids for t in x], dtype=torch.int64, device=device)
-        hidden = alg._run(tb, flat_ids, torch.cat(feats))
+        hidden = alg.run_draft(tb, flat_ids, torch.cat(feats))
         offset = 0
         for m, x in zip(live, ids):
-            outputs[m] = hidden[offset : offset + len(x)]
+            mine_out = outputs[m] = hidden[offset : offset + len(x)]
             offset += len(x)
             g = grown[m]
-            values, tokens = _top(alg, outputs[m].index_select(0, torch.tensor(g.frontier, device=device)), topk)
+            values, tokens = _top(alg, mine_out.index_select(0, torch.tensor(g.frontier, device=device)), topk)
             cands = [(g.scores[f] + v, t, f) for f, vs, ts in zip(g.frontier, values, tokens) for v, t in zip(vs, ts)]
             cands.sort(key=lambda c: -c[0])
             g.frontier = [g.add(t, f, score) for score, t, f in cands[:topk]]
