@@ -110,8 +110,10 @@ def test_an_eagle1_checkpoint_naming_the_llama_architecture_loads_as_the_eagle_h
          r"--speculative-num-draft-tokens 8: a tree of 3 steps of top-2 verifies 2 to 7 tokens"),
         ({"speculative_algorithm": "EAGLE3", "speculative_draft_model_path": "TARGET"},
          "is a LlamaForCausalLM checkpoint; --speculative-algorithm EAGLE3 reads LlamaForCausalLMEagle3"),
+        ({"speculative_algorithm": "EAGLE", "speculative_draft_model_path": "EAGLE", "speculative_eagle_topk": 0},
+         r"--speculative-eagle-topk must be at least 1 \(got 0\)"),
     ],
-    ids=["no-draft", "eagle3-under-eagle", "tree-paged", "tree-too-many-nodes", "target-as-draft"],
+    ids=["no-draft", "eagle3-under-eagle", "tree-paged", "tree-too-many-nodes", "target-as-draft", "topk-0"],
 )
 def test_eagle_flags_that_cannot_be_honoured_are_refused_with_one_line(
     demo_model_dir: Path, drafts: dict[str, Path], kwargs: dict[str, object], message: str

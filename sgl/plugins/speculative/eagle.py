@@ -1,8 +1,8 @@
-"""EAGLE and EAGLE3: a one-layer draft head reads the target's hidden states and drafts a chain of tokens.
+"""EAGLE and EAGLE3: a one-layer draft head reads the target's hidden states and drafts a chain (or a tree) of tokens.
 
 Flags (SGLang's): ``--speculative-draft-model-path`` (an EAGLE-1/2 or EAGLE-3 checkpoint), ``--speculative-num-steps``
-(draft tokens per step, default 3), ``--speculative-eagle-topk 1`` and ``--speculative-num-draft-tokens`` = steps + 1
-(a chain; trees are refused).
+(draft depth per step, default 3), ``--speculative-eagle-topk`` (1: a chain, ``--speculative-num-draft-tokens`` =
+steps + 1; K > 1: EAGLE-2's dynamic tree of ``--speculative-num-draft-tokens`` - 1 nodes, ``eagle_tree.py``).
 
 How a request's draft is kept (SGLang's layout): the draft head's row at position p pairs the target's feature at p
 (its final hidden state; EAGLE-3: three layers' residual streams) with the token at p + 1, and predicts the feature
@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from sgl.core.model.config import ModelConfig
 from sgl.core.runner.forward_batch import ForwardMode
 from sgl.core.runner.input_prep import build_forward_batch
 from sgl.core.runner.model_runner import ModelRunner
@@ -37,7 +38,6 @@ from sgl.core.scheduler.batch import ScheduleBatch
 from sgl.core.speculative.base import SpeculativeAlgorithm
 from sgl.core.speculative.tree import TreeBatch, run_verify_tree
 from sgl.core.speculative.verify import alloc_verify_slots, draft_budget, may_draft, run_verify
-from sgl.core.model.config import ModelConfig
 from sgl.plugins.speculative.common import AcceptanceStats
 from sgl.plugins.speculative.eagle_models import TARGET_HIDDEN, EagleDraftHead, LlamaForCausalLMEagle3
 from sgl.plugins.speculative.eagle_tree import draft_trees
@@ -126,8 +126,15 @@ class EagleAlgorithm(SpeculativeAlgorithm):
         path = server_args.speculative_draft_model_path
         if not path:
             raise ValueError(f"--speculative-algorithm {cls.algorithm} needs --speculative-draft-model-path")
+        for flag in ("speculative_eagle_topk", "speculative_num_steps"):
+            value = getattr(server_args, flag)
+            if value is not None and value < 1:
+                raise ValueError(f"--{flag.replace('_', '-')} must be at least 1 (got {value})")
         topk = server_args.speculative_eagle_topk or 1
-        steps, max_nodes = tree_shape(server_args, runner) if topk > 1 else (chain_steps(server_args, DEFAULT_NUM_STEPS), 0)
+        if topk > 1:
+            steps, max_nodes = tree_shape(server_args, runner)
+        else:
+            steps, max_nodes = chain_steps(server_args, DEFAULT_NUM_STEPS), 0
         local = draft_dir(server_args, path)
         arch = ModelConfig.from_dir(local).architecture
         if arch not in cls.accepted:
