@@ -153,7 +153,10 @@ def test_a_head_that_mirrors_the_target_has_most_drafts_accepted_and_a_random_on
     assert rates["random"]["spec_accept_rate"] <= 0.1, rates
 
 
-def test_a_pool_too_small_for_every_draft_retracts_and_keeps_the_tokens(demo_model_dir: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("topk,draft_tokens", [(1, 4), (2, 6)], ids=["chain", "tree"])
+def test_a_pool_too_small_for_every_draft_retracts_and_keeps_the_tokens(
+    tmp_path: Path, topk: int, draft_tokens: int
+) -> None:
     """A pool that runs out retracts a request (its draft rows restart after recomputation) and every slot comes
     back, the draft KV's included (it lives at the target's slots).
 
@@ -167,7 +170,8 @@ def test_a_pool_too_small_for_every_draft_retracts_and_keeps_the_tokens(demo_mod
     finally:
         plain.shutdown()
     engine = make_engine(target, speculative_algorithm="EAGLE", speculative_draft_model_path=str(mirror),
-                         speculative_num_steps=3, **small)
+                         speculative_num_steps=3, speculative_eagle_topk=topk,
+                         speculative_num_draft_tokens=draft_tokens, **small)
     try:
         assert greedy_ids(engine, PROMPTS, params) == want
         info = settled_info(engine)

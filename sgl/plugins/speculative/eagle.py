@@ -221,7 +221,11 @@ class EagleAlgorithm(SpeculativeAlgorithm):
             return None
         rows = alloc_verify_slots(batch, state, [len(t) for t in trees])
         if rows is None:
-            return None  # NOTE: the features went into the draft; the plain decode's restart the rows
+            # NOTE: the scratch slots took the decode slots' column in the request table: put them back. The
+            # features went into the draft; the plain decode's restart the rows.
+            for r, p, slot in zip(batch.reqs, batch.prefix_lens, batch.out_cache_loc.tolist()):
+                state.req_pool.write(int(r.req_pool_idx), p, torch.tensor([int(slot)], dtype=torch.int64))  # type: ignore[arg-type]
+            return None
         verified = run_verify_tree(batch, state, executor, trees, rows, self.capture)
         feats = self._features(verified.forward_batch, verified.hidden)
         for r, p, accepted in zip(batch.reqs, batch.prefix_lens, verified.accepted_rows):
