@@ -111,7 +111,7 @@ class ServerArgs:
     )
     speculative_draft_model_revision: str | None = _opt(None, "Hub branch, tag or commit of a Hub id draft model")
     speculative_num_steps: int | None = _opt(None, "draft forwards (draft tokens) per step; default: the algorithm's")
-    speculative_eagle_topk: int | None = _opt(None, "branches per draft step; only 1 (a chain) is supported yet")
+    speculative_eagle_topk: int | None = _opt(None, "branches per draft step: 1 a chain; > 1 an EAGLE-2 tree (EAGLE, EAGLE3)")
     speculative_num_draft_tokens: int | None = _opt(
         None, "tokens verified per request per speculative step, its last token included (so N - 1 drafts); "
         "default: the algorithm's"

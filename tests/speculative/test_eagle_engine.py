@@ -102,12 +102,18 @@ def test_an_eagle1_checkpoint_naming_the_llama_architecture_loads_as_the_eagle_h
         ({"speculative_algorithm": "EAGLE", "speculative_draft_model_path": "EAGLE3"},
          "is a LlamaForCausalLMEagle3 checkpoint; --speculative-algorithm EAGLE reads LlamaForCausalLMEagle or "
          "LlamaForCausalLM"),
-        ({"speculative_algorithm": "EAGLE3", "speculative_draft_model_path": "EAGLE3", "speculative_eagle_topk": 4},
-         "--speculative-eagle-topk 4: tree drafts are not supported yet"),
+        ({"speculative_algorithm": "EAGLE3", "speculative_draft_model_path": "EAGLE3", "speculative_eagle_topk": 4,
+          "page_size": 4}, "--speculative-eagle-topk 4: tree drafts need --attention-backend torch_native and "
+         "--page-size 1"),
+        ({"speculative_algorithm": "EAGLE", "speculative_draft_model_path": "EAGLE", "speculative_eagle_topk": 2,
+          "speculative_num_steps": 3, "speculative_num_draft_tokens": 8},
+         r"--speculative-num-draft-tokens 8: a tree of 3 steps of top-2 verifies 2 to 7 tokens"),
         ({"speculative_algorithm": "EAGLE3", "speculative_draft_model_path": "TARGET"},
          "is a LlamaForCausalLM checkpoint; --speculative-algorithm EAGLE3 reads LlamaForCausalLMEagle3"),
+        ({"speculative_algorithm": "EAGLE", "speculative_draft_model_path": "EAGLE", "speculative_eagle_topk": 0},
+         r"--speculative-eagle-topk must be at least 1 \(got 0\)"),
     ],
-    ids=["no-draft", "eagle3-under-eagle", "topk", "target-as-draft"],
+    ids=["no-draft", "eagle3-under-eagle", "tree-paged", "tree-too-many-nodes", "target-as-draft", "topk-0"],
 )
 def test_eagle_flags_that_cannot_be_honoured_are_refused_with_one_line(
     demo_model_dir: Path, drafts: dict[str, Path], kwargs: dict[str, object], message: str
@@ -148,7 +154,10 @@ def test_a_head_that_mirrors_the_target_has_most_drafts_accepted_and_a_random_on
     assert rates["random"]["spec_accept_rate"] <= 0.1, rates
 
 
-def test_a_pool_too_small_for_every_draft_retracts_and_keeps_the_tokens(demo_model_dir: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("topk,draft_tokens", [(1, 4), (2, 6)], ids=["chain", "tree"])
+def test_a_pool_too_small_for_every_draft_retracts_and_keeps_the_tokens(
+    tmp_path: Path, topk: int, draft_tokens: int
+) -> None:
     """A pool that runs out retracts a request (its draft rows restart after recomputation) and every slot comes
     back, the draft KV's included (it lives at the target's slots).
 
@@ -162,7 +171,8 @@ def test_a_pool_too_small_for_every_draft_retracts_and_keeps_the_tokens(demo_mod
     finally:
         plain.shutdown()
     engine = make_engine(target, speculative_algorithm="EAGLE", speculative_draft_model_path=str(mirror),
-                         speculative_num_steps=3, **small)
+                         speculative_num_steps=3, speculative_eagle_topk=topk,
+                         speculative_num_draft_tokens=draft_tokens, **small)
     try:
         assert greedy_ids(engine, PROMPTS, params) == want
         info = settled_info(engine)
@@ -191,3 +201,67 @@ def test_an_eagle3_head_asking_for_layers_the_target_lacks_is_refused(demo_model
     path = write_eagle3_draft(tmp_path / "deep", demo_model_dir, aux_layer_ids=(0, 1, 9))
     with pytest.raises(ValueError, match=r"EAGLE-3 reads three layers of the target's 4, got \[1, 2, 10\]"):
         make_engine(demo_model_dir, speculative_algorithm="EAGLE3", speculative_draft_model_path=str(path)).shutdown()
+
+
+def test_seeded_sampling_gives_the_tokens_of_plain_decoding(tmp_path: Path) -> None:
+    """At temperature > 0 a seeded request draws each token with the seed of its output index, drafts or not."""
+    target, mirror = write_mirroring_pair(tmp_path)
+    params = [{"temperature": 0.9, "top_p": 0.95, "max_new_tokens": 20, "seed": 5 + i, "ignore_eos": True}
+              for i in range(len(PROMPTS))]
+    plain = make_engine(target)
+    try:
+        want = [o["output_ids"] for o in plain.generate(PROMPTS, params)]
+    finally:
+        plain.shutdown()
+    engine = make_engine(target, speculative_algorithm="EAGLE", speculative_draft_model_path=str(mirror),
+                         speculative_num_steps=3)
+    try:
+        got = [o["output_ids"] for o in engine.generate(PROMPTS, params)]
+        info = settled_info(engine)
+    finally:
+        engine.shutdown()
+    assert got == want
+    assert info["spec_accepted_tokens"] > 0 and info["request_owned_tokens"] == 0
+
+
+@pytest.mark.parametrize("algorithm", ["EAGLE", "EAGLE3"])
+def test_tree_drafts_leave_the_greedy_tokens_unchanged(
+    demo_model_dir: Path, drafts: dict[str, Path], plain_tokens: list[list[int]], algorithm: str
+) -> None:
+    engine = make_engine(demo_model_dir, speculative_algorithm=algorithm, speculative_eagle_topk=3,
+                         speculative_draft_model_path=str(drafts[algorithm]), speculative_num_steps=3,
+                         speculative_num_draft_tokens=7)
+    try:
+        assert greedy_ids(engine, PROMPTS, PARAMS) == plain_tokens
+        info = settled_info(engine)
+    finally:
+        engine.shutdown()
+    assert info["spec_drafted_tokens"] >= 6 * info["spec_verify_steps"] * 0.9 > 0, info
+    assert info["request_owned_tokens"] == 0 and info["available_tokens"] + info["evictable_tokens"] == 8192
+
+
+def test_a_tree_of_two_branches_accepts_at_least_as_much_as_the_chain_and_sampling_stays_exact(
+    tmp_path: Path,
+) -> None:
+    """The tree holds the chain's greedy path and its runners-up, so the walk gets at least as far; seeded sampling
+    walks the tree with the seeds of plain decoding."""
+    target, mirror = write_mirroring_pair(tmp_path)
+    sampled = [{"temperature": 0.9, "max_new_tokens": 20, "seed": 9 + i, "ignore_eos": True} for i in range(3)]
+    plain = make_engine(target)
+    try:
+        want = greedy_ids(plain, PROMPTS, PARAMS), [o["output_ids"] for o in plain.generate(PROMPTS[:3], sampled)]
+    finally:
+        plain.shutdown()
+    lengths = {}
+    for topk, tokens in ((1, 5), (2, 8)):
+        engine = make_engine(target, speculative_algorithm="EAGLE", speculative_draft_model_path=str(mirror),
+                             speculative_num_steps=4, speculative_eagle_topk=topk,
+                             speculative_num_draft_tokens=tokens, disable_radix_cache=True)
+        try:
+            assert greedy_ids(engine, PROMPTS, PARAMS) == want[0]
+            lengths[topk] = settled_info(engine)["avg_spec_accept_length"]
+            assert [o["output_ids"] for o in engine.generate(PROMPTS[:3], sampled)] == want[1]
+            assert settled_info(engine)["request_owned_tokens"] == 0
+        finally:
+            engine.shutdown()
+    assert lengths[2] >= lengths[1] >= 3.0, lengths

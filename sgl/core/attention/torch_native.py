@@ -26,9 +26,11 @@ class TorchNativeAttnBackend(AttentionBackend):
         fb.kv_pool.set_kv_buffer(layer.layer_id, fb.out_cache_loc, k, v)
 
     def _attend(
-        self, q: torch.Tensor, slots: torch.Tensor, prefix_len: int, layer: AttentionLayerInfo, fb: ForwardBatch
+        self, q: torch.Tensor, slots: torch.Tensor, prefix_len: int, layer: AttentionLayerInfo, fb: ForwardBatch,
+        tree: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """q [n, H, D] of the last n of len(slots) tokens -> [n, H, Dv]; token j sees keys [0, prefix_len + j]."""
+        """q [n, H, D] of the last n of len(slots) tokens -> [n, H, Dv]; token j sees keys [0, prefix_len + j], or with
+        ``tree`` ([n, n] bool) the prefix and the new tokens ``tree[j]`` allows."""
         n, s = q.shape[0], slots.shape[0]
         # NOTE: the pool may store narrower than q (an fp8 KV cache): upcast on read, attend in q's dtype.
         k = fb.kv_pool.get_key_buffer(layer.layer_id)[slots].to(q.dtype)  # [s, KVH, D]
@@ -38,7 +40,10 @@ class TorchNativeAttnBackend(AttentionBackend):
             k = k.repeat_interleave(group, dim=1)
             v = v.repeat_interleave(group, dim=1)
         mask = None
-        if n > 1:
+        if tree is not None:
+            seen = torch.ones(n, prefix_len, dtype=torch.bool, device=q.device)
+            mask = torch.cat([seen, tree.to(device=q.device, dtype=torch.bool)], dim=1)
+        elif n > 1:
             # NOTE: causal with the diagonal shifted by the cached prefix (SDPA's is_causal aligns top-left).
             rows = torch.arange(n, device=q.device).unsqueeze(1) + prefix_len
             mask = torch.arange(s, device=q.device).unsqueeze(0) <= rows
@@ -77,7 +82,8 @@ class TorchNativeAttnBackend(AttentionBackend):
             n, s = ext_lens[i], seq_lens[i]
             if n:
                 slots = req_to_token[fb.req_pool_indices[i], :s].long()
-                out[start : start + n] = self._attend(qh[start : start + n], slots, s - n, layer, fb)
+                tree = fb.tree_masks[i] if fb.tree_masks is not None else None
+                out[start : start + n] = self._attend(qh[start : start + n], slots, s - n, layer, fb, tree)
             start += n
         return out.view(-1, layer.num_heads * v_dim)
 

@@ -76,6 +76,9 @@ class ForwardBatch:
     # ([T, hidden]). Speculative drafts (EAGLE-3) read a target's middle layers this way.
     capture_hidden_layers: tuple[int, ...] = ()
     captured_hidden: dict[int, torch.Tensor] = field(default_factory=dict)
+    # NOTE: speculative tree drafts: per request, bool [n, n] over its n new tokens (True: may attend), replacing the
+    # causal order among them; every new token still sees the whole prefix. None: causal. Backends without it refuse.
+    tree_masks: list[torch.Tensor] | None = None
     extras: dict[str, Any] = field(default_factory=dict)
 
     @property

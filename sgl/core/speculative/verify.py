@@ -46,6 +46,11 @@ class VerifyBatch(ScheduleBatch):
             ids.extend(d)
         return ids
 
+    def row_contexts(self, i: int) -> list[list[int]]:
+        """Per verified row of request i, the drafted tokens generated up to and including that row's input."""
+        d = self.drafts[i]
+        return [d[:j] for j in range(1 + len(d))]
+
 
 class VerifyResult(NamedTuple):
     """Per request of the decode batch, in order: what the target emits this step and where its KV went."""
@@ -149,10 +154,10 @@ def _sample_positions(
     """The target's token (and logprobs) at every verified position, as plain decoding would sample it there."""
     reqs: list[Req] = []
     outputs: list[list[int]] = []
-    for r, d in zip(vb.reqs, vb.drafts):
-        for j in range(1 + len(d)):
+    for i, r in enumerate(vb.reqs):
+        for context in vb.row_contexts(i):
             reqs.append(r)
-            outputs.append(r.output_ids + d[:j])
+            outputs.append(r.output_ids + context)
     pinned = executor.pinned
     info = SamplingBatchInfo.build(
         [r.sampling_params for r in reqs], executor.runner.vocab_size, logits.device, output_ids=outputs,

@@ -53,12 +53,13 @@ class AscendAttnBackend(TorchNativeAttnBackend):
             _log_once(f"ascend: torch_npu has no {FUSED_OP}: attention runs as the torch reference")
 
     def _attend(
-        self, q: torch.Tensor, slots: torch.Tensor, prefix_len: int, layer: AttentionLayerInfo, fb: ForwardBatch
+        self, q: torch.Tensor, slots: torch.Tensor, prefix_len: int, layer: AttentionLayerInfo, fb: ForwardBatch,
+        tree: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        if self._op is None or q.dtype not in FUSED_DTYPES:
-            if self._op is not None:
+        if tree is not None or self._op is None or q.dtype not in FUSED_DTYPES:
+            if self._op is not None and tree is None:
                 _log_once(f"ascend: {FUSED_OP} takes fp16/bf16, q is {q.dtype}: attention runs as the torch reference")
-            return super()._attend(q, slots, prefix_len, layer, fb)
+            return super()._attend(q, slots, prefix_len, layer, fb, tree)  # NOTE: tree masks: the reference's
         n, s = q.shape[0], slots.shape[0]
         # NOTE: an fp8 pool is upcast here, as the reference does; the op reads fp16/bf16 keys.
         k = fb.kv_pool.get_key_buffer(layer.layer_id)[slots].to(q.dtype)  # [s, KVH, D]

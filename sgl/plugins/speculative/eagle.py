@@ -1,8 +1,8 @@
-"""EAGLE and EAGLE3: a one-layer draft head reads the target's hidden states and drafts a chain of tokens.
+"""EAGLE and EAGLE3: a one-layer draft head reads the target's hidden states and drafts a chain (or a tree) of tokens.
 
 Flags (SGLang's): ``--speculative-draft-model-path`` (an EAGLE-1/2 or EAGLE-3 checkpoint), ``--speculative-num-steps``
-(draft tokens per step, default 3), ``--speculative-eagle-topk 1`` and ``--speculative-num-draft-tokens`` = steps + 1
-(a chain; trees are refused).
+(draft depth per step, default 3), ``--speculative-eagle-topk`` (1: a chain, ``--speculative-num-draft-tokens`` =
+steps + 1; K > 1: EAGLE-2's dynamic tree of ``--speculative-num-draft-tokens`` - 1 nodes, ``eagle_tree.py``).
 
 How a request's draft is kept (SGLang's layout): the draft head's row at position p pairs the target's feature at p
 (its final hidden state; EAGLE-3: three layers' residual streams) with the token at p + 1, and predicts the feature
@@ -30,15 +30,17 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from sgl.core.model.config import ModelConfig
 from sgl.core.runner.forward_batch import ForwardMode
 from sgl.core.runner.input_prep import build_forward_batch
 from sgl.core.runner.model_runner import ModelRunner
 from sgl.core.scheduler.batch import ScheduleBatch
 from sgl.core.speculative.base import SpeculativeAlgorithm
+from sgl.core.speculative.tree import TreeBatch, run_verify_tree
 from sgl.core.speculative.verify import alloc_verify_slots, draft_budget, may_draft, run_verify
-from sgl.core.model.config import ModelConfig
 from sgl.plugins.speculative.common import AcceptanceStats
 from sgl.plugins.speculative.eagle_models import TARGET_HIDDEN, EagleDraftHead, LlamaForCausalLMEagle3
+from sgl.plugins.speculative.eagle_tree import draft_trees
 from sgl.plugins.speculative.standalone import chain_steps, draft_dir
 
 if TYPE_CHECKING:
@@ -87,6 +89,20 @@ def build_draft_runner(args: ServerArgs, target: ModelRunner, path: str, archite
     return runner
 
 
+def tree_shape(args: ServerArgs, target: ModelRunner) -> tuple[int, int]:
+    """(depth, nodes) of EAGLE-2's tree from --speculative-num-steps and --speculative-num-draft-tokens, or why not."""
+    topk = int(args.speculative_eagle_topk or 1)
+    steps = args.speculative_num_steps or DEFAULT_NUM_STEPS
+    tokens = args.speculative_num_draft_tokens or steps * topk + 1
+    if not 2 <= tokens <= steps * topk + 1:
+        raise ValueError(f"--speculative-num-draft-tokens {tokens}: a tree of {steps} steps of top-{topk} verifies "
+                         f"2 to {steps * topk + 1} tokens")
+    if target.attention_backend_name != "torch_native" or args.page_size != 1:
+        raise ValueError(f"--speculative-eagle-topk {topk}: tree drafts need --attention-backend torch_native and "
+                         "--page-size 1 (the tree attention mask); use --speculative-eagle-topk 1 (a chain)")
+    return steps, tokens - 1
+
+
 class EagleAlgorithm(SpeculativeAlgorithm):
     """EAGLE-1/2 checkpoints: the draft reads the target's final hidden states."""
 
@@ -94,11 +110,14 @@ class EagleAlgorithm(SpeculativeAlgorithm):
     # NOTE: EAGLE-1/2 checkpoints often name the plain Llama architecture; SGLang reads them as the EAGLE head too
     accepted: tuple[str, ...] = ("LlamaForCausalLMEagle", "LlamaForCausalLM")
 
-    def __init__(self, target: ModelRunner, draft: ModelRunner, num_steps: int, capture: tuple[int, ...]) -> None:
+    def __init__(self, target: ModelRunner, draft: ModelRunner, num_steps: int, capture: tuple[int, ...],
+                 topk: int = 1, max_nodes: int = 0) -> None:
         self.target = target
         self.draft = draft
         self.head: EagleDraftHead = draft.model
         self.num_steps = num_steps
+        self.topk = topk  # > 1: EAGLE-2's dynamic tree of at most ``max_nodes`` drafts
+        self.max_nodes = max_nodes
         self.capture = capture  # target layers whose residual streams make the features (); the final hidden state
         self.stats = AcceptanceStats()
 
@@ -107,14 +126,22 @@ class EagleAlgorithm(SpeculativeAlgorithm):
         path = server_args.speculative_draft_model_path
         if not path:
             raise ValueError(f"--speculative-algorithm {cls.algorithm} needs --speculative-draft-model-path")
-        steps = chain_steps(server_args, DEFAULT_NUM_STEPS)
+        for flag in ("speculative_eagle_topk", "speculative_num_steps"):
+            value = getattr(server_args, flag)
+            if value is not None and value < 1:
+                raise ValueError(f"--{flag.replace('_', '-')} must be at least 1 (got {value})")
+        topk = server_args.speculative_eagle_topk or 1
+        if topk > 1:
+            steps, max_nodes = tree_shape(server_args, runner)
+        else:
+            steps, max_nodes = chain_steps(server_args, DEFAULT_NUM_STEPS), 0
         local = draft_dir(server_args, path)
         arch = ModelConfig.from_dir(local).architecture
         if arch not in cls.accepted:
             raise ValueError(f"--speculative-draft-model-path {path} is a {arch} checkpoint; "
                              f"--speculative-algorithm {cls.algorithm} reads {' or '.join(cls.accepted)}")
         draft = build_draft_runner(server_args, runner, local, cls.accepted[0])
-        return cls(runner, draft, steps, cls.capture_layers(draft, runner))
+        return cls(runner, draft, steps, cls.capture_layers(draft, runner), topk, max_nodes)
 
     @classmethod
     def capture_layers(cls, draft: ModelRunner, target: ModelRunner) -> tuple[int, ...]:
@@ -158,6 +185,8 @@ class EagleAlgorithm(SpeculativeAlgorithm):
     def _budget(self, r: Req, last_pos: int, executor: StepExecutor) -> int:
         """Drafts for ``r`` this step: none unless its waiting features end right before its last token."""
         k = draft_budget(r, self.num_steps, self.target.context_len) if may_draft(r, executor) else 0
+        if self.topk > 1 and r.seq_len + self.topk * self.num_steps + 1 > self.target.context_len:
+            k = 0  # NOTE: a tree's nodes take request-table columns past the sequence, one per node
         feats: TargetFeatures | None = r.features.get(self.name)
         if k and feats is not None and feats.end == last_pos:
             return k
@@ -168,6 +197,8 @@ class EagleAlgorithm(SpeculativeAlgorithm):
         budgets = [self._budget(r, p, executor) for r, p in zip(batch.reqs, batch.prefix_lens)]
         if not any(budgets):
             return None
+        if self.topk > 1:
+            return self._tree_step(batch, state, executor, budgets)
         rows = alloc_verify_slots(batch, state, budgets)
         if rows is None:
             return None
@@ -182,14 +213,31 @@ class EagleAlgorithm(SpeculativeAlgorithm):
         self.stats.record(verified.result)
         return verified.result
 
-    @torch.inference_mode()
-    def _draft(self, batch: ScheduleBatch, budgets: list[int], rows: list[list[int]]) -> list[list[int]]:
-        drafts: list[list[int]] = [[] for _ in budgets]
-        idx = [i for i, k in enumerate(budgets) if k]
-        reqs = [batch.reqs[i] for i in idx]
+    def _tree_step(
+        self, batch: ScheduleBatch, state: SchedulerState, executor: StepExecutor, budgets: list[int]
+    ) -> VerifyResult | None:
+        trees = draft_trees(self, batch, state, budgets, self.topk, self.max_nodes)
+        if trees is None:
+            return None
+        rows = alloc_verify_slots(batch, state, [len(t) for t in trees])
+        if rows is None:
+            # NOTE: the scratch slots took the decode slots' column in the request table: put them back. The
+            # features went into the draft; the plain decode's restart the rows.
+            for r, p, slot in zip(batch.reqs, batch.prefix_lens, batch.out_cache_loc.tolist()):
+                state.req_pool.write(int(r.req_pool_idx), p, torch.tensor([int(slot)], dtype=torch.int64))  # type: ignore[arg-type]
+            return None
+        verified = run_verify_tree(batch, state, executor, trees, rows, self.capture)
+        feats = self._features(verified.forward_batch, verified.hidden)
+        for r, p, accepted in zip(batch.reqs, batch.prefix_lens, verified.accepted_rows):
+            r.features.pop(self.name, None)
+            self._keep(r, p, feats.index_select(0, torch.tensor(accepted, device=feats.device)))
+        self.stats.record(verified.result)
+        return verified.result
+
+    def catch_up(self, batch: ScheduleBatch, idx: list[int], reqs: list[Req]) -> torch.Tensor:
+        """The waiting rows of each drafting request: (feature at p, token at p + 1) for p in start .. last - 1, at
+        the target's slots. Returns each request's last row's output, the feature d1 is drafted from [m, hidden]."""
         feats: list[TargetFeatures] = [r.features.pop(self.name) for r in reqs]
-        device = self.draft.device
-        # (1) the waiting rows: (feature at p, token at p + 1) for p in start .. last - 1, at the target's slots
         table = self.target.req_to_token_pool
         ids: list[int] = []
         slots: list[torch.Tensor] = []
@@ -198,13 +246,21 @@ class EagleAlgorithm(SpeculativeAlgorithm):
             slots.append(table.read(int(r.req_pool_idx), f.end)[f.start :])  # type: ignore[arg-type]
         lens = [f.count for f in feats]
         sb = ScheduleBatch(ForwardMode.EXTEND, reqs, [f.start for f in feats], lens, torch.cat(slots))
-        hidden = self._run(sb, torch.tensor(ids, dtype=torch.int64), torch.cat([f.joined() for f in feats]))
+        hidden = self.run_draft(sb, torch.tensor(ids, dtype=torch.int64), torch.cat([f.joined() for f in feats]))
         last = torch.tensor(lens, dtype=torch.int64).cumsum(0) - 1
-        hidden = hidden.index_select(0, last.to(device))
+        return hidden.index_select(0, last.to(self.draft.device))
+
+    @torch.inference_mode()
+    def _draft(self, batch: ScheduleBatch, budgets: list[int], rows: list[list[int]]) -> list[list[int]]:
+        drafts: list[list[int]] = [[] for _ in budgets]
+        idx = [i for i, k in enumerate(budgets) if k]
+        reqs = [batch.reqs[i] for i in idx]
+        device = self.draft.device
+        hidden = self.catch_up(batch, idx, reqs)
         tokens = self._pick(hidden)
         for i, t in zip(idx, tokens.tolist()):
             drafts[i].append(int(t))
-        # (2) the chain: (predicted feature, d_j) at position last + j - 1 drafts d_(j+1), at verify's slots
+        # the chain: (predicted feature, d_j) at position last + j - 1 drafts d_(j+1), at verify's slots
         live = list(range(len(idx)))
         for j in range(1, max(budgets)):
             keep = [m for m in live if budgets[idx[m]] > j]
@@ -217,14 +273,17 @@ class EagleAlgorithm(SpeculativeAlgorithm):
             sb = ScheduleBatch(ForwardMode.DECODE, [reqs[m] for m in live],
                                [batch.prefix_lens[idx[m]] + j - 1 for m in live], [1] * len(live),
                                torch.tensor([rows[idx[m]][j - 1] for m in live], dtype=torch.int64))
-            hidden = self._run(sb, tokens, hidden)
+            hidden = self.run_draft(sb, tokens, hidden)
             tokens = self._pick(hidden)
             for m, t in zip(live, tokens.tolist()):
                 drafts[idx[m]].append(int(t))
         return drafts
 
-    def _run(self, sb: ScheduleBatch, ids: torch.Tensor, feats: torch.Tensor) -> torch.Tensor:
-        fb = build_forward_batch(sb, self.draft, ids.to(self.draft.device))
+    def run_draft(self, sb: ScheduleBatch, ids: torch.Tensor, feats: torch.Tensor) -> torch.Tensor:
+        if isinstance(sb, TreeBatch):
+            fb = sb.forward_batch(self.draft, ids.to(self.draft.device))
+        else:
+            fb = build_forward_batch(sb, self.draft, ids.to(self.draft.device))
         fb.extras[TARGET_HIDDEN] = feats.to(self.draft.dtype)
         return self.draft.forward(fb)
 
