@@ -10,10 +10,17 @@ from typing import Any
 
 import pytest
 
+import sgl
 from tests.core.engine_utils import GREEDY, PROMPTS, greedy_ids, make_engine, settled_info
 from tests.speculative.eagle_drafts import write_eagle3_draft, write_eagle_draft, write_mirroring_pair
 
 PARAMS = {"temperature": 0.0, "max_new_tokens": 20, "ignore_eos": True}
+
+
+def spec_engine(model: Path | str, **kwargs: Any) -> sgl.Engine:
+    """An engine that drafts at every decode step (the speculation gate off): these tests measure the machinery."""
+    kwargs.setdefault("disable_speculative_gate", True)
+    return make_engine(model, **kwargs)
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +43,7 @@ def drafts(demo_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> di
 def test_a_random_eagle_draft_leaves_the_greedy_tokens_unchanged(
     demo_model_dir: Path, drafts: dict[str, Path], plain_tokens: list[list[int]], algorithm: str
 ) -> None:
-    engine = make_engine(demo_model_dir, speculative_algorithm=algorithm, page_size=4 if algorithm == "EAGLE" else 1,
+    engine = spec_engine(demo_model_dir, speculative_algorithm=algorithm, page_size=4 if algorithm == "EAGLE" else 1,
                          speculative_draft_model_path=str(drafts[algorithm]), speculative_num_steps=3,
                          speculative_eagle_topk=1, speculative_num_draft_tokens=4)
     try:
@@ -69,7 +76,7 @@ def test_grammar_requests_beside_eagle_drafts_keep_their_constraint_and_tokens(
         want = plain.generate(prompts, params)
     finally:
         plain.shutdown()
-    engine = make_engine(demo_model_dir, speculative_algorithm="EAGLE3",
+    engine = spec_engine(demo_model_dir, speculative_algorithm="EAGLE3",
                          speculative_draft_model_path=str(drafts["EAGLE3"]), speculative_num_steps=2)
     try:
         got = engine.generate(prompts, params)
@@ -86,7 +93,7 @@ def test_an_eagle1_checkpoint_naming_the_llama_architecture_loads_as_the_eagle_h
 ) -> None:
     """Published EAGLE-1/2 checkpoints often say LlamaForCausalLM in their config; SGLang reads them as the head."""
     path = write_eagle_draft(tmp_path / "eagle1", demo_model_dir, architecture="LlamaForCausalLM")
-    engine = make_engine(demo_model_dir, speculative_algorithm="EAGLE", speculative_draft_model_path=str(path),
+    engine = spec_engine(demo_model_dir, speculative_algorithm="EAGLE", speculative_draft_model_path=str(path),
                          speculative_num_steps=2)
     try:
         assert greedy_ids(engine, PROMPTS[:2], PARAMS) == plain_tokens[:2]
@@ -141,10 +148,9 @@ def test_a_head_that_mirrors_the_target_has_most_drafts_accepted_and_a_random_on
     finally:
         plain.shutdown()
     rates = {}
-    # NOTE: the speculation gate off: acceptance is measured over steps that all draft
     for name, draft in (("mirror", mirror), ("random", write_eagle_draft(tmp_path / "random", target))):
-        engine = make_engine(target, speculative_algorithm="EAGLE", speculative_draft_model_path=str(draft),
-                             speculative_num_steps=4, disable_radix_cache=True, disable_speculative_gate=True)
+        engine = spec_engine(target, speculative_algorithm="EAGLE", speculative_draft_model_path=str(draft),
+                             speculative_num_steps=4, disable_radix_cache=True)
         try:
             assert greedy_ids(engine, PROMPTS, PARAMS) == want
             rates[name] = settled_info(engine)
@@ -170,7 +176,7 @@ def test_a_pool_too_small_for_every_draft_retracts_and_keeps_the_tokens(
         want = greedy_ids(plain, PROMPTS, params)
     finally:
         plain.shutdown()
-    engine = make_engine(target, speculative_algorithm="EAGLE", speculative_draft_model_path=str(mirror),
+    engine = spec_engine(target, speculative_algorithm="EAGLE", speculative_draft_model_path=str(mirror),
                          speculative_num_steps=3, speculative_eagle_topk=topk,
                          speculative_num_draft_tokens=draft_tokens, **small)
     try:
@@ -187,9 +193,8 @@ def test_chunked_prefill_hands_the_hidden_states_over_chunk_by_chunk(tmp_path: P
     target, mirror = write_mirroring_pair(tmp_path)
     rates = []
     for chunk in (-1, 8):
-        engine = make_engine(target, speculative_algorithm="EAGLE", speculative_draft_model_path=str(mirror),
-                             speculative_num_steps=3, chunked_prefill_size=chunk, disable_radix_cache=True,
-                             disable_speculative_gate=True)
+        engine = spec_engine(target, speculative_algorithm="EAGLE", speculative_draft_model_path=str(mirror),
+                             speculative_num_steps=3, chunked_prefill_size=chunk, disable_radix_cache=True)
         try:
             rates.append((greedy_ids(engine, PROMPTS, PARAMS), settled_info(engine)["spec_accept_rate"]))
         finally:
@@ -200,7 +205,7 @@ def test_chunked_prefill_hands_the_hidden_states_over_chunk_by_chunk(tmp_path: P
 def test_an_eagle3_head_asking_for_layers_the_target_lacks_is_refused(demo_model_dir: Path, tmp_path: Path) -> None:
     path = write_eagle3_draft(tmp_path / "deep", demo_model_dir, aux_layer_ids=(0, 1, 9))
     with pytest.raises(ValueError, match=r"EAGLE-3 reads three layers of the target's 4, got \[1, 2, 10\]"):
-        make_engine(demo_model_dir, speculative_algorithm="EAGLE3", speculative_draft_model_path=str(path)).shutdown()
+        spec_engine(demo_model_dir, speculative_algorithm="EAGLE3", speculative_draft_model_path=str(path)).shutdown()
 
 
 def test_seeded_sampling_gives_the_tokens_of_plain_decoding(tmp_path: Path) -> None:
@@ -213,7 +218,7 @@ def test_seeded_sampling_gives_the_tokens_of_plain_decoding(tmp_path: Path) -> N
         want = [o["output_ids"] for o in plain.generate(PROMPTS, params)]
     finally:
         plain.shutdown()
-    engine = make_engine(target, speculative_algorithm="EAGLE", speculative_draft_model_path=str(mirror),
+    engine = spec_engine(target, speculative_algorithm="EAGLE", speculative_draft_model_path=str(mirror),
                          speculative_num_steps=3)
     try:
         got = [o["output_ids"] for o in engine.generate(PROMPTS, params)]
@@ -228,7 +233,7 @@ def test_seeded_sampling_gives_the_tokens_of_plain_decoding(tmp_path: Path) -> N
 def test_tree_drafts_leave_the_greedy_tokens_unchanged(
     demo_model_dir: Path, drafts: dict[str, Path], plain_tokens: list[list[int]], algorithm: str
 ) -> None:
-    engine = make_engine(demo_model_dir, speculative_algorithm=algorithm, speculative_eagle_topk=3,
+    engine = spec_engine(demo_model_dir, speculative_algorithm=algorithm, speculative_eagle_topk=3,
                          speculative_draft_model_path=str(drafts[algorithm]), speculative_num_steps=3,
                          speculative_num_draft_tokens=7)
     try:
@@ -254,7 +259,7 @@ def test_a_tree_of_two_branches_accepts_at_least_as_much_as_the_chain_and_sampli
         plain.shutdown()
     lengths = {}
     for topk, tokens in ((1, 5), (2, 8)):
-        engine = make_engine(target, speculative_algorithm="EAGLE", speculative_draft_model_path=str(mirror),
+        engine = spec_engine(target, speculative_algorithm="EAGLE", speculative_draft_model_path=str(mirror),
                              speculative_num_steps=4, speculative_eagle_topk=topk,
                              speculative_num_draft_tokens=tokens, disable_radix_cache=True)
         try:
