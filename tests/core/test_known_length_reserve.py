@@ -169,3 +169,21 @@ def test_mixed_known_and_uncertain_lengths_give_the_same_tokens_without_leaking(
             assert len(ids) <= 13 and ids == reference[i][: len(ids)], (i, ids)
     uncertain = [len(ids) / 32 for ids in new_outputs[1::2]]
     assert floor == pytest.approx(sum(uncertain) / len(uncertain))  # learned from the uncertain half alone
+
+
+@pytest.mark.timeout(120)
+def test_a_lone_chunked_prompt_in_a_tight_pool_finishes_its_last_chunk(tmp_path: Path) -> None:
+    """The chunked request's decodes were reserved twice (in the budget and again as its own future), so once the
+    others had finished, its last chunk never fitted a 128-token pool and the engine spun forever."""
+    from sgl.core.demo_model import write_demo_model
+    from tests.core.engine_utils import PROMPTS
+
+    model = write_demo_model(tmp_path / "one_layer", seed=3, num_layers=1)
+    params = {"temperature": 0.0, "max_new_tokens": 48}
+    with make_engine(model, max_total_tokens=1024) as roomy:
+        want = [o["output_ids"] for o in roomy.generate(PROMPTS, params)]
+    with make_engine(model, max_total_tokens=128, chunked_prefill_size=8) as tight:
+        got = [o["output_ids"] for o in tight.generate(PROMPTS, params)]
+        info = settled_info(tight)
+    assert got == want
+    assert info["request_owned_tokens"] == 0 and info["locked_tokens"] == 0

@@ -78,7 +78,9 @@ class PrefillBuilder:
 
         if s.chunked is not None:
             r = s.chunked
-            res = adder.add(r.seq_len - r.kv_len, s.token_ratio.reserve((r,)), s.page_size)
+            # NOTE: future 0: its decodes are already reserved in kv_budget (decode_reserve counts the chunked
+            # request); reserving them twice stalled a lone request's last chunk forever once the pool was tight
+            res = adder.add(r.seq_len - r.kv_len, 0, s.page_size)
             if res.extend_len == 0:
                 return None
             got = self.alloc_extend(r, r.kv_len, res.extend_len)
