@@ -14,7 +14,7 @@ import torch
 
 from sgl.core.config import ServerArgs
 from sgl.core.memory.kv_pool import KVPool
-from tests.core.engine_utils import GREEDY, PROMPTS, greedy_ids, make_engine
+from tests.core.engine_utils import GREEDY, PROMPTS, make_engine
 
 FP8 = [torch.float8_e4m3fn, torch.float8_e5m2]
 TEXT = "The reference path is the oracle for every fast kernel on the device. " * 3

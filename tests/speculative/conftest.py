@@ -11,7 +11,6 @@ import os
 import sys
 from collections.abc import Iterator
 from importlib import metadata
-from pathlib import Path
 
 import pytest
 

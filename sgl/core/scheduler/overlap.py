@@ -20,7 +20,6 @@ from sgl.core.scheduler.decode import DecodeRuns, decode_batch, needs_host_token
 from sgl.core.scheduler.feature import SchedulerFeature
 from sgl.core.scheduler.plan import plan_step, run_step
 from sgl.core.scheduler.prefill import PrefillBuilder
-from sgl.core.scheduler.req import Req
 from sgl.core.scheduler.results import ResultProcessor
 from sgl.core.scheduler.state import SchedulerState
 from sgl.core.scheduler.step import Pending, StepExecutor
