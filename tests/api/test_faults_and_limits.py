@@ -70,11 +70,11 @@ def test_with_the_overlap_scheduler_a_fault_fails_the_chained_steps_and_the_serv
         _fault_mid_decode(srv, arm)
         with srv.client() as c:  # several decoding requests, one fault: all of that step fail, the next are served
             results: list[httpx.Response] = []
-            threads = [threading.Thread(target=lambda i=i: results.append(_generate(srv.client(), f"o{i}", 200)))
+            threads = [threading.Thread(target=lambda i=i: results.append(_generate(srv.client(), f"o{i}", 1000)))
                        for i in range(3)]
             for t in threads:
                 t.start()
-            time.sleep(1.0)
+            _wait_running(c, 3)  # NOTE: armed once all three decode, however fast this machine is
             arm.touch()
             for t in threads:
                 t.join(120)
@@ -85,6 +85,13 @@ def test_with_the_overlap_scheduler_a_fault_fails_the_chained_steps_and_the_serv
         assert srv.proc.poll() is None
     finally:
         srv.stop()
+
+
+def _wait_running(c: httpx.Client, n: int, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while c.get("/get_server_info").json().get("num_running_reqs", 0) < n:
+        assert time.monotonic() < deadline, f"{n} requests never ran together"
+        time.sleep(0.02)
 
 
 def _fault_mid_decode(srv: ServerProc, arm: Path) -> None:
