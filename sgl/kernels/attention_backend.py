@@ -21,6 +21,7 @@ from sgl.kernels import (
     max_kv_splits_for,
     store_kv,
 )
+from sgl.kernels.extend_attn import pack_tree_masks
 
 if TYPE_CHECKING:
     from sgl.core.runner.forward_batch import ForwardBatch
@@ -35,6 +36,7 @@ class ExtendMetadata:
     extend_lens: torch.Tensor  # [B]
     extend_start_loc: torch.Tensor  # [B]
     max_extend_len: int  # host int: sizes the grid
+    tree: tuple[torch.Tensor, torch.Tensor] | None = None  # tree verification's masks (pack_tree_masks)
 
 
 @dataclass
@@ -123,7 +125,10 @@ class TritonAttnBackend(AttentionBackend):
             max_len = max(fb.extend_seq_lens_cpu, default=0)
         else:
             max_len = int(ext.max().item()) if ext.numel() else 0
-        return ExtendMetadata(prefix, ext, start, max_len)
+        tree = None
+        if fb.tree_masks is not None and any(m is not None for m in fb.tree_masks):
+            tree = pack_tree_masks(list(fb.tree_masks), ext.device)
+        return ExtendMetadata(prefix, ext, start, max_len, tree)
 
     # forward ------------------------------------------------------------------------------------------------
     def forward_extend(
@@ -146,6 +151,7 @@ class TritonAttnBackend(AttentionBackend):
         out = extend_attention(
             q, k_buf, v_buf, fb.req_to_token_pool.req_to_token, fb.req_pool_indices,
             meta.prefix_lens, meta.extend_lens, meta.extend_start_loc, meta.max_extend_len, layer.scaling,
+            tree=meta.tree,
         )
         return out.view(q.shape[0], -1)
 

@@ -4,6 +4,9 @@ in one flash-style pass with an online softmax.
 Grid (B, H, query blocks of the longest extend). Every key, prefix or new, is gathered from the paged pool through
 ``req_to_token``: the backend stores the new K/V first, so one loop covers both and the numerics match a reference
 that reads the pool (including a KV cache stored narrower than the activations).
+
+A request may carry a tree mask instead of causality among its new tokens (speculative tree verification): an
+``[n, n]`` boolean, new token i seeing new token j where it is set; every prefix key stays visible.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ _LOG2E = 1.4426950408889634
 @triton.jit
 def _extend_kernel(
     q_ptr, o_ptr, kbuf_ptr, vbuf_ptr,
-    r2t_ptr, req_idx_ptr, prefix_lens_ptr, extend_lens_ptr, extend_start_ptr,
+    r2t_ptr, req_idx_ptr, prefix_lens_ptr, extend_lens_ptr, extend_start_ptr, tree_ptr, tree_off_ptr,
     scale_log2,
     stride_qt, stride_qh,
     stride_ot, stride_oh,
@@ -30,7 +33,7 @@ def _extend_kernel(
     stride_r2t,
     group, head_dim, v_head_dim,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
-    UPCAST: tl.constexpr, PRECISION: tl.constexpr,
+    UPCAST: tl.constexpr, PRECISION: tl.constexpr, HAS_TREE: tl.constexpr,
 ):
     b = tl.program_id(0)
     h = tl.program_id(1)
@@ -60,6 +63,10 @@ def _extend_kernel(
     acc = tl.zeros([BLOCK_M, BLOCK_DV], dtype=tl.float32)
     # key j (a position in the request) is visible to new token i iff j <= prefix_len + i
     last_visible = prefix_len + offs_m
+    if HAS_TREE:
+        tree_off = tl.load(tree_off_ptr + b)  # -1: this request is causal
+        # NOTE: a tree sees every key up to its last node's; the mask decides among the new ones
+        kv_end = tl.where((tree_off >= 0) & (m_start < ext_len), prefix_len + ext_len, kv_end)
     for n0 in range(0, kv_end, BLOCK_N):
         offs_n = n0 + tl.arange(0, BLOCK_N)
         nmask = offs_n < kv_end
@@ -69,6 +76,14 @@ def _extend_kernel(
         v = tl.load(vbuf_ptr + slots[:, None] * stride_vbs + kvh * stride_vbh + dv[None, :],
                     mask=nmask[:, None] & dvmask[None, :], other=0.0)
         visible = (offs_n[None, :] <= last_visible[:, None]) & nmask[None, :]
+        if HAS_TREE:
+            # NOTE: the request's flag as a block (a scalar in a load mask trips Triton's interpreter)
+            has_tree = (tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.int64) + tree_off) >= 0
+            new = (offs_n >= prefix_len) & nmask
+            bits = tl.load(tree_ptr + tree_off + offs_m[:, None] * ext_len + (offs_n - prefix_len)[None, :],
+                           mask=has_tree & mmask[:, None] & new[None, :], other=0)
+            in_tree = ((offs_n[None, :] < prefix_len) | (bits != 0)) & nmask[None, :]
+            visible = tl.where(has_tree, in_tree, visible)
         m, l, acc = attend_block(q, k, v, visible, m, l, acc, scale_log2, PRECISION)
 
     out = acc / tl.where(l > 0.0, l, 1.0)[:, None]
@@ -101,12 +116,13 @@ def extend_attention(
     out: torch.Tensor | None = None,
     block_m: int | None = None,
     block_n: int | None = None,
+    tree: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """q [T, H*D] (new tokens, request-major) over buffers [slots, KVH, D] -> [T, H, Dv].
 
     Request b's new tokens are rows ``extend_start_loc[b] : + extend_lens[b]`` of q; its keys are the slots
     ``req_to_token[req_pool_indices[b], :prefix_lens[b] + extend_lens[b]]``, the new ones already stored.
-    ``max_extend_len`` (a host int) sizes the grid.
+    ``max_extend_len`` (a host int) sizes the grid. ``tree``: ``pack_tree_masks``'s (bits, offsets).
     """
     num_kv_heads, head_dim = k_buffer.shape[1], k_buffer.shape[2]
     v_head_dim = v_buffer.shape[2]
@@ -123,9 +139,10 @@ def extend_attention(
     bm, bn, warps = extend_config(head_dim, q.device)
     bm, bn = block_m or bm, block_n or bn
     grid = (batch, num_heads, triton.cdiv(max_extend_len, bm))
+    tree_bits, tree_offsets = tree if tree is not None else (prefix_lens, prefix_lens)
     _extend_kernel[grid](
         q3, out, k_buffer, v_buffer,
-        req_to_token, req_pool_indices, prefix_lens, extend_lens, extend_start_loc,
+        req_to_token, req_pool_indices, prefix_lens, extend_lens, extend_start_loc, tree_bits, tree_offsets,
         float(sm_scale) * _LOG2E,
         q3.stride(0), q3.stride(1),
         out.stride(0), out.stride(1),
@@ -134,6 +151,21 @@ def extend_attention(
         req_to_token.stride(0),
         num_heads // num_kv_heads, head_dim, v_head_dim,
         BLOCK_M=bm, BLOCK_N=bn, BLOCK_D=block_size(head_dim), BLOCK_DV=block_size(v_head_dim),
-        UPCAST=upcast_dot(q), PRECISION=dot_precision(q), num_warps=warps, num_stages=2,
+        UPCAST=upcast_dot(q), PRECISION=dot_precision(q), HAS_TREE=tree is not None, num_warps=warps, num_stages=2,
     )
     return out
+
+
+def pack_tree_masks(masks: list[torch.Tensor | None], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per request an ``[n, n]`` bool mask (None: causal) -> (int8 bits of every mask, row-major, one after another;
+    int64 offsets into them, -1 for a causal request)."""
+    offsets, parts, at = [], [], 0
+    for m in masks:
+        if m is None:
+            offsets.append(-1)
+            continue
+        offsets.append(at)
+        parts.append(m.reshape(-1).to(torch.int8))
+        at += m.numel()
+    bits = torch.cat(parts) if parts else torch.zeros(1, dtype=torch.int8)
+    return bits.to(device), torch.tensor(offsets, dtype=torch.int64).to(device)

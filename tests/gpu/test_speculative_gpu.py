@@ -34,3 +34,18 @@ def test_speculation_on_the_gpu_gives_the_tokens_of_plain_decoding(demo_model_di
                     speculative_draft_model_path=str(demo_model_dir), speculative_num_steps=4)
     assert own == plain
     assert info["spec_accept_rate"] >= 0.95, info
+
+
+@pytest.mark.parametrize("topk", [1, 2])
+def test_eagle_chains_and_trees_on_triton_attention_give_the_tokens_of_plain_decoding(
+    demo_model_dir: Path, tmp_path: Path, topk: int
+) -> None:
+    """topk 2: the tree mask in the Triton extend kernel (tests/kernels/test_verify_attention.py checks it against the
+    reference under the interpreter)."""
+    from tests.speculative.eagle_drafts import write_eagle_draft
+
+    draft = write_eagle_draft(tmp_path / "eagle", demo_model_dir)
+    plain, _ = run(demo_model_dir)
+    eagle, info = run(demo_model_dir, speculative_algorithm="EAGLE", speculative_draft_model_path=str(draft),
+                      speculative_num_steps=3, speculative_eagle_topk=topk, disable_speculative_gate=True)
+    assert eagle == plain and info["spec_verify_steps"] > 0

@@ -51,3 +51,43 @@ def test_one_verify_forward_equals_the_decode_steps_it_replaces(device: torch.de
         backend.init_forward_metadata(fb)
         one = backend.forward(q[j : j + 1], k[j : j + 1], v[j : j + 1], Layer(), fb)
         torch.testing.assert_close(one, whole[j : j + 1], atol=1e-4, rtol=1e-4)
+
+
+def _tree_mask(parents: list[int]) -> torch.Tensor:
+    """Node i sees itself and its ancestors (parents[i] is -1 for the root, the request's last token)."""
+    n = len(parents)
+    mask = torch.zeros(n, n, dtype=torch.bool)
+    for i in range(n):
+        j = i
+        while j >= 0:
+            mask[i, j] = True
+            j = parents[j]
+    return mask
+
+
+def test_tree_verify_on_triton_matches_the_torch_reference(device: torch.device) -> None:
+    """Two trees and one causal request in one batch: Triton's tree mask gives the reference's attention."""
+    torch.manual_seed(7)
+    ours = Paged.make(KV_HEADS, HEAD_DIM, torch.float32, device)
+    trees = [_tree_mask([-1, 0, 0, 1, 2, 2]), None, _tree_mask([-1, 0, 1, 0])]
+    reqs, prefix = [0, 1, 2], [19, 8, 33]
+    ext = [6, 3, 4]
+    for r, p in zip(reqs, prefix):
+        ours.fill_prefix(r, p)
+    theirs = copy.deepcopy(ours)
+    triton_backend, native = TritonAttnBackend(None), TorchNativeAttnBackend(None)
+    q, k, v = _qkv(sum(ext), torch.float32, device)
+    fb_ours = ours.batch(reqs, prefix, ext, ForwardMode.TARGET_VERIFY, triton_backend)
+    fb_theirs = theirs.batch(reqs, prefix, ext, ForwardMode.TARGET_VERIFY, native)
+    fb_ours.tree_masks = fb_theirs.tree_masks = trees
+    triton_backend.init_forward_metadata(fb_ours)
+    native.init_forward_metadata(fb_theirs)
+    out = triton_backend.forward(q, k, v, Layer(), fb_ours)
+    ref = native.forward(q, k, v, Layer(), fb_theirs)
+    torch.testing.assert_close(out, ref, atol=1e-4, rtol=1e-4)
+    # the tree matters: causal attention differs on the branching nodes
+    fb_causal = copy.deepcopy(theirs).batch(reqs, prefix, ext, ForwardMode.TARGET_VERIFY, native)
+    native.init_forward_metadata(fb_causal)
+    causal = native.forward(q, k, v, Layer(), fb_causal)
+    assert not torch.allclose(causal[:6], ref[:6], atol=1e-3)
+    torch.testing.assert_close(causal[6:9], ref[6:9])  # the causal request is untouched

@@ -110,8 +110,8 @@ def test_an_eagle1_checkpoint_naming_the_llama_architecture_loads_as_the_eagle_h
          "is a LlamaForCausalLMEagle3 checkpoint; --speculative-algorithm EAGLE reads LlamaForCausalLMEagle or "
          "LlamaForCausalLM"),
         ({"speculative_algorithm": "EAGLE3", "speculative_draft_model_path": "EAGLE3", "speculative_eagle_topk": 4,
-          "page_size": 4}, "--speculative-eagle-topk 4: tree drafts need --attention-backend torch_native and "
-         "--page-size 1"),
+          "page_size": 4}, "--speculative-eagle-topk 4: tree drafts need --attention-backend torch_native or triton "
+         "and --page-size 1"),
         ({"speculative_algorithm": "EAGLE", "speculative_draft_model_path": "EAGLE", "speculative_eagle_topk": 2,
           "speculative_num_steps": 3, "speculative_num_draft_tokens": 8},
          r"--speculative-num-draft-tokens 8: a tree of 3 steps of top-2 verifies 2 to 7 tokens"),

@@ -52,6 +52,7 @@ if TYPE_CHECKING:
     from sgl.core.speculative.verify import VerifyResult
 
 DEFAULT_NUM_STEPS = 3
+TREE_BACKENDS = ("torch_native", "triton")  # the attention backends that apply a tree mask
 
 
 @dataclass
@@ -97,9 +98,10 @@ def tree_shape(args: ServerArgs, target: ModelRunner) -> tuple[int, int]:
     if not 2 <= tokens <= steps * topk + 1:
         raise ValueError(f"--speculative-num-draft-tokens {tokens}: a tree of {steps} steps of top-{topk} verifies "
                          f"2 to {steps * topk + 1} tokens")
-    if target.attention_backend_name != "torch_native" or args.page_size != 1:
-        raise ValueError(f"--speculative-eagle-topk {topk}: tree drafts need --attention-backend torch_native and "
-                         "--page-size 1 (the tree attention mask); use --speculative-eagle-topk 1 (a chain)")
+    if target.attention_backend_name not in TREE_BACKENDS or args.page_size != 1:
+        raise ValueError(f"--speculative-eagle-topk {topk}: tree drafts need --attention-backend "
+                         f"{' or '.join(TREE_BACKENDS)} and --page-size 1 (the tree attention mask); use "
+                         "--speculative-eagle-topk 1 (a chain)")
     return steps, tokens - 1
 
 
