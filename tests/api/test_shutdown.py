@@ -18,7 +18,9 @@ from tests.api.conftest import ServerProc, start_server
 
 @pytest.fixture(scope="module")
 def draining_server() -> Iterator[ServerProc]:
-    srv = start_server("--shutdown-timeout", "3")
+    # NOTE: a short drain and a long request (4,000 tokens: seconds even at the demo model's fastest), so the long
+    # one is still running when the drain ends, however fast this machine is
+    srv = start_server("--shutdown-timeout", "1.5", "--context-length", "4096")
     try:
         yield srv
     finally:
@@ -51,7 +53,7 @@ def test_sigterm_drains_short_requests_aborts_long_ones_and_exits_cleanly(draini
     short: dict[str, Any] = {}
     long: dict[str, Any] = {}
     s1, s2 = threading.Event(), threading.Event()
-    threads = [threading.Thread(target=_stream, args=(srv.url, 990, long, s1)),
+    threads = [threading.Thread(target=_stream, args=(srv.url, 4000, long, s1)),
                threading.Thread(target=_stream, args=(srv.url, 10, short, s2))]
     for t in threads:
         t.start()
