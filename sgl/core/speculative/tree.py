@@ -16,7 +16,7 @@ import torch
 from sgl.core.runner.forward_batch import ForwardBatch, ForwardMode
 from sgl.core.runner.input_prep import build_forward_batch
 from sgl.core.scheduler.batch import ScheduleBatch
-from sgl.core.speculative.verify import VerifyBatch, VerifyResult, _sample_positions
+from sgl.core.speculative.verify import VerifyBatch, VerifyResult, flat_slots, verify_forward
 
 if TYPE_CHECKING:
     from sgl.core.scheduler.req import Req
@@ -114,16 +114,8 @@ def run_verify_tree(
 
     NOTE: the returned slots list the accepted path's first (their KV was computed over exactly that path), then the
     rest, which the scheduler frees. Page size 1 only: a path's slots are not a page's."""
-    runner = executor.runner
-    flat = torch.tensor([s for row in rows for s in row], dtype=torch.int64)
-    vb = TreeVerifyBatch(list(batch.reqs), list(batch.prefix_lens), trees, flat)
-    with torch.inference_mode():
-        fb = build_forward_batch(vb, runner)
-        fb.capture_hidden_layers = capture_hidden_layers
-        fb.tree_masks = [t.mask() for t in trees]
-        hidden = runner.forward(fb)
-        logits = runner.compute_logits(hidden)
-        ids, lps = _sample_positions(vb, logits, executor)
+    vb = TreeVerifyBatch(list(batch.reqs), list(batch.prefix_lens), trees, flat_slots(rows))
+    fb, hidden, ids, lps = verify_forward(vb, executor, capture_hidden_layers, [t.mask() for t in trees])
     tokens: list[list[int]] = []
     logprobs: list[list[LogprobEntry | None]] = []
     slots: list[list[int]] = []

@@ -126,15 +126,8 @@ def run_verify(
 ) -> Verified:
     """One TARGET_VERIFY forward over each request's last token and its drafts, at the slots ``rows`` (from
     ``alloc_verify_slots``), and the accepted prefix of each chain."""
-    runner = executor.runner
-    flat = torch.tensor([s for row in rows for s in row], dtype=torch.int64)
-    vb = VerifyBatch(list(batch.reqs), list(batch.prefix_lens), drafts, flat)
-    with torch.inference_mode():
-        fb = build_forward_batch(vb, runner)
-        fb.capture_hidden_layers = capture_hidden_layers
-        hidden = runner.forward(fb)
-        logits = runner.compute_logits(hidden)
-        ids, lps = _sample_positions(vb, logits, executor)
+    vb = VerifyBatch(list(batch.reqs), list(batch.prefix_lens), drafts, flat_slots(rows))
+    fb, hidden, ids, lps = verify_forward(vb, executor, capture_hidden_layers)
     tokens: list[list[int]] = []
     logprobs: list[list[LogprobEntry | None]] = []
     offset = 0
@@ -146,6 +139,26 @@ def run_verify(
         logprobs.append(lps[offset : offset + n])
         offset += 1 + len(d)
     return Verified(VerifyResult(tokens, logprobs, rows, [len(d) for d in drafts]), fb, hidden)
+
+
+def flat_slots(rows: list[list[int]]) -> torch.Tensor:
+    return torch.tensor([s for row in rows for s in row], dtype=torch.int64)
+
+
+def verify_forward(
+    vb: VerifyBatch, executor: StepExecutor, capture_hidden_layers: tuple[int, ...] = (),
+    tree_masks: list[torch.Tensor] | None = None,
+) -> tuple[ForwardBatch, torch.Tensor, list[int], list[LogprobEntry | None]]:
+    """The TARGET_VERIFY forward over ``vb`` (a chain per request, or with ``tree_masks`` a tree) and the target's
+    token and logprobs at every verified position: (forward batch, hidden states, tokens, logprobs)."""
+    runner = executor.runner
+    with torch.inference_mode():
+        fb = build_forward_batch(vb, runner)
+        fb.capture_hidden_layers = capture_hidden_layers
+        fb.tree_masks = tree_masks
+        hidden = runner.forward(fb)
+        ids, lps = _sample_positions(vb, runner.compute_logits(hidden), executor)
+    return fb, hidden, ids, lps
 
 
 def _sample_positions(
