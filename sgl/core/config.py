@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from sgl.core.distributed.topology import check_parallel_args
+from sgl.core.distributed.parallel_flags import check_parallel_args
 from sgl.core.sglang_flags import SGLANG_FLAGS, check_sglang_flags
 
 SCHEDULE_POLICIES = ("lpm", "dfs-weight", "fcfs")

@@ -10,7 +10,7 @@ import contextlib
 import inspect
 import os
 from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 import torch
 
@@ -19,7 +19,6 @@ if TYPE_CHECKING:
     from sgl.core.distributed.communicator import Communicator
     from sgl.core.model.linear_method import LinearMethod
     from sgl.core.ops.table import Ops
-    from sgl.core.quant.base import QuantizationMethod
     from sgl.core.sampling.sampler import Sampler
 
 
@@ -40,6 +39,15 @@ class Capabilities:
 
     def as_dict(self) -> dict[str, bool]:
         return asdict(self)
+
+
+class QuantizedGemm(Protocol):
+    """What a platform asks of a quantization method (``sgl.core.quant.base.QuantizationMethod``): its reference
+    GEMM, and a faster one for these capabilities where it has one."""
+
+    def linear_method(self) -> LinearMethod: ...
+
+    def kernel_linear_method(self, capabilities: Capabilities) -> LinearMethod | None: ...
 
 
 _CHECKED_METHODS = (
@@ -105,7 +113,7 @@ class Platform:
 
     @classmethod
     def unavailable_reason(cls) -> str | None:
-        """Why ``is_available()`` is False, in words a user can act on ("torch_npu is not installed"); None when it
+        """Why ``is_available()`` is False, in words a user can act on ("<its runtime> is not installed"); None when it
         is available or the platform gives no reason. As cheap and side-effect free as ``is_available()``."""
         return None
 
@@ -161,7 +169,7 @@ class Platform:
         runner (the core's backends and every plugin's), so the platform never reaches for plugin discovery."""
         return runner.attention_backends.get(name)(runner)  # type: ignore[no-any-return]
 
-    def linear_method(self, quant_config: QuantizationMethod | None = None) -> LinearMethod:
+    def linear_method(self, quant_config: QuantizedGemm | None = None) -> LinearMethod:
         """The GEMM hook: dense weights without a quantization method, else the method's torch reference; a platform
         overrides this for the methods it has fast kernels for."""
         if quant_config is None:

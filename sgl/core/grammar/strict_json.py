@@ -1,10 +1,10 @@
 """Strict JSON whichever backend runs: a JSON-schema output never holds a raw control character.
 
-RFC 8259 forbids U+0000..U+001F unescaped inside strings, and strict parsers (Python's ``json.loads``) reject them.
-A backend's string rule may admit them (older xgrammar: ``[^"\\\r\n]``); core does not rely on it. JSON constraints
-compile compact (no optional whitespace), so a valid output has no control character anywhere: forbidding every token
-whose text holds one removes only invalid continuations, and the grammar always keeps a valid one (an escape, a
-printable character, a closing quote).
+RFC 8259 forbids U+0000..U+001F unescaped inside strings, and strict parsers (Python's ``json.loads``) reject
+them. A backend's string rule may admit them (some admit all but the quote, backslash and newlines); core does
+not rely on it. JSON constraints compile compact (no optional whitespace), so a valid output has no control
+character anywhere: forbidding every token whose text holds one removes only invalid continuations, and the
+grammar always keeps a valid one (an escape, a printable character, a closing quote).
 """
 
 from __future__ import annotations
