@@ -139,12 +139,12 @@ def _fp8_skinny_kernel(
 
 
 @functools.cache
-def fp8_skinny_config(n: int, k: int, max_block_k: int, device: torch.device) -> Fp8SkinnyConfig:
+def fp8_skinny_config(n: int, k: int, block_k_limit: int, device: torch.device) -> Fp8SkinnyConfig:
     """256 bytes of each weight row per K step (the bf16 skinny GEMM's 128 values), fewer where a scale group is
     shorter; 64 rows a program where that already gives ~1.5 programs per multiprocessor, else 32, and K split until
     it does (each split still streams >= 2 K steps). A first guess: benchmarks/quant_gemm_sweep.py prints the best
     tile per shape."""
-    block_k = min(256, max_block_k)
+    block_k = min(256, block_k_limit)
     target = 1.5 * sm_count(device)
     block_n = 64 if triton.cdiv(n, 64) >= target else 32
     programs = triton.cdiv(n, block_n)
@@ -154,17 +154,18 @@ def fp8_skinny_config(n: int, k: int, max_block_k: int, device: torch.device) ->
     return Fp8SkinnyConfig(block_n, block_k, split, 4, 4)
 
 
-def _block_k_limit(k: int, w_group_k: int, act: ActQuant, act_group: int) -> int:
-    """The longest K step allowed: a power of two dividing the weight's scale group; the activation group itself."""
+def max_block_k(k: int, w_group_k: int, act: ActQuant, act_group: int = 0) -> int | None:
+    """The longest K step the scale groups allow (a power of two, 16..256, dividing the weight's K group; for
+    per-group activations the group itself), or None where the groups fit no such step."""
     limit = 256
     if w_group_k < k:
         while limit > 16 and w_group_k % limit:
             limit //= 2
         if w_group_k % limit:
-            raise ValueError(f"a weight scale group of {w_group_k} along K is not a multiple of 16")
-    if act == ActQuant.GROUP:
+            return None
+    if act == ActQuant.GROUP and act_group < k:
         if act_group < 16 or act_group & (act_group - 1) or act_group > limit:
-            raise ValueError(f"activation group {act_group}: must be a power of two in 16..{limit}")
+            return None
         limit = act_group
     return limit
 
@@ -192,7 +193,10 @@ def fp8_skinny_gemm(
         raise ValueError("x_scale is the static activation scale: given for STATIC and only then")
     if act == ActQuant.GROUP and act_group >= k:
         act = ActQuant.TOKEN  # NOTE: one group covering the row is a per-token scale (as the reference reads it)
-    limit = _block_k_limit(k, w_group[1], act, act_group)
+    limit = max_block_k(k, w_group[1], act, act_group)
+    if limit is None:
+        raise ValueError(f"scale groups (weight {w_group[1]}, activations {act_group}) along K fit no K step: "
+                         "each must be a power of two of at least 16")
     cfg = config or fp8_skinny_config(n, k, limit, x.device)
     if cfg.block_k > limit or (act == ActQuant.GROUP and cfg.block_k != act_group):
         raise ValueError(f"block_k {cfg.block_k} does not fit the scale groups (at most {limit}, the activation group "

@@ -151,7 +151,7 @@ def _fp8_layer(scheme: Fp8Scheme, k: int, n: int) -> nn.Module:
     Fp8Scheme("channel", "none"),
     Fp8Scheme("channel", "token", serialized=False),
 ], ids=["block", "channel-token", "tensor-static", "weight-only", "online"])
-@pytest.mark.parametrize("m", [4, 24])
+@pytest.mark.parametrize("m", [1, 4, 16, 24])  # <= 16 rows: sgl.kernels.fp8_skinny_gemm; beyond: fp8_gemm
 def test_triton_fp8_method_matches_the_reference_method(scheme: Fp8Scheme, m: int, device: torch.device) -> None:
     layer = _fp8_layer(scheme, 96, 64)
     x = torch.randn(m, 96, generator=torch.Generator().manual_seed(m))
