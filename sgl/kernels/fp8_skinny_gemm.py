@@ -30,7 +30,7 @@ import triton
 import triton.language as tl
 
 from sgl.kernels._common import sm_count, upcast_dot
-from sgl.kernels.skinny_gemm import MAX_ROWS, _sum_splits_kernel
+from sgl.kernels.skinny_gemm import MAX_ROWS, split_k_for, split_output, sum_splits
 
 
 class ActQuant(IntEnum):
@@ -147,11 +147,7 @@ def fp8_skinny_config(n: int, k: int, block_k_limit: int, device: torch.device) 
     block_k = min(256, block_k_limit)
     target = 1.5 * sm_count(device)
     block_n = 64 if triton.cdiv(n, 64) >= target else 32
-    programs = triton.cdiv(n, block_n)
-    split = 1
-    while programs * split < target and k // (split * 2) >= 2 * block_k:
-        split *= 2
-    return Fp8SkinnyConfig(block_n, block_k, split, 4, 4)
+    return Fp8SkinnyConfig(block_n, block_k, split_k_for(triton.cdiv(n, block_n), k, block_k, device), 4, 4)
 
 
 def max_block_k(k: int, w_group_k: int, act: ActQuant, act_group: int = 0) -> int | None:
@@ -207,25 +203,16 @@ def fp8_skinny_gemm(
     y = torch.empty((m, n), dtype=x.dtype, device=x.device)
     if m == 0:
         return y
-    k_per_split = triton.cdiv(triton.cdiv(k, cfg.split_k), cfg.block_k) * cfg.block_k
-    direct = cfg.split_k == 1
-    out = y if direct else torch.empty((cfg.split_k, m, n), dtype=torch.float32, device=x.device)
-    stride_os, stride_om = (0, y.stride(0)) if direct else (out.stride(0), out.stride(1))
+    parts = split_output(y, k, cfg.split_k, cfg.block_k)
     w_scale = w_scale if w_scale.dtype == torch.float32 and w_scale.stride(-1) == 1 else w_scale.float().contiguous()
     xs = x_scale.float() if x_scale is not None else w_scale
     _fp8_skinny_kernel[(triton.cdiv(n, cfg.block_n), cfg.split_k)](
-        x, w, w_scale, xs, out, bias if bias is not None else y,
-        m, n, k, k_per_split, w_group[0], w_group[1],
-        x.stride(0), w.stride(0), w_scale.stride(0), stride_os, stride_om,
+        x, w, w_scale, xs, parts.out, bias if bias is not None else y,
+        m, n, k, parts.k_per_split, w_group[0], w_group[1],
+        x.stride(0), w.stride(0), w_scale.stride(0), parts.stride_os, parts.stride_om,
         BLOCK_M=MAX_ROWS, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, ACT=int(act), DOT=int(dot),
         W_BLOCKED=w_group != (1, k), FP8_MAX=float(torch.finfo(w.dtype).max),
-        FP8_MIN_NORMAL=float(torch.finfo(w.dtype).smallest_normal), HAS_BIAS=direct and bias is not None,
+        FP8_MIN_NORMAL=float(torch.finfo(w.dtype).smallest_normal), HAS_BIAS=parts.direct and bias is not None,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )
-    if not direct:
-        block = 1024
-        _sum_splits_kernel[(m, triton.cdiv(n, block))](
-            out, bias if bias is not None else out, y, n, out.stride(0), out.stride(1), y.stride(0),
-            SPLIT_K=cfg.split_k, BLOCK=block, HAS_BIAS=bias is not None, num_warps=4,
-        )
-    return y
+    return sum_splits(parts, y, bias)
