@@ -115,7 +115,7 @@ def _fp8_skinny_kernel(
             q = tl.clamp(tl.math.div_rn(xf, x_scale[:, None]), -FP8_MAX, FP8_MAX)
             if DOT == 2:
                 q = _round_e4m3_in_fp32(q, FP8_MIN_NORMAL)
-            q = q.to(w.dtype)
+            q = q.to(w.dtype, fp_downcast_rounding="rtne")  # torch rounds to nearest, ties to even
             if DOT == 0:
                 part = tl.dot(q, tl.trans(w))
             elif DOT == 1:
