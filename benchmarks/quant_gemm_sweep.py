@@ -5,7 +5,8 @@ int4 kernel and the int4 weight-streaming kernel (sgl.kernels.int4_skinny_gemm),
 python -m benchmarks.quant_gemm_sweep [--m 1 4] [--only fp8-token fp8-block int4-awq int4-gptq] [--quick]
 
 Each timing replays a CUDA graph of 10 calls (sgl's decode runs in graphs), so launch gaps are not counted; GB/s is
-the weight's bytes (fp8: one a weight, int4: half, bf16: two) over the time. Every config is checked against the
+the weight's bytes (fp8: one a weight, int4: half, bf16: two) over the time. fp8 rows also time the default tile
+with both operands widened to fp16 (``default_fp16_dot_us``) against fp8 tensor cores. Every config is checked against the
 torch reference first. Prints one JSON line per (family, shape, M): the baselines, the default config, the best of
 the sweep; then per (family, M) the four projections' sum (one layer) and, last, the best tiles as Python to paste
 into the kernels' config functions. ``--quick``: default configs only (no sweep).
@@ -27,6 +28,7 @@ from benchmarks.skinny_gemm_sweep import graph_us
 from sgl.kernels.fp8_gemm import fp8_gemm
 from sgl.kernels.fp8_skinny_gemm import (
     ActQuant,
+    DotKind,
     Fp8SkinnyConfig,
     fp8_skinny_config,
     fp8_skinny_gemm,
@@ -89,7 +91,8 @@ def _fp8_case(family: str, n: int, k: int, m: int, quick: bool) -> tuple[dict[st
             (16, 32, 64, 128), (128, 256, 512), (1, 2, 4, 8), (4, 8), (3, 4))]
     times = _sweep(grid, lambda cfg: fp8_skinny_gemm(x, w, ws, group, act, act_group, config=cfg),
                    ref, k)
-    return {"fp8_old_us": graph_us(old)}, default, times
+    fp16 = graph_us(lambda: fp8_skinny_gemm(x, w, ws, group, act, act_group, dot=DotKind.FP16, config=default))
+    return {"fp8_old_us": graph_us(old), "default_fp16_dot_us": fp16}, default, times
 
 
 def _int4_case(family: str, n: int, k: int, m: int, quick: bool) -> tuple[dict[str, float], Any, dict[Any, float]]:
@@ -141,7 +144,7 @@ def main() -> None:
                 best = min(times, key=times.__getitem__)
                 best_tiles.setdefault(family, {})[(n, k, m)] = best
                 gb = n * k * bytes_per_weight / 1e3
-                old_us = next(iter(baseline.values()))
+                old_us = baseline.get("fp8_old_us", baseline.get("int4_old_us", 0.0))
                 row = {
                     "family": family, "shape": name, "n": n, "k": k, "m": m,
                     "bf16_skinny_us": round(bf16_us, 2), "bf16_skinny_gb_s": round(n * k * 2 / 1e3 / bf16_us),
