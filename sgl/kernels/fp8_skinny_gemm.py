@@ -1,9 +1,9 @@
 """y = quant(x) @ (w * w_scale).T for a handful of rows of x (decode at small batch) and fp8 weights, in one launch.
 
 At M <= 16 the product is bound by reading w once, at one byte a weight: each program streams BLOCK_N rows of w over
-one K split, as sgl.kernels.skinny_gemm does for bf16. What made the older decode path (quantize x in torch, then
-sgl.kernels.fp8_gemm) slow was not the GEMM but the activation quantization around it: half a dozen tiny torch
-kernels a projection. Here the kernel quantizes x itself, exactly as the reference (Fp8LinearMethod) does:
+one K split, as sgl.kernels.skinny_gemm does for bf16. The older decode path quantized x in torch first (half a dozen
+tiny kernels a projection, then sgl.kernels.fp8_gemm); here the kernel quantizes x itself, exactly as the reference
+(Fp8LinearMethod) does:
 
 - ``token``: one dynamic scale per row over all of K. Each program first reads its rows of x whole (from L2; masked
   padding rows cost nothing) for their absolute maximum, so no second kernel and no grid-wide sync are needed.
@@ -17,6 +17,10 @@ reference's; the dot then runs on fp8 tensor cores (or widened to fp16, exact fo
 fp32 accumulation, and the scales multiply the fp32 partials: per K step for block scales (BLOCK_K divides the weight's
 scale group), once at the end for per-row ones. Splits write fp32 partials that sgl.kernels.skinny_gemm's second pass
 sums in a fixed order (no atomics), so the result does not depend on scheduling.
+
+NOTE: every program rounds its split of x itself (16 rows in registers, padding included): at BLOCK_N = 64 that is a
+quarter as many values as the weight tile it streams, each through an IEEE division. A wider BLOCK_N amortizes it;
+benchmarks/quant_gemm_sweep.py shows whether it bounds the kernel.
 """
 
 from __future__ import annotations
