@@ -85,6 +85,19 @@ def test_activation_rounding_is_the_references_across_a_wide_range(device: torch
     del w, w_scale
 
 
+def test_fnuz_weights_round_activations_into_fnuz(device: torch.device) -> None:
+    """AMD MI300's e4m3 (max 240, subnormals below 2**-7): x is rounded into the weight's encoding, as the reference
+    method does with the platform's fp8 dtype."""
+    gen = torch.Generator().manual_seed(8)
+    n, k = 40, 203
+    w, w_scale = fm.quantize_per_row(torch.randn(n, k, generator=gen), fm.FNUZ)
+    x = torch.randn(3, k, generator=gen) * torch.exp(torch.randn(3, k, generator=gen) * 2)
+    ref = fm.fake_quantize_per_token_group(x, k, fm.FNUZ) @ (w.float() * w_scale).T
+    out = fp8_skinny_gemm(x.to(device), w.to(device), w_scale.to(device), (1, k), ActQuant.TOKEN,
+                          config=Fp8SkinnyConfig(32, 64, 2, 4, 2))
+    _close(out.cpu(), ref)
+
+
 def test_rows_do_not_depend_on_the_other_rows(device: torch.device) -> None:
     """Per-token scales are per row: a batch padded to a captured graph size agrees with it eager, row for row."""
     gen = torch.Generator().manual_seed(3)
