@@ -18,9 +18,10 @@ fp32 accumulation, and the scales multiply the fp32 partials: per K step for blo
 scale group), once at the end for per-row ones. Splits write fp32 partials that sgl.kernels.skinny_gemm's second pass
 sums in a fixed order (no atomics), so the result does not depend on scheduling.
 
-NOTE: every program rounds its split of x itself (16 rows in registers, padding included): at BLOCK_N = 64 that is a
-quarter as many values as the weight tile it streams, each through an IEEE division. A wider BLOCK_N amortizes it;
-benchmarks/quant_gemm_sweep.py shows whether it bounds the kernel.
+NOTE: every program rounds its split of x itself, each value through an IEEE division: at batch 1 one row (the dot's
+other 15 rows are zeros), otherwise all 16 rows in registers, padding included, which at BLOCK_N = 64 is a quarter as
+many values as the weight tile it streams. A wider BLOCK_N amortizes it; benchmarks/quant_gemm_sweep.py shows whether
+it bounds the kernel.
 """
 
 from __future__ import annotations
@@ -80,7 +81,8 @@ def _fp8_skinny_kernel(
     M, N, K, k_per_split, w_group_n, w_group_k,
     stride_xm, stride_wn, stride_wsn, stride_os, stride_om,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, ACT: tl.constexpr, DOT: tl.constexpr,
-    W_BLOCKED: tl.constexpr, FP8_MAX: tl.constexpr, FP8_MIN_NORMAL: tl.constexpr, HAS_BIAS: tl.constexpr,
+    W_BLOCKED: tl.constexpr, FP8_MAX: tl.constexpr, FP8_MIN_NORMAL: tl.constexpr, X_ROWS: tl.constexpr,
+    HAS_BIAS: tl.constexpr,
 ):
     """Writes split ``program_id(1)``'s fp32 partial, or (one split) the finished y with its bias."""
     pid_n = tl.program_id(0)
@@ -91,12 +93,15 @@ def _fp8_skinny_kernel(
     cmask = cols < N
     k_start = split * k_per_split
     k_end = tl.minimum(k_start + k_per_split, K)
-    x_scale = tl.full([BLOCK_M], 1.0, dtype=tl.float32)
+    # NOTE: x is rounded on X_ROWS rows (1 at batch 1, where the other 15 of the dot's rows are zeros)
+    xrows = tl.arange(0, X_ROWS)
+    xmask = xrows < M
+    x_scale = tl.full([X_ROWS], 1.0, dtype=tl.float32)
     if ACT == 1:  # per token over all of K: this program's rows, read whole
-        amax = tl.zeros([BLOCK_M], dtype=tl.float32)
+        amax = tl.zeros([X_ROWS], dtype=tl.float32)
         for k0 in range(0, K, BLOCK_K):
             ks = k0 + tl.arange(0, BLOCK_K)
-            xa = tl.load(x_ptr + rows[:, None] * stride_xm + ks[None, :], mask=rmask[:, None] & (ks < K)[None, :],
+            xa = tl.load(x_ptr + xrows[:, None] * stride_xm + ks[None, :], mask=xmask[:, None] & (ks < K)[None, :],
                          other=0.0)
             amax = tl.maximum(amax, tl.max(tl.abs(xa.to(tl.float32)), axis=1))
         x_scale = tl.maximum(tl.math.div_rn(amax, FP8_MAX), 1e-12)
@@ -106,19 +111,23 @@ def _fp8_skinny_kernel(
     for k0 in range(k_start, k_end, BLOCK_K):
         ks = k0 + tl.arange(0, BLOCK_K)
         kmask = ks < k_end
-        x = tl.load(x_ptr + rows[:, None] * stride_xm + ks[None, :], mask=rmask[:, None] & kmask[None, :], other=0.0)
         w = tl.load(w_ptr + cols[:, None] * stride_wn + ks[None, :], mask=cmask[:, None] & kmask[None, :], other=0.0)
         if ACT == 0:
+            x = tl.load(x_ptr + rows[:, None] * stride_xm + ks[None, :], mask=rmask[:, None] & kmask[None, :],
+                        other=0.0)
             if DOT == 2:
                 x = x.to(tl.float32)
             part = tl.dot(x, tl.trans(w.to(x.dtype)))
         else:
-            xf = x.to(tl.float32)
+            xf = tl.load(x_ptr + xrows[:, None] * stride_xm + ks[None, :], mask=xmask[:, None] & kmask[None, :],
+                         other=0.0).to(tl.float32)
             if ACT == 2:
                 x_scale = tl.maximum(tl.math.div_rn(tl.max(tl.abs(xf), axis=1), FP8_MAX), 1e-12)
             q = tl.clamp(tl.math.div_rn(xf, x_scale[:, None]), -FP8_MAX, FP8_MAX)
             if DOT == 2:
                 q = _round_e4m3_in_fp32(q, FP8_MIN_NORMAL)
+            if X_ROWS < BLOCK_M:
+                q = tl.where(rows[:, None] == 0, q, 0.0)
             q = q.to(w.dtype, fp_downcast_rounding="rtne")  # torch rounds to nearest, ties to even
             if DOT == 0:
                 part = tl.dot(q, tl.trans(w))
@@ -216,7 +225,7 @@ def fp8_skinny_gemm(
         x.stride(0), w.stride(0), w_scale.stride(0), parts.stride_os, parts.stride_om,
         BLOCK_M=MAX_ROWS, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, ACT=int(act), DOT=int(dot),
         W_BLOCKED=w_group != (1, k), FP8_MAX=float(torch.finfo(w.dtype).max),
-        FP8_MIN_NORMAL=float(torch.finfo(w.dtype).smallest_normal), HAS_BIAS=parts.direct and bias is not None,
+        FP8_MIN_NORMAL=float(torch.finfo(w.dtype).smallest_normal), X_ROWS=1 if m == 1 else MAX_ROWS, HAS_BIAS=parts.direct and bias is not None,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )
     return sum_splits(parts, y, bias)
