@@ -16,7 +16,7 @@ import triton
 import triton.language as tl
 
 from sgl.kernels._common import upcast_dot
-from sgl.kernels.skinny_gemm import MAX_ROWS, _sum_splits_kernel, skinny_config
+from sgl.kernels.skinny_gemm import MAX_ROWS, skinny_config, split_output, sum_splits
 
 
 class Fp8GemmConfig(NamedTuple):
@@ -114,25 +114,16 @@ def fp8_gemm(
     y = torch.empty((m, n), dtype=out_dtype, device=a.device)
     if m == 0:
         return y
-    k_per_split = triton.cdiv(triton.cdiv(k, cfg.split_k), cfg.block_k) * cfg.block_k
-    direct = cfg.split_k == 1
-    out = y if direct else torch.empty((cfg.split_k, m, n), dtype=torch.float32, device=a.device)
-    stride_os, stride_om = (0, y.stride(0)) if direct else (out.stride(0), out.stride(1))
+    parts = split_output(y, k, cfg.split_k, cfg.block_k)
     b_scale = b_scale.float().contiguous()
     sa = a_scale.float().contiguous() if a_scale is not None else b_scale
     grid = (triton.cdiv(m, cfg.block_m), triton.cdiv(n, cfg.block_n), cfg.split_k)
     _fp8_gemm_kernel[grid](
-        a, b, out, bias if bias is not None else y, sa, b_scale,
-        m, n, k, k_per_split, max(a_group_k, 1), b_group[0], b_group[1],
-        a.stride(0), b.stride(0), stride_os, stride_om, sa.stride(0), b_scale.stride(0),
+        a, b, parts.out, bias if bias is not None else y, sa, b_scale,
+        m, n, k, parts.k_per_split, max(a_group_k, 1), b_group[0], b_group[1],
+        a.stride(0), b.stride(0), parts.stride_os, parts.stride_om, sa.stride(0), b_scale.stride(0),
         BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, HAS_A_SCALE=a_scale is not None,
         DOT_FP32=upcast_dot(a) or (a_scale is None and a.dtype == torch.float32), DOT_FP16=fp16_dot,
-        HAS_BIAS=direct and bias is not None, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+        HAS_BIAS=parts.direct and bias is not None, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )
-    if not direct:
-        block = 1024
-        _sum_splits_kernel[(m, triton.cdiv(n, block))](
-            out, bias if bias is not None else out, y, n, out.stride(0), out.stride(1), y.stride(0),
-            SPLIT_K=cfg.split_k, BLOCK=block, HAS_BIAS=bias is not None, num_warps=4,
-        )
-    return y
+    return sum_splits(parts, y, bias)

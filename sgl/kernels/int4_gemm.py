@@ -15,7 +15,7 @@ import triton
 import triton.language as tl
 
 from sgl.kernels._common import upcast_dot
-from sgl.kernels.skinny_gemm import MAX_ROWS, _sum_splits_kernel, skinny_config
+from sgl.kernels.skinny_gemm import MAX_ROWS, skinny_config, split_output, sum_splits
 
 
 class Int4GemmConfig(NamedTuple):
@@ -113,23 +113,14 @@ def int4_gemm(
     y = torch.empty((m, n), dtype=x.dtype, device=x.device)
     if m == 0:
         return y
-    k_per_split = triton.cdiv(triton.cdiv(k, cfg.split_k), cfg.block_k) * cfg.block_k
-    direct = cfg.split_k == 1
-    out = y if direct else torch.empty((cfg.split_k, m, n), dtype=torch.float32, device=x.device)
-    stride_os, stride_om = (0, y.stride(0)) if direct else (out.stride(0), out.stride(1))
+    parts = split_output(y, k, cfg.split_k, cfg.block_k)
     grid = (triton.cdiv(m, cfg.block_m), triton.cdiv(n, cfg.block_n), cfg.split_k)
     _int4_gemm_kernel[grid](
-        x, qweight, qzeros, scales, g_idx if g_idx is not None else qzeros, out, bias if bias is not None else y,
-        m, n, k, k_per_split, group_size, zero_offset,
-        x.stride(0), qweight.stride(0), qzeros.stride(0), scales.stride(0), stride_os, stride_om,
+        x, qweight, qzeros, scales, g_idx if g_idx is not None else qzeros, parts.out,
+        bias if bias is not None else y, m, n, k, parts.k_per_split, group_size, zero_offset,
+        x.stride(0), qweight.stride(0), qzeros.stride(0), scales.stride(0), parts.stride_os, parts.stride_om,
         AWQ=awq, HAS_G_IDX=g_idx is not None, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k,
-        UPCAST=upcast_dot(x) or x.dtype == torch.float32, HAS_BIAS=direct and bias is not None,
+        UPCAST=upcast_dot(x) or x.dtype == torch.float32, HAS_BIAS=parts.direct and bias is not None,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )
-    if not direct:
-        block = 1024
-        _sum_splits_kernel[(m, triton.cdiv(n, block))](
-            out, bias if bias is not None else out, y, n, out.stride(0), out.stride(1), y.stride(0),
-            SPLIT_K=cfg.split_k, BLOCK=block, HAS_BIAS=bias is not None, num_warps=4,
-        )
-    return y
+    return sum_splits(parts, y, bias)

@@ -77,16 +77,53 @@ def _sum_splits_kernel(
     tl.store(y_ptr + m * stride_ym + cols, acc.to(y_ptr.dtype.element_ty), mask=cmask)
 
 
+class SplitOutput(NamedTuple):
+    """Where a weight-streaming kernel writes: y itself (one split) or fp32 partials [split_k, M, N]."""
+
+    out: torch.Tensor
+    stride_os: int
+    stride_om: int
+    k_per_split: int  # a whole number of K steps, so no step straddles two splits
+
+    @property
+    def direct(self) -> bool:
+        return self.stride_os == 0
+
+
+def split_output(y: torch.Tensor, k: int, split_k: int, block_k: int) -> SplitOutput:
+    k_per_split = triton.cdiv(triton.cdiv(k, split_k), block_k) * block_k
+    if split_k == 1:
+        return SplitOutput(y, 0, y.stride(0), k_per_split)
+    out = torch.empty((split_k, *y.shape), dtype=torch.float32, device=y.device)
+    return SplitOutput(out, out.stride(0), out.stride(1), k_per_split)
+
+
+def sum_splits(parts: SplitOutput, y: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """y = the partials summed in split order (+ bias); y as it is when the kernel wrote it directly."""
+    if not parts.direct:
+        block, (split_k, m, n) = 1024, parts.out.shape
+        _sum_splits_kernel[(m, triton.cdiv(n, block))](
+            parts.out, bias if bias is not None else parts.out, y, n, parts.out.stride(0), parts.out.stride(1),
+            y.stride(0), SPLIT_K=split_k, BLOCK=block, HAS_BIAS=bias is not None, num_warps=4,
+        )
+    return y
+
+
+def split_k_for(programs: int, k: int, block_k: int, device: torch.device) -> int:
+    """K splits (powers of two) until there are ~1.5 programs per streaming multiprocessor, each split still
+    streaming >= 2 K steps."""
+    split = 1
+    while programs * split < 1.5 * sm_count(device) and k // (split * 2) >= 2 * block_k:
+        split *= 2
+    return split
+
+
 @functools.cache
 def skinny_config(n: int, k: int, device: torch.device) -> SkinnyConfig:
     """Tiles from benchmarks/skinny_gemm_sweep.py on the H200: 64 rows of w by 128 of K per step, and K split until
     there are ~1.5 programs per streaming multiprocessor (each split still streams >= 2 blocks of K)."""
     block_n, block_k = 64, 128
-    programs = triton.cdiv(n, block_n)
-    split = 1
-    while programs * split < 1.5 * sm_count(device) and k // (split * 2) >= 2 * block_k:
-        split *= 2
-    return SkinnyConfig(block_n, block_k, split, 4, 3)
+    return SkinnyConfig(block_n, block_k, split_k_for(triton.cdiv(n, block_n), k, block_k, device), 4, 3)
 
 
 def skinny_gemm(
@@ -107,20 +144,11 @@ def skinny_gemm(
     y = torch.empty((m, n), dtype=x.dtype, device=x.device)
     if m == 0:
         return y
-    k_per_split = triton.cdiv(triton.cdiv(k, cfg.split_k), cfg.block_k) * cfg.block_k
-    direct = cfg.split_k == 1
-    out = y if direct else torch.empty((cfg.split_k, m, n), dtype=torch.float32, device=x.device)
-    stride_os, stride_om = (0, y.stride(0)) if direct else (out.stride(0), out.stride(1))
+    parts = split_output(y, k, cfg.split_k, cfg.block_k)
     _skinny_gemm_kernel[(triton.cdiv(n, cfg.block_n), cfg.split_k)](
-        x, w, out, bias if bias is not None else x, m, n, k, k_per_split,
-        x.stride(0), w.stride(0), stride_os, stride_om,
+        x, w, parts.out, bias if bias is not None else x, m, n, k, parts.k_per_split,
+        x.stride(0), w.stride(0), parts.stride_os, parts.stride_om,
         BLOCK_M=MAX_ROWS, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, UPCAST=upcast_dot(x),
-        HAS_BIAS=direct and bias is not None, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+        HAS_BIAS=parts.direct and bias is not None, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )
-    if not direct:
-        block = 1024
-        _sum_splits_kernel[(m, triton.cdiv(n, block))](
-            out, bias if bias is not None else out, y, n, out.stride(0), out.stride(1), y.stride(0),
-            SPLIT_K=cfg.split_k, BLOCK=block, HAS_BIAS=bias is not None, num_warps=4,
-        )
-    return y
+    return sum_splits(parts, y, bias)

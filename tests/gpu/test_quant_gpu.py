@@ -121,6 +121,95 @@ def test_triton_int4_matches_reference_at_llama_shapes(fmt: str, desc_act: bool,
               f"({n * k / 2 / t / 1e3:.0f} GB/s of packed weights)")
 
 
+DECODE_SHAPES = {"qkv": (6144, 4096), "o": (4096, 4096), "gate_up": (28672, 4096), "down": (4096, 14336)}  # (out, in)
+FP8_DECODE_SCHEMES = {
+    "block128": Fp8Scheme("block", "group", (128, 128), scale_name="weight_scale_inv"),
+    "online": Fp8Scheme("channel", "token", serialized=False),
+    "static": Fp8Scheme("tensor", "static"),
+    "weight-only": Fp8Scheme("channel", "none"),
+}
+
+
+def _fp8_decode_layer(scheme: Fp8Scheme, n: int, k: int) -> nn.Module:
+    """_fp8_layer, plus serialized per-channel (weight-only) and per-tensor (static) checkpoints."""
+    if scheme.weight == "block" or not scheme.serialized:
+        return _fp8_layer(scheme, n, k)
+    layer = nn.Module()
+    layer.output_partition_sizes = [n]  # type: ignore[assignment]
+    with torch.device(DEV):
+        Fp8LinearMethod(scheme).create_weights(layer, k, n, False, BF16)
+    dense = torch.randn(n, k, device=DEV) * 0.02
+    if scheme.weight == "channel":
+        w, s = fm.quantize_per_row(dense)
+        layer.weight.data.copy_(w)  # type: ignore[union-attr,operator]
+        layer.weight_scale.data.copy_(s)  # type: ignore[union-attr,operator]
+        return layer
+    layer.weight_scale.data.fill_(float(dense.abs().max()) / fm.FP8_MAX)  # type: ignore[union-attr,operator]
+    layer.weight.data.copy_(fm.quantize_with_scale(dense, layer.weight_scale))  # type: ignore[union-attr,operator]
+    layer.input_scale.data.fill_(4.0 / fm.FP8_MAX)  # type: ignore[union-attr,operator]
+    Fp8LinearMethod(scheme).process_weights_after_loading(layer)
+    return layer
+
+
+@pytest.mark.parametrize("scheme", list(FP8_DECODE_SCHEMES))
+@pytest.mark.parametrize("m", [1, 3, 16])
+@pytest.mark.parametrize("shape", list(DECODE_SHAPES))
+def test_fp8_decode_kernel_matches_reference_at_llama_shapes(scheme: str, m: int, shape: str) -> None:
+    """The streaming kernel (fp8_skinny_gemm, through the method at <= 16 rows) against the reference: identical fp8
+    activations, so only the fp32 summation order and the bf16 output rounding differ."""
+    n, k = DECODE_SHAPES[shape]
+    fp8 = FP8_DECODE_SCHEMES[scheme]
+    layer = _fp8_decode_layer(fp8, n, k)
+    x = torch.randn(m, k, device=DEV, dtype=BF16)
+    ref = Fp8LinearMethod(fp8).apply(layer, x)
+    out = TritonFp8LinearMethod(fp8, scaled_mm=SCALED_MM, fp16_dot=not SCALED_MM).apply(layer, x)
+    assert out.dtype == BF16 and _rel(out, ref) < 4e-3
+
+
+def test_fp8_decode_kernel_rounds_activations_as_torch_does() -> None:
+    """Identity weights read back each activation as the kernel rounded it: on the device (fp8 conversion
+    instructions, IEEE division) it must be torch's value bit for bit, subnormals and carries included."""
+    from sgl.kernels.fp8_skinny_gemm import ActQuant, DotKind, fp8_skinny_gemm
+
+    k = 512
+    x = torch.randn(16, k, device=DEV) * torch.exp(torch.randn(16, k, device=DEV) * 3)
+    eye = torch.eye(k, device=DEV)[:256].to(fm.FP8)
+    ones = torch.ones(256, 1, device=DEV)
+    dot = DotKind.FP8 if SCALED_MM else DotKind.FP16
+    out = fp8_skinny_gemm(x, eye, ones, (1, k), ActQuant.TOKEN, dot=dot)
+    assert torch.equal(out, fm.fake_quantize_per_token_group(x, k)[:, :256])
+    scale = torch.tensor([0.01], device=DEV)
+    out = fp8_skinny_gemm(x, eye, ones, (1, k), ActQuant.STATIC, x_scale=scale, dot=dot)
+    assert torch.equal(out, fm.fake_quantize_static(x, scale)[:, :256])
+
+
+@pytest.mark.parametrize(("fmt", "group"), [("awq", 128), ("gptq", 128), ("gptq", -1)])
+@pytest.mark.parametrize("m", [1, 4, 16])
+@pytest.mark.parametrize("shape", list(DECODE_SHAPES))
+@pytest.mark.parametrize("dtype", [BF16, torch.float16])
+def test_int4_decode_kernel_matches_reference_at_llama_shapes(
+    fmt: str, group: int, m: int, shape: str, dtype: torch.dtype
+) -> None:
+    """int4_skinny_gemm (through the method at <= 16 rows, groups in input order) against the reference."""
+    n, k = DECODE_SHAPES[shape]
+    scheme = Int4Scheme(fmt, group, False, 1 if fmt == "gptq" else 0)  # type: ignore[arg-type]
+    layer = nn.Module()
+    layer.output_partition_sizes = [n]  # type: ignore[assignment]
+    with torch.device(DEV):
+        Int4LinearMethod(scheme).create_weights(layer, k, n, False, dtype)
+        for name, p in layer.named_parameters():
+            if name in ("qweight", "qzeros"):
+                p.data.copy_(torch.randint(-2**31, 2**31 - 1, p.shape, dtype=torch.int64).to(torch.int32))
+            elif name == "scales":
+                p.data.copy_((torch.rand(p.shape) * 0.004 + 0.001).half())
+            elif name == "g_idx":
+                p.data.copy_(torch.arange(k, dtype=torch.int32) // (k if group == -1 else group))
+    x = torch.randn(m, k, device=DEV, dtype=dtype)
+    ref = Int4LinearMethod(scheme).apply(layer, x)
+    out = TritonInt4LinearMethod(scheme).apply(layer, x)
+    assert out.dtype == dtype and _rel(out, ref) < 4e-3
+
+
 def _engine(model: Path, **kw: object) -> sgl.Engine:
     kw.setdefault("backend", "cuda")
     kw.setdefault("max_total_tokens", 16384)

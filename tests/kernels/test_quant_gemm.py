@@ -10,6 +10,7 @@ from torch import nn
 from sgl.core.model.linear_method import ShardLayout, shard_layout
 from sgl.kernels.fp8_gemm import Fp8GemmConfig, fp8_gemm
 from sgl.kernels.int4_gemm import Int4GemmConfig, int4_gemm
+from sgl.kernels.int4_skinny_gemm import Int4SkinnyConfig, int4_skinny_config, int4_skinny_gemm, max_block_k
 from sgl.plugins.quant import fp8_math as fm
 from sgl.plugins.quant.fp8_linear import Fp8LinearMethod, Fp8Scheme
 from sgl.plugins.quant.int4_linear import Int4LinearMethod, Int4Scheme
@@ -19,7 +20,8 @@ from sgl.plugins.quant.triton_int4 import TritonInt4LinearMethod
 
 def _close(out: torch.Tensor, ref: torch.Tensor) -> None:
     # NOTE: fp32 accumulation in a different order, one rounding to the output dtype
-    tol = ref.abs().max().item() * (2**-7 if out.dtype == torch.bfloat16 else 1e-5)
+    ulp = {torch.bfloat16: 2**-7, torch.float16: 2**-10}.get(out.dtype, 1e-5)
+    tol = ref.abs().max().item() * ulp
     torch.testing.assert_close(out.float(), ref.float(), atol=tol, rtol=0)
 
 
@@ -121,6 +123,50 @@ def test_awq_kernel_reads_autoawqs_nibble_order(device: torch.device) -> None:
     del layer
 
 
+@pytest.mark.parametrize("fmt", ["awq", "gptq"])
+@pytest.mark.parametrize("m", [1, 3, 16])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_int4_skinny_gemm_matches_the_reference_dequantization(
+    fmt: str, m: int, dtype: torch.dtype, device: torch.device
+) -> None:
+    """bf16 and fp16 inputs take different exact encodings of the nibbles (2**7 + q, 2**10 + q); N = 72 and K = 160
+    leave partial tiles and an uneven split."""
+    k, n, group = 160, 72, 32
+    layer, scheme = _int4_layer(fmt, k, n, group, False, seed=m)
+    gen = torch.Generator().manual_seed(4)
+    x, bias = torch.randn(m, k, generator=gen).to(dtype), torch.randn(n, generator=gen)
+    ref = Int4LinearMethod(scheme).apply(layer, x.float()) + bias
+    layer.to(device)
+    out = int4_skinny_gemm(x.to(device), layer.qweight, layer.qzeros, layer.scales, group,  # type: ignore[arg-type]
+                           fmt == "awq", scheme.zero_offset, bias.to(dtype).to(device),
+                           config=Int4SkinnyConfig(32, 32, 2, 4, 2))
+    assert out.dtype == dtype and out.shape == (m, n)
+    _close(out.cpu(), ref)
+
+
+def test_int4_skinny_gemm_reads_autoawqs_nibble_order_and_one_whole_group(device: torch.device) -> None:
+    k, n = 32, 16
+    ints = torch.arange(n).remainder(16).repeat(k, 1)  # column c holds the value c % 16
+    qweight = _awq_pack(ints).to(device)
+    qzeros = torch.zeros(1, n // 8, dtype=torch.int32, device=device)
+    scales = torch.ones(1, n, dtype=torch.float16, device=device)
+    out = int4_skinny_gemm(torch.ones(1, k, device=device), qweight, qzeros, scales, k, True,
+                           config=Int4SkinnyConfig(16, 32, 1, 4, 2))
+    assert out.cpu().flatten().tolist() == [float(k * c) for c in range(n)]
+
+
+def test_int4_skinny_k_steps_stay_inside_a_group() -> None:
+    assert max_block_k(128, 4096) == 128 and max_block_k(64, 4096) == 64 and max_block_k(4096, 4096) == 128
+    assert max_block_k(8, 4096) is None
+    dev = torch.device("cpu")
+    assert int4_skinny_config(4096, 4096, 128, dev).split_k == 1  # 64 programs >= 1.5 x 8 "multiprocessors"
+    assert int4_skinny_config(256, 4096, 32, dev) == Int4SkinnyConfig(64, 32, 4, 4, 4)
+    with pytest.raises(ValueError, match="block_k 64"):
+        int4_skinny_gemm(torch.zeros(1, 64), torch.zeros(64, 1, dtype=torch.int32),
+                         torch.zeros(2, 1, dtype=torch.int32), torch.ones(2, 8), 32, True,
+                         config=Int4SkinnyConfig(16, 64, 1, 4, 2))
+
+
 def _fp8_layer(scheme: Fp8Scheme, k: int, n: int) -> nn.Module:
     layer = nn.Module()
     layer.output_partition_sizes = [n // 2, n // 2]  # type: ignore[assignment]
@@ -151,7 +197,7 @@ def _fp8_layer(scheme: Fp8Scheme, k: int, n: int) -> nn.Module:
     Fp8Scheme("channel", "none"),
     Fp8Scheme("channel", "token", serialized=False),
 ], ids=["block", "channel-token", "tensor-static", "weight-only", "online"])
-@pytest.mark.parametrize("m", [4, 24])
+@pytest.mark.parametrize("m", [1, 4, 16, 24])  # <= 16 rows: sgl.kernels.fp8_skinny_gemm; beyond: fp8_gemm
 def test_triton_fp8_method_matches_the_reference_method(scheme: Fp8Scheme, m: int, device: torch.device) -> None:
     layer = _fp8_layer(scheme, 96, 64)
     x = torch.randn(m, 96, generator=torch.Generator().manual_seed(m))
@@ -161,10 +207,13 @@ def test_triton_fp8_method_matches_the_reference_method(scheme: Fp8Scheme, m: in
     _close(fast.apply(layer, x.to(device), layer.bias).cpu(), ref)  # type: ignore[arg-type]
 
 
-@pytest.mark.parametrize("fmt", ["awq", "gptq"])
-def test_triton_int4_method_matches_the_reference_method(fmt: str, device: torch.device) -> None:
-    layer, scheme = _int4_layer(fmt, 128, 64, 32, fmt == "gptq", seed=9)
-    x = torch.randn(5, 128, generator=torch.Generator().manual_seed(3))
+@pytest.mark.parametrize(("fmt", "desc_act"), [("awq", False), ("gptq", False), ("gptq", True)])
+@pytest.mark.parametrize("m", [1, 5, 16, 17])  # <= 16 rows in group order: int4_skinny_gemm; else int4_gemm
+def test_triton_int4_method_matches_the_reference_method(
+    fmt: str, desc_act: bool, m: int, device: torch.device
+) -> None:
+    layer, scheme = _int4_layer(fmt, 128, 64, 32, desc_act, seed=9)
+    x = torch.randn(m, 128, generator=torch.Generator().manual_seed(3))
     ref = Int4LinearMethod(scheme).apply(layer, x)
     layer.to(device)
     _close(TritonInt4LinearMethod(scheme).apply(layer, x.to(device)).cpu(), ref)

@@ -1,20 +1,32 @@
 """The FP8 linear method for Triton platforms: activations quantized exactly as the reference does, then a scaled
-FP8 GEMM (sgl.kernels.fp8_gemm; torch._scaled_mm for per-channel weights with per-token inputs beyond decode sizes,
-where the device has fp8 tensor cores)."""
+FP8 GEMM. Decode sizes (<= 16 rows) take sgl.kernels.fp8_skinny_gemm, which streams the weight and rounds the
+activations in the same launch; larger batches quantize in torch and run sgl.kernels.fp8_gemm (torch._scaled_mm for
+per-channel weights with per-token inputs, where the device has fp8 tensor cores)."""
 
 from __future__ import annotations
 
+import functools
+import logging
 from typing import cast
 
 import torch
 from torch import nn
 
 from sgl.kernels.fp8_gemm import fp8_gemm
+from sgl.kernels.fp8_skinny_gemm import ActQuant, DotKind, fp8_skinny_gemm, max_block_k
 from sgl.kernels.skinny_gemm import MAX_ROWS
 from sgl.plugins.quant import fp8_math as fm
 from sgl.plugins.quant.fp8_linear import Fp8LinearMethod, Fp8Scheme
 
 _SCALED_MM_DTYPES = (torch.bfloat16, torch.float16)
+logger = logging.getLogger(__name__)
+_ACT_QUANT = {"none": ActQuant.NONE, "token": ActQuant.TOKEN, "group": ActQuant.GROUP, "static": ActQuant.STATIC}
+
+
+@functools.cache
+def _log_unstreamed(w_group_k: int, act_group: int) -> None:
+    logger.info("fp8 decode: scale groups along K (weight %d, activations %d) are not powers of two >= 16; small "
+                "batches run the general fp8 GEMM", w_group_k, act_group)
 
 
 class TritonFp8LinearMethod(Fp8LinearMethod):
@@ -39,6 +51,20 @@ class TritonFp8LinearMethod(Fp8LinearMethod):
         q, scale = fm.quantize_per_token_group(x, group, self.fp8_dtype)
         return q, scale, min(group, k)
 
+    def _streamed(self, layer: nn.Module, x2: torch.Tensor, w_scale: torch.Tensor, w_group: tuple[int, int],
+                  bias: torch.Tensor | None) -> torch.Tensor | None:
+        """A decode-sized product in one launch that rounds x as _quantized_input would and streams the weight; None
+        where the scale groups fit no K step of that kernel (then the general path runs)."""
+        act = self.scheme.activation if self.scheme.serialized else "token"
+        group = cast(tuple[int, int], self.scheme.block)[1] if act == "group" else 0
+        if max_block_k(x2.shape[1], w_group[1], _ACT_QUANT[act], group) is None:
+            _log_unstreamed(w_group[1], group)
+            return None
+        x_scale = cast(torch.Tensor, layer.input_scale) if act == "static" else None
+        dot = None if x2.device.type == "cpu" else DotKind.FP16 if self.fp16_dot else DotKind.FP8
+        return fp8_skinny_gemm(x2, cast(torch.Tensor, layer.weight), w_scale, w_group, _ACT_QUANT[act], group,
+                               x_scale, bias, dot)
+
     def apply(self, layer: nn.Module, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
         x2 = x.reshape(-1, x.shape[-1])
         k = x2.shape[1]
@@ -48,6 +74,9 @@ class TritonFp8LinearMethod(Fp8LinearMethod):
             w_group = cast(tuple[int, int], self.scheme.block)
         else:
             w_scale, w_group = cast(torch.Tensor, layer.weight_scale), (1, k)
+        streamed = self._streamed(layer, x2, w_scale, w_group, bias) if 0 < x2.shape[0] <= MAX_ROWS else None
+        if streamed is not None:
+            return streamed.reshape(*x.shape[:-1], streamed.shape[-1])
         a, a_scale, a_group = self._quantized_input(layer, x2)
         if (self.scaled_mm and a_scale is not None and w_group == (1, k) and a_group == k
                 and x2.shape[0] > MAX_ROWS and x.dtype in _SCALED_MM_DTYPES):

@@ -1,0 +1,231 @@
+"""y = quant(x) @ (w * w_scale).T for a handful of rows of x (decode at small batch) and fp8 weights, in one launch.
+
+At M <= 16 the product is bound by reading w once, at one byte a weight: each program streams BLOCK_N rows of w over
+one K split, as sgl.kernels.skinny_gemm does for bf16. The older decode path quantized x in torch first (half a dozen
+tiny kernels a projection, then sgl.kernels.fp8_gemm); here the kernel quantizes x itself, exactly as the reference
+(Fp8LinearMethod) does:
+
+- ``token``: one dynamic scale per row over all of K. Each program first reads its rows of x whole (from L2; masked
+  padding rows cost nothing) for their absolute maximum, so no second kernel and no grid-wide sync are needed.
+- ``group``: one dynamic scale per row and BLOCK_K features (block-wise checkpoints, groups of 128): BLOCK_K is the
+  group, so each K step's amax is its own tile's.
+- ``static``: the checkpoint's one input scale.
+- ``none`` (weight-only): x is not rounded; w widens to x's dtype.
+
+Rounding uses IEEE division and fp8's round-to-nearest-even, as torch does, so each row's fp8 values are the
+reference's; the dot then runs on fp8 tensor cores (or widened to fp16, exact for e4m3, where the GPU has none) with
+fp32 accumulation, and the scales multiply the fp32 partials: per K step for block scales (BLOCK_K divides the weight's
+scale group), once at the end for per-row ones. Splits write fp32 partials that sgl.kernels.skinny_gemm's second pass
+sums in a fixed order (no atomics), so the result does not depend on scheduling.
+
+NOTE: every program rounds its split of x itself, each value through an IEEE division: at batch 1 one row (the dot's
+other 15 rows are zeros), otherwise all 16 rows in registers, padding included, which at BLOCK_N = 64 is a quarter as
+many values as the weight tile it streams. A wider BLOCK_N amortizes it; benchmarks/quant_gemm_sweep.py shows whether
+it bounds the kernel.
+"""
+
+from __future__ import annotations
+
+import functools
+from enum import IntEnum
+from typing import NamedTuple
+
+import torch
+import triton
+import triton.language as tl
+
+from sgl.kernels._common import sm_count, upcast_dot
+from sgl.kernels.skinny_gemm import MAX_ROWS, split_k_for, split_output, sum_splits
+
+
+class ActQuant(IntEnum):
+    """How x is rounded before the product (the reference method's activation scheme)."""
+
+    NONE = 0
+    TOKEN = 1
+    GROUP = 2
+    STATIC = 3
+
+
+class DotKind(IntEnum):
+    FP8 = 0  # fp8 tensor cores (sm89+)
+    FP16 = 1  # both operands widened to fp16 (exact for e4m3) on GPUs without fp8 tensor cores
+    FP32 = 2  # the interpreter (CPU tl.dot on narrow types is not trustworthy)
+
+
+class Fp8SkinnyConfig(NamedTuple):
+    block_n: int
+    block_k: int
+    split_k: int
+    num_warps: int
+    num_stages: int
+
+
+@triton.jit
+def _round_e4m3_in_fp32(v, MIN_NORMAL: tl.constexpr):
+    """``v`` (fp32, within fp8's range) rounded to the nearest e4m3 value, ties to even, still in fp32.
+
+    NOTE: the interpreter's fp32 -> fp8 cast drops the carry when rounding up crosses a power of two (7.95 becomes
+    4.0); this rounding leaves it only exact values to cast. Normals: round the fp32 mantissa to 3 bits (the carry
+    runs into the exponent); subnormals: add and remove a constant whose fp32 ulp is the e4m3 subnormal step.
+    """
+    bits = v.to(tl.int32, bitcast=True)
+    bits = (bits + 0x7FFFF + ((bits >> 20) & 1)) & -0x100000
+    magic = MIN_NORMAL / 8 * 12582912.0  # 1.5 * 2**23 subnormal steps
+    return tl.where(tl.abs(v) < MIN_NORMAL, (v + magic) - magic, bits.to(tl.float32, bitcast=True))
+
+
+@triton.jit
+def _fp8_skinny_kernel(
+    x_ptr, w_ptr, ws_ptr, xs_ptr, out_ptr, bias_ptr,
+    M, N, K, k_per_split, w_group_n, w_group_k,
+    stride_xm, stride_wn, stride_wsn, stride_os, stride_om,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, ACT: tl.constexpr, DOT: tl.constexpr,
+    W_BLOCKED: tl.constexpr, FP8_MAX: tl.constexpr, FP8_MIN_NORMAL: tl.constexpr, X_ROWS: tl.constexpr,
+    HAS_BIAS: tl.constexpr,
+):
+    """Writes split ``program_id(1)``'s fp32 partial, or (one split) the finished y with its bias."""
+    pid_n = tl.program_id(0)
+    split = tl.program_id(1)
+    rows = tl.arange(0, BLOCK_M)
+    cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    rmask = rows < M
+    cmask = cols < N
+    k_start = split * k_per_split
+    k_end = tl.minimum(k_start + k_per_split, K)
+    # NOTE: x is rounded on X_ROWS rows (1 at batch 1, where the other 15 of the dot's rows are zeros)
+    xrows = tl.arange(0, X_ROWS)
+    xmask = xrows < M
+    x_scale = tl.full([X_ROWS], 1.0, dtype=tl.float32)
+    if ACT == 1:  # per token over all of K: this program's rows, read whole
+        amax = tl.zeros([X_ROWS], dtype=tl.float32)
+        for k0 in range(0, K, BLOCK_K):
+            ks = k0 + tl.arange(0, BLOCK_K)
+            xa = tl.load(x_ptr + xrows[:, None] * stride_xm + ks[None, :], mask=xmask[:, None] & (ks < K)[None, :],
+                         other=0.0)
+            amax = tl.maximum(amax, tl.max(tl.abs(xa.to(tl.float32)), axis=1))
+        x_scale = tl.maximum(tl.math.div_rn(amax, FP8_MAX), 1e-12)
+    elif ACT == 3:
+        x_scale = x_scale * tl.load(xs_ptr)
+    acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+    for k0 in range(k_start, k_end, BLOCK_K):
+        ks = k0 + tl.arange(0, BLOCK_K)
+        kmask = ks < k_end
+        w = tl.load(w_ptr + cols[:, None] * stride_wn + ks[None, :], mask=cmask[:, None] & kmask[None, :], other=0.0)
+        if ACT == 0:
+            x = tl.load(x_ptr + rows[:, None] * stride_xm + ks[None, :], mask=rmask[:, None] & kmask[None, :],
+                        other=0.0)
+            if DOT == 2:
+                x = x.to(tl.float32)
+            part = tl.dot(x, tl.trans(w.to(x.dtype)))
+        else:
+            xf = tl.load(x_ptr + xrows[:, None] * stride_xm + ks[None, :], mask=xmask[:, None] & kmask[None, :],
+                         other=0.0).to(tl.float32)
+            if ACT == 2:
+                x_scale = tl.maximum(tl.math.div_rn(tl.max(tl.abs(xf), axis=1), FP8_MAX), 1e-12)
+            q = tl.clamp(tl.math.div_rn(xf, x_scale[:, None]), -FP8_MAX, FP8_MAX)
+            if DOT == 2:
+                q = _round_e4m3_in_fp32(q, FP8_MIN_NORMAL)
+            if X_ROWS < BLOCK_M:
+                q = tl.where(rows[:, None] == 0, q, 0.0)
+            q = q.to(w.dtype, fp_downcast_rounding="rtne")  # torch rounds to nearest, ties to even
+            if DOT == 0:
+                part = tl.dot(q, tl.trans(w))
+            elif DOT == 1:
+                part = tl.dot(q.to(tl.float16), tl.trans(w.to(tl.float16)))
+            else:
+                part = tl.dot(q.to(tl.float32), tl.trans(w.to(tl.float32)))
+        if ACT == 2:
+            part = part * x_scale[:, None]
+        if W_BLOCKED:
+            sw = tl.load(ws_ptr + (cols // w_group_n) * stride_wsn + k0 // w_group_k, mask=cmask, other=0.0)
+            part = part * sw[None, :]
+        acc += part
+    if not W_BLOCKED:
+        acc = acc * tl.load(ws_ptr + cols * stride_wsn, mask=cmask, other=0.0)[None, :]
+    if ACT == 1 or ACT == 3:
+        acc = acc * x_scale[:, None]
+    if HAS_BIAS:
+        acc += tl.load(bias_ptr + cols, mask=cmask, other=0.0).to(tl.float32)[None, :]
+    tl.store(out_ptr + split * stride_os + rows[:, None] * stride_om + cols[None, :],
+             acc.to(out_ptr.dtype.element_ty), mask=rmask[:, None] & cmask[None, :])
+
+
+@functools.cache
+def fp8_skinny_config(n: int, k: int, block_k_limit: int, device: torch.device) -> Fp8SkinnyConfig:
+    """256 bytes of each weight row per K step (the bf16 skinny GEMM's 128 values), fewer where a scale group is
+    shorter; 64 rows a program where that already gives ~1.5 programs per multiprocessor, else 32, and K split until
+    it does (each split still streams >= 2 K steps). A first guess: benchmarks/quant_gemm_sweep.py prints the best
+    tile per shape."""
+    block_k = min(256, block_k_limit)
+    target = 1.5 * sm_count(device)
+    block_n = 64 if triton.cdiv(n, 64) >= target else 32
+    return Fp8SkinnyConfig(block_n, block_k, split_k_for(triton.cdiv(n, block_n), k, block_k, device), 4, 4)
+
+
+def max_block_k(k: int, w_group_k: int, act: ActQuant, act_group: int = 0) -> int | None:
+    """The longest K step the scale groups allow (a power of two, 16..256, dividing the weight's K group; for
+    per-group activations the group itself), or None where the groups fit no such step."""
+    limit = 256
+    if w_group_k < k:
+        while limit > 16 and w_group_k % limit:
+            limit //= 2
+        if w_group_k % limit:
+            return None
+    if act == ActQuant.GROUP and act_group < k:
+        if act_group < 16 or act_group & (act_group - 1) or act_group > limit:
+            return None
+        limit = act_group
+    return limit
+
+
+def fp8_skinny_gemm(
+    x: torch.Tensor, w: torch.Tensor, w_scale: torch.Tensor, w_group: tuple[int, int], act: ActQuant,
+    act_group: int = 0, x_scale: torch.Tensor | None = None, bias: torch.Tensor | None = None,
+    dot: DotKind | None = None, config: Fp8SkinnyConfig | None = None,
+) -> torch.Tensor:
+    """``x`` [M, K] (M <= 16, float) times fp8 ``w`` [N, K] with ``w_scale`` [N / w_group[0], K / w_group[1]]
+    (groups rounded up; a per-row scale is [N, 1] with group (1, K)), x rounded as ``act`` says (``act_group``
+    features for GROUP, ``x_scale`` [1] for STATIC), plus ``bias`` -> [M, N] in x's dtype.
+
+    ``dot`` defaults to fp8 tensor cores on a device, fp32 under the interpreter.
+    """
+    m, k = x.shape
+    n = w.shape[0]
+    if m > MAX_ROWS:
+        raise ValueError(f"fp8_skinny_gemm takes at most {MAX_ROWS} rows (got {m})")
+    if w.shape[1] != k or w.element_size() != 1:
+        raise ValueError(f"w must be fp8 [N, {k}] (got {w.dtype} {tuple(w.shape)})")
+    if w.stride(1) != 1:
+        raise ValueError("w's rows must be contiguous")
+    if (act == ActQuant.STATIC) != (x_scale is not None):
+        raise ValueError("x_scale is the static activation scale: given for STATIC and only then")
+    if act == ActQuant.GROUP and act_group >= k:
+        act = ActQuant.TOKEN  # NOTE: one group covering the row is a per-token scale (as the reference reads it)
+    limit = max_block_k(k, w_group[1], act, act_group)
+    if limit is None:
+        raise ValueError(f"scale groups (weight {w_group[1]}, activations {act_group}) along K fit no K step: "
+                         "each must be a power of two of at least 16")
+    cfg = config or fp8_skinny_config(n, k, limit, x.device)
+    if cfg.block_k > limit or (act == ActQuant.GROUP and cfg.block_k != act_group):
+        raise ValueError(f"block_k {cfg.block_k} does not fit the scale groups (at most {limit}, the activation group "
+                         f"itself for per-group activations)")
+    x = x if x.stride(1) == 1 else x.contiguous()
+    if dot is None:
+        dot = DotKind.FP32 if upcast_dot(x) else DotKind.FP8
+    y = torch.empty((m, n), dtype=x.dtype, device=x.device)
+    if m == 0:
+        return y
+    parts = split_output(y, k, cfg.split_k, cfg.block_k)
+    w_scale = w_scale if w_scale.dtype == torch.float32 and w_scale.stride(-1) == 1 else w_scale.float().contiguous()
+    xs = x_scale.float() if x_scale is not None else w_scale
+    _fp8_skinny_kernel[(triton.cdiv(n, cfg.block_n), cfg.split_k)](
+        x, w, w_scale, xs, parts.out, bias if bias is not None else y,
+        m, n, k, parts.k_per_split, w_group[0], w_group[1],
+        x.stride(0), w.stride(0), w_scale.stride(0), parts.stride_os, parts.stride_om,
+        BLOCK_M=MAX_ROWS, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, ACT=int(act), DOT=int(dot),
+        W_BLOCKED=w_group != (1, k), FP8_MAX=float(torch.finfo(w.dtype).max),
+        FP8_MIN_NORMAL=float(torch.finfo(w.dtype).smallest_normal), X_ROWS=1 if m == 1 else MAX_ROWS, HAS_BIAS=parts.direct and bias is not None,
+        num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+    )
+    return sum_splits(parts, y, bias)
