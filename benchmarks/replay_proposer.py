@@ -5,8 +5,10 @@ proposals are replaced by the target's recorded greedy continuation, each drafte
 Why: dummy draft weights accept nothing, so they cannot show what the speculative machinery delivers at a given
 acceptance. With the recording right, a chain of k drafts is accepted up to its first wrong token, so its mean
 acceptance length is 1 + sum_(j=1..k) (1 - p)^j (``expected_accept_length``). It never changes what is emitted: the
-target verifies every draft. A request whose tokens leave its recording (device numerics moved a near-tie) is
-counted in ``replay_diverged_requests`` and gets the draft head's own proposals from then on.
+target verifies every draft. A request whose tokens leave its recording (device numerics moved a near-tie between
+the plain run and the verify forward) is counted in ``replay_diverged_requests`` and gets the draft head's own
+proposals from then on; each finished request's output then replaces its prompt's recording, so later runs of the
+same prompt replay what this engine's target emits.
 """
 
 from __future__ import annotations
@@ -113,7 +115,12 @@ class Replayer:
         return drafts + own[len(drafts) :]
 
     def release(self, r: Req) -> None:
-        self.tracks.pop(r.rid, None)
+        """Forgets the request; a finished one's output becomes its prompt's recording (an abort's shorter one not)."""
+        if self.tracks.pop(r.rid, None) is None or not r.finished:
+            return
+        key = tuple(r.origin_input_ids)
+        if len(r.output_ids) >= len(self.recording.get(key, ())):
+            self.recording[key] = list(r.output_ids)
 
 
 class Eagle3ReplayAlgorithm(Eagle3Algorithm):
