@@ -102,7 +102,8 @@ class Replayer:
         return None if track.diverged else track
 
     def _wrong(self, token: int) -> int:
-        return (token + 1 + self.rng.randrange(self.vocab_size - 1)) % self.vocab_size
+        """Any other token of the vocabulary, uniformly (``random()`` rather than ``randrange``: host time)."""
+        return (token + 1 + int(self.rng.random() * (self.vocab_size - 1))) % self.vocab_size
 
     def replay(self, r: Req, own: list[int]) -> list[int]:
         """``own`` (the draft head's proposals) replaced by what the recording says comes next, as far as it goes."""
@@ -111,7 +112,10 @@ class Replayer:
             return own
         n = len(r.output_ids)
         recorded = track.continuation[n : n + len(own)]
-        drafts = [self._wrong(t) if self.rng.random() < self.corrupt else t for t in recorded]
+        if self.corrupt == 0.0:
+            drafts = recorded
+        else:
+            drafts = [self._wrong(t) if self.rng.random() < self.corrupt else t for t in recorded]
         return drafts + own[len(drafts) :]
 
     def release(self, r: Req) -> None:
