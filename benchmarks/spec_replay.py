@@ -2,7 +2,7 @@
 continuation replayed as the drafts (``replay_proposer.py``), against plain decoding measured in the same run.
 
 python -m benchmarks.spec_replay [MODEL] [--batch 1,32,64] [--steps 3,5] [--corrupt 0,1] [--accept 3.0]
-    [--new-tokens 256] [--prompt-len 128] [--ngram-draft-tokens 8] [--disable-gate] [--json PATH]
+    [--new-tokens 256] [--prompt-len 128] [--ngram-draft-tokens 8] [--reps 3] [--disable-gate] [--json PATH]
 
 MODEL is a config of ``sgl/core/model/configs`` (default llama-3.1-8b) or ``demo`` (the tiny CPU model), run with
 dummy weights; the EAGLE-3 draft is a config made here (``eagle3_dummy_draft.py``), dummy too. Per batch size: the
@@ -33,12 +33,11 @@ from benchmarks.spec_speed import PROMPT
 from sgl.core.demo_model import ensure_demo_model
 from sgl.core.plugins import add_in_process_plugin, remove_in_process_plugin
 
-REPS = 3
-
 
 class Workload(NamedTuple):
     prompts: list[list[int]]
     new_tokens: int
+    reps: int  # timed runs; the best is reported
 
 
 def model_path(name: str) -> str:
@@ -56,11 +55,12 @@ def engine_options(batches: list[int], prompt_len: int, new_tokens: int) -> dict
             "max_total_tokens": max(batches) * context + 8192, "log_level": "warning"}
 
 
-def workloads(vocab: int, batches: list[int], prompt_len: int, new_tokens: int, seed: int = 0) -> dict[int, Workload]:
+def workloads(vocab: int, batches: list[int], prompt_len: int, new_tokens: int, reps: int,
+              seed: int = 0) -> dict[int, Workload]:
     """Distinct prompts per batch size (so each batch size has its own recording), seeded."""
     rng = random.Random(seed)
     low = min(100, vocab // 4)
-    return {b: Workload([[rng.randrange(low, vocab) for _ in range(prompt_len)] for _ in range(b)], new_tokens)
+    return {b: Workload([[rng.randrange(low, vocab) for _ in range(prompt_len)] for _ in range(b)], new_tokens, reps)
             for b in batches}
 
 
@@ -74,10 +74,10 @@ def warm_up(engine: sgl.Engine, work: Workload) -> list[list[int]]:
 
 
 def measure(engine: sgl.Engine, work: Workload) -> float:
-    """Best decode tok/s of ``REPS`` runs, each run's prefill (timed alone, from the radix cache) taken off."""
+    """Best decode tok/s of ``work.reps`` runs, each run's prefill (timed alone, from the radix cache) taken off."""
     sp = params(work)
     best = 0.0
-    for _ in range(REPS):
+    for _ in range(work.reps):
         t = time.perf_counter()
         engine.generate(input_ids=work.prompts, sampling_params={**sp, "max_new_tokens": 1})
         prefill = time.perf_counter() - t
@@ -192,7 +192,7 @@ def main(argv: list[str]) -> list[dict[str, Any]]:
         return argv[argv.index(flag) + 1] if flag in argv else default
 
     flags = ("--batch", "--steps", "--corrupt", "--accept", "--new-tokens", "--prompt-len", "--ngram-draft-tokens",
-             "--json")
+             "--reps", "--json")
     values = {argv[i + 1] for i, a in enumerate(argv[:-1]) if a in flags}
     names = [a for a in argv if not a.startswith("--") and a not in values] or ["llama-3.1-8b"]
     batches = [int(x) for x in opt("--batch", "1,32,64").split(",")]
@@ -202,6 +202,7 @@ def main(argv: list[str]) -> list[dict[str, Any]]:
     new_tokens, prompt_len = int(opt("--new-tokens", "256")), int(opt("--prompt-len", "128"))
     ngram = int(opt("--ngram-draft-tokens", "8"))
     gate = "--disable-gate" not in argv
+    reps = int(opt("--reps", "3"))
     opts = engine_options(batches, prompt_len, new_tokens)
     add_in_process_plugin(PLUGIN, spec_replay_plugin)
     rows: list[dict[str, Any]] = []
@@ -209,8 +210,8 @@ def main(argv: list[str]) -> list[dict[str, Any]]:
         for name in names:
             path = model_path(name)
             vocab = int(json.loads((Path(path) / "config.json").read_text())["vocab_size"])
-            works = workloads(vocab, batches, prompt_len, new_tokens)
-            ngram_work = Workload([list(PROMPT)], new_tokens)
+            works = workloads(vocab, batches, prompt_len, new_tokens, reps)
+            ngram_work = Workload([list(PROMPT)], new_tokens, reps)
             plain = run_plain(path, opts, works, ngram_work, rows, name)
             scratch = Path(tempfile.mkdtemp(prefix="sgl-spec-replay-"))
             recording = save_recording(scratch / "recording.json", [p for w in works.values() for p in w.prompts],

@@ -118,7 +118,7 @@ def test_the_benchmark_script_runs_on_the_demo_model() -> None:
     from benchmarks.spec_replay import main
 
     rows = main(["demo", "--batch", "2", "--steps", "2", "--corrupt", "0", "--accept", "", "--new-tokens", "10",
-                 "--prompt-len", "8", "--ngram-draft-tokens", "4", "--disable-gate"])
+                 "--reps", "1", "--prompt-len", "8", "--ngram-draft-tokens", "4", "--disable-gate"])
     by_variant = {r["variant"]: r for r in rows}
     assert by_variant["off"]["decode_tok_s"] > 0
     replay = by_variant["replay steps=2"]
