@@ -41,9 +41,9 @@ if TYPE_CHECKING:
 
 # NOTE: the contract's error and checks are re-exported: plugin authors' tests import them from here.
 __all__ = [
-    "BackendError", "PluginContractError", "PluginFailure", "PluginInfo", "Plugins", "available_platforms",
-    "check_plugin_module", "expected_signature", "get_plugins", "load_plugins", "platform_extras", "reset_plugins",
-    "select_platform",
+    "BackendError", "PluginContractError", "PluginFailure", "PluginInfo", "Plugins", "add_in_process_plugin",
+    "available_platforms", "check_plugin_module", "expected_signature", "get_plugins", "load_plugins",
+    "platform_extras", "remove_in_process_plugin", "reset_plugins", "select_platform",
 ]
 
 logger = logging.getLogger(__name__)
@@ -219,10 +219,30 @@ def load_plugins(extra: dict[str, object] | None = None) -> Plugins:
     return plugins
 
 
+_IN_PROCESS: dict[str, object] = {}
+
+
 @functools.lru_cache(maxsize=1)
 def get_plugins() -> Plugins:
-    """The process-wide plugin set, discovered once."""
-    return load_plugins()
+    """The process-wide plugin set, discovered once (entry points, then the in-process plugins)."""
+    return load_plugins(extra=dict(_IN_PROCESS))
+
+
+def add_in_process_plugin(name: str, module: object) -> None:
+    """Adds a hook module to this process's plugin set as if an entry point named it (a benchmark's own speculative
+    algorithm, a notebook's parser): it goes through the same contract checks and registries; the set is rediscovered
+    on next use. Call it before building an Engine.
+
+    NOTE: only this process sees it; ranks started as processes of their own (tp_size > 1) discover entry points only.
+    """
+    _IN_PROCESS[name] = module
+    reset_plugins()
+
+
+def remove_in_process_plugin(name: str) -> None:
+    """Undoes ``add_in_process_plugin`` (a test's or a benchmark's cleanup)."""
+    if _IN_PROCESS.pop(name, None) is not None:
+        reset_plugins()
 
 
 def reset_plugins() -> None:
