@@ -23,6 +23,7 @@ from sgl.core.runner.forward_batch import ForwardBatch, ForwardMode
 
 if TYPE_CHECKING:
     from sgl.core.platform import Platform
+    from sgl.kernels.verify_graphs import VerifyGraphs
 
 logger = logging.getLogger(__name__)
 
@@ -57,7 +58,7 @@ def graph_runner_for(runner: Any, platform: Platform) -> GraphRunner | None:
 
 
 @contextlib.contextmanager
-def _collector_paused() -> Iterator[None]:
+def collector_paused() -> Iterator[None]:
     """No garbage collection while capturing: a collection could free an earlier engine's graphs or device
     tensors mid-capture, a device call that a capture forbids (it fails later, at an innocent line, with "operation
     failed due to a previous error during capture"). What is garbage now is collected first."""
@@ -114,7 +115,7 @@ class GraphRunner:
     def _capture_all(self) -> None:
         platform = self.platform
         stream = platform.new_stream()
-        with _collector_paused():
+        with collector_paused():
             self._capture_sizes(platform, stream)
         platform.synchronize()
         logger.info("captured decode graphs for batch sizes %s", self.sizes)
@@ -134,6 +135,20 @@ class GraphRunner:
 
     def can_run(self, fb: ForwardBatch) -> bool:
         return fb.forward_mode is ForwardMode.DECODE and fb.batch_size <= self.max_bs
+
+    def capture_verify(
+        self, tokens_per_request: int, capture_hidden_layers: tuple[int, ...] = ()
+    ) -> VerifyGraphs | None:
+        """Graphs for speculation's chain verify forwards at this runner's batch sizes, in its memory pool; None (and a
+        line in the log) where the attention backend cannot capture a verify batch."""
+        from sgl.kernels.verify_graphs import VerifyGraphs
+
+        if type(self.attn).init_verify_metadata_capture is AttentionBackend.init_verify_metadata_capture:
+            _log_once(f"verify graphs are off: attention backend {type(self.attn).__name__} cannot capture a verify "
+                      "batch; speculative verify forwards run eagerly")
+            return None
+        return VerifyGraphs(self.runner, self.platform, self.sizes, self.pool, tokens_per_request,
+                            capture_hidden_layers)
 
     def replay(self, fb: ForwardBatch) -> torch.Tensor:
         bs = fb.batch_size

@@ -120,6 +120,7 @@ class ModelRunner:
             # NOTE: expert-parallel dispatch sizes depend on the routing, read on the host each forward
             logger.info("decode graphs are off: expert-parallel dispatch sizes change with every batch")
             self.graph_runner = None
+        self.verify_graphs: Any = None  # speculation's verify graphs, once ``capture_verify_graphs`` made them
         logger.info(
             "model %s on %s (%s, KV cache %s, %s attention, graphs %s)",
             cfg.architecture, platform.name, str(self.dtype).replace("torch.", ""),
@@ -139,10 +140,28 @@ class ModelRunner:
             # NOTE: graphs return the final hidden states only; a forward capturing other layers runs eagerly
             if self.graph_runner is not None and not fb.capture_hidden_layers and self.graph_runner.can_run(fb):
                 return self.graph_runner.replay(fb)
+            if self.verify_graphs is not None and self.verify_graphs.can_run(fb):
+                return self.verify_graphs.replay(fb)
             self.attn_backend.init_forward_metadata(fb)
             return self.model(fb.input_ids, fb.positions, fb)
         finally:
             self.in_forward = False
+
+    def capture_verify_graphs(self, tokens_per_request: int, capture_hidden_layers: tuple[int, ...] = ()) -> bool:
+        """Speculation's chain verify forwards (TARGET_VERIFY, up to ``tokens_per_request`` tokens per request, the
+        hidden layers ``capture_hidden_layers`` captured) replayed from graphs, where this runner's graph runner can
+        capture them (``capture_verify``); else they stay eager. True when graphs were captured.
+
+        NOTE: the verify graphs keep the model as it is now: a feature that rewires its layers later (LoRA) must
+        capture them again or drop them."""
+        capture = getattr(self.graph_runner, "capture_verify", None)
+        if capture is None:
+            reason = "graphs are off" if self.graph_runner is None else "the graph runner has no verify graphs"
+            logger.info("speculative verify forwards run eagerly: %s", reason)
+            self.verify_graphs = None
+            return False
+        self.verify_graphs = capture(tokens_per_request, tuple(capture_hidden_layers))
+        return self.verify_graphs is not None
 
     def describe_step(self) -> str:
         """The step a stalled scheduler is stuck in: inside a forward (a kernel, a collective) or after it."""

@@ -25,6 +25,7 @@ target's.
 from __future__ import annotations
 
 import dataclasses
+import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -50,6 +51,8 @@ if TYPE_CHECKING:
     from sgl.core.scheduler.state import SchedulerState
     from sgl.core.scheduler.step import StepExecutor
     from sgl.core.speculative.verify import VerifyResult
+
+logger = logging.getLogger(__name__)
 
 DEFAULT_NUM_STEPS = 3
 TREE_BACKENDS = ("torch_native", "triton")  # the attention backends that apply a tree mask
@@ -143,7 +146,13 @@ class EagleAlgorithm(SpeculativeAlgorithm):
             raise ValueError(f"--speculative-draft-model-path {path} is a {arch} checkpoint; "
                              f"--speculative-algorithm {cls.algorithm} reads {' or '.join(cls.accepted)}")
         draft = build_draft_runner(server_args, runner, local, cls.accepted[0])
-        return cls(runner, draft, steps, cls.capture_layers(draft, runner), topk, max_nodes)
+        capture = cls.capture_layers(draft, runner)
+        if topk == 1:
+            runner.capture_verify_graphs(steps + 1, capture)
+        else:
+            logger.info("--speculative-eagle-topk %d: tree verify forwards run eagerly (verify graphs take chains)",
+                        topk)
+        return cls(runner, draft, steps, capture, topk, max_nodes)
 
     @classmethod
     def capture_layers(cls, draft: ModelRunner, target: ModelRunner) -> tuple[int, ...]:

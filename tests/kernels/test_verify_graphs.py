@@ -1,0 +1,150 @@
+"""Speculative verify forwards replayed from graphs, as far as a CPU can show it: the target runs Triton attention
+under the interpreter, and its verify forwards go through ``VerifyGraphs`` (static buffers, padded batch sizes,
+requests with fewer drafts than the graph's N, the hidden layers EAGLE-3 reads) with an emulated graph whose replay
+redoes, over the very same buffers and attention metadata, what the model issued during capture. Greedy tokens must
+be those of the eager verify (the oracle), for STANDALONE, EAGLE and EAGLE-3 chains.
+
+NOTE: a stand-in for a device graph: it checks what the replayed forward reads and returns, not that it captures
+(tests/gpu/test_speculative_gpu.py runs real graphs on and off).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from sgl.core.demo_model import write_demo_model
+from sgl.core.platform import Capabilities, Platform
+from sgl.core.runner.forward_batch import ForwardBatch
+from sgl.kernels.graph_runner import capture_sizes
+from sgl.kernels.verify_graphs import VerifyGraphs
+from tests.core.engine_utils import PROMPTS, make_engine
+
+MAX_BS = 8
+# NOTE: different lengths, so budgets shrink near the end (requests with fewer drafts than N share a graph) and
+# the batch shrinks through sizes that are not captured (5 -> padded to 8, 3 -> 4)
+PARAMS = [{"temperature": 0.0, "max_new_tokens": n, "ignore_eos": True} for n in (9, 6, 11, 7, 5)]
+
+
+class RerunGraph:
+    def __init__(self) -> None:
+        self.work: list[Callable[[], None]] = []
+
+    def replay(self) -> None:
+        for fn in self.work:
+            fn()
+
+
+class RerunPlatform(Platform):
+    """Graph hooks without a device: a capture records the model call (see RerunModel), a replay redoes it."""
+
+    name = "rerun"
+    capabilities = Capabilities(graph_capture=True)
+
+    def __init__(self) -> None:
+        self.capturing: RerunGraph | None = None
+
+    def new_graph(self) -> Any:
+        return RerunGraph()
+
+    def new_stream(self) -> Any:
+        return None
+
+    def stream_context(self, stream: Any) -> contextlib.AbstractContextManager[Any]:
+        return contextlib.nullcontext()
+
+    @contextlib.contextmanager
+    def graph_capture(self, graph: Any, pool: Any, stream: Any) -> Iterator[None]:
+        self.capturing = graph
+        try:
+            yield
+        finally:
+            self.capturing = None
+
+
+class RerunModel:
+    """The runner's model; a call made during a capture is recorded so a replay redoes it into the same outputs."""
+
+    def __init__(self, model: Any, platform: RerunPlatform) -> None:
+        self.model, self.platform = model, platform
+
+    def __call__(self, input_ids: torch.Tensor, positions: torch.Tensor, fb: ForwardBatch) -> torch.Tensor:
+        out = self.model(input_ids, positions, fb)
+        graph = self.platform.capturing
+        if graph is not None:
+            held = dict(fb.captured_hidden)
+
+            def again() -> None:
+                out.copy_(self.model(input_ids, positions, fb))
+                for layer, t in held.items():
+                    t.copy_(fb.captured_hidden[layer])
+                fb.captured_hidden.update(held)
+
+            graph.work.append(again)
+        return out
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.model, name)
+
+
+class Replays:
+    """Counts the replays and what they padded."""
+
+    def __init__(self, graphs: VerifyGraphs) -> None:
+        self.graphs, self.calls, self.padded_batches, self.short_requests = graphs, 0, 0, 0
+        self._replay = graphs.replay
+        graphs.replay = self.replay  # type: ignore[method-assign]
+
+    def replay(self, fb: ForwardBatch) -> torch.Tensor:
+        self.calls += 1
+        self.padded_batches += fb.batch_size not in self.graphs.sizes
+        self.short_requests += sum(e < self.graphs.tokens for e in fb.extend_seq_lens_cpu or [])
+        return self._replay(fb)
+
+
+def _generate(engine: Any) -> list[list[int]]:
+    return [o["output_ids"] for o in engine.generate(PROMPTS[:5], PARAMS)]
+
+
+def _eager_then_graphed(model: Path, tokens_per_request: int, layers: tuple[int, ...], **kw: Any) -> Replays:
+    with make_engine(model, attention_backend="triton", disable_speculative_gate=True, max_running_requests=MAX_BS,
+                     **kw) as engine:
+        runner = engine.runtime.scheduler.runner
+        assert runner.verify_graphs is None  # the CPU platform captures no graphs
+        eager = _generate(engine)
+        platform = RerunPlatform()
+        runner.model = RerunModel(runner.model, platform)
+        graphs = runner.verify_graphs = VerifyGraphs(runner, platform, capture_sizes(MAX_BS), None,
+                                                     tokens_per_request, layers)
+        replays = Replays(graphs)
+        graphed = _generate(engine)
+    assert graphed == eager
+    assert replays.calls > 0 and replays.padded_batches > 0 and replays.short_requests > 0
+    return replays
+
+
+def test_standalone_verify_graphs_give_the_eager_verify_tokens(demo_model_dir: Path, tmp_path: Path) -> None:
+    draft = write_demo_model(tmp_path / "draft", seed=1, num_layers=1, hidden_size=64, intermediate_size=128,
+                             num_attention_heads=2, num_key_value_heads=1, head_dim=32)
+    _eager_then_graphed(demo_model_dir, 4, (), speculative_algorithm="STANDALONE",
+                        speculative_draft_model_path=str(draft), speculative_num_steps=3)
+
+
+@pytest.mark.parametrize("eagle3", [False, True])
+def test_eagle_chain_verify_graphs_give_the_eager_verify_tokens(
+    demo_model_dir: Path, tmp_path: Path, eagle3: bool
+) -> None:
+    """EAGLE-3 drafts from three of the target's layers: the graphs capture them too, and hand them back per row."""
+    from tests.speculative.eagle_drafts import write_eagle3_draft, write_eagle_draft
+
+    if eagle3:
+        draft, algorithm, layers = write_eagle3_draft(tmp_path / "e3", demo_model_dir), "EAGLE3", (1, 2, 3)
+    else:
+        draft, algorithm, layers = write_eagle_draft(tmp_path / "e1", demo_model_dir), "EAGLE", ()
+    _eager_then_graphed(demo_model_dir, 4, layers, speculative_algorithm=algorithm,
+                        speculative_draft_model_path=str(draft), speculative_num_steps=3)
