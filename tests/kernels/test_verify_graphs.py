@@ -1,5 +1,5 @@
-"""Speculative verify forwards replayed from graphs, as far as a CPU can show it: the target runs Triton attention
-under the interpreter, and its verify forwards go through ``VerifyGraphs`` (static buffers, padded batch sizes,
+"""Speculative verify forwards replayed from graphs, as far as a CPU can show it: the target runs its verify forwards
+on Triton attention under the interpreter, through ``VerifyGraphs`` (static buffers, padded batch sizes,
 requests with fewer drafts than the graph's N, the hidden layers EAGLE-3 reads) with an emulated graph whose replay
 redoes, over the very same buffers and attention metadata, what the model issued during capture. Greedy tokens must
 be those of the eager verify (the oracle), for STANDALONE, EAGLE and EAGLE-3 chains.
@@ -18,17 +18,28 @@ from typing import Any
 import pytest
 import torch
 
+from sgl.core.attention.torch_native import TorchNativeAttnBackend
 from sgl.core.demo_model import write_demo_model
 from sgl.core.platform import Capabilities, Platform
 from sgl.core.runner.forward_batch import ForwardBatch
+from sgl.kernels.attention_backend import TritonAttnBackend
 from sgl.kernels.graph_runner import capture_sizes
 from sgl.kernels.verify_graphs import VerifyGraphs
 from tests.core.engine_utils import PROMPTS, make_engine
 
-MAX_BS = 8
+MAX_BS = 4
 # NOTE: different lengths, so budgets shrink near the end (requests with fewer drafts than N share a graph) and
-# the batch shrinks through sizes that are not captured (5 -> padded to 8, 3 -> 4)
-PARAMS = [{"temperature": 0.0, "max_new_tokens": n, "ignore_eos": True} for n in (9, 6, 11, 7, 5)]
+# the batch runs at a size that is not captured (3 -> padded to 4)
+PARAMS = [{"temperature": 0.0, "max_new_tokens": n, "ignore_eos": True} for n in (9, 5, 7)]
+# NOTE: small, since every verify forward's attention runs under the Triton interpreter (a program per head and
+# request): two layers, two heads
+SMALL = {"hidden_size": 64, "intermediate_size": 128, "num_attention_heads": 2, "num_key_value_heads": 1,
+         "head_dim": 32}
+
+
+@pytest.fixture(scope="module")
+def target(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_demo_model(tmp_path_factory.mktemp("target") / "target", seed=4, num_layers=2, **SMALL)
 
 
 class RerunGraph:
@@ -92,6 +103,27 @@ class RerunModel:
         return getattr(self.model, name)
 
 
+class TritonVerify(TritonAttnBackend):
+    """Triton (and its verify graph hooks) for verify batches; the torch reference for the rest, which the
+    interpreter would only slow down."""
+
+    def __init__(self, runner: Any) -> None:
+        super().__init__(runner)
+        self.reference = TorchNativeAttnBackend(runner)
+
+    def init_forward_metadata(self, forward_batch: ForwardBatch) -> None:
+        if forward_batch.forward_mode.is_verify:
+            super().init_forward_metadata(forward_batch)
+
+    def forward_extend(self, q, k, v, layer, forward_batch, save_kv_cache=True):  # type: ignore[no-untyped-def]
+        if forward_batch.forward_mode.is_verify:
+            return super().forward_extend(q, k, v, layer, forward_batch, save_kv_cache)
+        return self.reference.forward_extend(q, k, v, layer, forward_batch, save_kv_cache)
+
+    def forward_decode(self, q, k, v, layer, forward_batch, save_kv_cache=True):  # type: ignore[no-untyped-def]
+        return self.reference.forward_decode(q, k, v, layer, forward_batch, save_kv_cache)
+
+
 class Replays:
     """Counts the replays and what they padded."""
 
@@ -108,14 +140,15 @@ class Replays:
 
 
 def _generate(engine: Any) -> list[list[int]]:
-    return [o["output_ids"] for o in engine.generate(PROMPTS[:5], PARAMS)]
+    return [o["output_ids"] for o in engine.generate(PROMPTS[: len(PARAMS)], PARAMS)]
 
 
 def _eager_then_graphed(model: Path, tokens_per_request: int, layers: tuple[int, ...], **kw: Any) -> Replays:
-    with make_engine(model, attention_backend="triton", disable_speculative_gate=True, max_running_requests=MAX_BS,
-                     **kw) as engine:
+    with make_engine(model, disable_speculative_gate=True, max_running_requests=MAX_BS, max_total_tokens=512,
+                     context_length=128, **kw) as engine:
         runner = engine.runtime.scheduler.runner
         assert runner.verify_graphs is None  # the CPU platform captures no graphs
+        runner.attn_backend = TritonVerify(runner)
         eager = _generate(engine)
         platform = RerunPlatform()
         runner.model = RerunModel(runner.model, platform)
@@ -128,23 +161,17 @@ def _eager_then_graphed(model: Path, tokens_per_request: int, layers: tuple[int,
     return replays
 
 
-def test_standalone_verify_graphs_give_the_eager_verify_tokens(demo_model_dir: Path, tmp_path: Path) -> None:
-    draft = write_demo_model(tmp_path / "draft", seed=1, num_layers=1, hidden_size=64, intermediate_size=128,
-                             num_attention_heads=2, num_key_value_heads=1, head_dim=32)
-    _eager_then_graphed(demo_model_dir, 4, (), speculative_algorithm="STANDALONE",
-                        speculative_draft_model_path=str(draft), speculative_num_steps=3)
+def test_standalone_verify_graphs_give_the_eager_verify_tokens(target: Path, tmp_path: Path) -> None:
+    draft = write_demo_model(tmp_path / "draft", seed=1, num_layers=1, **SMALL)
+    _eager_then_graphed(target, 4, (), speculative_algorithm="STANDALONE", speculative_draft_model_path=str(draft),
+                        speculative_num_steps=3)
 
 
-@pytest.mark.parametrize("eagle3", [False, True])
-def test_eagle_chain_verify_graphs_give_the_eager_verify_tokens(
-    demo_model_dir: Path, tmp_path: Path, eagle3: bool
-) -> None:
-    """EAGLE-3 drafts from three of the target's layers: the graphs capture them too, and hand them back per row."""
-    from tests.speculative.eagle_drafts import write_eagle3_draft, write_eagle_draft
+def test_eagle3_chain_verify_graphs_give_the_eager_verify_tokens(target: Path, tmp_path: Path) -> None:
+    """EAGLE-3 drafts from the target's layers (here 1, 1 and 2): the graphs capture them too, and hand them back
+    per row (EAGLE-1 takes the same path without them)."""
+    from tests.speculative.eagle_drafts import write_eagle3_draft
 
-    if eagle3:
-        draft, algorithm, layers = write_eagle3_draft(tmp_path / "e3", demo_model_dir), "EAGLE3", (1, 2, 3)
-    else:
-        draft, algorithm, layers = write_eagle_draft(tmp_path / "e1", demo_model_dir), "EAGLE", ()
-    _eager_then_graphed(demo_model_dir, 4, layers, speculative_algorithm=algorithm,
-                        speculative_draft_model_path=str(draft), speculative_num_steps=3)
+    draft = write_eagle3_draft(tmp_path / "eagle3", target, aux_layer_ids=(0, 0, 1))
+    _eager_then_graphed(target, 4, (1, 1, 2), speculative_algorithm="EAGLE3", speculative_draft_model_path=str(draft),
+                        speculative_num_steps=3)
