@@ -65,6 +65,7 @@ class VerifyGraphs:
         self.graphs: dict[int, Any] = {}
         self.outputs: dict[int, torch.Tensor] = {}
         self.captured: dict[int, dict[int, torch.Tensor]] = {}
+        self.replays = 0  # how many verify forwards ran from a graph (tests read it)
         self._capture_all()
 
     def _static_batch(self, bs: int) -> ForwardBatch:
@@ -115,6 +116,7 @@ class VerifyGraphs:
         """The final hidden states [T, hidden] of ``fb``'s rows, in its order (and ``fb.captured_hidden``), as
         fresh tensors: the graph's own buffers are overwritten by the next replay."""
         b, n = fb.batch_size, self.tokens
+        self.replays += 1
         lens = fb.extend_seq_lens_cpu
         assert lens is not None and fb.extend_prefix_lens is not None
         padded = self.sizes[bisect.bisect_left(self.sizes, b)]

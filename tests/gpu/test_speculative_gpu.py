@@ -49,3 +49,31 @@ def test_eagle_chains_and_trees_on_triton_attention_give_the_tokens_of_plain_dec
     eagle, info = run(demo_model_dir, speculative_algorithm="EAGLE", speculative_draft_model_path=str(draft),
                       speculative_num_steps=3, speculative_eagle_topk=topk, disable_speculative_gate=True)
     assert eagle == plain and info["spec_verify_steps"] > 0
+
+
+@pytest.mark.parametrize("algorithm", ["STANDALONE", "EAGLE", "EAGLE3"])
+def test_verify_graphs_on_and_off_give_the_same_greedy_tokens(
+    demo_model_dir: Path, tmp_path: Path, algorithm: str
+) -> None:
+    """Chain verify forwards replayed from graphs (and STANDALONE's draft decode steps, its runner's decode graphs)
+    give the tokens of the eager forwards and of plain decoding; the replays really ran."""
+    from tests.speculative.eagle_drafts import write_eagle3_draft, write_eagle_draft
+
+    drafts = {"STANDALONE": lambda: demo_model_dir,
+              "EAGLE": lambda: write_eagle_draft(tmp_path / "e1", demo_model_dir),
+              "EAGLE3": lambda: write_eagle3_draft(tmp_path / "e3", demo_model_dir)}
+    kw = {"speculative_algorithm": algorithm, "speculative_draft_model_path": str(drafts[algorithm]()),
+          "speculative_num_steps": 3, "disable_speculative_gate": True, "cuda_graph_max_bs": 16}
+    plain, _ = run(demo_model_dir, cuda_graph_max_bs=16)
+    eager, _ = run(demo_model_dir, disable_cuda_graph=True, **kw)
+    with sgl.Engine(model_path=str(demo_model_dir), backend="cuda", dtype="float32", max_total_tokens=16384,
+                    context_length=2048, debug_invariants=True, **kw) as e:  # type: ignore[arg-type]
+        graphed = [o["output_ids"] for o in e.generate(PROMPTS, GREEDY)]
+        scheduler = e.runtime.scheduler
+        graphs = scheduler.runner.verify_graphs
+        assert graphs is not None and graphs.replays > 0 and graphs.tokens == 4
+        assert len(graphs.hidden_layers) == (3 if algorithm == "EAGLE3" else 0)
+        if algorithm == "STANDALONE":
+            spec = next(f for f in scheduler.features if f.name == "speculative")
+            assert spec.draft.runner.graph_runner is not None
+    assert graphed == eager == plain
