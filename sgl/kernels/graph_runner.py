@@ -95,6 +95,12 @@ class GraphRunner:
         self.seq_lens = torch.ones(n, dtype=torch.int64, device=device)
         self.out_cache_loc = torch.zeros(n, dtype=torch.int64, device=device)
         runner.req_to_token_pool.req_to_token[runner.padding_req_slot].zero_()
+        # NOTE: per-row inputs a model reads from ``forward_batch.extras`` (an EAGLE head's features), declared by
+        # the model as {name: width}: static too, copied in at each replay (padded rows read zeros)
+        self.row_inputs: dict[str, torch.Tensor] = {
+            name: torch.zeros(n, width, dtype=runner.dtype, device=device)
+            for name, width in dict(getattr(self.model, "graph_row_inputs", {})).items()
+        }
         self.graphs: dict[int, Any] = {}  # the platform's graph objects (``replay()``)
         self.outputs: dict[int, torch.Tensor] = {}
         # NOTE: one pool for every captured size, so the graphs share their activations' memory.
@@ -108,7 +114,7 @@ class GraphRunner:
             forward_mode=ForwardMode.DECODE, batch_size=bs, input_ids=self.input_ids[:bs],
             positions=self.positions[:bs], req_pool_indices=self.req_pool_indices[:bs], seq_lens=self.seq_lens[:bs],
             out_cache_loc=self.out_cache_loc[:bs], seq_lens_cpu=[1] * bs, req_to_token_pool=r.req_to_token_pool,
-            kv_pool=r.kv_pool, attn_backend=self.attn,
+            kv_pool=r.kv_pool, attn_backend=self.attn, extras={k: v[:bs] for k, v in self.row_inputs.items()},
         )
 
     @torch.inference_mode()
@@ -134,7 +140,8 @@ class GraphRunner:
             self.outputs[bs] = out
 
     def can_run(self, fb: ForwardBatch) -> bool:
-        return fb.forward_mode is ForwardMode.DECODE and fb.batch_size <= self.max_bs
+        return (fb.forward_mode is ForwardMode.DECODE and fb.batch_size <= self.max_bs
+                and all(name in fb.extras for name in self.row_inputs))
 
     def capture_verify(
         self, tokens_per_request: int, capture_hidden_layers: tuple[int, ...] = ()
@@ -164,6 +171,9 @@ class GraphRunner:
         self.req_pool_indices[:bs].copy_(fb.req_pool_indices)
         self.seq_lens[:bs].copy_(fb.seq_lens)
         self.out_cache_loc[:bs].copy_(fb.out_cache_loc)
+        for name, buf in self.row_inputs.items():
+            buf[bs:padded].zero_()
+            buf[:bs].copy_(fb.extras[name])
         static = self._static_batch(padded)
         self.attn.init_metadata_replay(padded, static)
         self.graphs[padded].replay()

@@ -1,8 +1,9 @@
-"""Speculative verify forwards replayed from graphs, as far as a CPU can show it: the target runs its verify forwards
-on Triton attention under the interpreter, through ``VerifyGraphs`` (static buffers, padded batch sizes,
+"""Speculative verify forwards (and an EAGLE head's chained draft steps) replayed from graphs, as far as a CPU can
+show it: the target runs its verify forwards on Triton attention under the interpreter, through ``VerifyGraphs`` (static buffers, padded batch sizes,
 requests with fewer drafts than the graph's N, the hidden layers EAGLE-3 reads) with an emulated graph whose replay
 redoes, over the very same buffers and attention metadata, what the model issued during capture. Greedy tokens must
-be those of the eager verify (the oracle), for STANDALONE, EAGLE and EAGLE-3 chains.
+be those of the eager verify (the oracle), for STANDALONE and EAGLE-3 chains; the EAGLE-3 head's decode steps also
+replay from the portable decode graphs, fed its features through the graph's static row inputs.
 
 NOTE: a stand-in for a device graph: it checks what the replayed forward reads and returns, not that it captures
 (tests/gpu/test_speculative_gpu.py runs real graphs on and off).
@@ -11,6 +12,7 @@ NOTE: a stand-in for a device graph: it checks what the replayed forward reads a
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -23,7 +25,7 @@ from sgl.core.demo_model import write_demo_model
 from sgl.core.platform import Capabilities, Platform
 from sgl.core.runner.forward_batch import ForwardBatch
 from sgl.kernels.attention_backend import TritonAttnBackend
-from sgl.kernels.graph_runner import capture_sizes
+from sgl.kernels.graph_runner import GraphRunner, capture_sizes
 from sgl.kernels.verify_graphs import VerifyGraphs
 from tests.core.engine_utils import PROMPTS, make_engine
 
@@ -124,6 +126,24 @@ class TritonVerify(TritonAttnBackend):
         return self.reference.forward_decode(q, k, v, layer, forward_batch, save_kv_cache)
 
 
+class TorchGraphHooks(TorchNativeAttnBackend):
+    """The reference with (no-op) graph hooks, reading each decode row's length from the device tensor: a replayed
+    static batch carries no host copy of it."""
+
+    def init_graph_state(self, max_bs: int, max_context_len: int) -> None:
+        return
+
+    def init_metadata_capture(self, bs: int, forward_batch: ForwardBatch) -> None:
+        return
+
+    def init_metadata_replay(self, bs: int, forward_batch: ForwardBatch) -> None:
+        return
+
+    def forward_decode(self, q, k, v, layer, forward_batch, save_kv_cache=True):  # type: ignore[no-untyped-def]
+        fb = dataclasses.replace(forward_batch, seq_lens_cpu=forward_batch.seq_lens.tolist())
+        return super().forward_decode(q, k, v, layer, fb, save_kv_cache)
+
+
 class Replays:
     """Counts the replays and what they padded."""
 
@@ -139,26 +159,65 @@ class Replays:
         return self._replay(fb)
 
 
+class Drafts:
+    """Records what the algorithm drafted, step by step."""
+
+    def __init__(self, spec: Any) -> None:
+        self.seen: list[list[list[int]]] = []
+        name = "_draft" if hasattr(spec, "_draft") else "propose"  # EAGLE's chain, or a drafting algorithm's
+        inner = getattr(spec, name)
+
+        def record(*args: Any) -> list[list[int]]:
+            out: list[list[int]] = inner(*args)
+            self.seen.append([list(d) for d in out])
+            return out
+
+        setattr(spec, name, record)
+
+    def take(self) -> list[list[list[int]]]:
+        seen, self.seen = self.seen, []
+        assert any(any(d) for d in seen)
+        return seen
+
+
 def _generate(engine: Any) -> list[list[int]]:
     return [o["output_ids"] for o in engine.generate(PROMPTS[: len(PARAMS)], PARAMS)]
 
 
-def _eager_then_graphed(model: Path, tokens_per_request: int, layers: tuple[int, ...], **kw: Any) -> Replays:
+def _eager_then_graphed(model: Path, tokens_per_request: int, layers: tuple[int, ...], draft_graphs: bool = False,
+                        **kw: Any) -> None:
+    # NOTE: no radix cache, so the second run drafts exactly as the first (EAGLE's draft of a cached prefix differs)
     with make_engine(model, disable_speculative_gate=True, max_running_requests=MAX_BS, max_total_tokens=512,
-                     context_length=128, **kw) as engine:
-        runner = engine.runtime.scheduler.runner
+                     context_length=128, disable_radix_cache=True, **kw) as engine:
+        scheduler = engine.runtime.scheduler
+        runner = scheduler.runner
         assert runner.verify_graphs is None  # the CPU platform captures no graphs
         runner.attn_backend = TritonVerify(runner)
+        spec = next(f for f in scheduler.features if f.name == "speculative")
+        draft = spec.draft
+        drafts = Drafts(spec)
+        if draft_graphs:
+            draft.attn_backend = TorchGraphHooks(draft)
         eager = _generate(engine)
+        eager_drafts = drafts.take()
         platform = RerunPlatform()
         runner.model = RerunModel(runner.model, platform)
         graphs = runner.verify_graphs = VerifyGraphs(runner, platform, capture_sizes(MAX_BS), None,
                                                      tokens_per_request, layers)
         replays = Replays(graphs)
+        if draft_graphs:
+            draft.model = RerunModel(draft.model, platform)
+            draft.graph_runner = GraphRunner(draft, platform)
+            draft_replay = draft.graph_runner.replay
+            draft_sizes: list[int] = []
+            draft.graph_runner.replay = lambda fb: draft_sizes.append(fb.batch_size) or draft_replay(fb)
         graphed = _generate(engine)
-    assert graphed == eager
+    # the drafts too: verification makes the tokens right whatever was drafted
+    assert graphed == eager and drafts.take() == eager_drafts
     assert replays.calls > 0 and replays.padded_batches > 0 and replays.short_requests > 0
-    return replays
+    if draft_graphs:
+        assert 3 in draft_sizes  # padded to 4
+        assert len(draft.graph_runner.row_inputs) == 1
 
 
 def test_standalone_verify_graphs_give_the_eager_verify_tokens(target: Path, tmp_path: Path) -> None:
@@ -167,11 +226,11 @@ def test_standalone_verify_graphs_give_the_eager_verify_tokens(target: Path, tmp
                         speculative_num_steps=3)
 
 
-def test_eagle3_chain_verify_graphs_give_the_eager_verify_tokens(target: Path, tmp_path: Path) -> None:
-    """EAGLE-3 drafts from the target's layers (here 1, 1 and 2): the graphs capture them too, and hand them back
-    per row (EAGLE-1 takes the same path without them)."""
+def test_eagle3_chain_verify_and_draft_graphs_give_the_eager_tokens(target: Path, tmp_path: Path) -> None:
+    """EAGLE-3 drafts from the target's layers (here 1, 1 and 2): the verify graphs capture them too, and hand them
+    back per row (EAGLE-1 takes the same path without them); the head's chained steps replay decode graphs."""
     from tests.speculative.eagle_drafts import write_eagle3_draft
 
     draft = write_eagle3_draft(tmp_path / "eagle3", target, aux_layer_ids=(0, 0, 1))
-    _eager_then_graphed(target, 4, (1, 1, 2), speculative_algorithm="EAGLE3", speculative_draft_model_path=str(draft),
+    _eager_then_graphed(target, 4, (1, 1, 2), draft_graphs=True, speculative_algorithm="EAGLE3", speculative_draft_model_path=str(draft),
                         speculative_num_steps=3)
