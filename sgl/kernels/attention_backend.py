@@ -93,6 +93,16 @@ def check_kv_dtype(runner: Any) -> None:
     )
 
 
+def _pack_tree_rows(bits: torch.Tensor, masks: list[torch.Tensor | None], n: int) -> None:
+    """Request i's ``[k, k]`` mask (k <= n) into ``bits[i * n * n :]``, in place, in one copy."""
+    host = torch.zeros(len(masks), n * n, dtype=torch.int8)
+    for i, m in enumerate(masks):
+        if m is None:
+            raise ValueError("a verify graph's tree batch needs a mask for every request")
+        host[i, : m.numel()] = m.reshape(-1).to(torch.int8)
+    bits[: host.numel()].copy_(host.view(-1))
+
+
 class TritonAttnBackend(AttentionBackend):
     """Same outputs as the torch-native backend; everything per step comes from the ForwardBatch."""
 
@@ -217,15 +227,25 @@ class TritonAttnBackend(AttentionBackend):
         """The extend metadata over the graph's static per-request tensors; the grid is sized for N rows each."""
         fb = forward_batch
         if fb.extend_prefix_lens is None or fb.extend_seq_lens is None or fb.extend_start_loc is None:
-            raise ValueError("a verify graph's batch needs static extend_prefix_lens, extend_seq_lens, extend_start_loc")
+            raise ValueError("a verify graph's batch needs static extend prefix lens, extend lens and start offsets")
+        tree = None
+        if fb.tree_masks is not None:
+            # NOTE: request i's mask at i * N * N, row stride its own extend length (the kernel's reading)
+            n, device = tokens_per_request, fb.extend_seq_lens.device
+            tree = (torch.zeros(bs * n * n, dtype=torch.int8, device=device),
+                    torch.arange(bs, dtype=torch.int64, device=device) * (n * n))
+            _pack_tree_rows(tree[0], list(fb.tree_masks), n)
         meta = ExtendMetadata(fb.extend_prefix_lens, fb.extend_seq_lens, fb.extend_start_loc, tokens_per_request,
-                              zero_fill=True)
+                              tree, zero_fill=True)
         self._verify_meta[(bs, tokens_per_request)] = meta
         fb.attn_metadata = meta
 
     def init_verify_metadata_replay(self, bs: int, tokens_per_request: int, forward_batch: ForwardBatch) -> None:
-        # NOTE: nothing to copy: the metadata is the static tensors themselves, which the replay has rewritten
-        forward_batch.attn_metadata = self._verify_meta[(bs, tokens_per_request)]
+        # NOTE: the per-request tensors are the static ones the replay rewrote; only tree masks are packed here
+        meta = self._verify_meta[(bs, tokens_per_request)]
+        if meta.tree is not None and forward_batch.tree_masks is not None:
+            _pack_tree_rows(meta.tree[0], list(forward_batch.tree_masks), tokens_per_request)
+        forward_batch.attn_metadata = meta
 
     def _device(self) -> torch.device:
         device = getattr(self.runner, "device", None)

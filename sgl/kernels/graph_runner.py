@@ -144,10 +144,10 @@ class GraphRunner:
                 and all(name in fb.extras for name in self.row_inputs))
 
     def capture_verify(
-        self, tokens_per_request: int, capture_hidden_layers: tuple[int, ...] = ()
+        self, tokens_per_request: int, capture_hidden_layers: tuple[int, ...] = (), tree: bool = False
     ) -> VerifyGraphs | None:
-        """Graphs for speculation's chain verify forwards at this runner's batch sizes, in its memory pool; None (and a
-        line in the log) where the attention backend cannot capture a verify batch."""
+        """Graphs for speculation's verify forwards (chains, or with ``tree`` tree batches) at this runner's batch
+        sizes, in its memory pool; None (and a line in the log) where the attention backend cannot capture them."""
         from sgl.kernels.verify_graphs import VerifyGraphs
 
         if type(self.attn).init_verify_metadata_capture is AttentionBackend.init_verify_metadata_capture:
@@ -155,7 +155,7 @@ class GraphRunner:
                       "batch; speculative verify forwards run eagerly")
             return None
         return VerifyGraphs(self.runner, self.platform, self.sizes, self.pool, tokens_per_request,
-                            capture_hidden_layers)
+                            capture_hidden_layers, tree)
 
     def replay(self, fb: ForwardBatch) -> torch.Tensor:
         bs = fb.batch_size

@@ -37,7 +37,7 @@ class VerifyGraphs:
 
     def __init__(
         self, runner: Any, platform: Platform, sizes: list[int], pool: Any, tokens_per_request: int,
-        capture_hidden_layers: tuple[int, ...] = (),
+        capture_hidden_layers: tuple[int, ...] = (), tree: bool = False,
     ) -> None:
         if tokens_per_request < 2:
             raise ValueError(f"a verify graph needs at least 2 tokens per request (got {tokens_per_request})")
@@ -49,6 +49,7 @@ class VerifyGraphs:
         self.max_bs = sizes[-1]
         self.tokens = n = tokens_per_request
         self.hidden_layers = tuple(capture_hidden_layers)
+        self.tree = tree  # NOTE: tree batches (a mask per request, packed by the backend at each replay), not chains
         self.pool = pool  # NOTE: the decode graphs' pool: verify and decode replays never overlap
         device = runner.device
         rows, reqs = self.max_bs * n, self.max_bs
@@ -78,6 +79,7 @@ class VerifyGraphs:
             extend_prefix_lens=self.prefix_lens[:bs], extend_seq_lens=self.extend_lens[:bs],
             extend_start_loc=self.extend_start_loc[:bs], extend_prefix_lens_cpu=[0] * bs,
             extend_seq_lens_cpu=[n] * bs, capture_hidden_layers=self.hidden_layers,
+            tree_masks=[torch.ones(n, n, dtype=torch.bool).tril()] * bs if self.tree else None,
         )
 
     @torch.inference_mode()
@@ -88,7 +90,8 @@ class VerifyGraphs:
             for bs in tqdm(list(reversed(self.sizes)), desc="capturing verify graphs", leave=False):
                 self._capture(bs, platform, stream)
         platform.synchronize()
-        logger.info("captured verify graphs (%d tokens per request) for batch sizes %s", self.tokens, self.sizes)
+        logger.info("captured %s verify graphs (%d tokens per request) for batch sizes %s",
+                    "tree" if self.tree else "chain", self.tokens, self.sizes)
 
     def _capture(self, bs: int, platform: Platform, stream: Any) -> None:
         fb = self.batches[bs] = self._static_batch(bs)
@@ -104,13 +107,17 @@ class VerifyGraphs:
         self.captured[bs] = {layer: fb.captured_hidden[layer] for layer in self.hidden_layers}
 
     def can_run(self, fb: ForwardBatch) -> bool:
-        """A chain verify (no tree masks) of at most ``max_bs`` requests and N tokens each, capturing what we did."""
+        """A verify of at most ``max_bs`` requests and N tokens each, capturing what we did: a chain, or where the
+        graphs are a tree's, a mask per request over its own tokens."""
         lens = fb.extend_seq_lens_cpu
-        return (
-            fb.forward_mode.is_verify and fb.tree_masks is None and 0 < fb.batch_size <= self.max_bs
-            and lens is not None and max(lens) <= self.tokens and min(lens) >= 1
-            and fb.extend_prefix_lens is not None and tuple(fb.capture_hidden_layers) == self.hidden_layers
-        )
+        if not (fb.forward_mode.is_verify and 0 < fb.batch_size <= self.max_bs and lens is not None
+                and max(lens) <= self.tokens and min(lens) >= 1 and fb.extend_prefix_lens is not None
+                and tuple(fb.capture_hidden_layers) == self.hidden_layers):
+            return False
+        masks = fb.tree_masks
+        if not self.tree:
+            return masks is None
+        return masks is not None and all(m is not None and m.shape == (e, e) for m, e in zip(masks, lens))
 
     def replay(self, fb: ForwardBatch) -> torch.Tensor:
         """The final hidden states [T, hidden] of ``fb``'s rows, in its order (and ``fb.captured_hidden``), as
@@ -142,6 +149,8 @@ class VerifyGraphs:
             else:
                 static.index_copy_(0, rows, given.to(static.dtype))
         static_fb = self.batches[padded]
+        if self.tree:
+            static_fb.tree_masks = fb.tree_masks  # NOTE: host masks, packed by the backend's replay hook
         self.attn.init_verify_metadata_replay(padded, n, static_fb)
         self.graphs[padded].replay()
         fb.captured_hidden = {layer: _rows(t, rows, b * n) for layer, t in self.captured[padded].items()}

@@ -1,9 +1,10 @@
 """Speculative verify forwards (and an EAGLE head's chained draft steps) replayed from graphs, as far as a CPU can
-show it: the target runs its verify forwards on Triton attention under the interpreter, through ``VerifyGraphs`` (static buffers, padded batch sizes,
-requests with fewer drafts than the graph's N, the hidden layers EAGLE-3 reads) with an emulated graph whose replay
-redoes, over the very same buffers and attention metadata, what the model issued during capture. Greedy tokens must
-be those of the eager verify (the oracle), for STANDALONE and EAGLE-3 chains; the EAGLE-3 head's decode steps also
-replay from the portable decode graphs, fed its features through the graph's static row inputs.
+show it: the target runs its verify forwards on Triton attention under the interpreter, through ``VerifyGraphs``
+(static buffers, padded batch sizes, requests with fewer drafts than the graph's N, the hidden layers EAGLE-3 reads,
+tree masks packed per replay) with an emulated graph whose replay redoes, over the very same buffers and attention
+metadata, what the model issued during capture. Greedy tokens and drafts must be those of the eager verify (the
+oracle), for STANDALONE and EAGLE-3 chains and EAGLE trees; the EAGLE-3 head's decode steps also replay from the
+portable decode graphs, fed its features through the graph's static row inputs.
 
 NOTE: a stand-in for a device graph: it checks what the replayed forward reads and returns, not that it captures
 (tests/gpu/test_speculative_gpu.py runs real graphs on and off).
@@ -159,20 +160,29 @@ class Replays:
         return self._replay(fb)
 
 
-class Drafts:
-    """Records what the algorithm drafted, step by step."""
+class Drafts(contextlib.AbstractContextManager["Drafts"]):
+    """Records what the algorithm drafted, step by step: EAGLE's chains or trees, or a drafting algorithm's."""
 
     def __init__(self, spec: Any) -> None:
-        self.seen: list[list[list[int]]] = []
-        name = "_draft" if hasattr(spec, "_draft") else "propose"  # EAGLE's chain, or a drafting algorithm's
-        inner = getattr(spec, name)
+        from sgl.plugins.speculative import eagle
 
-        def record(*args: Any) -> list[list[int]]:
-            out: list[list[int]] = inner(*args)
-            self.seen.append([list(d) for d in out])
+        self.seen: list[list[list[int]]] = []
+        if getattr(spec, "topk", 1) > 1:
+            self.owner, self.name = eagle, "draft_trees"
+        else:
+            self.owner, self.name = spec, "_draft" if hasattr(spec, "_draft") else "propose"
+        self.inner = inner = getattr(self.owner, self.name)
+
+        def record(*args: Any) -> Any:
+            out = inner(*args)
+            if out is not None:
+                self.seen.append([list(d) if isinstance(d, list) else d.tokens + d.parents for d in out])
             return out
 
-        setattr(spec, name, record)
+        setattr(self.owner, self.name, record)
+
+    def __exit__(self, *exc: object) -> None:
+        setattr(self.owner, self.name, self.inner)
 
     def take(self) -> list[list[list[int]]]:
         seen, self.seen = self.seen, []
@@ -185,17 +195,19 @@ def _generate(engine: Any) -> list[list[int]]:
 
 
 def _eager_then_graphed(model: Path, tokens_per_request: int, layers: tuple[int, ...], draft_graphs: bool = False,
-                        **kw: Any) -> None:
+                        tree: bool = False, **kw: Any) -> None:
     # NOTE: no radix cache, so the second run drafts exactly as the first (EAGLE's draft of a cached prefix differs)
-    with make_engine(model, disable_speculative_gate=True, max_running_requests=MAX_BS, max_total_tokens=512,
-                     context_length=128, disable_radix_cache=True, **kw) as engine:
+    with contextlib.ExitStack() as stack:
+        engine = stack.enter_context(make_engine(
+            model, disable_speculative_gate=True, max_running_requests=MAX_BS, max_total_tokens=512,
+            context_length=128, disable_radix_cache=True, **kw))
         scheduler = engine.runtime.scheduler
         runner = scheduler.runner
         assert runner.verify_graphs is None  # the CPU platform captures no graphs
         runner.attn_backend = TritonVerify(runner)
         spec = next(f for f in scheduler.features if f.name == "speculative")
         draft = spec.draft
-        drafts = Drafts(spec)
+        drafts = stack.enter_context(Drafts(spec))
         if draft_graphs:
             draft.attn_backend = TorchGraphHooks(draft)
         eager = _generate(engine)
@@ -203,7 +215,7 @@ def _eager_then_graphed(model: Path, tokens_per_request: int, layers: tuple[int,
         platform = RerunPlatform()
         runner.model = RerunModel(runner.model, platform)
         graphs = runner.verify_graphs = VerifyGraphs(runner, platform, capture_sizes(MAX_BS), None,
-                                                     tokens_per_request, layers)
+                                                     tokens_per_request, layers, tree)
         replays = Replays(graphs)
         if draft_graphs:
             draft.model = RerunModel(draft.model, platform)
@@ -232,5 +244,18 @@ def test_eagle3_chain_verify_and_draft_graphs_give_the_eager_tokens(target: Path
     from tests.speculative.eagle_drafts import write_eagle3_draft
 
     draft = write_eagle3_draft(tmp_path / "eagle3", target, aux_layer_ids=(0, 0, 1))
-    _eager_then_graphed(target, 4, (1, 1, 2), draft_graphs=True, speculative_algorithm="EAGLE3", speculative_draft_model_path=str(draft),
+    _eager_then_graphed(target, 4, (1, 1, 2), draft_graphs=True, speculative_algorithm="EAGLE3",
+                        speculative_draft_model_path=str(draft),
                         speculative_num_steps=3)
+
+
+def test_eagle_tree_verify_graphs_give_the_eager_tokens(tmp_path: Path) -> None:
+    """EAGLE-2 trees (topk 2, 4 nodes): each replay packs the batch's tree masks into the graph's static mask buffer,
+    a smaller tree (fewer nodes than N - 1) with its own row stride. The head mirrors its target, so paths are
+    accepted past the root, which only the right masks give."""
+    from tests.speculative.eagle_drafts import write_mirroring_pair
+
+    target, draft = write_mirroring_pair(tmp_path)
+    _eager_then_graphed(target, 5, (), tree=True, speculative_algorithm="EAGLE",
+                        speculative_draft_model_path=str(draft), speculative_num_steps=3, speculative_eagle_topk=2,
+                        speculative_num_draft_tokens=5)

@@ -147,10 +147,13 @@ class ModelRunner:
         finally:
             self.in_forward = False
 
-    def capture_verify_graphs(self, tokens_per_request: int, capture_hidden_layers: tuple[int, ...] = ()) -> bool:
-        """Speculation's chain verify forwards (TARGET_VERIFY, up to ``tokens_per_request`` tokens per request, the
-        hidden layers ``capture_hidden_layers`` captured) replayed from graphs, where this runner's graph runner can
-        capture them (``capture_verify``); else they stay eager. True when graphs were captured.
+    def capture_verify_graphs(
+        self, tokens_per_request: int, capture_hidden_layers: tuple[int, ...] = (), tree: bool = False
+    ) -> bool:
+        """Speculation's verify forwards (TARGET_VERIFY, up to ``tokens_per_request`` tokens per request, the hidden
+        layers ``capture_hidden_layers`` captured; chains, or with ``tree`` tree batches with a mask per request)
+        replayed from graphs, where this runner's graph runner can capture them (``capture_verify``); else they stay
+        eager. True when graphs were captured.
 
         NOTE: the verify graphs keep the model as it is now: a feature that rewires its layers later (LoRA) must
         capture them again or drop them."""
@@ -160,7 +163,7 @@ class ModelRunner:
             logger.info("speculative verify forwards run eagerly: %s", reason)
             self.verify_graphs = None
             return False
-        self.verify_graphs = capture(tokens_per_request, tuple(capture_hidden_layers))
+        self.verify_graphs = capture(tokens_per_request, tuple(capture_hidden_layers), tree)
         return self.verify_graphs is not None
 
     def describe_step(self) -> str:

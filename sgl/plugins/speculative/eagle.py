@@ -156,8 +156,8 @@ class EagleAlgorithm(SpeculativeAlgorithm):
         capture = cls.capture_layers(draft, runner)
         if topk == 1:
             runner.capture_verify_graphs(steps + 1, capture)
-        else:
-            logger.info("--speculative-eagle-topk %d: tree verify forwards run eagerly (verify graphs take chains)",
+        elif runner.capture_verify_graphs(max_nodes + 1, capture, tree=True):
+            logger.info("--speculative-eagle-topk %d: tree verify forwards replay graphs; tree drafting runs eagerly",
                         topk)
         return cls(runner, draft, steps, capture, topk, max_nodes)
 
