@@ -206,7 +206,7 @@ def _eager_then_graphed(model: Path, tokens_per_request: int, layers: tuple[int,
         assert runner.verify_graphs is None  # the CPU platform captures no graphs
         runner.attn_backend = TritonVerify(runner)
         spec = next(f for f in scheduler.features if f.name == "speculative")
-        draft = spec.draft
+        draft: Any = getattr(spec, "draft")  # noqa: B009  # STANDALONE: a DraftModel; EAGLE: the head's runner
         drafts = stack.enter_context(Drafts(spec))
         if draft_graphs:
             draft.attn_backend = TorchGraphHooks(draft)
@@ -222,7 +222,12 @@ def _eager_then_graphed(model: Path, tokens_per_request: int, layers: tuple[int,
             draft.graph_runner = GraphRunner(draft, platform)
             draft_replay = draft.graph_runner.replay
             draft_sizes: list[int] = []
-            draft.graph_runner.replay = lambda fb: draft_sizes.append(fb.batch_size) or draft_replay(fb)
+
+            def replay_draft(fb: ForwardBatch) -> torch.Tensor:
+                draft_sizes.append(fb.batch_size)
+                return draft_replay(fb)
+
+            draft.graph_runner.replay = replay_draft
         graphed = _generate(engine)
     # the drafts too: verification makes the tokens right whatever was drafted
     assert graphed == eager and drafts.take() == eager_drafts
