@@ -24,7 +24,7 @@ import torch
 from sgl.core.attention.torch_native import TorchNativeAttnBackend
 from sgl.core.demo_model import write_demo_model
 from sgl.core.platform import Capabilities, Platform
-from sgl.core.runner.forward_batch import ForwardBatch
+from sgl.core.runner.forward_batch import ForwardBatch, ForwardMode
 from sgl.kernels.attention_backend import TritonAttnBackend
 from sgl.kernels.graph_runner import GraphRunner, capture_sizes
 from sgl.kernels.verify_graphs import VerifyGraphs
@@ -264,3 +264,106 @@ def test_eagle_tree_verify_graphs_give_the_eager_tokens(tmp_path: Path) -> None:
     _eager_then_graphed(target, 5, (), tree=True, speculative_algorithm="EAGLE",
                         speculative_draft_model_path=str(draft), speculative_num_steps=3, speculative_eagle_topk=2,
                         speculative_num_draft_tokens=5)
+
+
+class RowEcho:
+    """Per row, what the replayed forward read: (input id, position, KV slot, request slot, prefix, extend length)."""
+
+    def __init__(self, platform: Any) -> None:
+        self.platform = platform
+        self.dtype = torch.float32
+
+    def __call__(self, input_ids: torch.Tensor, positions: torch.Tensor, fb: ForwardBatch) -> torch.Tensor:
+        if not fb.forward_mode.is_verify:  # the decode graphs' capture
+            return input_ids.clone()
+        assert fb.extend_prefix_lens is not None and fb.extend_seq_lens is not None
+
+        def rows() -> torch.Tensor:
+            per_req = torch.stack([fb.req_pool_indices, fb.extend_prefix_lens, fb.extend_seq_lens],  # type: ignore[list-item]
+                                  dim=1)
+            return torch.cat([torch.stack([input_ids, positions, fb.out_cache_loc], dim=1),
+                              per_req.repeat_interleave(input_ids.shape[0] // fb.batch_size, dim=0)], dim=1)
+
+        out = rows()
+        if self.platform.capturing is not None:
+            self.platform.capturing.work.append(lambda: out.copy_(rows()))
+        return out
+
+
+class VerifyHooks(TorchNativeAttnBackend):
+    def __init__(self) -> None:
+        super().__init__(None)
+        self.calls: list[tuple[str, int, int]] = []
+
+    def init_graph_state(self, max_bs: int, max_context_len: int) -> None:
+        return
+
+    def init_metadata_capture(self, bs: int, forward_batch: ForwardBatch) -> None:
+        return
+
+    def init_verify_metadata_capture(self, bs: int, tokens_per_request: int, forward_batch: ForwardBatch) -> None:
+        self.calls.append(("capture", bs, tokens_per_request))
+
+    def init_verify_metadata_replay(self, bs: int, tokens_per_request: int, forward_batch: ForwardBatch) -> None:
+        self.calls.append(("replay", bs, tokens_per_request))
+
+
+def _echo_runner(platform: RerunPlatform, backend: Any) -> Any:
+    from types import SimpleNamespace
+
+    return SimpleNamespace(
+        model=RowEcho(platform), attn_backend=backend, args=SimpleNamespace(cuda_graph_max_bs=4), max_running_requests=7,
+        device=torch.device("cpu"), padding_req_slot=7, context_len=16, kv_pool=None,
+        req_to_token_pool=SimpleNamespace(req_to_token=torch.ones(8, 16)), dtype=torch.float32,
+    )
+
+
+def test_verify_graphs_need_the_backends_verify_hooks() -> None:
+    platform = RerunPlatform()
+    assert GraphRunner(_echo_runner(platform, TorchGraphHooks(None)), platform).capture_verify(3) is None
+    backend = VerifyHooks()
+    graphs = GraphRunner(_echo_runner(platform, backend), platform).capture_verify(3)
+    assert graphs is not None and sorted(graphs.graphs) == [1, 2, 4]
+    assert backend.calls == [("capture", 4, 3), ("capture", 2, 3), ("capture", 1, 3)]
+
+
+def test_a_replay_puts_short_requests_and_padded_rows_on_the_padding_sink() -> None:
+    """Three requests of 3, 1 and 2 tokens in the 4 x 3 graph: each request's tokens at its own rows, a short request's
+    spare rows and the padded request write their KV to slot 0, the padded request reads the spare request slot."""
+    platform = RerunPlatform()
+    backend = VerifyHooks()
+    graphs = GraphRunner(_echo_runner(platform, backend), platform).capture_verify(3)
+    assert graphs is not None
+    lens, prefix = [3, 1, 2], [10, 20, 30]
+    ids = torch.tensor([101, 102, 103, 201, 301, 302])
+    pos = torch.tensor([10, 11, 12, 20, 30, 31])
+    slots = torch.tensor([51, 52, 53, 61, 71, 72])
+    fb = ForwardBatch(
+        forward_mode=ForwardMode.TARGET_VERIFY, batch_size=3, input_ids=ids, positions=pos,
+        req_pool_indices=torch.tensor([0, 1, 2]), seq_lens=torch.tensor(prefix) + torch.tensor(lens),
+        out_cache_loc=slots, seq_lens_cpu=[13, 21, 32], req_to_token_pool=None, kv_pool=None,  # type: ignore[arg-type]
+        attn_backend=backend, extend_prefix_lens=torch.tensor(prefix), extend_seq_lens=torch.tensor(lens),
+        extend_start_loc=torch.tensor([0, 3, 4]), extend_prefix_lens_cpu=prefix, extend_seq_lens_cpu=lens,
+    )
+    full = dataclasses.replace(
+        fb, batch_size=4, input_ids=torch.arange(12) + 900, positions=torch.arange(12) + 900,
+        out_cache_loc=torch.arange(12) + 900, req_pool_indices=torch.tensor([3, 4, 5, 6]),
+        seq_lens=torch.full((4,), 9), extend_prefix_lens=torch.full((4,), 6), extend_seq_lens=torch.full((4,), 3),
+        extend_prefix_lens_cpu=[6] * 4, extend_seq_lens_cpu=[3] * 4,
+    )
+    assert graphs.can_run(fb) and graphs.can_run(full)
+    with torch.inference_mode():  # as ModelRunner.forward replays
+        graphs.replay(full)  # NOTE: every row holds a value now, which the next, smaller replay must not reuse
+        out = graphs.replay(fb)
+    assert backend.calls[-1] == ("replay", 4, 3)
+    assert out.tolist() == [
+        [101, 10, 51, 0, 10, 3], [102, 11, 52, 0, 10, 3], [103, 12, 53, 0, 10, 3],
+        [201, 20, 61, 1, 20, 1], [301, 30, 71, 2, 30, 2], [302, 31, 72, 2, 30, 2],
+    ]
+    whole = graphs.outputs[4]
+    assert whole[4:6, :3].tolist() == [[0, 0, 0], [0, 0, 0]]  # request 1's spare rows
+    assert whole[8, :3].tolist() == [0, 0, 0]  # request 2's spare row
+    assert whole[9:].tolist() == [[0, 0, 0, 7, 0, 3]] * 3  # the padded request: the spare slot, the sink
+    tree = dataclasses.replace(fb, tree_masks=[torch.ones(e, e, dtype=torch.bool) for e in lens])
+    assert not graphs.can_run(tree)  # chain graphs; a tree batch runs eagerly
+    assert not graphs.can_run(dataclasses.replace(fb, extend_seq_lens_cpu=[4, 1, 1]))  # more than N tokens
