@@ -276,11 +276,11 @@ class RowEcho:
     def __call__(self, input_ids: torch.Tensor, positions: torch.Tensor, fb: ForwardBatch) -> torch.Tensor:
         if not fb.forward_mode.is_verify:  # the decode graphs' capture
             return input_ids.clone()
-        assert fb.extend_prefix_lens is not None and fb.extend_seq_lens is not None
+        prefix, ext = fb.extend_prefix_lens, fb.extend_seq_lens
+        assert prefix is not None and ext is not None
 
         def rows() -> torch.Tensor:
-            per_req = torch.stack([fb.req_pool_indices, fb.extend_prefix_lens, fb.extend_seq_lens],  # type: ignore[list-item]
-                                  dim=1)
+            per_req = torch.stack([fb.req_pool_indices, prefix, ext], dim=1)
             return torch.cat([torch.stack([input_ids, positions, fb.out_cache_loc], dim=1),
                               per_req.repeat_interleave(input_ids.shape[0] // fb.batch_size, dim=0)], dim=1)
 
@@ -312,8 +312,8 @@ def _echo_runner(platform: RerunPlatform, backend: Any) -> Any:
     from types import SimpleNamespace
 
     return SimpleNamespace(
-        model=RowEcho(platform), attn_backend=backend, args=SimpleNamespace(cuda_graph_max_bs=4), max_running_requests=7,
-        device=torch.device("cpu"), padding_req_slot=7, context_len=16, kv_pool=None,
+        model=RowEcho(platform), attn_backend=backend, args=SimpleNamespace(cuda_graph_max_bs=4),
+        max_running_requests=7, device=torch.device("cpu"), padding_req_slot=7, context_len=16, kv_pool=None,
         req_to_token_pool=SimpleNamespace(req_to_token=torch.ones(8, 16)), dtype=torch.float32,
     )
 
