@@ -101,8 +101,11 @@ class GraphRunner:
             name: torch.zeros(n, width, dtype=runner.dtype, device=device)
             for name, width in dict(getattr(self.model, "graph_row_inputs", {})).items()
         }
+        # NOTE: hidden layers every graph records too (the runner's ``graph_hidden_layers``: EAGLE-3's target)
+        self.hidden_layers: tuple[int, ...] = tuple(getattr(runner, "graph_hidden_layers", ()))
         self.graphs: dict[int, Any] = {}  # the platform's graph objects (``replay()``)
         self.outputs: dict[int, torch.Tensor] = {}
+        self.captured: dict[int, dict[int, torch.Tensor]] = {}
         # NOTE: one pool for every captured size, so the graphs share their activations' memory.
         self.pool: Any = platform.graph_pool()
         self.attn.init_graph_state(self.max_bs, runner.context_len)
@@ -115,6 +118,7 @@ class GraphRunner:
             positions=self.positions[:bs], req_pool_indices=self.req_pool_indices[:bs], seq_lens=self.seq_lens[:bs],
             out_cache_loc=self.out_cache_loc[:bs], seq_lens_cpu=[1] * bs, req_to_token_pool=r.req_to_token_pool,
             kv_pool=r.kv_pool, attn_backend=self.attn, extras={k: v[:bs] for k, v in self.row_inputs.items()},
+            capture_hidden_layers=self.hidden_layers,
         )
 
     @torch.inference_mode()
@@ -138,6 +142,7 @@ class GraphRunner:
                 out = self.model(fb.input_ids, fb.positions, fb)
             self.graphs[bs] = graph
             self.outputs[bs] = out
+            self.captured[bs] = {layer: fb.captured_hidden[layer] for layer in self.hidden_layers}
 
     def can_run(self, fb: ForwardBatch) -> bool:
         return (fb.forward_mode is ForwardMode.DECODE and fb.batch_size <= self.max_bs
@@ -177,4 +182,5 @@ class GraphRunner:
         static = self._static_batch(padded)
         self.attn.init_metadata_replay(padded, static)
         self.graphs[padded].replay()
+        fb.captured_hidden = {layer: t[:bs] for layer, t in self.captured[padded].items()}
         return self.outputs[padded][:bs]

@@ -75,6 +75,7 @@ def test_verify_graphs_on_and_off_give_the_same_greedy_tokens(
         assert graphs is not None and graphs.replays > 0 and graphs.tree == (topk > 1)
         assert graphs.tokens == (7 if topk > 1 else 4)  # a tree: 3 steps x top-2 nodes, and the root
         assert len(graphs.hidden_layers) == (3 if algorithm == "EAGLE3" else 0)
+        assert scheduler.runner.graph_runner.hidden_layers == graphs.hidden_layers  # EAGLE3: its plain decodes too
         spec = next(f for f in scheduler.features if f.name == "speculative")
         draft = getattr(spec, "draft")  # noqa: B009  # STANDALONE: a DraftModel; EAGLE: the head's runner
         draft_runner = draft.runner if algorithm == "STANDALONE" else draft

@@ -124,7 +124,9 @@ class TritonVerify(TritonAttnBackend):
         return self.reference.forward_extend(q, k, v, layer, forward_batch, save_kv_cache)
 
     def forward_decode(self, q, k, v, layer, forward_batch, save_kv_cache=True):  # type: ignore[no-untyped-def]
-        return self.reference.forward_decode(q, k, v, layer, forward_batch, save_kv_cache)
+        # NOTE: lengths from the device tensor: a replayed decode graph's static batch carries no host copy
+        fb = dataclasses.replace(forward_batch, seq_lens_cpu=forward_batch.seq_lens.tolist())
+        return self.reference.forward_decode(q, k, v, layer, fb, save_kv_cache)
 
 
 class TorchGraphHooks(TorchNativeAttnBackend):
@@ -217,7 +219,18 @@ def _eager_then_graphed(model: Path, tokens_per_request: int, layers: tuple[int,
         graphs = runner.verify_graphs = VerifyGraphs(runner, platform, capture_sizes(MAX_BS), None,
                                                      tokens_per_request, layers, tree)
         replays = Replays(graphs)
+        target_decodes: list[int] = []
         if draft_graphs:
+            # NOTE: the target's decode graphs record the layers the head reads (capture_hidden_in_graphs)
+            runner.graph_hidden_layers = layers
+            runner.graph_runner = GraphRunner(runner, platform)
+            target_replay = runner.graph_runner.replay
+
+            def replay_target(fb: ForwardBatch) -> torch.Tensor:
+                target_decodes.append(fb.batch_size)
+                return target_replay(fb)
+
+            runner.graph_runner.replay = replay_target
             draft.model = RerunModel(draft.model, platform)
             draft.graph_runner = GraphRunner(draft, platform)
             draft_replay = draft.graph_runner.replay
@@ -235,6 +248,7 @@ def _eager_then_graphed(model: Path, tokens_per_request: int, layers: tuple[int,
     if draft_graphs:
         assert 3 in draft_sizes  # padded to 4
         assert len(draft.graph_runner.row_inputs) == 1
+        assert target_decodes  # plain decode steps, whose features the head reads next
 
 
 def test_standalone_verify_graphs_give_the_eager_verify_tokens(target: Path, tmp_path: Path) -> None:
@@ -245,7 +259,8 @@ def test_standalone_verify_graphs_give_the_eager_verify_tokens(target: Path, tmp
 
 def test_eagle3_chain_verify_and_draft_graphs_give_the_eager_tokens(target: Path, tmp_path: Path) -> None:
     """EAGLE-3 drafts from the target's layers (here 1, 1 and 2): the verify graphs capture them too, and hand them
-    back per row (EAGLE-1 takes the same path without them); the head's chained steps replay decode graphs."""
+    back per row (EAGLE-1 takes the same path without them), and so do the target's decode graphs; the head's chained
+    steps replay decode graphs."""
     from tests.speculative.eagle_drafts import write_eagle3_draft
 
     draft = write_eagle3_draft(tmp_path / "eagle3", target, aux_layer_ids=(0, 0, 1))

@@ -154,6 +154,7 @@ class EagleAlgorithm(SpeculativeAlgorithm):
                              f"--speculative-algorithm {cls.algorithm} reads {' or '.join(cls.accepted)}")
         draft = build_draft_runner(server_args, runner, local, cls.accepted[0])
         capture = cls.capture_layers(draft, runner)
+        runner.capture_hidden_in_graphs(capture)  # NOTE: EAGLE-3's plain decode steps (every step hands features)
         if topk == 1:
             runner.capture_verify_graphs(steps + 1, capture)
         elif runner.capture_verify_graphs(max_nodes + 1, capture, tree=True):
