@@ -230,7 +230,7 @@ def _eager_then_graphed(model: Path, tokens_per_request: int, layers: tuple[int,
                 target_decodes.append(fb.batch_size)
                 return target_replay(fb)
 
-            runner.graph_runner.replay = replay_target
+            runner.graph_runner.replay = replay_target  # type: ignore[method-assign]
             draft.model = RerunModel(draft.model, platform)
             draft.graph_runner = GraphRunner(draft, platform)
             draft_replay = draft.graph_runner.replay
