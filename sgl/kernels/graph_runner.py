@@ -159,7 +159,15 @@ class GraphRunner:
             _log_once(f"verify graphs are off: attention backend {type(self.attn).__name__} cannot capture a verify "
                       "batch; speculative verify forwards run eagerly")
             return None
-        return VerifyGraphs(self.runner, self.platform, self.sizes, self.pool, tokens_per_request,
+        # NOTE: a verify graph's activations are those of bs x N tokens; at most a prefill chunk's, whose activations
+        # the memory plan already leaves room for (a larger verify batch runs eagerly)
+        chunk = int(getattr(self.runner.args, "chunked_prefill_size", 8192))
+        limit = max(1, (chunk if chunk > 0 else 8192) // tokens_per_request)
+        sizes = [s for s in self.sizes if s <= limit] or [1]
+        if len(sizes) < len(self.sizes):
+            _log_once(f"verify graphs up to {sizes[-1]} requests ({tokens_per_request} tokens each, within a prefill "
+                      "chunk); larger verify batches run eagerly")
+        return VerifyGraphs(self.runner, self.platform, sizes, self.pool, tokens_per_request,
                             capture_hidden_layers, tree)
 
     def replay(self, fb: ForwardBatch) -> torch.Tensor:

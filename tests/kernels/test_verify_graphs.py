@@ -382,3 +382,12 @@ def test_a_replay_puts_short_requests_and_padded_rows_on_the_padding_sink() -> N
     tree = dataclasses.replace(fb, tree_masks=[torch.ones(e, e, dtype=torch.bool) for e in lens])
     assert not graphs.can_run(tree)  # chain graphs; a tree batch runs eagerly
     assert not graphs.can_run(dataclasses.replace(fb, extend_seq_lens_cpu=[4, 1, 1]))  # more than N tokens
+
+
+def test_verify_graphs_stay_within_a_prefill_chunk_of_tokens() -> None:
+    """bs x N rows of activations: no more than a prefill chunk's, which the memory plan leaves room for."""
+    platform = RerunPlatform()
+    runner = _echo_runner(platform, VerifyHooks())
+    runner.args.chunked_prefill_size = 6
+    graphs = GraphRunner(runner, platform).capture_verify(3)
+    assert graphs is not None and graphs.sizes == [1, 2] and graphs.max_bs == 2
