@@ -88,7 +88,7 @@ class ServerArgs:
     enable_mixed_chunk: bool = _opt(False, "run the running decodes in the same forward as a prefill chunk (MIXED)")
     disable_overlap_schedule: bool = _opt(False, "run the plain loop even where the platform supports overlap")
     force_overlap_schedule: bool = _opt(False, "run the overlap loop even where the platform does not ask for it")
-    disable_cuda_graph: bool = _opt(False, "do not capture decode graphs")
+    disable_cuda_graph: bool = _opt(False, "do not capture graphs (decode, speculative verify and draft steps)")
     cuda_graph_max_bs: int = _opt(256, "largest decode batch captured as a graph")
     # grammar ----------------------------------------------------------------------------------------------------
     grammar_backend: str = _opt(

@@ -37,6 +37,9 @@ class ExtendMetadata:
     extend_start_loc: torch.Tensor  # [B]
     max_extend_len: int  # host int: sizes the grid
     tree: tuple[torch.Tensor, torch.Tensor] | None = None  # tree verification's masks (pack_tree_masks)
+    # NOTE: a captured verify batch has spare rows past a request's extend length, which the kernel never writes:
+    # they start at zero rather than at whatever the graph pool held (a NaN there would reach the padding sink's KV)
+    zero_fill: bool = False
 
 
 @dataclass
@@ -90,6 +93,16 @@ def check_kv_dtype(runner: Any) -> None:
     )
 
 
+def _pack_tree_rows(bits: torch.Tensor, masks: list[torch.Tensor | None], n: int) -> None:
+    """Request i's ``[k, k]`` mask (k <= n) into ``bits[i * n * n :]``, in place, in one copy."""
+    host = torch.zeros(len(masks), n * n, dtype=torch.int8)
+    for i, m in enumerate(masks):
+        if m is None:
+            raise ValueError("a verify graph's tree batch needs a mask for every request")
+        host[i, : m.numel()] = m.reshape(-1).to(torch.int8)
+    bits[: host.numel()].copy_(host.view(-1))
+
+
 class TritonAttnBackend(AttentionBackend):
     """Same outputs as the torch-native backend; everything per step comes from the ForwardBatch."""
 
@@ -100,6 +113,7 @@ class TritonAttnBackend(AttentionBackend):
         self._graph_scratch: _Scratch | None = None
         self._graph_splits: torch.Tensor | None = None
         self._graph_meta: dict[int, DecodeMetadata] = {}
+        self._verify_meta: dict[tuple[int, int], ExtendMetadata] = {}
 
     # metadata -----------------------------------------------------------------------------------------------
     def init_forward_metadata(self, forward_batch: ForwardBatch) -> None:
@@ -147,11 +161,14 @@ class TritonAttnBackend(AttentionBackend):
         k_buf, v_buf = fb.kv_pool.get_key_buffer(layer.layer_id), fb.kv_pool.get_value_buffer(layer.layer_id)
         if save_kv_cache:
             store_kv(k_buf, v_buf, fb.out_cache_loc, k, v)
+        out = None
+        if meta.zero_fill:
+            out = torch.zeros((q.shape[0], layer.num_heads, v_buf.shape[2]), dtype=q.dtype, device=q.device)
         # NOTE: every key, the new ones included, is read back from the pool, as the reference backend does.
         out = extend_attention(
             q, k_buf, v_buf, fb.req_to_token_pool.req_to_token, fb.req_pool_indices,
             meta.prefix_lens, meta.extend_lens, meta.extend_start_loc, meta.max_extend_len, layer.scaling,
-            tree=meta.tree,
+            out=out, tree=meta.tree,
         )
         return out.view(q.shape[0], -1)
 
@@ -203,6 +220,31 @@ class TritonAttnBackend(AttentionBackend):
         meta = self._graph_meta[bs]
         # NOTE: in place: the captured kernels read this very tensor.
         meta.num_kv_splits.copy_(kv_splits_per_request(forward_batch.seq_lens[:bs], meta.max_kv_splits))
+        forward_batch.attn_metadata = meta
+
+    # graph capture (verify) --------------------------------------------------------------------------------
+    def init_verify_metadata_capture(self, bs: int, tokens_per_request: int, forward_batch: ForwardBatch) -> None:
+        """The extend metadata over the graph's static per-request tensors; the grid is sized for N rows each."""
+        fb = forward_batch
+        if fb.extend_prefix_lens is None or fb.extend_seq_lens is None or fb.extend_start_loc is None:
+            raise ValueError("a verify graph's batch needs static extend prefix lens, extend lens and start offsets")
+        tree = None
+        if fb.tree_masks is not None:
+            # NOTE: request i's mask at i * N * N, row stride its own extend length (the kernel's reading)
+            n, device = tokens_per_request, fb.extend_seq_lens.device
+            tree = (torch.zeros(bs * n * n, dtype=torch.int8, device=device),
+                    torch.arange(bs, dtype=torch.int64, device=device) * (n * n))
+            _pack_tree_rows(tree[0], list(fb.tree_masks), n)
+        meta = ExtendMetadata(fb.extend_prefix_lens, fb.extend_seq_lens, fb.extend_start_loc, tokens_per_request,
+                              tree, zero_fill=True)
+        self._verify_meta[(bs, tokens_per_request)] = meta
+        fb.attn_metadata = meta
+
+    def init_verify_metadata_replay(self, bs: int, tokens_per_request: int, forward_batch: ForwardBatch) -> None:
+        # NOTE: the per-request tensors are the static ones the replay rewrote; only tree masks are packed here
+        meta = self._verify_meta[(bs, tokens_per_request)]
+        if meta.tree is not None and forward_batch.tree_masks is not None:
+            _pack_tree_rows(meta.tree[0], list(forward_batch.tree_masks), tokens_per_request)
         forward_batch.attn_metadata = meta
 
     def _device(self) -> torch.device:

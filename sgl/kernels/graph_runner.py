@@ -23,6 +23,7 @@ from sgl.core.runner.forward_batch import ForwardBatch, ForwardMode
 
 if TYPE_CHECKING:
     from sgl.core.platform import Platform
+    from sgl.kernels.verify_graphs import VerifyGraphs
 
 logger = logging.getLogger(__name__)
 
@@ -57,7 +58,7 @@ def graph_runner_for(runner: Any, platform: Platform) -> GraphRunner | None:
 
 
 @contextlib.contextmanager
-def _collector_paused() -> Iterator[None]:
+def collector_paused() -> Iterator[None]:
     """No garbage collection while capturing: a collection could free an earlier engine's graphs or device
     tensors mid-capture, a device call that a capture forbids (it fails later, at an innocent line, with "operation
     failed due to a previous error during capture"). What is garbage now is collected first."""
@@ -94,8 +95,17 @@ class GraphRunner:
         self.seq_lens = torch.ones(n, dtype=torch.int64, device=device)
         self.out_cache_loc = torch.zeros(n, dtype=torch.int64, device=device)
         runner.req_to_token_pool.req_to_token[runner.padding_req_slot].zero_()
+        # NOTE: per-row inputs a model reads from ``forward_batch.extras`` (an EAGLE head's features), declared by
+        # the model as {name: width}: static too, copied in at each replay (padded rows read zeros)
+        self.row_inputs: dict[str, torch.Tensor] = {
+            name: torch.zeros(n, width, dtype=runner.dtype, device=device)
+            for name, width in dict(getattr(self.model, "graph_row_inputs", {})).items()
+        }
+        # NOTE: hidden layers every graph records too (the runner's ``graph_hidden_layers``: EAGLE-3's target)
+        self.hidden_layers: tuple[int, ...] = tuple(getattr(runner, "graph_hidden_layers", ()))
         self.graphs: dict[int, Any] = {}  # the platform's graph objects (``replay()``)
         self.outputs: dict[int, torch.Tensor] = {}
+        self.captured: dict[int, dict[int, torch.Tensor]] = {}
         # NOTE: one pool for every captured size, so the graphs share their activations' memory.
         self.pool: Any = platform.graph_pool()
         self.attn.init_graph_state(self.max_bs, runner.context_len)
@@ -107,14 +117,15 @@ class GraphRunner:
             forward_mode=ForwardMode.DECODE, batch_size=bs, input_ids=self.input_ids[:bs],
             positions=self.positions[:bs], req_pool_indices=self.req_pool_indices[:bs], seq_lens=self.seq_lens[:bs],
             out_cache_loc=self.out_cache_loc[:bs], seq_lens_cpu=[1] * bs, req_to_token_pool=r.req_to_token_pool,
-            kv_pool=r.kv_pool, attn_backend=self.attn,
+            kv_pool=r.kv_pool, attn_backend=self.attn, extras={k: v[:bs] for k, v in self.row_inputs.items()},
+            capture_hidden_layers=self.hidden_layers,
         )
 
     @torch.inference_mode()
     def _capture_all(self) -> None:
         platform = self.platform
         stream = platform.new_stream()
-        with _collector_paused():
+        with collector_paused():
             self._capture_sizes(platform, stream)
         platform.synchronize()
         logger.info("captured decode graphs for batch sizes %s", self.sizes)
@@ -131,9 +142,33 @@ class GraphRunner:
                 out = self.model(fb.input_ids, fb.positions, fb)
             self.graphs[bs] = graph
             self.outputs[bs] = out
+            self.captured[bs] = {layer: fb.captured_hidden[layer] for layer in self.hidden_layers}
 
     def can_run(self, fb: ForwardBatch) -> bool:
-        return fb.forward_mode is ForwardMode.DECODE and fb.batch_size <= self.max_bs
+        return (fb.forward_mode is ForwardMode.DECODE and fb.batch_size <= self.max_bs
+                and all(name in fb.extras for name in self.row_inputs))
+
+    def capture_verify(
+        self, tokens_per_request: int, capture_hidden_layers: tuple[int, ...] = (), tree: bool = False
+    ) -> VerifyGraphs | None:
+        """Graphs for speculation's verify forwards (chains, or with ``tree`` tree batches) at this runner's batch
+        sizes, in its memory pool; None (and a line in the log) where the attention backend cannot capture them."""
+        from sgl.kernels.verify_graphs import VerifyGraphs
+
+        if type(self.attn).init_verify_metadata_capture is AttentionBackend.init_verify_metadata_capture:
+            _log_once(f"verify graphs are off: attention backend {type(self.attn).__name__} cannot capture a verify "
+                      "batch; speculative verify forwards run eagerly")
+            return None
+        # NOTE: a verify graph's activations are those of bs x N tokens; at most a prefill chunk's, whose activations
+        # the memory plan already leaves room for (a larger verify batch runs eagerly)
+        chunk = int(getattr(self.runner.args, "chunked_prefill_size", 8192))
+        limit = max(1, (chunk if chunk > 0 else 8192) // tokens_per_request)
+        sizes = [s for s in self.sizes if s <= limit] or [1]
+        if len(sizes) < len(self.sizes):
+            _log_once(f"verify graphs up to {sizes[-1]} requests ({tokens_per_request} tokens each, within a prefill "
+                      "chunk); larger verify batches run eagerly")
+        return VerifyGraphs(self.runner, self.platform, sizes, self.pool, tokens_per_request,
+                            capture_hidden_layers, tree)
 
     def replay(self, fb: ForwardBatch) -> torch.Tensor:
         bs = fb.batch_size
@@ -149,7 +184,11 @@ class GraphRunner:
         self.req_pool_indices[:bs].copy_(fb.req_pool_indices)
         self.seq_lens[:bs].copy_(fb.seq_lens)
         self.out_cache_loc[:bs].copy_(fb.out_cache_loc)
+        for name, buf in self.row_inputs.items():
+            buf[bs:padded].zero_()
+            buf[:bs].copy_(fb.extras[name])
         static = self._static_batch(padded)
         self.attn.init_metadata_replay(padded, static)
         self.graphs[padded].replay()
+        fb.captured_hidden = {layer: t[:bs] for layer, t in self.captured[padded].items()}
         return self.outputs[padded][:bs]

@@ -21,7 +21,7 @@ from sgl.core.attention.base import AttentionBackend
 from sgl.core.attention.torch_native import TorchNativeAttnBackend
 from sgl.core.platform import Capabilities, Platform
 from sgl.core.runner.forward_batch import ForwardBatch, ForwardMode
-from sgl.kernels import attention_backend, graph_runner, linear_method
+from sgl.kernels import attention_backend, graph_runner, linear_method, verify_graphs
 from sgl.kernels.graph_runner import GraphRunner, capture_sizes, graph_runner_for
 
 MAX_BS, PAD_SLOT = 4, 7
@@ -181,6 +181,6 @@ def test_graphs_stay_off_where_the_platform_or_the_backend_cannot_capture() -> N
 
 
 def test_the_portable_pieces_name_no_vendor_api_and_no_plugin() -> None:
-    for module in (attention_backend, graph_runner, linear_method):
+    for module in (attention_backend, graph_runner, linear_method, verify_graphs):
         source = inspect.getsource(module)
         assert "torch.cuda" not in source and "sgl.plugins" not in source, module.__name__

@@ -76,3 +76,13 @@ class AttentionBackend(ABC):
 
     def init_metadata_replay(self, bs: int, forward_batch: ForwardBatch) -> None:
         raise NotImplementedError(f"{type(self).__name__} does not support graph capture")
+
+    # graph capture (speculative verify): backends that support it override both ------------------------------
+    def init_verify_metadata_capture(self, bs: int, tokens_per_request: int, forward_batch: ForwardBatch) -> None:
+        """A TARGET_VERIFY batch of ``bs`` requests with ``tokens_per_request`` rows each (request i's at
+        ``i * tokens_per_request``, the first ``extend_seq_lens[i]`` of them real), over static buffers that each
+        replay rewrites in place. Rows past a request's extend length must come out finite (they are discarded)."""
+        raise NotImplementedError(f"{type(self).__name__} does not support verify graphs")
+
+    def init_verify_metadata_replay(self, bs: int, tokens_per_request: int, forward_batch: ForwardBatch) -> None:
+        raise NotImplementedError(f"{type(self).__name__} does not support verify graphs")

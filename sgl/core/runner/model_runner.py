@@ -115,11 +115,13 @@ class ModelRunner:
         self.sampler: Any = platform.sampler()  # the platform's Sampler, or it wrapped for TP
         if parallel.tp_size > 1:
             self.sampler = RankZeroTokens(self.sampler, parallel)
+        self.graph_hidden_layers: tuple[int, ...] = ()  # what decode graphs capture besides (capture_hidden_in_graphs)
         self.graph_runner = None if args.disable_cuda_graph else platform.graph_runner(self)
         if self.graph_runner is not None and parallel.ep_size > 1:
             # NOTE: expert-parallel dispatch sizes depend on the routing, read on the host each forward
             logger.info("decode graphs are off: expert-parallel dispatch sizes change with every batch")
             self.graph_runner = None
+        self.verify_graphs: Any = None  # speculation's verify graphs, once ``capture_verify_graphs`` made them
         logger.info(
             "model %s on %s (%s, KV cache %s, %s attention, graphs %s)",
             cfg.architecture, platform.name, str(self.dtype).replace("torch.", ""),
@@ -136,13 +138,47 @@ class ModelRunner:
         try:
             if self.faults is not None:
                 self.faults.at("forward")
-            # NOTE: graphs return the final hidden states only; a forward capturing other layers runs eagerly
-            if self.graph_runner is not None and not fb.capture_hidden_layers and self.graph_runner.can_run(fb):
-                return self.graph_runner.replay(fb)
+            # NOTE: a decode graph records the hidden layers it was captured with (``hidden_layers``, none unless
+            # capture_hidden_in_graphs asked); a forward asking for others runs eagerly
+            graphs = self.graph_runner
+            if (graphs is not None and tuple(fb.capture_hidden_layers) == tuple(getattr(graphs, "hidden_layers", ()))
+                    and graphs.can_run(fb)):
+                return graphs.replay(fb)
+            if self.verify_graphs is not None and self.verify_graphs.can_run(fb):
+                return self.verify_graphs.replay(fb)
             self.attn_backend.init_forward_metadata(fb)
             return self.model(fb.input_ids, fb.positions, fb)
         finally:
             self.in_forward = False
+
+    def capture_verify_graphs(
+        self, tokens_per_request: int, capture_hidden_layers: tuple[int, ...] = (), tree: bool = False
+    ) -> bool:
+        """Speculation's verify forwards (TARGET_VERIFY, up to ``tokens_per_request`` tokens per request, the hidden
+        layers ``capture_hidden_layers`` captured; chains, or with ``tree`` tree batches with a mask per request)
+        replayed from graphs, where this runner's graph runner can capture them (``capture_verify``); else they stay
+        eager. True when graphs were captured.
+
+        NOTE: the verify graphs keep the model as it is now: a feature that rewires its layers later (LoRA) must
+        capture them again or drop them."""
+        capture = getattr(self.graph_runner, "capture_verify", None)
+        if capture is None:
+            reason = "graphs are off" if self.graph_runner is None else "the graph runner has no verify graphs"
+            logger.info("speculative verify forwards run eagerly: %s", reason)
+            self.verify_graphs = None
+            return False
+        self.verify_graphs = capture(tokens_per_request, tuple(capture_hidden_layers), tree)
+        return self.verify_graphs is not None
+
+    def capture_hidden_in_graphs(self, layers: tuple[int, ...]) -> None:
+        """Decode graphs captured again, now also recording the residual streams entering ``layers`` (a draft head
+        reading the target's middle layers at every step, EAGLE-3), so those decode steps replay too. Graphs that are
+        off stay off."""
+        if self.graph_runner is None or tuple(layers) == self.graph_hidden_layers:
+            return
+        self.graph_hidden_layers = tuple(layers)
+        self.graph_runner = None  # NOTE: the old graphs go before the new ones take memory
+        self.graph_runner = self.platform.graph_runner(self)
 
     def describe_step(self) -> str:
         """The step a stalled scheduler is stuck in: inside a forward (a kernel, a collective) or after it."""

@@ -130,6 +130,7 @@ class TorchLoRABackend(LoRABackend):
     def _graphs_with_adapters(self, runner: ModelRunner) -> None:
         """The runner captured its decode graphs before the adapter hooks existed: recapture them through the graph
         segments (where the backend's kernels can be captured), else turn graphs off."""
+        runner.verify_graphs = None  # NOTE: speculation's verify graphs were captured without the adapter hooks
         if self.apply_fn is not apply_triton:
             # NOTE: the reference gathers rows per adapter on the host's say-so: a graph would replay stale ones
             logger.info("LoRA: decode graphs are off: the torch reference's updates cannot be captured "

@@ -25,6 +25,7 @@ target's.
 from __future__ import annotations
 
 import dataclasses
+import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -51,6 +52,8 @@ if TYPE_CHECKING:
     from sgl.core.scheduler.step import StepExecutor
     from sgl.core.speculative.verify import VerifyResult
 
+logger = logging.getLogger(__name__)
+
 DEFAULT_NUM_STEPS = 3
 TREE_BACKENDS = ("torch_native", "triton")  # the attention backends that apply a tree mask
 
@@ -73,7 +76,8 @@ class TargetFeatures:
 
 def build_draft_runner(args: ServerArgs, target: ModelRunner, path: str, architecture: str | None) -> ModelRunner:
     """The draft head's runner: its own KV pool, the size and page size of the target's (same slot numbers), and the
-    target's request table, so a draft batch addresses a request's KV exactly as the target does."""
+    target's request table, so a draft batch addresses a request's KV exactly as the target does; decode graphs
+    for its chained steps where the target has graphs."""
     draft_args = dataclasses.replace(
         args, model_path=path, max_total_tokens=target.max_total_tokens, quantization=None,
         max_running_requests=target.max_running_requests, context_length=target.context_len, disable_cuda_graph=True,
@@ -83,10 +87,16 @@ def build_draft_runner(args: ServerArgs, target: ModelRunner, path: str, archite
         raise ValueError(f"--speculative-draft-model-path {path}: its KV pool ({runner.max_total_tokens} tokens) "
                          f"cannot mirror the target's ({target.max_total_tokens})")
     runner.req_to_token_pool = target.req_to_token_pool
+    runner.padding_req_slot = target.padding_req_slot  # NOTE: its own was a row of the table it no longer uses
     if not isinstance(runner.model, EagleDraftHead):
         raise ValueError(f"--speculative-draft-model-path {path}: {runner.model_config.architecture} is not an EAGLE "
                          "draft head (LlamaForCausalLMEagle, LlamaForCausalLMEagle3)")
     runner.model.bind_target(target.model)
+    if target.graph_runner is not None:
+        # NOTE: captured only now, over the target's request table (a graph keeps the table it was captured with)
+        # and with the target's embedding bound; the chained draft steps replay them, the catch-up extend is eager
+        runner.graph_runner = target.platform.graph_runner(runner)
+        logger.info("EAGLE draft: decode graphs %s", "on" if runner.graph_runner is not None else "off")
     return runner
 
 
@@ -143,7 +153,14 @@ class EagleAlgorithm(SpeculativeAlgorithm):
             raise ValueError(f"--speculative-draft-model-path {path} is a {arch} checkpoint; "
                              f"--speculative-algorithm {cls.algorithm} reads {' or '.join(cls.accepted)}")
         draft = build_draft_runner(server_args, runner, local, cls.accepted[0])
-        return cls(runner, draft, steps, cls.capture_layers(draft, runner), topk, max_nodes)
+        capture = cls.capture_layers(draft, runner)
+        runner.capture_hidden_in_graphs(capture)  # NOTE: EAGLE-3's plain decode steps (every step hands features)
+        if topk == 1:
+            runner.capture_verify_graphs(steps + 1, capture)
+        elif runner.capture_verify_graphs(max_nodes + 1, capture, tree=True):
+            logger.info("--speculative-eagle-topk %d: tree verify forwards replay graphs; tree drafting runs eagerly",
+                        topk)
+        return cls(runner, draft, steps, capture, topk, max_nodes)
 
     @classmethod
     def capture_layers(cls, draft: ModelRunner, target: ModelRunner) -> tuple[int, ...]:

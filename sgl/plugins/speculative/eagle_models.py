@@ -63,6 +63,12 @@ class EagleDraftHead(nn.Module):
     def target_hidden_size(self) -> int:
         return int(self.config.get("target_hidden_size", self.config.hidden_size))
 
+    @property
+    def graph_row_inputs(self) -> dict[str, int]:
+        """What a decode graph must feed per row (the graph runner's contract): a chained draft step's feature,
+        the draft's own output."""
+        return {TARGET_HIDDEN: int(self.config.hidden_size)}
+
     def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
         return self._target[0](input_ids)
 

@@ -44,9 +44,11 @@ class NgramAlgorithm(DraftingAlgorithm):
                 raise ValueError(f"--{flag.replace('_', '-')}: NGRAM has no draft model (its flag is "
                                  "--speculative-num-draft-tokens)")
         n = server_args.speculative_num_draft_tokens or DEFAULT_DRAFT_TOKENS
-        return cls(n - 1, runner.context_len, server_args.speculative_ngram_min_match_window_size,
-                   server_args.speculative_ngram_max_match_window_size, server_args.speculative_ngram_branch_length,
-                   server_args.speculative_ngram_capacity)
+        algorithm = cls(n - 1, runner.context_len, server_args.speculative_ngram_min_match_window_size,
+                        server_args.speculative_ngram_max_match_window_size,
+                        server_args.speculative_ngram_branch_length, server_args.speculative_ngram_capacity)
+        runner.capture_verify_graphs(n)
+        return algorithm
 
     def _index(self, r: Req) -> SequenceIndex:
         index = r.features.get(self.name)

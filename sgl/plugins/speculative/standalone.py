@@ -57,6 +57,7 @@ class StandaloneAlgorithm(DraftingAlgorithm):
             raise ValueError("--speculative-algorithm STANDALONE needs --speculative-draft-model-path")
         steps = chain_steps(server_args, DEFAULT_NUM_STEPS)
         draft = DraftModel(server_args, runner, draft_dir(server_args, path), "speculative.draft")
+        runner.capture_verify_graphs(steps + 1)
         return cls(draft, steps, runner.context_len)
 
     def propose(self, reqs: list[Req], budgets: list[int]) -> list[list[int]]:
