@@ -55,7 +55,8 @@ def write_adapter(
             fan_in, fan_out = shapes[proj]
             key = f"base_model.model.model.layers.{layer}.{_PARENT[proj]}.{proj}"
             tensors[f"{key}.lora_A.weight"] = (torch.randn(rank, fan_in, generator=gen) / fan_in ** 0.5).to(dtype)
-            tensors[f"{key}.lora_B.weight"] = (torch.randn(fan_out, rank, generator=gen) * scale / rank ** 0.5).to(dtype)
+            b = torch.randn(fan_out, rank, generator=gen) * (scale / rank ** 0.5)
+            tensors[f"{key}.lora_B.weight"] = b.to(dtype)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     save_file(tensors, str(out / "adapter_model.safetensors"), metadata={"format": "pt"})

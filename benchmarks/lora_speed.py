@@ -1,8 +1,8 @@
 """Multi-LoRA serving cost: throughput of a batch spread over N adapters against the same workload without LoRA,
 batch-1 decode on one adapter against the base model, and the time to load an adapter while serving (issue 15).
 
-python benchmarks/lora_speed.py MODEL [--ranks 16,64] [--adapters 8] [--requests 32] [--input-len 512]
-                                      [--output-len 128]
+python -m benchmarks.lora_speed MODEL [--ranks 16,64] [--adapters 8] [--requests 32] [--input-len 512]
+                                       [--output-len 128]
 
 MODEL: a shipped config name (llama-3.1-8b, qwen3-0.6b: dummy weights) or ``demo`` (the demo model, any platform).
 Adapters are seeded random PEFT directories (``benchmarks/lora_adapters.py``) on every q/k/v/o/gate/up/down
@@ -117,13 +117,79 @@ def timed_workload(engine: sgl.Engine, work: Workload, warm: Workload, loras: li
                        counter.count - before)
 
 
+class LoadTimes(NamedTuple):
+    load_s: list[float]  # load_lora_adapter of each fresh adapter
+    first_request_s: list[float]  # a 1-token request on it right after (its upload into a device slot)
+    resident_request_s: list[float]  # the same request on an adapter already resident
+
+
 def one_token_s(engine: sgl.Engine, prompt: list[int], lora: str) -> float:
     t0 = time.perf_counter()
     engine.generate(input_ids=prompt, sampling_params={"max_new_tokens": 1, "temperature": 0.0}, lora_path=lora)
     return time.perf_counter() - t0
 
 
+def load_times(engine: sgl.Engine, fresh: list[str], resident: str, probes: list[list[int]]) -> LoadTimes:
+    """Loads, uses and unloads each fresh adapter in turn (so every load finds the same pool)."""
+    out = LoadTimes([], [], [])
+    for i, path in enumerate(fresh):
+        t0 = time.perf_counter()
+        engine.load_lora_adapter(f"fresh{i}", path)
+        out.load_s.append(time.perf_counter() - t0)
+        out.first_request_s.append(one_token_s(engine, probes[2 * i], f"fresh{i}"))
+        out.resident_request_s.append(one_token_s(engine, probes[2 * i + 1], resident))
+        engine.unload_lora_adapter(f"fresh{i}")
+    return out
+
+
+class _Setup(NamedTuple):
+    model: str
+    model_dir: Path
+    engine_kw: dict[str, Any]
+    vocab: int
+    work: Workload
+    warm: Workload
+    decode_tokens: int
+    seed: int
+
+
+def _base_run(setup: _Setup) -> tuple[BaseFigures, WorkloadRun, float]:
+    with sgl.Engine(model_path=str(setup.model_dir), **setup.engine_kw) as engine:
+        counter = ReplayCounter(engine)
+        run = timed_workload(engine, setup.work, setup.warm, None, counter)
+        decode = batch1_decode_tok_s(engine, setup.decode_tokens)
+    return BaseFigures(setup.model, _r(run.tok_s), _r(decode), counter.graphs, run.graph_replays), run, decode
+
+
+def _lora_run(setup: _Setup, rank: int, adapters: int, loads: int, base: WorkloadRun,
+              base_decode: float) -> LoRAFigures:
+    names = [f"a{i}" for i in range(adapters)]
+    loras = [names[i % adapters] for i in range(len(setup.work.prompts))]
+    probes = random_prompts(setup.vocab, 2 * loads, 16, setup.seed + 2)
+    with tempfile.TemporaryDirectory(prefix=f"sgl-lora-r{rank}-") as tmp:
+        paths = [write_adapter(setup.model_dir, Path(tmp) / n, rank, seed=1000 * rank + i)
+                 for i, n in enumerate(names)]
+        fresh = [write_adapter(setup.model_dir, Path(tmp) / f"fresh{i}", rank, seed=1000 * rank + 500 + i)
+                 for i in range(loads)]
+        with sgl.Engine(model_path=str(setup.model_dir), lora_paths=[f"{n}={p}" for n, p in zip(names, paths)],
+                        max_lora_rank=rank, max_loras_per_batch=adapters, **setup.engine_kw) as engine:
+            counter = ReplayCounter(engine)
+            kernel = engine.runtime.features.lora.apply_fn.__name__  # type: ignore[union-attr]
+            run = timed_workload(engine, setup.work, setup.warm, loras, counter)
+            decode = batch1_decode_tok_s(engine, setup.decode_tokens, lora_path=names[0])
+            base_rows = batch1_decode_tok_s(engine, setup.decode_tokens)
+            times = load_times(engine, fresh, names[0], probes)
+    differ = sum(a != b for a, b in zip(run.outputs, base.outputs)) / len(run.outputs)
+    return LoRAFigures(
+        setup.model, rank, adapters, kernel, _r(run.tok_s), _r(run.tok_s / base.tok_s, 3), _r(decode),
+        _r(decode / base_decode, 3), _r(base_rows), _r(statistics.median(times.load_s), 4),
+        [_r(s, 4) for s in times.load_s], _r(statistics.median(times.first_request_s), 4),
+        _r(statistics.median(times.resident_request_s), 4), _r(differ, 3), counter.graphs, run.graph_replays,
+    )
+
+
 def _free_device() -> None:
+    """Drops the engine just closed (its cycles included) before the next one is built."""
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
@@ -137,58 +203,28 @@ def measure(
     model: str, ranks: Sequence[int] = (16, 64), adapters: int = 8, requests: int = 32, input_len: int = 512,
     output_len: int = 128, decode_tokens: int = 256, loads: int = 3, seed: int = 0, **engine_kw: Any,
 ) -> Iterator[BaseFigures | LoRAFigures]:
-    """The base engine's figures, then one LoRAFigures per rank; ``engine_kw`` goes to every ``sgl.Engine``."""
+    """The base engine's figures, then one LoRAFigures per rank, one engine at a time; ``engine_kw`` goes to every
+    ``sgl.Engine``. Every engine sees the same prompts and dummy-weight seed."""
     from sgl.core.demo_model import ensure_demo_model
     from sgl.core.model.shipped import materialize
 
+    if loads < 1:
+        raise ValueError(f"loads must be >= 1, got {loads}")
     model_dir = ensure_demo_model() if model == "demo" else materialize(model)
     kw: dict[str, Any] = {"context_length": 4096, "max_total_tokens": 65536, "max_running_requests": 64}
     if model != "demo":
         kw["load_format"] = "dummy"
     kw.update(engine_kw)
     vocab = int(json.loads((model_dir / "config.json").read_text())["vocab_size"])
-    work = Workload(random_prompts(vocab, requests, input_len, seed), output_len)
-    warm = Workload(random_prompts(vocab, requests, input_len, seed + 1), output_len)
-
-    with sgl.Engine(model_path=str(model_dir), **kw) as engine:
-        counter = ReplayCounter(engine)
-        base_run = timed_workload(engine, work, warm, None, counter)
-        base_decode = batch1_decode_tok_s(engine, decode_tokens)
-        base = BaseFigures(model, _r(base_run.tok_s), _r(base_decode), counter.graphs, base_run.graph_replays)
+    setup = _Setup(model, model_dir, kw, vocab, Workload(random_prompts(vocab, requests, input_len, seed), output_len),
+                   Workload(random_prompts(vocab, requests, input_len, seed + 1), output_len), decode_tokens, seed)
+    base, base_run, base_decode = _base_run(setup)
     _free_device()
     yield base
-
-    names = [f"a{i}" for i in range(adapters)]
-    loras = [names[i % adapters] for i in range(requests)]
     for rank in ranks:
-        with tempfile.TemporaryDirectory(prefix=f"sgl-lora-r{rank}-") as tmp:
-            paths = [write_adapter(model_dir, Path(tmp) / n, rank, seed=1000 * rank + i) for i, n in enumerate(names)]
-            fresh = [write_adapter(model_dir, Path(tmp) / f"fresh{i}", rank, seed=1000 * rank + 500 + i)
-                     for i in range(loads)]
-            with sgl.Engine(model_path=str(model_dir), lora_paths=[f"{n}={p}" for n, p in zip(names, paths)],
-                            max_lora_rank=rank, max_loras_per_batch=adapters, **kw) as engine:
-                counter = ReplayCounter(engine)
-                kernel = engine.runtime.features.lora.apply_fn.__name__  # type: ignore[union-attr]
-                run = timed_workload(engine, work, warm, loras, counter)
-                decode = batch1_decode_tok_s(engine, decode_tokens, lora_path=names[0])
-                base_rows = batch1_decode_tok_s(engine, decode_tokens)
-                probes = random_prompts(vocab, 2 * loads, 16, seed + 2)
-                load_s, first_s, resident_s = [], [], []
-                for i, path in enumerate(fresh):
-                    t0 = time.perf_counter()
-                    engine.load_lora_adapter(f"fresh{i}", path)
-                    load_s.append(time.perf_counter() - t0)
-                    first_s.append(one_token_s(engine, probes[2 * i], f"fresh{i}"))
-                    resident_s.append(one_token_s(engine, probes[2 * i + 1], names[0]))
-                    engine.unload_lora_adapter(f"fresh{i}")
-            _free_device()
-        differ = sum(a != b for a, b in zip(run.outputs, base_run.outputs)) / requests
-        yield LoRAFigures(
-            model, rank, adapters, kernel, _r(run.tok_s), _r(run.tok_s / base_run.tok_s, 3), _r(decode),
-            _r(decode / base_decode, 3), _r(base_rows), _r(statistics.median(load_s), 4),
-            [_r(s, 4) for s in load_s], _r(statistics.median(first_s), 4), _r(statistics.median(resident_s), 4),
-            _r(differ, 3), counter.graphs, run.graph_replays,
-        )
+        figures = _lora_run(setup, rank, adapters, loads, base_run, base_decode)
+        _free_device()
+        yield figures
 
 
 def table(base: BaseFigures, rows: Sequence[LoRAFigures]) -> str:
