@@ -171,7 +171,8 @@ def _lora_run(setup: _Setup, rank: int, adapters: int, loads: int, base: Workloa
                  for i, n in enumerate(names)]
         fresh = [write_adapter(setup.model_dir, Path(tmp) / f"fresh{i}", rank, seed=1000 * rank + 500 + i)
                  for i in range(loads)]
-        with sgl.Engine(model_path=str(setup.model_dir), lora_paths=[f"{n}={p}" for n, p in zip(names, paths)],
+        with sgl.Engine(model_path=str(setup.model_dir), enable_lora=True,
+                        lora_paths=[f"{n}={p}" for n, p in zip(names, paths)],
                         max_lora_rank=rank, max_loras_per_batch=adapters, **setup.engine_kw) as engine:
             counter = ReplayCounter(engine)
             kernel = engine.runtime.features.lora.apply_fn.__name__  # type: ignore[union-attr]
