@@ -53,6 +53,7 @@ def run(name: str, new_tokens: int = 256, **kw: object) -> dict[str, float]:
         built = time.time() - t0
         return {"build_s": round(built, 1), "decode_tok_s": round(batch1_decode_tok_s(e, new_tokens), 1)}
 
+
 if __name__ == "__main__":
     argv = sys.argv[1:]
     only = argv[argv.index("--variant") + 1] if "--variant" in argv else None
