@@ -65,6 +65,10 @@ class LoRAFigures:
     outputs_differ: float  # fraction of the workload's requests whose tokens differ from the base engine's
     graphs: bool
     graph_replays: int
+    # share of the device's kernel time in the segment GEMMs (CUDA only): batch-1 decode, and a decode of the
+    # workload's batch size on short prompts
+    sgmv_share_b1: float | None
+    sgmv_share_batch: float | None
 
 
 @dataclass(frozen=True)
@@ -115,6 +119,29 @@ def timed_workload(engine: sgl.Engine, work: Workload, warm: Workload, loras: li
     dt = time.perf_counter() - t0
     return WorkloadRun(sum(o["meta_info"]["completion_tokens"] for o in outs) / dt, [o["output_ids"] for o in outs],
                        counter.count - before)
+
+
+SGMV_KERNELS = ("_shrink_kernel", "_expand_kernel")  # sgl.kernels.lora's Triton kernels
+
+
+def sgmv_share(engine: sgl.Engine, prompts: list[list[int]], loras: list[str], new_tokens: int) -> float | None:
+    """Fraction of the device's kernel time spent in the LoRA segment GEMMs over a decode-heavy run (short prompts,
+    ``new_tokens`` each), profiled after a warm-up; None where no CUDA kernel ran (another platform)."""
+    if not torch.cuda.is_available():
+        return None
+    from torch.profiler import ProfilerActivity, profile
+
+    sp = {"max_new_tokens": new_tokens, "temperature": 0.0, "ignore_eos": True}
+    engine.generate(input_ids=prompts, sampling_params=sp, lora_path=loras)
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        engine.generate(input_ids=prompts, sampling_params=sp, lora_path=loras)
+    total = sgmv = 0.0
+    for ev in prof.key_averages():
+        t = float(getattr(ev, "self_device_time_total", None) or getattr(ev, "self_cuda_time_total", 0.0))
+        total += t
+        if any(k in ev.key for k in SGMV_KERNELS):
+            sgmv += t
+    return round(sgmv / total, 3) if total else None
 
 
 class LoadTimes(NamedTuple):
@@ -180,12 +207,16 @@ def _lora_run(setup: _Setup, rank: int, adapters: int, loads: int, base: Workloa
             decode = batch1_decode_tok_s(engine, setup.decode_tokens, lora_path=names[0])
             base_rows = batch1_decode_tok_s(engine, setup.decode_tokens)
             times = load_times(engine, fresh, names[0], probes)
+            short = random_prompts(setup.vocab, len(loras), 16, setup.seed + 3)
+            share_b1 = sgmv_share(engine, short[:1], loras[:1], 64)
+            share_batch = sgmv_share(engine, short, loras, 64)
     differ = sum(a != b for a, b in zip(run.outputs, base.outputs)) / len(run.outputs)
     return LoRAFigures(
         setup.model, rank, adapters, kernel, _r(run.tok_s), _r(run.tok_s / base.tok_s, 3), _r(decode),
         _r(decode / base_decode, 3), _r(base_rows), _r(statistics.median(times.load_s), 4),
         [_r(s, 4) for s in times.load_s], _r(statistics.median(times.first_request_s), 4),
         _r(statistics.median(times.resident_request_s), 4), _r(differ, 3), counter.graphs, run.graph_replays,
+        share_b1, share_batch,
     )
 
 
@@ -228,15 +259,21 @@ def measure(
         yield figures
 
 
+def _share(x: float | None) -> str:
+    return "-" if x is None else f"{x:.0%}"
+
+
 def table(base: BaseFigures, rows: Sequence[LoRAFigures]) -> str:
+    """Throughput and batch-1 decode with their ratios to the base engine; the sgmv columns are the segment GEMMs'
+    share of device time (b1: batch-1 decode; batch: the workload's batch size)."""
     head = (f"{'engine':<10} {'tok/s':>9} {'ratio':>6} {'b1 tok/s':>9} {'ratio':>6} {'load ms':>8} "
-            f"{'kernel':>16} {'graphs':>6}")
+            f"{'kernel':>16} {'graphs':>6} {'sgmv b1':>8} {'sgmv batch':>10}")
     lines = [head, f"{'base':<10} {base.throughput_tok_s:>9.1f} {'':>6} {base.decode_tok_s:>9.1f} {'':>6} {'':>8} "
                    f"{'':>16} {str(base.graphs):>6}"]
     for r in rows:
         lines.append(f"{f'lora r{r.rank}':<10} {r.throughput_tok_s:>9.1f} {r.throughput_ratio:>6.3f} "
                      f"{r.decode_tok_s:>9.1f} {r.decode_ratio:>6.3f} {r.load_s * 1e3:>8.1f} {r.lora_kernel:>16} "
-                     f"{str(r.graphs):>6}")
+                     f"{str(r.graphs):>6} {_share(r.sgmv_share_b1):>8} {_share(r.sgmv_share_batch):>10}")
     lines.append(f"target: both ratios >= {TARGET}")
     return "\n".join(lines)
 

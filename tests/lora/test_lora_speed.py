@@ -34,6 +34,7 @@ def test_demo_run_reports_every_figure_and_the_adapters_change_the_tokens() -> N
     assert lora.first_request_s > 0 and lora.resident_request_s > 0
     assert lora.outputs_differ > 0, "the adapters left every request's tokens as the base model's"
     assert not base.graphs and not lora.graphs and lora.graph_replays == 0
+    assert lora.sgmv_share_b1 is None and lora.sgmv_share_batch is None  # profiled on CUDA only
     shown = table(base, [lora])
     assert "lora r4" in shown and f"{lora.throughput_ratio:.3f}" in shown
 
@@ -66,4 +67,6 @@ def test_on_cuda_the_triton_kernels_run_inside_the_decode_graphs() -> None:
     assert base.graphs and base.graph_replays > 0
     assert lora.lora_kernel == "apply_triton"
     assert lora.graphs and lora.graph_replays > 0
+    for share in (lora.sgmv_share_b1, lora.sgmv_share_batch):
+        assert share is not None and 0 < share < 1
     assert lora.outputs_differ > 0
