@@ -25,18 +25,22 @@ BLOCK_M = 16
 @triton.jit
 def _shrink_kernel(
     x_ptr, a_ptr, y_ptr, seg_start_ptr, seg_len_ptr, seg_slot_ptr, row_index_ptr,
-    N, K, stride_xm, stride_as, stride_an, stride_ym,
+    N, K, K_PER_SPLIT, stride_xm, stride_as, stride_an, stride_ym, stride_ys,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, UPCAST: tl.constexpr,
     PRECISION: tl.constexpr, HAS_ROW_INDEX: tl.constexpr,
 ):
     seg = tl.program_id(0)
     pid_n = tl.program_id(1)
+    split = tl.program_id(2)
     start = tl.load(seg_start_ptr + seg)
     length = tl.load(seg_len_ptr + seg)
     slot = tl.load(seg_slot_ptr + seg).to(tl.int64)
     cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     cmask = cols < N
     a_base = a_ptr + slot * stride_as
+    k_lo = split * K_PER_SPLIT  # NOTE: K_PER_SPLIT is a multiple of BLOCK_K, so the splits' blocks never overlap
+    k_hi = tl.minimum(k_lo + K_PER_SPLIT, K)
+    y_base = y_ptr + split.to(tl.int64) * stride_ys
     for m0 in range(0, length, BLOCK_M):
         rows = m0 + tl.arange(0, BLOCK_M)
         rmask = rows < length
@@ -45,7 +49,7 @@ def _shrink_kernel(
         else:
             grow = (start + rows).to(tl.int64)
         acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
-        for k0 in range(0, K, BLOCK_K):
+        for k0 in range(k_lo, k_hi, BLOCK_K):
             ks = k0 + tl.arange(0, BLOCK_K)
             kmask = ks < K
             x = tl.load(x_ptr + grow[:, None] * stride_xm + ks[None, :], mask=rmask[:, None] & kmask[None, :],
@@ -58,7 +62,7 @@ def _shrink_kernel(
             else:
                 a = a.to(x.dtype)
             acc += tl.dot(x, tl.trans(a), input_precision=PRECISION)
-        tl.store(y_ptr + grow[:, None] * stride_ym + cols[None, :], acc, mask=rmask[:, None] & cmask[None, :])
+        tl.store(y_base + grow[:, None] * stride_ym + cols[None, :], acc, mask=rmask[:, None] & cmask[None, :])
 
 
 @triton.jit
@@ -104,26 +108,48 @@ def _block(n: int, lo: int, hi: int) -> int:
     return max(lo, min(hi, triton.next_power_of_2(max(n, 1))))
 
 
+SPLIT_K_MAX_ROWS = 64  # batches up to this many rows (decode) split K; larger ones have rows enough to fill the device
+SPLIT_K_MIN = 256  # the least of K one split streams
+SPLIT_K_MAX = 32
+
+
+def shrink_splits(rows: int, k: int) -> int:
+    """How many programs share one segment's K for a batch of ``rows``.
+
+    A decode batch has one or a few rows per segment, so without splitting, one program per column block streams a
+    whole A [n, K] alone (all of it for a rank-64 down projection, K = 14336) while the rest of the device idles;
+    splitting K puts that read on many programs, whose fp32 partials are then summed in a fixed order (the result
+    does not depend on scheduling)."""
+    if rows > SPLIT_K_MAX_ROWS:
+        return 1
+    return max(1, min(SPLIT_K_MAX, k // SPLIT_K_MIN))
+
+
 def sgmv_shrink(
     x: torch.Tensor, a: torch.Tensor, seg_start: torch.Tensor, seg_len: torch.Tensor, seg_slot: torch.Tensor,
-    max_seg_len: int, row_index: torch.Tensor | None = None,
+    max_seg_len: int, row_index: torch.Tensor | None = None, splits: int | None = None,
 ) -> torch.Tensor:
-    """x [T, K], a [S, N, K] -> fp32 y [T, N]; rows outside every segment are 0. Segments are int32 tensors."""
+    """x [T, K], a [S, N, K] -> fp32 y [T, N]; rows outside every segment are 0. Segments are int32 tensors.
+    ``splits``: the split-K factor (default ``shrink_splits(T, K)``)."""
     t, k = x.shape
     n = a.shape[1]
-    y = torch.zeros(t, n, dtype=torch.float32, device=x.device)
     nseg = seg_start.numel()
     if nseg == 0 or max_seg_len == 0:
-        return y
+        return torch.zeros(t, n, dtype=torch.float32, device=x.device)
+    splits = shrink_splits(t, k) if splits is None else splits
+    block_k = 64
+    k_per_split = triton.cdiv(triton.cdiv(k, splits), block_k) * block_k
+    splits = triton.cdiv(k, k_per_split)
+    partial = torch.zeros(splits, t, n, dtype=torch.float32, device=x.device)
     block_n = _block(n, 16, 64)
-    grid = (nseg, triton.cdiv(n, block_n))
+    grid = (nseg, triton.cdiv(n, block_n), splits)
     _shrink_kernel[grid](
-        x, a, y, seg_start, seg_len, seg_slot, seg_start if row_index is None else row_index,
-        n, k, x.stride(0), a.stride(0), a.stride(1), y.stride(0),
-        BLOCK_M=BLOCK_M, BLOCK_N=block_n, BLOCK_K=64, UPCAST=upcast_dot(x), PRECISION=_precision(x),
+        x, a, partial, seg_start, seg_len, seg_slot, seg_start if row_index is None else row_index,
+        n, k, k_per_split, x.stride(0), a.stride(0), a.stride(1), partial.stride(1), partial.stride(0),
+        BLOCK_M=BLOCK_M, BLOCK_N=block_n, BLOCK_K=block_k, UPCAST=upcast_dot(x), PRECISION=_precision(x),
         HAS_ROW_INDEX=row_index is not None,
     )
-    return y
+    return partial[0] if splits == 1 else partial.sum(0)
 
 
 def sgmv_expand(

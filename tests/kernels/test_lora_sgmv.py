@@ -107,3 +107,29 @@ def test_graph_segments_layout_is_sorted_by_slot_with_base_and_padding_rows_last
     assert order.tolist() == [2, 0, 3, 1, 4, 5, 6, 7]
     with pytest.raises(ValueError, match="9 rows exceed the graphs' 8"):
         GraphSegments(3, 8, torch.device("cpu")).fill([0] * 9)
+
+
+@pytest.mark.parametrize("splits", [2, 3, 5])
+def test_split_k_shrink_equals_one_split_and_the_reference(splits: int, device: torch.device) -> None:
+    """Splitting K over programs (what decode batches get) sums to the unsplit shrink; base rows stay 0."""
+    from sgl.kernels.lora import sgmv_shrink
+
+    counts, slots = [1, 1, 2, 1], [1, -1, 0, 1]
+    x, a, _, _, _, seg = _case(device, torch.float32, counts, slots, 320, [24], 8, 2, seed=5)
+    one = sgmv_shrink(x, a, seg.seg_start, seg.seg_len, seg.seg_slot, seg.max_seg_len, splits=1)
+    got = sgmv_shrink(x, a, seg.seg_start, seg.seg_len, seg.seg_slot, seg.max_seg_len, splits=splits)
+    torch.testing.assert_close(got, one, atol=1e-5, rtol=1e-5)
+    row = 0
+    for c, s in zip(counts, slots):
+        want = torch.zeros(c, 8, device=device) if s < 0 else x[row:row + c] @ a[s].t()
+        torch.testing.assert_close(got[row:row + c], want, atol=1e-4, rtol=1e-4)
+        row += c
+
+
+def test_split_k_only_for_decode_sized_batches() -> None:
+    from sgl.kernels.lora import SPLIT_K_MAX, SPLIT_K_MAX_ROWS, shrink_splits
+
+    assert shrink_splits(1, 14336) == SPLIT_K_MAX  # batch-1 decode of a wide down projection
+    assert shrink_splits(SPLIT_K_MAX_ROWS, 4096) == 16
+    assert shrink_splits(1, 128) == 1  # too narrow to split
+    assert shrink_splits(SPLIT_K_MAX_ROWS + 1, 14336) == 1  # prefill-sized: one split, no partials
