@@ -4,7 +4,8 @@ A batch's tokens fall into segments, each a run of consecutive rows on one adapt
 or neighbouring requests on the same adapter). ``shrink`` computes ``y[seg] = x[seg] @ A[slot].T`` (the rank-sized
 intermediate, every slice of a merged layer at once) and ``expand`` adds ``y[seg] @ B[slot].T`` into one output
 slice. One program per (segment, column block) walks its segment's rows, so the kernels never see a row of another
-adapter and base-model rows (in no segment) are never touched.
+adapter and base-model rows (in no segment) are never touched; a decode-sized shrink also splits K over programs
+(``shrink_splits``).
 
 With ``row_index``, segment positions name batch rows through it (position p is row ``row_index[p]``): a decode
 graph's batch keeps its rows in request order, and its segments (one per adapter slot, sized at replay) sort them by
