@@ -3,6 +3,8 @@ change the output, and the adapters it writes without peft are ones peft itself 
 
 from __future__ import annotations
 
+import json
+from dataclasses import asdict
 from pathlib import Path
 
 import pytest
@@ -34,9 +36,10 @@ def test_demo_run_reports_every_figure_and_the_adapters_change_the_tokens() -> N
     assert lora.first_request_s > 0 and lora.resident_request_s > 0
     assert lora.outputs_differ > 0, "the adapters left every request's tokens as the base model's"
     assert not base.graphs and not lora.graphs and lora.graph_replays == 0
-    assert lora.sgmv_share_b1 is None and lora.sgmv_share_batch is None  # profiled on CUDA only
+    assert base.device.b1 is base.device.batch is lora.device.b1 is lora.device.batch is None  # CUDA only
     shown = table(base, [lora])
     assert "lora r4" in shown and f"{lora.throughput_ratio:.3f}" in shown
+    assert json.loads(json.dumps(asdict(lora)))["device"] == {"b1": None, "batch": None}
 
 
 def test_written_adapter_is_read_by_peft_and_gives_its_greedy_tokens(demo_model_dir: Path, tmp_path: Path) -> None:
@@ -67,6 +70,7 @@ def test_on_cuda_the_triton_kernels_run_inside_the_decode_graphs() -> None:
     assert base.graphs and base.graph_replays > 0
     assert lora.lora_kernel == "apply_triton"
     assert lora.graphs and lora.graph_replays > 0
-    for share in (lora.sgmv_share_b1, lora.sgmv_share_batch):
-        assert share is not None and 0 < share < 1
+    for profile in (lora.device.b1, lora.device.batch):
+        assert profile is not None and 0 < profile.sgmv_share < 1 and profile.us_per_step > 0
+    assert base.device.b1 is not None and base.device.b1.sgmv_share == 0
     assert lora.outputs_differ > 0
