@@ -69,7 +69,7 @@ def _shrink_kernel(
 @triton.jit
 def _expand_kernel(
     y_ptr, b_ptr, out_ptr, seg_start_ptr, seg_len_ptr, seg_slot_ptr, row_index_ptr,
-    N, R, stride_ym, stride_bs, stride_bn, stride_om,
+    N, R, SPLITS, stride_ys, stride_ym, stride_bs, stride_bn, stride_om,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_R: tl.constexpr, HAS_ROW_INDEX: tl.constexpr,
 ):
     seg = tl.program_id(0)
@@ -91,7 +91,10 @@ def _expand_kernel(
             grow = tl.load(row_index_ptr + start + rows, mask=rmask, other=0).to(tl.int64)
         else:
             grow = (start + rows).to(tl.int64)
-        y = tl.load(y_ptr + grow[:, None] * stride_ym + ks[None, :], mask=rmask[:, None] & kmask[None, :], other=0.0)
+        ymask = rmask[:, None] & kmask[None, :]
+        y = tl.load(y_ptr + grow[:, None] * stride_ym + ks[None, :], mask=ymask, other=0.0)
+        for sp in range(1, SPLITS):  # NOTE: the shrink's split-K partials, summed in a fixed order
+            y += tl.load(y_ptr + sp * stride_ys + grow[:, None] * stride_ym + ks[None, :], mask=ymask, other=0.0)
         delta = tl.dot(y, tl.trans(b), input_precision="ieee")
         optr = out_ptr + grow[:, None] * stride_om + cols[None, :]
         omask = rmask[:, None] & cmask[None, :]
@@ -119,29 +122,31 @@ def shrink_splits(rows: int, k: int) -> int:
 
     A decode batch has one or a few rows per segment, so without splitting, one program per column block streams a
     whole A [n, K] alone (all of it for a rank-64 down projection, K = 14336) while the rest of the device idles;
-    splitting K puts that read on many programs, whose fp32 partials are then summed in a fixed order (the result
+    splitting K puts that read on many programs, whose fp32 partials the expand sums in a fixed order (the result
     does not depend on scheduling)."""
     if rows > SPLIT_K_MAX_ROWS:
         return 1
     return max(1, min(SPLIT_K_MAX, k // SPLIT_K_MIN))
 
 
-def sgmv_shrink(
+def sgmv_shrink_partials(
     x: torch.Tensor, a: torch.Tensor, seg_start: torch.Tensor, seg_len: torch.Tensor, seg_slot: torch.Tensor,
-    max_seg_len: int, row_index: torch.Tensor | None = None, splits: int | None = None,
+    max_seg_len: int, row_index: torch.Tensor | None = None, splits: int | None = None, zero_rest: bool = False,
 ) -> torch.Tensor:
-    """x [T, K], a [S, N, K] -> fp32 y [T, N]; rows outside every segment are 0. Segments are int32 tensors.
-    ``splits``: the split-K factor (default ``shrink_splits(T, K)``)."""
+    """x [T, K], a [S, N, K] -> fp32 partials [splits, T, N] whose sum over the first dim is x[seg] @ a[slot].T;
+    ``sgmv_expand`` takes them as they are (one kernel fewer than summing here). Rows outside every segment are
+    left unwritten (no kernel reads them) unless ``zero_rest``. ``splits``: the split-K factor (default
+    ``shrink_splits(T, K)``)."""
     t, k = x.shape
     n = a.shape[1]
     nseg = seg_start.numel()
     if nseg == 0 or max_seg_len == 0:
-        return torch.zeros(t, n, dtype=torch.float32, device=x.device)
+        return torch.zeros(1, t, n, dtype=torch.float32, device=x.device)
     splits = shrink_splits(t, k) if splits is None else splits
     block_k = 64
     k_per_split = triton.cdiv(triton.cdiv(k, splits), block_k) * block_k
     splits = triton.cdiv(k, k_per_split)
-    partial = torch.zeros(splits, t, n, dtype=torch.float32, device=x.device)
+    partial = (torch.zeros if zero_rest else torch.empty)(splits, t, n, dtype=torch.float32, device=x.device)
     block_n = _block(n, 16, 64)
     grid = (nseg, triton.cdiv(n, block_n), splits)
     _shrink_kernel[grid](
@@ -150,7 +155,17 @@ def sgmv_shrink(
         BLOCK_M=BLOCK_M, BLOCK_N=block_n, BLOCK_K=block_k, UPCAST=upcast_dot(x), PRECISION=_precision(x),
         HAS_ROW_INDEX=row_index is not None,
     )
-    return partial[0] if splits == 1 else partial.sum(0)
+    return partial
+
+
+def sgmv_shrink(
+    x: torch.Tensor, a: torch.Tensor, seg_start: torch.Tensor, seg_len: torch.Tensor, seg_slot: torch.Tensor,
+    max_seg_len: int, row_index: torch.Tensor | None = None, splits: int | None = None,
+) -> torch.Tensor:
+    """x [T, K], a [S, N, K] -> fp32 y [T, N]; rows outside every segment are 0. Segments are int32 tensors."""
+    partial = sgmv_shrink_partials(x, a, seg_start, seg_len, seg_slot, max_seg_len, row_index, splits,
+                                   zero_rest=True)
+    return partial[0] if partial.shape[0] == 1 else partial.sum(0)
 
 
 def sgmv_expand(
@@ -158,17 +173,18 @@ def sgmv_expand(
     seg_slot: torch.Tensor, max_seg_len: int, row_index: torch.Tensor | None = None,
 ) -> None:
     """out[seg] += y[seg] @ b[slot].T in place (fp32 dots: the expand is bound by memory, not by its
-    flops): y [T, R] fp32 (a column view is fine), b [S, N, R], out [T, N] (a
-    column view of a wider output is fine; its columns must be unit-stride)."""
+    flops): y [T, R] fp32, or the shrink's split-K partials [splits, T, R] (column views are fine), b [S, N, R],
+    out [T, N] (a column view of a wider output is fine; its columns must be unit-stride)."""
     nseg = seg_start.numel()
     if nseg == 0 or max_seg_len == 0:
         return
+    y3 = y if y.dim() == 3 else y.unsqueeze(0)
     n, r = b.shape[1], b.shape[2]
-    assert y.stride(1) == 1 and b.stride(2) == 1 and out.stride(1) == 1, "inner dims must be contiguous"
+    assert y3.stride(2) == 1 and b.stride(2) == 1 and out.stride(1) == 1, "inner dims must be contiguous"
     block_n = _block(n, 16, 64)
     grid = (nseg, triton.cdiv(n, block_n))
     _expand_kernel[grid](
-        y, b, out, seg_start, seg_len, seg_slot, seg_start if row_index is None else row_index,
-        n, r, y.stride(0), b.stride(0), b.stride(1), out.stride(0),
+        y3, b, out, seg_start, seg_len, seg_slot, seg_start if row_index is None else row_index,
+        n, r, y3.shape[0], y3.stride(0), y3.stride(1), b.stride(0), b.stride(1), out.stride(0),
         BLOCK_M=BLOCK_M, BLOCK_N=block_n, BLOCK_R=_block(r, 16, 256), HAS_ROW_INDEX=row_index is not None,
     )
