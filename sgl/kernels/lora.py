@@ -21,6 +21,15 @@ import triton.language as tl
 from sgl.kernels._common import upcast_dot
 
 BLOCK_M = 16
+LONG_BLOCK_M = 64  # the shrink's rows per tile for segments of a prefill's length
+
+
+def block_m(max_seg_len: int, row_index: torch.Tensor | None) -> int:
+    """The shrink's tile height. It re-reads its A tiles for every tile of rows: long eager segments (a prefill's
+    requests) take tall tiles, which read A 4x less; decode segments (a few rows; graph segments, sized for the
+    largest batch, hold a few rows each) keep short ones. (The expand loads its B tile once per program, so its
+    height buys it nothing and would only raise its register use.)"""
+    return LONG_BLOCK_M if row_index is None and max_seg_len >= LONG_BLOCK_M else BLOCK_M
 
 
 @triton.jit
@@ -152,7 +161,8 @@ def sgmv_shrink_partials(
     _shrink_kernel[grid](
         x, a, partial, seg_start, seg_len, seg_slot, seg_start if row_index is None else row_index,
         n, k, k_per_split, x.stride(0), a.stride(0), a.stride(1), partial.stride(1), partial.stride(0),
-        BLOCK_M=BLOCK_M, BLOCK_N=block_n, BLOCK_K=block_k, UPCAST=upcast_dot(x), PRECISION=_precision(x),
+        BLOCK_M=block_m(max_seg_len, row_index), BLOCK_N=block_n, BLOCK_K=block_k, UPCAST=upcast_dot(x),
+        PRECISION=_precision(x),
         HAS_ROW_INDEX=row_index is not None,
     )
     return partial

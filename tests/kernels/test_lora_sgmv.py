@@ -31,6 +31,7 @@ def _case(device: torch.device, dtype: torch.dtype, counts: list[int], slots: li
         ([1, 1, 1, 1], [0, -1, 1, 0], [48], 8),  # decode: one row per request, a base row between adapters
         ([5, 17, 3], [1, 1, 0], [32, 16, 16], 4),  # prefill of a merged qkv: neighbours on one slot fuse
         ([40, 2, 9], [2, -1, 0], [70, 70], 16),  # gate|up with sizes off the block grid, a long segment
+        ([70, 3, 64], [1, -1, 0], [48], 8),  # prefill-length segments take the tall tiles (and a ragged last one)
         ([3, 3], [-1, -1], [24], 8),  # base rows only: nothing is added
     ],
 )
