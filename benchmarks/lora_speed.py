@@ -7,7 +7,9 @@ python -m benchmarks.lora_speed MODEL [--ranks 16,64] [--adapters 8] [--requests
 MODEL: a shipped config name (llama-3.1-8b, qwen3-0.6b: dummy weights) or ``demo`` (the demo model, any platform).
 Adapters are seeded random PEFT directories (``benchmarks/lora_adapters.py``) on every q/k/v/o/gate/up/down
 projection. Every engine runs the defaults (graphs, overlap; with LoRA the default backend, triton); the JSON says
-which LoRA kernel ran and whether the decode graphs replayed. One JSON line per engine, then a table.
+which LoRA kernel ran and whether the decode graphs replayed. On CUDA each engine's decode is also profiled (kernel
+time per step, the segment GEMMs' share of it): a ratio below the target with the device time close to the base's
+was lost on the host. One JSON line per engine, then a table.
 """
 
 from __future__ import annotations
