@@ -162,8 +162,7 @@ def sgmv_shrink_partials(
         x, a, partial, seg_start, seg_len, seg_slot, seg_start if row_index is None else row_index,
         n, k, k_per_split, x.stride(0), a.stride(0), a.stride(1), partial.stride(1), partial.stride(0),
         BLOCK_M=block_m(max_seg_len, row_index), BLOCK_N=block_n, BLOCK_K=block_k, UPCAST=upcast_dot(x),
-        PRECISION=_precision(x),
-        HAS_ROW_INDEX=row_index is not None,
+        PRECISION=_precision(x), HAS_ROW_INDEX=row_index is not None,
     )
     return partial
 
