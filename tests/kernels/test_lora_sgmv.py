@@ -31,6 +31,7 @@ def _case(device: torch.device, dtype: torch.dtype, counts: list[int], slots: li
         ([1, 1, 1, 1], [0, -1, 1, 0], [48], 8),  # decode: one row per request, a base row between adapters
         ([5, 17, 3], [1, 1, 0], [32, 16, 16], 4),  # prefill of a merged qkv: neighbours on one slot fuse
         ([40, 2, 9], [2, -1, 0], [70, 70], 16),  # gate|up with sizes off the block grid, a long segment
+        ([70, 3, 64], [1, -1, 0], [48], 8),  # prefill-length segments take the tall tiles (and a ragged last one)
         ([3, 3], [-1, -1], [24], 8),  # base rows only: nothing is added
     ],
 )
@@ -107,3 +108,53 @@ def test_graph_segments_layout_is_sorted_by_slot_with_base_and_padding_rows_last
     assert order.tolist() == [2, 0, 3, 1, 4, 5, 6, 7]
     with pytest.raises(ValueError, match="9 rows exceed the graphs' 8"):
         GraphSegments(3, 8, torch.device("cpu")).fill([0] * 9)
+
+
+@pytest.mark.parametrize("splits", [2, 3, 5])
+def test_split_k_shrink_equals_one_split_and_the_reference(splits: int, device: torch.device) -> None:
+    """Splitting K over programs (what decode batches get) sums to the unsplit shrink; base rows stay 0; the expand
+    summing the partials as it reads them adds what it adds from the summed shrink."""
+    from sgl.kernels.lora import sgmv_expand, sgmv_shrink, sgmv_shrink_partials
+
+    counts, slots = [1, 1, 2, 1], [1, -1, 0, 1]
+    x, a, bs, _, out, seg = _case(device, torch.float32, counts, slots, 320, [24], 8, 2, seed=5)
+    args = (seg.seg_start, seg.seg_len, seg.seg_slot, seg.max_seg_len)
+    one = sgmv_shrink(x, a, *args, splits=1)
+    got = sgmv_shrink(x, a, *args, splits=splits)
+    torch.testing.assert_close(got, one, atol=1e-5, rtol=1e-5)
+    row = 0
+    for c, s in zip(counts, slots):
+        want = torch.zeros(c, 8, device=device) if s < 0 else x[row:row + c] @ a[s].t()
+        torch.testing.assert_close(got[row:row + c], want, atol=1e-4, rtol=1e-4)
+        row += c
+    partials = sgmv_shrink_partials(x, a, *args, splits=splits)
+    assert partials.shape == (splits, sum(counts), 8)
+    summed, fused = out.clone(), out.clone()
+    sgmv_expand(one, bs[0], summed, *args)
+    sgmv_expand(partials, bs[0], fused, *args)
+    torch.testing.assert_close(fused, summed, atol=1e-5, rtol=1e-5)
+    assert torch.equal(fused[1], out[1])  # the base row: its unwritten partials are never read
+
+
+def test_decode_rows_on_a_wide_projection_take_the_split_path_and_match_the_reference(device: torch.device) -> None:
+    """apply_triton as a decode step runs it: K wide enough to split, a merged layer's slices, a base row."""
+    from sgl.kernels.lora import shrink_splits
+
+    counts, slots = [1, 1, 1, 1, 1], [0, 2, -1, 0, 1]
+    x, a, bs, slices, out, seg = _case(device, torch.float32, counts, slots, 1024, [40, 24], 8, 3, seed=13)
+    assert shrink_splits(len(counts), 1024) == 4
+    ref = out.clone()
+    apply_reference(x, ref, a, bs, slices, 8, seg)
+    got = out.clone()
+    apply_triton(x, got, a, bs, slices, 8, seg)
+    torch.testing.assert_close(got, ref, atol=1e-4, rtol=1e-4)
+    assert torch.equal(got[2], out[2])
+
+
+def test_split_k_only_for_decode_sized_batches() -> None:
+    from sgl.kernels.lora import SPLIT_K_MAX, SPLIT_K_MAX_ROWS, shrink_splits
+
+    assert shrink_splits(1, 14336) == SPLIT_K_MAX  # batch-1 decode of a wide down projection
+    assert shrink_splits(SPLIT_K_MAX_ROWS, 4096) == 16
+    assert shrink_splits(1, 128) == 1  # too narrow to split
+    assert shrink_splits(SPLIT_K_MAX_ROWS + 1, 14336) == 1  # prefill-sized: one split, no partials

@@ -82,6 +82,7 @@ class TorchLoRABackend(LoRABackend):
         self.max_per_batch = max_per_batch
         self.max_loaded = max_loaded
         self.apply_fn = apply_fn
+        self.pinned = bool(runner.platform.capabilities.pinned_memory)
         adapted = {m: t for m, t in targets.items() if projection_of(m) in allowed}
         self.pool = AdapterPool(adapted, max_per_batch, max_rank, runner.dtype, runner.device)
         self._hooked = [buf.layer for buf in self.pool.layers.values()]
@@ -137,7 +138,8 @@ class TorchLoRABackend(LoRABackend):
                         "(--lora-backend triton's can)")
             runner.graph_runner = None
             return
-        self.graph_segments = GraphSegments(self.pool.num_slots, runner.graph_runner.max_bs, runner.device)
+        self.graph_segments = GraphSegments(self.pool.num_slots, runner.graph_runner.max_bs, runner.device,
+                                            self.pinned)
         runner.graph_runner = None
         self.capturing = True
         try:
@@ -222,7 +224,7 @@ class TorchLoRABackend(LoRABackend):
         busy = {u for u, a in self._by_uid.items() if a.active}
         slots = [-1 if st is None else self.pool.slot(st.uid, self._by_uid[st.uid].weights, busy) for st in states]
         counts = [1] * len(batch) if batch.mode.is_decode else list(batch.extend_lens)
-        self.segments = build_segments(counts, slots, forward_batch.input_ids.device)
+        self.segments = build_segments(counts, slots, forward_batch.input_ids.device, self.pinned)
         if graphed:  # NOTE: a decode batch the graphs replay reads these (a larger one runs eagerly on the above)
             self.graph_segments.fill(slots)  # type: ignore[union-attr]
 

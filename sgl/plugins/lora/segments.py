@@ -7,6 +7,8 @@ from typing import NamedTuple
 
 import torch
 
+from sgl.core.transfer import to_device
+
 
 class BatchSegments(NamedTuple):
     """Runs of consecutive rows on one adapter slot; base-model rows belong to no segment.
@@ -26,8 +28,12 @@ class BatchSegments(NamedTuple):
         return not self.slot_rows and self.row_index is None
 
 
-def build_segments(row_counts: Sequence[int], row_slots: Sequence[int], device: torch.device) -> BatchSegments:
-    """``row_counts[i]`` rows of request i run on slot ``row_slots[i]`` (-1: the base model)."""
+def build_segments(
+    row_counts: Sequence[int], row_slots: Sequence[int], device: torch.device, pinned: bool = False
+) -> BatchSegments:
+    """``row_counts[i]`` rows of request i run on slot ``row_slots[i]`` (-1: the base model). ``pinned``: the
+    platform has pinned memory (the copies are then asynchronous; from pageable memory the driver may wait for the
+    stream, which would stall the overlap schedule)."""
     starts: list[int] = []
     lens: list[int] = []
     slots: list[int] = []
@@ -45,7 +51,7 @@ def build_segments(row_counts: Sequence[int], row_slots: Sequence[int], device: 
         pos += count
 
     def dev(v: list[int], dtype: torch.dtype) -> torch.Tensor:
-        return torch.tensor(v, dtype=dtype).to(device, non_blocking=True)
+        return to_device(torch.tensor(v, dtype=dtype), device, pinned)
 
     return BatchSegments(
         dev(starts, torch.int32), dev(lens, torch.int32), dev(slots, torch.int32), max(lens, default=0),
@@ -61,8 +67,8 @@ class GraphSegments:
     NOTE: the shapes never change (``num_slots`` segments, ``max_rows`` rows), which is what lets a graph capture
     them; a slot without rows this step is a segment of length 0."""
 
-    def __init__(self, num_slots: int, max_rows: int, device: torch.device) -> None:
-        self.num_slots, self.max_rows = num_slots, max_rows
+    def __init__(self, num_slots: int, max_rows: int, device: torch.device, pinned: bool = False) -> None:
+        self.num_slots, self.max_rows, self.pinned = num_slots, max_rows, pinned
         self.buffer = torch.zeros(3 * num_slots + max_rows, dtype=torch.int32, device=device)
         self.fill([])
         n = num_slots
@@ -84,4 +90,6 @@ class GraphSegments:
         return torch.tensor(starts + counts + list(range(self.num_slots)) + order, dtype=torch.int32)
 
     def fill(self, row_slots: Sequence[int]) -> None:
-        self.buffer.copy_(self.host_layout(row_slots), non_blocking=True)
+        host = self.host_layout(row_slots)
+        # NOTE: pinned where the platform has it, as the core's own transfers are (see build_segments)
+        self.buffer.copy_(host.pin_memory() if self.pinned else host, non_blocking=self.pinned)
