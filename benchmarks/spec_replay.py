@@ -193,6 +193,9 @@ def main(argv: list[str]) -> list[dict[str, Any]]:
 
     flags = ("--batch", "--steps", "--corrupt", "--accept", "--new-tokens", "--prompt-len", "--ngram-draft-tokens",
              "--reps", "--json")
+    unknown = [a for a in argv if a.startswith("-") and a not in (*flags, "--disable-gate")]
+    if unknown:
+        raise SystemExit(__doc__ if {"-h", "--help"} & set(unknown) else f"spec_replay: unknown option {unknown[0]}")
     values = {argv[i + 1] for i, a in enumerate(argv[:-1]) if a in flags}
     names = [a for a in argv if not a.startswith("--") and a not in values] or ["llama-3.1-8b"]
     batches = [int(x) for x in opt("--batch", "1,32,64").split(",")]
