@@ -28,6 +28,7 @@ def _close(out: torch.Tensor, ref: torch.Tensor) -> None:
 @pytest.mark.parametrize(("m", "n", "k", "cfg"), [
     (3, 96, 256, Fp8GemmConfig(16, 32, 32, 2, 4, 2)),  # decode: 16-row tiles, split K
     (40, 70, 160, Fp8GemmConfig(32, 32, 32, 1, 4, 2)),  # prefill tiles, ragged N and K
+    (150, 100, 64, Fp8GemmConfig(16, 32, 32, 1, 4, 1)),  # 10 row tiles: a full band of 8, then a band of 2
 ])
 def test_fp8_gemm_block_scales_match_dequantized_product(
     m: int, n: int, k: int, cfg: Fp8GemmConfig, device: torch.device
