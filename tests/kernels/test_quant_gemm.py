@@ -160,8 +160,8 @@ def test_int4_skinny_k_steps_stay_inside_a_group() -> None:
     assert max_block_k(128, 4096) == 128 and max_block_k(64, 4096) == 64 and max_block_k(4096, 4096) == 128
     assert max_block_k(8, 4096) is None
     dev = torch.device("cpu")
-    assert int4_skinny_config(4096, 4096, 128, dev).split_k == 1  # 64 programs >= 1.5 x 8 "multiprocessors"
-    assert int4_skinny_config(256, 4096, 32, dev) == Int4SkinnyConfig(64, 32, 4, 4, 4)
+    assert int4_skinny_config(4096, 4096, 128, dev).split_k == 1  # 64 programs >= 6 x 8 "multiprocessors"
+    assert int4_skinny_config(256, 4096, 32, dev) == Int4SkinnyConfig(64, 32, 16, 4, 4)  # 4 columns x 16 splits
     with pytest.raises(ValueError, match="block_k 64"):
         int4_skinny_gemm(torch.zeros(1, 64), torch.zeros(64, 1, dtype=torch.int32),
                          torch.zeros(2, 1, dtype=torch.int32), torch.ones(2, 8), 32, True,
