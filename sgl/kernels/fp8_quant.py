@@ -14,7 +14,7 @@ import triton
 import triton.language as tl
 
 from sgl.kernels._common import upcast_dot
-from sgl.kernels.fp8_skinny_gemm import _round_e4m3_in_fp32
+from sgl.kernels.fp8_skinny_gemm import round_e4m3_in_fp32
 
 _CHUNK = 1024  # features a program holds at once (4 KiB of fp32 over its warps)
 
@@ -41,7 +41,7 @@ def _fp8_quant_kernel(
         v = tl.load(x_ptr + row * stride_xm + ks, mask=kmask, other=0.0).to(tl.float32)
         q = tl.clamp(tl.math.div_rn(v, scale), -FP8_MAX, FP8_MAX)
         if EXACT_CAST:
-            q = _round_e4m3_in_fp32(q, FP8_MIN_NORMAL)
+            q = round_e4m3_in_fp32(q, FP8_MIN_NORMAL)
         tl.store(q_ptr + row * stride_qm + ks, q.to(q_ptr.dtype.element_ty, fp_downcast_rounding="rtne"), mask=kmask)
     tl.store(s_ptr + row * stride_sm + g, scale)
 

@@ -63,7 +63,7 @@ class Fp8SkinnyConfig(NamedTuple):
 
 
 @triton.jit
-def _round_e4m3_in_fp32(v, MIN_NORMAL: tl.constexpr):
+def round_e4m3_in_fp32(v, MIN_NORMAL: tl.constexpr):
     """``v`` (fp32, within fp8's range) rounded to the nearest e4m3 value, ties to even, still in fp32.
 
     NOTE: the interpreter's fp32 -> fp8 cast drops the carry when rounding up crosses a power of two (7.95 becomes
@@ -126,7 +126,7 @@ def _fp8_skinny_kernel(
                 x_scale = tl.maximum(tl.max(tl.abs(xf), axis=1) * (1.0 / FP8_MAX), 1e-12)
             q = tl.clamp(tl.math.div_rn(xf, x_scale[:, None]), -FP8_MAX, FP8_MAX)
             if DOT == 2:
-                q = _round_e4m3_in_fp32(q, FP8_MIN_NORMAL)
+                q = round_e4m3_in_fp32(q, FP8_MIN_NORMAL)
             if X_ROWS < BLOCK_M:
                 q = tl.where(rows[:, None] == 0, q, 0.0)
             q = q.to(w.dtype, fp_downcast_rounding="rtne")  # torch rounds to nearest, ties to even
