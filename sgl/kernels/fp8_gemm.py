@@ -34,10 +34,18 @@ def _fp8_gemm_kernel(
     M, N, K, k_per_split, a_group_k, b_group_n, b_group_k,
     stride_am, stride_bn, stride_os, stride_om, stride_sam, stride_sbn,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, HAS_A_SCALE: tl.constexpr,
-    DOT_FP32: tl.constexpr, DOT_FP16: tl.constexpr, HAS_BIAS: tl.constexpr,
+    DOT_FP32: tl.constexpr, DOT_FP16: tl.constexpr, HAS_BIAS: tl.constexpr, GROUP_M: tl.constexpr,
 ):
-    pid_m = tl.program_id(0)
-    pid_n = tl.program_id(1)
+    # NOTE: tiles run in bands of GROUP_M row tiles, column tile by column tile within a band: a wave of programs
+    # then shares a few A row tiles and B column tiles in L2. Row-major order (all row tiles of one column tile
+    # first) re-read the whole of A from memory for every column tile: N / BLOCK_N times at prefill sizes.
+    pid = tl.program_id(0)
+    num_m = tl.cdiv(M, BLOCK_M)
+    band = GROUP_M * tl.cdiv(N, BLOCK_N)
+    first_m = (pid // band) * GROUP_M
+    rows_in_band = tl.minimum(num_m - first_m, GROUP_M)
+    pid_m = first_m + (pid % band) % rows_in_band
+    pid_n = (pid % band) // rows_in_band
     split = tl.program_id(2)
     rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -117,13 +125,14 @@ def fp8_gemm(
     parts = split_output(y, k, cfg.split_k, cfg.block_k)
     b_scale = b_scale.float().contiguous()
     sa = a_scale.float().contiguous() if a_scale is not None else b_scale
-    grid = (triton.cdiv(m, cfg.block_m), triton.cdiv(n, cfg.block_n), cfg.split_k)
+    grid = (triton.cdiv(m, cfg.block_m) * triton.cdiv(n, cfg.block_n), 1, cfg.split_k)
     _fp8_gemm_kernel[grid](
         a, b, parts.out, bias if bias is not None else y, sa, b_scale,
         m, n, k, parts.k_per_split, max(a_group_k, 1), b_group[0], b_group[1],
         a.stride(0), b.stride(0), parts.stride_os, parts.stride_om, sa.stride(0), b_scale.stride(0),
         BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, HAS_A_SCALE=a_scale is not None,
         DOT_FP32=upcast_dot(a) or (a_scale is None and a.dtype == torch.float32), DOT_FP16=fp16_dot,
-        HAS_BIAS=parts.direct and bias is not None, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+        HAS_BIAS=parts.direct and bias is not None, GROUP_M=8, num_warps=cfg.num_warps,
+        num_stages=cfg.num_stages,
     )
     return sum_splits(parts, y, bias)

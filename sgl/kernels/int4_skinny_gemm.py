@@ -119,10 +119,17 @@ def max_block_k(group_size: int, k: int) -> int | None:
 @functools.cache
 def int4_skinny_config(n: int, k: int, block_k_limit: int, device: torch.device) -> Int4SkinnyConfig:
     """128 K rows a step (one group of the common group size 128) and 64 columns a program (32 bytes of each
-    AWQ row), K split for ~1.5 programs per multiprocessor. A first guess: benchmarks/quant_gemm_sweep.py prints the
-    best tile per shape."""
+    AWQ row), K split for ~6 programs per multiprocessor. A first guess: benchmarks/quant_gemm_sweep.py prints the
+    best tile per shape.
+
+    NOTE: a streaming kernel is bound by the bytes it keeps in flight. The bf16 skinny GEMM reaches ~80% of HBM
+    bandwidth with ~1.5 programs per multiprocessor, each reading 16 KiB a step; this tile reads 4 KiB of packed words a
+    step, so the same 1.5 programs (the rule used before) left a quarter of those bytes in flight: batch-1 AWQ decode
+    ran at ~12% of its bandwidth bound on an H100. Four times the programs restores the bytes (the registers of a
+    64-column tile allow ~4 resident programs a multiprocessor; the rest queue)."""
     block_n, block_k = 64, min(128, block_k_limit)
-    return Int4SkinnyConfig(block_n, block_k, split_k_for(triton.cdiv(n, block_n), k, block_k, device), 4, 4)
+    split = split_k_for(triton.cdiv(n, block_n), k, block_k, device, per_sm=6.0)
+    return Int4SkinnyConfig(block_n, block_k, split, 4, 4)
 
 
 def int4_skinny_gemm(

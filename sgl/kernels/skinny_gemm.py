@@ -109,11 +109,11 @@ def sum_splits(parts: SplitOutput, y: torch.Tensor, bias: torch.Tensor | None) -
     return y
 
 
-def split_k_for(programs: int, k: int, block_k: int, device: torch.device) -> int:
-    """K splits (powers of two) until there are ~1.5 programs per streaming multiprocessor, each split still
+def split_k_for(programs: int, k: int, block_k: int, device: torch.device, per_sm: float = 1.5) -> int:
+    """K splits (powers of two) until there are ~``per_sm`` programs per streaming multiprocessor, each split still
     streaming >= 2 K steps."""
     split = 1
-    while programs * split < 1.5 * sm_count(device) and k // (split * 2) >= 2 * block_k:
+    while programs * split < per_sm * sm_count(device) and k // (split * 2) >= 2 * block_k:
         split *= 2
     return split
 

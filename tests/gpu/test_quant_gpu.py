@@ -235,3 +235,31 @@ def test_dummy_weights_with_online_fp8_serve(demo_model_dir: Path) -> None:
     with _engine(demo_model_dir, quantization="fp8", load_format="dummy") as e:
         out = e.generate(PROMPTS[:2], dict(GREEDY))
     assert all(len(o["output_ids"]) == GREEDY["max_new_tokens"] for o in out)
+
+
+@pytest.mark.skipif(not SCALED_MM, reason="torch._scaled_mm needs fp8 tensor cores (sm89+)")
+@pytest.mark.parametrize("shape", list(DECODE_SHAPES))
+def test_fp8_prefill_scaled_mm_matches_reference_at_llama_shapes(shape: str) -> None:
+    """512 prefill rows of online FP8 take the fused per-token quantization and torch._scaled_mm: the fp8 activations
+    and scales are the reference's bit for bit, and _scaled_mm accumulates in fp32 (use_fast_accum off), so only the
+    summation order and the bf16 output rounding (2**-9 relative, ~1e-3 rms) differ: 4e-3 leaves 4x."""
+    from sgl.kernels.fp8_quant import fp8_quantize_per_token_group
+    from sgl.plugins.quant.triton_fp8 import scaled_mm_rowwise_works
+
+    n, k = DECODE_SHAPES[shape]
+    scheme = FP8_DECODE_SCHEMES["online"]
+    assert scaled_mm_rowwise_works(DEV, fm.FP8), "torch._scaled_mm with row-wise scales failed on this sm89+ GPU"
+    layer = _fp8_layer(scheme, n, k)
+    x = torch.randn(512, k, device=DEV, dtype=BF16)
+    q, s = fp8_quantize_per_token_group(x, k)
+    rq, rs = fm.quantize_per_token_group(x, k)
+    assert torch.equal(s, rs) and torch.equal(q.view(torch.uint8), rq.view(torch.uint8))
+    fast = TritonFp8LinearMethod(scheme, scaled_mm=True, fp16_dot=False)
+    assert fast._takes_scaled_mm(x, s, k, (1, k))
+    ref = Fp8LinearMethod(scheme).apply(layer, x)
+    out = fast.apply(layer, x)
+    assert out.dtype == BF16 and _rel(out, ref) < 4e-3
+    dense = torch.randn(n, k, device=DEV, dtype=BF16)
+    t_fp8 = _time(lambda: fast.apply(layer, x))
+    t_bf16 = _time(lambda: torch.nn.functional.linear(x, dense))
+    print(f"\nfp8 prefill {shape} 512x{n}x{k}: quant+_scaled_mm {t_fp8:.1f} us, bf16 F.linear {t_bf16:.1f} us")

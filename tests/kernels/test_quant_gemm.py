@@ -28,6 +28,7 @@ def _close(out: torch.Tensor, ref: torch.Tensor) -> None:
 @pytest.mark.parametrize(("m", "n", "k", "cfg"), [
     (3, 96, 256, Fp8GemmConfig(16, 32, 32, 2, 4, 2)),  # decode: 16-row tiles, split K
     (40, 70, 160, Fp8GemmConfig(32, 32, 32, 1, 4, 2)),  # prefill tiles, ragged N and K
+    (150, 100, 64, Fp8GemmConfig(16, 32, 32, 1, 4, 1)),  # 10 row tiles: a full band of 8, then a band of 2
 ])
 def test_fp8_gemm_block_scales_match_dequantized_product(
     m: int, n: int, k: int, cfg: Fp8GemmConfig, device: torch.device
@@ -159,18 +160,18 @@ def test_int4_skinny_k_steps_stay_inside_a_group() -> None:
     assert max_block_k(128, 4096) == 128 and max_block_k(64, 4096) == 64 and max_block_k(4096, 4096) == 128
     assert max_block_k(8, 4096) is None
     dev = torch.device("cpu")
-    assert int4_skinny_config(4096, 4096, 128, dev).split_k == 1  # 64 programs >= 1.5 x 8 "multiprocessors"
-    assert int4_skinny_config(256, 4096, 32, dev) == Int4SkinnyConfig(64, 32, 4, 4, 4)
+    assert int4_skinny_config(4096, 4096, 128, dev).split_k == 1  # 64 programs >= 6 x 8 "multiprocessors"
+    assert int4_skinny_config(256, 4096, 32, dev) == Int4SkinnyConfig(64, 32, 16, 4, 4)  # 4 columns x 16 splits
     with pytest.raises(ValueError, match="block_k 64"):
         int4_skinny_gemm(torch.zeros(1, 64), torch.zeros(64, 1, dtype=torch.int32),
                          torch.zeros(2, 1, dtype=torch.int32), torch.ones(2, 8), 32, True,
                          config=Int4SkinnyConfig(16, 64, 1, 4, 2))
 
 
-def _fp8_layer(scheme: Fp8Scheme, k: int, n: int) -> nn.Module:
+def _fp8_layer(scheme: Fp8Scheme, k: int, n: int, method: Fp8LinearMethod | None = None) -> nn.Module:
     layer = nn.Module()
     layer.output_partition_sizes = [n // 2, n // 2]  # type: ignore[assignment]
-    method = Fp8LinearMethod(scheme)
+    method = method or Fp8LinearMethod(scheme)
     method.create_weights(layer, k, n, True, torch.float32)
     gen = torch.Generator().manual_seed(5)
     dense = torch.randn(n, k, generator=gen)
@@ -205,6 +206,42 @@ def test_triton_fp8_method_matches_the_reference_method(scheme: Fp8Scheme, m: in
     layer.to(device)
     fast = TritonFp8LinearMethod(scheme, scaled_mm=False, fp16_dot=False)
     _close(fast.apply(layer, x.to(device), layer.bias).cpu(), ref)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("works", [True, False], ids=["call-works", "call-fails"])
+def test_prefill_takes_scaled_mm_only_where_granted_and_the_call_works(
+    works: bool, device: torch.device, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A platform grants scaled_mm; the load-time probe withdraws it where torch._scaled_mm raises. Only prefill-sized
+    per-token products call it; decode rows stream, block scales stay on the Triton GEMM; either way the result is the
+    reference's."""
+    from sgl.plugins.quant import triton_fp8
+
+    calls: list[int] = []
+
+    def fake_scaled_mm(a: torch.Tensor, b: torch.Tensor, scale_a: torch.Tensor, scale_b: torch.Tensor,
+                       out_dtype: torch.dtype) -> torch.Tensor:
+        if not works:
+            raise RuntimeError("row-wise scaling is not supported here")
+        calls.append(a.shape[0])
+        return ((a.float() * scale_a) @ (b.float() * scale_b)).to(out_dtype)
+
+    monkeypatch.setattr(torch, "_scaled_mm", fake_scaled_mm)
+    triton_fp8.scaled_mm_rowwise_works.cache_clear()
+    scheme = Fp8Scheme("channel", "token", serialized=False)
+    fast = TritonFp8LinearMethod(scheme, scaled_mm=True, fp16_dot=False)
+    layer = _fp8_layer(scheme, 96, 64, fast)
+    triton_fp8.scaled_mm_rowwise_works.cache_clear()
+    assert fast.scaled_mm is works
+    layer.to(device)
+    for m in (24, 4):
+        x = torch.randn(m, 96, generator=torch.Generator().manual_seed(m)).to(torch.bfloat16)
+        ref = Fp8LinearMethod(scheme).apply(layer.cpu(), x, layer.bias)  # type: ignore[arg-type]
+        layer.to(device)
+        _close(fast.apply(layer, x.to(device), layer.bias).cpu(), ref)  # type: ignore[arg-type]
+    assert calls == ([32, 24] if works else [])  # the load-time probe, the 24-row prefill (4 rows stream)
+    x = torch.randn(24, 256, dtype=torch.bfloat16)
+    assert not fast._takes_scaled_mm(x, torch.ones(24, 2), 128, (128, 128))
 
 
 @pytest.mark.parametrize(("fmt", "desc_act"), [("awq", False), ("gptq", False), ("gptq", True)])

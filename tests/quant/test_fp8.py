@@ -18,6 +18,7 @@ from sgl.core.model.loader import load_model
 from sgl.core.platform import Platform
 from sgl.core.plugins import get_plugins
 from sgl.core.quant.base import select_quantization
+from sgl.plugins.quant import fp8_math as fm
 from tests.core.tiny_models import build_forward_batch, make_paged_kv
 from tests.quant.checkpoints import Quantizer, write_pair
 
@@ -283,3 +284,14 @@ def test_a_platform_without_float8_tensors_refuses_fp8_in_one_line() -> None:
     assert "\n" not in message
     assert message.startswith("--quantization fp8: the nofp8 platform cannot run it")
     assert "runs on the cpu platform and on CUDA GPUs" in message
+
+
+def test_dynamic_scales_are_amax_times_the_fp32_reciprocal_on_every_device() -> None:
+    """torch on CUDA turns ``amax / 448`` into ``amax * fp32(1/448)`` (the CPU divides): the reference writes the
+    multiply so its fp8 rounding, and the fused kernels that copy it, agree bit for bit on every device."""
+    x = torch.rand(4096, 64) * torch.exp(torch.randn(4096, 1) * 4)
+    amax = x.abs().amax(dim=-1, keepdim=True)
+    expect = (amax * torch.tensor(1.0 / fm.FP8_MAX, dtype=torch.float32)).clamp(min=1e-12)
+    assert torch.equal(fm.per_row_scale(x), expect)
+    assert torch.equal(fm.quantize_per_token_group(x, 64)[1], expect)
+    assert not torch.equal(expect, amax / torch.full_like(amax, fm.FP8_MAX)), "no amax where the two differ"

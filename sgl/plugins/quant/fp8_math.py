@@ -18,6 +18,17 @@ FNUZ = torch.float8_e4m3fnuz
 _TINY = 1e-12
 
 
+def _amax_scale(amax: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """``amax`` times fp32(1 / max), clamped away from zero.
+
+    NOTE: written as a multiply on purpose: torch on CUDA evaluates ``tensor / python_scalar`` as ``tensor * fp32(1 /
+    scalar)`` while on the CPU it divides, and for 448 the two differ by an ulp for some amax (so some values then
+    round to a neighbouring e4m3). The multiply is the same arithmetic on every device, and the fused kernels
+    (sgl.kernels.fp8_skinny_gemm) compute it the same way.
+    """
+    return (amax * (1.0 / fp8_max(dtype))).clamp(min=_TINY)
+
+
 def fp8_max(dtype: torch.dtype = FP8) -> float:
     return float(torch.finfo(dtype).max)
 
@@ -31,7 +42,7 @@ def quantize_with_scale(x: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype
 def per_row_scale(x: torch.Tensor, dtype: torch.dtype = FP8) -> torch.Tensor:
     """``[rows, 1]`` scales mapping each row's absolute maximum to ``dtype``'s (per-channel weights, per-token
     inputs)."""
-    return (x.float().abs().amax(dim=-1, keepdim=True) / fp8_max(dtype)).clamp(min=_TINY)
+    return _amax_scale(x.float().abs().amax(dim=-1, keepdim=True), dtype)
 
 
 def quantize_per_row(x: torch.Tensor, dtype: torch.dtype = FP8) -> tuple[torch.Tensor, torch.Tensor]:
@@ -72,7 +83,7 @@ def quantize_per_token_group(
     group = min(group, cols)
     pad = -(-cols // group) * group
     xp = torch.nn.functional.pad(x.float(), (0, pad - cols)).view(rows, pad // group, group)
-    scale = (xp.abs().amax(dim=-1, keepdim=True) / fp8_max(dtype)).clamp(min=_TINY)
+    scale = _amax_scale(xp.abs().amax(dim=-1, keepdim=True), dtype)
     return quantize_with_scale(xp, scale, dtype).view(rows, pad)[:, :cols], scale.view(rows, pad // group)
 
 
