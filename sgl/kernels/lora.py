@@ -133,7 +133,10 @@ def _expand_kernel(
                     mask=cmask[:, None] & kmask[None, :], other=0.0)
         b = b.to(tl.float32)
         ycol = k * R + ks  # this slice's rank columns of the shrink's output
-        for m0 in range(pid_m * BLOCK_M, length, num_m * BLOCK_M):
+        # NOTE: not software-pipelined: pipelined (as Triton does where SPLITS == 1, prefill's case) the rank-64
+        # expand compiled to 255 registers and spilled (sm_90, Triton 3.9); the old runtime partials loop had
+        # kept it from pipelining
+        for m0 in tl.range(pid_m * BLOCK_M, length, num_m * BLOCK_M, num_stages=1):
             rows = m0 + tl.arange(0, BLOCK_M)
             rmask = rows < length
             if HAS_ROW_INDEX:
@@ -145,9 +148,10 @@ def _expand_kernel(
             y = tl.load(yptr, mask=ymask, other=0.0)
             # NOTE: the shrink's split-K partials, summed in a fixed order, PARTIALS_IN_FLIGHT loads at a time (a loop
             # of one load per turn waited on each; unrolling all of them staged every one through shared memory)
-            for sp0 in range(1, SPLITS, PARTIALS_IN_FLIGHT):
-                for j in tl.static_range(PARTIALS_IN_FLIGHT):
-                    y += tl.load(yptr + (sp0 + j) * stride_ys, mask=ymask & (sp0 + j < SPLITS), other=0.0)
+            if SPLITS > 1:
+                for sp0 in range(1, SPLITS, PARTIALS_IN_FLIGHT):
+                    for j in tl.static_range(PARTIALS_IN_FLIGHT):
+                        y += tl.load(yptr + (sp0 + j) * stride_ys, mask=ymask & (sp0 + j < SPLITS), other=0.0)
             delta = tl.dot(y, tl.trans(b), input_precision="ieee")
             optr = out_ptr + grow[:, None] * stride_om + off + cols[None, :]
             omask = rmask[:, None] & cmask[None, :]
