@@ -158,3 +158,60 @@ def test_split_k_only_for_decode_sized_batches() -> None:
     assert shrink_splits(SPLIT_K_MAX_ROWS, 4096) == 16
     assert shrink_splits(1, 128) == 1  # too narrow to split
     assert shrink_splits(SPLIT_K_MAX_ROWS + 1, 14336) == 1  # prefill-sized: one split, no partials
+
+
+@pytest.mark.parametrize("rank", [16, 64])
+def test_qkv_graph_step_one_expand_launch_over_three_slices_with_split_k_matches_the_reference(
+    rank: int, device: torch.device
+) -> None:
+    """A decode graph's step on a merged q|k|v layer (slices off the column grid): one shrink split over K, one
+    expand for all three slices, through the row index; base rows and the graph's padding rows stay untouched."""
+    from sgl.kernels.lora import shrink_splits
+    from sgl.plugins.lora.segments import GraphSegments
+
+    slots, num_slots, padded, in_f = [2, -1, 0, 2, 1, -1, 0], 4, 10, 768
+    assert shrink_splits(padded, in_f) == 3
+    x, a, bs, slices, _, seg = _case(device, torch.float32, [1] * len(slots), slots, in_f, [72, 24, 24], rank,
+                                     num_slots, seed=21)
+    gen = torch.Generator().manual_seed(22)
+    x_pad = torch.cat([x, torch.randn(padded - len(slots), in_f, generator=gen).to(device)])
+    out = torch.randn(padded, 120, generator=gen).to(device)
+    want = out.clone()
+    apply_reference(x_pad[:len(slots)], want[:len(slots)], a, bs, slices, rank, seg)
+    graph = GraphSegments(num_slots, 12, device)
+    graph.fill(slots)
+    got = out.clone()
+    apply_triton(x_pad, got, a, bs, slices, rank, graph.segments)
+    torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
+    for row in [1, 5, *range(len(slots), padded)]:
+        assert torch.equal(got[row], out[row])
+
+
+@pytest.mark.parametrize("rank", [16, 64])
+def test_prefill_segments_spread_their_row_tiles_over_programs_and_match_the_reference(
+    rank: int, device: torch.device
+) -> None:
+    """Prefill-length segments (several tall tiles each, a ragged last one) on a gate|up layer, a base request
+    between them: every row tile, whichever program takes it, adds exactly the reference's update."""
+    counts, slots = [150, 7, 130, 70], [1, -1, 0, 1]
+    x, a, bs, slices, out, seg = _case(device, torch.float32, counts, slots, 128, [40, 40], rank, 2, seed=23)
+    ref = out.clone()
+    apply_reference(x, ref, a, bs, slices, rank, seg)
+    got = out.clone()
+    apply_triton(x, got, a, bs, slices, rank, seg)
+    torch.testing.assert_close(got, ref, atol=1e-4, rtol=1e-4)
+    assert torch.equal(got[150:157], out[150:157])
+
+
+def test_a_layer_of_more_slices_than_one_launch_takes_matches_the_reference(device: torch.device) -> None:
+    from sgl.kernels.lora import MAX_SLICES
+
+    sizes = [16, 24, 8, 32, 16]
+    assert len(sizes) > MAX_SLICES
+    x, a, bs, slices, out, seg = _case(device, torch.float32, [3, 1, 2], [0, -1, 1], 64, sizes, 8, 2, seed=25)
+    ref = out.clone()
+    apply_reference(x, ref, a, bs, slices, 8, seg)
+    got = out.clone()
+    apply_triton(x, got, a, bs, slices, 8, seg)
+    torch.testing.assert_close(got, ref, atol=1e-4, rtol=1e-4)
+    assert torch.equal(got[3], out[3])

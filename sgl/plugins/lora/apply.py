@@ -35,12 +35,11 @@ def apply_triton(
     x: torch.Tensor, out: torch.Tensor, a: torch.Tensor, bs: Sequence[torch.Tensor], slices: Sequence[OutputSlice],
     rank: int, seg: BatchSegments,
 ) -> None:
-    """One shrink over every slice at once, then one expand per slice into its columns of ``out`` (summing the
-    shrink's split-K partials as it reads them)."""
-    from sgl.kernels.lora import sgmv_expand, sgmv_shrink_partials
+    """One shrink over every slice at once, then one expand over every slice's columns of ``out`` (summing the
+    shrink's split-K partials as it reads them): two launches per layer."""
+    from sgl.kernels.lora import sgmv_expand_slices, sgmv_shrink_partials
 
     x2 = x if x.stride(-1) == 1 else x.contiguous()
     y = sgmv_shrink_partials(x2, a, seg.seg_start, seg.seg_len, seg.seg_slot, seg.max_seg_len, seg.row_index)
-    for k, sl in enumerate(slices):
-        sgmv_expand(y[:, :, k * rank:(k + 1) * rank], bs[k], out[:, sl.offset:sl.offset + sl.size],
-                    seg.seg_start, seg.seg_len, seg.seg_slot, seg.max_seg_len, seg.row_index)
+    sgmv_expand_slices(y, bs, out, [sl.offset for sl in slices], seg.seg_start, seg.seg_len, seg.seg_slot,
+                       seg.max_seg_len, seg.row_index)
