@@ -1,15 +1,16 @@
-"""Speculative decoding's machinery at a chosen acceptance: EAGLE-3's draft forwards with the target's recorded greedy
-continuation replayed as the drafts (``replay_proposer.py``), against plain decoding measured in the same run.
+"""Speculative decoding's machinery at a chosen acceptance: EAGLE-3's draft forwards and the target's verify forward,
+with each draft accepted by a seeded draw at the chosen rate (``replay_proposer.py``), against plain decoding measured
+in the same run.
 
 python -m benchmarks.spec_replay [MODEL] [--batch 1,32,64] [--steps 3,5] [--corrupt 0,1] [--accept 3.0]
     [--new-tokens 256] [--prompt-len 128] [--ngram-draft-tokens 8] [--reps 3] [--disable-gate] [--json PATH]
 
 MODEL is a config of ``sgl/core/model/configs`` (default llama-3.1-8b) or ``demo`` (the tiny CPU model), run with
 dummy weights; the EAGLE-3 draft is a config made here (``eagle3_dummy_draft.py``), dummy too. Per batch size: the
-plain decode tok/s (the engine's defaults: graphs and overlap where the platform has them) of distinct prompts, whose
-greedy outputs become the recording; then per draft depth (``--steps``) and corruption rate (``--corrupt``, plus the
-rates that give each ``--accept`` length), the speculative tok/s and the mean acceptance length measured over that
-batch's verify forwards, with the speculation gate on unless ``--disable-gate``. Last, NGRAM's acceptance on the
+plain decode tok/s (the engine's defaults: graphs and overlap where the platform has them) of distinct prompts; then
+per draft depth (``--steps``) and rejection rate (``--corrupt``, plus the rates that give each ``--accept`` length),
+the speculative tok/s and the mean acceptance length measured over that batch's verify forwards (against the expected
+one), with the speculation gate on unless ``--disable-gate``. Last, NGRAM's acceptance on the
 repetitive prompt of ``spec_speed.py`` at batch 1 (drafting from the request's own prompt and output only), against
 plain decoding of that prompt. JSON lines as it goes, a table at the end (``--json PATH`` writes the rows).
 """
@@ -27,7 +28,7 @@ from typing import Any, NamedTuple
 import sgl
 from benchmarks import spec_replay_plugin
 from benchmarks.eagle3_dummy_draft import write_eagle3_draft_config
-from benchmarks.replay_proposer import corruption_for, expected_accept_length, save_recording
+from benchmarks.replay_proposer import corruption_for, expected_accept_length
 from benchmarks.spec_replay_plugin import ALGORITHM, PLUGIN, ReplayArgs
 from benchmarks.spec_speed import PROMPT
 from sgl.core.demo_model import ensure_demo_model
@@ -57,7 +58,7 @@ def engine_options(batches: list[int], prompt_len: int, new_tokens: int) -> dict
 
 def workloads(vocab: int, batches: list[int], prompt_len: int, new_tokens: int, reps: int,
               seed: int = 0) -> dict[int, Workload]:
-    """Distinct prompts per batch size (so each batch size has its own recording), seeded."""
+    """Distinct prompts per batch size, seeded."""
     rng = random.Random(seed)
     low = min(100, vocab // 4)
     return {b: Workload([[rng.randrange(low, vocab) for _ in range(prompt_len)] for _ in range(b)], new_tokens, reps)
@@ -68,9 +69,9 @@ def params(work: Workload, new_tokens: int | None = None) -> dict[str, Any]:
     return {"max_new_tokens": new_tokens or work.new_tokens, "temperature": 0.0, "ignore_eos": True}
 
 
-def warm_up(engine: sgl.Engine, work: Workload) -> list[list[int]]:
-    """One untimed run (graphs, the speculation gate's first samples); its greedy outputs."""
-    return [o["output_ids"] for o in engine.generate(input_ids=work.prompts, sampling_params=params(work))]
+def warm_up(engine: sgl.Engine, work: Workload) -> None:
+    """One untimed run (graphs, the speculation gate's first samples)."""
+    engine.generate(input_ids=work.prompts, sampling_params=params(work))
 
 
 def measure(engine: sgl.Engine, work: Workload) -> float:
@@ -102,38 +103,34 @@ def emit(row: dict[str, Any], rows: list[dict[str, Any]]) -> None:
 
 class Plain(NamedTuple):
     tok_s: dict[int, float]  # per batch size
-    outputs: dict[int, list[list[int]]]  # per batch size: the greedy continuations, replayed as drafts
     ngram_tok_s: float  # batch 1 on the repetitive prompt
 
 
 def run_plain(path: str, opts: dict[str, Any], works: dict[int, Workload], ngram: Workload,
               rows: list[dict[str, Any]], name: str) -> Plain:
     base: dict[int, float] = {}
-    outputs: dict[int, list[list[int]]] = {}
     with sgl.Engine(model_path=path, **opts) as e:
         for b, work in works.items():
-            outputs[b] = warm_up(e, work)
+            warm_up(e, work)
             base[b] = measure(e, work)
             emit({"model": name, "batch": b, "variant": "off", "decode_tok_s": round(base[b], 1)}, rows)
         warm_up(e, ngram)
         ngram_tok_s = measure(e, ngram)
-    return Plain(base, outputs, ngram_tok_s)
+    return Plain(base, ngram_tok_s)
 
 
-def run_replay(path: str, opts: dict[str, Any], works: dict[int, Workload], draft: Path, recording: Path,
-               steps: int, corrupt: float, gate: bool, base: dict[int, float], rows: list[dict[str, Any]],
-               name: str) -> None:
+def run_replay(path: str, opts: dict[str, Any], works: dict[int, Workload], draft: Path, steps: int,
+               corrupt: float, gate: bool, base: dict[int, float], rows: list[dict[str, Any]], name: str) -> None:
     spec: dict[str, Any] = {
         "speculative_algorithm": ALGORITHM, "speculative_draft_model_path": str(draft),
         "speculative_num_steps": steps, "speculative_eagle_topk": 1, "speculative_num_draft_tokens": steps + 1,
         "disable_speculative_gate": not gate,
-        "plugin_args": {PLUGIN: ReplayArgs(recording=str(recording), corrupt=corrupt, seed=steps)},
+        "plugin_args": {PLUGIN: ReplayArgs(corrupt=corrupt, seed=steps)},
     }
     with sgl.Engine(model_path=path, **opts, **spec) as e:
         for b, work in works.items():
-            start = e.get_server_info()
             warm_up(e, work)
-            before = e.get_server_info()  # NOTE: the timed runs' acceptance only; they replay the engine's own outputs
+            before = e.get_server_info()  # NOTE: the timed runs' acceptance only
             tok_s = measure(e, work)
             after = e.get_server_info()
             emit({"model": name, "batch": b, "variant": f"replay steps={steps}", "corrupt": corrupt,
@@ -141,10 +138,7 @@ def run_replay(path: str, opts: dict[str, Any], works: dict[int, Workload], draf
                   "accept_length": accept_since(before, after),
                   "expected_accept_length": round(expected_accept_length(corrupt, steps), 4),
                   "gate": gate, "gate_plain_steps": after["spec_gate_plain_steps"] - before["spec_gate_plain_steps"]
-                  if gate else 0,
-                  "diverged_requests": after["replay_diverged_requests"] - before["replay_diverged_requests"],
-                  "warmup_diverged_requests": before["replay_diverged_requests"] - start["replay_diverged_requests"],
-                  "requests": len(work.prompts)}, rows)
+                  if gate else 0, "requests": len(work.prompts)}, rows)
 
 
 def run_ngram(path: str, opts: dict[str, Any], draft_tokens: int, work: Workload, base: float,
@@ -163,7 +157,7 @@ def run_ngram(path: str, opts: dict[str, Any], draft_tokens: int, work: Workload
 
 def table(rows: list[dict[str, Any]]) -> str:
     cols = ("batch", "variant", "corrupt", "decode_tok_s", "speedup", "accept_length", "expected_accept_length",
-            "gate_plain_steps", "diverged_requests")
+            "gate_plain_steps")
     lines = [" | ".join(cols), " | ".join("---" for _ in cols)]
     lines += [" | ".join(str(r.get(c, "")) for c in cols) for r in sorted(rows, key=lambda r: r["batch"])]
     return "\n".join(lines)
@@ -216,13 +210,10 @@ def main(argv: list[str]) -> list[dict[str, Any]]:
             works = workloads(vocab, batches, prompt_len, new_tokens, reps)
             ngram_work = Workload([list(PROMPT)], new_tokens, reps)
             plain = run_plain(path, opts, works, ngram_work, rows, name)
-            scratch = Path(tempfile.mkdtemp(prefix="sgl-spec-replay-"))
-            recording = save_recording(scratch / "recording.json", [p for w in works.values() for p in w.prompts],
-                                       [o for b in works for o in plain.outputs[b]])
-            draft = write_eagle3_draft_config(path, scratch / "eagle3-draft")
+            draft = write_eagle3_draft_config(path, Path(tempfile.mkdtemp(prefix="sgl-spec-replay-")) / "eagle3-draft")
             for steps in steps_list:
                 for p in rates(corrupt, accept, steps):
-                    run_replay(path, opts, works, draft, recording, steps, p, gate, plain.tok_s, rows, name)
+                    run_replay(path, opts, works, draft, steps, p, gate, plain.tok_s, rows, name)
             if ngram:
                 run_ngram(path, opts, ngram, ngram_work, plain.ngram_tok_s, rows, name)
             mine = [r for r in rows if r["model"] == name]

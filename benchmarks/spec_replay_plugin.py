@@ -1,4 +1,4 @@
-"""The replay proposer's plugin: its hook implementations and options (light: strings and a dataclass only).
+"""The replay algorithm's plugin: its hook implementations and options (light: strings and a dataclass only).
 
 Never an entry point: ``benchmarks/spec_replay.py`` adds it to its own process with
 ``sgl.core.plugins.add_in_process_plugin``, so no server offers ``--speculative-algorithm EAGLE3_REPLAY``.
@@ -16,11 +16,11 @@ ALGORITHM = "EAGLE3_REPLAY"
 
 @dataclass(frozen=True)
 class ReplayArgs:
-    """What the replay proposer replays, and how wrong it makes it."""
+    """The acceptance the replay algorithm imposes on its drafts."""
 
-    recording: str = field(default="", metadata={"help": "JSON file of the target's greedy continuations (required)"})
-    corrupt: float = field(default=0.0, metadata={"help": "probability that a drafted token is replaced by a wrong one"})
-    seed: int = field(default=0, metadata={"help": "seed of the corruption draws"})
+    corrupt: float = field(default=0.0, metadata={"help": "probability that a draft is rejected (the first rejection "
+                                                          "ends the accepted run)"})
+    seed: int = field(default=0, metadata={"help": "seed of the acceptance draws"})
 
 
 @hookimpl

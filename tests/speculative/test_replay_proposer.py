@@ -1,7 +1,8 @@
-"""The replay benchmark's proposer (benchmarks/replay_proposer.py) on the demo model: EAGLE-3's draft forwards with a
-dummy-weight draft, their proposals replaced by the target's recorded greedy continuation. Uncorrupted, every draft
-is accepted (num_steps + 1 tokens per verify forward); fully corrupted, none is; either way the emitted tokens are
-plain decoding's. The algorithm is registered in-process through the hook, as the benchmark does."""
+"""The replay benchmark's algorithm (benchmarks/replay_proposer.py) on the demo model: EAGLE-3's draft forwards with a
+dummy-weight draft and the target's verify forward, each draft accepted by a seeded draw at the configured rate
+(its ``accept`` override). Never rejected, every draft is accepted (num_steps + 1 tokens per verify forward); always
+rejected, none is and the emitted tokens are the target's own; the benchmark's measured acceptance matches the
+expected one. The algorithm is registered in-process through the hook, as the benchmark does."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ import pytest
 import sgl
 from benchmarks import spec_replay_plugin
 from benchmarks.eagle3_dummy_draft import eagle3_config, write_eagle3_draft_config
-from benchmarks.replay_proposer import corruption_for, expected_accept_length, save_recording
+from benchmarks.replay_proposer import corruption_for, expected_accept_length
 from benchmarks.spec_replay_plugin import ALGORITHM, PLUGIN, ReplayArgs
 from sgl.core.plugins import add_in_process_plugin, get_plugins, remove_in_process_plugin
 from tests.core.engine_utils import make_engine, settled_info
@@ -34,23 +35,21 @@ def replay_plugin() -> Iterator[None]:
 
 
 @pytest.fixture(scope="module")
-def recorded(demo_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, list[list[int]]]:
-    """(recording, dummy EAGLE-3 draft dir, plain greedy tokens)."""
+def recorded(demo_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[list[int]]]:
+    """(dummy EAGLE-3 draft dir, plain greedy tokens)."""
     engine = make_engine(demo_model_dir, load_format="dummy")  # NOTE: the draft has no weights: both are dummy
     try:
         plain = [o["output_ids"] for o in engine.generate(input_ids=PROMPTS, sampling_params=PARAMS)]
     finally:
         engine.shutdown()
-    root = tmp_path_factory.mktemp("replay")
-    draft = write_eagle3_draft_config(demo_model_dir, root / "draft")
-    return save_recording(root / "recording.json", PROMPTS, plain), draft, plain
+    return write_eagle3_draft_config(demo_model_dir, tmp_path_factory.mktemp("replay") / "draft"), plain
 
 
-def replay_engine(model: Path, draft: Path, recording: Path | str, corrupt: float, **kw: Any) -> sgl.Engine:
+def replay_engine(model: Path, draft: Path, corrupt: float, **kw: Any) -> sgl.Engine:
     return make_engine(
         model, load_format="dummy", speculative_algorithm=ALGORITHM, speculative_draft_model_path=str(draft),
         speculative_num_steps=STEPS, speculative_eagle_topk=1, disable_speculative_gate=True,
-        plugin_args={PLUGIN: ReplayArgs(recording=str(recording), corrupt=corrupt, seed=7)}, **kw,
+        plugin_args={PLUGIN: ReplayArgs(corrupt=corrupt, seed=7)}, **kw,
     )
 
 
@@ -67,23 +66,24 @@ def test_the_dummy_draft_is_a_config_in_the_public_eagle3_layout(demo_model_dir:
 # NOTE: nothing accepted, 24 tokens take 23 verify forwards and a plain step (a request's last token has no room for
 # drafts within max_new_tokens)
 @pytest.mark.parametrize(("corrupt", "accept_length", "verifies"), [(0.0, STEPS + 1.0, 6), (1.0, 1.0, 23)])
-def test_replayed_drafts_give_the_expected_acceptance_and_the_plain_tokens(
-    demo_model_dir: Path, replay_plugin: None, recorded: tuple[Path, Path, list[list[int]]], corrupt: float,
+def test_drawn_acceptance_gives_the_expected_length_and_frees_the_rejected_kv(
+    demo_model_dir: Path, replay_plugin: None, recorded: tuple[Path, list[list[int]]], corrupt: float,
     accept_length: float, verifies: int,
 ) -> None:
-    recording, draft, plain = recorded
-    engine = replay_engine(demo_model_dir, draft, recording, corrupt)
+    draft, plain = recorded
+    engine = replay_engine(demo_model_dir, draft, corrupt)
     try:
-        outs = engine.generate(input_ids=PROMPTS, sampling_params=PARAMS)
+        outs = [o["output_ids"] for o in engine.generate(input_ids=PROMPTS, sampling_params=PARAMS)]
         info = settled_info(engine)
     finally:
         engine.shutdown()
-    assert [o["output_ids"] for o in outs] == plain
+    assert [len(o) for o in outs] == [PARAMS["max_new_tokens"]] * len(PROMPTS)
+    if corrupt == 1.0:
+        assert outs == plain  # nothing accepted: every emitted token is the target's own
     assert info["speculative_algorithm"] == ALGORITHM
     assert info["spec_verify_rows"] == verifies * len(PROMPTS), info
     assert info["spec_drafted_tokens"] >= STEPS * (verifies - 2) * len(PROMPTS)  # full depth but near the end
     assert info["avg_spec_accept_length"] == accept_length == expected_accept_length(corrupt, STEPS)
-    assert info["replay_diverged_requests"] == 0 and info["replay_unrecorded_requests"] == 0
     assert info["request_owned_tokens"] == 0 and info["locked_tokens"] == 0
 
 
@@ -96,12 +96,12 @@ def test_the_replay_algorithm_is_known_only_while_its_plugin_is_added(replay_plu
         add_in_process_plugin(PLUGIN, spec_replay_plugin)
 
 
-def test_a_missing_recording_and_a_tree_are_refused(
-    demo_model_dir: Path, replay_plugin: None, recorded: tuple[Path, Path, list[list[int]]]
+def test_a_rate_outside_0_1_and_a_tree_are_refused(
+    demo_model_dir: Path, replay_plugin: None, recorded: tuple[Path, list[list[int]]]
 ) -> None:
-    _, draft, _ = recorded
-    with pytest.raises(ValueError, match="needs ReplayArgs.recording"):
-        replay_engine(demo_model_dir, draft, "", 0.0)
+    draft, _ = recorded
+    with pytest.raises(ValueError, match="ReplayArgs.corrupt 1.5: a probability"):
+        replay_engine(demo_model_dir, draft, 1.5)
     with pytest.raises(ValueError, match="--speculative-eagle-topk 2: EAGLE3_REPLAY replays chains"):
         make_engine(demo_model_dir, load_format="dummy", speculative_algorithm=ALGORITHM,
                     speculative_draft_model_path=str(draft), speculative_eagle_topk=2)
@@ -114,14 +114,23 @@ def test_corruption_for_inverts_the_expected_acceptance(accept: float) -> None:
         corruption_for(4.5, STEPS)
 
 
-def test_the_benchmark_script_runs_on_the_demo_model() -> None:
+def test_the_benchmark_measures_the_acceptance_it_asks_for_on_the_demo_model() -> None:
+    """``python -m benchmarks.spec_replay demo --batch 1,4 --steps 3`` (gate off: every decode step verifies, so each
+    row averages every step): always rejected gives 1.0, never rejected 4.0 but for a request's last verify (its budget
+    ends within max_new_tokens: 127 tokens take 31 verifies of 4 and one of 3), the rate of ``--accept 3.0`` about
+    3.0 (seeded draws; ~128 to ~512 of them per row)."""
     from benchmarks.spec_replay import main
 
-    rows = main(["demo", "--batch", "2", "--steps", "2", "--corrupt", "0", "--accept", "", "--new-tokens", "10",
-                 "--reps", "1", "--prompt-len", "8", "--ngram-draft-tokens", "4", "--disable-gate"])
-    by_variant = {r["variant"]: r for r in rows}
-    assert by_variant["off"]["decode_tok_s"] > 0
-    replay = by_variant["replay steps=2"]
-    assert (replay["accept_length"], replay["diverged_requests"], replay["requests"]) == (3.0, 0, 2), replay
-    assert 1.0 <= by_variant["NGRAM draft_tokens=4 (repetitive prompt)"]["accept_length"] <= 4.0
+    rows = main(["demo", "--batch", "1,4", "--steps", "3", "--reps", "1", "--new-tokens", "128", "--prompt-len", "16",
+                 "--ngram-draft-tokens", "4", "--disable-gate"])
+    replay = [r for r in rows if r["variant"] == "replay steps=3"]
+    assert sorted((r["batch"], r["expected_accept_length"]) for r in replay) == [
+        (b, e) for b in (1, 4) for e in (1.0, 3.0, 4.0)], replay
+    for r in replay:
+        tolerance = {1.0: 0.0, 4.0: 0.05}.get(r["expected_accept_length"], 0.35)
+        assert abs(r["accept_length"] - r["expected_accept_length"]) <= tolerance, r
+        assert r["decode_tok_s"] > 0 and r["requests"] == r["batch"]
+    off = [r for r in rows if r["variant"] == "off"]
+    assert [r["batch"] for r in off] == [1, 4] and all(r["decode_tok_s"] > 0 for r in off)
+    assert 1.0 <= next(r for r in rows if r["variant"].startswith("NGRAM"))["accept_length"] <= 4.0
     assert ALGORITHM not in get_plugins().speculative_algorithms  # the script removed its plugin

@@ -14,6 +14,7 @@ each) and frees the KV slots of the rejected drafts through the allocator. ``Non
 from __future__ import annotations
 
 from abc import abstractmethod
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from sgl.core.scheduler.feature import SchedulerFeature
@@ -22,6 +23,7 @@ if TYPE_CHECKING:
     from sgl.core.config import ServerArgs
     from sgl.core.runner.model_runner import ModelRunner
     from sgl.core.scheduler.batch import ScheduleBatch
+    from sgl.core.scheduler.req import Req
     from sgl.core.scheduler.state import SchedulerState
     from sgl.core.scheduler.step import StepExecutor
     from sgl.core.speculative.verify import VerifyResult
@@ -49,6 +51,15 @@ def check_flags(server_args: ServerArgs) -> None:
         raise ValueError(f"{flag} needs --speculative-algorithm (speculative decoding is off)")
 
 
+def accept_matching(req: Req, drafts: Sequence[int], target: Sequence[int]) -> int:
+    """The exact rule (``sgl.core.speculative.verify``'s NOTE): drafts are accepted while each equals the target's
+    token before it."""
+    n = 0
+    while n < len(drafts) and drafts[n] == target[n]:
+        n += 1
+    return n
+
+
 class SpeculativeAlgorithm(SchedulerFeature):
     """One way of proposing several tokens per decode step for the target model to verify."""
 
@@ -67,3 +78,10 @@ class SpeculativeAlgorithm(SchedulerFeature):
 
         NOTE: the returned slots are the scheduler's to keep or free; the algorithm frees none of them."""
         return None
+
+    def accept(self, req: Req, drafts: Sequence[int], target: Sequence[int]) -> int:
+        """How many of ``req``'s ``drafts`` a chain verify accepts, given the target's tokens at the ``len(drafts) + 1``
+        verified positions; the step emits those drafts, then the target's token after them. The default is the exact
+        rule (``accept_matching``); an algorithm passes ``self.accept`` to
+        ``verify_drafts``/``run_verify``. Overriding it changes what is emitted: only a measuring tool should."""
+        return accept_matching(req, drafts, target)

@@ -16,7 +16,7 @@ Seeded requests give the very tokens of plain decoding (the seed of position j i
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, NamedTuple
 
 import torch
@@ -25,6 +25,7 @@ from sgl.core.runner.forward_batch import ForwardBatch, ForwardMode
 from sgl.core.runner.input_prep import build_forward_batch
 from sgl.core.sampling.batch_info import SamplingBatchInfo
 from sgl.core.scheduler.batch import ScheduleBatch
+from sgl.core.speculative.base import accept_matching
 
 if TYPE_CHECKING:
     from sgl.core.scheduler.req import Req
@@ -59,6 +60,11 @@ class VerifyResult(NamedTuple):
     logprobs: list[list[LogprobEntry | None]]  # parallel to tokens (None where the request asked for none)
     slots: list[list[int]]  # the KV slots of the verified positions (1 + k): slot j holds position kv_len + j
     drafted: list[int]  # k per request
+
+
+AcceptRule = Callable[["Req", Sequence[int], Sequence[int]], int]
+"""(request, its drafts d1..dk, the target's tokens at the k + 1 verified positions) -> how many drafts are accepted
+(0..k); the step then emits those drafts and the target's token after them."""
 
 
 def draft_budget(r: Req, limit: int, context_len: int) -> int:
@@ -98,17 +104,18 @@ def alloc_verify_slots(batch: ScheduleBatch, state: SchedulerState, counts: Sequ
 
 
 def verify_drafts(
-    batch: ScheduleBatch, state: SchedulerState, executor: StepExecutor, drafts: Sequence[Sequence[int]]
+    batch: ScheduleBatch, state: SchedulerState, executor: StepExecutor, drafts: Sequence[Sequence[int]],
+    accept: AcceptRule = accept_matching,
 ) -> VerifyResult | None:
     """Verifies ``drafts`` (one list per request of the DECODE ``batch``); None when no request has a draft or the
-    pool cannot hold them: the caller then runs the plain decode step."""
+    pool cannot hold them: the caller then runs the plain decode step. ``accept``: see ``run_verify``."""
     chains = [list(d) for d in drafts]
     if not any(chains):
         return None
     rows = alloc_verify_slots(batch, state, [len(d) for d in chains])
     if rows is None:
         return None
-    return run_verify(batch, executor, chains, rows).result
+    return run_verify(batch, executor, chains, rows, accept=accept).result
 
 
 class Verified(NamedTuple):
@@ -122,21 +129,27 @@ class Verified(NamedTuple):
 
 def run_verify(
     batch: ScheduleBatch, executor: StepExecutor, drafts: list[list[int]], rows: list[list[int]],
-    capture_hidden_layers: tuple[int, ...] = (),
+    capture_hidden_layers: tuple[int, ...] = (), accept: AcceptRule = accept_matching,
 ) -> Verified:
     """One TARGET_VERIFY forward over each request's last token and its drafts, at the slots ``rows`` (from
-    ``alloc_verify_slots``), and the accepted prefix of each chain."""
+    ``alloc_verify_slots``), and the accepted prefix of each chain: ``accept`` decides its length (by default the
+    exact rule; an algorithm's ``SpeculativeAlgorithm.accept``), and the step emits the accepted drafts, then the
+    target's token after them.
+
+    NOTE: with the exact rule the emitted tokens are the target's own at every position. A rule that accepts a draft
+    the target did not pick emits that draft, and its logprob entry stays the target's token's."""
     vb = VerifyBatch(list(batch.reqs), list(batch.prefix_lens), drafts, flat_slots(rows))
     fb, hidden, ids, lps = verify_forward(vb, executor, capture_hidden_layers)
     tokens: list[list[int]] = []
     logprobs: list[list[LogprobEntry | None]] = []
     offset = 0
-    for d in drafts:
-        n = 1
-        while n <= len(d) and d[n - 1] == ids[offset + n - 1]:
-            n += 1
-        tokens.append(ids[offset : offset + n])
-        logprobs.append(lps[offset : offset + n])
+    for r, d in zip(vb.reqs, drafts):
+        target = ids[offset : offset + 1 + len(d)]
+        n = accept(r, d, target)
+        if not 0 <= n <= len(d):
+            raise ValueError(f"an acceptance rule accepted {n} of {len(d)} drafts")
+        tokens.append(list(d[:n]) + [target[n]])
+        logprobs.append(lps[offset : offset + n + 1])
         offset += 1 + len(d)
     return Verified(VerifyResult(tokens, logprobs, rows, [len(d) for d in drafts]), fb, hidden)
 

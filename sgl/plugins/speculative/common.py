@@ -65,7 +65,7 @@ class DraftingAlgorithm(SpeculativeAlgorithm):
         if not any(budgets):
             return None
         drafts = [d[:b] for d, b in zip(self.propose(batch.reqs, budgets), budgets)]
-        result = verify_drafts(batch, state, executor, drafts)
+        result = verify_drafts(batch, state, executor, drafts, self.accept)
         if result is not None:
             self.stats.record(result)
         return result

@@ -222,7 +222,7 @@ class EagleAlgorithm(SpeculativeAlgorithm):
         if rows is None:
             return None
         drafts = self._draft(batch, budgets, rows)
-        verified = run_verify(batch, executor, drafts, rows, self.capture)
+        verified = run_verify(batch, executor, drafts, rows, self.capture, self.accept)
         feats = self._features(verified.forward_batch, verified.hidden)
         offset = 0
         for r, p, d, tokens in zip(batch.reqs, batch.prefix_lens, drafts, verified.result.tokens):
