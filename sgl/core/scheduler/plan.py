@@ -15,6 +15,7 @@ from sgl.core.scheduler.step_failure import fail_batches
 from sgl.core.speculative.gate import PLAIN, SPECULATE, SpeculationGate
 
 if TYPE_CHECKING:
+    from sgl.core.scheduler.req import Req
     from sgl.core.speculative.base import SpeculativeAlgorithm
 
 
@@ -30,21 +31,24 @@ def plan_step(state: SchedulerState, prefill: PrefillBuilder, runs: DecodeRuns |
 def run_step(
     batch: ScheduleBatch, state: SchedulerState, executor: StepExecutor, results: ResultProcessor,
     speculative: SpeculativeAlgorithm | None = None, gate: SpeculationGate | None = None,
+    drafting: bool | None = None,
 ) -> None:
-    """Runs ``batch`` to its sampled tokens and applies them (the plain loop; overlap for prefills).
+    """Runs ``batch`` to its sampled tokens and applies them (the plain loop; overlap for prefills and for the
+    decode steps that draft).
 
     With a speculative algorithm, a decode step is its ``decode_step`` (drafts verified, several tokens accepted per
     request) unless it has no drafts to verify, or the ``gate`` measured that plain steps deliver more tokens per
-    second at this batch size."""
+    second at this batch size; ``drafting`` is the gate's pick when the caller already asked it."""
     state.counters.steps += 1
     if batch.mode.is_decode:
         for r in batch.reqs:
             r.inflight += batch.steps
-            if speculative is not None:
-                r.spec_verify_ct = (r.spec_verify_ct or 0) + 1
+        if speculative is not None:
+            count_verify(batch.reqs)
         # NOTE: with speculation decode runs are off (Scheduler), so a speculative decode batch is one step
         size = len(batch.reqs)
-        drafting = speculative is not None and (gate is None or gate.choose(size) == SPECULATE)
+        if drafting is None:
+            drafting = speculative is not None and (gate is None or gate.choose(size) == SPECULATE)
         start = time.perf_counter()
         verified = speculative.decode_step(batch, state, executor) if drafting else None  # type: ignore[union-attr]
         if verified is not None:
@@ -64,3 +68,10 @@ def run_step(
             gate.record(size, PLAIN, size * batch.steps, time.perf_counter() - start)
     else:
         results.process_extend(batch, result)
+
+
+def count_verify(reqs: list[Req]) -> None:
+    """Counts a decode forward under speculation in each request's ``spec_verify_ct`` (SGLang's name: the gate's
+    plain steps count too, so completion tokens over it stay the tokens per forward)."""
+    for r in reqs:
+        r.spec_verify_ct = (r.spec_verify_ct or 0) + 1

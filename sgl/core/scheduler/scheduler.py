@@ -73,23 +73,31 @@ class Scheduler:
         if self.speculative is not None and args.num_continuous_decode_steps > 1:
             raise ValueError(f"--num-continuous-decode-steps {args.num_continuous_decode_steps}: speculative "
                              "decoding runs single decode steps (each verifies several tokens)")
-        self.gate = (SpeculationGate() if self.speculative is not None and not args.disable_speculative_gate
+        self._gate = (SpeculationGate() if self.speculative is not None and not args.disable_speculative_gate
                      else None)
         self.runs = DecodeRuns(args.num_continuous_decode_steps, self.features)
         use_overlap = args.force_overlap_schedule or (
             runner.platform.capabilities.overlap_schedule and not args.disable_overlap_schedule
         )
-        if self.speculative is not None and use_overlap:
-            if args.force_overlap_schedule:
-                raise ValueError("--force-overlap-schedule: speculative decoding runs without the overlap loop")
-            logger.info("speculative decoding: the overlap scheduler is off (a step's drafts need its tokens)")
-            use_overlap = False
-        self.overlap = (OverlapLoop(self.state, self.prefill, self.executor, self.results, self.features, self.runs)
+        # NOTE: with speculation, the steps that draft run alone and the gate's plain steps overlap
+        self.overlap = (OverlapLoop(self.state, self.prefill, self.executor, self.results, self.features, self.runs,
+                                    self.speculative, self._gate)
                         if use_overlap else None)
         self._arrivals = 0
         self._in_step = False
 
     # views the engine, benchmarks and tests read -----------------------------------------------------------------
+    @property
+    def gate(self) -> SpeculationGate | None:
+        """Picks plain or drafting decode steps by what each delivered; None: every decode step drafts."""
+        return self._gate
+
+    @gate.setter
+    def gate(self, gate: SpeculationGate | None) -> None:
+        self._gate = gate
+        if self.overlap is not None:
+            self.overlap.gate = gate
+
     @property
     def waiting(self) -> list[Req]:
         return self.state.waiting
