@@ -13,6 +13,12 @@ fp32. Here, for groups that hold whole K steps (no act-order ``g_idx``), each pr
   sum_k x_k)``, so the weight tile gets no float arithmetic at all; the fp32 dot is exact in its products.
 
 Splits write fp32 partials summed in a fixed order (no atomics), as in sgl.kernels.skinny_gemm.
+
+One row of x (batch-1 decode) may take ``_int4_gemv_kernel`` instead (``Int4SkinnyConfig.gemv``): no tensor cores, so
+the nibbles never move into a dot operand's layout. It keeps each tile in the shape its words unpack to (AWQ:
+[K, words, 8], GPTQ: [words, 8, N]), makes each nibble the fp32 2**23 + q by OR-ing it into 2**23's mantissa and
+subtracting 2**23 (exact, no conversion instruction), and per weight does one multiply-add with x times the column's
+scale; a full-tile fp32 accumulator is reduced once at the end, and the zeros enter per group as ``s z sum(x)``.
 """
 
 from __future__ import annotations
@@ -36,6 +42,7 @@ class Int4SkinnyConfig(NamedTuple):
     split_k: int
     num_warps: int
     num_stages: int
+    gemv: bool = False  # one row of x: _int4_gemv_kernel (ignored for more rows)
 
 
 @triton.jit
@@ -106,6 +113,69 @@ def _int4_skinny_kernel(
              acc.to(out_ptr.dtype.element_ty), mask=rmask[:, None] & cmask[None, :])
 
 
+@triton.jit
+def _int4_gemv_kernel(
+    x_ptr, qw_ptr, qz_ptr, s_ptr, out_ptr, bias_ptr,
+    N, K, k_per_split, group_size, zero_offset,
+    stride_qw, stride_qz, stride_s, stride_os,
+    AWQ: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, HAS_BIAS: tl.constexpr,
+):
+    """One row of x: writes split ``program_id(1)``'s fp32 partial, or (one split) the finished y with its bias."""
+    pid_n = tl.program_id(0)
+    split = tl.program_id(1)
+    k_start = split * k_per_split
+    k_end = tl.minimum(k_start + k_per_split, K)
+    nib = tl.arange(0, 8)
+    shifts = nib * 4
+    WORDS: tl.constexpr = BLOCK_N // 8 if AWQ else BLOCK_K // 8
+    w_i = tl.arange(0, WORDS)
+    if AWQ:  # tiles [BLOCK_K, WORDS, 8]: row k, word w, nibble i is column (pid_n * WORDS + w) * 8 + col_of(i)
+        wc = pid_n * WORDS + w_i
+        wmask = wc < N // 8
+        cols = wc[:, None] * 8 + ((nib % 4) * 2 + nib // 4)[None, :]  # [WORDS, 8]: AutoAWQ's nibble order
+        cmask = wmask[:, None] & (nib < 8)[None, :]
+        acc = tl.zeros([BLOCK_K, WORDS, 8], dtype=tl.float32)
+        zacc = tl.zeros([WORDS, 8], dtype=tl.float32)
+    else:  # tiles [WORDS, 8, BLOCK_N]: word w, nibble i is K row w * 8 + i of column j
+        cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+        cmask = cols < N
+        acc = tl.zeros([WORDS, 8, BLOCK_N], dtype=tl.float32)
+        zacc = tl.zeros([BLOCK_N], dtype=tl.float32)
+    for k0 in range(k_start, k_end, BLOCK_K):
+        g = k0 // group_size
+        if AWQ:
+            ks = k0 + tl.arange(0, BLOCK_K)
+            kmask = ks < k_end
+            x = tl.load(x_ptr + ks, mask=kmask, other=0.0).to(tl.float32)
+            words = tl.load(qw_ptr + ks[:, None] * stride_qw + wc[None, :], mask=kmask[:, None] & wmask[None, :],
+                            other=0)
+            q = (words[:, :, None] >> shifts[None, None, :]) & 0xF
+            zw = tl.load(qz_ptr + g * stride_qz + wc, mask=wmask, other=0)
+            z = ((zw[:, None] >> shifts[None, :]) & 0xF) + zero_offset
+            s = tl.load(s_ptr + g * stride_s + cols, mask=cmask, other=0.0).to(tl.float32)
+            w = (q | 0x4B000000).to(tl.float32, bitcast=True) - 8388608.0
+            acc += (x[:, None, None] * s[None, :, :]) * w
+            zacc += s * z.to(tl.float32) * tl.sum(x, axis=0)
+        else:
+            wr = k0 // 8 + w_i
+            wrmask = wr * 8 < k_end
+            ks = wr[:, None] * 8 + nib[None, :]
+            x = tl.load(x_ptr + ks, mask=(ks < k_end), other=0.0).to(tl.float32)  # [WORDS, 8]
+            words = tl.load(qw_ptr + wr[:, None] * stride_qw + cols[None, :], mask=wrmask[:, None] & cmask[None, :],
+                            other=0)
+            q = (words[:, None, :] >> shifts[None, :, None]) & 0xF
+            zw = tl.load(qz_ptr + g * stride_qz + cols // 8, mask=cmask, other=0)
+            z = ((zw >> (cols % 8) * 4) & 0xF) + zero_offset
+            s = tl.load(s_ptr + g * stride_s + cols, mask=cmask, other=0.0).to(tl.float32)
+            w = (q | 0x4B000000).to(tl.float32, bitcast=True) - 8388608.0
+            acc += (x[:, :, None] * s[None, None, :]) * w
+            zacc += s * z.to(tl.float32) * tl.sum(tl.sum(x, axis=1), axis=0)
+    y = tl.sum(acc, axis=0) - zacc if AWQ else tl.sum(tl.sum(acc, axis=1), axis=0) - zacc
+    if HAS_BIAS:
+        y += tl.load(bias_ptr + cols, mask=cmask, other=0.0).to(tl.float32)
+    tl.store(out_ptr + split * stride_os + cols, y.to(out_ptr.dtype.element_ty), mask=cmask)
+
+
 def max_block_k(group_size: int, k: int) -> int | None:
     """The longest K step (a power of two, 16..128) inside one quantization group, or None if none fits."""
     if group_size >= k:
@@ -159,6 +229,15 @@ def int4_skinny_gemm(
     if m == 0:
         return y
     parts = split_output(y, k, cfg.split_k, cfg.block_k)
+    if m == 1 and cfg.gemv:
+        _int4_gemv_kernel[(triton.cdiv(n, cfg.block_n), cfg.split_k)](
+            x, qweight, qzeros, scales, parts.out, bias if bias is not None else y,
+            n, k, parts.k_per_split, group_size, zero_offset,
+            qweight.stride(0), qzeros.stride(0), scales.stride(0), parts.stride_os,
+            AWQ=awq, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, HAS_BIAS=parts.direct and bias is not None,
+            num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+        )
+        return sum_splits(parts, y, bias)
     _int4_skinny_kernel[(triton.cdiv(n, cfg.block_n), cfg.split_k)](
         x, qweight, qzeros, scales, parts.out, bias if bias is not None else y,
         m, n, k, parts.k_per_split, group_size, zero_offset,

@@ -125,13 +125,13 @@ def test_awq_kernel_reads_autoawqs_nibble_order(device: torch.device) -> None:
 
 
 @pytest.mark.parametrize("fmt", ["awq", "gptq"])
-@pytest.mark.parametrize("m", [1, 3, 16])
+@pytest.mark.parametrize(("m", "gemv"), [(1, False), (1, True), (3, False), (16, False)])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
 def test_int4_skinny_gemm_matches_the_reference_dequantization(
-    fmt: str, m: int, dtype: torch.dtype, device: torch.device
+    fmt: str, m: int, gemv: bool, dtype: torch.dtype, device: torch.device
 ) -> None:
-    """bf16 and fp16 inputs take different exact encodings of the nibbles (2**7 + q, 2**10 + q); N = 72 and K = 160
-    leave partial tiles and an uneven split."""
+    """bf16 and fp16 inputs take different exact encodings of the nibbles (2**7 + q, 2**10 + q), the one-row GEMV
+    fp32's 2**23 + q; N = 72 and K = 160 leave partial tiles and an uneven split."""
     k, n, group = 160, 72, 32
     layer, scheme = _int4_layer(fmt, k, n, group, False, seed=m)
     gen = torch.Generator().manual_seed(4)
@@ -140,19 +140,20 @@ def test_int4_skinny_gemm_matches_the_reference_dequantization(
     layer.to(device)
     out = int4_skinny_gemm(x.to(device), layer.qweight, layer.qzeros, layer.scales, group,  # type: ignore[arg-type]
                            fmt == "awq", scheme.zero_offset, bias.to(dtype).to(device),
-                           config=Int4SkinnyConfig(32, 32, 2, 4, 2))
+                           config=Int4SkinnyConfig(32, 32, 2, 4, 2, gemv))
     assert out.dtype == dtype and out.shape == (m, n)
     _close(out.cpu(), ref)
 
 
-def test_int4_skinny_gemm_reads_autoawqs_nibble_order_and_one_whole_group(device: torch.device) -> None:
+@pytest.mark.parametrize("gemv", [False, True])
+def test_int4_skinny_gemm_reads_autoawqs_nibble_order_and_one_whole_group(gemv: bool, device: torch.device) -> None:
     k, n = 32, 16
     ints = torch.arange(n).remainder(16).repeat(k, 1)  # column c holds the value c % 16
     qweight = _awq_pack(ints).to(device)
     qzeros = torch.zeros(1, n // 8, dtype=torch.int32, device=device)
     scales = torch.ones(1, n, dtype=torch.float16, device=device)
     out = int4_skinny_gemm(torch.ones(1, k, device=device), qweight, qzeros, scales, k, True,
-                           config=Int4SkinnyConfig(16, 32, 1, 4, 2))
+                           config=Int4SkinnyConfig(16, 32, 1, 4, 2, gemv))
     assert out.cpu().flatten().tolist() == [float(k * c) for c in range(n)]
 
 
