@@ -23,6 +23,10 @@ NOTE: every program rounds its split of x itself, each value through an IEEE div
 other 15 rows are zeros), otherwise all 16 rows in registers, padding included, which at BLOCK_N = 64 is a quarter as
 many values as the weight tile it streams. A wider BLOCK_N amortizes it; benchmarks/quant_gemm_sweep.py shows whether
 it bounds the kernel.
+
+One row of x (batch-1 decode) may take ``_fp8_gemv_kernel`` instead (``Fp8SkinnyConfig.gemv``): no tensor cores (so
+no 15 rows of zeros and no operand layouts), the weights widened to fp32 and multiplied into a full-tile accumulator
+that is reduced once at the end; with block scales each K step's tile is reduced and scaled on its own.
 """
 
 from __future__ import annotations
@@ -60,6 +64,7 @@ class Fp8SkinnyConfig(NamedTuple):
     split_k: int
     num_warps: int
     num_stages: int
+    gemv: bool = False  # one row of x: _fp8_gemv_kernel (ignored for more rows)
 
 
 @triton.jit
@@ -155,6 +160,62 @@ def _fp8_skinny_kernel(
              acc.to(out_ptr.dtype.element_ty), mask=rmask[:, None] & cmask[None, :])
 
 
+@triton.jit
+def _fp8_gemv_kernel(
+    x_ptr, w_ptr, ws_ptr, xs_ptr, out_ptr, bias_ptr,
+    N, K, k_per_split, w_group_n, w_group_k, stride_wn, stride_wsn, stride_os,
+    BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, ACT: tl.constexpr, W_BLOCKED: tl.constexpr,
+    FP8_MAX: tl.constexpr, FP8_MIN_NORMAL: tl.constexpr, INTERPRETED: tl.constexpr, HAS_BIAS: tl.constexpr,
+):
+    """One row of x: writes split ``program_id(1)``'s fp32 partial, or (one split) the finished y with its bias."""
+    pid_n = tl.program_id(0)
+    split = tl.program_id(1)
+    cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    cmask = cols < N
+    k_start = split * k_per_split
+    k_end = tl.minimum(k_start + k_per_split, K)
+    x_scale = 1.0
+    if ACT == 1:  # per token over all of K: the row, read whole
+        amax = tl.zeros([BLOCK_K], dtype=tl.float32)
+        for k0 in range(0, K, BLOCK_K):
+            ks = k0 + tl.arange(0, BLOCK_K)
+            amax = tl.maximum(amax, tl.abs(tl.load(x_ptr + ks, mask=ks < K, other=0.0).to(tl.float32)))
+        x_scale = tl.maximum(tl.max(amax, axis=0) * (1.0 / FP8_MAX), 1e-12)
+    elif ACT == 3:
+        x_scale = tl.load(xs_ptr)
+    acc_n = tl.zeros([BLOCK_N], dtype=tl.float32)  # block scales: each step's tile reduced and scaled
+    acc = tl.zeros([BLOCK_N, BLOCK_K], dtype=tl.float32)  # per-row scales: reduced once at the end
+    for k0 in range(k_start, k_end, BLOCK_K):
+        ks = k0 + tl.arange(0, BLOCK_K)
+        kmask = ks < k_end
+        q = tl.load(x_ptr + ks, mask=kmask, other=0.0).to(tl.float32)
+        if ACT != 0:
+            if ACT == 2:
+                x_scale = tl.maximum(tl.max(tl.abs(q), axis=0) * (1.0 / FP8_MAX), 1e-12)
+            q = tl.clamp(tl.math.div_rn(q, x_scale), -FP8_MAX, FP8_MAX)
+            if INTERPRETED:
+                q = round_e4m3_in_fp32(q, FP8_MIN_NORMAL)
+            q = q.to(w_ptr.dtype.element_ty, fp_downcast_rounding="rtne").to(tl.float32)
+            if ACT == 2:
+                q = q * x_scale
+        w = tl.load(w_ptr + cols[:, None] * stride_wn + ks[None, :], mask=cmask[:, None] & kmask[None, :],
+                    other=0.0).to(tl.float32)
+        if W_BLOCKED:
+            sw = tl.load(ws_ptr + (cols // w_group_n) * stride_wsn + k0 // w_group_k, mask=cmask, other=0.0)
+            acc_n += tl.sum(w * q[None, :], axis=1) * sw
+        else:
+            acc += w * q[None, :]
+    if W_BLOCKED:
+        y = acc_n
+    else:
+        y = tl.sum(acc, axis=1) * tl.load(ws_ptr + cols * stride_wsn, mask=cmask, other=0.0)
+    if ACT == 1 or ACT == 3:
+        y = y * x_scale
+    if HAS_BIAS:
+        y += tl.load(bias_ptr + cols, mask=cmask, other=0.0).to(tl.float32)
+    tl.store(out_ptr + split * stride_os + cols, y.to(out_ptr.dtype.element_ty), mask=cmask)
+
+
 @functools.cache
 def fp8_skinny_config(n: int, k: int, block_k_limit: int, device: torch.device) -> Fp8SkinnyConfig:
     """256 bytes of each weight row per K step (the bf16 skinny GEMM's 128 values), fewer where a scale group is
@@ -165,6 +226,19 @@ def fp8_skinny_config(n: int, k: int, block_k_limit: int, device: torch.device) 
     target = 1.5 * sm_count(device)
     block_n = 64 if triton.cdiv(n, 64) >= target else 32
     return Fp8SkinnyConfig(block_n, block_k, split_k_for(triton.cdiv(n, block_n), k, block_k, device), 4, 4)
+
+
+@functools.cache
+def fp8_gemv_config(n: int, k: int, block_k_limit: int, device: torch.device) -> Fp8SkinnyConfig:
+    """One row of x and per-row weight scales: the GEMV kernel over 256-byte K steps; 64 columns a program for wide
+    projections (8 warps), else 32, with ~2.5 programs per multiprocessor. From benchmarks/quant_gemm_sweep.py --small
+    on an H100 at Llama-3.1-8B's shapes (one layer's four projections: 143 us with the default dot tiles, 99 us with
+    the GEMV's best; bf16 skinny: 155 us)."""
+    block_k = min(256, block_k_limit)
+    wide = n >= 16384
+    block_n = 64 if wide else 32
+    split = split_k_for(triton.cdiv(n, block_n), k, block_k, device, per_sm=1.5 if wide else 2.5)
+    return Fp8SkinnyConfig(block_n, block_k, split, 8 if wide else 4, 4, gemv=True)
 
 
 def max_block_k(k: int, w_group_k: int, act: ActQuant, act_group: int = 0) -> int | None:
@@ -210,6 +284,8 @@ def fp8_skinny_gemm(
     if limit is None:
         raise ValueError(f"scale groups (weight {w_group[1]}, activations {act_group}) along K fit no K step: "
                          "each must be a power of two of at least 16")
+    if config is None and m == 1 and w_group == (1, k):
+        config = fp8_gemv_config(n, k, limit, x.device)  # NOTE: block-scaled weights keep the dot kernel (unswept)
     cfg = config or fp8_skinny_config(n, k, limit, x.device)
     if cfg.block_k > limit or (act == ActQuant.GROUP and cfg.block_k != act_group):
         raise ValueError(f"block_k {cfg.block_k} does not fit the scale groups (at most {limit}, the activation group "
@@ -223,13 +299,23 @@ def fp8_skinny_gemm(
     parts = split_output(y, k, cfg.split_k, cfg.block_k)
     w_scale = w_scale if w_scale.dtype == torch.float32 and w_scale.stride(-1) == 1 else w_scale.float().contiguous()
     xs = x_scale.float() if x_scale is not None else w_scale
+    fp8_max, min_normal = float(torch.finfo(w.dtype).max), float(torch.finfo(w.dtype).smallest_normal)
+    if m == 1 and cfg.gemv:
+        _fp8_gemv_kernel[(triton.cdiv(n, cfg.block_n), cfg.split_k)](
+            x, w, w_scale, xs, parts.out, bias if bias is not None else y,
+            n, k, parts.k_per_split, w_group[0], w_group[1], w.stride(0), w_scale.stride(0), parts.stride_os,
+            BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, ACT=int(act), W_BLOCKED=w_group != (1, k), FP8_MAX=fp8_max,
+            FP8_MIN_NORMAL=min_normal, INTERPRETED=dot == DotKind.FP32, HAS_BIAS=parts.direct and bias is not None,
+            num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+        )
+        return sum_splits(parts, y, bias)
     _fp8_skinny_kernel[(triton.cdiv(n, cfg.block_n), cfg.split_k)](
         x, w, w_scale, xs, parts.out, bias if bias is not None else y,
         m, n, k, parts.k_per_split, w_group[0], w_group[1],
         x.stride(0), w.stride(0), w_scale.stride(0), parts.stride_os, parts.stride_om,
         BLOCK_M=MAX_ROWS, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, ACT=int(act), DOT=int(dot),
-        W_BLOCKED=w_group != (1, k), FP8_MAX=float(torch.finfo(w.dtype).max),
-        FP8_MIN_NORMAL=float(torch.finfo(w.dtype).smallest_normal), X_ROWS=1 if m == 1 else MAX_ROWS, HAS_BIAS=parts.direct and bias is not None,
+        W_BLOCKED=w_group != (1, k), FP8_MAX=fp8_max,
+        FP8_MIN_NORMAL=min_normal, X_ROWS=1 if m == 1 else MAX_ROWS, HAS_BIAS=parts.direct and bias is not None,
         IMPRECISE_ACC=min(32, cfg.block_k),
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )

@@ -202,6 +202,18 @@ def int4_skinny_config(n: int, k: int, block_k_limit: int, device: torch.device)
     return Int4SkinnyConfig(block_n, block_k, split, 4, 4)
 
 
+@functools.cache
+def int4_gemv_config(n: int, k: int, block_k_limit: int, device: torch.device) -> Int4SkinnyConfig:
+    """One row of x: the GEMV kernel, 64 columns by one group (128) of K a step, K split in 4 (each split still
+    streaming >= 2 steps). From benchmarks/quant_gemm_sweep.py --small on an H100 at Llama-3.1-8B's shapes, AWQ: one
+    layer's four projections 333 us with the tensor-core tiles, 151 us with these (bf16 skinny: 157 us)."""
+    block_k = min(128, block_k_limit)
+    split = 4
+    while split > 1 and k // split < 2 * block_k:
+        split //= 2
+    return Int4SkinnyConfig(64, block_k, split, 4, 3, gemv=True)
+
+
 def int4_skinny_gemm(
     x: torch.Tensor, qweight: torch.Tensor, qzeros: torch.Tensor, scales: torch.Tensor, group_size: int,
     awq: bool, zero_offset: int = 0, bias: torch.Tensor | None = None, config: Int4SkinnyConfig | None = None,
@@ -218,7 +230,7 @@ def int4_skinny_gemm(
     limit = max_block_k(group_size, k)
     if limit is None:
         raise ValueError(f"group size {group_size}: no power-of-two K step of 16..128 fits in a group")
-    cfg = config or int4_skinny_config(n, k, limit, x.device)
+    cfg = config or (int4_gemv_config if m == 1 else int4_skinny_config)(n, k, limit, x.device)
     if cfg.block_k > limit or cfg.block_n % PACK:
         raise ValueError(f"block_k {cfg.block_k} must fit in a group (<= {limit}) and block_n {cfg.block_n} hold "
                          f"whole words of {PACK}")

@@ -45,9 +45,10 @@ CASES = {  # id: (act, blocked weights, N, K, config)
 
 
 @pytest.mark.parametrize("case", list(CASES))
-@pytest.mark.parametrize("m", [1, 3, 16])
-def test_fp8_skinny_gemm_matches_the_reference_product(case: str, m: int, device: torch.device) -> None:
+@pytest.mark.parametrize(("m", "gemv"), [(1, False), (1, True), (3, False), (16, False)])
+def test_fp8_skinny_gemm_matches_the_reference_product(case: str, m: int, gemv: bool, device: torch.device) -> None:
     act, blocked, n, k, cfg = CASES[case]
+    cfg = cfg._replace(gemv=gemv)
     gen = torch.Generator().manual_seed(m * 7 + n)
     dense = torch.randn(n, k, generator=gen)
     if blocked:
@@ -82,6 +83,11 @@ def test_activation_rounding_is_the_references_across_a_wide_range(device: torch
                               None if static is None else static.to(device), config=Fp8SkinnyConfig(16, 32, 1, 4, 2))
         ref = _reference_input(x, act, 0, static)[:, :n]
         assert torch.equal(out.cpu(), ref), act
+        for row in range(x.shape[0]):  # the one-row GEMV rounds as the reference does too
+            one = fp8_skinny_gemm(x[row : row + 1].to(device), eye.to(fm.FP8).to(device), ones.to(device), (1, k),
+                                  act, 0, None if static is None else static.to(device),
+                                  config=Fp8SkinnyConfig(16, 32, 1, 4, 2, gemv=True))
+            assert torch.equal(one.cpu(), ref[row : row + 1]), (act, row)
     del w, w_scale
 
 

@@ -32,6 +32,33 @@ def test_the_faster_mode_wins_per_batch_size_after_both_were_measured() -> None:
     assert SpeculationGate.bucket_of(1) == 1 and SpeculationGate.bucket_of(33) == SpeculationGate.bucket_of(64) == 64
 
 
+def test_probes_back_off_while_they_confirm_the_order_and_start_over_when_it_changes() -> None:
+    gate = SpeculationGate(warmup=1, probe_every=8, max_probe_every=64)
+    steady = _feed(gate, 64, spec_tps=2000.0, plain_tps=5000.0, steps=600)
+    probes = [i for i, mode in enumerate(steady) if mode == SPECULATE][1:]  # after the warm-up sample
+    gaps = [b - a for a, b in zip(probes, probes[1:])]
+    assert gaps[:4] == [17, 33, 65, 65], gaps  # 16, 32, then the cap of 64 faster steps between probes
+    assert len(probes) <= 12  # 2% of the steps, where a fixed interval of 8 would have probed 66 times
+    # acceptance jumps: the next probe (at most 64 steps on) finds speculation faster, its sample replaces the stale
+    # estimate, and the new order is probed afresh (9, then 17 steps on)
+    after = _feed(gate, 64, spec_tps=9000.0, plain_tps=5000.0, steps=100)
+    first = after.index(SPECULATE)
+    assert first <= 65 and after[first:].count(PLAIN) <= 3 and len(after) - first >= 30, after
+
+
+def test_a_step_split_unevenly_between_two_samples_does_not_inflate_the_rate() -> None:
+    """The overlap loop times a chain's first plain step from its launch to its resolve, which may take in part of the
+    next step's time; the next sample is then short. Averaging seconds and tokens apart keeps the true rate."""
+    gate = SpeculationGate(warmup=2, probe_every=100)
+    for _ in range(20):
+        gate.record(1, PLAIN, tokens=1, seconds=0.0029)  # 1 token in 2.9 ms, then 1 in 0.1 ms: 667 tok/s
+        gate.record(1, PLAIN, tokens=1, seconds=0.0001)
+        gate.record(1, SPECULATE, tokens=2, seconds=0.002)  # 1,000 tok/s
+    assert gate.choose(1) == SPECULATE
+    rates = gate.info()["spec_gate_tokens_per_s"]["1"]  # type: ignore[index]
+    assert 600 < rates[PLAIN] < 800 and rates[SPECULATE] == 1000.0  # a rate per sample would say ~2,000
+
+
 def test_a_change_in_what_speculation_delivers_is_noticed_through_the_probes() -> None:
     gate = SpeculationGate(warmup=2, probe_every=4, weight=0.5)
     _feed(gate, 8, spec_tps=300.0, plain_tps=100.0, steps=20)

@@ -19,29 +19,41 @@ SPECULATE, PLAIN = "speculate", "plain"
 
 @dataclass
 class _Rate:
-    """A moving average of tokens per second."""
+    """Tokens per second as the ratio of moving averages of tokens and of seconds per step: a step's time split
+    unevenly between two samples (the overlap loop resolves a chain's first step late and its second early) averages
+    out, where a moving average of each step's own rate would be dominated by the short one."""
 
-    value: float = 0.0
+    tokens: float = 0.0
+    seconds: float = 0.0
     samples: int = 0
 
-    def add(self, tokens_per_s: float, weight: float) -> None:
-        self.value = tokens_per_s if self.samples == 0 else (1 - weight) * self.value + weight * tokens_per_s
+    def add(self, tokens: float, seconds: float, weight: float) -> None:
+        keep = 0.0 if self.samples == 0 else 1 - weight
+        self.tokens = keep * self.tokens + (1 - keep) * tokens
+        self.seconds = keep * self.seconds + (1 - keep) * seconds
         self.samples += 1
+
+    @property
+    def value(self) -> float:
+        return self.tokens / self.seconds if self.seconds > 0 else 0.0
 
 
 @dataclass
 class _Bucket:
     rates: dict[str, _Rate] = field(default_factory=lambda: {SPECULATE: _Rate(), PLAIN: _Rate()})
     since_probe: int = 0
+    probe_every: int = 0  # steps between probes; doubles while the probes leave the order as it was
+    leader: str = ""  # the mode that was faster when last asked
 
 
 class SpeculationGate:
     """``choose(batch_size)`` says which mode the next decode step runs; ``record`` reports what it delivered."""
 
     def __init__(self, warmup: int = 3, probe_every: int = 32, weight: float = 0.2,
-                 clock: Callable[[], float] = time.perf_counter) -> None:
+                 clock: Callable[[], float] = time.perf_counter, max_probe_every: int = 512) -> None:
         self.warmup = warmup  # samples of each mode before the faster one is trusted
-        self.probe_every = probe_every  # steps in the faster mode between probes of the slower one
+        self.probe_every = probe_every  # steps in the faster mode between probes of the slower one, at first
+        self.max_probe_every = max(max_probe_every, probe_every)
         self.weight = weight
         self.clock = clock
         self.buckets: dict[int, _Bucket] = {}
@@ -58,9 +70,12 @@ class SpeculationGate:
             if b.rates[mode].samples < self.warmup:
                 return mode
         faster, slower = (SPECULATE, PLAIN) if spec.value >= plain.value else (PLAIN, SPECULATE)
+        if faster != b.leader:  # NOTE: the first comparison, or a probe (or drift) changed the order: start over
+            b.leader, b.probe_every, b.since_probe = faster, self.probe_every, 0
         b.since_probe += 1
-        if b.since_probe > self.probe_every:
+        if b.since_probe > b.probe_every:
             b.since_probe = 0
+            b.probe_every = min(2 * b.probe_every, self.max_probe_every)
             return slower
         return faster
 
@@ -69,7 +84,9 @@ class SpeculationGate:
             self.plain_steps += 1
         if seconds > 0:
             b = self.buckets.setdefault(self.bucket_of(batch_size), _Bucket())
-            b.rates[mode].add(tokens / seconds, self.weight)
+            # NOTE: a probe's sample replaces the slower mode's estimate, which may be hundreds of steps old
+            probe = b.leader != "" and mode != b.leader
+            b.rates[mode].add(tokens, seconds, 1.0 if probe else self.weight)
 
     def info(self) -> dict[str, object]:
         return {
