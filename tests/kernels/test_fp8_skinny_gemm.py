@@ -169,3 +169,15 @@ def test_the_fp8_method_streams_decode_sizes_and_keeps_the_general_gemm_beyond(
     for m in (1, MAX_ROWS, MAX_ROWS + 1):
         method.apply(layer, torch.randn(m, 64, device=device))
     assert calls == [MAX_ROWS + 1]
+
+
+def test_one_row_without_a_config_takes_the_gemv_kernel_for_per_row_scales_only(device: torch.device) -> None:
+    from sgl.kernels.fp8_skinny_gemm import fp8_gemv_config
+
+    cpu = torch.device("cpu")
+    assert fp8_gemv_config(4096, 4096, 256, cpu).gemv and fp8_gemv_config(28672, 4096, 256, cpu).block_n == 64
+    gen = torch.Generator().manual_seed(5)
+    w, w_scale = fm.quantize_per_row(torch.randn(40, 512, generator=gen))
+    x = torch.randn(1, 512, generator=gen)
+    ref = fm.fake_quantize_per_token_group(x, 512) @ (w.float() * w_scale).T
+    _close(fp8_skinny_gemm(x.to(device), w.to(device), w_scale.to(device), (1, 512), ActQuant.TOKEN).cpu(), ref)

@@ -163,6 +163,10 @@ def test_int4_skinny_k_steps_stay_inside_a_group() -> None:
     dev = torch.device("cpu")
     assert int4_skinny_config(4096, 4096, 128, dev).split_k == 1  # 64 programs >= 6 x 8 "multiprocessors"
     assert int4_skinny_config(256, 4096, 32, dev) == Int4SkinnyConfig(64, 32, 16, 4, 4)  # 4 columns x 16 splits
+    from sgl.kernels.int4_skinny_gemm import int4_gemv_config
+
+    assert int4_gemv_config(4096, 4096, 128, dev) == Int4SkinnyConfig(64, 128, 4, 4, 3, True)  # one row: the GEMV
+    assert int4_gemv_config(4096, 256, 128, dev).split_k == 1  # each split still streams two K steps
     with pytest.raises(ValueError, match="block_k 64"):
         int4_skinny_gemm(torch.zeros(1, 64), torch.zeros(64, 1, dtype=torch.int32),
                          torch.zeros(2, 1, dtype=torch.int32), torch.ones(2, 8), 32, True,
