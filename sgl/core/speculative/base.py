@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from sgl.core.scheduler.feature import SchedulerFeature
+from sgl.core.speculative.verify import accept_matching
 
 if TYPE_CHECKING:
     from sgl.core.config import ServerArgs
@@ -49,15 +50,6 @@ def check_flags(server_args: ServerArgs) -> None:
     if given:
         flag = "--" + given[0].replace("_", "-")
         raise ValueError(f"{flag} needs --speculative-algorithm (speculative decoding is off)")
-
-
-def accept_matching(req: Req, drafts: Sequence[int], target: Sequence[int]) -> int:
-    """The exact rule (``sgl.core.speculative.verify``'s NOTE): drafts are accepted while each equals the target's
-    token before it."""
-    n = 0
-    while n < len(drafts) and drafts[n] == target[n]:
-        n += 1
-    return n
 
 
 class SpeculativeAlgorithm(SchedulerFeature):

@@ -25,7 +25,6 @@ from sgl.core.runner.forward_batch import ForwardBatch, ForwardMode
 from sgl.core.runner.input_prep import build_forward_batch
 from sgl.core.sampling.batch_info import SamplingBatchInfo
 from sgl.core.scheduler.batch import ScheduleBatch
-from sgl.core.speculative.base import accept_matching
 
 if TYPE_CHECKING:
     from sgl.core.scheduler.req import Req
@@ -65,6 +64,15 @@ class VerifyResult(NamedTuple):
 AcceptRule = Callable[["Req", Sequence[int], Sequence[int]], int]
 """(request, its drafts d1..dk, the target's tokens at the k + 1 verified positions) -> how many drafts are accepted
 (0..k); the step then emits those drafts and the target's token after them."""
+
+
+def accept_matching(req: Req, drafts: Sequence[int], target: Sequence[int]) -> int:
+    """The exact rule (``run_verify``'s NOTE): drafts are accepted while each equals the target's
+    token before it."""
+    n = 0
+    while n < len(drafts) and drafts[n] == target[n]:
+        n += 1
+    return n
 
 
 def draft_budget(r: Req, limit: int, context_len: int) -> int:
