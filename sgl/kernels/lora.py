@@ -36,6 +36,15 @@ def block_m(max_seg_len: int, row_index: torch.Tensor | None) -> int:
 
 
 @triton.jit
+def _segment_rows(row_index_ptr, start, rows, rmask, HAS_ROW_INDEX: tl.constexpr):
+    """The batch rows of a segment's ``rows``: through the row index where one is given, else contiguous."""
+    if HAS_ROW_INDEX:
+        return tl.load(row_index_ptr + start + rows, mask=rmask, other=0).to(tl.int64)
+    else:
+        return (start + rows).to(tl.int64)
+
+
+@triton.jit
 def _shrink_kernel(
     x_ptr, a_ptr, y_ptr, seg_start_ptr, seg_len_ptr, seg_slot_ptr, row_index_ptr,
     N, K, K_PER_SPLIT, SPLITS, stride_xm, stride_as, stride_an, stride_ym, stride_ys,
@@ -59,10 +68,7 @@ def _shrink_kernel(
     for m0 in range(pid_m * BLOCK_M, length, num_m * BLOCK_M):
         rows = m0 + tl.arange(0, BLOCK_M)
         rmask = rows < length
-        if HAS_ROW_INDEX:
-            grow = tl.load(row_index_ptr + start + rows, mask=rmask, other=0).to(tl.int64)
-        else:
-            grow = (start + rows).to(tl.int64)
+        grow = _segment_rows(row_index_ptr, start, rows, rmask, HAS_ROW_INDEX)
         acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
         for k0 in range(k_lo, k_hi, BLOCK_K):
             ks = k0 + tl.arange(0, BLOCK_K)
@@ -139,10 +145,7 @@ def _expand_kernel(
         for m0 in tl.range(pid_m * BLOCK_M, length, num_m * BLOCK_M, num_stages=1):
             rows = m0 + tl.arange(0, BLOCK_M)
             rmask = rows < length
-            if HAS_ROW_INDEX:
-                grow = tl.load(row_index_ptr + start + rows, mask=rmask, other=0).to(tl.int64)
-            else:
-                grow = (start + rows).to(tl.int64)
+            grow = _segment_rows(row_index_ptr, start, rows, rmask, HAS_ROW_INDEX)
             ymask = rmask[:, None] & kmask[None, :]
             yptr = y_ptr + grow[:, None] * stride_ym + ycol[None, :]
             y = tl.load(yptr, mask=ymask, other=0.0)
