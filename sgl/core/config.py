@@ -220,10 +220,6 @@ class ServerArgs:
         self._check(self.max_loras_per_batch >= 1, "max_loras_per_batch", "must be >= 1")
         self._check(self.max_loaded_loras is None or self.max_loaded_loras >= 1, "max_loaded_loras", "must be >= 1")
         self._check(self.max_lora_rank is None or self.max_lora_rank >= 1, "max_lora_rank", "must be >= 1")
-        if self.lora_enabled and self.speculative_algorithm:
-            # NOTE: a verify forward (and its graphs) does not carry the batch's adapter segments yet
-            raise ValueError("--enable-lora with --speculative-algorithm is not supported yet: speculative verify "
-                             "forwards do not apply the adapters")
         self._check(
             all(isinstance(k, str) and dataclasses.is_dataclass(v) and not isinstance(v, type)
                 for k, v in self.plugin_args.items()),

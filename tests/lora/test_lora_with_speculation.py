@@ -1,17 +1,17 @@
-"""LoRA beside speculative decoding: refused at startup with one line, since a verify forward (and its graphs) does
-not carry the batch's adapter segments yet and would verify against the base model."""
+"""sgl's LoRA backends beside speculative decoding: refused at startup with one line, since a verify forward (and its
+graphs) does not carry the batch's adapter segments yet and would verify against the base model. (A third party's
+backend decides for itself: tests/core/test_third_party_plugin.py runs the fixture's LoRA beside its speculation.)"""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
-from sgl.core.config import ServerArgs
+from tests.core.engine_utils import make_engine
 
 
-def test_lora_with_speculative_decoding_is_refused_with_one_line() -> None:
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+def test_lora_with_speculative_decoding_is_refused_with_one_line(demo_model_dir: Path, backend: str) -> None:
     with pytest.raises(ValueError, match="--enable-lora with --speculative-algorithm is not supported yet"):
-        ServerArgs(model_path="m", enable_lora=True, speculative_algorithm="NGRAM")
-    with pytest.raises(ValueError, match="not supported yet"):  # any LoRA flag turns LoRA on
-        ServerArgs(model_path="m", lora_paths=["a=/x"], speculative_algorithm="EAGLE")
-    ServerArgs(model_path="m", speculative_algorithm="NGRAM")  # either alone is fine
-    ServerArgs(model_path="m", enable_lora=True)
+        make_engine(demo_model_dir, enable_lora=True, lora_backend=backend, speculative_algorithm="NGRAM").shutdown()

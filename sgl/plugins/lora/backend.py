@@ -103,6 +103,11 @@ class TorchLoRABackend(LoRABackend):
     @classmethod
     def create(cls, server_args: ServerArgs, runner: ModelRunner) -> LoRABackend:
         args = server_args
+        if args.speculative_algorithm:
+            # NOTE: verify forwards (and their graphs) do not call before_forward, so they would run without the
+            # batch's adapter segments: the base model's tokens for an adapter's request
+            raise ValueError("--enable-lora with --speculative-algorithm is not supported yet: speculative verify "
+                             "forwards do not apply the adapters")
         if runner.parallel.tp_size > 1:
             raise ValueError("LoRA adapters with tensor parallelism are not supported yet")
         targets = projection_targets(runner.model)
