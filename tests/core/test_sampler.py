@@ -195,6 +195,20 @@ def test_vocab_mask_set_by_a_plugin_forbids_tokens() -> None:
     assert Sampler()(logits, info).next_token_ids.tolist() == [6, 5]
 
 
+def test_a_tiny_repetition_penalty_keeps_sampling_inside_the_mask() -> None:
+    """1e-300 is a valid penalty: dividing a positive logit by it must not give inf, whose softmax is NaN and samples
+    token 0 whatever the mask says (a fuzzed request found this as a 500)."""
+    logits = torch.tensor([[5.0, 3.0, 2.0, 4.0]]).repeat(4, 1)
+    mask = torch.zeros(4, 4, dtype=torch.bool)
+    mask[:, 0] = True  # token 0 forbidden
+    params = [SamplingParams(temperature=t, repetition_penalty=1e-300) for t in (1.0, 0.5, 1e-5, 0.0)]
+    info = dataclasses.replace(make_info(params, 4, outputs=[[1, 3]] * 4), vocab_mask=mask)
+    for _ in range(20):
+        out = Sampler()(logits, info, return_logprob=True)
+        assert 0 not in out.next_token_ids.tolist(), out.next_token_ids  # 1, 2 (prompt) and 3 are the seen ones
+        assert torch.isfinite(out.next_token_logprobs).all()
+
+
 def seeded_tokens(batch: list[SamplingParams], row: int, steps: int, global_seed: int) -> list[int]:
     """Tokens of `row` over `steps` decode steps; logits of every row are the same flat-ish distribution."""
     torch.manual_seed(global_seed)

@@ -82,10 +82,16 @@ def build_penalties(
     return PenaltyState(counts, frequency, presence, seen, repetition)
 
 
+LOGIT_LIMIT = 1e30
+"""Penalised logits stay within this: finite even after the smallest temperature (1e-6) divides them."""
+
+
 def apply_penalties(logits: torch.Tensor, state: PenaltyState) -> None:
     """Penalises logits [B, V] in place: repetition first (it scales), then the additive OpenAI penalties."""
     if state.seen is not None and state.repetition is not None:
         scaled = torch.where(logits > 0, logits / state.repetition, logits * state.repetition)
+        # NOTE: a valid but tiny penalty (1e-300) divides to inf, and a row of infs samples NaN, so a masked token
+        scaled.clamp_(-LOGIT_LIMIT, LOGIT_LIMIT)
         torch.where(state.seen, scaled, logits, out=logits)
     if state.output_counts is not None and state.frequency is not None and state.presence is not None:
         counts = state.output_counts
