@@ -23,6 +23,17 @@ def greedy_ids(engine: sgl.Engine, prompts: list[str], params: dict[str, Any] | 
     return [o["output_ids"] for o in outs]
 
 
+def plain_greedy_ids(model: Path | str, prompts: list[str], params: dict[str, Any] | None = None,
+                     **kwargs: Any) -> list[list[int]]:
+    """The oracle of the optimisation tests: ``prompts``' tokens from a fresh engine with the defaults (plus
+    ``kwargs``), shut down after."""
+    engine = make_engine(model, **kwargs)
+    try:
+        return greedy_ids(engine, prompts, params)
+    finally:
+        engine.shutdown()
+
+
 PROMPTS = [
     "The quick brown fox",
     "Once upon a time, in a land far away, there lived a",

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 import sgl
-from tests.core.engine_utils import GREEDY, PROMPTS, greedy_ids, make_engine, settled_info
+from tests.core.engine_utils import GREEDY, PROMPTS, greedy_ids, make_engine, plain_greedy_ids, settled_info
 from tests.speculative.eagle_drafts import write_eagle3_draft, write_eagle_draft, write_mirroring_pair
 
 PARAMS = {"temperature": 0.0, "max_new_tokens": 20, "ignore_eos": True}
@@ -25,11 +25,7 @@ def spec_engine(model: Path | str, **kwargs: Any) -> sgl.Engine:
 
 @pytest.fixture(scope="module")
 def plain_tokens(demo_model_dir: Path) -> list[list[int]]:
-    engine = make_engine(demo_model_dir)
-    try:
-        return greedy_ids(engine, PROMPTS, PARAMS)
-    finally:
-        engine.shutdown()
+    return plain_greedy_ids(demo_model_dir, PROMPTS, PARAMS)
 
 
 @pytest.fixture(scope="module")

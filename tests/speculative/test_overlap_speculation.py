@@ -12,7 +12,7 @@ import pytest
 
 import sgl
 from sgl.core.speculative.gate import PLAIN, SPECULATE, SpeculationGate
-from tests.core.engine_utils import PROMPTS, greedy_ids, make_engine, settled_info
+from tests.core.engine_utils import PROMPTS, make_engine, plain_greedy_ids, settled_info
 from tests.speculative.eagle_drafts import write_eagle3_draft, write_eagle_draft, write_mirroring_pair
 
 PARAMS = {"temperature": 0.0, "max_new_tokens": 24, "ignore_eos": True}
@@ -40,11 +40,7 @@ def _run(model: Path, prompts: list[str], **kwargs: Any) -> tuple[list[list[int]
 
 @pytest.fixture(scope="module")
 def plain_tokens(demo_model_dir: Path) -> list[list[int]]:
-    engine = make_engine(demo_model_dir)
-    try:
-        return greedy_ids(engine, PROMPTS, PARAMS)
-    finally:
-        engine.shutdown()
+    return plain_greedy_ids(demo_model_dir, PROMPTS, PARAMS)
 
 
 @pytest.mark.parametrize("algorithm", ["NGRAM", "EAGLE", "EAGLE3"])
@@ -82,11 +78,7 @@ def test_a_mirroring_head_is_accepted_after_overlapped_plain_steps(tmp_path: Pat
     """The hidden states that overlapped plain steps leave for the draft are those of their positions: a head that
     mirrors the target is accepted well over half the time, as without overlap (test_eagle_engine.py)."""
     target, mirror = write_mirroring_pair(tmp_path)
-    plain = make_engine(target)
-    try:
-        want = greedy_ids(plain, PROMPTS, PARAMS)
-    finally:
-        plain.shutdown()
+    want = plain_greedy_ids(target, PROMPTS, PARAMS)
     tokens, info, _ = _run(target, PROMPTS, speculative_algorithm="EAGLE", speculative_draft_model_path=str(mirror),
                            speculative_num_steps=4, disable_radix_cache=True)
     assert tokens == want

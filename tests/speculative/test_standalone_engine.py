@@ -8,18 +8,14 @@ from pathlib import Path
 import pytest
 
 from sgl.core.demo_model import write_demo_model
-from tests.core.engine_utils import PROMPTS, greedy_ids, make_engine, settled_info
+from tests.core.engine_utils import PROMPTS, greedy_ids, make_engine, plain_greedy_ids, settled_info
 
 PARAMS = {"temperature": 0.0, "max_new_tokens": 24, "ignore_eos": True}
 
 
 @pytest.fixture(scope="module")
 def plain_tokens(demo_model_dir: Path) -> list[list[int]]:
-    engine = make_engine(demo_model_dir)
-    try:
-        return greedy_ids(engine, PROMPTS, PARAMS)
-    finally:
-        engine.shutdown()
+    return plain_greedy_ids(demo_model_dir, PROMPTS, PARAMS)
 
 
 @pytest.fixture(scope="module")
