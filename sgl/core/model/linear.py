@@ -14,12 +14,7 @@ from torch import nn
 
 # NOTE: the GEMM contract lives in a leaf module (context.py needs it, and this module needs the context); it is
 # re-exported here because a layer's users reach for it beside the layers.
-from sgl.core.model.linear_method import (
-    LinearMethod,
-    ShardLayout,
-    UnquantizedLinearMethod,
-    shard_layout,
-)
+from sgl.core.model.linear_method import LinearMethod, ShardLayout, UnquantizedLinearMethod, shard_layout
 from sgl.core.model.linear_method import narrow_features as _narrow
 
 __all__ = [
