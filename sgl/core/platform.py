@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from sgl.core.attention.base import AttentionBackend
     from sgl.core.distributed.communicator import Communicator
     from sgl.core.model.linear_method import LinearMethod
+    from sgl.core.model.moe_method import MoEMethod
     from sgl.core.ops.table import Ops
     from sgl.core.sampling.sampler import Sampler
 
@@ -43,11 +44,15 @@ class Capabilities:
 
 class QuantizedGemm(Protocol):
     """What a platform asks of a quantization method (``sgl.core.quant.base.QuantizationMethod``): its reference
-    GEMM, and a faster one for these capabilities where it has one."""
+    GEMM and expert method, and faster ones for these capabilities where it has them."""
 
     def linear_method(self) -> LinearMethod: ...
 
     def kernel_linear_method(self, capabilities: Capabilities) -> LinearMethod | None: ...
+
+    def moe_method(self) -> MoEMethod | None: ...
+
+    def kernel_moe_method(self, capabilities: Capabilities) -> MoEMethod | None: ...
 
 
 _CHECKED_METHODS = (
@@ -63,6 +68,7 @@ _CHECKED_METHODS = (
     "attention_backend",
     "default_attention_backend",
     "linear_method",
+    "moe_method",
     "ops",
     "communicator",
     "graph_runner",
@@ -177,6 +183,16 @@ class Platform:
 
             return UnquantizedLinearMethod()
         return quant_config.linear_method()
+
+    def moe_method(self, quant_config: QuantizedGemm | None = None) -> MoEMethod | None:
+        """The experts hook: dense experts through ``ops().fused_moe`` without a quantization method, else the
+        method's torch reference (None: the method has no expert layout); a platform overrides this for the methods
+        it has fast expert kernels for."""
+        if quant_config is None:
+            from sgl.core.model.moe_method import UnquantizedMoEMethod
+
+            return UnquantizedMoEMethod()
+        return quant_config.moe_method()
 
     def ops(self) -> Ops:
         from sgl.core.ops.table import reference_ops

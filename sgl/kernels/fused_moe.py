@@ -12,7 +12,8 @@ top-k weights and ids [T, k] -> [T, H].
 
 NOTE: the sort is done with torch ops on the device, with no host sync: the block count is bounded by
 T*k + E*(BLOCK_M - 1) rows and blocks past the padded total exit at once, so the launch shapes depend on T only.
-FP8 block-scaled expert weights are not handled yet (they wait for the quantization work).
+``fused_moe_fp8`` runs the same sort and GEMMs over fp8 expert weights with block (or per-row) scales and fp8
+activations quantized per token (group), each K step's fp32 partial scaled by the activation's and the weight's scale.
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ import triton.language as tl
 
 from sgl.kernels._common import dot_precision, upcast_dot
 from sgl.kernels.activation import gelu_tanh_and_mul, silu_and_mul
+from sgl.kernels.fp8_gemm import block_k_for
+from sgl.kernels.fp8_quant import fp8_quantize_per_token_group
 
 _ACTIVATIONS = {"silu": silu_and_mul, "gelu_tanh": gelu_tanh_and_mul}
 
@@ -68,11 +71,13 @@ def align_tokens(topk_ids: torch.Tensor, num_experts: int, block_m: int) -> Alig
 
 @triton.jit
 def _grouped_gemm_kernel(
-    a_ptr, b_ptr, c_ptr, weight_ptr, pairs_ptr, experts_ptr, total_ptr,
-    num_pairs, N, K,
-    stride_am, stride_be, stride_bn, stride_bk, stride_cm,
+    a_ptr, b_ptr, c_ptr, weight_ptr, pairs_ptr, experts_ptr, total_ptr, sa_ptr, sb_ptr,
+    num_pairs, N, K, a_group_k, b_group_n, b_group_k,
+    stride_am, stride_be, stride_bn, stride_bk, stride_cm, stride_sam, stride_sbe, stride_sbn,
     A_ROWS_PER_PAIR: tl.constexpr,  # 1: A is indexed by pair (down GEMM); k: by token = pair // k (gate-up GEMM)
     MUL_WEIGHT: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr,
+    SCALED: tl.constexpr,  # fp8 A and B with dequantization scales, applied to each K step's fp32 partial
+    DOT_FP16: tl.constexpr,  # widen fp8 operands to fp16 (exact) for GPUs without fp8 tensor cores
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
     pid_m = tl.program_id(0)
@@ -98,7 +103,18 @@ def _grouped_gemm_kernel(
         if UPCAST:
             a = a.to(tl.float32)
             b = b.to(tl.float32)
-        acc += tl.dot(a, b.to(a.dtype), input_precision=PRECISION)
+        elif DOT_FP16:
+            a = a.to(tl.float16)
+            b = b.to(tl.float16)
+        if SCALED:
+            # NOTE: BLOCK_K divides both scale groups along K, so one scale per row and per column covers this step
+            part = tl.dot(a, b.to(a.dtype))
+            sa = tl.load(sa_ptr + a_rows * stride_sam + k0 // a_group_k, mask=row_ok, other=0.0)
+            sb = tl.load(sb_ptr + expert * stride_sbe + (offs_n // b_group_n) * stride_sbn + k0 // b_group_k,
+                         mask=n_ok, other=0.0)
+            acc += part * sa[:, None] * sb[None, :]
+        else:
+            acc += tl.dot(a, b.to(a.dtype), input_precision=PRECISION)
     if MUL_WEIGHT:
         w = tl.load(weight_ptr + pairs, mask=row_ok, other=0.0).to(tl.float32)
         acc = acc * w[:, None]
@@ -115,19 +131,33 @@ def _block_config(num_pairs: int, device: torch.device) -> tuple[int, int, int, 
     return 64, 128, 64, 8
 
 
+class Fp8Operand(NamedTuple):
+    """An fp8 operand's dequantization scales: ``scale [rows / group_n, K / group_k]`` (``[E, ...]`` for weights)."""
+
+    scale: torch.Tensor
+    group_n: int  # rows one scale covers (1 for activations: each token has its own)
+    group_k: int  # features along K one scale covers
+
+
 def _grouped_gemm(
     a: torch.Tensor, w: torch.Tensor, out: torch.Tensor, aligned: AlignedTokens, num_pairs: int, rows_per_pair: int,
     weights: torch.Tensor | None, cfg: tuple[int, int, int, int],
+    a_fp8: Fp8Operand | None = None, w_fp8: Fp8Operand | None = None, fp16_dot: bool = False,
 ) -> None:
     bm, bn, bk, warps = cfg
     n, k = w.shape[1], w.shape[2]
     grid = (aligned.block_experts.shape[0], triton.cdiv(n, bn))
+    sa = a_fp8.scale if a_fp8 is not None else out
+    sb = w_fp8.scale if w_fp8 is not None else out.view(1, *out.shape)
     _grouped_gemm_kernel[grid](
         a, w, out, weights if weights is not None else out, aligned.sorted_pairs, aligned.block_experts,
-        aligned.padded_total, num_pairs, n, k,
-        a.stride(0), w.stride(0), w.stride(1), w.stride(2), out.stride(0),
+        aligned.padded_total, sa, sb, num_pairs, n, k,
+        a_fp8.group_k if a_fp8 is not None else 1, w_fp8.group_n if w_fp8 is not None else 1,
+        w_fp8.group_k if w_fp8 is not None else 1,
+        a.stride(0), w.stride(0), w.stride(1), w.stride(2), out.stride(0), sa.stride(0), sb.stride(0), sb.stride(1),
         A_ROWS_PER_PAIR=rows_per_pair, MUL_WEIGHT=weights is not None, UPCAST=upcast_dot(a),
-        PRECISION=dot_precision(a), BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, num_warps=warps,
+        PRECISION=dot_precision(a), SCALED=w_fp8 is not None, DOT_FP16=fp16_dot and not upcast_dot(a),
+        BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, num_warps=warps,
     )
 
 
@@ -157,4 +187,50 @@ def fused_moe(
     hidden = _ACTIVATIONS[activation](gate_up)
     down = torch.zeros(num_pairs, w2.shape[1], dtype=torch.float32, device=x.device)
     _grouped_gemm(hidden, w2, down, aligned, num_pairs, 1, topk_weights.reshape(-1).float().contiguous(), cfg)
+    return down.view(t, top_k, -1).sum(dim=1).to(x.dtype)
+
+
+def fused_moe_fp8(
+    x: torch.Tensor,
+    w13: torch.Tensor,
+    w13_scale: torch.Tensor,
+    w2: torch.Tensor,
+    w2_scale: torch.Tensor,
+    topk_weights: torch.Tensor,
+    topk_ids: torch.Tensor,
+    block: tuple[int, int] | None,
+    activation: str = "silu",
+    fp16_dot: bool = False,
+) -> torch.Tensor:
+    """x [T, H] -> [T, H] with fp8 experts: W8A8, the activations entering each GEMM quantized dynamically.
+
+    ``block`` (b0, b1): ``w13_scale [E, 2I / b0, H / b1]`` and ``w2_scale [E, H / b0, I / b1]`` (rounded up), the
+    inputs per token and b1 features (DeepSeek-V3's scheme); None: per-row weight scales ``[E, rows, 1]`` and
+    per-token inputs (online FP8). The activations are rounded by sgl.kernels.fp8_quant, which gives the torch
+    reference's e4m3 values bit for bit, so this differs from the reference only in fp32 summation order and in the
+    gate-up output being stored in x's dtype.
+    """
+    if activation not in _ACTIVATIONS:
+        raise ValueError(f"unsupported MoE activation {activation!r}; supported: {', '.join(_ACTIVATIONS)}")
+    t, top_k = topk_ids.shape
+    num_pairs = t * top_k
+    h, i = w2.shape[1], w2.shape[2]
+    if num_pairs == 0:
+        return x.new_zeros(t, h)
+    fp8 = w13.dtype
+    groups = (block[1], block[1]) if block is not None else (h, i)  # activation groups along K: gate-up, down
+    w_groups = ((block[0], block[1]),) * 2 if block is not None else ((1, h), (1, i))
+    cfg = _block_config(num_pairs, x.device)
+    bk = min(cfg[2], block_k_for(h, (groups[0], w_groups[0][1])), block_k_for(i, (groups[1], w_groups[1][1])))
+    cfg = (cfg[0], cfg[1], bk, cfg[3])
+    aligned = align_tokens(topk_ids, w13.shape[0], cfg[0])
+    xq, xs = fp8_quantize_per_token_group(x.contiguous(), groups[0], fp8)
+    gate_up = torch.zeros(num_pairs, w13.shape[1], dtype=x.dtype, device=x.device)
+    _grouped_gemm(xq, w13, gate_up, aligned, num_pairs, top_k, None, cfg, Fp8Operand(xs, 1, min(groups[0], h)),
+                  Fp8Operand(w13_scale.float().contiguous(), *w_groups[0]), fp16_dot)
+    hq, hs = fp8_quantize_per_token_group(_ACTIVATIONS[activation](gate_up), groups[1], fp8)
+    down = torch.zeros(num_pairs, h, dtype=torch.float32, device=x.device)
+    _grouped_gemm(hq, w2, down, aligned, num_pairs, 1, topk_weights.reshape(-1).float().contiguous(), cfg,
+                  Fp8Operand(hs, 1, min(groups[1], i)), Fp8Operand(w2_scale.float().contiguous(), *w_groups[1]),
+                  fp16_dot)
     return down.view(t, top_k, -1).sum(dim=1).to(x.dtype)

@@ -1,4 +1,5 @@
-"""The fused Triton MoE against the reference at real MoE shapes in bf16, on a real GPU, with its bandwidth.
+"""The fused Triton MoE against the reference at real MoE shapes in bf16 (and with FP8 experts, block-wise and
+online), on a real GPU, with its bandwidth.
 
 Run on a GPU machine: ``pytest tests/gpu/test_moe_gpu.py -m gpu -s`` (``-s`` shows the timing lines).
 """
@@ -109,3 +110,86 @@ def test_triton_attention_over_the_mla_latent_pool_at_deepseek_shapes() -> None:
     for j in range(n):
         ref = _latent_attention_reference(qe[j].view(heads, -1), cache[: seq - n + j + 1], kv_lora, scale)
         torch.testing.assert_close(out[j].float(), ref, atol=2e-2, rtol=2e-2)
+
+
+# name: (experts, top_k, hidden, expert intermediate); DeepSeek-V3's expert shape with 32 of its 256 experts (the
+# reference dequantizes every expert to fp32)
+FP8_SHAPES = {
+    "qwen3-30b-a3b-fp8": (128, 8, 2048, 768),
+    "deepseek-v3-experts": (32, 8, 7168, 2048),
+}
+
+
+def _fp8_experts(e: int, h: int, i: int, block: tuple[int, int] | None) -> tuple[torch.nn.Module, object]:
+    """A layer of ``e`` random experts in the FP8 method's layout: block-quantized (as DeepSeek-V3 / Qwen3-FP8
+    releases are), or dense and quantized per row after loading (online)."""
+    from sgl.plugins.quant import fp8_math as fm
+    from sgl.plugins.quant.fp8_linear import Fp8Scheme
+    from sgl.plugins.quant.fp8_moe import Fp8MoEMethod
+
+    scheme = (Fp8Scheme("block", "group", block, scale_name="weight_scale_inv") if block is not None
+              else Fp8Scheme("channel", "token", serialized=False))
+    layer = torch.nn.Module()
+    method = Fp8MoEMethod(scheme)
+    with torch.device(DEV):
+        method.create_weights(layer, e, h, i, BF16)
+    w13, w2 = _weights(e, h, i)
+    for group, w in (("w13", w13), ("w2", w2)):
+        if block is None:
+            getattr(layer, f"{group}_weight").data.copy_(w)
+            continue
+        for x in range(e):
+            q, s = fm.quantize_blocks(w[x], block)
+            getattr(layer, f"{group}_weight").data[x].copy_(q)
+            getattr(layer, f"{group}_weight_scale_inv").data[x].copy_(s)
+    method.process_weights_after_loading(layer)
+    return layer, scheme
+
+
+@pytest.mark.parametrize("block", [(128, 128), None], ids=["block128", "online"])
+@pytest.mark.parametrize("tokens", [1, 16, 512])
+@pytest.mark.parametrize("name", sorted(FP8_SHAPES))
+def test_fused_fp8_moe_matches_reference_at_real_shapes(name: str, tokens: int, block: tuple[int, int] | None) -> None:
+    """W8A8 experts through the fused Triton kernel vs the torch reference method (bf16 activations: a gate-up value
+    rounded to the neighbouring bf16 can move its group's e4m3 scale, so the bound is on the relative norm)."""
+    from sgl.core.ops.table import reference_ops
+    from sgl.plugins.quant.fp8_moe import Fp8MoEMethod
+    from sgl.plugins.quant.triton_fp8_moe import TritonFp8MoEMethod
+
+    e, k, h, i = FP8_SHAPES[name]
+    layer, scheme = _fp8_experts(e, h, i, block)
+    x = torch.randn(tokens, h, device=DEV, dtype=BF16)
+    topk = select_experts(torch.randn(tokens, e, device=DEV), RoutingConfig(top_k=k, num_experts=e, renormalize=True))
+    fp8_dot = torch.cuda.get_device_capability() >= (8, 9)
+    out = TritonFp8MoEMethod(scheme, fp16_dot=not fp8_dot).apply(layer, reference_ops(), x, topk.weights, topk.ids,
+                                                                  "silu")
+    ref = Fp8MoEMethod(scheme).apply(layer, reference_ops(), x, topk.weights, topk.ids, "silu")
+    assert out.dtype == BF16
+    assert float((out.float() - ref.float()).norm() / ref.float().norm()) < 2e-2
+
+
+@pytest.mark.parametrize("name", sorted(FP8_SHAPES))
+def test_fused_fp8_moe_decode_bandwidth(name: str) -> None:
+    """Batch-1 decode with block-FP8 experts: prints GB/s against the active experts' fp8 bytes."""
+    from sgl.core.ops.table import reference_ops
+    from sgl.plugins.quant.triton_fp8_moe import TritonFp8MoEMethod
+
+    e, k, h, i = FP8_SHAPES[name]
+    layer, scheme = _fp8_experts(e, h, i, (128, 128))
+    method = TritonFp8MoEMethod(scheme, fp16_dot=torch.cuda.get_device_capability() < (8, 9))
+    x = torch.randn(1, h, device=DEV, dtype=BF16)
+    topk = select_experts(torch.randn(1, e, device=DEV), RoutingConfig(top_k=k, num_experts=e, renormalize=True))
+    ops = reference_ops()
+    for _ in range(3):
+        method.apply(layer, ops, x, topk.weights, topk.ids, "silu")
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    n = 50
+    start.record()
+    for _ in range(n):
+        method.apply(layer, ops, x, topk.weights, topk.ids, "silu")
+    end.record()
+    torch.cuda.synchronize()
+    ms = start.elapsed_time(end) / n
+    bytes_read = k * 3 * h * i
+    print(f"\n{name}: batch-1 fused FP8 MoE {ms * 1e3:.1f} us, {bytes_read / ms / 1e6:.0f} GB/s over the active experts")
+    assert ms > 0

@@ -3,6 +3,7 @@ single-rank MoE's output, with uneven routing (some ranks receive no tokens) and
 
 from __future__ import annotations
 
+import functools
 import os
 import socket
 
@@ -35,6 +36,11 @@ def _weights() -> tuple[torch.Tensor, torch.Tensor]:
     return torch.randn(EXPERTS, 2 * INTER, HIDDEN, generator=g) * 0.2, torch.randn(EXPERTS, HIDDEN, INTER, generator=g) * 0.2
 
 
+def _experts(w13: torch.Tensor, w2: torch.Tensor, x: torch.Tensor, weights: torch.Tensor,
+             ids: torch.Tensor) -> torch.Tensor:
+    return fused_moe(x, w13, w2, weights, ids)
+
+
 def _rank(rank: int, size: int, port: int, results: dict) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=size)
@@ -43,7 +49,8 @@ def _rank(rank: int, size: int, port: int, results: dict) -> None:
         w13, w2 = _weights()
         local = slice(place.first, place.first + place.local)
         results[rank] = [
-            expert_parallel_moe(x, topk, w13[local], w2[local], place, Communicator(), fused_moe)
+            expert_parallel_moe(x, topk, place, Communicator(),
+                                functools.partial(_experts, w13[local], w2[local]))
             for x, topk in _cases()
         ]
     finally:

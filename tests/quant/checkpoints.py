@@ -21,7 +21,9 @@ Quantizer = Callable[[str, torch.Tensor], tuple[dict[str, torch.Tensor], torch.T
 
 
 def is_linear_weight(name: str) -> bool:
-    return name.startswith("model.layers.") and name.endswith("_proj.weight")
+    """A decoder layer's projection (MoE experts' and DeepSeek's ``kv_a_proj_with_mqa`` included), never a router,
+    a norm, the embedding or the head."""
+    return name.startswith("model.layers.") and name.endswith(("_proj.weight", "_proj_with_mqa.weight"))
 
 
 def write_pair(

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import torch
 
 from sgl.core.distributed.communicator import SINGLE, ParallelState
 from sgl.core.model.linear_method import LinearMethod
+from sgl.core.model.moe_method import MoEMethod, UnquantizedMoEMethod
 from sgl.core.ops.table import Ops
 
 if TYPE_CHECKING:
@@ -18,13 +19,16 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class ModelContext:
-    """The platform's answers (ops, GEMM method), this rank's place in TP, and where and how to build weights."""
+    """The platform's answers (ops, GEMM and expert methods), this rank's place in TP, and where and how to build
+    weights."""
 
     ops: Ops
     linear_method: LinearMethod
     parallel: ParallelState
     dtype: torch.dtype
     device: torch.device
+    # NOTE: None when the quantization method has no layout for expert weights: a MoE layer then refuses to build
+    moe_method: MoEMethod | None = field(default_factory=UnquantizedMoEMethod)
 
     @classmethod
     def from_platform(
@@ -41,4 +45,5 @@ class ModelContext:
             parallel=parallel,
             dtype=dtype,
             device=device if device is not None else platform.device(parallel.device),
+            moe_method=platform.moe_method(quant_config),
         )

@@ -19,9 +19,10 @@ from sgl.core.distributed.communicator import Communicator
 from sgl.core.ops.moe_routing import TopKOutput
 
 
-class FusedMoEOp(Protocol):
-    def __call__(self, x: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor, topk_weights: torch.Tensor,
-                 topk_ids: torch.Tensor, activation: str = "silu") -> torch.Tensor: ...
+class LocalExperts(Protocol):
+    """This rank's experts: ``x [T, H]``, weights and local ids ``[T, k]`` -> ``[T, H]`` (a MoE layer's method)."""
+
+    def __call__(self, x: torch.Tensor, topk_weights: torch.Tensor, topk_ids: torch.Tensor) -> torch.Tensor: ...
 
 
 @dataclass(frozen=True)
@@ -49,14 +50,13 @@ class ExpertPlacement:
 
 
 def expert_parallel_moe(
-    x: torch.Tensor, topk: TopKOutput, w13: torch.Tensor, w2: torch.Tensor, placement: ExpertPlacement,
-    comm: Communicator, fused_moe: FusedMoEOp, activation: str = "silu",
+    x: torch.Tensor, topk: TopKOutput, placement: ExpertPlacement, comm: Communicator, experts: LocalExperts,
 ) -> torch.Tensor:
     """x [T, H] (the same on every rank) -> [T, H], the routed experts' weighted sum, the same on every rank."""
     ep, rank = placement.ep_size, placement.ep_rank
     total = x.shape[0]
     if total == 0:
-        return x.new_zeros(0, w2.shape[1])
+        return x.new_zeros(0, x.shape[1])
     per_rank = -(-total // ep)
     start, stop = min(rank * per_rank, total), min((rank + 1) * per_rank, total)
     mine, ids, weights = x[start:stop], topk.ids[start:stop], topk.weights[start:stop]
@@ -72,9 +72,9 @@ def expert_parallel_moe(
     local_ids, recv_counts = comm.all_to_all((flat_ids - owner * placement.local)[order], send_counts)
 
     ones = torch.ones(rows.shape[0], 1, dtype=torch.float32, device=x.device)
-    outputs = fused_moe(rows, w13, w2, ones, local_ids[:, None], activation)
+    outputs = experts(rows, ones, local_ids[:, None])
     back, _ = comm.all_to_all(outputs, recv_counts)
 
-    combined = torch.zeros(per_rank, w2.shape[1], dtype=torch.float32, device=x.device)
+    combined = torch.zeros(per_rank, x.shape[1], dtype=torch.float32, device=x.device)
     combined.index_add_(0, token_of[order], back.float() * weights.reshape(-1)[order, None].float())
     return comm.all_gather(combined.to(x.dtype), dim=0)[:total]

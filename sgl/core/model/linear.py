@@ -15,6 +15,7 @@ from torch import nn
 # NOTE: the GEMM contract lives in a leaf module (context.py needs it, and this module needs the context); it is
 # re-exported here because a layer's users reach for it beside the layers.
 from sgl.core.model.linear_method import LinearMethod, ShardLayout, UnquantizedLinearMethod, shard_layout
+from sgl.core.model.linear_method import narrow_features as _narrow
 
 __all__ = [
     "ColumnParallelLinear", "LinearBase", "LinearMethod", "MergedColumnParallelLinear", "OutputAdapter",
@@ -30,15 +31,6 @@ def _copy_checked(dst: torch.Tensor, src: torch.Tensor) -> None:
     if dst.shape != src.shape:
         raise ValueError(f"shape mismatch: checkpoint shard {tuple(src.shape)} vs parameter {tuple(dst.shape)}")
     dst.copy_(src)
-
-
-def _narrow(t: torch.Tensor, dim: int | None, start: int, size: int, unit: int) -> torch.Tensor:
-    """Features ``[start, start + size)`` of ``t`` along ``dim``, where one index covers ``unit`` features."""
-    if dim is None:
-        return t
-    if start % unit:
-        raise ValueError(f"a shard starting at feature {start} does not fall on the parameter's block of {unit}")
-    return t.narrow(dim, start // unit, -(-size // unit))
 
 
 def _copy_per_shard(param: nn.Parameter, loaded: torch.Tensor, index: int | None) -> None:

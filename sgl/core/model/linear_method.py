@@ -41,6 +41,15 @@ def shard_layout(param: nn.Parameter) -> ShardLayout:
     return DENSE_WEIGHT if param.dim() >= 2 else DENSE_BIAS
 
 
+def narrow_features(t: torch.Tensor, dim: int | None, start: int, size: int, unit: int) -> torch.Tensor:
+    """Features ``[start, start + size)`` of ``t`` along ``dim``, where one index covers ``unit`` features."""
+    if dim is None:
+        return t
+    if start % unit:
+        raise ValueError(f"a shard starting at feature {start} does not fall on the parameter's block of {unit}")
+    return t.narrow(dim, start // unit, -(-size // unit))
+
+
 class LinearMethod(ABC):
     """How a linear layer's weights are created and applied (a quantization method supplies its own).
 
@@ -63,6 +72,12 @@ class LinearMethod(ABC):
 
         NOTE: online quantization happens here (the layer loaded dense weights); the default keeps them as they are.
         """
+
+    def dequantized_weight(self, layer: nn.Module) -> torch.Tensor:
+        """The ``[out, in]`` float weight this layer computes with, for code that needs the matrix rather than the
+        product (MLA folds ``kv_b_proj`` into its attention). A quantized layout overrides it with its dequantization.
+        """
+        return cast(torch.Tensor, layer.weight)
 
 
 class UnquantizedLinearMethod(LinearMethod):

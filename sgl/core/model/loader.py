@@ -63,11 +63,21 @@ def load_model(
 
 @torch.no_grad()
 def process_weights_after_loading(model: nn.Module) -> None:
-    """Each linear layer's method finishes its weights once all arrived (online quantization, scale folding)."""
+    """Each linear and MoE layer's method finishes its weights once all arrived (online quantization, scale
+    folding); then each module with a ``weights_loaded()`` method derives what it keeps from its sublayers' weights.
+
+    NOTE: two passes, so a module that reads a sublayer's final weights (MLA dequantizing its ``kv_b_proj``) runs
+    after every method has finished with them.
+    """
     for module in model.modules():
-        method = getattr(module, "linear_method", None)
-        if method is not None and hasattr(method, "process_weights_after_loading"):
-            method.process_weights_after_loading(module)
+        for attr in ("linear_method", "moe_method"):
+            method = getattr(module, attr, None)
+            if method is not None and hasattr(method, "process_weights_after_loading"):
+                method.process_weights_after_loading(module)
+    for module in model.modules():
+        finish = getattr(module, "weights_loaded", None)
+        if callable(finish):
+            finish()
 
 
 def load_checkpoint(model: nn.Module, model_path: str) -> None:

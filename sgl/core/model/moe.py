@@ -2,9 +2,10 @@
 
 Every expert's gate and up projections live in one ``w13 [E, 2 * I, H]`` tensor and its down projection in
 ``w2 [E, H, I]``, so a fused kernel sees all experts at once; checkpoints store one tensor per expert and projection
-(``experts.{e}.gate_proj.weight``), which ``ExpertWeights`` routes into place. Under tensor parallelism each rank
-holds every expert's slice of the intermediate dimension and the partial outputs are summed, as in a row-parallel
-linear.
+(``experts.{e}.gate_proj.weight``, and a quantized layout's scales beside it), which ``ExpertWeights`` routes into
+place. The context's MoEMethod decides which tensors exist (dense, or fp8 with block scales) and computes with them.
+Under tensor parallelism each rank holds every expert's slice of the intermediate dimension and the partial outputs
+are summed, as in a row-parallel linear.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from sgl.core.model.expert_parallel import ExpertPlacement, expert_parallel_moe
+from sgl.core.model.linear_method import narrow_features, shard_layout
 from sgl.core.ops.moe_routing import RoutingConfig, TopKOutput, select_experts
 
 if TYPE_CHECKING:
@@ -25,36 +27,43 @@ if TYPE_CHECKING:
 
 
 class ExpertParam(NamedTuple):
-    """Checkpoint tensors ``...experts.{e}.{source}.weight`` load into ``...experts.{target}`` as ``shard``."""
+    """Checkpoint tensors ``...experts.{e}.{source}.<suffix>`` load into ``...experts.{target}_<suffix>`` as
+    ``shard`` (``<suffix>``: ``weight``, and a quantized layout's scales such as ``weight_scale_inv``)."""
 
     source: str  # "gate_proj" (Qwen, DeepSeek) or "w1" (Mixtral)
-    target: str  # "w13_weight" or "w2_weight"
+    target: str  # "w13" or "w2"
     shard: str  # "w1" (gate), "w3" (up) or "w2" (down)
 
 
 # NOTE: Hugging Face names (Qwen-MoE, DeepSeek) and Mixtral's original ones.
 HF_EXPERT_PARAMS = (
-    ExpertParam("gate_proj", "w13_weight", "w1"),
-    ExpertParam("up_proj", "w13_weight", "w3"),
-    ExpertParam("down_proj", "w2_weight", "w2"),
+    ExpertParam("gate_proj", "w13", "w1"),
+    ExpertParam("up_proj", "w13", "w3"),
+    ExpertParam("down_proj", "w2", "w2"),
 )
 MIXTRAL_EXPERT_PARAMS = (
-    ExpertParam("w1", "w13_weight", "w1"),
-    ExpertParam("w3", "w13_weight", "w3"),
-    ExpertParam("w2", "w2_weight", "w2"),
+    ExpertParam("w1", "w13", "w1"),
+    ExpertParam("w3", "w13", "w3"),
+    ExpertParam("w2", "w2", "w2"),
 )
 
-_EXPERT_NAME = re.compile(r"^(?P<prefix>.+\.experts)\.(?P<expert>\d+)\.(?P<proj>[A-Za-z0-9_]+)\.weight$")
+_EXPERT_NAME = re.compile(
+    r"^(?P<prefix>.+\.experts)\.(?P<expert>\d+)\.(?P<proj>[A-Za-z0-9_]+)\.(?P<suffix>weight[A-Za-z0-9_]*)$"
+)
 
 
 class FusedMoE(nn.Module):
-    """The routed experts of one layer: ``forward(x, topk) -> [T, H]`` through the platform's ``fused_moe`` op."""
+    """The routed experts of one layer: ``forward(x, topk) -> [T, H]`` through the context's MoEMethod (dense
+    experts: the platform's ``fused_moe`` op; a quantization method's own layout otherwise)."""
 
     def __init__(
         self, num_experts: int, hidden_size: int, intermediate_size: int, ctx: ModelContext,
         activation: str = "silu", reduce_results: bool = True,
     ) -> None:
         super().__init__()
+        if ctx.moe_method is None:
+            raise ValueError("MoE experts: the quantization method in use has no layout for expert weights; "
+                             "docs/quantization.md lists the methods that have one")
         parallel = ctx.parallel
         # NOTE: under expert parallel a rank holds its experts whole; otherwise every expert's 1/tp slice
         self.placement = ExpertPlacement(num_experts, parallel.tp_rank if parallel.ep_size > 1 else 0,
@@ -69,38 +78,51 @@ class FusedMoE(nn.Module):
         self.tp_rank, self.tp_size = (0, 1) if parallel.ep_size > 1 else (parallel.tp_rank, tp)
         self.activation = activation
         self.reduce_results = reduce_results
-        i, local = self.intermediate_size, self.placement.local
-        self.w13_weight = nn.Parameter(torch.empty(local, 2 * i, hidden_size, dtype=ctx.dtype), requires_grad=False)
-        self.w2_weight = nn.Parameter(torch.empty(local, hidden_size, i, dtype=ctx.dtype), requires_grad=False)
-        for p in (self.w13_weight, self.w2_weight):
+        self.moe_method = ctx.moe_method
+        self.moe_method.create_weights(self, self.placement.local, hidden_size, self.intermediate_size, ctx.dtype)
+        for p in self.parameters(recurse=False):
             p.weight_loader = self.weight_loader  # type: ignore[attr-defined]
             p.num_experts = num_experts  # type: ignore[attr-defined]  # all of them, for the loader's completeness check
 
     def weight_loader(self, param: nn.Parameter, loaded: torch.Tensor, shard_id: tuple[int, str]) -> None:
         """Copies this rank's slice of expert ``shard_id[0]``'s ``shard_id[1]`` ("w1", "w3" or "w2") into ``param``;
-        under expert parallel, an expert another rank holds is skipped."""
+        under expert parallel, an expert another rank holds is skipped.
+
+        NOTE: ``param``'s ``shard_layout`` maps one expert's ``[out, in]`` matrix onto its tensor (a block scale
+        covers ``output_unit x input_unit`` features), so fp8 values and their scales slice by the same rule.
+        """
         expert, shard = shard_id
         if not 0 <= expert < self.num_experts:
             raise ValueError(f"expert {expert} is outside the model's {self.num_experts} experts")
         if not self.placement.holds(expert):
             return
         expert -= self.placement.first
+        lay = shard_layout(param)
         i = self.intermediate_size
-        dim = 1 if shard == "w2" else 0  # down is split on its input features, gate and up on their outputs
         full = (self.hidden_size, i * self.tp_size) if shard == "w2" else (i * self.tp_size, self.hidden_size)
-        if tuple(loaded.shape) != full:
-            raise ValueError(f"shape mismatch: expert {expert} {shard} {tuple(loaded.shape)}, expected {full}")
-        dst = param.data[expert] if shard == "w2" else param.data[expert].narrow(0, 0 if shard == "w1" else i, i)
-        dst.copy_(loaded.narrow(dim, self.tp_rank * i, i))
+        want = (-(-full[0] // lay.output_unit), -(-full[1] // lay.input_unit))
+        if tuple(loaded.shape) != want:
+            raise ValueError(f"shape mismatch: expert {expert} {shard} {tuple(loaded.shape)}, expected {want}")
+        # down is split on its input features, gate and up on their outputs
+        dim, unit = (lay.input_dim, lay.input_unit) if shard == "w2" else (lay.output_dim, lay.output_unit)
+        src = narrow_features(loaded, dim, self.tp_rank * i, i, unit)
+        dst = param.data[expert]
+        if shard != "w2":
+            dst = narrow_features(dst, lay.output_dim, 0 if shard == "w1" else i, i, lay.output_unit)
+        if dst.shape != src.shape:
+            raise ValueError(f"shape mismatch: expert {expert} {shard} slice {tuple(src.shape)} vs {tuple(dst.shape)}")
+        dst.copy_(src)
 
     def forward(self, x: torch.Tensor, topk: TopKOutput) -> torch.Tensor:
         if self.placement.ep_size > 1:
-            return expert_parallel_moe(x, topk, self.w13_weight, self.w2_weight, self.placement,
-                                       self.ctx.parallel.comm, self.ctx.ops.fused_moe, self.activation)
-        out = self.ctx.ops.fused_moe(x, self.w13_weight, self.w2_weight, topk.weights, topk.ids, self.activation)
+            return expert_parallel_moe(x, topk, self.placement, self.ctx.parallel.comm, self._run_experts)
+        out = self._run_experts(x, topk.weights, topk.ids)
         if self.reduce_results and self.tp_size > 1:
             out = self.ctx.parallel.comm.all_reduce(out)
         return out
+
+    def _run_experts(self, x: torch.Tensor, topk_weights: torch.Tensor, topk_ids: torch.Tensor) -> torch.Tensor:
+        return self.moe_method.apply(self, self.ctx.ops, x, topk_weights, topk_ids, self.activation)
 
     def extra_repr(self) -> str:
         ep = f", ep={self.placement.ep_size} (local {self.placement.local})" if self.placement.ep_size > 1 else ""
@@ -146,7 +168,7 @@ class ExpertWeights:
         if match is None or match["proj"] not in self.mapping:
             return False
         m = self.mapping[match["proj"]]
-        target = f"{match['prefix']}.{m.target}"
+        target = f"{match['prefix']}.{m.target}_{match['suffix']}"
         if target not in self.params:
             raise ValueError(f"unexpected tensor {name!r} in the checkpoint: the model has no parameter {target!r}")
         shard: Any = (int(match["expert"]), m.shard)
@@ -160,14 +182,15 @@ class ExpertWeights:
     def finish(self) -> set[str]:
         """The fused parameters fully loaded; raises naming the first missing tensors of a partial one."""
         for target, shards in self.seen.items():
-            layer = target.rsplit(".", 1)[0]
+            layer, param = target.rsplit(".", 1)
+            group, suffix = param.split("_", 1)
             want = {
                 (e, m.shard) for e in range(getattr(self.params[target], "num_experts", self.params[target].shape[0]))
-                for m in self.mapping.values() if m.target == target.rsplit(".", 1)[1]
+                for m in self.mapping.values() if m.target == group
             }
             missing = sorted(want - shards)
             if missing:
                 src = {m.shard: m.source for m in self.mapping.values()}
-                names = ", ".join(f"{layer}.{e}.{src[s]}.weight" for e, s in missing[:8])
+                names = ", ".join(f"{layer}.{e}.{src[s]}.{suffix}" for e, s in missing[:8])
                 raise ValueError(f"missing tensor(s) {names} in the checkpoint ({len(missing)} in all)")
         return set(self.seen)

@@ -22,7 +22,7 @@ from sgl.core.model.attention import Attention
 from sgl.core.model.config import ModelConfig
 from sgl.core.model.context import ModelContext
 from sgl.core.model.layernorm import RMSNorm
-from sgl.core.model.linear import ColumnParallelLinear, ReplicatedLinear, RowParallelLinear
+from sgl.core.model.linear import ColumnParallelLinear, ReplicatedLinear, RowParallelLinear, UnquantizedLinearMethod
 from sgl.core.model.rotary import RotaryEmbedding
 from sgl.core.runner.forward_batch import ForwardBatch
 
@@ -63,16 +63,37 @@ class DeepseekMLA(nn.Module):
         self.kv_b_proj = ColumnParallelLinear(self.kv_lora, config.num_heads * (self.nope + self.v_dim), False, ctx)
         self.o_proj = RowParallelLinear(config.num_heads * self.v_dim, hidden, bias, ctx)
         self.num_heads = config.num_heads // ctx.parallel.tp_size
+        self.dtype = ctx.dtype
         self.rotary_emb = rotary_emb
         self.attn = Attention(
             self.num_heads, 1, self.kv_lora + self.rope, mla_softmax_scale(config), layer_id, v_head_dim=self.kv_lora
         )
 
+    @torch.no_grad()
+    def weights_loaded(self) -> None:
+        """A quantized ``kv_b_proj`` (block FP8 in DeepSeek-V3's release) becomes its dequantized weight in the model's
+        dtype, once, after loading: it is only ever used folded into attention, where the absorbed einsums need its
+        matrix, not its product. The quantized tensors are dropped; the layer is dense from then on.
+
+        NOTE: this costs 2 bytes a weight instead of one (V3: 16.8M weights a layer); attention's arithmetic sees the
+        checkpoint's weights exactly up to the bf16 rounding of scale times value.
+        """
+        layer = self.kv_b_proj
+        weight: Any = getattr(layer, "weight", None)
+        if isinstance(weight, torch.Tensor) and weight.is_floating_point() and weight.element_size() > 1:
+            return
+        dense = layer.linear_method.dequantized_weight(layer).to(self.dtype)
+        for name, _ in list(layer.named_parameters(recurse=False)):
+            delattr(layer, name)
+        layer.register_parameter("weight", nn.Parameter(dense.contiguous(), requires_grad=False))
+        layer.register_parameter("bias", None)
+        layer.linear_method = UnquantizedLinearMethod()
+
     def _absorbed(self) -> tuple[torch.Tensor, torch.Tensor]:
         """kv_b_proj's weight split per head into W_UK [H, nope, kv_lora] and W_UV [H, v, kv_lora]."""
         weight: Any = self.kv_b_proj.weight
         if not isinstance(weight, torch.Tensor) or not weight.is_floating_point() or weight.element_size() == 1:
-            raise NotImplementedError("MLA's absorbed projections need an unquantized kv_b_proj")
+            raise RuntimeError("MLA's absorbed projections need kv_b_proj dense: weights_loaded() has not run")
         w = weight.view(self.num_heads, self.nope + self.v_dim, self.kv_lora)
         return w[:, : self.nope], w[:, self.nope :]
 

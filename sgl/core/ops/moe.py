@@ -7,6 +7,8 @@ right: the CPU path and the oracle the fused Triton kernel is tested against.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
 from sgl.core.ops import reference
@@ -21,8 +23,14 @@ def fused_moe(
     topk_weights: torch.Tensor,
     topk_ids: torch.Tensor,
     activation: str = "silu",
+    quantize: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    hidden_dtype: torch.dtype | None = None,
 ) -> torch.Tensor:
     """x [T, H] -> [T, H] = sum_k weights[t, k] * down_e(act(gate_e(x)) * up_e(x)) with e = ids[t, k].
+
+    ``quantize`` (W8A8 expert layouts): what each GEMM's input rows become first (rounded through fp8 per token);
+    ``hidden_dtype``: the dtype the gate-up output is rounded to before the activation (the model's, as a fused
+    kernel stores it), when x itself is widened for the reference's arithmetic.
 
     NOTE: ids outside [0, E) are skipped (a rank's non-local experts under expert parallelism are marked that way).
     """
@@ -38,7 +46,11 @@ def fused_moe(
             continue
         hit = (flat_ids == e).nonzero().squeeze(1)
         rows = token_of[hit]
-        h = act(torch.nn.functional.linear(x[rows], w13[e]))
-        y = torch.nn.functional.linear(h, w2[e])
+        rows_in = x[rows] if quantize is None else quantize(x[rows])
+        gate_up = torch.nn.functional.linear(rows_in, w13[e])
+        if hidden_dtype is not None:
+            gate_up = gate_up.to(hidden_dtype)
+        h = act(gate_up).to(w2.dtype)
+        y = torch.nn.functional.linear(h if quantize is None else quantize(h), w2[e])
         out.index_add_(0, rows, y.float() * flat_w[hit, None])
     return out.to(x.dtype)

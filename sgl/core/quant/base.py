@@ -2,10 +2,12 @@
 method that computes with them.
 
 Methods register by name through ``sgl_quantization_methods``. The name comes from ``--quantization NAME``, else
-from the ``quant_method`` of the checkpoint's ``quantization_config`` (config.json). The core calls two things:
-``from_config`` once at startup, and ``linear_method()`` once, through ``Platform.linear_method(method)``, when the
-model context is built; every linear layer then creates and applies its weights through that LinearMethod. A
-platform that accelerates a method answers with its own kernel there; the method's torch reference is the fallback.
+from the ``quant_method`` of the checkpoint's ``quantization_config`` (config.json). The core calls ``from_config``
+once at startup, and ``linear_method()`` and ``moe_method()`` once each, through
+``Platform.linear_method(method)`` and ``Platform.moe_method(method)``, when the model context is built; every linear
+layer then creates and applies its weights through that LinearMethod, every MoE layer its experts through that
+MoEMethod. A platform that accelerates a method answers with its own kernel there; the method's torch reference is
+the fallback.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from sgl.core.registry import Registry, select_class
 
 if TYPE_CHECKING:
     from sgl.core.model.linear_method import LinearMethod
+    from sgl.core.model.moe_method import MoEMethod
     from sgl.core.platform import Capabilities, Platform
 
 logger = logging.getLogger(__name__)
@@ -61,6 +64,16 @@ class QuantizationMethod(ABC):
         NOTE: platforms ask this from ``Platform.linear_method``; the answer must compute what ``linear_method()``
         computes (it is tested against it), so a platform may always fall back to the reference.
         """
+        return None
+
+    def moe_method(self) -> MoEMethod | None:
+        """The torch reference MoEMethod for this layout's expert weights, or None when the method has none (a MoE
+        model then fails to build with one line saying so, rather than loading its experts unquantized)."""
+        return None
+
+    def kernel_moe_method(self, capabilities: Capabilities) -> MoEMethod | None:
+        """A faster MoEMethod for these capabilities (a fused Triton kernel), or None; it must compute what
+        ``moe_method()`` computes. Platforms ask this from ``Platform.moe_method``."""
         return None
 
 

@@ -20,6 +20,7 @@ from sgl.core.platform import Capabilities, Platform
 
 if TYPE_CHECKING:
     from sgl.core.model.linear import LinearMethod
+    from sgl.core.model.moe_method import MoEMethod
 
 logger = logging.getLogger(__name__)
 
@@ -140,6 +141,17 @@ class CudaPlatform(Platform):
         from sgl.kernels.linear_method import SkinnyLinearMethod
 
         return SkinnyLinearMethod()
+
+    def moe_method(self, quant_config: Any = None) -> MoEMethod | None:
+        """Dense experts take the ops table's fused_moe (the Triton kernel); a quantization method's experts take
+        its Triton MoE method where it has one, else its torch reference (logged once)."""
+        if quant_config is None:
+            return super().moe_method(quant_config)
+        fast = quant_config.kernel_moe_method(self.capabilities) if _has_triton() else None
+        if fast is None:
+            _log_once(f"{type(quant_config).__name__}: no MoE kernel for this GPU; experts run its torch reference")
+            return super().moe_method(quant_config)
+        return fast  # type: ignore[no-any-return]
 
     def ops(self) -> Ops:
         if not _has_triton():

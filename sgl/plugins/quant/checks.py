@@ -10,9 +10,10 @@ import torch
 if TYPE_CHECKING:
     from sgl.core.platform import Platform
 
-# NOTE: quantization applies to the linear layers; these modules are never linear layers here, so a checkpoint that
-# leaves them unquantized asks for what happens anyway.
-_NEVER_QUANTIZED = ("lm_head", "embed_tokens")
+# NOTE: quantization applies to the linear layers and MoE experts; these modules are never quantized here (the head,
+# the embedding, every norm, MoE routers), so a checkpoint that leaves them unquantized asks for what happens anyway.
+# Qwen3-MoE FP8 releases list each layer's norms and ``mlp.gate`` router.
+_NEVER_QUANTIZED = ("lm_head", "embed_tokens", "norm", "mlp.gate", "shared_expert_gate")
 
 
 def refuse_ignored_linears(method: str, names: Iterable[str] | None) -> None:

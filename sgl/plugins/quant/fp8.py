@@ -18,9 +18,11 @@ import torch
 from sgl.core.quant.base import QuantizationMethod
 from sgl.plugins.quant.checks import refuse_ignored_linears, require_float8
 from sgl.plugins.quant.fp8_linear import Fp8LinearMethod, Fp8Scheme, fast_fp8_linear_method
+from sgl.plugins.quant.fp8_moe import Fp8MoEMethod, fast_fp8_moe_method
 
 if TYPE_CHECKING:
     from sgl.core.model.linear_method import LinearMethod
+    from sgl.core.model.moe_method import MoEMethod
     from sgl.core.platform import Capabilities, Platform
 
 NAME = "fp8"
@@ -48,6 +50,12 @@ class Fp8Family(QuantizationMethod):
 
     def kernel_linear_method(self, capabilities: Capabilities) -> LinearMethod | None:
         return fast_fp8_linear_method(self.scheme, capabilities, self.fp8_dtype)
+
+    def moe_method(self) -> MoEMethod | None:
+        return Fp8MoEMethod(self.scheme, self.fp8_dtype)
+
+    def kernel_moe_method(self, capabilities: Capabilities) -> MoEMethod | None:
+        return fast_fp8_moe_method(self.scheme, capabilities, self.fp8_dtype)
 
 
 class Fp8Method(Fp8Family):

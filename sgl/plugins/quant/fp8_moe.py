@@ -1,0 +1,138 @@
+"""FP8 experts: the MoEMethod of the ``fp8`` quantization method (block-wise checkpoints, and online FP8).
+
+- block-wise (DeepSeek-V3, Qwen3-*-FP8): each expert's ``gate_proj``/``up_proj``/``down_proj`` carry an e4m3
+  ``weight`` and a float32 ``weight_scale_inv`` per ``b0 x b1`` tile; they load into ``w13_weight [E, 2I, H]`` with
+  ``w13_weight_scale_inv [E, 2I / b0, H / b1]`` and ``w2_weight [E, H, I]`` with ``w2_weight_scale_inv
+  [E, H / b0, I / b1]`` (rounded up).
+- online (``--quantization fp8`` on a dense checkpoint): dense experts quantized per output row after loading.
+
+Both compute W8A8 as the linear layers of the same method do, and as DeepSeek-V3 itself runs: the input of each
+expert GEMM is quantized dynamically per token and ``b1`` features (per token for online FP8). The reference below
+dequantizes the weights and runs the core's reference MoE on e4m3-rounded inputs; the Triton method computes the same
+with fp8 operands.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import TYPE_CHECKING, cast
+
+import torch
+from torch import nn
+
+from sgl.core.model.linear_method import ShardLayout
+from sgl.core.model.moe_method import MoEMethod
+from sgl.core.ops import moe as reference_moe
+from sgl.plugins.quant import fp8_math as fm
+from sgl.plugins.quant.fp8_linear import Fp8Scheme
+from sgl.plugins.quant.params import dummy_normal_cast, dummy_scale, quant_param, replace_param
+
+if TYPE_CHECKING:
+    from sgl.core.ops.table import Ops
+    from sgl.core.platform import Capabilities
+
+GROUPS = ("w13", "w2")
+_WHOLE_ROW = 1 << 62  # a group longer than any row: one scale per token
+
+
+def check_moe_scheme(scheme: Fp8Scheme) -> None:
+    """The FP8 layouts experts support: block-wise with per-token-group inputs, and online. One line otherwise."""
+    if not scheme.serialized:
+        return
+    if scheme.weight != "block" or scheme.activation != "group":
+        raise ValueError(f"MoE experts: FP8 {scheme.weight} weight scales with {scheme.activation} activations are not "
+                         "supported yet (block-wise checkpoints and --quantization fp8 on a dense one are)")
+
+
+class Fp8MoEMethod(MoEMethod):
+    """After loading, each group (``w13``, ``w2``) holds an fp8 ``<group>_weight`` and its scale: the block scale
+    ``<group>_weight_scale_inv`` (block-wise), or a per-row ``<group>_weight_scale [E, rows, 1]`` (online)."""
+
+    def __init__(self, scheme: Fp8Scheme, fp8_dtype: torch.dtype = fm.FP8) -> None:
+        self.scheme = scheme
+        self.fp8_dtype = fp8_dtype
+
+    @property
+    def block(self) -> tuple[int, int] | None:
+        return self.scheme.block if self.scheme.serialized else None
+
+    def scale_name(self, group: str) -> str:
+        return f"{group}_{self.scheme.scale_name if self.block is not None else 'weight_scale'}"
+
+    def create_weights(
+        self, layer: nn.Module, num_experts: int, hidden_size: int, intermediate_size: int, dtype: torch.dtype
+    ) -> None:
+        check_moe_scheme(self.scheme)  # NOTE: here, not at construction: a dense model of that layout still serves
+        e, h, i = num_experts, hidden_size, intermediate_size
+        shapes = {"w13": (2 * i, h), "w2": (h, i)}
+        if self.block is None:
+            for group, (rows, cols) in shapes.items():
+                layer.register_parameter(
+                    f"{group}_weight", nn.Parameter(torch.empty(e, rows, cols, dtype=dtype), requires_grad=False)
+                )
+            return
+        b0, b1 = self.block
+        tp = int(getattr(layer, "tp_size", 1))
+        # NOTE: gate and up stack into one tensor whose block rows must not straddle them; a TP split of down's
+        # input must start on a block
+        if i % b0 or (tp > 1 and i % b1):
+            raise ValueError(f"fp8 block {[b0, b1]}: the experts' intermediate size on this rank ({i}) is not a whole "
+                             f"number of {b0 if i % b0 else b1}-feature blocks; use fewer TP ranks or --ep-size")
+        for group, (rows, cols) in shapes.items():
+            quant_param(layer, f"{group}_weight", torch.empty(e, rows, cols, dtype=fm.FP8), ShardLayout(),
+                        dummy_normal_cast)
+            quant_param(layer, self.scale_name(group), torch.empty(e, -(-rows // b0), -(-cols // b1),
+                                                                   dtype=torch.float32),
+                        ShardLayout(0, 1, b0, b1), dummy_scale)
+
+    @torch.no_grad()
+    def process_weights_after_loading(self, layer: nn.Module) -> None:
+        for group in GROUPS:
+            weight = cast(torch.Tensor, getattr(layer, f"{group}_weight"))
+            if self.block is None:
+                q, scale = fm.quantize_per_row(weight.reshape(-1, weight.shape[-1]), self.fp8_dtype)
+                replace_param(layer, f"{group}_weight", q.view(weight.shape))
+                replace_param(layer, self.scale_name(group), scale.view(*weight.shape[:2], 1))
+            elif self.fp8_dtype == fm.FNUZ:  # NOTE: the same bytes mean half as much in fnuz: scales double
+                replace_param(layer, f"{group}_weight", fm.to_e4m3fnuz(weight))
+                scale = cast(torch.Tensor, getattr(layer, self.scale_name(group)))
+                replace_param(layer, self.scale_name(group), scale * 2)
+
+    def dequantized(self, layer: nn.Module, group: str) -> torch.Tensor:
+        """``<group>_weight`` as float32 ``[E, rows, cols]``: each expert's values times its scales."""
+        w = cast(torch.Tensor, getattr(layer, f"{group}_weight")).float()
+        scale = cast(torch.Tensor, getattr(layer, self.scale_name(group))).float()
+        if self.block is None:
+            return w * scale
+        _, rows, cols = w.shape
+        b0, b1 = self.block
+        return w * scale.repeat_interleave(b0, 1)[:, :rows].repeat_interleave(b1, 2)[:, :, :cols]
+
+    @property
+    def input_group(self) -> int:
+        """Features per activation scale: the block's columns, or a whole row (per token) for online FP8."""
+        return self.block[1] if self.block is not None else _WHOLE_ROW
+
+    def apply(
+        self, layer: nn.Module, ops: Ops, x: torch.Tensor, topk_weights: torch.Tensor, topk_ids: torch.Tensor,
+        activation: str,
+    ) -> torch.Tensor:
+        quantize = functools.partial(_fake_quantize, group=self.input_group, dtype=self.fp8_dtype)
+        out = reference_moe.fused_moe(x.float(), self.dequantized(layer, "w13"), self.dequantized(layer, "w2"),
+                                      topk_weights, topk_ids, activation, quantize, hidden_dtype=x.dtype)
+        return out.to(x.dtype)
+
+
+def _fake_quantize(x: torch.Tensor, group: int, dtype: torch.dtype) -> torch.Tensor:
+    return fm.fake_quantize_per_token_group(x, group, dtype)
+
+
+def fast_fp8_moe_method(
+    scheme: Fp8Scheme, capabilities: Capabilities, fp8_dtype: torch.dtype = fm.FP8
+) -> MoEMethod | None:
+    """The fused Triton FP8 MoE where the platform runs Triton (imported only then: it imports triton)."""
+    if not capabilities.triton:
+        return None
+    from sgl.plugins.quant.triton_fp8_moe import TritonFp8MoEMethod
+
+    return TritonFp8MoEMethod(scheme, fp8_dtype, fp16_dot=not capabilities.fp8)
