@@ -14,17 +14,21 @@ MODEL is ``demo`` (default: the tiny CPU model, whose forward is so cheap that h
   real draft and verify work at a chosen acceptance.
 
 Each line of output is JSON: the median (of ``--reps`` runs) wall ms per decode step and per generated token, the
-tokens per decode step (the acceptance length), and the step split into parts (ms per decode step, exclusive: a part's time excludes the parts
-inside it): draft (and its batch build and forward), verify slots, verify batch build, forward, logits, sampling,
-accept rule, verify glue (building VerifyBatch, slicing the results), output handling (process_verify/_decode),
-KV slot freeing, gate bookkeeping (with ``--gate``; else every step drafts), decode batch scheduling, prefill check,
-outputs collection, and ``other`` (the step's remainder). On a GPU, wall time of a part includes whatever it waited
-for (a ``.tolist()`` waits for the device); ``--sync`` synchronises the device at the end of every part so device
-time is charged to the part that launched it (it changes the timeline: compare parts, not totals), and with CUDA
-the probe also counts the synchronising calls per decode step (``torch.cuda.set_sync_debug_mode``). ``--profile N``
-prints a cProfile of one more run per variant (top N by own time). ``--overlap`` forces the overlap loop (a GPU
-platform turns it on itself). On the CPU the engine's torch threads default to 1 here (``SGL_CPU_THREADS``): the
-demo model's ops are too small to gain from more, and on a shared host extra threads only add noise.
+tokens per decode step (the acceptance length), and the step split into parts (ms per decode step, exclusive: a
+part's time excludes the parts inside it): draft (its batch build and forward apart), verify slots, verify batch
+build, forward, logits, sampling, accept rule, verify glue (building VerifyBatch, slicing the results), output
+handling (process_verify/_decode), KV slot freeing, gate bookkeeping (with ``--gate``; else every step drafts),
+decode batch scheduling, prefill check, outputs collection, and ``other`` (the step's remainder).
+``host_gap_ms_per_step``: the host time from the step's read of the device's tokens to the next forward's start (on
+a GPU at batch 1, the device's idle time between steps).
+
+On a GPU the wall time of a part includes whatever it waited for (a ``.tolist()`` waits for the device); ``--sync``
+synchronises the device at the end of every part so device time is charged to the part that launched it (it
+changes the timeline: compare parts, not totals), and with CUDA the probe also counts the synchronising calls per
+decode step (``torch.cuda.set_sync_debug_mode``). ``--profile N`` prints a cProfile of one more run per variant
+(top N by own time). ``--overlap`` forces the overlap loop (a GPU platform turns it on itself). On the CPU the
+engine's torch threads default to 1 here (``SGL_CPU_THREADS``): the demo model's ops are too small to gain from
+more, and on a shared host extra threads only add noise.
 """
 
 from __future__ import annotations
@@ -59,28 +63,45 @@ from sgl.core.sampling.params import SamplingParams
 VARIANTS = ("plain", "NGRAM", ALGORITHM)
 
 
+READS = ("sampling", "resolve")  # parts that end with the step's read of the device's tokens
+LAUNCHES = ("forward", "draft forward")  # parts that start device work
+
+
 class PhaseClock:
-    """Exclusive wall time per named part: a part's time excludes the parts called inside it (a stack)."""
+    """Exclusive wall time per named part: a part's time excludes the parts called inside it (a stack).
+
+    Also the host gap: the time from the end of a read of the device's tokens (``READS``) to the start of the next
+    forward (``LAUNCHES``), summed. At batch 1 on a GPU that is time the device sits idle (nothing is queued once
+    the host has read the tokens), whatever the host does in between."""
 
     def __init__(self, sync: Callable[[], None] | None = None) -> None:
         self.totals: dict[str, float] = {}
         self.calls: dict[str, int] = {}
+        self.gap = 0.0
+        self._read_end: float | None = None
         self._stack: list[list[Any]] = []  # [name, start, time spent in children]
         self.sync = sync
 
     def reset(self) -> None:
-        self.totals, self.calls = {}, {}
+        self.totals, self.calls, self.gap, self._read_end = {}, {}, 0.0, None
 
     def wrap(self, name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
         def timed(*args: Any, **kwargs: Any) -> Any:
-            self._stack.append([name, time.perf_counter(), 0.0])
+            now = time.perf_counter()
+            if name in LAUNCHES and self._read_end is not None:
+                self.gap += now - self._read_end
+                self._read_end = None
+            self._stack.append([name, now, 0.0])
             try:
                 return fn(*args, **kwargs)
             finally:
                 if self.sync is not None:
                     self.sync()
                 part, start, children = self._stack.pop()
-                spent = time.perf_counter() - start
+                end = time.perf_counter()
+                spent = end - start
+                if part in READS:
+                    self._read_end = end
                 self.totals[part] = self.totals.get(part, 0.0) + spent - children
                 self.calls[part] = self.calls.get(part, 0) + 1
                 if self._stack:
@@ -133,7 +154,7 @@ def targets(sched: Any) -> list[tuple[Any, str, str]]:
     if algo is not None:
         out += [
             (algo, "decode_step", "spec step (other)"), (algo, "propose", "draft"), (algo, "_draft", "draft"),
-            (algo, "run_draft", "draft forward"), (eagle, "build_forward_batch", "draft batch build"),
+            (algo, "run_draft", "draft batch build"), (eagle, "build_forward_batch", "draft batch build"),
             (verify, "alloc_verify_slots", "verify slots"), (eagle, "alloc_verify_slots", "verify slots"),
             (verify, "run_verify", "verify glue"), (eagle, "run_verify", "verify glue"),
             (verify, "build_forward_batch", "verify batch build"), (verify, "_sample_positions", "sampling"),
@@ -151,6 +172,7 @@ class Run(NamedTuple):
     tokens: int
     seconds: float  # wall time of the decode steps
     parts: dict[str, float]  # seconds per part, summed over the decode steps
+    gap: float  # seconds from reading the device's tokens to the next forward, summed (PhaseClock)
     syncs: int  # synchronising calls CUDA warned about (0 elsewhere)
     verify_replays: int  # verify forwards replayed from graphs
 
@@ -174,7 +196,8 @@ def drive(sched: Any, prompt: list[int], tokens: int, clock: PhaseClock, rid: st
         seconds = time.perf_counter() - t0
     syncs = sum("synchroniz" in str(w.message) for w in caught)
     replays = (graphs.replays if graphs is not None else 0) - replays0
-    return Run(c.decode_steps - steps0, c.generated_tokens - tok0, seconds, dict(clock.totals), syncs, replays)
+    return Run(c.decode_steps - steps0, c.generated_tokens - tok0, seconds, dict(clock.totals), clock.gap, syncs,
+               replays)
 
 
 def engine_kwargs(variant: str, args: dict[str, Any], draft: Path | None) -> dict[str, Any]:
@@ -231,6 +254,7 @@ def probe_variant(path: str, variant: str, args: dict[str, Any], draft: Path | N
         "ms_per_step": round(statistics.median(r.seconds / max(r.decode_steps, 1) for r in runs) * 1e3, 4),
         "ms_per_token": round(statistics.median(r.seconds / max(r.tokens, 1) for r in runs) * 1e3, 4),
         "runs_ms_per_step": [round(r.seconds / max(r.decode_steps, 1) * 1e3, 4) for r in runs],
+        "host_gap_ms_per_step": round(statistics.median(r.gap / max(r.decode_steps, 1) for r in runs) * 1e3, 4),
         "tokens_per_step": round(mid.tokens / n, 3), "decode_steps": mid.decode_steps,
         "syncs_per_step": round(mid.syncs / n, 2) if cuda else None,
         "verify_graph_replays_per_step": round(mid.verify_replays / n, 2), "parts_ms_per_step": parts,
@@ -243,7 +267,8 @@ def parse(argv: list[str]) -> tuple[str, dict[str, Any]]:
     switches = ("--gate", "--overlap", "--sync")
     unknown = [a for a in argv if a.startswith("-") and a not in (*flags, *switches)]
     if unknown:
-        raise SystemExit(__doc__ if {"-h", "--help"} & set(unknown) else f"spec_host_probe: unknown option {unknown[0]}")
+        help_asked = {"-h", "--help"} & set(unknown)
+        raise SystemExit(__doc__ if help_asked else f"spec_host_probe: unknown option {unknown[0]}")
     values = {argv[i + 1] for i, a in enumerate(argv[:-1]) if a in flags}
     names = [a for a in argv if not a.startswith("--") and a not in values]
     opt = {f: argv[argv.index(f) + 1] if f in argv else d for f, d in flags.items()}
