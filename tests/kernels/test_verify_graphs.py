@@ -25,6 +25,7 @@ from sgl.core.attention.torch_native import TorchNativeAttnBackend
 from sgl.core.demo_model import write_demo_model
 from sgl.core.platform import Capabilities, Platform
 from sgl.core.runner.forward_batch import ForwardBatch, ForwardMode
+from sgl.core.speculative.drafts import DeviceDrafts
 from sgl.kernels.attention_backend import TritonAttnBackend
 from sgl.kernels.graph_runner import GraphRunner, capture_sizes
 from sgl.kernels.verify_graphs import VerifyGraphs
@@ -177,7 +178,9 @@ class Drafts(contextlib.AbstractContextManager["Drafts"]):
 
         def record(*args: Any) -> Any:
             out = inner(*args)
-            if out is not None:
+            if isinstance(out, DeviceDrafts):  # EAGLE's chains stay on the device: read here, for the test only
+                self.seen.append(out.split(out.tokens.tolist()))
+            elif out is not None:
                 self.seen.append([list(d) if isinstance(d, list) else d.tokens + d.parents for d in out])
             return out
 

@@ -37,8 +37,10 @@ from sgl.core.runner.input_prep import build_forward_batch
 from sgl.core.runner.model_runner import ModelRunner
 from sgl.core.scheduler.batch import ScheduleBatch
 from sgl.core.speculative.base import SpeculativeAlgorithm
+from sgl.core.speculative.drafts import DeviceDrafts, chain_drafts
 from sgl.core.speculative.tree import TreeBatch, run_verify_tree
 from sgl.core.speculative.verify import alloc_verify_slots, draft_budget, may_draft, run_verify
+from sgl.core.transfer import to_device
 from sgl.plugins.speculative.common import AcceptanceStats
 from sgl.plugins.speculative.eagle_models import TARGET_HIDDEN, EagleDraftHead, LlamaForCausalLMEagle3
 from sgl.plugins.speculative.eagle_tree import draft_trees
@@ -225,10 +227,10 @@ class EagleAlgorithm(SpeculativeAlgorithm):
         verified = run_verify(batch, executor, drafts, rows, self.capture, self.accept)
         feats = self._features(verified.forward_batch, verified.hidden)
         offset = 0
-        for r, p, d, tokens in zip(batch.reqs, batch.prefix_lens, drafts, verified.result.tokens):
+        for r, p, k, tokens in zip(batch.reqs, batch.prefix_lens, verified.result.drafted, verified.result.tokens):
             r.features.pop(self.name, None)
             self._keep(r, p, feats[offset : offset + len(tokens)])  # the accepted positions' features only
-            offset += 1 + len(d)
+            offset += 1 + k
         self.stats.record(verified.result)
         return verified.result
 
@@ -261,32 +263,36 @@ class EagleAlgorithm(SpeculativeAlgorithm):
         ids: list[int] = []
         slots: list[torch.Tensor] = []
         for r, f, i in zip(reqs, feats, idx):
-            ids.extend(r.all_ids()[f.start + 1 : batch.prefix_lens[i] + 1])
+            ids.extend(_tokens(r, f.start + 1, batch.prefix_lens[i] + 1))
             slots.append(table.read(int(r.req_pool_idx), f.end)[f.start :])  # type: ignore[arg-type]
         lens = [f.count for f in feats]
         sb = ScheduleBatch(ForwardMode.EXTEND, reqs, [f.start for f in feats], lens, torch.cat(slots))
-        hidden = self.run_draft(sb, torch.tensor(ids, dtype=torch.int64), torch.cat([f.joined() for f in feats]))
+        device, pinned = self.draft.device, bool(self.draft.platform.capabilities.pinned_memory)
+        hidden = self.run_draft(sb, to_device(torch.tensor(ids, dtype=torch.int64), device, pinned),
+                                torch.cat([f.joined() for f in feats]))
+        if all(n == 1 for n in lens):
+            return hidden
         last = torch.tensor(lens, dtype=torch.int64).cumsum(0) - 1
-        return hidden.index_select(0, last.to(self.draft.device))
+        return hidden.index_select(0, to_device(last, device, pinned))
 
     @torch.inference_mode()
-    def _draft(self, batch: ScheduleBatch, budgets: list[int], rows: list[list[int]]) -> list[list[int]]:
-        drafts: list[list[int]] = [[] for _ in budgets]
+    def _draft(self, batch: ScheduleBatch, budgets: list[int], rows: list[list[int]]) -> DeviceDrafts:
+        """The chain of each request with a budget, left on the device (``sgl.core.speculative.drafts``): each draft
+        step reads the tokens the step before it picked on the device, and the host reads none of them here."""
         idx = [i for i, k in enumerate(budgets) if k]
         reqs = [batch.reqs[i] for i in idx]
-        device = self.draft.device
+        device, pinned = self.draft.device, bool(self.draft.platform.capabilities.pinned_memory)
         hidden = self.catch_up(batch, idx, reqs)
         tokens = self._pick(hidden)
-        for i, t in zip(idx, tokens.tolist()):
-            drafts[i].append(int(t))
-        # the chain: (predicted feature, d_j) at position last + j - 1 drafts d_(j+1), at verify's slots
         live = list(range(len(idx)))
+        columns: list[tuple[list[int], torch.Tensor]] = [(live, tokens)]
+        # the chain: (predicted feature, d_j) at position last + j - 1 drafts d_(j+1), at verify's slots
         for j in range(1, max(budgets)):
             keep = [m for m in live if budgets[idx[m]] > j]
             if not keep:
                 break
             if len(keep) != len(live):
-                sel = torch.tensor([live.index(m) for m in keep], dtype=torch.int64, device=device)
+                sel = to_device(torch.tensor([live.index(m) for m in keep], dtype=torch.int64), device, pinned)
                 hidden, tokens = hidden.index_select(0, sel), tokens.index_select(0, sel)
             live = keep
             sb = ScheduleBatch(ForwardMode.DECODE, [reqs[m] for m in live],
@@ -294,15 +300,15 @@ class EagleAlgorithm(SpeculativeAlgorithm):
                                torch.tensor([rows[idx[m]][j - 1] for m in live], dtype=torch.int64))
             hidden = self.run_draft(sb, tokens, hidden)
             tokens = self._pick(hidden)
-            for m, t in zip(live, tokens.tolist()):
-                drafts[idx[m]].append(int(t))
-        return drafts
+            columns.append((live, tokens))
+        return DeviceDrafts(chain_drafts(columns, budgets, pinned), list(budgets))
 
     def run_draft(self, sb: ScheduleBatch, ids: torch.Tensor, feats: torch.Tensor) -> torch.Tensor:
+        """The draft head over ``sb``, fed ``ids`` and the features ``feats`` (both on the draft's device)."""
         if isinstance(sb, TreeBatch):
-            fb = sb.forward_batch(self.draft, ids.to(self.draft.device))
+            fb = sb.forward_batch(self.draft, ids)
         else:
-            fb = build_forward_batch(sb, self.draft, ids.to(self.draft.device))
+            fb = build_forward_batch(sb, self.draft, ids)
         fb.extras[TARGET_HIDDEN] = feats.to(self.draft.dtype)
         return self.draft.forward(fb)
 
@@ -312,6 +318,14 @@ class EagleAlgorithm(SpeculativeAlgorithm):
 
     def info(self) -> dict[str, Any]:
         return self.stats.as_info(self.algorithm)
+
+
+def _tokens(r: Req, start: int, end: int) -> list[int]:
+    """``r.all_ids()[start:end]`` without building the whole sequence (a step reads a few tokens at its end)."""
+    prompt = r.origin_input_ids
+    if start >= len(prompt):
+        return r.output_ids[start - len(prompt) : end - len(prompt)]
+    return prompt[start:end] + r.output_ids[: max(0, end - len(prompt))]
 
 
 class Eagle3Algorithm(EagleAlgorithm):
