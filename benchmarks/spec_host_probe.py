@@ -20,7 +20,8 @@ build, forward, logits, sampling, accept rule, verify glue (building VerifyBatch
 handling (process_verify/_decode), KV slot freeing, gate bookkeeping (with ``--gate``; else every step drafts),
 decode batch scheduling, prefill check, outputs collection, and ``other`` (the step's remainder).
 ``host_gap_ms_per_step``: the host time from the step's read of the device's tokens to the next forward's start (on
-a GPU at batch 1, the device's idle time between steps).
+a GPU at batch 1, the device's idle time between steps); ``host_gap_parts_ms_per_step``: the parts that ended inside
+it (roughly: a part that began before the read counts its whole own time).
 
 On a GPU the wall time of a part includes whatever it waited for (a ``.tolist()`` waits for the device); ``--sync``
 synchronises the device at the end of every part so device time is charged to the part that launched it (it
@@ -78,12 +79,13 @@ class PhaseClock:
         self.totals: dict[str, float] = {}
         self.calls: dict[str, int] = {}
         self.gap = 0.0
+        self.gap_parts: dict[str, float] = {}  # exclusive time of the parts that ended inside a gap
         self._read_end: float | None = None
         self._stack: list[list[Any]] = []  # [name, start, time spent in children]
         self.sync = sync
 
     def reset(self) -> None:
-        self.totals, self.calls, self.gap, self._read_end = {}, {}, 0.0, None
+        self.totals, self.calls, self.gap, self.gap_parts, self._read_end = {}, {}, 0.0, {}, None
 
     def wrap(self, name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
         def timed(*args: Any, **kwargs: Any) -> Any:
@@ -102,6 +104,8 @@ class PhaseClock:
                 spent = end - start
                 if part in READS:
                     self._read_end = end
+                elif self._read_end is not None and part not in LAUNCHES:
+                    self.gap_parts[part] = self.gap_parts.get(part, 0.0) + spent - children
                 self.totals[part] = self.totals.get(part, 0.0) + spent - children
                 self.calls[part] = self.calls.get(part, 0) + 1
                 if self._stack:
@@ -173,6 +177,7 @@ class Run(NamedTuple):
     seconds: float  # wall time of the decode steps
     parts: dict[str, float]  # seconds per part, summed over the decode steps
     gap: float  # seconds from reading the device's tokens to the next forward, summed (PhaseClock)
+    gap_parts: dict[str, float]  # the parts that ended inside those gaps, seconds summed
     syncs: int  # synchronising calls CUDA warned about (0 elsewhere)
     verify_replays: int  # verify forwards replayed from graphs
 
@@ -196,7 +201,8 @@ def drive(sched: Any, prompt: list[int], tokens: int, clock: PhaseClock, rid: st
         seconds = time.perf_counter() - t0
     syncs = sum("synchroniz" in str(w.message) for w in caught)
     replays = (graphs.replays if graphs is not None else 0) - replays0
-    return Run(c.decode_steps - steps0, c.generated_tokens - tok0, seconds, dict(clock.totals), clock.gap, syncs,
+    return Run(c.decode_steps - steps0, c.generated_tokens - tok0, seconds, dict(clock.totals), clock.gap,
+               dict(clock.gap_parts), syncs,
                replays)
 
 
@@ -255,6 +261,8 @@ def probe_variant(path: str, variant: str, args: dict[str, Any], draft: Path | N
         "ms_per_token": round(statistics.median(r.seconds / max(r.tokens, 1) for r in runs) * 1e3, 4),
         "runs_ms_per_step": [round(r.seconds / max(r.decode_steps, 1) * 1e3, 4) for r in runs],
         "host_gap_ms_per_step": round(statistics.median(r.gap / max(r.decode_steps, 1) for r in runs) * 1e3, 4),
+        "host_gap_parts_ms_per_step": {k: round(v / n * 1e3, 4)
+                                       for k, v in sorted(mid.gap_parts.items(), key=lambda kv: -kv[1])},
         "tokens_per_step": round(mid.tokens / n, 3), "decode_steps": mid.decode_steps,
         "syncs_per_step": round(mid.syncs / n, 2) if cuda else None,
         "verify_graph_replays_per_step": round(mid.verify_replays / n, 2), "parts_ms_per_step": parts,
