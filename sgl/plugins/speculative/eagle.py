@@ -263,7 +263,7 @@ class EagleAlgorithm(SpeculativeAlgorithm):
         ids: list[int] = []
         slots: list[torch.Tensor] = []
         for r, f, i in zip(reqs, feats, idx):
-            ids.extend(_tokens(r, f.start + 1, batch.prefix_lens[i] + 1))
+            ids.extend(r.token_slice(f.start + 1, batch.prefix_lens[i] + 1))
             slots.append(table.read(int(r.req_pool_idx), f.end)[f.start :])  # type: ignore[arg-type]
         lens = [f.count for f in feats]
         sb = ScheduleBatch(ForwardMode.EXTEND, reqs, [f.start for f in feats], lens, torch.cat(slots))
@@ -318,14 +318,6 @@ class EagleAlgorithm(SpeculativeAlgorithm):
 
     def info(self) -> dict[str, Any]:
         return self.stats.as_info(self.algorithm)
-
-
-def _tokens(r: Req, start: int, end: int) -> list[int]:
-    """``r.all_ids()[start:end]`` without building the whole sequence (a step reads a few tokens at its end)."""
-    prompt = r.origin_input_ids
-    if start >= len(prompt):
-        return r.output_ids[start - len(prompt) : end - len(prompt)]
-    return prompt[start:end] + r.output_ids[: max(0, end - len(prompt))]
 
 
 class Eagle3Algorithm(EagleAlgorithm):
