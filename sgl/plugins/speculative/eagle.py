@@ -162,6 +162,11 @@ class EagleAlgorithm(SpeculativeAlgorithm):
         elif runner.capture_verify_graphs(max_nodes + 1, capture, tree=True):
             logger.info("--speculative-eagle-topk %d: tree verify forwards replay graphs; tree drafting runs eagerly",
                         topk)
+        if draft.graph_runner is not None:
+            # NOTE: after a verify the catch-up covers the accepted positions, at most steps + 1 per request (the
+            # first one after a prefill covers the prompt and runs eagerly)
+            width = draft.model.target_hidden_size * max(1, len(capture))
+            draft.capture_verify_graphs(steps + 1, mode=ForwardMode.EXTEND, row_inputs={TARGET_HIDDEN: width})
         return cls(runner, draft, steps, capture, topk, max_nodes)
 
     @classmethod
