@@ -155,8 +155,8 @@ class VerifyGraphs:
             host = torch.tensor([i * n + j for i, e in enumerate(lens) for j in range(e)], dtype=torch.int64)
             rows = to_device(host, self.input_ids.device, bool(self.platform.capabilities.pinned_memory))
         spare = 0 if rows is not None else b * n  # NOTE: every row from here on is padding this replay
-        inputs = [(self.input_ids, fb.input_ids), (self.positions, fb.positions), (self.out_cache_loc, fb.out_cache_loc)]
-        inputs += [(buf, fb.extras[name]) for name, buf in self.row_inputs.items()]
+        inputs = [(self.input_ids, fb.input_ids), (self.positions, fb.positions),
+                  (self.out_cache_loc, fb.out_cache_loc), *((buf, fb.extras[k]) for k, buf in self.row_inputs.items())]
         for static, given in inputs:
             static[spare : padded * n].zero_()
             if rows is None:
