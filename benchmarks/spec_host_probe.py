@@ -180,6 +180,15 @@ class Run(NamedTuple):
     gap_parts: dict[str, float]  # the parts that ended inside those gaps, seconds summed
     syncs: int  # synchronising calls CUDA warned about (0 elsewhere)
     verify_replays: int  # verify forwards replayed from graphs
+    catch_up_replays: int  # an EAGLE head's catch-up extends replayed from graphs
+
+
+def replays(sched: Any) -> tuple[int, int]:
+    """Verify forwards and EAGLE catch-up extends replayed from graphs so far (0 where there are no graphs)."""
+    draft = getattr(sched.speculative, "draft", None)
+    found = [getattr(sched.runner, "verify_graphs", None), getattr(draft, "verify_graphs", None)]
+    verify, catch_up = (g.replays if g is not None else 0 for g in found)
+    return verify, catch_up
 
 
 def drive(sched: Any, prompt: list[int], tokens: int, clock: PhaseClock, rid: str) -> Run:
@@ -189,8 +198,7 @@ def drive(sched: Any, prompt: list[int], tokens: int, clock: PhaseClock, rid: st
     c = sched.state.counters
     while c.generated_tokens == 0 or sched.state.chunked is not None:
         sched.step()
-    graphs = getattr(sched.runner, "verify_graphs", None)
-    replays0 = graphs.replays if graphs is not None else 0
+    replays0 = replays(sched)
     steps0, tok0 = c.decode_steps, c.generated_tokens
     clock.reset()
     with warnings.catch_warnings(record=True) as caught:
@@ -200,10 +208,9 @@ def drive(sched: Any, prompt: list[int], tokens: int, clock: PhaseClock, rid: st
             sched.step()
         seconds = time.perf_counter() - t0
     syncs = sum("synchroniz" in str(w.message) for w in caught)
-    replays = (graphs.replays if graphs is not None else 0) - replays0
+    verify, catch_up = (a - b for a, b in zip(replays(sched), replays0))
     return Run(c.decode_steps - steps0, c.generated_tokens - tok0, seconds, dict(clock.totals), clock.gap,
-               dict(clock.gap_parts), syncs,
-               replays)
+               dict(clock.gap_parts), syncs, verify, catch_up)
 
 
 def engine_kwargs(variant: str, args: dict[str, Any], draft: Path | None) -> dict[str, Any]:
@@ -265,7 +272,8 @@ def probe_variant(path: str, variant: str, args: dict[str, Any], draft: Path | N
                                        for k, v in sorted(mid.gap_parts.items(), key=lambda kv: -kv[1])},
         "tokens_per_step": round(mid.tokens / n, 3), "decode_steps": mid.decode_steps,
         "syncs_per_step": round(mid.syncs / n, 2) if cuda else None,
-        "verify_graph_replays_per_step": round(mid.verify_replays / n, 2), "parts_ms_per_step": parts,
+        "verify_graph_replays_per_step": round(mid.verify_replays / n, 2),
+        "catch_up_graph_replays_per_step": round(mid.catch_up_replays / n, 2), "parts_ms_per_step": parts,
     }
 
 
