@@ -169,7 +169,8 @@ class ModelRunner:
             logger.info("speculative %s forwards run eagerly: %s", mode.value, reason)
             self.verify_graphs = None
             return False
-        self.verify_graphs = capture(tokens_per_request, tuple(capture_hidden_layers), tree, mode, row_inputs)
+        extra = {} if mode is ForwardMode.TARGET_VERIFY and not row_inputs else {"mode": mode, "row_inputs": row_inputs}
+        self.verify_graphs = capture(tokens_per_request, tuple(capture_hidden_layers), tree, **extra)
         return self.verify_graphs is not None
 
     def capture_hidden_in_graphs(self, layers: tuple[int, ...]) -> None:
