@@ -105,7 +105,7 @@ class ScriptedDeviceDrafts(ScriptedDrafts):
 
 @pytest.mark.parametrize("penalty", [{"repetition_penalty": 2.0}, {"frequency_penalty": 2.0}])
 def test_device_drafts_of_penalised_requests_are_sampled_after_the_drafts_before_them(
-    demo_model_dir: Path, penalty: dict[str, float]
+    demo_model_dir: Path, penalty: dict[str, Any]
 ) -> None:
     """A penalty counts the drafts before each verified position, so their values come home before sampling (a
     request without one samples from placeholders of the right length): drafts that are plain decoding's own tokens

@@ -158,8 +158,11 @@ def run_verify(
 
     NOTE: with the exact rule the emitted tokens are the target's own at every position. A rule that accepts a draft
     the target did not pick emits that draft, and its logprob entry stays the target's token's."""
-    on_device = drafts if isinstance(drafts, DeviceDrafts) else None
-    chains = drafts if on_device is None else [[0] * k for k in on_device.counts]  # NOTE: placeholders until home
+    on_device: DeviceDrafts | None = None
+    if isinstance(drafts, DeviceDrafts):  # NOTE: placeholders of the right lengths until the drafts come home
+        on_device, chains = drafts, [[0] * k for k in drafts.counts]
+    else:
+        chains = drafts
     vb = VerifyBatch(list(batch.reqs), list(batch.prefix_lens), chains, flat_slots(rows))
     fb, hidden, ids, lps = verify_forward(vb, executor, capture_hidden_layers, device_drafts=on_device)
     tokens: list[list[int]] = []
