@@ -149,10 +149,12 @@ class GraphRunner:
                 and all(name in fb.extras for name in self.row_inputs))
 
     def capture_verify(
-        self, tokens_per_request: int, capture_hidden_layers: tuple[int, ...] = (), tree: bool = False
+        self, tokens_per_request: int, capture_hidden_layers: tuple[int, ...] = (), tree: bool = False,
+        mode: ForwardMode = ForwardMode.TARGET_VERIFY, row_inputs: dict[str, int] | None = None,
     ) -> VerifyGraphs | None:
-        """Graphs for speculation's verify forwards (chains, or with ``tree`` tree batches) at this runner's batch
-        sizes, in its memory pool; None (and a line in the log) where the attention backend cannot capture them."""
+        """Graphs for speculation's verify forwards (chains, or with ``tree`` tree batches; with ``mode`` EXTEND a
+        draft head's catch-up, fed ``row_inputs``) at this runner's batch sizes, in its memory pool; None (and a line
+        in the log) where the attention backend cannot capture them."""
         from sgl.kernels.verify_graphs import VerifyGraphs
 
         if type(self.attn).init_verify_metadata_capture is AttentionBackend.init_verify_metadata_capture:
@@ -168,7 +170,7 @@ class GraphRunner:
             _log_once(f"verify graphs up to {sizes[-1]} requests ({tokens_per_request} tokens each, within a prefill "
                       "chunk); larger verify batches run eagerly")
         return VerifyGraphs(self.runner, self.platform, sizes, self.pool, tokens_per_request,
-                            capture_hidden_layers, tree)
+                            capture_hidden_layers, tree, mode, row_inputs)
 
     def replay(self, fb: ForwardBatch) -> torch.Tensor:
         bs = fb.batch_size

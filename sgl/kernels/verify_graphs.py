@@ -6,6 +6,10 @@ small batch, launch-bound): graphs are what make speculation pay. The shape is f
 rows at ``i * N``; a request with fewer drafts fills its first rows and says how many in ``extend_seq_lens`` (a
 device tensor the replay rewrites), so one graph per batch size serves every mix of draft counts.
 
+The same graphs serve an EAGLE head's catch-up (``mode`` EXTEND: the accepted positions' features, at most N per
+request, an extend over the head's KV), fed the features through static per-row inputs (``row_inputs``), as the
+decode graphs feed a chained draft step.
+
 NOTE: padding never touches a real request's cache. A short request's spare rows write their KV to slot 0 (the
 padding sink) and nothing attends to them (they lie past its extend length, and the attention backend zero-fills
 their outputs); a padded request points at the runner's spare request slot (its table row is all zeros, so it reads
@@ -37,7 +41,8 @@ class VerifyGraphs:
 
     def __init__(
         self, runner: Any, platform: Platform, sizes: list[int], pool: Any, tokens_per_request: int,
-        capture_hidden_layers: tuple[int, ...] = (), tree: bool = False,
+        capture_hidden_layers: tuple[int, ...] = (), tree: bool = False, mode: ForwardMode = ForwardMode.TARGET_VERIFY,
+        row_inputs: dict[str, int] | None = None,
     ) -> None:
         if tokens_per_request < 2:
             raise ValueError(f"a verify graph needs at least 2 tokens per request (got {tokens_per_request})")
@@ -50,6 +55,7 @@ class VerifyGraphs:
         self.tokens = n = tokens_per_request
         self.hidden_layers = tuple(capture_hidden_layers)
         self.tree = tree  # NOTE: tree batches (a mask per request, packed by the backend at each replay), not chains
+        self.mode = mode  # the batches served: TARGET_VERIFY, or EXTEND (a draft head's catch-up)
         self.pool = pool  # NOTE: the decode graphs' pool: verify and decode replays never overlap
         device = runner.device
         rows, reqs = self.max_bs * n, self.max_bs
@@ -61,6 +67,11 @@ class VerifyGraphs:
         self.extend_lens = torch.full((reqs,), n, dtype=torch.int64, device=device)
         self.seq_lens = torch.full((reqs,), n, dtype=torch.int64, device=device)
         self.extend_start_loc = torch.arange(reqs, dtype=torch.int64, device=device) * n
+        # NOTE: per-row inputs the model reads from ``forward_batch.extras`` ({name: width}), rows as input_ids'
+        self.row_inputs: dict[str, torch.Tensor] = {
+            name: torch.zeros(rows, width, dtype=runner.dtype, device=device)
+            for name, width in (row_inputs or {}).items()
+        }
         runner.req_to_token_pool.req_to_token[runner.padding_req_slot].zero_()
         self.batches: dict[int, ForwardBatch] = {}
         self.graphs: dict[int, Any] = {}
@@ -72,7 +83,7 @@ class VerifyGraphs:
     def _static_batch(self, bs: int) -> ForwardBatch:
         r, n = self.runner, self.tokens
         return ForwardBatch(
-            forward_mode=ForwardMode.TARGET_VERIFY, batch_size=bs, input_ids=self.input_ids[: bs * n],
+            forward_mode=self.mode, batch_size=bs, input_ids=self.input_ids[: bs * n],
             positions=self.positions[: bs * n], req_pool_indices=self.req_pool_indices[:bs],
             seq_lens=self.seq_lens[:bs], out_cache_loc=self.out_cache_loc[: bs * n], seq_lens_cpu=[n] * bs,
             req_to_token_pool=r.req_to_token_pool, kv_pool=r.kv_pool, attn_backend=self.attn,
@@ -80,6 +91,7 @@ class VerifyGraphs:
             extend_start_loc=self.extend_start_loc[:bs], extend_prefix_lens_cpu=[0] * bs,
             extend_seq_lens_cpu=[n] * bs, capture_hidden_layers=self.hidden_layers,
             tree_masks=[torch.ones(n, n, dtype=torch.bool).tril()] * bs if self.tree else None,
+            extras={k: v[: bs * n] for k, v in self.row_inputs.items()},
         )
 
     @torch.inference_mode()
@@ -90,8 +102,8 @@ class VerifyGraphs:
             for bs in tqdm(list(reversed(self.sizes)), desc="capturing verify graphs", leave=False):
                 self._capture(bs, platform, stream)
         platform.synchronize()
-        logger.info("captured %s verify graphs (%d tokens per request) for batch sizes %s",
-                    "tree" if self.tree else "chain", self.tokens, self.sizes)
+        logger.info("captured %s %s graphs (%d tokens per request) for batch sizes %s",
+                    "tree" if self.tree else "chain", self.mode.value, self.tokens, self.sizes)
 
     def _capture(self, bs: int, platform: Platform, stream: Any) -> None:
         fb = self.batches[bs] = self._static_batch(bs)
@@ -110,9 +122,11 @@ class VerifyGraphs:
         """A verify of at most ``max_bs`` requests and N tokens each, capturing what we did: a chain, or where the
         graphs are a tree's, a mask per request over its own tokens."""
         lens = fb.extend_seq_lens_cpu
-        if not (fb.forward_mode.is_verify and 0 < fb.batch_size <= self.max_bs and lens is not None
+        if not (fb.forward_mode is self.mode and 0 < fb.batch_size <= self.max_bs and lens is not None
                 and max(lens) <= self.tokens and min(lens) >= 1 and fb.extend_prefix_lens is not None
-                and tuple(fb.capture_hidden_layers) == self.hidden_layers):
+                and tuple(fb.capture_hidden_layers) == self.hidden_layers
+                and all(name in fb.extras and fb.extras[name].shape[-1] == buf.shape[-1]
+                        for name, buf in self.row_inputs.items())):
             return False
         masks = fb.tree_masks
         if not self.tree:
@@ -141,8 +155,9 @@ class VerifyGraphs:
             host = torch.tensor([i * n + j for i, e in enumerate(lens) for j in range(e)], dtype=torch.int64)
             rows = to_device(host, self.input_ids.device, bool(self.platform.capabilities.pinned_memory))
         spare = 0 if rows is not None else b * n  # NOTE: every row from here on is padding this replay
-        for static, given in ((self.input_ids, fb.input_ids), (self.positions, fb.positions),
-                              (self.out_cache_loc, fb.out_cache_loc)):
+        inputs = [(self.input_ids, fb.input_ids), (self.positions, fb.positions),
+                  (self.out_cache_loc, fb.out_cache_loc), *((buf, fb.extras[k]) for k, buf in self.row_inputs.items())]
+        for static, given in inputs:
             static[spare : padded * n].zero_()
             if rows is None:
                 static[: b * n].copy_(given)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import random
+
 import pytest
 import torch
 from hypothesis import given, settings
@@ -181,3 +183,31 @@ def test_random_requests_keep_slots_aligned_disjoint_and_counted(
         assert alloc.available_size() + len(pages) * page_size == size
         mask = alloc.free_slot_mask()
         assert not any(bool(mask[s]) for s in held)
+
+
+@pytest.mark.parametrize("page_size", [1, 4])
+def test_a_small_free_leaves_the_allocator_as_the_tensor_path_does(page_size: int) -> None:
+    """``free`` of a few slots takes a Python path (``small_free``); both paths push the same pages in the same order,
+    so every later allocation is the same, and both refuse the same bad frees."""
+    states = []
+    for small_free in (0, 64):
+        rng = random.Random(page_size)
+        alloc = TokenAllocator(64, page_size)
+        alloc.small_free = small_free
+        slots = alloc.alloc(48)
+        assert slots is not None
+        pages = slots.view(-1, page_size)[torch.randperm(48 // page_size, generator=torch.Generator().manual_seed(1))]
+        for chunk in pages.split(3):
+            alloc.free(chunk.reshape(-1)[torch.tensor(rng.sample(range(chunk.numel()), chunk.numel()))])
+        with pytest.raises(RuntimeError, match="twice"):
+            alloc.free(pages[0])
+        with pytest.raises(RuntimeError, match="twice"):
+            again = alloc.alloc(page_size)
+            assert again is not None
+            alloc.free(torch.cat([again, again]))
+        with pytest.raises(ValueError, match="outside"):
+            alloc.free(torch.tensor([0]))
+        rest = alloc.alloc(40)
+        assert rest is not None
+        states.append((alloc.available_size(), alloc.free_slot_mask().tolist(), rest.tolist()))
+    assert states[0] == states[1]

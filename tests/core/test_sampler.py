@@ -282,3 +282,11 @@ def test_prompt_logprobs_match_log_softmax_of_each_position() -> None:
     for row, (values, ids) in enumerate(result.top_logprobs):
         assert ids == want[row].topk(2).indices.tolist() and values[0] >= values[1]
     assert compute_prompt_logprobs(logits, next_ids, top_k=0).top_logprobs == [([], [])] * 5
+
+
+def test_token_matrix_counts_repeats_per_row_and_drops_ids_outside_the_vocabulary() -> None:
+    from sgl.core.sampling.penalties import token_matrix
+
+    counts = token_matrix([(0, [1, 1, 9, -1, 3]), (2, [4, 7, 4]), (0, [3])], 3, 5, "cpu")
+    assert counts.tolist() == [[0, 2, 0, 2, 0], [0] * 5, [0, 0, 0, 0, 2]]
+    assert token_matrix([(1, [5, 6])], 2, 5, "cpu").tolist() == [[0] * 5, [0] * 5]

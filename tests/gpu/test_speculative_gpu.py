@@ -80,4 +80,7 @@ def test_verify_graphs_on_and_off_give_the_same_greedy_tokens(
         draft = getattr(spec, "draft")  # noqa: B009  # STANDALONE: a DraftModel; EAGLE: the head's runner
         draft_runner = draft.runner if algorithm == "STANDALONE" else draft
         assert draft_runner.graph_runner is not None
+        if algorithm != "STANDALONE":  # the head's catch-up extends after a verify replay graphs too
+            catch_up = draft_runner.verify_graphs
+            assert catch_up is not None and catch_up.mode.value == "extend" and catch_up.replays > 0
     assert graphed == eager == plain

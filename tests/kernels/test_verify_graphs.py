@@ -25,6 +25,8 @@ from sgl.core.attention.torch_native import TorchNativeAttnBackend
 from sgl.core.demo_model import write_demo_model
 from sgl.core.platform import Capabilities, Platform
 from sgl.core.runner.forward_batch import ForwardBatch, ForwardMode
+from sgl.core.speculative.drafts import DeviceDrafts
+from sgl.plugins.speculative.eagle_models import TARGET_HIDDEN
 from sgl.kernels.attention_backend import TritonAttnBackend
 from sgl.kernels.graph_runner import GraphRunner, capture_sizes
 from sgl.kernels.verify_graphs import VerifyGraphs
@@ -147,6 +149,31 @@ class TorchGraphHooks(TorchNativeAttnBackend):
         return super().forward_decode(q, k, v, layer, fb, save_kv_cache)
 
 
+class TritonExtendTorchDecode(TritonAttnBackend):
+    """An EAGLE head's backend here: Triton for its extends (its catch-up graphs run over padded rows, which the
+    Triton kernel reads by their start offsets), the reference with no-op graph hooks for its decode steps."""
+
+    def __init__(self, runner: Any) -> None:
+        super().__init__(runner)
+        self.decode = TorchGraphHooks(runner)
+
+    def init_graph_state(self, max_bs: int, max_context_len: int) -> None:
+        return
+
+    def init_metadata_capture(self, bs: int, forward_batch: ForwardBatch) -> None:
+        return
+
+    def init_metadata_replay(self, bs: int, forward_batch: ForwardBatch) -> None:
+        return
+
+    def init_forward_metadata(self, forward_batch: ForwardBatch) -> None:
+        if forward_batch.forward_mode.is_extend:
+            super().init_forward_metadata(forward_batch)
+
+    def forward_decode(self, q, k, v, layer, forward_batch, save_kv_cache=True):  # type: ignore[no-untyped-def]
+        return self.decode.forward_decode(q, k, v, layer, forward_batch, save_kv_cache)
+
+
 class Replays:
     """Counts the replays and what they padded."""
 
@@ -177,7 +204,9 @@ class Drafts(contextlib.AbstractContextManager["Drafts"]):
 
         def record(*args: Any) -> Any:
             out = inner(*args)
-            if out is not None:
+            if isinstance(out, DeviceDrafts):  # EAGLE's chains stay on the device: read here, for the test only
+                self.seen.append(out.split(out.tokens.tolist()))
+            elif out is not None:
                 self.seen.append([list(d) if isinstance(d, list) else d.tokens + d.parents for d in out])
             return out
 
@@ -211,7 +240,7 @@ def _eager_then_graphed(model: Path, tokens_per_request: int, layers: tuple[int,
         draft: Any = getattr(spec, "draft")  # noqa: B009  # STANDALONE: a DraftModel; EAGLE: the head's runner
         drafts = stack.enter_context(Drafts(spec))
         if draft_graphs:
-            draft.attn_backend = TorchGraphHooks(draft)
+            draft.attn_backend = TritonExtendTorchDecode(draft)
         eager = _generate(engine)
         eager_drafts = drafts.take()
         platform = RerunPlatform()
@@ -241,6 +270,11 @@ def _eager_then_graphed(model: Path, tokens_per_request: int, layers: tuple[int,
                 return draft_replay(fb)
 
             draft.graph_runner.replay = replay_draft
+            # the head's catch-up (the accepted positions' features, at most N per request) from graphs too
+            width = draft.model.target_hidden_size * len(layers)
+            draft.verify_graphs = VerifyGraphs(draft, platform, capture_sizes(MAX_BS), None, tokens_per_request, (),
+                                               mode=ForwardMode.EXTEND, row_inputs={TARGET_HIDDEN: width})
+            catch_ups = Replays(draft.verify_graphs)
         graphed = _generate(engine)
     # the drafts too: verification makes the tokens right whatever was drafted
     assert graphed == eager and drafts.take() == eager_drafts
@@ -248,6 +282,7 @@ def _eager_then_graphed(model: Path, tokens_per_request: int, layers: tuple[int,
     if draft_graphs:
         assert 3 in draft_sizes  # padded to 4
         assert len(draft.graph_runner.row_inputs) == 1
+        assert catch_ups.calls > 0 and catch_ups.padded_batches > 0 and catch_ups.short_requests > 0
         assert target_decodes  # plain decode steps, whose features the head reads next
 
 

@@ -143,11 +143,18 @@ class TokenAllocator:
 
     # ---- release -------------------------------------------------------------------------------------------------
 
+    # NOTE: up to this many slots a free checks and sorts them as Python ints: a speculative step frees a few rejected
+    # drafts per request, where the tensor path's dozen small ops cost more than the work
+    small_free = 64
+
     def free(self, slots: torch.Tensor) -> None:
         """Frees the pages holding ``slots``. Callers free only pages they wholly own; a double free raises."""
         if slots.numel() == 0:
             return
         flat = slots.reshape(-1).to(device="cpu", dtype=torch.int64)
+        if flat.numel() <= self.small_free:
+            self._free_few(flat.tolist())
+            return
         uniq = torch.unique(flat)  # sorted
         if uniq.numel() != flat.numel():
             raise RuntimeError("KV slots freed twice: the same slot appears more than once in one free()")
@@ -162,6 +169,23 @@ class TokenAllocator:
         self._stack[self._top : self._top + k] = pages.flip(0)
         self._top += k
         self._is_free[pages] = True
+
+    def _free_few(self, slots: list[int]) -> None:
+        """``free`` of a few slots, with the same checks and the same order of the pages pushed."""
+        if len(set(slots)) != len(slots):
+            raise RuntimeError("KV slots freed twice: the same slot appears more than once in one free()")
+        lo, hi = self.page_size, self.size + self.page_size
+        if min(slots) < lo or max(slots) >= hi:
+            raise ValueError(f"KV slots outside [{lo}, {hi}) cannot be freed")
+        pages = sorted({s // self.page_size for s in slots}, reverse=True)
+        index = torch.tensor(pages, dtype=torch.int64)
+        if bool(self._is_free[index].any()):
+            raise RuntimeError("KV slots freed twice: a page being freed is already free")
+        k = len(pages)
+        # NOTE: pushed in descending order so the next pops hand these pages back in ascending order
+        self._stack[self._top : self._top + k] = index
+        self._top += k
+        self._is_free[index] = True
 
     def clear(self) -> None:
         """Marks every usable page free (the sink page 0 never is)."""

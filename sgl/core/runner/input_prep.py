@@ -43,10 +43,12 @@ def build_forward_batch(
     starts = list(itertools.accumulate([0] + batch.extend_lens[:-1]))
     per_req = rows_to_device([pool_idx, seq_lens, batch.prefix_lens, batch.extend_lens, starts], torch.int64,
                              device, pinned)
-    per_tok = rows_to_device([batch.input_ids(), batch.positions()], torch.int64, device, pinned)
+    # NOTE: given input ids (a draft's, already on the device) spare building the batch's own on the host
+    per_tok = rows_to_device([batch.positions()] if input_ids is not None else [batch.positions(), batch.input_ids()],
+                             torch.int64, device, pinned)
     return ForwardBatch(
         forward_mode=batch.mode, batch_size=len(batch),
-        input_ids=input_ids if input_ids is not None else per_tok[0], positions=per_tok[1],
+        input_ids=input_ids if input_ids is not None else per_tok[1], positions=per_tok[0],
         req_pool_indices=per_req[0], seq_lens=per_req[1],
         out_cache_loc=to_device(batch.out_cache_loc, device, pinned), seq_lens_cpu=seq_lens,
         req_to_token_pool=runner.req_to_token_pool, kv_pool=runner.kv_pool, attn_backend=runner.attn_backend,

@@ -20,7 +20,7 @@ from sgl.core.model.moe import FusedMoE
 from sgl.core.platform import Platform
 from sgl.core.plugins import Plugins, get_plugins
 from sgl.core.quant.base import select_quantization
-from sgl.core.runner.forward_batch import ForwardBatch
+from sgl.core.runner.forward_batch import ForwardBatch, ForwardMode
 from sgl.core.runner.memory_plan import plan_memory
 
 logger = logging.getLogger(__name__)
@@ -152,22 +152,25 @@ class ModelRunner:
             self.in_forward = False
 
     def capture_verify_graphs(
-        self, tokens_per_request: int, capture_hidden_layers: tuple[int, ...] = (), tree: bool = False
+        self, tokens_per_request: int, capture_hidden_layers: tuple[int, ...] = (), tree: bool = False,
+        mode: ForwardMode = ForwardMode.TARGET_VERIFY, row_inputs: dict[str, int] | None = None,
     ) -> bool:
         """Speculation's verify forwards (TARGET_VERIFY, up to ``tokens_per_request`` tokens per request, the hidden
         layers ``capture_hidden_layers`` captured; chains, or with ``tree`` tree batches with a mask per request)
         replayed from graphs, where this runner's graph runner can capture them (``capture_verify``); else they stay
-        eager. True when graphs were captured.
+        eager. True when graphs were captured. ``mode`` EXTEND with ``row_inputs`` ({extras name: width}): a draft
+        head's catch-up extends instead (at most ``tokens_per_request`` positions per request), fed per-row features.
 
         NOTE: the verify graphs keep the model as it is now: a feature that rewires its layers later (LoRA) must
         capture them again or drop them."""
         capture = getattr(self.graph_runner, "capture_verify", None)
         if capture is None:
             reason = "graphs are off" if self.graph_runner is None else "the graph runner has no verify graphs"
-            logger.info("speculative verify forwards run eagerly: %s", reason)
+            logger.info("speculative %s forwards run eagerly: %s", mode.value, reason)
             self.verify_graphs = None
             return False
-        self.verify_graphs = capture(tokens_per_request, tuple(capture_hidden_layers), tree)
+        extra = {} if mode is ForwardMode.TARGET_VERIFY and not row_inputs else {"mode": mode, "row_inputs": row_inputs}
+        self.verify_graphs = capture(tokens_per_request, tuple(capture_hidden_layers), tree, **extra)
         return self.verify_graphs is not None
 
     def capture_hidden_in_graphs(self, layers: tuple[int, ...]) -> None:

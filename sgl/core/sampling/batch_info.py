@@ -15,7 +15,7 @@ import torch
 
 from sgl.core.sampling.params import SamplingParams
 from sgl.core.sampling.penalties import PenaltyState, build_penalties
-from sgl.core.transfer import rows_to_device
+from sgl.core.transfer import rows_to_device, to_device
 
 _MASK64 = (1 << 64) - 1
 
@@ -129,15 +129,15 @@ class SamplingBatchInfo:
             need_top_k=any(k < vocab_size and s for k, s in zip(top_ks, sampling)),
             need_min_p=any(m > 0.0 and s for m, s in zip(min_ps, sampling)),
             vocab_size=vocab_size,
-            penalties=build_penalties(params, output_ids, prompt_ids, vocab_size, device),
-            logit_bias=_build_logit_bias(params, vocab_size, device),
-            min_tokens_mask=_build_min_tokens_mask(params, output_ids, eos_ids, vocab_size, device),
+            penalties=build_penalties(params, output_ids, prompt_ids, vocab_size, device, pinned),
+            logit_bias=_build_logit_bias(params, vocab_size, device, pinned),
+            min_tokens_mask=_build_min_tokens_mask(params, output_ids, eos_ids, vocab_size, device, pinned),
             row_seeds=row_seeds,
         )
 
 
 def _build_logit_bias(
-    params: Sequence[SamplingParams], vocab_size: int, device: torch.device | str
+    params: Sequence[SamplingParams], vocab_size: int, device: torch.device | str, pinned: bool = False
 ) -> torch.Tensor | None:
     rows = [i for i, p in enumerate(params) if p.logit_bias]
     if not rows:
@@ -153,9 +153,9 @@ def _build_logit_bias(
             c_idx.append(int(token))
             values.append(float(value))
     dense = torch.zeros(len(params), vocab_size, dtype=torch.float32, device=device)
-    dense[torch.tensor(r_idx, device=device), torch.tensor(c_idx, device=device)] = torch.tensor(
-        values, dtype=torch.float32, device=device
-    )
+    # NOTE: pinned, asynchronous copies (a pageable one would wait for the device's queued forward)
+    where = rows_to_device([r_idx, c_idx], torch.int64, torch.device(device), pinned)
+    dense[where[0], where[1]] = to_device(torch.tensor(values, dtype=torch.float32), torch.device(device), pinned)
     return dense
 
 
@@ -165,6 +165,7 @@ def _build_min_tokens_mask(
     eos_ids: Sequence[set[int]] | None,
     vocab_size: int,
     device: torch.device | str,
+    pinned: bool = False,
 ) -> TokenMask | None:
     """EOS and stop_token_ids are forbidden while a request has fewer than min_new_tokens outputs.
 
@@ -185,7 +186,5 @@ def _build_min_tokens_mask(
                 c_idx.append(token)
     if not r_idx:
         return None
-    return TokenMask(
-        torch.tensor(r_idx, dtype=torch.int64, device=device),
-        torch.tensor(c_idx, dtype=torch.int64, device=device),
-    )
+    where = rows_to_device([r_idx, c_idx], torch.int64, torch.device(device), pinned)
+    return TokenMask(where[0], where[1])

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import torch
 
 from sgl.core.sampling.params import SamplingParams
+from sgl.core.transfer import rows_to_device, to_device
 
 
 @dataclass(frozen=True)
@@ -31,23 +32,21 @@ def token_matrix(
     batch_size: int,
     vocab_size: int,
     device: torch.device | str,
+    pinned: bool = False,
 ) -> torch.Tensor:
     """[B, V] float32 counts of the tokens of each (row, seq) pair; a row may appear more than once.
 
     Token ids outside [0, vocab_size) are dropped: a tokenizer may know more ids than the model's lm head.
     """
+    # NOTE: filtered on the host and sent in one transfer: a boolean mask over device tensors, or a pageable copy,
+    # would wait for the device (the step's forward) before sampling could even be queued
     counts = torch.zeros(batch_size, vocab_size, dtype=torch.float32, device=device)
-    lengths = [len(seq) for _, seq in row_seqs]
-    if sum(lengths) == 0:
+    pairs = [(r, t) for r, seq in row_seqs for t in seq if 0 <= t < vocab_size]
+    if not pairs:
         return counts
-    ids = torch.tensor([t for _, seq in row_seqs for t in seq], dtype=torch.int64, device=device)
-    row_idx = torch.repeat_interleave(
-        torch.tensor([r for r, _ in row_seqs], dtype=torch.int64, device=device),
-        torch.tensor(lengths, dtype=torch.int64, device=device),
-    )
-    keep = (ids >= 0) & (ids < vocab_size)
-    ids, row_idx = ids[keep], row_idx[keep]
-    counts.index_put_((row_idx, ids), torch.ones_like(ids, dtype=torch.float32), accumulate=True)
+    packed = rows_to_device([[r for r, _ in pairs], [t for _, t in pairs]], torch.int64, torch.device(device), pinned)
+    counts.index_put_((packed[0], packed[1]), torch.ones(len(pairs), dtype=torch.float32, device=device),
+                      accumulate=True)
     return counts
 
 
@@ -57,6 +56,7 @@ def build_penalties(
     prompt_ids: Sequence[Sequence[int]],
     vocab_size: int,
     device: torch.device | str,
+    pinned: bool = False,
 ) -> PenaltyState | None:
     """None when no request uses a penalty, so the common step pays nothing for them."""
     freq = [p.frequency_penalty for p in params]
@@ -69,15 +69,15 @@ def build_penalties(
     batch_size = len(params)
 
     def column(values: list[float]) -> torch.Tensor:
-        return torch.tensor(values, dtype=torch.float32, device=device).view(-1, 1)
+        return to_device(torch.tensor(values, dtype=torch.float32), torch.device(device), pinned).view(-1, 1)
 
     counts = frequency = presence = seen = repetition = None
     if additive_rows:
-        counts = token_matrix([(i, output_ids[i]) for i in additive_rows], batch_size, vocab_size, device)
+        counts = token_matrix([(i, output_ids[i]) for i in additive_rows], batch_size, vocab_size, device, pinned)
         frequency, presence = column(freq), column(pres)
     if rep_rows:
         pairs = [(i, prompt_ids[i]) for i in rep_rows] + [(i, output_ids[i]) for i in rep_rows]
-        seen = token_matrix(pairs, batch_size, vocab_size, device) > 0
+        seen = token_matrix(pairs, batch_size, vocab_size, device, pinned) > 0
         repetition = column(rep)
     return PenaltyState(counts, frequency, presence, seen, repetition)
 

@@ -36,7 +36,7 @@ class ScheduleBatch:
             return [r.output_ids[-1] if r.output_ids else r.origin_input_ids[-1] for r in self.reqs]
         ids: list[int] = []
         for r, p, e in zip(self.reqs, self.prefix_lens, self.extend_lens):
-            ids.extend(r.all_ids()[p : p + e])
+            ids.extend(r.token_slice(p, p + e))
         return ids
 
     def positions(self) -> list[int]:

@@ -69,10 +69,13 @@ def decode_batch(state: SchedulerState, reqs: list[Req], ahead: int, steps: int 
     if got is None:
         return None
     # NOTE: the host mirror here; build_forward_batch writes the device table without a sync.
-    rows = torch.tensor([r.req_pool_idx for r in reqs], dtype=torch.int64).repeat_interleave(steps)
-    cols = (torch.tensor(starts, dtype=torch.int64)[:, None] + torch.arange(steps)).reshape(-1)
+    rows = torch.tensor([r.req_pool_idx for r in reqs], dtype=torch.int64)
+    cols = torch.tensor(starts, dtype=torch.int64)
+    if steps > 1:
+        rows = rows.repeat_interleave(steps)
+        cols = (cols[:, None] + torch.arange(steps)).reshape(-1)
     state.req_pool.write_host(rows, cols, got)
-    for r, slot in zip(reqs, got.view(len(reqs), steps)[:, -1].tolist()):
+    for r, slot in zip(reqs, (got if steps == 1 else got.view(len(reqs), steps)[:, -1]).tolist()):
         r.last_slot = slot
     return ScheduleBatch(ForwardMode.DECODE, list(reqs), starts, [1] * len(reqs), got, steps=steps)
 

@@ -32,6 +32,7 @@ from sgl.core.scheduler.state import SchedulerState
 from sgl.core.scheduler.step import Pending, StepExecutor
 from sgl.core.scheduler.step_failure import fail_batches
 from sgl.core.speculative.gate import PLAIN, SPECULATE, SpeculationGate
+from sgl.core.transfer import to_device
 
 if TYPE_CHECKING:
     from sgl.core.speculative.base import SpeculativeAlgorithm
@@ -150,6 +151,7 @@ class OverlapLoop:
             return None  # the pool is full: resolve first, then the plain path retracts
         ids = pending.next_ids
         if len(keep) != len(batch.reqs):
-            ids = ids.index_select(0, torch.tensor(keep, dtype=torch.int64).to(ids.device))
+            keep_rows = to_device(torch.tensor(keep, dtype=torch.int64), ids.device, self.executor.pinned)
+            ids = ids.index_select(0, keep_rows)
         s.counters.overlapped_steps += 1
         return self._launch(nxt, ids, ahead=ahead, defer_sampling=defer)

@@ -79,6 +79,13 @@ class Req:
     def all_ids(self) -> list[int]:
         return self.origin_input_ids + self.output_ids
 
+    def token_slice(self, start: int, end: int) -> list[int]:
+        """``all_ids()[start:end]`` without building the whole sequence (a step reads a few tokens near its end)."""
+        prompt = self.origin_input_ids
+        if start >= len(prompt):
+            return self.output_ids[start - len(prompt) : end - len(prompt)]
+        return prompt[start:end] + self.output_ids[: max(0, end - len(prompt))]
+
     @property
     def seq_len(self) -> int:
         return len(self.origin_input_ids) + len(self.output_ids)

@@ -25,6 +25,8 @@ from sgl.core.runner.forward_batch import ForwardBatch, ForwardMode
 from sgl.core.runner.input_prep import build_forward_batch
 from sgl.core.sampling.batch_info import SamplingBatchInfo
 from sgl.core.scheduler.batch import ScheduleBatch
+from sgl.core.speculative.drafts import DeviceDrafts, draft_rows
+from sgl.core.transfer import to_device
 
 if TYPE_CHECKING:
     from sgl.core.scheduler.req import Req
@@ -102,25 +104,34 @@ def alloc_verify_slots(batch: ScheduleBatch, state: SchedulerState, counts: Sequ
         return None
     extra_host = extra.to("cpu", torch.int64).tolist()
     rows: list[list[int]] = []
+    table_rows: list[int] = []
+    table_cols: list[int] = []
     cursor = 0
     for i, (r, n) in enumerate(zip(batch.reqs, counts)):
         row = [decode_slots[i]] + extra_host[cursor : cursor + n]
         cursor += n
         rows.append(row)
-        state.req_pool.write(int(r.req_pool_idx), batch.prefix_lens[i], torch.tensor(row, dtype=torch.int64))  # type: ignore[arg-type]
+        table_rows.extend([int(r.req_pool_idx)] * len(row))  # type: ignore[arg-type]
+        table_cols.extend(range(batch.prefix_lens[i], batch.prefix_lens[i] + len(row)))
+    # NOTE: one scattered write (one transfer) for the whole batch, not one per request
+    state.req_pool.write_scattered(torch.tensor(table_rows, dtype=torch.int64),
+                                   torch.tensor(table_cols, dtype=torch.int64),
+                                   torch.tensor([s for row in rows for s in row], dtype=torch.int64))
     return rows
 
 
 def verify_drafts(
-    batch: ScheduleBatch, state: SchedulerState, executor: StepExecutor, drafts: Sequence[Sequence[int]],
-    accept: AcceptRule = accept_matching,
+    batch: ScheduleBatch, state: SchedulerState, executor: StepExecutor,
+    drafts: Sequence[Sequence[int]] | DeviceDrafts, accept: AcceptRule = accept_matching,
 ) -> VerifyResult | None:
-    """Verifies ``drafts`` (one list per request of the DECODE ``batch``); None when no request has a draft or the
-    pool cannot hold them: the caller then runs the plain decode step. ``accept``: see ``run_verify``."""
-    chains = [list(d) for d in drafts]
-    if not any(chains):
+    """Verifies ``drafts`` (one list per request of the DECODE ``batch``, or ``DeviceDrafts`` left on the device);
+    None when no request has a draft or the pool cannot hold them: the caller then runs the plain decode step.
+    ``accept``: see ``run_verify``."""
+    chains: list[list[int]] | DeviceDrafts = drafts if isinstance(drafts, DeviceDrafts) else [list(d) for d in drafts]
+    counts = chains.counts if isinstance(chains, DeviceDrafts) else [len(d) for d in chains]
+    if not any(counts):
         return None
-    rows = alloc_verify_slots(batch, state, [len(d) for d in chains])
+    rows = alloc_verify_slots(batch, state, counts)
     if rows is None:
         return None
     return run_verify(batch, executor, chains, rows, accept=accept).result
@@ -136,22 +147,28 @@ class Verified(NamedTuple):
 
 
 def run_verify(
-    batch: ScheduleBatch, executor: StepExecutor, drafts: list[list[int]], rows: list[list[int]],
+    batch: ScheduleBatch, executor: StepExecutor, drafts: list[list[int]] | DeviceDrafts, rows: list[list[int]],
     capture_hidden_layers: tuple[int, ...] = (), accept: AcceptRule = accept_matching,
 ) -> Verified:
     """One TARGET_VERIFY forward over each request's last token and its drafts, at the slots ``rows`` (from
     ``alloc_verify_slots``), and the accepted prefix of each chain: ``accept`` decides its length (by default the
     exact rule; an algorithm's ``SpeculativeAlgorithm.accept``), and the step emits the accepted drafts, then the
-    target's token after them.
+    target's token after them. ``drafts`` may stay on the device (``DeviceDrafts``): they are read on the host with
+    the target's tokens, in one transfer.
 
     NOTE: with the exact rule the emitted tokens are the target's own at every position. A rule that accepts a draft
     the target did not pick emits that draft, and its logprob entry stays the target's token's."""
-    vb = VerifyBatch(list(batch.reqs), list(batch.prefix_lens), drafts, flat_slots(rows))
-    fb, hidden, ids, lps = verify_forward(vb, executor, capture_hidden_layers)
+    on_device: DeviceDrafts | None = None
+    if isinstance(drafts, DeviceDrafts):  # NOTE: placeholders of the right lengths until the drafts come home
+        on_device, chains = drafts, [[0] * k for k in drafts.counts]
+    else:
+        chains = drafts
+    vb = VerifyBatch(list(batch.reqs), list(batch.prefix_lens), chains, flat_slots(rows))
+    fb, hidden, ids, lps = verify_forward(vb, executor, capture_hidden_layers, device_drafts=on_device)
     tokens: list[list[int]] = []
     logprobs: list[list[LogprobEntry | None]] = []
     offset = 0
-    for r, d in zip(vb.reqs, drafts):
+    for r, d in zip(vb.reqs, vb.drafts):
         target = ids[offset : offset + 1 + len(d)]
         n = accept(r, d, target)
         if not 0 <= n <= len(d):
@@ -159,7 +176,7 @@ def run_verify(
         tokens.append(list(d[:n]) + [target[n]])
         logprobs.append(lps[offset : offset + n + 1])
         offset += 1 + len(d)
-    return Verified(VerifyResult(tokens, logprobs, rows, [len(d) for d in drafts]), fb, hidden)
+    return Verified(VerifyResult(tokens, logprobs, rows, [len(d) for d in vb.drafts]), fb, hidden)
 
 
 def flat_slots(rows: list[list[int]]) -> torch.Tensor:
@@ -168,24 +185,46 @@ def flat_slots(rows: list[list[int]]) -> torch.Tensor:
 
 def verify_forward(
     vb: VerifyBatch, executor: StepExecutor, capture_hidden_layers: tuple[int, ...] = (),
-    tree_masks: list[torch.Tensor] | None = None,
+    tree_masks: list[torch.Tensor] | None = None, device_drafts: DeviceDrafts | None = None,
 ) -> tuple[ForwardBatch, torch.Tensor, list[int], list[LogprobEntry | None]]:
     """The TARGET_VERIFY forward over ``vb`` (a chain per request, or with ``tree_masks`` a tree) and the target's
-    token and logprobs at every verified position: (forward batch, hidden states, tokens, logprobs)."""
+    token and logprobs at every verified position: (forward batch, hidden states, tokens, logprobs). With
+    ``device_drafts`` ``vb.drafts`` are placeholders of the right lengths: the forward reads the drafts on the device,
+    and ``vb.drafts`` holds them once they came home with the target's tokens."""
     runner = executor.runner
     with torch.inference_mode():
         fb = build_forward_batch(vb, runner)
+        if device_drafts is not None and device_drafts.tokens.numel():
+            where = to_device(torch.tensor(draft_rows(device_drafts.counts), dtype=torch.int64), fb.input_ids.device,
+                              executor.pinned)
+            fb.input_ids.index_copy_(0, where, device_drafts.tokens.to(fb.input_ids.dtype))
         fb.capture_hidden_layers = capture_hidden_layers
         fb.tree_masks = tree_masks
         hidden = runner.forward(fb)
-        ids, lps = _sample_positions(vb, runner.compute_logits(hidden), executor)
+        ids, lps = _sample_positions(vb, runner.compute_logits(hidden), executor, device_drafts)
     return fb, hidden, ids, lps
 
 
+def _needs_draft_values(reqs: Sequence[Req]) -> bool:
+    """Whether sampling a verified position reads the values of the drafts before it (penalties count tokens); the
+    rest (seeds, min_new_tokens) depends on how many there are only."""
+    return any(
+        r.sampling_params.frequency_penalty != 0.0 or r.sampling_params.presence_penalty != 0.0
+        or r.sampling_params.repetition_penalty != 1.0
+        for r in reqs
+    )
+
+
 def _sample_positions(
-    vb: VerifyBatch, logits: torch.Tensor, executor: StepExecutor
+    vb: VerifyBatch, logits: torch.Tensor, executor: StepExecutor, device_drafts: DeviceDrafts | None = None
 ) -> tuple[list[int], list[LogprobEntry | None]]:
-    """The target's token (and logprobs) at every verified position, as plain decoding would sample it there."""
+    """The target's token (and logprobs) at every verified position, as plain decoding would sample it there.
+
+    NOTE: device drafts come home before sampling only where a penalty needs their values (one more transfer);
+    otherwise with the sampled tokens, in one."""
+    if device_drafts is not None and _needs_draft_values(vb.reqs):
+        vb.drafts = device_drafts.split(device_drafts.tokens.tolist())
+        device_drafts = None
     reqs: list[Req] = []
     outputs: list[list[int]] = []
     for i, r in enumerate(vb.reqs):
@@ -201,12 +240,17 @@ def _sample_positions(
     if mask is not None:
         # NOTE: a masked request has no drafts (may_draft), so its one row is its first row
         rows = torch.tensor([i for i, r in enumerate(vb.reqs) for _ in range(1 + len(vb.drafts[i]))])
-        info = dataclasses.replace(info, vocab_mask=mask.index_select(0, rows.to(mask.device)))
+        info = dataclasses.replace(info, vocab_mask=mask.index_select(0, to_device(rows, mask.device, pinned)))
     want_lp = any(r.return_logprob for r in reqs)
     out = executor.sampler(
         logits, info, return_logprob=want_lp, top_logprobs_nums=[r.top_logprobs_num for r in reqs] if want_lp else None
     )
-    ids = out.next_token_ids.tolist()
+    if device_drafts is None:
+        ids = out.next_token_ids.tolist()
+    else:  # NOTE: the step's one read of the device: the target's tokens and the drafts together
+        home = torch.cat([out.next_token_ids.to(torch.int64), device_drafts.tokens]).tolist()
+        ids = home[: len(reqs)]
+        vb.drafts = device_drafts.split(home[len(reqs) :])
     lps: list[LogprobEntry | None] = [None] * len(ids)
     if want_lp and out.next_token_logprobs is not None:
         chosen = out.next_token_logprobs.tolist()

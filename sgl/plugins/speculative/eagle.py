@@ -37,8 +37,10 @@ from sgl.core.runner.input_prep import build_forward_batch
 from sgl.core.runner.model_runner import ModelRunner
 from sgl.core.scheduler.batch import ScheduleBatch
 from sgl.core.speculative.base import SpeculativeAlgorithm
+from sgl.core.speculative.drafts import DeviceDrafts, chain_drafts
 from sgl.core.speculative.tree import TreeBatch, run_verify_tree
 from sgl.core.speculative.verify import alloc_verify_slots, draft_budget, may_draft, run_verify
+from sgl.core.transfer import to_device
 from sgl.plugins.speculative.common import AcceptanceStats
 from sgl.plugins.speculative.eagle_models import TARGET_HIDDEN, EagleDraftHead, LlamaForCausalLMEagle3
 from sgl.plugins.speculative.eagle_tree import draft_trees
@@ -160,6 +162,11 @@ class EagleAlgorithm(SpeculativeAlgorithm):
         elif runner.capture_verify_graphs(max_nodes + 1, capture, tree=True):
             logger.info("--speculative-eagle-topk %d: tree verify forwards replay graphs; tree drafting runs eagerly",
                         topk)
+        if draft.graph_runner is not None:
+            # NOTE: after a verify the catch-up covers the accepted positions, at most steps + 1 per request (the
+            # first one after a prefill covers the prompt and runs eagerly)
+            width = draft.model.target_hidden_size * max(1, len(capture))
+            draft.capture_verify_graphs(steps + 1, mode=ForwardMode.EXTEND, row_inputs={TARGET_HIDDEN: width})
         return cls(runner, draft, steps, capture, topk, max_nodes)
 
     @classmethod
@@ -225,10 +232,10 @@ class EagleAlgorithm(SpeculativeAlgorithm):
         verified = run_verify(batch, executor, drafts, rows, self.capture, self.accept)
         feats = self._features(verified.forward_batch, verified.hidden)
         offset = 0
-        for r, p, d, tokens in zip(batch.reqs, batch.prefix_lens, drafts, verified.result.tokens):
+        for r, p, k, tokens in zip(batch.reqs, batch.prefix_lens, verified.result.drafted, verified.result.tokens):
             r.features.pop(self.name, None)
             self._keep(r, p, feats[offset : offset + len(tokens)])  # the accepted positions' features only
-            offset += 1 + len(d)
+            offset += 1 + k
         self.stats.record(verified.result)
         return verified.result
 
@@ -261,32 +268,36 @@ class EagleAlgorithm(SpeculativeAlgorithm):
         ids: list[int] = []
         slots: list[torch.Tensor] = []
         for r, f, i in zip(reqs, feats, idx):
-            ids.extend(r.all_ids()[f.start + 1 : batch.prefix_lens[i] + 1])
+            ids.extend(r.token_slice(f.start + 1, batch.prefix_lens[i] + 1))
             slots.append(table.read(int(r.req_pool_idx), f.end)[f.start :])  # type: ignore[arg-type]
         lens = [f.count for f in feats]
         sb = ScheduleBatch(ForwardMode.EXTEND, reqs, [f.start for f in feats], lens, torch.cat(slots))
-        hidden = self.run_draft(sb, torch.tensor(ids, dtype=torch.int64), torch.cat([f.joined() for f in feats]))
+        device, pinned = self.draft.device, bool(self.draft.platform.capabilities.pinned_memory)
+        hidden = self.run_draft(sb, to_device(torch.tensor(ids, dtype=torch.int64), device, pinned),
+                                torch.cat([f.joined() for f in feats]))
+        if all(n == 1 for n in lens):
+            return hidden
         last = torch.tensor(lens, dtype=torch.int64).cumsum(0) - 1
-        return hidden.index_select(0, last.to(self.draft.device))
+        return hidden.index_select(0, to_device(last, device, pinned))
 
     @torch.inference_mode()
-    def _draft(self, batch: ScheduleBatch, budgets: list[int], rows: list[list[int]]) -> list[list[int]]:
-        drafts: list[list[int]] = [[] for _ in budgets]
+    def _draft(self, batch: ScheduleBatch, budgets: list[int], rows: list[list[int]]) -> DeviceDrafts:
+        """The chain of each request with a budget, left on the device (``sgl.core.speculative.drafts``): each draft
+        step reads the tokens the step before it picked on the device, and the host reads none of them here."""
         idx = [i for i, k in enumerate(budgets) if k]
         reqs = [batch.reqs[i] for i in idx]
-        device = self.draft.device
+        device, pinned = self.draft.device, bool(self.draft.platform.capabilities.pinned_memory)
         hidden = self.catch_up(batch, idx, reqs)
         tokens = self._pick(hidden)
-        for i, t in zip(idx, tokens.tolist()):
-            drafts[i].append(int(t))
-        # the chain: (predicted feature, d_j) at position last + j - 1 drafts d_(j+1), at verify's slots
         live = list(range(len(idx)))
+        columns: list[tuple[list[int], torch.Tensor]] = [(live, tokens)]
+        # the chain: (predicted feature, d_j) at position last + j - 1 drafts d_(j+1), at verify's slots
         for j in range(1, max(budgets)):
             keep = [m for m in live if budgets[idx[m]] > j]
             if not keep:
                 break
             if len(keep) != len(live):
-                sel = torch.tensor([live.index(m) for m in keep], dtype=torch.int64, device=device)
+                sel = to_device(torch.tensor([live.index(m) for m in keep], dtype=torch.int64), device, pinned)
                 hidden, tokens = hidden.index_select(0, sel), tokens.index_select(0, sel)
             live = keep
             sb = ScheduleBatch(ForwardMode.DECODE, [reqs[m] for m in live],
@@ -294,15 +305,15 @@ class EagleAlgorithm(SpeculativeAlgorithm):
                                torch.tensor([rows[idx[m]][j - 1] for m in live], dtype=torch.int64))
             hidden = self.run_draft(sb, tokens, hidden)
             tokens = self._pick(hidden)
-            for m, t in zip(live, tokens.tolist()):
-                drafts[idx[m]].append(int(t))
-        return drafts
+            columns.append((live, tokens))
+        return DeviceDrafts(chain_drafts(columns, budgets, pinned), list(budgets))
 
     def run_draft(self, sb: ScheduleBatch, ids: torch.Tensor, feats: torch.Tensor) -> torch.Tensor:
+        """The draft head over ``sb``, fed ``ids`` and the features ``feats`` (both on the draft's device)."""
         if isinstance(sb, TreeBatch):
-            fb = sb.forward_batch(self.draft, ids.to(self.draft.device))
+            fb = sb.forward_batch(self.draft, ids)
         else:
-            fb = build_forward_batch(sb, self.draft, ids.to(self.draft.device))
+            fb = build_forward_batch(sb, self.draft, ids)
         fb.extras[TARGET_HIDDEN] = feats.to(self.draft.dtype)
         return self.draft.forward(fb)
 
