@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from sgl.core.attention.base import AttentionBackend, AttentionLayerInfo
+from sgl.core.attention.base import AttentionBackend, AttentionLayerInfo, KVStoreTarget, pool_store_target
 from sgl.kernels import (
     DecodeWorkspace,
     decode_attention,
@@ -145,6 +145,10 @@ class TritonAttnBackend(AttentionBackend):
         return ExtendMetadata(prefix, ext, start, max_len, tree)
 
     # forward ------------------------------------------------------------------------------------------------
+    def kv_store_target(self, layer: AttentionLayerInfo, forward_batch: ForwardBatch) -> KVStoreTarget | None:
+        """The pool's buffers: ``store_kv`` writes them exactly as a fused prologue kernel does."""
+        return pool_store_target(layer, forward_batch)
+
     def forward_extend(
         self,
         q: torch.Tensor,

@@ -16,6 +16,7 @@ import triton
 import triton.language as tl
 
 from sgl.kernels._common import sm_count, upcast_dot
+from sgl.kernels.activation import gated_act
 
 MAX_ROWS = 16  # x rows the kernel takes; larger batches go to the vendor GEMM
 
@@ -34,9 +35,13 @@ def _skinny_gemm_kernel(
     M, N, K, k_per_split,
     stride_xm, stride_wn, stride_os, stride_om,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, UPCAST: tl.constexpr,
-    HAS_BIAS: tl.constexpr,
+    HAS_BIAS: tl.constexpr, GATED: tl.constexpr, GELU_TANH: tl.constexpr,
 ):
-    """Writes split ``program_id(1)``'s fp32 partial, or (one split) the finished y with its bias."""
+    """Writes split ``program_id(1)``'s fp32 partial, or (one split) the finished y with its bias.
+
+    NOTE: GATED: x is ``[gate | up]`` (2K wide) and each K step's input is act(gate) * up, computed on the tile with
+    the activation kernel's rounding; every program recomputes its K range's activations, a few FLOPs per weight row.
+    """
     pid_n = tl.program_id(0)
     split = tl.program_id(1)
     rows = tl.arange(0, BLOCK_M)
@@ -49,7 +54,11 @@ def _skinny_gemm_kernel(
     for k0 in range(k_start, k_end, BLOCK_K):
         ks = k0 + tl.arange(0, BLOCK_K)
         kmask = ks < k_end
-        x = tl.load(x_ptr + rows[:, None] * stride_xm + ks[None, :], mask=rmask[:, None] & kmask[None, :], other=0.0)
+        xmask = rmask[:, None] & kmask[None, :]
+        x = tl.load(x_ptr + rows[:, None] * stride_xm + ks[None, :], mask=xmask, other=0.0)
+        if GATED:
+            up = tl.load(x_ptr + rows[:, None] * stride_xm + K + ks[None, :], mask=xmask, other=0.0)
+            x = gated_act(x, up, GELU_TANH)
         w = tl.load(w_ptr + cols[:, None] * stride_wn + ks[None, :], mask=cmask[:, None] & kmask[None, :], other=0.0)
         if UPCAST:
             x = x.to(tl.float32)
@@ -126,16 +135,26 @@ def skinny_config(n: int, k: int, device: torch.device) -> SkinnyConfig:
     return SkinnyConfig(block_n, block_k, split_k_for(triton.cdiv(n, block_n), k, block_k, device), 4, 3)
 
 
+GATED_ACTIVATIONS = ("silu", "gelu_tanh")
+
+
 def skinny_gemm(
-    x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None = None, config: SkinnyConfig | None = None
+    x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None = None, config: SkinnyConfig | None = None,
+    gated: str | None = None,
 ) -> torch.Tensor:
-    """x [M, K] (M <= 16, rows contiguous) @ w [N, K].T (+ bias [N]) -> [M, N] in x's dtype."""
-    m, k = x.shape
+    """x [M, K] (M <= 16, rows contiguous) @ w [N, K].T (+ bias [N]) -> [M, N] in x's dtype.
+
+    ``gated`` (one of GATED_ACTIVATIONS): x is [M, 2K] laid out [gate | up] and the product is of act(gate) * up,
+    the activation applied as each tile is loaded (no separate activation kernel, no activated tensor in memory).
+    """
+    m, k = x.shape[0], w.shape[1]
     n = w.shape[0]
     if m > MAX_ROWS:
         raise ValueError(f"skinny_gemm takes at most {MAX_ROWS} rows (got {m})")
-    if w.shape[1] != k:
-        raise ValueError(f"x has {k} columns but w has {w.shape[1]}")
+    if gated is not None and gated not in GATED_ACTIVATIONS:
+        raise ValueError(f"unknown gated activation {gated!r}; known: {', '.join(GATED_ACTIVATIONS)}")
+    if x.shape[1] != (2 * k if gated else k):
+        raise ValueError(f"x has {x.shape[1]} columns but w has {k}" + (" (gated: x is [gate | up])" if gated else ""))
     if x.stride(1) != 1:
         x = x.contiguous()
     if w.stride(1) != 1:
@@ -149,6 +168,7 @@ def skinny_gemm(
         x, w, parts.out, bias if bias is not None else x, m, n, k, parts.k_per_split,
         x.stride(0), w.stride(0), parts.stride_os, parts.stride_om,
         BLOCK_M=MAX_ROWS, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, UPCAST=upcast_dot(x),
-        HAS_BIAS=parts.direct and bias is not None, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+        HAS_BIAS=parts.direct and bias is not None, GATED=gated is not None, GELU_TANH=gated == "gelu_tanh",
+        num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )
     return sum_splits(parts, y, bias)

@@ -25,6 +25,9 @@ class ModelContext:
     parallel: ParallelState
     dtype: torch.dtype
     device: torch.device
+    # NOTE: layers may fuse ops across the Ops and LinearMethod contracts (the attention prologue, the gated down
+    # projection); off, each op runs on its own (ServerArgs.disable_layer_fusion, for A/B timing)
+    layer_fusion: bool = True
 
     @classmethod
     def from_platform(
@@ -34,6 +37,7 @@ class ModelContext:
         parallel: ParallelState = SINGLE,
         device: torch.device | None = None,
         quant_config: QuantizationMethod | None = None,
+        layer_fusion: bool = True,
     ) -> ModelContext:
         return cls(
             ops=platform.ops(),
@@ -41,4 +45,5 @@ class ModelContext:
             parallel=parallel,
             dtype=dtype,
             device=device if device is not None else platform.device(parallel.device),
+            layer_fusion=layer_fusion,
         )
