@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from sgl.core.model.linear import GatedActivation, UnquantizedLinearMethod
-from sgl.kernels.skinny_gemm import GATED_ACTIVATIONS, MAX_ROWS, skinny_gemm
+from sgl.kernels.skinny_gemm import GATED_ACTIVATIONS, MAX_ROWS, skinny_gemm, split_tickets
 
 _STREAMED_DTYPES = (torch.bfloat16, torch.float16)
 
@@ -21,10 +21,22 @@ class SkinnyLinearMethod(UnquantizedLinearMethod):
     and sgl.kernels.skinny_gemm 85-95% (benchmarks/skinny_gemm_sweep.py); at batch 1 the weights are the whole step.
     """
 
+    def process_weights_after_loading(self, layer: nn.Module) -> None:
+        """The layer's split tickets, so its skinny GEMM sums K splits in-kernel (one launch, not two).
+
+        NOTE: here, before any graph is captured, and one set per layer: a layer never runs on two streams at once.
+        Without layer fusion (ServerArgs.disable_layer_fusion) the layer keeps the separate reduce kernel.
+        """
+        super().process_weights_after_loading(layer)
+        w = cast(torch.Tensor, layer.weight)
+        fusion = getattr(getattr(layer, "ctx", None), "layer_fusion", True)
+        if fusion and w.dim() == 2 and w.dtype in _STREAMED_DTYPES:
+            layer.register_buffer("split_tickets", split_tickets(w.shape[0], w.shape[1], w.device), persistent=False)
+
     def apply(self, layer: nn.Module, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
         w = cast(torch.Tensor, layer.weight)
         if _streamed(x, w):
-            return skinny_gemm(x, w, bias)
+            return skinny_gemm(x, w, bias, tickets=_tickets(layer))
         return F.linear(x, w, bias)
 
     def apply_gated(
@@ -33,8 +45,12 @@ class SkinnyLinearMethod(UnquantizedLinearMethod):
         """Where the skinny GEMM runs, it applies the activation to its input tiles: one launch fewer per MLP."""
         w = cast(torch.Tensor, layer.weight)
         if _streamed(gate_up, w) and act.name in GATED_ACTIVATIONS:
-            return skinny_gemm(gate_up, w, bias, gated=act.name)
+            return skinny_gemm(gate_up, w, bias, gated=act.name, tickets=_tickets(layer))
         return super().apply_gated(layer, gate_up, act, bias)
+
+
+def _tickets(layer: nn.Module) -> torch.Tensor | None:
+    return cast("torch.Tensor | None", getattr(layer, "split_tickets", None))
 
 
 def _streamed(x: torch.Tensor, w: torch.Tensor) -> bool:

@@ -10,7 +10,7 @@ import torch
 from sgl.core.memory.kv_pool import KVPool
 from sgl.core.ops import reference
 from sgl.kernels import gelu_tanh_and_mul, qk_norm_rope_store_kv, rms_norm, rotary_embedding, silu_and_mul, store_kv
-from sgl.kernels.skinny_gemm import SkinnyConfig, skinny_gemm
+from sgl.kernels.skinny_gemm import SkinnyConfig, skinny_gemm, split_tickets
 
 HEADS, KV_HEADS, HEAD_DIM, EPS = 4, 2, 32, 1e-6
 
@@ -121,6 +121,27 @@ def test_gated_skinny_gemm_matches_activation_then_gemm(
     y_ref = torch.nn.functional.linear(ref_op(gate_up).float(), w.float(), bias.float())
     tol = 1e-4 if dtype == torch.float32 else 5e-2
     torch.testing.assert_close(y.float(), y_ref, atol=tol, rtol=tol)
+
+
+@pytest.mark.parametrize("gated", [None, "silu"])
+@pytest.mark.parametrize("split_k", [2, 4])
+def test_skinny_gemm_sums_splits_in_kernel_with_tickets(split_k: int, gated: str | None, device: torch.device) -> None:
+    """The last split of each tile sums the partials in split order: the bits of the separate reduce kernel, and the
+    tickets are zero again after every call (a graph replays the same launch)."""
+    torch.manual_seed(5)
+    m, k, n = 2, 512, 150
+    x = torch.randn(m, 2 * k if gated else k, device=device).to(torch.bfloat16)
+    w = (torch.randn(n, k, device=device) / 16).to(torch.bfloat16)
+    bias = torch.randn(n, device=device).to(torch.bfloat16)
+    cfg = SkinnyConfig(64, 64, split_k, 4, 1)
+    tickets = torch.zeros(3, dtype=torch.int32, device=device)
+    expected = skinny_gemm(x, w, bias, cfg, gated=gated)
+    for _ in range(2):
+        assert torch.equal(skinny_gemm(x, w, bias, cfg, gated=gated, tickets=tickets), expected)
+        assert not tickets.any()
+    no_bias = skinny_gemm(x, w, None, cfg, gated=gated)
+    assert torch.equal(skinny_gemm(x, w, None, cfg, gated=gated, tickets=tickets), no_bias)
+    assert split_tickets(n, k, device).shape[0] >= 3
 
 
 def test_gated_skinny_gemm_refuses_an_ungated_width(device: torch.device) -> None:

@@ -1,5 +1,6 @@
 """A whole tiny model on the Triton platform's pieces (portable ops, skinny GEMMs, Triton attention) gives the same
-bits with the fused layer kernels as without them: hidden states and every KV slot, over a prefill and decode steps.
+bits with the fused layer kernels as without them (the prologue, the gated down projection, K splits summed
+in-kernel): hidden states and every KV slot, over a prefill and a decode step.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from sgl.core.runner.forward_batch import ForwardBatch
 from sgl.kernels import portable_ops
 from sgl.kernels.attention_backend import TritonAttnBackend
 from sgl.kernels.linear_method import SkinnyLinearMethod
+from sgl.kernels.skinny_gemm import skinny_config
 from tests.core.tiny_models import PagedKV, build_forward_batch, make_paged_kv, make_tiny_hf_model
 
 
@@ -54,7 +56,9 @@ def _run(model_dir: str, fused: bool, device: torch.device) -> tuple[list[torch.
 def test_fused_layers_give_the_unfused_bits(tmp_path: Path, arch: str, device: torch.device) -> None:
     if device.type != "cpu":
         pytest.skip("the tiny model's batches are built on the CPU")
-    model_dir = make_tiny_hf_model(arch, tmp_path / arch, seed=4, hidden_size=64, intermediate_size=96)
+    # NOTE: intermediate 512 splits the down projection's K in two: its splits are summed in-kernel (tickets)
+    model_dir = make_tiny_hf_model(arch, tmp_path / arch, seed=4, hidden_size=64, intermediate_size=512)
+    assert skinny_config(64, 512, device).split_k > 1
     fused, fused_kv, calls = _run(model_dir, True, device)
     plain, plain_kv, no_calls = _run(model_dir, False, device)
     # 2 layers x 2 forwards, only where fused
@@ -65,3 +69,14 @@ def test_fused_layers_give_the_unfused_bits(tmp_path: Path, arch: str, device: t
         assert torch.equal(fused_kv.kv_pool.k_buffer[layer], plain_kv.kv_pool.k_buffer[layer])
         assert torch.equal(fused_kv.kv_pool.v_buffer[layer], plain_kv.kv_pool.v_buffer[layer])
     assert fused_kv.kv_pool.k_buffer[1].abs().sum() > 0
+
+
+def test_split_tickets_only_with_layer_fusion(tmp_path: Path, device: torch.device) -> None:
+    model_dir = make_tiny_hf_model("llama", tmp_path / "llama", seed=4, hidden_size=64, intermediate_size=512)
+    for fused in (True, False):
+        ctx = ModelContext(portable_ops(), SkinnyLinearMethod(), SINGLE, torch.bfloat16, device, layer_fusion=fused)
+        model, _ = load_model(model_dir, ctx)
+        down = model.model.layers[0].mlp.down_proj
+        assert hasattr(down, "split_tickets") == fused
+        if fused:
+            assert not down.split_tickets.any()
