@@ -147,3 +147,33 @@ def test_skinny_gemm_sums_splits_in_kernel_with_tickets(split_k: int, gated: str
 def test_gated_skinny_gemm_refuses_an_ungated_width(device: torch.device) -> None:
     with pytest.raises(ValueError, match="gated"):
         skinny_gemm(torch.zeros(1, 64, device=device), torch.zeros(8, 64, device=device), gated="silu")
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_decode_merge_by_the_last_split_gives_the_merge_kernel_bits(dtype: torch.dtype, device: torch.device) -> None:
+    """Stage 2 folded into stage 1 (the last split of each request and kv head merges): the same bits as the merge
+    kernel, over requests with 1 to 4 splits, grouped heads, a request with no keys; tickets zero after each call."""
+    from kernel_oracle import Paged
+
+    from sgl.kernels.decode_attn import DecodeWorkspace, decode_attention, decode_workspace, merge_tickets
+
+    torch.manual_seed(6)
+    heads, kv_heads, head_dim = 4, 2, 32
+    seq = [200, 70, 3, 0]
+    paged = Paged.make(kv_heads, head_dim, dtype, device)
+    for r, n in enumerate(seq):
+        if n:
+            paged.fill_prefix(r, n)
+    r2t = paged.req_to_token_pool.req_to_token
+    reqs, seq_t = torch.arange(4, device=device), torch.tensor(seq, device=device)
+    q = torch.randn(4, heads * head_dim, device=device).to(dtype)
+    ws = decode_workspace(seq_t, heads, kv_heads, head_dim, max_kv_splits=4)
+    assert sorted(set(ws.num_kv_splits.tolist())) == [1, 2, 4]
+    k_buf, v_buf = paged.kv_pool.k_buffer[0], paged.kv_pool.v_buffer[0]
+    want = decode_attention(q, k_buf, v_buf, r2t, reqs, seq_t, 0.2, workspace=ws)
+    tickets = merge_tickets(4, kv_heads, device)
+    merged_ws = DecodeWorkspace(*ws[:4], tickets=tickets)
+    for _ in range(2):
+        assert torch.equal(decode_attention(q, k_buf, v_buf, r2t, reqs, seq_t, 0.2, workspace=merged_ws), want)
+        assert not tickets.any()
+    assert not want[3].any()
