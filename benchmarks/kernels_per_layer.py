@@ -23,6 +23,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from importlib import resources
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import torch
@@ -108,7 +109,8 @@ def _decode_setup(name: str, layers: int, fused: bool, device: torch.device) -> 
     pool = KVPool(64, 1, layers, config.num_kv_heads, config.head_dim, torch.bfloat16, device)
     req_to_token = ReqToTokenPool(1, 64, device)
     req_to_token.write(0, 0, torch.arange(1, PROMPT_LEN + 2))
-    backend = TritonAttnBackend(None)
+    # NOTE: the backend reads the flag from its runner's ServerArgs: a stand-in runner carries just that field
+    backend = TritonAttnBackend(SimpleNamespace(args=SimpleNamespace(disable_layer_fusion=not fused)))
     fb = ForwardBatch(
         forward_mode=ForwardMode.DECODE, batch_size=1,
         input_ids=torch.tensor([7], device=device), positions=torch.tensor([PROMPT_LEN], device=device),

@@ -1,6 +1,7 @@
 """The fused decoder-layer kernels compiled, at Qwen3-0.6B and Llama-3.1-8B shapes: the same bits as the unfused
-kernels they replace, close to the torch reference, split tickets race-free under graph replay, fewer launches per
-layer, and the engine's greedy tokens unchanged by --disable-layer-fusion.
+kernels they replace, close to the torch reference, tickets (K splits of the skinny GEMM, KV splits of decode
+attention) race-free under graph replay, fewer launches per layer, and the engine's greedy tokens unchanged by
+--disable-layer-fusion.
 
 Run on a GPU machine: ``pytest tests/gpu/test_layer_fusion_gpu.py -m gpu -s``.
 """
@@ -112,13 +113,50 @@ def test_split_tickets_sum_like_the_reduce_kernel_under_graph_replay(n: int, k: 
     assert not tickets.any()
 
 
+@pytest.mark.parametrize("kv_dtype", [BF16, torch.float8_e4m3fn], ids=["bf16", "e4m3"])
+@pytest.mark.parametrize("batch,ctx", [(1, 4096), (8, 1500)])
+def test_decode_merge_by_the_last_split_under_graph_replay(batch: int, ctx: int, kv_dtype: torch.dtype) -> None:
+    """Stage 2 folded into stage 1: the merge kernel's result (bit for bit at bf16, whose stage 1 runs the merge's
+    warp count), 100 graph replays alike, tickets zero after."""
+    from sgl.kernels.decode_attn import DecodeWorkspace, decode_attention, decode_workspace, merge_tickets
+
+    heads, kv_heads, head_dim = 32, 8, 128
+    torch.manual_seed(batch)
+    slots = batch * ctx + 1
+    k_buf = torch.randn(slots, kv_heads, head_dim, device=DEV).to(kv_dtype)
+    v_buf = torch.randn(slots, kv_heads, head_dim, device=DEV).to(kv_dtype)
+    r2t = (torch.randperm(slots - 1, device=DEV)[: batch * ctx] + 1).view(batch, ctx).to(torch.int32)
+    reqs = torch.arange(batch, device=DEV)
+    seq = torch.tensor([ctx - 37 * i for i in range(batch)], device=DEV)
+    q = torch.randn(batch, heads * head_dim, dtype=BF16, device=DEV)
+    ws = decode_workspace(seq, heads, kv_heads, head_dim)
+    assert ws.max_kv_splits > 1
+    want = decode_attention(q, k_buf, v_buf, r2t, reqs, seq, head_dim**-0.5, workspace=ws)
+    tickets = merge_tickets(batch, kv_heads, DEV)
+    merged = DecodeWorkspace(*ws[:4], tickets=tickets)
+    got = decode_attention(q, k_buf, v_buf, r2t, reqs, seq, head_dim**-0.5, workspace=merged)
+    if kv_dtype == BF16:
+        assert torch.equal(got, want)
+    torch.testing.assert_close(got, want, atol=2e-3, rtol=2e-3)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = decode_attention(q, k_buf, v_buf, r2t, reqs, seq, head_dim**-0.5, workspace=merged)
+    for _ in range(100):
+        graph.replay()
+        torch.cuda.synchronize()
+        assert torch.equal(out, got)
+    assert not tickets.any()
+
+
 @pytest.mark.parametrize("model", ["qwen3-0.6b", "llama-3.1-8b"])
 def test_fewer_launches_per_layer(model: str) -> None:
     from benchmarks.kernels_per_layer import layer_launches
 
     unfused, fused = layer_launches(model, False, DEV), layer_launches(model, True, DEV)
     print(f"\n{model}: {len(unfused)} launches per layer unfused, {len(fused)} fused: {sorted(set(fused))}")
-    assert len(fused) <= len(unfused) - 7
+    # two add_rms_norm, four GEMMs (no split sums, silu inside down), the prologue, decode attention (merge inside)
+    assert len(fused) == 8, fused
+    assert len(unfused) >= 14, unfused  # + q/k norms (Qwen3), rope, KV store, silu, split sums, the decode merge
 
 
 def test_engine_greedy_tokens_identical_with_and_without_layer_fusion(demo_model_dir: Path) -> None:

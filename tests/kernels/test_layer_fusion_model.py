@@ -6,6 +6,7 @@ in-kernel): hidden states and every KV slot, over a prefill and a decode step.
 from __future__ import annotations
 
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -40,7 +41,9 @@ def _run(model_dir: str, fused: bool, device: torch.device) -> tuple[list[torch.
     ctx = ModelContext(ops.replace(qk_norm_rope_store_kv=spy), Gemm(), SINGLE, torch.bfloat16, device,
                        layer_fusion=fused)
     model, config = load_model(model_dir, ctx)
-    paged = make_paged_kv(config, dtype=torch.bfloat16, backend=TritonAttnBackend(None), seed=3)
+    # NOTE: the Triton backend reads the flag (merging KV splits in stage 1) from its runner's ServerArgs
+    runner = SimpleNamespace(args=SimpleNamespace(disable_layer_fusion=not fused))
+    paged = make_paged_kv(config, dtype=torch.bfloat16, backend=TritonAttnBackend(runner), seed=3)
     steps: list[tuple[list[int], list[list[int]]]] = [
         ([0, 0], [[5, 9, 12, 7, 30], [40, 41, 3]]), ([5, 3], [[17], [99]]),
     ]
@@ -69,6 +72,8 @@ def test_fused_layers_give_the_unfused_bits(tmp_path: Path, arch: str, device: t
         assert torch.equal(fused_kv.kv_pool.k_buffer[layer], plain_kv.kv_pool.k_buffer[layer])
         assert torch.equal(fused_kv.kv_pool.v_buffer[layer], plain_kv.kv_pool.v_buffer[layer])
     assert fused_kv.kv_pool.k_buffer[1].abs().sum() > 0
+    # the decode step merged its KV splits in stage 1 only where fused (the tickets exist only then)
+    assert fused_kv.backend._tickets is not None and plain_kv.backend._tickets is None  # type: ignore[attr-defined]
 
 
 def test_split_tickets_only_with_layer_fusion(tmp_path: Path, device: torch.device) -> None:

@@ -30,7 +30,7 @@ from sgl.core.runner.forward_batch import ForwardBatch
 
 
 class HeadNorms(NamedTuple):
-    """Per-head q and k RMSNorms (Qwen3). NOTE: one eps for both: the fused prologue takes q's."""
+    """Per-head q and k RMSNorms (Qwen3). NOTE: one eps for both (the fused prologue takes one)."""
 
     q: RMSNorm
     k: RMSNorm
@@ -127,6 +127,8 @@ class LlamaAttention(nn.Module):
     def _fused_prologue(self, positions: torch.Tensor, qkv: torch.Tensor, target: KVStoreTarget) -> torch.Tensor:
         """Head norms, rope and the KV store in one op (one kernel where the platform has it); returns q."""
         norms, rope = self.head_norms(), self.rotary_emb
+        if norms is not None and norms.q.eps != norms.k.eps:
+            raise ValueError(f"the fused prologue takes one eps for both head norms: q {norms.q.eps}, k {norms.k.eps}")
         return self.ops.qk_norm_rope_store_kv(
             positions, qkv, self.num_heads, self.num_kv_heads, self.head_dim, rope.cos_sin_cache, rope.is_neox,
             norms.q.weight if norms else None, norms.k.weight if norms else None, norms.q.eps if norms else 0.0,
