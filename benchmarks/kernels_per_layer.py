@@ -33,6 +33,7 @@ if __name__ == "__main__" and not torch.cuda.is_available():
 from torch.utils._python_dispatch import TorchDispatchMode
 
 PROMPT_LEN = 16
+_NO_KERNEL = ("detach", "lift_fresh", "alias", "_unsafe_view")  # aliasing ops that is_view does not flag
 
 
 class _Launches(TorchDispatchMode):
@@ -50,9 +51,9 @@ class _Launches(TorchDispatchMode):
         # NOTE: a kernel writes a tensor; views, allocations and ops returning no tensor (promote_types) launch none
         writes = isinstance(out, torch.Tensor) or (isinstance(out, (tuple, list)) and any(
             isinstance(o, torch.Tensor) for o in out))
-        if self.active and not self.in_triton and writes and not func.is_view and not name.startswith("empty"):
-            if name not in ("detach", "lift_fresh", "alias", "_unsafe_view"):
-                self.names.append(f"torch:{name}")
+        kernel = writes and not func.is_view and not name.startswith("empty") and name not in _NO_KERNEL
+        if self.active and not self.in_triton and kernel:
+            self.names.append(f"torch:{name}")
         return out
 
 

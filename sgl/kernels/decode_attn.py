@@ -108,7 +108,7 @@ def _decode_partial_kernel(
         tl.debug_barrier()
         ticket_ptr = tickets_ptr + b * n_kv_heads + kvh
         if tl.atomic_add(ticket_ptr, 1, sem="acq_rel", scope="gpu") == MAX_SPLITS - 1:
-            for hh in range(0, group):
+            for hh in range(group):
                 head = kvh * group + hh
                 _merge_head(po_ptr + b * stride_pob + head * stride_poh, plse_ptr + b * stride_plb + head * stride_plh,
                             o_ptr + b * stride_ob + head * stride_oh, n_splits, stride_pos, v_head_dim,
@@ -235,9 +235,10 @@ def decode_attention(
     block_n, num_warps, num_stages = block_n or tile[0], num_warps or tile[1], num_stages or tile[2]
     if fp8_as_fp16 is None:
         fp8_as_fp16 = fp8_kv_as_fp16(q, k_buffer)
-    merge = ws.tickets is not None
-    if merge and ws.tickets.numel() < batch * num_kv_heads:  # type: ignore[union-attr]
-        raise ValueError(f"the workspace's tickets cover {ws.tickets.numel()} (request, kv head) pairs, "  # type: ignore[union-attr]
+    tickets = ws.tickets
+    merge = tickets is not None
+    if tickets is not None and tickets.numel() < batch * num_kv_heads:
+        raise ValueError(f"the workspace's tickets cover {tickets.numel()} (request, kv head) pairs, "
                          f"need {batch * num_kv_heads}")
     _decode_partial_kernel[(batch, num_kv_heads, ws.max_kv_splits)](
         q3, k_buffer, v_buffer, req_to_token, req_pool_indices, seq_lens, ws.num_kv_splits, po, plse,
@@ -249,7 +250,7 @@ def decode_attention(
         po.stride(0), po.stride(1), po.stride(2),
         plse.stride(0), plse.stride(1),
         group, head_dim, v_head_dim,
-        out, ws.tickets if merge else ws.num_kv_splits, out.stride(0), out.stride(1), num_kv_heads,
+        out, tickets if tickets is not None else ws.num_kv_splits, out.stride(0), out.stride(1), num_kv_heads,
         BLOCK_H=block_h, BLOCK_N=block_n, BLOCK_D=block_size(head_dim), BLOCK_DV=block_size(v_head_dim),
         UPCAST=upcast_dot(q), PRECISION=dot_precision(q), KV_FP16=fp8_as_fp16,
         MERGE=merge, MAX_SPLITS=ws.max_kv_splits, BLOCK_S=block_size(ws.max_kv_splits),

@@ -194,8 +194,9 @@ def skinny_gemm(
     parts = split_output(y, k, cfg.split_k, cfg.block_k)
     n_tiles = triton.cdiv(n, cfg.block_n)
     reduce = not parts.direct and tickets is not None
-    if reduce and (tickets.numel() < n_tiles or tickets.dtype != torch.int32):  # type: ignore[union-attr]
-        raise ValueError(f"tickets must be {n_tiles} int32 zeros (split_tickets), got {tickets.shape} {tickets.dtype}")  # type: ignore[union-attr]
+    if tickets is not None and (tickets.numel() < n_tiles or tickets.dtype != torch.int32):
+        raise ValueError(f"tickets must be {n_tiles} int32 zeros (split_tickets), got {tuple(tickets.shape)} "
+                         f"{tickets.dtype}")
     _skinny_gemm_kernel[(n_tiles, cfg.split_k)](
         x, w, parts.out, bias if bias is not None else x, y, tickets if reduce else y, m, n, k, parts.k_per_split,
         x.stride(0), w.stride(0), parts.stride_os, parts.stride_om, y.stride(0),

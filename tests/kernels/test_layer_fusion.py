@@ -9,7 +9,14 @@ import torch
 
 from sgl.core.memory.kv_pool import KVPool
 from sgl.core.ops import reference
-from sgl.kernels import gelu_tanh_and_mul, qk_norm_rope_store_kv, rms_norm, rotary_embedding, silu_and_mul, store_kv
+from sgl.kernels import (
+    gelu_tanh_and_mul,
+    qk_norm_rope_store_kv,
+    rms_norm,
+    rotary_embedding,
+    silu_and_mul,
+    store_kv,
+)
 from sgl.kernels.skinny_gemm import SkinnyConfig, skinny_gemm, split_tickets
 
 HEADS, KV_HEADS, HEAD_DIM, EPS = 4, 2, 32, 1e-6
@@ -48,9 +55,10 @@ def test_prologue_matches_unfused_kernels_and_reference(
     positions = torch.tensor([0, 3, 17, 40, 63], device=device)
     # NOTE: 2 x the range of randn so some heads' norms differ visibly from 1
     qkv = (2 * torch.randn(tokens, (HEADS + 2 * KV_HEADS) * HEAD_DIM, device=device)).to(dtype)
-    norms = None
+    norms: tuple[torch.Tensor, torch.Tensor] | None = None
     if model == "qwen3":
-        norms = tuple(torch.rand(HEAD_DIM, device=device).to(dtype) + 0.5 for _ in range(2))  # type: ignore[assignment]
+        qn, kn = (torch.rand(HEAD_DIM, device=device).to(dtype) + 0.5 for _ in range(2))
+        norms = (qn, kn)
     pools = [KVPool(8 * page_size, page_size, 1, KV_HEADS, HEAD_DIM, dtype, device) for _ in range(3)]
     loc = torch.tensor([page_size, page_size + 1, 3 * page_size, 5 * page_size + page_size - 1, 0], device=device)
     qw, kw = norms if norms is not None else (None, None)

@@ -81,7 +81,7 @@ def test_split_tickets_only_with_layer_fusion(tmp_path: Path, device: torch.devi
     for fused in (True, False):
         ctx = ModelContext(portable_ops(), SkinnyLinearMethod(), SINGLE, torch.bfloat16, device, layer_fusion=fused)
         model, _ = load_model(model_dir, ctx)
-        down = model.model.layers[0].mlp.down_proj
+        down: Any = model.get_submodule("model.layers.0.mlp.down_proj")
         assert hasattr(down, "split_tickets") == fused
         if fused:
             assert not down.split_tickets.any()
