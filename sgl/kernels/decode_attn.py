@@ -2,7 +2,9 @@
 
 Stage 1 (grid B x KVH x S): each program takes one request, one KV head and one split of that request's context, and
 computes a partial softmax-weighted sum for all query heads of the KV head's group at once (so each K/V row is read
-once per group, not once per query head). Stage 2 (grid B x H) merges the splits by their log-sum-exp.
+once per group, not once per query head). Stage 2 (grid B x H) merges the splits by their log-sum-exp; given merge
+tickets, the split of each (request, KV head) that finishes last runs stage 2's code for its group instead, and
+stage 2 is not launched (one launch per layer fewer at small batch, where decode is launch-bound).
 
 Slots come straight from ``req_to_token[req_pool_indices[b], :seq_lens[b]]``: no flattened index list is built.
 """

@@ -2,8 +2,9 @@
 
 At M <= 16 the product is bound by reading w once; each program streams BLOCK_N rows of w over one K-split and
 multiplies them with all of x's rows on the tensor cores (x padded to 16 rows in registers, so the padding costs no
-memory traffic). Splits (when N alone gives too few programs) write fp32 partials that a second pass sums in a fixed order: the result does not depend on
-scheduling (no atomics), so greedy decoding stays reproducible.
+memory traffic). Splits (when N alone gives too few programs) write fp32 partials that are summed in a fixed order,
+by a second pass or (given tickets) by the tile's last split: the result does not depend on scheduling (no atomic
+adds of values; the one atomic is a counter), so greedy decoding stays reproducible.
 """
 
 from __future__ import annotations
