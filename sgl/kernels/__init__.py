@@ -23,6 +23,7 @@ from sgl.kernels.extend_attn import extend_attention
 from sgl.kernels.fused_moe import fused_moe
 from sgl.kernels.kv_store import store_kv
 from sgl.kernels.norm import add_rms_norm, rms_norm
+from sgl.kernels.qk_rope_store import qk_norm_rope_store_kv
 from sgl.kernels.rotary import rotary_embedding
 
 if TYPE_CHECKING:
@@ -35,7 +36,7 @@ def portable_ops() -> Ops:
 
     return reference_ops().replace(
         rms_norm=rms_norm, add_rms_norm=add_rms_norm, silu_and_mul=silu_and_mul, gelu_tanh_and_mul=gelu_tanh_and_mul,
-        rotary_embedding=rotary_embedding, fused_moe=fused_moe,
+        rotary_embedding=rotary_embedding, fused_moe=fused_moe, qk_norm_rope_store_kv=qk_norm_rope_store_kv,
     )
 
 
@@ -50,6 +51,7 @@ __all__ = [
     "kv_splits_per_request",
     "max_kv_splits_for",
     "portable_ops",
+    "qk_norm_rope_store_kv",
     "rms_norm",
     "rotary_embedding",
     "silu_and_mul",

@@ -12,6 +12,21 @@ _MAX_BLOCK = 1024
 
 
 @triton.jit
+def gated_act(gate, up, GELU_TANH: tl.constexpr):
+    """act(gate) * up in fp32, rounded as the reference's two torch ops round: the activation to the input dtype,
+    then the product. Shared by the activation kernel and the GEMMs that apply it to their input tile."""
+    g = gate.to(tl.float32)
+    if GELU_TANH:
+        inner = 0.7978845608028654 * (g + 0.044715 * g * g * g)
+        # tanh(z) = 2 * sigmoid(2z) - 1, which stays finite for large |z|
+        act = 0.5 * g * (1.0 + (2.0 * tl.sigmoid(2.0 * inner) - 1.0))
+    else:
+        act = g * tl.sigmoid(g)
+    act = act.to(gate.dtype).to(tl.float32)
+    return (act * up.to(tl.float32)).to(gate.dtype)
+
+
+@triton.jit
 def _gated_kernel(
     x_ptr,
     out_ptr,
@@ -26,16 +41,7 @@ def _gated_kernel(
     mask = cols < d
     gate = tl.load(x_ptr + row * stride_x + cols, mask=mask, other=0.0)
     up = tl.load(x_ptr + row * stride_x + d + cols, mask=mask, other=0.0)
-    g = gate.to(tl.float32)
-    if GELU_TANH:
-        inner = 0.7978845608028654 * (g + 0.044715 * g * g * g)
-        # tanh(z) = 2 * sigmoid(2z) - 1, which stays finite for large |z|
-        act = 0.5 * g * (1.0 + (2.0 * tl.sigmoid(2.0 * inner) - 1.0))
-    else:
-        act = g * tl.sigmoid(g)
-    # NOTE: the activation is rounded to the input dtype before the multiply, as the reference's two torch ops are.
-    act = act.to(gate.dtype).to(tl.float32)
-    tl.store(out_ptr + row * stride_o + cols, (act * up.to(tl.float32)).to(gate.dtype), mask=mask)
+    tl.store(out_ptr + row * stride_o + cols, gated_act(gate, up, GELU_TANH), mask=mask)
 
 
 def _launch(x: torch.Tensor, gelu_tanh: bool) -> torch.Tensor:

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from sgl.core.attention.base import AttentionBackend, AttentionLayerInfo
+from sgl.core.attention.base import AttentionBackend, AttentionLayerInfo, KVStoreTarget, pool_store_target
 from sgl.kernels import (
     DecodeWorkspace,
     decode_attention,
@@ -21,6 +21,7 @@ from sgl.kernels import (
     max_kv_splits_for,
     store_kv,
 )
+from sgl.kernels.decode_attn import merge_tickets
 from sgl.kernels.extend_attn import pack_tree_masks
 
 if TYPE_CHECKING:
@@ -114,6 +115,11 @@ class TritonAttnBackend(AttentionBackend):
         self._graph_splits: torch.Tensor | None = None
         self._graph_meta: dict[int, DecodeMetadata] = {}
         self._verify_meta: dict[tuple[int, int], ExtendMetadata] = {}
+        # NOTE: the last KV split merges the splits (no stage-2 launch) unless layer fusion is off, for A/B timing
+        self._merge_in_stage1 = not bool(getattr(getattr(runner, "args", None), "disable_layer_fusion", False))
+        self._tickets: torch.Tensor | None = None  # eager forwards' merge tickets; may grow
+        self._graph_tickets: torch.Tensor | None = None  # the captured graphs'; never reallocated
+        self._graph_max_bs = 0
 
     # metadata -----------------------------------------------------------------------------------------------
     def init_forward_metadata(self, forward_batch: ForwardBatch) -> None:
@@ -145,6 +151,10 @@ class TritonAttnBackend(AttentionBackend):
         return ExtendMetadata(prefix, ext, start, max_len, tree)
 
     # forward ------------------------------------------------------------------------------------------------
+    def kv_store_target(self, layer: AttentionLayerInfo, forward_batch: ForwardBatch) -> KVStoreTarget | None:
+        """The pool's buffers: ``store_kv`` writes them exactly as a fused prologue kernel does."""
+        return pool_store_target(layer, forward_batch)
+
     def forward_extend(
         self,
         q: torch.Tensor,
@@ -193,16 +203,32 @@ class TritonAttnBackend(AttentionBackend):
         if ws is None or ws.partial_o.shape[1] != layer.num_heads or ws.partial_o.shape[3] != v_buf.shape[2]:
             scratch = self._graph_scratch if meta.graph and self._graph_scratch is not None else self._scratch
             po, plse = scratch.carve(batch, layer.num_heads, meta.max_kv_splits, v_buf.shape[2], q.device)
-            ws = meta.workspace = DecodeWorkspace(meta.num_kv_splits, meta.max_kv_splits, po, plse)
+            tickets = self._merge_tickets(batch * k_buf.shape[1], meta.graph, q.device)
+            ws = meta.workspace = DecodeWorkspace(meta.num_kv_splits, meta.max_kv_splits, po, plse, tickets)
         out = decode_attention(
             q, k_buf, v_buf, fb.req_to_token_pool.req_to_token, fb.req_pool_indices, fb.seq_lens,
             layer.scaling, workspace=ws,
         )
         return out.view(batch, -1)
 
+    def _merge_tickets(self, pairs: int, graph: bool, device: torch.device) -> torch.Tensor | None:
+        """Zeroed tickets for ``pairs`` (request, kv head) pairs, or None where stage 2 runs as its own kernel."""
+        if not self._merge_in_stage1:
+            return None
+        if graph:
+            if self._graph_tickets is None or self._graph_tickets.numel() < pairs:
+                raise RuntimeError(f"graph merge tickets cover fewer than {pairs} (request, kv head) pairs")
+            return self._graph_tickets
+        if self._tickets is None or self._tickets.numel() < pairs:
+            self._tickets = merge_tickets(pairs, 1, device)
+        return self._tickets
+
     # graph capture (decode) ---------------------------------------------------------------------------------
     def init_graph_state(self, max_bs: int, max_context_len: int) -> None:
-        """Fixed buffers for captured decode graphs: per-request split counts and the partials' scratch."""
+        """Fixed buffers for captured decode graphs: per-request split counts and the partials' scratch (the merge
+        tickets come with the first capture, which knows the pool's kv heads)."""
+        self._graph_max_bs = max_bs
+        self._graph_tickets = None
         self._graph_splits = torch.ones(max_bs, dtype=torch.int32, device=self._device())
         self._graph_scratch = _Scratch(fixed=True, reserve_batch=max_bs)
         self._graph_meta = {}
@@ -210,6 +236,10 @@ class TritonAttnBackend(AttentionBackend):
     def init_metadata_capture(self, bs: int, forward_batch: ForwardBatch) -> None:
         if self._graph_splits is None:
             raise RuntimeError("init_graph_state must run before init_metadata_capture")
+        if self._graph_tickets is None:
+            # NOTE: before any graph is captured, for the largest batch, and never again: graphs hold the address
+            self._graph_tickets = merge_tickets(self._graph_max_bs, forward_batch.kv_pool.num_kv_heads,
+                                                self._graph_splits.device)
         splits = max_kv_splits_for(bs, forward_batch.kv_pool.num_kv_heads, self._graph_splits.device, MAX_KV_SPLITS)
         meta = DecodeMetadata(self._graph_splits[:bs], splits, graph=True)
         meta.num_kv_splits.copy_(kv_splits_per_request(forward_batch.seq_lens[:bs], splits))

@@ -2,7 +2,9 @@
 
 Stage 1 (grid B x KVH x S): each program takes one request, one KV head and one split of that request's context, and
 computes a partial softmax-weighted sum for all query heads of the KV head's group at once (so each K/V row is read
-once per group, not once per query head). Stage 2 (grid B x H) merges the splits by their log-sum-exp.
+once per group, not once per query head). Stage 2 (grid B x H) merges the splits by their log-sum-exp; given merge
+tickets, the split of each (request, KV head) that finishes last runs stage 2's code for its group instead, and
+stage 2 is not launched (one launch per layer fewer at small batch, where decode is launch-bound).
 
 Slots come straight from ``req_to_token[req_pool_indices[b], :seq_lens[b]]``: no flattened index list is built.
 """
@@ -28,6 +30,13 @@ class DecodeWorkspace(NamedTuple):
     max_kv_splits: int  # the grid's split dimension
     partial_o: torch.Tensor  # [B, H, max_kv_splits, Dv] fp32
     partial_lse: torch.Tensor  # [B, H, max_kv_splits] fp32
+    # NOTE: [>= B * KVH] int32 zeros (``merge_tickets``): given, the last split of each (request, kv head) merges in
+    # stage 1 and stage 2 is not launched; the kernel leaves them zero, so layers and graph replays share them
+    tickets: torch.Tensor | None = None
+
+
+def merge_tickets(batch: int, num_kv_heads: int, device: torch.device) -> torch.Tensor:
+    return torch.zeros(batch * num_kv_heads, dtype=torch.int32, device=device)
 
 
 @triton.jit
@@ -41,9 +50,13 @@ def _decode_partial_kernel(
     stride_pob, stride_poh, stride_pos,
     stride_plb, stride_plh,
     group, head_dim, v_head_dim,
+    o_ptr, tickets_ptr, stride_ob, stride_oh, n_kv_heads,
     BLOCK_H: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
     UPCAST: tl.constexpr, PRECISION: tl.constexpr, KV_FP16: tl.constexpr,
+    MERGE: tl.constexpr, MAX_SPLITS: tl.constexpr, BLOCK_S: tl.constexpr,
 ):
+    """MERGE: the split of (request, kv head) that finishes last (a ticket each, reset by it) merges the group's heads
+    with the merge kernel's own code, so stage 2 needs no launch of its own."""
     b = tl.program_id(0)
     kvh = tl.program_id(1)
     split = tl.program_id(2)
@@ -91,6 +104,40 @@ def _decode_partial_kernel(
     po = po_ptr + b * stride_pob + heads[:, None] * stride_poh + split * stride_pos + dv[None, :]
     tl.store(po, out, mask=hmask[:, None] & dvmask[None, :])
     tl.store(plse_ptr + b * stride_plb + heads * stride_plh + split, lse, mask=hmask)
+    if MERGE:
+        # NOTE: as in skinny_gemm: every thread's partial is stored before the ticket (barrier, then acq_rel), and
+        # the merging split reads the others' partials from L2 (.cg)
+        tl.debug_barrier()
+        ticket_ptr = tickets_ptr + b * n_kv_heads + kvh
+        if tl.atomic_add(ticket_ptr, 1, sem="acq_rel", scope="gpu") == MAX_SPLITS - 1:
+            for hh in range(group):
+                head = kvh * group + hh
+                _merge_head(po_ptr + b * stride_pob + head * stride_poh, plse_ptr + b * stride_plb + head * stride_plh,
+                            o_ptr + b * stride_ob + head * stride_oh, n_splits, stride_pos, v_head_dim,
+                            BLOCK_S, BLOCK_DV)
+            tl.store(ticket_ptr, 0)  # NOTE: every split has taken its ticket: the next layer starts at 0
+
+
+@triton.jit
+def _merge_head(
+    po_ptr, plse_ptr, o_ptr, n_splits, stride_pos, v_head_dim,
+    BLOCK_S: tl.constexpr, BLOCK_DV: tl.constexpr,
+):
+    """One head's output from its splits' partials, weighted by their log-sum-exp (po/plse/o point at the head)."""
+    s = tl.arange(0, BLOCK_S)
+    smask = s < n_splits
+    dv = tl.arange(0, BLOCK_DV)
+    dvmask = dv < v_head_dim
+    lse = tl.load(plse_ptr + s, mask=smask, other=float("-inf"), cache_modifier=".cg")
+    top = tl.max(lse, axis=0)
+    # NOTE: a request with no keys at all (seq_len 0, a padded row) has every lse at -inf; its output is zeros.
+    top = tl.where(top == float("-inf"), 0.0, top)
+    w = tl.exp2(lse - top)
+    parts = tl.load(po_ptr + s[:, None] * stride_pos + dv[None, :], mask=smask[:, None] & dvmask[None, :], other=0.0,
+                    cache_modifier=".cg")
+    total = tl.sum(w, axis=0)
+    out = tl.sum(parts * w[:, None], axis=0) / tl.where(total > 0.0, total, 1.0)
+    tl.store(o_ptr + dv, out.to(o_ptr.dtype.element_ty), mask=dvmask)
 
 
 @triton.jit
@@ -105,20 +152,8 @@ def _decode_merge_kernel(
     b = tl.program_id(0)
     h = tl.program_id(1)
     n_splits = tl.load(splits_ptr + b).to(tl.int32)
-    s = tl.arange(0, BLOCK_S)
-    smask = s < n_splits
-    dv = tl.arange(0, BLOCK_DV)
-    dvmask = dv < v_head_dim
-    lse = tl.load(plse_ptr + b * stride_plb + h * stride_plh + s, mask=smask, other=float("-inf"))
-    top = tl.max(lse, axis=0)
-    # NOTE: a request with no keys at all (seq_len 0, a padded row) has every lse at -inf; its output is zeros.
-    top = tl.where(top == float("-inf"), 0.0, top)
-    w = tl.exp2(lse - top)
-    parts = tl.load(po_ptr + b * stride_pob + h * stride_poh + s[:, None] * stride_pos + dv[None, :],
-                    mask=smask[:, None] & dvmask[None, :], other=0.0)
-    total = tl.sum(w, axis=0)
-    out = tl.sum(parts * w[:, None], axis=0) / tl.where(total > 0.0, total, 1.0)
-    tl.store(o_ptr + b * stride_ob + h * stride_oh + dv, out.to(o_ptr.dtype.element_ty), mask=dvmask)
+    _merge_head(po_ptr + b * stride_pob + h * stride_poh, plse_ptr + b * stride_plb + h * stride_plh,
+                o_ptr + b * stride_ob + h * stride_oh, n_splits, stride_pos, v_head_dim, BLOCK_S, BLOCK_DV)
 
 
 def max_kv_splits_for(batch_size: int, num_kv_heads: int, device: torch.device, cap: int = 16) -> int:
@@ -202,6 +237,11 @@ def decode_attention(
     block_n, num_warps, num_stages = block_n or tile[0], num_warps or tile[1], num_stages or tile[2]
     if fp8_as_fp16 is None:
         fp8_as_fp16 = fp8_kv_as_fp16(q, k_buffer)
+    tickets = ws.tickets
+    merge = tickets is not None
+    if tickets is not None and tickets.numel() < batch * num_kv_heads:
+        raise ValueError(f"the workspace's tickets cover {tickets.numel()} (request, kv head) pairs, "
+                         f"need {batch * num_kv_heads}")
     _decode_partial_kernel[(batch, num_kv_heads, ws.max_kv_splits)](
         q3, k_buffer, v_buffer, req_to_token, req_pool_indices, seq_lens, ws.num_kv_splits, po, plse,
         float(sm_scale) * _LOG2E,
@@ -212,9 +252,14 @@ def decode_attention(
         po.stride(0), po.stride(1), po.stride(2),
         plse.stride(0), plse.stride(1),
         group, head_dim, v_head_dim,
+        out, tickets if tickets is not None else ws.num_kv_splits, out.stride(0), out.stride(1), num_kv_heads,
         BLOCK_H=block_h, BLOCK_N=block_n, BLOCK_D=block_size(head_dim), BLOCK_DV=block_size(v_head_dim),
-        UPCAST=upcast_dot(q), PRECISION=dot_precision(q), KV_FP16=fp8_as_fp16, num_warps=num_warps, num_stages=num_stages,
+        UPCAST=upcast_dot(q), PRECISION=dot_precision(q), KV_FP16=fp8_as_fp16,
+        MERGE=merge, MAX_SPLITS=ws.max_kv_splits, BLOCK_S=block_size(ws.max_kv_splits),
+        num_warps=num_warps, num_stages=num_stages,
     )
+    if merge:
+        return out
     _decode_merge_kernel[(batch, num_heads)](
         po, plse, ws.num_kv_splits, out,
         po.stride(0), po.stride(1), po.stride(2),

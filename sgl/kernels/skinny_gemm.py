@@ -2,8 +2,9 @@
 
 At M <= 16 the product is bound by reading w once; each program streams BLOCK_N rows of w over one K-split and
 multiplies them with all of x's rows on the tensor cores (x padded to 16 rows in registers, so the padding costs no
-memory traffic). Splits (when N alone gives too few programs) write fp32 partials that a second pass sums in a fixed order: the result does not depend on
-scheduling (no atomics), so greedy decoding stays reproducible.
+memory traffic). Splits (when N alone gives too few programs) write fp32 partials that are summed in a fixed order,
+by a second pass or (given tickets) by the tile's last split: the result does not depend on scheduling (no atomic
+adds of values; the one atomic is a counter), so greedy decoding stays reproducible.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import triton
 import triton.language as tl
 
 from sgl.kernels._common import sm_count, upcast_dot
+from sgl.kernels.activation import gated_act
 
 MAX_ROWS = 16  # x rows the kernel takes; larger batches go to the vendor GEMM
 
@@ -30,13 +32,20 @@ class SkinnyConfig(NamedTuple):
 
 @triton.jit
 def _skinny_gemm_kernel(
-    x_ptr, w_ptr, out_ptr, bias_ptr,
+    x_ptr, w_ptr, out_ptr, bias_ptr, y_ptr, tickets_ptr,
     M, N, K, k_per_split,
-    stride_xm, stride_wn, stride_os, stride_om,
+    stride_xm, stride_wn, stride_os, stride_om, stride_ym,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, UPCAST: tl.constexpr,
-    HAS_BIAS: tl.constexpr,
+    HAS_BIAS: tl.constexpr, GATED: tl.constexpr, GELU_TANH: tl.constexpr,
+    SPLIT_K: tl.constexpr, REDUCE: tl.constexpr, REDUCE_BIAS: tl.constexpr,
 ):
-    """Writes split ``program_id(1)``'s fp32 partial, or (one split) the finished y with its bias."""
+    """Writes split ``program_id(1)``'s fp32 partial, or (one split) the finished y with its bias.
+
+    NOTE: GATED: x is ``[gate | up]`` (2K wide) and each K step's input is act(gate) * up, computed on the tile with
+    the activation kernel's rounding; every program recomputes its K range's activations, a few FLOPs per weight row.
+    REDUCE: the split that finishes a column tile last (a ticket per tile, ``tickets_ptr``) sums the tile's partials
+    into y in split order, as ``_sum_splits_kernel`` would, and resets the ticket: no second launch.
+    """
     pid_n = tl.program_id(0)
     split = tl.program_id(1)
     rows = tl.arange(0, BLOCK_M)
@@ -49,7 +58,11 @@ def _skinny_gemm_kernel(
     for k0 in range(k_start, k_end, BLOCK_K):
         ks = k0 + tl.arange(0, BLOCK_K)
         kmask = ks < k_end
-        x = tl.load(x_ptr + rows[:, None] * stride_xm + ks[None, :], mask=rmask[:, None] & kmask[None, :], other=0.0)
+        xmask = rmask[:, None] & kmask[None, :]
+        x = tl.load(x_ptr + rows[:, None] * stride_xm + ks[None, :], mask=xmask, other=0.0)
+        if GATED:
+            up = tl.load(x_ptr + rows[:, None] * stride_xm + K + ks[None, :], mask=xmask, other=0.0)
+            x = gated_act(x, up, GELU_TANH)
         w = tl.load(w_ptr + cols[:, None] * stride_wn + ks[None, :], mask=cmask[:, None] & kmask[None, :], other=0.0)
         if UPCAST:
             x = x.to(tl.float32)
@@ -57,8 +70,23 @@ def _skinny_gemm_kernel(
         acc += tl.dot(x, tl.trans(w))
     if HAS_BIAS:
         acc += tl.load(bias_ptr + cols, mask=cmask, other=0.0).to(tl.float32)[None, :]
+    omask = rmask[:, None] & cmask[None, :]
     tl.store(out_ptr + split * stride_os + rows[:, None] * stride_om + cols[None, :],
-             acc.to(out_ptr.dtype.element_ty), mask=rmask[:, None] & cmask[None, :])
+             acc.to(out_ptr.dtype.element_ty), mask=omask)
+    if REDUCE:
+        # NOTE: every thread's partial is stored before the ticket is taken (barrier, then acq_rel), and the last
+        # split reads the others' partials from L2 (.cg): the sum is in split order whichever split ends last
+        tl.debug_barrier()
+        ticket = tl.atomic_add(tickets_ptr + pid_n, 1, sem="acq_rel", scope="gpu")
+        if ticket == SPLIT_K - 1:
+            total = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+            for s in tl.static_range(SPLIT_K):
+                total += tl.load(out_ptr + s * stride_os + rows[:, None] * stride_om + cols[None, :], mask=omask,
+                                 other=0.0, cache_modifier=".cg")
+            if REDUCE_BIAS:
+                total += tl.load(bias_ptr + cols, mask=cmask, other=0.0).to(tl.float32)[None, :]
+            tl.store(y_ptr + rows[:, None] * stride_ym + cols[None, :], total.to(y_ptr.dtype.element_ty), mask=omask)
+            tl.store(tickets_ptr + pid_n, 0)  # NOTE: every split has taken its ticket: the next call starts at 0
 
 
 @triton.jit
@@ -126,16 +154,36 @@ def skinny_config(n: int, k: int, device: torch.device) -> SkinnyConfig:
     return SkinnyConfig(block_n, block_k, split_k_for(triton.cdiv(n, block_n), k, block_k, device), 4, 3)
 
 
+GATED_ACTIVATIONS = ("silu", "gelu_tanh")
+
+
+def split_tickets(n: int, k: int, device: torch.device) -> torch.Tensor:
+    """Zeroed tickets for one weight's column tiles: ``skinny_gemm(..., tickets=)`` then sums K splits in-kernel.
+
+    NOTE: owned by one weight (its layer) and allocated before any graph capture: a call leaves them zero again,
+    but two calls running at once (two streams) must not share them.
+    """
+    return torch.zeros(triton.cdiv(n, skinny_config(n, k, device).block_n), dtype=torch.int32, device=device)
+
+
 def skinny_gemm(
-    x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None = None, config: SkinnyConfig | None = None
+    x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None = None, config: SkinnyConfig | None = None,
+    gated: str | None = None, tickets: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """x [M, K] (M <= 16, rows contiguous) @ w [N, K].T (+ bias [N]) -> [M, N] in x's dtype."""
-    m, k = x.shape
+    """x [M, K] (M <= 16, rows contiguous) @ w [N, K].T (+ bias [N]) -> [M, N] in x's dtype.
+
+    ``gated`` (one of GATED_ACTIVATIONS): x is [M, 2K] laid out [gate | up] and the product is of act(gate) * up,
+    the activation applied as each tile is loaded (no separate activation kernel, no activated tensor in memory).
+    ``tickets`` (``split_tickets``): K splits are summed by the GEMM's last split per tile, not a second kernel.
+    """
+    m, k = x.shape[0], w.shape[1]
     n = w.shape[0]
     if m > MAX_ROWS:
         raise ValueError(f"skinny_gemm takes at most {MAX_ROWS} rows (got {m})")
-    if w.shape[1] != k:
-        raise ValueError(f"x has {k} columns but w has {w.shape[1]}")
+    if gated is not None and gated not in GATED_ACTIVATIONS:
+        raise ValueError(f"unknown gated activation {gated!r}; known: {', '.join(GATED_ACTIVATIONS)}")
+    if x.shape[1] != (2 * k if gated else k):
+        raise ValueError(f"x has {x.shape[1]} columns but w has {k}" + (" (gated: x is [gate | up])" if gated else ""))
     if x.stride(1) != 1:
         x = x.contiguous()
     if w.stride(1) != 1:
@@ -145,10 +193,17 @@ def skinny_gemm(
     if m == 0:
         return y
     parts = split_output(y, k, cfg.split_k, cfg.block_k)
-    _skinny_gemm_kernel[(triton.cdiv(n, cfg.block_n), cfg.split_k)](
-        x, w, parts.out, bias if bias is not None else x, m, n, k, parts.k_per_split,
-        x.stride(0), w.stride(0), parts.stride_os, parts.stride_om,
+    n_tiles = triton.cdiv(n, cfg.block_n)
+    reduce = not parts.direct and tickets is not None
+    if tickets is not None and (tickets.numel() < n_tiles or tickets.dtype != torch.int32):
+        raise ValueError(f"tickets must be {n_tiles} int32 zeros (split_tickets), got {tuple(tickets.shape)} "
+                         f"{tickets.dtype}")
+    _skinny_gemm_kernel[(n_tiles, cfg.split_k)](
+        x, w, parts.out, bias if bias is not None else x, y, tickets if reduce else y, m, n, k, parts.k_per_split,
+        x.stride(0), w.stride(0), parts.stride_os, parts.stride_om, y.stride(0),
         BLOCK_M=MAX_ROWS, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, UPCAST=upcast_dot(x),
-        HAS_BIAS=parts.direct and bias is not None, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+        HAS_BIAS=parts.direct and bias is not None, GATED=gated is not None, GELU_TANH=gated == "gelu_tanh",
+        SPLIT_K=cfg.split_k, REDUCE=reduce, REDUCE_BIAS=reduce and bias is not None,
+        num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )
-    return sum_splits(parts, y, bias)
+    return y if reduce else sum_splits(parts, y, bias)

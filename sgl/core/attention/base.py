@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, NamedTuple, Protocol
 
 import torch
 
@@ -21,12 +21,36 @@ class AttentionLayerInfo(Protocol):
     scaling: float
 
 
+class KVStoreTarget(NamedTuple):
+    """Where this forward's new K/V go: a layer's buffers ``[slots, KVH, D]`` and each new token's slot."""
+
+    k_buffer: torch.Tensor
+    v_buffer: torch.Tensor
+    loc: torch.Tensor  # [T]
+
+
+def pool_store_target(layer: AttentionLayerInfo, forward_batch: ForwardBatch) -> KVStoreTarget | None:
+    """The answer of a backend that stores into the plain KVPool at ``out_cache_loc`` (MLA's latent pool: None)."""
+    pool = forward_batch.kv_pool
+    if getattr(pool, "latent", False):
+        return None
+    k_buf, v_buf = pool.get_key_buffer(layer.layer_id), pool.get_value_buffer(layer.layer_id)
+    return KVStoreTarget(k_buf, v_buf, forward_batch.out_cache_loc)
+
+
 class AttentionBackend(ABC):
     """One instance per ModelRunner. q is [T, H*D], k and v are [T, KVH*D]; the result is [T, H*D].
 
     NOTE: the backend writes the new k, v into the KV pool at ``forward_batch.out_cache_loc`` before attending, so
-    every token attends to its own key.
+    every token attends to its own key; unless the caller passes ``save_kv_cache=False``, which it may only after
+    writing them itself into the ``kv_store_target`` this backend handed out (a fused prologue kernel).
     """
+
+    def kv_store_target(self, layer: AttentionLayerInfo, forward_batch: ForwardBatch) -> KVStoreTarget | None:
+        """The buffers and slots a caller may store this forward's K/V into itself (then ``save_kv_cache=False``),
+        exactly as this backend would store them (``KVPool.set_kv_buffer``'s cast). None, the default: the backend
+        stores them, as a backend whose cache layout is not the KVPool's plain one must."""
+        return None
 
     def init_forward_metadata(self, forward_batch: ForwardBatch) -> None:
         """Called once per forward, before the first layer."""

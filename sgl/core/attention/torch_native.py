@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 import torch.nn.functional as F
 
-from sgl.core.attention.base import AttentionBackend, AttentionLayerInfo
+from sgl.core.attention.base import AttentionBackend, AttentionLayerInfo, KVStoreTarget, pool_store_target
 
 if TYPE_CHECKING:
     from sgl.core.runner.forward_batch import ForwardBatch
@@ -21,6 +21,9 @@ class TorchNativeAttnBackend(AttentionBackend):
 
     def __init__(self, runner: Any = None) -> None:
         self.runner = runner
+
+    def kv_store_target(self, layer: AttentionLayerInfo, forward_batch: ForwardBatch) -> KVStoreTarget | None:
+        return pool_store_target(layer, forward_batch)
 
     def _save(self, k: torch.Tensor, v: torch.Tensor, layer: AttentionLayerInfo, fb: ForwardBatch) -> None:
         fb.kv_pool.set_kv_buffer(layer.layer_id, fb.out_cache_loc, k, v)

@@ -29,6 +29,9 @@ class ModelContext:
     device: torch.device
     # NOTE: None when the quantization method has no layout for expert weights: a MoE layer then refuses to build
     moe_method: MoEMethod | None = field(default_factory=UnquantizedMoEMethod)
+    # NOTE: layers may fuse ops across the Ops and LinearMethod contracts (the attention prologue, the gated down
+    # projection); off, each op runs on its own (ServerArgs.disable_layer_fusion, for A/B timing)
+    layer_fusion: bool = True
 
     @classmethod
     def from_platform(
@@ -38,6 +41,7 @@ class ModelContext:
         parallel: ParallelState = SINGLE,
         device: torch.device | None = None,
         quant_config: QuantizationMethod | None = None,
+        layer_fusion: bool = True,
     ) -> ModelContext:
         return cls(
             ops=platform.ops(),
@@ -46,4 +50,5 @@ class ModelContext:
             dtype=dtype,
             device=device if device is not None else platform.device(parallel.device),
             moe_method=platform.moe_method(quant_config),
+            layer_fusion=layer_fusion,
         )

@@ -14,12 +14,18 @@ from torch import nn
 
 # NOTE: the GEMM contract lives in a leaf module (context.py needs it, and this module needs the context); it is
 # re-exported here because a layer's users reach for it beside the layers.
-from sgl.core.model.linear_method import LinearMethod, ShardLayout, UnquantizedLinearMethod, shard_layout
+from sgl.core.model.linear_method import (
+    GatedActivation,
+    LinearMethod,
+    ShardLayout,
+    UnquantizedLinearMethod,
+    shard_layout,
+)
 from sgl.core.model.linear_method import narrow_features as _narrow
 
 __all__ = [
-    "ColumnParallelLinear", "LinearBase", "LinearMethod", "MergedColumnParallelLinear", "OutputAdapter",
-    "OutputSlice", "QKVParallelLinear", "ReplicatedLinear", "RowParallelLinear", "ShardLayout",
+    "ColumnParallelLinear", "GatedActivation", "LinearBase", "LinearMethod", "MergedColumnParallelLinear",
+    "OutputAdapter", "OutputSlice", "QKVParallelLinear", "ReplicatedLinear", "RowParallelLinear", "ShardLayout",
     "UnquantizedLinearMethod",
 ]
 
@@ -106,7 +112,12 @@ class LinearBase(nn.Module):
         """The matrices this layer's output stacks, on this rank; merged layers list each."""
         return [OutputSlice(None, 0, self.out_features)]
 
-    def _gemm(self, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    def _gemm(self, x: torch.Tensor, bias: torch.Tensor | None, act: GatedActivation | None = None) -> torch.Tensor:
+        """The GEMM of x, or with ``act`` of ``act(gate) * up`` for x laid out ``[gate | up]``."""
+        if act is not None:
+            if self.adapter is None:
+                return self.linear_method.apply_gated(self, x, act, bias)
+            x = act.op(x)  # NOTE: an adapter reads the GEMM's input, so the activation must exist as a tensor
         out = self.linear_method.apply(self, x, bias)
         return out if self.adapter is None else self.adapter(self, x, out)
 
@@ -298,12 +309,16 @@ class RowParallelLinear(LinearBase):
             loaded_weight = _narrow(loaded_weight, lay.input_dim, self.tp_rank * n, n, lay.input_unit)
         _copy_checked(param.data, loaded_weight)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, act: GatedActivation | None = None) -> torch.Tensor:
+        """x [T, in], or with ``act`` x [T, 2 * in] laid out ``[gate | up]``: the layer applies ``act(gate) * up``
+        first, fused into its GEMM where the linear method can (an MLP's down projection)."""
         if not self.input_is_parallel and self.tp_size > 1:
+            if act is not None:
+                raise ValueError("a gated input must already be this rank's shard (input_is_parallel)")
             x = x.narrow(-1, self.tp_rank * self.in_features, self.in_features)
         if self.tp_size == 1:
-            return self._gemm(x, self.bias)
-        out = self._gemm(x, None)
+            return self._gemm(x, self.bias, act)
+        out = self._gemm(x, None, act)
         if self.reduce_results:
             out = self.ctx.parallel.comm.all_reduce(out)
         # NOTE: unreduced partial sums carry the bias on rank 0 only, so a later reduce adds it exactly once.

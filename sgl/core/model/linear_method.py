@@ -7,6 +7,7 @@ importing the layers that use it.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from typing import NamedTuple, cast
 
 import torch
@@ -50,6 +51,14 @@ def narrow_features(t: torch.Tensor, dim: int | None, start: int, size: int, uni
     return t.narrow(dim, start // unit, -(-size // unit))
 
 
+class GatedActivation(NamedTuple):
+    """``act(gate) * up`` over an input laid out ``[gate | up]``: ``op`` is the separate op (the Ops table's), ``name``
+    (``silu``, ``gelu_tanh``) lets a GEMM kernel recognise the activation it may apply to its input tile instead."""
+
+    name: str
+    op: Callable[[torch.Tensor], torch.Tensor]
+
+
 class LinearMethod(ABC):
     """How a linear layer's weights are created and applied (a quantization method supplies its own).
 
@@ -66,6 +75,17 @@ class LinearMethod(ABC):
     @abstractmethod
     def apply(self, layer: nn.Module, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
         """``x [tokens, in] -> [tokens, out]`` with the layer's parameters, plus ``bias`` when given."""
+
+    def apply_gated(
+        self, layer: nn.Module, gate_up: torch.Tensor, act: GatedActivation, bias: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """``apply(layer, act(gate) * up)`` for ``gate_up [tokens, 2 * in]``: an MLP's down projection.
+
+        NOTE: the default runs the activation op, then ``apply``; a method whose kernel can apply the activation as it
+        loads its input (saving a launch and a round trip through memory) overrides this, with the op's rounding:
+        the activation rounded to the input dtype, then the product rounded.
+        """
+        return self.apply(layer, act.op(gate_up), bias)
 
     def process_weights_after_loading(self, layer: nn.Module) -> None:
         """Called once per layer after every weight arrived (checkpoint or dummy): repack, requantize, fold scales.

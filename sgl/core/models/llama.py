@@ -7,20 +7,33 @@ subclass hook here rather than a copy of this file.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from typing import ClassVar
+from typing import ClassVar, NamedTuple
 
 import torch
 from torch import nn
 
+from sgl.core.attention.base import KVStoreTarget
 from sgl.core.model.attention import Attention
 from sgl.core.model.config import ModelConfig
 from sgl.core.model.context import ModelContext
 from sgl.core.model.embedding import ParallelLMHead, VocabParallelEmbedding
 from sgl.core.model.layernorm import RMSNorm
-from sgl.core.model.linear import MergedColumnParallelLinear, QKVParallelLinear, RowParallelLinear
+from sgl.core.model.linear import (
+    GatedActivation,
+    MergedColumnParallelLinear,
+    QKVParallelLinear,
+    RowParallelLinear,
+)
 from sgl.core.model.rotary import RotaryEmbedding, get_rope
 from sgl.core.model.weights import StackedParam, load_stacked_weights
 from sgl.core.runner.forward_batch import ForwardBatch
+
+
+class HeadNorms(NamedTuple):
+    """Per-head q and k RMSNorms (Qwen3). NOTE: one eps for both (the fused prologue takes one)."""
+
+    q: RMSNorm
+    k: RMSNorm
 
 
 class LlamaMLP(nn.Module):
@@ -37,10 +50,14 @@ class LlamaMLP(nn.Module):
         inter = intermediate_size or config.intermediate_size
         self.gate_up_proj = MergedColumnParallelLinear(config.hidden_size, [inter] * 2, bias, ctx)
         self.down_proj = RowParallelLinear(inter, config.hidden_size, bias, ctx, reduce_results=reduce_results)
-        self.act = ctx.ops.silu_and_mul
+        self.act = GatedActivation("silu", ctx.ops.silu_and_mul)
+        self.fuse_act = ctx.layer_fusion
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down_proj(self.act(self.gate_up_proj(x)))
+        gate_up = self.gate_up_proj(x)
+        if self.fuse_act:  # NOTE: the linear method applies the activation, in its GEMM where it can
+            return self.down_proj(gate_up, act=self.act)
+        return self.down_proj(self.act.op(gate_up))
 
 
 class LlamaAttention(nn.Module):
@@ -72,17 +89,51 @@ class LlamaAttention(nn.Module):
         )
         self.rotary_emb = rotary_emb
         self.attn = Attention(self.num_heads, self.num_kv_heads, self.head_dim, self.head_dim**-0.5, layer_id)
+        self.ops = ctx.ops
+        # NOTE: the fused prologue knows head norms and plain rope only: a subclass that overrides transform_qk, or a
+        # rope module that overrides forward, keeps the unfused ops
+        self.fused_prologue = (
+            ctx.layer_fusion
+            and type(self).transform_qk is LlamaAttention.transform_qk
+            and type(rotary_emb).forward is RotaryEmbedding.forward
+        )
+
+    def head_norms(self) -> HeadNorms | None:
+        """RMSNorms over each q and k head before rope (Qwen3); None for Llama."""
+        return None
 
     def transform_qk(self, q: torch.Tensor, k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Hook between the projection and rope (Qwen3 normalises each head here); identity for Llama."""
+        """Hook between the projection and rope: the head norms where the model has them."""
+        norms = self.head_norms()
+        if norms is None:
+            return q, k
+        # NOTE: the norm runs over head_dim, per head; rows of [T * heads, head_dim] keep ops' 2-D contract.
+        q = norms.q(q.reshape(-1, self.head_dim)).view(q.shape)
+        k = norms.k(k.reshape(-1, self.head_dim)).view(k.shape)
         return q, k
 
     def forward(self, positions: torch.Tensor, hidden: torch.Tensor, forward_batch: ForwardBatch) -> torch.Tensor:
         qkv = self.qkv_proj(hidden)
         q, k, v = qkv.split([self.q_size, self.kv_size, self.kv_size], dim=-1)
+        target = forward_batch.attn_backend.kv_store_target(self.attn, forward_batch) if self.fused_prologue else None
+        if target is not None:
+            q = self._fused_prologue(positions, qkv, target)
+            # NOTE: k and v (unrotated) are not read: the backend was told they are stored already
+            return self.o_proj(self.attn(q, k, v, forward_batch, save_kv_cache=False))
         q, k = self.transform_qk(q, k)
         q, k = self.rotary_emb(positions, q, k)
         return self.o_proj(self.attn(q, k, v.contiguous(), forward_batch))
+
+    def _fused_prologue(self, positions: torch.Tensor, qkv: torch.Tensor, target: KVStoreTarget) -> torch.Tensor:
+        """Head norms, rope and the KV store in one op (one kernel where the platform has it); returns q."""
+        norms, rope = self.head_norms(), self.rotary_emb
+        if norms is not None and norms.q.eps != norms.k.eps:
+            raise ValueError(f"the fused prologue takes one eps for both head norms: q {norms.q.eps}, k {norms.k.eps}")
+        return self.ops.qk_norm_rope_store_kv(
+            positions, qkv, self.num_heads, self.num_kv_heads, self.head_dim, rope.cos_sin_cache, rope.is_neox,
+            norms.q.weight if norms else None, norms.k.weight if norms else None, norms.q.eps if norms else 0.0,
+            target.k_buffer, target.v_buffer, target.loc,
+        )
 
 
 AttentionFactory = Callable[[ModelConfig, ModelContext, int, RotaryEmbedding], nn.Module]

@@ -4,13 +4,11 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-import torch
-
 from sgl.core.model.config import ModelConfig
 from sgl.core.model.context import ModelContext
 from sgl.core.model.layernorm import RMSNorm
 from sgl.core.model.rotary import RotaryEmbedding
-from sgl.core.models.llama import AttentionFactory, LlamaAttention, LlamaForCausalLM
+from sgl.core.models.llama import AttentionFactory, HeadNorms, LlamaAttention, LlamaForCausalLM
 
 
 class Qwen3Attention(LlamaAttention):
@@ -19,11 +17,8 @@ class Qwen3Attention(LlamaAttention):
         self.q_norm = RMSNorm(self.head_dim, config.rms_norm_eps, ctx)
         self.k_norm = RMSNorm(self.head_dim, config.rms_norm_eps, ctx)
 
-    def transform_qk(self, q: torch.Tensor, k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        # NOTE: the norm runs over head_dim, per head; rows of [T * heads, head_dim] keep ops' 2-D contract.
-        q = self.q_norm(q.reshape(-1, self.head_dim)).view(q.shape)
-        k = self.k_norm(k.reshape(-1, self.head_dim)).view(k.shape)
-        return q, k
+    def head_norms(self) -> HeadNorms:
+        return HeadNorms(self.q_norm, self.k_norm)
 
 
 class Qwen3ForCausalLM(LlamaForCausalLM):

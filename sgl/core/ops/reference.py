@@ -8,6 +8,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from sgl.core.memory.kv_pool import to_kv_dtype
+
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     dtype = x.dtype
@@ -70,3 +72,37 @@ def rotary_embedding(
         return torch.cat((rot, x[..., rotary_dim:]), dim=-1).reshape(shape)
 
     return apply(q), apply(k)
+
+
+def qk_norm_rope_store_kv(
+    positions: torch.Tensor,
+    qkv: torch.Tensor,
+    num_heads: int,
+    num_kv_heads: int,
+    head_dim: int,
+    cos_sin_cache: torch.Tensor,
+    is_neox: bool,
+    q_norm_weight: torch.Tensor | None,
+    k_norm_weight: torch.Tensor | None,
+    eps: float,
+    k_buffer: torch.Tensor,
+    v_buffer: torch.Tensor,
+    loc: torch.Tensor,
+) -> torch.Tensor:
+    """The attention prologue as one op: qkv [T, (H + 2 KVH) * D] -> q [T, H * D] (contiguous), K and V stored.
+
+    Per head, q and k are RMS-normed over head_dim when their weights are given (Qwen3; both or neither), then
+    rotated; k and v are written at slots ``loc`` of the layer's buffers [slots, KVH, D] as ``KVPool.set_kv_buffer``
+    writes them. Composed from the reference ops above, so the unfused model graph and this op agree bit for bit.
+    """
+    q_size, kv_size = num_heads * head_dim, num_kv_heads * head_dim
+    q, k, v = qkv.split([q_size, kv_size, kv_size], dim=-1)
+    if (q_norm_weight is None) != (k_norm_weight is None):
+        raise ValueError("q and k head norms come together: give both weights or neither")
+    if q_norm_weight is not None and k_norm_weight is not None:
+        q = rms_norm(q.reshape(-1, head_dim), q_norm_weight, eps).view(q.shape)
+        k = rms_norm(k.reshape(-1, head_dim), k_norm_weight, eps).view(k.shape)
+    q, k = rotary_embedding(positions, q, k, head_dim, cos_sin_cache, is_neox)
+    k_buffer[loc] = to_kv_dtype(k.reshape(-1, num_kv_heads, head_dim), k_buffer.dtype)
+    v_buffer[loc] = to_kv_dtype(v.reshape(-1, num_kv_heads, v_buffer.shape[-1]), v_buffer.dtype)
+    return q.contiguous()

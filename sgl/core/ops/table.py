@@ -21,6 +21,9 @@ class Ops:
     gelu_tanh_and_mul: Callable[[torch.Tensor], torch.Tensor]
     rotary_embedding: Callable[..., tuple[torch.Tensor, torch.Tensor]]
     fused_moe: Callable[..., torch.Tensor]  # (x, w13, w2, topk_weights, topk_ids, activation) -> [T, H]
+    # NOTE: (positions, qkv, heads, kv_heads, head_dim, cos_sin_cache, is_neox, q_norm_w, k_norm_w, eps, k_buffer,
+    # v_buffer, loc) -> q: head norms + rope + the KV store in one op (reference.qk_norm_rope_store_kv)
+    qk_norm_rope_store_kv: Callable[..., torch.Tensor]
 
     def replace(self, **overrides: Callable[..., object]) -> Ops:
         unknown = set(overrides) - {f.name for f in dataclasses.fields(self)}
@@ -38,4 +41,5 @@ def reference_ops() -> Ops:
         gelu_tanh_and_mul=reference.gelu_tanh_and_mul,
         rotary_embedding=reference.rotary_embedding,
         fused_moe=moe.fused_moe,
+        qk_norm_rope_store_kv=reference.qk_norm_rope_store_kv,
     )

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import torch
 
 if TYPE_CHECKING:
+    from sgl.core.attention.base import KVStoreTarget
     from sgl.core.memory.kv_pool import KVPool
     from sgl.core.memory.req_to_token import ReqToTokenPool
 
@@ -20,6 +21,8 @@ class BatchAttention(Protocol):
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layer: Any, forward_batch: ForwardBatch,
                 save_kv_cache: bool = True) -> torch.Tensor: ...
+
+    def kv_store_target(self, layer: Any, forward_batch: ForwardBatch) -> KVStoreTarget | None: ...
 
 
 class ForwardMode(enum.Enum):

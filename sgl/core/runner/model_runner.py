@@ -76,7 +76,9 @@ class ModelRunner:
         self.quantization = select_quantization(
             args.quantization, self.model_config.get("quantization_config"), plugins.quantization_methods, platform
         )
-        ctx = ModelContext.from_platform(platform, self.dtype, parallel, self.device, self.quantization)
+        ctx = ModelContext.from_platform(
+            platform, self.dtype, parallel, self.device, self.quantization, layer_fusion=not args.disable_layer_fusion
+        )
         self.model: Any  # an architecture class from the model registry (forward, compute_logits)
         self.model, _ = load_model(
             model_path, ctx, load_format=args.load_format, seed=args.random_seed, models=plugins.models,
