@@ -111,7 +111,7 @@ def _decode_setup(name: str, layers: int, fused: bool, device: torch.device) -> 
     req_to_token = ReqToTokenPool(1, 64, device)
     req_to_token.write(0, 0, torch.arange(1, PROMPT_LEN + 2))
     # NOTE: the backend reads the flag from its runner's ServerArgs: a stand-in runner carries just that field
-    backend = TritonAttnBackend(SimpleNamespace(args=SimpleNamespace(disable_layer_fusion=not fused)))
+    backend = TritonAttnBackend(SimpleNamespace(args=SimpleNamespace(enable_layer_fusion=fused)))
     fb = ForwardBatch(
         forward_mode=ForwardMode.DECODE, batch_size=1,
         input_ids=torch.tensor([7], device=device), positions=torch.tensor([PROMPT_LEN], device=device),

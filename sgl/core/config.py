@@ -90,9 +90,9 @@ class ServerArgs:
     force_overlap_schedule: bool = _opt(False, "run the overlap loop even where the platform does not ask for it")
     disable_cuda_graph: bool = _opt(False, "do not capture graphs (decode, speculative verify and draft steps)")
     cuda_graph_max_bs: int = _opt(256, "largest decode batch captured as a graph")
-    disable_layer_fusion: bool = _opt(
-        False, "run each decoder layer's ops separately (q/k norm, rope, KV store; activation before the down "
-        "projection) instead of the fused kernels: for A/B timing and bisecting",
+    enable_layer_fusion: bool = _opt(
+        False, "fuse each decode layer's small ops (q/k norm + rope + KV store in one kernel, the activation in the "
+        "down projection, split-K and decode-attention merges in-kernel); off until its GPU test has run",
     )
     # grammar ----------------------------------------------------------------------------------------------------
     grammar_backend: str = _opt(

@@ -115,8 +115,8 @@ class TritonAttnBackend(AttentionBackend):
         self._graph_splits: torch.Tensor | None = None
         self._graph_meta: dict[int, DecodeMetadata] = {}
         self._verify_meta: dict[tuple[int, int], ExtendMetadata] = {}
-        # NOTE: the last KV split merges the splits (no stage-2 launch) unless layer fusion is off, for A/B timing
-        self._merge_in_stage1 = not bool(getattr(getattr(runner, "args", None), "disable_layer_fusion", False))
+        # NOTE: with layer fusion the last KV split merges the splits (no stage-2 launch)
+        self._merge_in_stage1 = bool(getattr(getattr(runner, "args", None), "enable_layer_fusion", False))
         self._tickets: torch.Tensor | None = None  # eager forwards' merge tickets; may grow
         self._graph_tickets: torch.Tensor | None = None  # the captured graphs'; never reallocated
         self._graph_max_bs = 0

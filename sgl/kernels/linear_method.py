@@ -25,11 +25,11 @@ class SkinnyLinearMethod(UnquantizedLinearMethod):
         """The layer's split tickets, so its skinny GEMM sums K splits in-kernel (one launch, not two).
 
         NOTE: here, before any graph is captured, and one set per layer: a layer never runs on two streams at once.
-        Without layer fusion (ServerArgs.disable_layer_fusion) the layer keeps the separate reduce kernel.
+        Without layer fusion (ServerArgs.enable_layer_fusion off) the layer keeps the separate reduce kernel.
         """
         super().process_weights_after_loading(layer)
         w = cast(torch.Tensor, layer.weight)
-        fusion = getattr(getattr(layer, "ctx", None), "layer_fusion", True)
+        fusion = getattr(getattr(layer, "ctx", None), "layer_fusion", False)
         if fusion and w.dim() == 2 and w.dtype in _STREAMED_DTYPES:
             layer.register_buffer("split_tickets", split_tickets(w.shape[0], w.shape[1], w.device), persistent=False)
 

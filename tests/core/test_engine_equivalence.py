@@ -33,7 +33,7 @@ def reference(demo_model_dir: Path) -> list[list[int]]:
                                          "chunked_prefill_size": 16}),
         ("overlap-page-16-chunks", {"force_overlap_schedule": True, "page_size": 16, "chunked_prefill_size": 16}),
         ("decode-runs-4", {"num_continuous_decode_steps": 4}),
-        ("no-layer-fusion", {"disable_layer_fusion": True}),
+        ("layer-fusion", {"enable_layer_fusion": True}),
         ("decode-runs-5-overlap-page-16", {"num_continuous_decode_steps": 5, "force_overlap_schedule": True,
                                            "page_size": 16}),
     ],

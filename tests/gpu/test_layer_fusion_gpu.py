@@ -1,7 +1,7 @@
 """The fused decoder-layer kernels compiled, at Qwen3-0.6B and Llama-3.1-8B shapes: the same bits as the unfused
 kernels they replace, close to the torch reference, tickets (K splits of the skinny GEMM, KV splits of decode
 attention) race-free under graph replay, fewer launches per layer, and the engine's greedy tokens unchanged by
---disable-layer-fusion.
+--enable-layer-fusion (off by default until this module has passed on a GPU).
 
 Run on a GPU machine: ``pytest tests/gpu/test_layer_fusion_gpu.py -m gpu -s``.
 """
@@ -164,8 +164,8 @@ def test_engine_greedy_tokens_identical_with_and_without_layer_fusion(demo_model
     from tests.core.engine_utils import GREEDY, PROMPTS
 
     outs = []
-    for off in (False, True):
+    for fused in (False, True):
         with sgl.Engine(model_path=str(demo_model_dir), backend="cuda", dtype="bfloat16", max_total_tokens=16384,
-                        context_length=2048, disable_layer_fusion=off) as engine:
+                        context_length=2048, enable_layer_fusion=fused) as engine:
             outs.append([o["output_ids"] for o in engine.generate(PROMPTS, GREEDY)])
     assert outs[0] == outs[1]

@@ -42,7 +42,7 @@ def _run(model_dir: str, fused: bool, device: torch.device) -> tuple[list[torch.
                        layer_fusion=fused)
     model, config = load_model(model_dir, ctx)
     # NOTE: the Triton backend reads the flag (merging KV splits in stage 1) from its runner's ServerArgs
-    runner = SimpleNamespace(args=SimpleNamespace(disable_layer_fusion=not fused))
+    runner = SimpleNamespace(args=SimpleNamespace(enable_layer_fusion=fused))
     paged = make_paged_kv(config, dtype=torch.bfloat16, backend=TritonAttnBackend(runner), seed=3)
     steps: list[tuple[list[int], list[list[int]]]] = [
         ([0, 0], [[5, 9, 12, 7, 30], [40, 41, 3]]), ([5, 3], [[17], [99]]),

@@ -30,8 +30,8 @@ class ModelContext:
     # NOTE: None when the quantization method has no layout for expert weights: a MoE layer then refuses to build
     moe_method: MoEMethod | None = field(default_factory=UnquantizedMoEMethod)
     # NOTE: layers may fuse ops across the Ops and LinearMethod contracts (the attention prologue, the gated down
-    # projection); off, each op runs on its own (ServerArgs.disable_layer_fusion, for A/B timing)
-    layer_fusion: bool = True
+    # projection); off, each op runs on its own (ServerArgs.enable_layer_fusion)
+    layer_fusion: bool = False
 
     @classmethod
     def from_platform(
@@ -41,7 +41,7 @@ class ModelContext:
         parallel: ParallelState = SINGLE,
         device: torch.device | None = None,
         quant_config: QuantizationMethod | None = None,
-        layer_fusion: bool = True,
+        layer_fusion: bool = False,
     ) -> ModelContext:
         return cls(
             ops=platform.ops(),

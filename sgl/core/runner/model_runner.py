@@ -77,7 +77,7 @@ class ModelRunner:
             args.quantization, self.model_config.get("quantization_config"), plugins.quantization_methods, platform
         )
         ctx = ModelContext.from_platform(
-            platform, self.dtype, parallel, self.device, self.quantization, layer_fusion=not args.disable_layer_fusion
+            platform, self.dtype, parallel, self.device, self.quantization, layer_fusion=args.enable_layer_fusion
         )
         self.model: Any  # an architecture class from the model registry (forward, compute_logits)
         self.model, _ = load_model(
