@@ -46,6 +46,19 @@ def test_sgl_stream_ttft_itl_and_tokens_come_from_event_timings(fake: tuple[str,
     assert sorted(map(tuple, (b["input_ids"] for b in cfg.bodies))) == sorted(tuple(r.input_ids) for r in reqs)
 
 
+def test_sgl_stream_survives_unicode_line_separators_in_text() -> None:
+    """U+2028 and U+0085 are legal unescaped in JSON; they must not split an SSE event (they used to: a failure)."""
+    cfg = FakeConfig(ttft=0.01, itl=0.01, text="a\u2028b\x85c\r")
+    server = start(cfg)
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}"
+        res = run_serving(url, random_workload(2, 4, 4, vocab=50), "sgl", progress=False)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert (res.completed, res.failed, res.output_tokens) == (2, 0, 8), res.errors
+
+
 def test_openai_stream_counts_chunks_and_takes_usage(fake: tuple[str, FakeConfig]) -> None:
     url, cfg = fake
     res = run_serving(url, random_workload(2, 5, 4, vocab=50), "openai", model=MODEL_ID, progress=False)
