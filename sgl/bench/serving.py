@@ -71,20 +71,19 @@ class _Tokens:
         self.seen = 0
         self.usage: int | None = None
 
+    def new_tokens_raw(self, data: bytes) -> int:
+        """``new_tokens`` of one event's JSON text; an sgl event's cumulative text is never parsed (see sgl_counts)."""
+        fast = sgl_counts(data) if self.api == "sgl" else None
+        if fast is None:
+            return self.new_tokens(json.loads(data))
+        return self._sgl(*fast)
+
     def new_tokens(self, event: dict[str, Any]) -> int:
         if "error" in event:
             err = event["error"]
             raise RuntimeError(err.get("message", str(err)) if isinstance(err, dict) else str(err))
         if self.api == "sgl":
-            meta = event.get("meta_info") or {}
-            reason = meta.get("finish_reason") or {}
-            if isinstance(reason, dict) and reason.get("type") == "abort":
-                raise RuntimeError(f"aborted: {reason.get('message')}")
-            count = len(event.get("output_ids") or [])
-            if not count and "completion_tokens" in meta:
-                count = int(meta["completion_tokens"])
-            new, self.seen = max(0, count - self.seen), max(self.seen, count)
-            return new
+            return self._sgl(len(event.get("output_ids") or []), event.get("meta_info") or {})
         usage = event.get("usage")
         if isinstance(usage, dict) and usage.get("completion_tokens") is not None:
             self.usage = int(usage["completion_tokens"])
@@ -95,9 +94,47 @@ class _Tokens:
             return 1
         return 0
 
+    def _sgl(self, count: int, meta: dict[str, Any]) -> int:
+        reason = meta.get("finish_reason") or {}
+        if isinstance(reason, dict) and reason.get("type") == "abort":
+            raise RuntimeError(f"aborted: {reason.get('message')}")
+        if not count and "completion_tokens" in meta:
+            count = int(meta["completion_tokens"])
+        new, self.seen = max(0, count - self.seen), max(self.seen, count)
+        return new
+
     @property
     def total(self) -> int:
         return self.usage if self.usage is not None else self.seen
+
+
+_DECODER = json.JSONDecoder()
+
+
+def sgl_counts(data: bytes) -> tuple[int, dict[str, Any]] | None:
+    """(len(output_ids), meta_info) of a /generate event, without parsing its text; None when it has not that shape.
+
+    Why: every event repeats the whole text and output ids so far, so ``json.loads`` of it costs the client in
+    proportion to the output length, per token; at 1024 output tokens that made the client, not the server, the
+    bound. Ids are integers, so their count is the commas between the brackets plus one. NOTE: inside a JSON string
+    every quote is escaped, so ``"output_ids":`` and ``"meta_info":`` with bare quotes can only be the keys.
+    """
+    i = data.find(b'"output_ids":')
+    j = data.rfind(b'"meta_info":')
+    if i < 0 or j < 0:
+        return None
+    try:
+        lo = data.index(b"[", i)
+        if data[i + 13:lo].strip():
+            return None  # NOTE: not a list (null): the bracket found belongs to something later
+        hi = data.index(b"]", lo)
+        meta, _ = _DECODER.raw_decode(data[j + 12:].decode("utf-8").lstrip())
+    except ValueError:
+        return None
+    if not isinstance(meta, dict):
+        return None
+    ids = data[lo + 1:hi].strip()
+    return (ids.count(b",") + 1 if ids else 0), meta
 
 
 async def sse_data(chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
@@ -133,7 +170,7 @@ async def stream_request(client: Any, base_url: str, api: str, req: BenchRequest
             async for data in sse_data(resp.aiter_bytes()):
                 if data == b"[DONE]":
                     break
-                new = tokens.new_tokens(json.loads(data))
+                new = tokens.new_tokens_raw(data)
                 now = time.perf_counter()
                 if new:
                     if out.ttft == 0.0:

@@ -129,3 +129,24 @@ def test_launched_server_reports_a_child_that_dies() -> None:
     with pytest.raises(RuntimeError, match="exited with code 3"), \
             launched_server(ServerArgs(port=0), timeout=30, command=lambda a: die):
         pass
+
+
+def test_sgl_counts_agree_with_a_full_parse_of_every_event_shape() -> None:
+    """The client's shortcut (ids counted between brackets, meta_info parsed alone) equals json.loads's answer."""
+    import json
+
+    from sgl.bench.serving import sgl_counts
+
+    texts = ["", "plain", 'q"uote \\" "output_ids": [1, 2] "meta_info": {}', "é\u2028\x85]", "[[,,]]"]
+    metas = [{"completion_tokens": 3, "finish_reason": None},
+             {"completion_tokens": 0, "finish_reason": {"type": "abort", "message": '"meta_info": {'}}]
+    for text in texts:
+        for ids in ([], [7], [1, 20, 300]):
+            for meta in metas:
+                for extra in ({}, {"index": 4}):
+                    event = {"text": text, "output_ids": ids, "meta_info": meta, **extra}
+                    for sep in ((", ", ": "), (",", ":")):  # json.dumps's and orjson's spacing
+                        data = json.dumps(event, ensure_ascii=False, separators=sep).encode()
+                        assert sgl_counts(data) == (len(ids), meta), data
+    assert sgl_counts(b'{"error": {"message": "x"}}') is None
+    assert sgl_counts(b'{"text": "", "output_ids": null, "meta_info": {"a": [1, 2]}}') is None
