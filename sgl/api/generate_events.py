@@ -8,8 +8,7 @@ those of ``sse(result.to_dict())``.
 
 from __future__ import annotations
 
-import json
-
+from sgl.api.streaming import ENCODER
 from sgl.core.request_result import GenerateResult
 
 
@@ -34,8 +33,8 @@ class GenerateEvents:
     def event(self, k: int, result: GenerateResult) -> str:
         """``data: {json}\\n\\n`` for ``result`` (plus ``"index": k`` when the stream is indexed)."""
         # NOTE: the keys and their order are GenerateResult.to_dict()'s; a test holds the bytes equal to sse() of it
-        text = json.dumps(result.text, ensure_ascii=False)
-        meta = json.dumps(result.meta.to_dict(), ensure_ascii=False)
+        text = ENCODER.encode(result.text)
+        meta = ENCODER.encode(result.meta.to_dict())
         index = f', "index": {k}' if self.indexed else ""
         return f'data: {{"text": {text}, "output_ids": [{self._ids_json(k, result.output_ids)}], ' \
                f'"meta_info": {meta}{index}}}\n\n'
