@@ -18,6 +18,7 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from sgl.bench import http_stream
 from sgl.bench.report import Summary, format_kv, summarize
 from sgl.bench.workloads import BenchRequest
 
@@ -155,19 +156,22 @@ async def sse_data(chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
         yield tail[5:].strip()
 
 
-async def stream_request(client: Any, base_url: str, api: str, req: BenchRequest, model: str | None) -> RequestOutcome:
+async def stream_request(
+    base_url: str, api: str, req: BenchRequest, model: str | None, headers: dict[str, str] | None = None,
+) -> RequestOutcome:
     """Sends one streaming request; never raises, so one failure does not end the run."""
     path, body = _payload(api, req, model)
     out = RequestOutcome(prompt_len=len(req.input_ids))
     tokens = _Tokens(api)
+    payload = json.dumps(body).encode()
     start = last = time.perf_counter()
     try:
-        async with client.stream("POST", base_url.rstrip("/") + path, json=body) as resp:
-            if resp.status_code != 200:
-                text = (await resp.aread()).decode("utf-8", "replace")
-                out.error = f"HTTP {resp.status_code}: {text[:200]}"
+        async with http_stream.post(base_url.rstrip("/") + path, payload, headers) as resp:
+            if resp.status != 200:
+                text = (await resp.read()).decode("utf-8", "replace")
+                out.error = f"HTTP {resp.status}: {text[:200]}"
                 return out
-            async for data in sse_data(resp.aiter_bytes()):
+            async for data in sse_data(resp.chunks()):
                 if data == b"[DONE]":
                     break
                 new = tokens.new_tokens_raw(data)
@@ -271,36 +275,31 @@ async def _run(
     base_url: str, api: str, reqs: Sequence[BenchRequest], request_rate: float, max_concurrency: int | None,
     model: str | None, seed: int, progress: bool, api_key: str | None,
 ) -> tuple[list[RequestOutcome], float]:
-    import httpx
     from tqdm import tqdm
 
     gate = asyncio.Semaphore(max_concurrency) if max_concurrency else None
     offsets = arrival_offsets(len(reqs), request_rate, seed)
-    # NOTE: trust_env=False: a proxy from the environment must not sit between the bench and a local server.
-    limits = httpx.Limits(max_connections=None, max_keepalive_connections=None)
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else None
-    async with httpx.AsyncClient(timeout=httpx.Timeout(None), limits=limits, trust_env=False,
-                                 headers=headers) as client:
-        with tqdm(total=len(reqs), desc="requests", unit="req", disable=not progress) as bar:
+    with tqdm(total=len(reqs), desc="requests", unit="req", disable=not progress) as bar:
 
-            async def one(r: BenchRequest) -> RequestOutcome:
-                if gate is None:
-                    res = await stream_request(client, base_url, api, r, model)
-                else:
-                    async with gate:
-                        res = await stream_request(client, base_url, api, r, model)
-                bar.update(1)
-                return res
+        async def one(r: BenchRequest) -> RequestOutcome:
+            if gate is None:
+                res = await stream_request(base_url, api, r, model, headers)
+            else:
+                async with gate:
+                    res = await stream_request(base_url, api, r, model, headers)
+            bar.update(1)
+            return res
 
-            start = time.perf_counter()
-            tasks = []
-            for r, at in zip(reqs, offsets):
-                delay = start + at - time.perf_counter()
-                if delay > 0:
-                    await asyncio.sleep(delay)
-                tasks.append(asyncio.ensure_future(one(r)))
-            outcomes = list(await asyncio.gather(*tasks))
-            return outcomes, time.perf_counter() - start
+        start = time.perf_counter()
+        tasks = []
+        for r, at in zip(reqs, offsets):
+            delay = start + at - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            tasks.append(asyncio.ensure_future(one(r)))
+        outcomes = list(await asyncio.gather(*tasks))
+        return outcomes, time.perf_counter() - start
 
 
 def run_serving(
