@@ -2,8 +2,8 @@
 
 Why: the client must never be what limits a serving figure. Through httpx's async stack each SSE event passed
 anyio's timeout scopes, sniffio's loop lookup, h11's event machine and a pause/resume of the socket reader: about
-two thirds of the bench client's CPU on the demo model, ~80 us per event, which caps one client core near 12k
-events/s, the rate of the issue's fastest offline figure. Here an event costs a readline and a readexactly.
+two thirds of the client's ~90 us per event on the demo model, so one client core topped out near 11k events/s,
+below the issue's fastest offline figure (11,683 tok/s). Here an event costs a readline and a readexactly.
 No proxies (a proxy must not sit between the bench and the server), no redirects, no compression; http and https.
 """
 
