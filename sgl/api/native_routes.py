@@ -19,6 +19,7 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from sgl import __version__
 from sgl.api.disconnect import abort_on_disconnect
 from sgl.api.errors import ApiError
+from sgl.api.generate_events import GenerateEvents
 from sgl.api.metrics import CONTENT_TYPE
 from sgl.api.openai_common import abort_error
 from sgl.api.openapi_doc import TokenId
@@ -173,6 +174,7 @@ async def _stream(state: ServerState, objs: list[PreparedRequest], indexed: bool
     for o in objs[:-1]:
         offsets.append(offsets[-1] + o.n)
     seen: dict[int, tuple[int, int, bool]] = {}
+    events = GenerateEvents(indexed)
     try:
         async with aclosing(merge([state.tm.generate(o) for o in objs])) as merged:
             async for p, results in merged:
@@ -187,7 +189,7 @@ async def _stream(state: ServerState, objs: list[PreparedRequest], indexed: bool
                     if seen.get(k) == mark:
                         continue
                     seen[k] = mark
-                    yield sse({**r.to_dict(), "index": k} if indexed else r.to_dict())
+                    yield events.event(k, r)
     except ApiError as exc:
         yield sse(exc.body())
     except SchedulerUnavailable as exc:

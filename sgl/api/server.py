@@ -234,6 +234,21 @@ def _configure_logging(level: str) -> None:
     logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 
+def http_parser() -> str:
+    """httptools where installed (the serve extra brings it), else h11, said once.
+
+    NOTE: every streamed token is one HTTP chunk; h11's pure-Python framing cost the API process ~10% of its CPU
+    per streamed token on the demo model (docs/benchmarks.md, server vs offline engine).
+    """
+    try:
+        import httptools  # noqa: F401
+    except ImportError:
+        logger.info("httptools is not installed: HTTP is parsed by h11, slower per streamed token "
+                    "(pip install httptools)")
+        return "h11"
+    return "httptools"
+
+
 def serve(args: ServerArgs) -> int:
     """Runs the server until it is stopped; returns the process exit code (0 after a clean shutdown)."""
     _configure_logging(args.log_level)
@@ -254,7 +269,7 @@ def serve(args: ServerArgs) -> int:
     lifecycle = Lifecycle(state, proc)
     config = uvicorn.Config(
         create_app(state), host=args.host, port=args.port, log_config=None, log_level=args.log_level.lower(),
-        access_log=args.log_requests, timeout_graceful_shutdown=5, lifespan="off",
+        access_log=args.log_requests, timeout_graceful_shutdown=5, lifespan="off", http=http_parser(),
     )
     try:
         asyncio.run(lifecycle.run(_Server(config, lifecycle)))

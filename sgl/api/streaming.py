@@ -15,8 +15,13 @@ from starlette.types import Receive, Scope, Send
 DONE = "data: [DONE]\n\n"
 
 
+# NOTE: json.dumps(obj, ensure_ascii=False) builds a new encoder on every call (only the all-defaults call reuses
+# one); events are encoded once per token per request, so one encoder with the same settings serves them all
+ENCODER = json.JSONEncoder(ensure_ascii=False)
+
+
 def sse(obj: Any) -> str:
-    return f"data: {json.dumps(obj, ensure_ascii=False)}\n\n"
+    return f"data: {ENCODER.encode(obj)}\n\n"
 
 
 class SSEResponse(StreamingResponse):

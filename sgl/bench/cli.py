@@ -171,6 +171,10 @@ def serving_command(
         None, "--vocab-size", help="Token ids are drawn below this (default: from --model-path's config)."
     ),
     launch_timeout: float = typer.Option(300.0, "--launch-timeout", help="Seconds to wait for a launched server."),
+    compare_offline: bool = typer.Option(
+        False, "--compare-offline", help="Run the offline Engine on the workload, then launch the server and run it "
+        "there at request rate inf; print both output tok/s, their ratio and the CPU per token of each process."
+    ),
     result_json: str | None = RESULT_JSON,
     disable_tqdm: bool = DISABLE_TQDM,
 ) -> None:
@@ -183,8 +187,20 @@ def serving_command(
     with _bench_errors():
         if launch_server and base_url:
             raise ValueError("give --base-url or --launch-server, not both")
-        args = resolve_server_args(server_args, require_dummy=launch_server)
-        reqs = spec.build(vocab_size or workload_vocab(args))
+        if compare_offline and (base_url or not math.isinf(request_rate) or max_concurrency):
+            raise ValueError("--compare-offline launches its own server and sends at request rate inf: "
+                             "drop --base-url, --request-rate and --max-concurrency")
+        args = resolve_server_args(server_args, require_dummy=launch_server or compare_offline)
+        vocab = vocab_size or workload_vocab(args)
+        if compare_offline:
+            from sgl.bench.compare_offline import compare_offline as run_compare
+
+            cmp = run_compare(args, spec, vocab, backend_api, launch_timeout, not disable_tqdm)
+            typer.echo(cmp.format())
+            _save(result_json, {"bench": "serving-vs-offline", "workload": spec.describe(),
+                                "server_args": _public(args), **cmp.as_dict()})
+            return
+        reqs = spec.build(vocab)
 
         def run(url: str) -> serving.ServingResult:
             name = model or (serving.discover_model(url, args.api_key) if backend_api == "openai" else None)

@@ -77,16 +77,26 @@ def stop(proc: subprocess.Popen[bytes], grace: float = 15.0) -> None:
 
 
 @contextmanager
-def launched_server(
+def launched_process(
     args: ServerArgs, timeout: float = 300.0, command: Callable[[ServerArgs], list[str]] = serve_command
-) -> Iterator[str]:
-    """Yields the base URL of a server started for ``args`` (port 0 picks a free one); ``command`` makes the argv."""
+) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """Yields the base URL and the process of a server started for ``args`` (port 0 picks a free one); ``command``
+    makes the argv. The process is the API server's, whose children are its scheduler ranks."""
     if args.port == 0:
         args = args.replace(port=free_port(args.host))
     base_url = f"http://{args.host}:{args.port}"
     proc = subprocess.Popen(command(args))
     try:
         wait_healthy(base_url, proc, timeout)
-        yield base_url
+        yield base_url, proc
     finally:
         stop(proc)
+
+
+@contextmanager
+def launched_server(
+    args: ServerArgs, timeout: float = 300.0, command: Callable[[ServerArgs], list[str]] = serve_command
+) -> Iterator[str]:
+    """Yields the base URL of a server started for ``args``, as ``launched_process`` does."""
+    with launched_process(args, timeout, command) as (base_url, _):
+        yield base_url

@@ -9,10 +9,12 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import gc
+import os
 import time
 from dataclasses import dataclass
 from typing import Any
 
+from sgl.bench.cpu_time import cpu_seconds
 from sgl.bench.report import format_kv, format_table
 from sgl.bench.workloads import BenchRequest, WorkloadSpec
 from sgl.core.config import ServerArgs
@@ -35,6 +37,8 @@ class OfflineResult:
     scheduler: dict[str, float] = dataclasses.field(default_factory=dict)
     # speculative decoding: generated tokens per verify forward (SGLang's meta_info spec_verify_ct); None without
     accept_length: float | None = None
+    # CPU seconds of this process (caller, request front and scheduler thread) over the timed run; None off Linux
+    cpu_s: float | None = None
 
     @property
     def request_throughput(self) -> float:
@@ -78,6 +82,8 @@ class OfflineResult:
             ("Total token throughput (tok/s):", self.total_throughput),
             *((("Accept length:", self.accept_length),) if self.accept_length is not None else ()),
             *((f"Scheduler {k.replace('_', ' ')}:", v) for k, v in self.scheduler.items()),
+            *((("Process CPU per output token (us):", self.cpu_s * 1e6 / max(self.output_tokens, 1)),)
+              if self.cpu_s is not None else ()),
         ]
 
     def format(self) -> str:
@@ -144,9 +150,11 @@ def run_offline(args: ServerArgs, spec: WorkloadSpec, label: str = "", progress:
         reqs = spec.build(vocab)
         _warm_up(engine, vocab, reqs)
         before = engine.get_server_info()
+        cpu_before = cpu_seconds(os.getpid())
         start = time.perf_counter()
         results = asyncio.run(_run_all(engine, reqs, progress))
         duration = time.perf_counter() - start
+        cpu_after = cpu_seconds(os.getpid())
         after = engine.get_server_info()
         counters = {k: after[k] - before[k] for k in SCHEDULER_COUNTERS if k in after}
         counters["max_total_tokens"] = after["max_total_tokens"]
@@ -168,6 +176,7 @@ def run_offline(args: ServerArgs, spec: WorkloadSpec, label: str = "", progress:
         duration_s=duration,
         scheduler=counters,
         accept_length=(sum(m["completion_tokens"] for m in metas) / verify_forwards) if verify_forwards else None,
+        cpu_s=None if cpu_before is None or cpu_after is None else cpu_after - cpu_before,
     )
 
 

@@ -14,10 +14,11 @@ import json
 import math
 import random
 import time
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from sgl.bench import http_stream
 from sgl.bench.report import Summary, format_kv, summarize
 from sgl.bench.workloads import BenchRequest
 
@@ -71,20 +72,19 @@ class _Tokens:
         self.seen = 0
         self.usage: int | None = None
 
+    def new_tokens_raw(self, data: bytes) -> int:
+        """``new_tokens`` of one event's JSON text; an sgl event's cumulative text is never parsed (see sgl_counts)."""
+        fast = sgl_counts(data) if self.api == "sgl" else None
+        if fast is None:
+            return self.new_tokens(json.loads(data))
+        return self._sgl(*fast)
+
     def new_tokens(self, event: dict[str, Any]) -> int:
         if "error" in event:
             err = event["error"]
             raise RuntimeError(err.get("message", str(err)) if isinstance(err, dict) else str(err))
         if self.api == "sgl":
-            meta = event.get("meta_info") or {}
-            reason = meta.get("finish_reason") or {}
-            if isinstance(reason, dict) and reason.get("type") == "abort":
-                raise RuntimeError(f"aborted: {reason.get('message')}")
-            count = len(event.get("output_ids") or [])
-            if not count and "completion_tokens" in meta:
-                count = int(meta["completion_tokens"])
-            new, self.seen = max(0, count - self.seen), max(self.seen, count)
-            return new
+            return self._sgl(len(event.get("output_ids") or []), event.get("meta_info") or {})
         usage = event.get("usage")
         if isinstance(usage, dict) and usage.get("completion_tokens") is not None:
             self.usage = int(usage["completion_tokens"])
@@ -95,30 +95,86 @@ class _Tokens:
             return 1
         return 0
 
+    def _sgl(self, count: int, meta: dict[str, Any]) -> int:
+        reason = meta.get("finish_reason") or {}
+        if isinstance(reason, dict) and reason.get("type") == "abort":
+            raise RuntimeError(f"aborted: {reason.get('message')}")
+        if not count and "completion_tokens" in meta:
+            count = int(meta["completion_tokens"])
+        new, self.seen = max(0, count - self.seen), max(self.seen, count)
+        return new
+
     @property
     def total(self) -> int:
         return self.usage if self.usage is not None else self.seen
 
 
-async def stream_request(client: Any, base_url: str, api: str, req: BenchRequest, model: str | None) -> RequestOutcome:
+_DECODER = json.JSONDecoder()
+
+
+def sgl_counts(data: bytes) -> tuple[int, dict[str, Any]] | None:
+    """(len(output_ids), meta_info) of a /generate event, without parsing its text; None when it has not that shape.
+
+    Why: every event repeats the whole text and output ids so far, so ``json.loads`` of it costs the client in
+    proportion to the output length, per token; at 1024 output tokens that made the client, not the server, the
+    bound. Ids are integers, so their count is the commas between the brackets plus one. NOTE: inside a JSON string
+    every quote is escaped, so ``"output_ids":`` and ``"meta_info":`` with bare quotes can only be the keys.
+    """
+    i = data.find(b'"output_ids":')
+    j = data.rfind(b'"meta_info":')
+    if i < 0 or j < 0:
+        return None
+    try:
+        lo = data.index(b"[", i)
+        if data[i + 13:lo].strip():
+            return None  # NOTE: not a list (null): the bracket found belongs to something later
+        hi = data.index(b"]", lo)
+        meta, _ = _DECODER.raw_decode(data[j + 12:].decode("utf-8").lstrip())
+    except ValueError:
+        return None
+    if not isinstance(meta, dict):
+        return None
+    ids = data[lo + 1:hi].strip()
+    return (ids.count(b",") + 1 if ids else 0), meta
+
+
+async def sse_data(chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    """The payload of each ``data:`` line of an event stream, split on LF as SSE's servers here write it.
+
+    NOTE: not httpx's ``aiter_lines``: it decodes to str and splits on every Unicode line break, so a JSON string
+    holding U+2028 or U+0085 (legal unescaped JSON, which the server sends with ensure_ascii=False) cut an event in
+    two and failed the request; bytes split on b"\n" cost the client less per token as well.
+    """
+    tail = b""
+    async for chunk in chunks:
+        lines = (tail + chunk).split(b"\n")
+        tail = lines.pop()
+        for line in lines:
+            if line.startswith(b"data:"):
+                yield line[5:].strip()
+    if tail.startswith(b"data:"):
+        yield tail[5:].strip()
+
+
+async def stream_request(
+    base_url: str, api: str, req: BenchRequest, model: str | None, headers: dict[str, str] | None = None,
+) -> RequestOutcome:
     """Sends one streaming request; never raises, so one failure does not end the run."""
     path, body = _payload(api, req, model)
     out = RequestOutcome(prompt_len=len(req.input_ids))
     tokens = _Tokens(api)
+    payload = json.dumps(body).encode()
     start = last = time.perf_counter()
     try:
-        async with client.stream("POST", base_url.rstrip("/") + path, json=body) as resp:
-            if resp.status_code != 200:
-                text = (await resp.aread()).decode("utf-8", "replace")
-                out.error = f"HTTP {resp.status_code}: {text[:200]}"
+        async with http_stream.post(base_url.rstrip("/") + path, payload, headers) as resp:
+            if resp.status != 200:
+                text = (await resp.read()).decode("utf-8", "replace")
+                out.error = f"HTTP {resp.status}: {text[:200]}"
                 return out
-            async for line in resp.aiter_lines():
-                if not line.startswith("data:"):
-                    continue
-                data = line[len("data:"):].strip()
-                if data == "[DONE]":
+            async for data in sse_data(resp.chunks()):
+                if data == b"[DONE]":
                     break
-                new = tokens.new_tokens(json.loads(data))
+                new = tokens.new_tokens_raw(data)
                 now = time.perf_counter()
                 if new:
                     if out.ttft == 0.0:
@@ -219,36 +275,31 @@ async def _run(
     base_url: str, api: str, reqs: Sequence[BenchRequest], request_rate: float, max_concurrency: int | None,
     model: str | None, seed: int, progress: bool, api_key: str | None,
 ) -> tuple[list[RequestOutcome], float]:
-    import httpx
     from tqdm import tqdm
 
     gate = asyncio.Semaphore(max_concurrency) if max_concurrency else None
     offsets = arrival_offsets(len(reqs), request_rate, seed)
-    # NOTE: trust_env=False: a proxy from the environment must not sit between the bench and a local server.
-    limits = httpx.Limits(max_connections=None, max_keepalive_connections=None)
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else None
-    async with httpx.AsyncClient(timeout=httpx.Timeout(None), limits=limits, trust_env=False,
-                                 headers=headers) as client:
-        with tqdm(total=len(reqs), desc="requests", unit="req", disable=not progress) as bar:
+    with tqdm(total=len(reqs), desc="requests", unit="req", disable=not progress) as bar:
 
-            async def one(r: BenchRequest) -> RequestOutcome:
-                if gate is None:
-                    res = await stream_request(client, base_url, api, r, model)
-                else:
-                    async with gate:
-                        res = await stream_request(client, base_url, api, r, model)
-                bar.update(1)
-                return res
+        async def one(r: BenchRequest) -> RequestOutcome:
+            if gate is None:
+                res = await stream_request(base_url, api, r, model, headers)
+            else:
+                async with gate:
+                    res = await stream_request(base_url, api, r, model, headers)
+            bar.update(1)
+            return res
 
-            start = time.perf_counter()
-            tasks = []
-            for r, at in zip(reqs, offsets):
-                delay = start + at - time.perf_counter()
-                if delay > 0:
-                    await asyncio.sleep(delay)
-                tasks.append(asyncio.ensure_future(one(r)))
-            outcomes = list(await asyncio.gather(*tasks))
-            return outcomes, time.perf_counter() - start
+        start = time.perf_counter()
+        tasks = []
+        for r, at in zip(reqs, offsets):
+            delay = start + at - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            tasks.append(asyncio.ensure_future(one(r)))
+        outcomes = list(await asyncio.gather(*tasks))
+        return outcomes, time.perf_counter() - start
 
 
 def run_serving(

@@ -24,11 +24,12 @@ class FakeConfig:
     """
 
     def __init__(self, ttft: float = 0.15, itl: float = 0.05, bursts: tuple[int, ...] = (1, 2, 1),
-                 fail_every: int = 0) -> None:
+                 fail_every: int = 0, text: str = "x") -> None:
         self.ttft = ttft
         self.itl = itl
         self.bursts = bursts
         self.fail_every = fail_every  # every k-th request gets HTTP 400 (0: never)
+        self.text = text  # each token's text in sgl events, sent unescaped as the real server sends it
         self.bodies: list[dict[str, Any]] = []
         self.in_flight = 0
         self.max_in_flight = 0
@@ -59,7 +60,7 @@ def _handler(cfg: FakeConfig) -> type[BaseHTTPRequestHandler]:
                 self._json(404, {"error": "not found"})
 
         def _event(self, obj: object) -> None:
-            data = obj if isinstance(obj, str) else json.dumps(obj)
+            data = obj if isinstance(obj, str) else json.dumps(obj, ensure_ascii=False)
             chunk = f"data: {data}\n\n".encode()
             self.wfile.write(f"{len(chunk):x}\r\n".encode() + chunk + b"\r\n")
             self.wfile.flush()
@@ -100,7 +101,7 @@ def _handler(cfg: FakeConfig) -> type[BaseHTTPRequestHandler]:
                 done = k == len(cfg.bursts) - 1
                 meta = {"prompt_tokens": prompt, "completion_tokens": len(ids), "cached_tokens": 0,
                         "finish_reason": {"type": "length"} if done else None}
-                self._event({"text": "x" * len(ids), "output_ids": ids, "meta_info": meta})
+                self._event({"text": cfg.text * len(ids), "output_ids": ids, "meta_info": meta})
 
         def _stream_openai(self) -> None:
             total = sum(cfg.bursts)

@@ -46,6 +46,19 @@ def test_sgl_stream_ttft_itl_and_tokens_come_from_event_timings(fake: tuple[str,
     assert sorted(map(tuple, (b["input_ids"] for b in cfg.bodies))) == sorted(tuple(r.input_ids) for r in reqs)
 
 
+def test_sgl_stream_survives_unicode_line_separators_in_text() -> None:
+    """U+2028 and U+0085 are legal unescaped in JSON; they must not split an SSE event (they used to: a failure)."""
+    cfg = FakeConfig(ttft=0.01, itl=0.01, text="a\u2028b\x85c\r")
+    server = start(cfg)
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}"
+        res = run_serving(url, random_workload(2, 4, 4, vocab=50), "sgl", progress=False)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert (res.completed, res.failed, res.output_tokens) == (2, 0, 8), res.errors
+
+
 def test_openai_stream_counts_chunks_and_takes_usage(fake: tuple[str, FakeConfig]) -> None:
     url, cfg = fake
     res = run_serving(url, random_workload(2, 5, 4, vocab=50), "openai", model=MODEL_ID, progress=False)
@@ -116,3 +129,24 @@ def test_launched_server_reports_a_child_that_dies() -> None:
     with pytest.raises(RuntimeError, match="exited with code 3"), \
             launched_server(ServerArgs(port=0), timeout=30, command=lambda a: die):
         pass
+
+
+def test_sgl_counts_agree_with_a_full_parse_of_every_event_shape() -> None:
+    """The client's shortcut (ids counted between brackets, meta_info parsed alone) equals json.loads's answer."""
+    import json
+
+    from sgl.bench.serving import sgl_counts
+
+    texts = ["", "plain", 'q"uote \\" "output_ids": [1, 2] "meta_info": {}', "é\u2028\x85]", "[[,,]]"]
+    metas = [{"completion_tokens": 3, "finish_reason": None},
+             {"completion_tokens": 0, "finish_reason": {"type": "abort", "message": '"meta_info": {'}}]
+    for text in texts:
+        for ids in ([], [7], [1, 20, 300]):
+            for meta in metas:
+                for extra in ({}, {"index": 4}):
+                    event = {"text": text, "output_ids": ids, "meta_info": meta, **extra}
+                    for sep in ((", ", ": "), (",", ":")):  # json.dumps's and orjson's spacing
+                        data = json.dumps(event, ensure_ascii=False, separators=sep).encode()
+                        assert sgl_counts(data) == (len(ids), meta), data
+    assert sgl_counts(b'{"error": {"message": "x"}}') is None
+    assert sgl_counts(b'{"text": "", "output_ids": null, "meta_info": {"a": [1, 2]}}') is None
