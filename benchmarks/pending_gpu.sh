@@ -5,6 +5,7 @@
 #   fusion      batch-1 decode, layer fusion off / on alternately, 3 runs each, then its host_bound and overlap_trace
 #   spec        the speculative step part by part (spec_host_probe), then spec_replay at batch 1, 32 and 64
 #   serve       sgl bench serving --compare-offline, 500 x 1024/256 (needs the serve wheels, httptools among them)
+#   itl         p99 / median inter-token latency at a steady 16 req/s: defaults, then mixed chunks of 512 and 1024
 #   moe         batch-1 decode of Qwen3-30B-A3B and DeepSeek-V2-Lite
 # From the repository root, after `python3 -m pip install -q --no-deps --no-build-isolation -e .`.
 set -u
@@ -36,11 +37,19 @@ for stage in "$@"; do
       timeout 580 sgl bench serving --compare-offline --model-path llama-3.1-8b --load-format dummy --disable-tqdm \
         --num-prompts 500 --input-len 1024 --output-len 256 --result-json "$out/serve.json" 2>&1 | tail -30 \
         | tee "$out/serve.log" ;;
+    itl)
+      for flags in "" "--enable-mixed-chunk --chunked-prefill-size 512" "--enable-mixed-chunk --chunked-prefill-size 1024"; do
+        echo "== itl: ${flags:-defaults}"
+        # shellcheck disable=SC2086
+        timeout 190 sgl bench serving --launch-server --model-path llama-3.1-8b --load-format dummy --disable-tqdm \
+          --num-prompts 500 --input-len 1024 --output-len 256 --range-ratio 1 --request-rate 16 $flags 2>&1 \
+          | grep -i "throughput\|ITL\|TTFT" | tee -a "$out/itl.log"
+      done ;;
     moe)
       timeout 300 python3 benchmarks/decode_speed.py qwen3-30b-a3b --variant graphs+overlap 2>&1 | json \
         | tee -a "$out/moe.jsonl"
       timeout 280 python3 benchmarks/decode_speed.py deepseek-v2-lite --variant graphs+overlap 2>&1 | json \
         | tee -a "$out/moe.jsonl" ;;
-    *) echo "unknown stage $stage (tests fusion fusion-host spec serve moe)" ;;
+    *) echo "unknown stage $stage (tests fusion fusion-host spec serve itl moe)" ;;
   esac
 done
