@@ -13,7 +13,9 @@ top-k weights and ids [T, k] -> [T, H].
 NOTE: the sort is done with torch ops on the device, with no host sync: the block count is bounded by
 T*k + E*(BLOCK_M - 1) rows and blocks past the padded total exit at once, so the launch shapes depend on T only.
 ``fused_moe_fp8`` runs the same sort and GEMMs over fp8 expert weights with block (or per-row) scales and fp8
-activations quantized per token (group), each K step's fp32 partial scaled by the activation's and the weight's scale.
+activations quantized per token (group) or by a static scale, each K step's fp32 partial scaled by the activation's
+and the weight's scale; weight-only, the activations stay in their dtype with a unit scale.
+sgl.kernels.fused_moe_int4 runs the same sort over 4-bit AWQ/GPTQ experts.
 """
 
 from __future__ import annotations
@@ -108,7 +110,7 @@ def _grouped_gemm_kernel(
             b = b.to(tl.float16)
         if SCALED:
             # NOTE: BLOCK_K divides both scale groups along K, so one scale per row and per column covers this step
-            part = tl.dot(a, b.to(a.dtype))
+            part = tl.dot(a, b.to(a.dtype), input_precision=PRECISION)
             sa = tl.load(sa_ptr + a_rows * stride_sam + k0 // a_group_k, mask=row_ok, other=0.0)
             sb = tl.load(sb_ptr + expert * stride_sbe + (offs_n // b_group_n) * stride_sbn + k0 // b_group_k,
                          mask=n_ok, other=0.0)
@@ -190,6 +192,22 @@ def fused_moe(
     return down.view(t, top_k, -1).sum(dim=1).to(x.dtype)
 
 
+def _fp8_input(
+    a: torch.Tensor, group: int, fp8: torch.dtype, static_scale: torch.Tensor | None, weight_only: bool
+) -> tuple[torch.Tensor, Fp8Operand]:
+    """A GEMM's input and its scales: e4m3 per token and ``group`` features, e4m3 by one static scale (the values
+    fp8_math.quantize_with_scale gives: the same torch ops), or as it is with a unit scale (weight-only)."""
+    rows, k = a.shape
+    if weight_only:
+        return a, Fp8Operand(torch.ones(rows, 1, dtype=torch.float32, device=a.device), 1, k)
+    if static_scale is not None:
+        top = float(torch.finfo(fp8).max)
+        scale = static_scale.float().reshape(1, 1)
+        return (a.float() / scale).clamp(-top, top).to(fp8), Fp8Operand(scale.expand(rows, 1), 1, k)
+    q, s = fp8_quantize_per_token_group(a, group, fp8)
+    return q, Fp8Operand(s, 1, min(group, k))
+
+
 def fused_moe_fp8(
     x: torch.Tensor,
     w13: torch.Tensor,
@@ -201,14 +219,17 @@ def fused_moe_fp8(
     block: tuple[int, int] | None,
     activation: str = "silu",
     fp16_dot: bool = False,
+    input_scales: tuple[torch.Tensor, torch.Tensor] | None = None,
+    weight_only: bool = False,
 ) -> torch.Tensor:
     """x [T, H] -> [T, H] with fp8 experts: W8A8, the activations entering each GEMM quantized dynamically.
 
     ``block`` (b0, b1): ``w13_scale [E, 2I / b0, H / b1]`` and ``w2_scale [E, H / b0, I / b1]`` (rounded up), the
-    inputs per token and b1 features (DeepSeek-V3's scheme); None: per-row weight scales ``[E, rows, 1]`` and
-    per-token inputs (online FP8). The activations are rounded by sgl.kernels.fp8_quant, which gives the torch
-    reference's e4m3 values bit for bit, so this differs from the reference only in fp32 summation order and in the
-    gate-up output being stored in x's dtype.
+    inputs per token and b1 features (DeepSeek-V3's scheme); None: per-row weight scales ``[E, rows, 1]`` (per-channel,
+    per-tensor spread over its rows, online) and per-token inputs, or static ones (``input_scales``: gate-up's and
+    down's, one each), or none (``weight_only``: W8A16). Dynamic activations are rounded by sgl.kernels.fp8_quant,
+    which gives the torch reference's e4m3 values bit for bit, so this differs from the reference only in fp32
+    summation order and in the gate-up output being stored in x's dtype.
     """
     if activation not in _ACTIVATIONS:
         raise ValueError(f"unsupported MoE activation {activation!r}; supported: {', '.join(_ACTIVATIONS)}")
@@ -224,13 +245,14 @@ def fused_moe_fp8(
     bk = min(cfg[2], block_k_for(h, (groups[0], w_groups[0][1])), block_k_for(i, (groups[1], w_groups[1][1])))
     cfg = (cfg[0], cfg[1], bk, cfg[3])
     aligned = align_tokens(topk_ids, w13.shape[0], cfg[0])
-    xq, xs = fp8_quantize_per_token_group(x.contiguous(), groups[0], fp8)
+    statics = input_scales if input_scales is not None else (None, None)
+    dot16 = fp16_dot and not weight_only  # NOTE: fp16 holds every e4m3 value, not every bf16 activation
+    xq, xs = _fp8_input(x.contiguous(), groups[0], fp8, statics[0], weight_only)
     gate_up = torch.zeros(num_pairs, w13.shape[1], dtype=x.dtype, device=x.device)
-    _grouped_gemm(xq, w13, gate_up, aligned, num_pairs, top_k, None, cfg, Fp8Operand(xs, 1, min(groups[0], h)),
-                  Fp8Operand(w13_scale.float().contiguous(), *w_groups[0]), fp16_dot)
-    hq, hs = fp8_quantize_per_token_group(_ACTIVATIONS[activation](gate_up), groups[1], fp8)
+    _grouped_gemm(xq, w13, gate_up, aligned, num_pairs, top_k, None, cfg, xs,
+                  Fp8Operand(w13_scale.float().contiguous(), *w_groups[0]), dot16)
+    hq, hs = _fp8_input(_ACTIVATIONS[activation](gate_up), groups[1], fp8, statics[1], weight_only)
     down = torch.zeros(num_pairs, h, dtype=torch.float32, device=x.device)
-    _grouped_gemm(hq, w2, down, aligned, num_pairs, 1, topk_weights.reshape(-1).float().contiguous(), cfg,
-                  Fp8Operand(hs, 1, min(groups[1], i)), Fp8Operand(w2_scale.float().contiguous(), *w_groups[1]),
-                  fp16_dot)
+    _grouped_gemm(hq, w2, down, aligned, num_pairs, 1, topk_weights.reshape(-1).float().contiguous(), cfg, hs,
+                  Fp8Operand(w2_scale.float().contiguous(), *w_groups[1]), dot16)
     return down.view(t, top_k, -1).sum(dim=1).to(x.dtype)
