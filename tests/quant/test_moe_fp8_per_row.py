@@ -21,6 +21,7 @@ from sgl.core.ops.moe_routing import TopKOutput
 from tests.core.engine_utils import make_engine
 from tests.models.tiny_moe import make_tiny_moe_model
 from tests.quant.checkpoints import write_pair
+from tests.quant.moe_ranks import one_and_two_ranks
 from tests.quant.test_fp8 import STATIC_INPUTS, TOKEN_INPUTS, ct_config, ct_quantizer
 from tests.quant.test_moe_fp8 import REL_W8A8, _greedy_by_recompute, _load, _logits, _rel_err, _rewrite
 
@@ -151,44 +152,9 @@ def test_a_mis_shaped_expert_scale_is_a_load_error_naming_it(tmp_path: Path, cas
 def test_two_ranks_of_a_static_per_tensor_moe_reproduce_one_rank(ep: int, tmp_path: Path) -> None:
     """TP halves each expert's intermediate features (per-tensor scales replicate, the largest input scale is the
     same on both ranks); EP gives each rank four experts whole. Bound as in test_moe_fp8's two-rank test."""
-    import threading
-
-    from sgl.core.distributed.communicator import ParallelState
-    from sgl.core.model.context import ModelContext
-    from sgl.core.model.loader import load_model
-    from sgl.core.platform import Platform
-    from sgl.core.plugins import get_plugins
-    from sgl.core.quant.base import select_quantization
-    from tests.core.test_loader import _ThreadComm, _ThreadGroup
-
     config = CASES["ct-tensor-static"][3]
     src = Path(make_tiny_moe_model("qwen3_moe", tmp_path / "src", seed=6, moe_intermediate_size=64))
     q, _ = write_pair(src, tmp_path / "q", tmp_path / "d", ct_quantizer("tensor", True), config)
-    plugins = get_plugins()
-
-    def run(parallel: ParallelState) -> torch.Tensor:
-        method = select_quantization(None, config, plugins.quantization_methods, Platform())
-        ctx = ModelContext.from_platform(Platform(), torch.float32, parallel, quant_config=method)
-        model, cfg = load_model(str(q), ctx, models=plugins.models)
-        return _logits(model, cfg)
-
-    expected = run(ParallelState())
-    group = _ThreadGroup(2)
-    results: list[Any] = [None, None]
-    errors: list[BaseException] = []
-
-    def worker(rank: int) -> None:
-        try:
-            results[rank] = run(ParallelState(rank, 2, _ThreadComm(rank, group), ep_size=ep))
-        except BaseException as exc:  # noqa: BLE001 (surfaced below; a dead rank would otherwise hang the barrier)
-            errors.append(exc)
-            group.barrier.abort()
-
-    threads = [threading.Thread(target=worker, args=(r,)) for r in range(2)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=120)
-    assert not errors, errors
-    for r in range(2):
-        torch.testing.assert_close(results[r], expected, atol=2e-3, rtol=0)
+    expected, results = one_and_two_ranks(q, config, ep)
+    for got in results:
+        torch.testing.assert_close(got, expected, atol=2e-3, rtol=0)

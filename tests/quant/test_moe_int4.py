@@ -20,6 +20,7 @@ from sgl.core.ops.moe_routing import TopKOutput
 from tests.core.engine_utils import make_engine
 from tests.models.tiny_moe import make_tiny_moe_model
 from tests.quant.checkpoints import Quantizer, write_pair
+from tests.quant.moe_ranks import one_and_two_ranks
 from tests.quant.test_int4 import awq_config, awq_quantizer, gptq_config, gptq_quantizer
 from tests.quant.test_moe_fp8 import _load, _logits, _rewrite
 
@@ -160,47 +161,12 @@ def test_two_ranks_of_an_int4_moe_reproduce_one_rank(name_: str, ep: int, tmp_pa
     """TP halves each expert's 64 intermediate features: gate | up by output words, down by input rows with its
     groups (whole groups of 32 here; under act order every group stays and the sharded g_idx indexes them); expert
     parallel gives each rank four experts whole. W4A16 in fp32: only summation order differs."""
-    import threading
-
-    from sgl.core.distributed.communicator import ParallelState
-    from sgl.core.model.context import ModelContext
-    from sgl.core.model.loader import load_model
-    from sgl.core.platform import Platform
-    from sgl.core.plugins import get_plugins
-    from sgl.core.quant.base import select_quantization
-    from tests.core.test_loader import _ThreadComm, _ThreadGroup
-
     _, quantize, config = CASES[name_]
     src = Path(make_tiny_moe_model("qwen3_moe", tmp_path / "src", seed=6, moe_intermediate_size=64))
     q, _ = write_pair(src, tmp_path / "q", tmp_path / "d", quantize, config)
-    plugins = get_plugins()
-
-    def run(parallel: ParallelState) -> torch.Tensor:
-        method = select_quantization(None, config, plugins.quantization_methods, Platform())
-        ctx = ModelContext.from_platform(Platform(), torch.float32, parallel, quant_config=method)
-        model, cfg = load_model(str(q), ctx, models=plugins.models)
-        return _logits(model, cfg)
-
-    expected = run(ParallelState())
-    group = _ThreadGroup(2)
-    results: list[Any] = [None, None]
-    errors: list[BaseException] = []
-
-    def worker(rank: int) -> None:
-        try:
-            results[rank] = run(ParallelState(rank, 2, _ThreadComm(rank, group), ep_size=ep))
-        except BaseException as exc:  # noqa: BLE001 (surfaced below; a dead rank would otherwise hang the barrier)
-            errors.append(exc)
-            group.barrier.abort()
-
-    threads = [threading.Thread(target=worker, args=(r,)) for r in range(2)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=120)
-    assert not errors, errors
-    for r in range(2):
-        torch.testing.assert_close(results[r], expected, atol=1e-4, rtol=1e-4)
+    expected, results = one_and_two_ranks(q, config, ep)
+    for got in results:
+        torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-4)
 
 
 def test_a_tp_split_of_down_inside_a_group_is_refused_in_one_line() -> None:

@@ -57,3 +57,15 @@ def fused_moe(
         y = torch.nn.functional.linear(h if quantize_down is None else quantize_down(h), w2[e])
         out.index_add_(0, rows, y.float() * flat_w[hit, None])
     return out.to(x.dtype)
+
+
+def experts_hit(topk_ids: torch.Tensor, num_experts: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(hit, local_ids)``: the experts in [0, E) that ``topk_ids`` names, ascending, and the ids renumbered into
+    that list (ids outside [0, E) become -1). A reference over packed experts dequantizes only ``hit`` and runs
+    ``fused_moe`` with ``local_ids``."""
+    ids = topk_ids.long()
+    inside = (ids >= 0) & (ids < num_experts)
+    hit = torch.unique(ids[inside])
+    local = torch.full((num_experts,), -1, dtype=torch.long, device=ids.device)
+    local[hit] = torch.arange(hit.numel(), device=ids.device)
+    return hit, torch.where(inside, local[ids.clamp(0, num_experts - 1)], -1)

@@ -105,14 +105,8 @@ class Int4MoEMethod(MoEMethod):
         self, layer: nn.Module, ops: Ops, x: torch.Tensor, topk_weights: torch.Tensor, topk_ids: torch.Tensor,
         activation: str,
     ) -> torch.Tensor:
-        num_experts = cast(torch.Tensor, layer.w13_scales).shape[0]
-        ids = topk_ids.long()
-        inside = (ids >= 0) & (ids < num_experts)
-        hit = torch.unique(ids[inside])
-        # NOTE: only the experts hit are dequantized; ids are renumbered into that list (others stay outside it)
-        local = torch.full((num_experts,), -1, dtype=torch.long, device=ids.device)
-        local[hit] = torch.arange(hit.numel(), device=ids.device)
-        local_ids = torch.where(inside, local[ids.clamp(0, num_experts - 1)], -1)
+        # NOTE: only the experts hit are dequantized
+        hit, local_ids = reference_moe.experts_hit(topk_ids, cast(torch.Tensor, layer.w13_scales).shape[0])
         out = reference_moe.fused_moe(x.float(), self.dequantized(layer, "w13", hit),
                                       self.dequantized(layer, "w2", hit), topk_weights, local_ids, activation,
                                       hidden_dtype=x.dtype)
