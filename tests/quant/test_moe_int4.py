@@ -138,8 +138,8 @@ def test_gate_and_up_with_different_act_orders_are_a_load_error(tmp_path: Path, 
         _load(_rewrite(q, tmp_path, edit))
 
 
-def test_dummy_weights_fill_gptq_experts(case: tuple[str, Path, Path]) -> None:
-    """``--load-format dummy`` with a GPTQ config (benchmarks of a release without its download)."""
+def test_dummy_weights_fill_int4_experts(case: tuple[str, Path, Path]) -> None:
+    """``--load-format dummy`` with an AWQ or GPTQ config (benchmarks of a release without its download)."""
     from sgl.core.model.context import ModelContext
     from sgl.core.model.loader import load_model
     from sgl.core.platform import Platform
