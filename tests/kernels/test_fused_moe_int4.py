@@ -71,3 +71,32 @@ def test_bf16_int4_experts_match_the_reference(device: torch.device) -> None:
     ref = Int4MoEMethod(scheme).apply(layer, reference_ops(), x, weights, ids, "silu")
     assert fast.dtype == torch.bfloat16
     assert float((fast.float() - ref.float()).norm() / ref.float().norm()) < 3e-2
+
+
+def test_cuda_platform_picks_each_methods_fused_moe_and_the_reference_otherwise(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """AWQ/GPTQ experts take the fused int4 MoE, compressed-tensors ones the fused FP8 MoE, NVFP4 ones the reference
+    (no kernel); without Triton every method's reference runs."""
+    from sgl.core.platform import Capabilities
+    from sgl.plugins.cuda import platform as cuda
+    from sgl.plugins.quant.awq import AwqMethod
+    from sgl.plugins.quant.compressed_tensors import CompressedTensorsMethod
+    from sgl.plugins.quant.gptq import GptqMethod
+    from sgl.plugins.quant.nvfp4 import ModelOptMethod
+    from sgl.plugins.quant.nvfp4_moe import NvFp4MoEMethod
+    from sgl.plugins.quant.triton_fp8_moe import TritonFp8MoEMethod
+    from tests.quant.test_fp8 import TOKEN_INPUTS, ct_config
+
+    awq = AwqMethod.from_config({"quant_method": "awq", "bits": 4, "group_size": 128, "version": "gemm"})
+    gptq = GptqMethod.from_config({"quant_method": "gptq", "bits": 4, "group_size": 128, "desc_act": True})
+    ct = CompressedTensorsMethod.from_config(ct_config("channel", TOKEN_INPUTS))
+    fp4 = ModelOptMethod.from_config({"quant_method": "modelopt", "quant_algo": "NVFP4", "group_size": 16})
+    monkeypatch.setattr(cuda, "_probe_capabilities", lambda: Capabilities(triton=True, fp8=True, bf16=True))
+    monkeypatch.setattr(cuda, "_has_triton", lambda: True)
+    assert isinstance(cuda.CudaPlatform().moe_method(awq), TritonInt4MoEMethod)
+    assert isinstance(cuda.CudaPlatform().moe_method(gptq), TritonInt4MoEMethod)
+    assert isinstance(cuda.CudaPlatform().moe_method(ct), TritonFp8MoEMethod)
+    assert type(cuda.CudaPlatform().moe_method(fp4)) is NvFp4MoEMethod
+    monkeypatch.setattr(cuda, "_has_triton", lambda: False)
+    assert type(cuda.CudaPlatform().moe_method(gptq)) is Int4MoEMethod
