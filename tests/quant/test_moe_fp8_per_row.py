@@ -30,12 +30,20 @@ pytest.importorskip("transformers")
 FP8 = torch.float8_e4m3fn
 MAX = 448.0
 HF_TENSOR = {"quant_method": "fp8", "activation_scheme": "static"}
+
+
+def moe_ct_config(strategy: str, inputs: dict[str, Any] | None, router: str = "re:.*mlp.gate$") -> dict[str, Any]:
+    """As llm-compressor writes MoE releases: the routers left unquantized by a regex in ``ignore``."""
+    return {**ct_config(strategy, inputs), "ignore": ["lm_head", router]}
+
+
 # case -> (arch, weight strategy, inputs: token / static / none, quantization_config)
 CASES: dict[str, tuple[str, str, str, dict[str, Any]]] = {
-    "ct-channel-token": ("qwen3_moe", "channel", "token", ct_config("channel", TOKEN_INPUTS)),
-    "ct-tensor-static": ("qwen3_moe", "tensor", "static", ct_config("tensor", STATIC_INPUTS)),
+    "ct-channel-token": ("qwen3_moe", "channel", "token", moe_ct_config("channel", TOKEN_INPUTS)),
+    "ct-tensor-static": ("qwen3_moe", "tensor", "static", moe_ct_config("tensor", STATIC_INPUTS)),
     "fp8-tensor-static-mixtral": ("mixtral", "tensor", "static", HF_TENSOR),
-    "ct-channel-weight-only": ("qwen3_moe", "channel", "none", ct_config("channel", None)),
+    "ct-channel-weight-only-mixtral": ("mixtral", "channel", "none",
+                                       moe_ct_config("channel", None, "re:.*block_sparse_moe.gate")),
 }
 PROJ = {"qwen3_moe": ("gate_proj", "up_proj", "down_proj"), "mixtral": ("w1", "w3", "w2")}
 
@@ -158,3 +166,13 @@ def test_two_ranks_of_a_static_per_tensor_moe_reproduce_one_rank(ep: int, tmp_pa
     expected, results = one_and_two_ranks(q, config, ep)
     for got in results:
         torch.testing.assert_close(got, expected, atol=2e-3, rtol=0)
+
+
+def test_router_regexes_in_ignore_load_and_a_linear_there_is_still_refused() -> None:
+    from sgl.plugins.quant.compressed_tensors import CompressedTensorsMethod
+
+    config = moe_ct_config("channel", TOKEN_INPUTS)
+    assert CompressedTensorsMethod.from_config(config).scheme.weight == "channel"
+    for entry in ("re:.*mlp.down_proj$", "re:.*experts.*"):
+        with pytest.raises(ValueError, match="leave linear layers unquantized"):
+            CompressedTensorsMethod.from_config({**config, "ignore": ["lm_head", "re:.*mlp.gate$", entry]})
