@@ -31,7 +31,7 @@ from sgl.kernels.activation import gelu_tanh_and_mul, silu_and_mul
 from sgl.kernels.fp8_gemm import block_k_for
 from sgl.kernels.fp8_quant import fp8_quantize_per_token_group
 
-_ACTIVATIONS = {"silu": silu_and_mul, "gelu_tanh": gelu_tanh_and_mul}
+MOE_ACTIVATIONS = {"silu": silu_and_mul, "gelu_tanh": gelu_tanh_and_mul}
 
 
 class AlignedTokens(NamedTuple):
@@ -124,7 +124,7 @@ def _grouped_gemm_kernel(
              mask=row_ok[:, None] & n_ok[None, :])
 
 
-def _block_config(num_pairs: int, device: torch.device) -> tuple[int, int, int, int]:
+def moe_block_config(num_pairs: int, device: torch.device) -> tuple[int, int, int, int]:
     """(BLOCK_M, BLOCK_N, BLOCK_K, num_warps): small M for decode-sized batches, where most blocks are padding."""
     if device.type == "cpu":
         return 16, 32, 32, 1
@@ -172,8 +172,8 @@ def fused_moe(
     activation: str = "silu",
 ) -> torch.Tensor:
     """x [T, H] -> [T, H]: the reference's result through two grouped GEMMs over expert-sorted blocks."""
-    if activation not in _ACTIVATIONS:
-        raise ValueError(f"unsupported MoE activation {activation!r}; supported: {', '.join(_ACTIVATIONS)}")
+    if activation not in MOE_ACTIVATIONS:
+        raise ValueError(f"unsupported MoE activation {activation!r}; supported: {', '.join(MOE_ACTIVATIONS)}")
     if w13.dtype != x.dtype or w2.dtype != x.dtype:
         raise ValueError(f"fused_moe needs unquantized expert weights in x's dtype {x.dtype}, got {w13.dtype}")
     t, top_k = topk_ids.shape
@@ -181,12 +181,12 @@ def fused_moe(
     if num_pairs == 0:
         return x.new_zeros(t, w2.shape[1])
     x = x.contiguous()
-    cfg = _block_config(num_pairs, x.device)
+    cfg = moe_block_config(num_pairs, x.device)
     aligned = align_tokens(topk_ids, w13.shape[0], cfg[0])
     # NOTE: rows of dropped pairs (other ranks' experts) are never written: zeros keep them finite and out of the sum.
     gate_up = torch.zeros(num_pairs, w13.shape[1], dtype=x.dtype, device=x.device)
     _grouped_gemm(x, w13, gate_up, aligned, num_pairs, top_k, None, cfg)
-    hidden = _ACTIVATIONS[activation](gate_up)
+    hidden = MOE_ACTIVATIONS[activation](gate_up)
     down = torch.zeros(num_pairs, w2.shape[1], dtype=torch.float32, device=x.device)
     _grouped_gemm(hidden, w2, down, aligned, num_pairs, 1, topk_weights.reshape(-1).float().contiguous(), cfg)
     return down.view(t, top_k, -1).sum(dim=1).to(x.dtype)
@@ -231,8 +231,8 @@ def fused_moe_fp8(
     which gives the torch reference's e4m3 values bit for bit, so this differs from the reference only in fp32
     summation order and in the gate-up output being stored in x's dtype.
     """
-    if activation not in _ACTIVATIONS:
-        raise ValueError(f"unsupported MoE activation {activation!r}; supported: {', '.join(_ACTIVATIONS)}")
+    if activation not in MOE_ACTIVATIONS:
+        raise ValueError(f"unsupported MoE activation {activation!r}; supported: {', '.join(MOE_ACTIVATIONS)}")
     t, top_k = topk_ids.shape
     num_pairs = t * top_k
     h, i = w2.shape[1], w2.shape[2]
@@ -241,7 +241,7 @@ def fused_moe_fp8(
     fp8 = w13.dtype
     groups = (block[1], block[1]) if block is not None else (h, i)  # activation groups along K: gate-up, down
     w_groups = ((block[0], block[1]),) * 2 if block is not None else ((1, h), (1, i))
-    cfg = _block_config(num_pairs, x.device)
+    cfg = moe_block_config(num_pairs, x.device)
     bk = min(cfg[2], block_k_for(h, (groups[0], w_groups[0][1])), block_k_for(i, (groups[1], w_groups[1][1])))
     cfg = (cfg[0], cfg[1], bk, cfg[3])
     aligned = align_tokens(topk_ids, w13.shape[0], cfg[0])
@@ -251,7 +251,7 @@ def fused_moe_fp8(
     gate_up = torch.zeros(num_pairs, w13.shape[1], dtype=x.dtype, device=x.device)
     _grouped_gemm(xq, w13, gate_up, aligned, num_pairs, top_k, None, cfg, xs,
                   Fp8Operand(w13_scale.float().contiguous(), *w_groups[0]), dot16)
-    hq, hs = _fp8_input(_ACTIVATIONS[activation](gate_up), groups[1], fp8, statics[1], weight_only)
+    hq, hs = _fp8_input(MOE_ACTIVATIONS[activation](gate_up), groups[1], fp8, statics[1], weight_only)
     down = torch.zeros(num_pairs, h, dtype=torch.float32, device=x.device)
     _grouped_gemm(hq, w2, down, aligned, num_pairs, 1, topk_weights.reshape(-1).float().contiguous(), cfg, hs,
                   Fp8Operand(w2_scale.float().contiguous(), *w_groups[1]), dot16)

@@ -19,8 +19,8 @@ import triton
 import triton.language as tl
 
 from sgl.kernels._common import dot_precision, upcast_dot
-from sgl.kernels.fused_moe import _ACTIVATIONS, AlignedTokens, _block_config, align_tokens
-from sgl.kernels.int4_gemm import _awq_shift
+from sgl.kernels.fused_moe import MOE_ACTIVATIONS, AlignedTokens, align_tokens, moe_block_config
+from sgl.kernels.int4_gemm import awq_shift
 
 
 class Int4Experts(NamedTuple):
@@ -56,7 +56,7 @@ def _grouped_int4_kernel(
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     n_ok = offs_n < N
     if AWQ:
-        shift_n = _awq_shift(offs_n)
+        shift_n = awq_shift(offs_n)
     else:
         shift_n = (offs_n % 8) * 4
     qw_base = qw_ptr + expert * stride_qe
@@ -121,20 +121,20 @@ def fused_moe_int4(
     """x [T, H] -> [T, H] with 4-bit experts (W4A16): gate-up ``[E, ..., 2I]`` stored in x's dtype as the dense
     kernel stores it, then down weighted per pair in fp32 and summed per token. ``zero_offset`` is added to every
     stored zero (GPTQ v1 stores zero - 1). Ids outside [0, E) add nothing."""
-    if activation not in _ACTIVATIONS:
-        raise ValueError(f"unsupported MoE activation {activation!r}; supported: {', '.join(_ACTIVATIONS)}")
+    if activation not in MOE_ACTIVATIONS:
+        raise ValueError(f"unsupported MoE activation {activation!r}; supported: {', '.join(MOE_ACTIVATIONS)}")
     t, top_k = topk_ids.shape
     num_pairs = t * top_k
     h = w2.scales.shape[2]
     if num_pairs == 0:
         return x.new_zeros(t, h)
     x = x.contiguous()
-    cfg = _block_config(num_pairs, x.device)
+    cfg = moe_block_config(num_pairs, x.device)
     aligned = align_tokens(topk_ids, w13.scales.shape[0], cfg[0])
     # NOTE: rows of dropped pairs (other ranks' experts) are never written: zeros keep them out of the sum
     gate_up = torch.zeros(num_pairs, w13.scales.shape[2], dtype=x.dtype, device=x.device)
     _grouped_int4(x, w13, gate_up, aligned, num_pairs, top_k, None, cfg, awq, zero_offset)
-    hidden = _ACTIVATIONS[activation](gate_up)
+    hidden = MOE_ACTIVATIONS[activation](gate_up)
     down = torch.zeros(num_pairs, h, dtype=torch.float32, device=x.device)
     _grouped_int4(hidden, w2, down, aligned, num_pairs, 1, topk_weights.reshape(-1).float().contiguous(), cfg, awq,
                   zero_offset)
