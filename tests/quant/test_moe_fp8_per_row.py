@@ -114,10 +114,10 @@ def test_checkpoint_is_close_to_its_dequantized_model(case: tuple[str, Path, Pat
         assert _rel_err(got, want) < REL_W8A8
 
 
-@pytest.mark.parametrize("case", ["ct-channel-token"], indirect=True)
-def test_engine_serves_a_compressed_tensors_moe_checkpoint(case: tuple[str, Path, Path], demo_model_dir: Path) -> None:
-    """Through the scheduler, paged cache and decode, greedy tokens are the fp8 model's own (per-token scales make a
-    token's arithmetic independent of its batch)."""
+@pytest.mark.parametrize("case", ["ct-channel-token", "fp8-tensor-static-mixtral"], indirect=True)
+def test_engine_serves_a_per_row_fp8_moe_checkpoint(case: tuple[str, Path, Path], demo_model_dir: Path) -> None:
+    """Through the scheduler, paged cache and decode, greedy tokens are the fp8 model's own (per-token or static
+    scales make a token's arithmetic independent of its batch)."""
     _, q, _ = case
     g = torch.Generator().manual_seed(3)
     prompts = [torch.randint(3, 200, (n,), generator=g).tolist() for n in (5, 17)]

@@ -155,7 +155,7 @@ def test_dummy_weights_fill_int4_experts(case: tuple[str, Path, Path]) -> None:
     assert torch.isfinite(logits).all() and logits.std() > 0
 
 
-@pytest.mark.parametrize("name_", ["qwen3-awq", "qwen3-gptq-desc-act"])
+@pytest.mark.parametrize("name_", ["qwen3-awq", "qwen3-gptq", "qwen3-gptq-desc-act"])
 @pytest.mark.parametrize("ep", [1, 2], ids=["tp-experts", "expert-parallel"])
 def test_two_ranks_of_an_int4_moe_reproduce_one_rank(name_: str, ep: int, tmp_path: Path) -> None:
     """TP halves each expert's 64 intermediate features: gate | up by output words, down by input rows with its
