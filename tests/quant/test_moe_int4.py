@@ -180,3 +180,17 @@ def test_a_tp_split_of_down_inside_a_group_is_refused_in_one_line() -> None:
     layer.tp_size = 8  # type: ignore[assignment]
     with pytest.raises(ValueError, match=r"awq experts: the intermediate size on this rank \(96\) .* 128-feature"):
         Int4MoEMethod(Int4Scheme("awq", 128)).create_weights(layer, 4, 256, 96, torch.float32)
+
+
+@pytest.mark.parametrize("case", ["qwen3-gptq"], indirect=True)
+def test_a_quantized_router_is_a_load_error_naming_it(tmp_path: Path, case: tuple[str, Path, Path]) -> None:
+    """sgl never quantizes the router: a checkpoint that did is refused at load, not served with a wrong router."""
+    _, q, _ = case
+    router = next(n for n in load_file(str(q / "model.safetensors")) if n.endswith(".mlp.gate.weight"))
+
+    def edit(t: dict[str, torch.Tensor]) -> None:
+        w = t.pop(router)
+        t[router.replace(".weight", ".qweight")] = torch.zeros(w.shape[1] // 8, w.shape[0], dtype=torch.int32)
+
+    with pytest.raises(ValueError, match=r"unexpected tensor '.*mlp[.]gate[.]qweight'"):
+        _load(_rewrite(q, tmp_path, edit))
