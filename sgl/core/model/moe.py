@@ -2,8 +2,8 @@
 
 Every expert's gate and up projections live in one ``w13 [E, 2 * I, H]`` tensor and its down projection in
 ``w2 [E, H, I]``, so a fused kernel sees all experts at once; checkpoints store one tensor per expert and projection
-(``experts.{e}.gate_proj.weight``, and a quantized layout's scales beside it), which ``ExpertWeights`` routes into
-place. The context's MoEMethod decides which tensors exist (dense, or fp8 with block scales) and computes with them.
+(``experts.{e}.gate_proj.weight``, or a quantized layout's tensors: fp8 values and scales, packed int4 words),
+which ``ExpertWeights`` routes into place. The context's MoEMethod decides which tensors exist and computes with them.
 Under tensor parallelism each rank holds every expert's slice of the intermediate dimension and the partial outputs
 are summed, as in a row-parallel linear.
 """
