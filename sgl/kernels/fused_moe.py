@@ -13,7 +13,9 @@ top-k weights and ids [T, k] -> [T, H].
 NOTE: the sort is done with torch ops on the device, with no host sync: the block count is bounded by
 T*k + E*(BLOCK_M - 1) rows and blocks past the padded total exit at once, so the launch shapes depend on T only.
 ``fused_moe_fp8`` runs the same sort and GEMMs over fp8 expert weights with block (or per-row) scales and fp8
-activations quantized per token (group), each K step's fp32 partial scaled by the activation's and the weight's scale.
+activations quantized per token (group) or by a static scale, each K step's fp32 partial scaled by the activation's
+and the weight's scale; weight-only, the activations stay in their dtype with a unit scale.
+sgl.kernels.fused_moe_int4 runs the same sort over 4-bit AWQ/GPTQ experts.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from sgl.kernels.activation import gelu_tanh_and_mul, silu_and_mul
 from sgl.kernels.fp8_gemm import block_k_for
 from sgl.kernels.fp8_quant import fp8_quantize_per_token_group
 
-_ACTIVATIONS = {"silu": silu_and_mul, "gelu_tanh": gelu_tanh_and_mul}
+MOE_ACTIVATIONS = {"silu": silu_and_mul, "gelu_tanh": gelu_tanh_and_mul}
 
 
 class AlignedTokens(NamedTuple):
@@ -108,7 +110,7 @@ def _grouped_gemm_kernel(
             b = b.to(tl.float16)
         if SCALED:
             # NOTE: BLOCK_K divides both scale groups along K, so one scale per row and per column covers this step
-            part = tl.dot(a, b.to(a.dtype))
+            part = tl.dot(a, b.to(a.dtype), input_precision=PRECISION)
             sa = tl.load(sa_ptr + a_rows * stride_sam + k0 // a_group_k, mask=row_ok, other=0.0)
             sb = tl.load(sb_ptr + expert * stride_sbe + (offs_n // b_group_n) * stride_sbn + k0 // b_group_k,
                          mask=n_ok, other=0.0)
@@ -122,7 +124,7 @@ def _grouped_gemm_kernel(
              mask=row_ok[:, None] & n_ok[None, :])
 
 
-def _block_config(num_pairs: int, device: torch.device) -> tuple[int, int, int, int]:
+def moe_block_config(num_pairs: int, device: torch.device) -> tuple[int, int, int, int]:
     """(BLOCK_M, BLOCK_N, BLOCK_K, num_warps): small M for decode-sized batches, where most blocks are padding."""
     if device.type == "cpu":
         return 16, 32, 32, 1
@@ -170,8 +172,8 @@ def fused_moe(
     activation: str = "silu",
 ) -> torch.Tensor:
     """x [T, H] -> [T, H]: the reference's result through two grouped GEMMs over expert-sorted blocks."""
-    if activation not in _ACTIVATIONS:
-        raise ValueError(f"unsupported MoE activation {activation!r}; supported: {', '.join(_ACTIVATIONS)}")
+    if activation not in MOE_ACTIVATIONS:
+        raise ValueError(f"unsupported MoE activation {activation!r}; supported: {', '.join(MOE_ACTIVATIONS)}")
     if w13.dtype != x.dtype or w2.dtype != x.dtype:
         raise ValueError(f"fused_moe needs unquantized expert weights in x's dtype {x.dtype}, got {w13.dtype}")
     t, top_k = topk_ids.shape
@@ -179,15 +181,31 @@ def fused_moe(
     if num_pairs == 0:
         return x.new_zeros(t, w2.shape[1])
     x = x.contiguous()
-    cfg = _block_config(num_pairs, x.device)
+    cfg = moe_block_config(num_pairs, x.device)
     aligned = align_tokens(topk_ids, w13.shape[0], cfg[0])
     # NOTE: rows of dropped pairs (other ranks' experts) are never written: zeros keep them finite and out of the sum.
     gate_up = torch.zeros(num_pairs, w13.shape[1], dtype=x.dtype, device=x.device)
     _grouped_gemm(x, w13, gate_up, aligned, num_pairs, top_k, None, cfg)
-    hidden = _ACTIVATIONS[activation](gate_up)
+    hidden = MOE_ACTIVATIONS[activation](gate_up)
     down = torch.zeros(num_pairs, w2.shape[1], dtype=torch.float32, device=x.device)
     _grouped_gemm(hidden, w2, down, aligned, num_pairs, 1, topk_weights.reshape(-1).float().contiguous(), cfg)
     return down.view(t, top_k, -1).sum(dim=1).to(x.dtype)
+
+
+def _fp8_input(
+    a: torch.Tensor, group: int, fp8: torch.dtype, static_scale: torch.Tensor | None, weight_only: bool
+) -> tuple[torch.Tensor, Fp8Operand]:
+    """A GEMM's input and its scales: e4m3 per token and ``group`` features, e4m3 by one static scale (the values
+    fp8_math.quantize_with_scale gives: the same torch ops), or as it is with a unit scale (weight-only)."""
+    rows, k = a.shape
+    if weight_only:
+        return a, Fp8Operand(torch.ones(rows, 1, dtype=torch.float32, device=a.device), 1, k)
+    if static_scale is not None:
+        top = float(torch.finfo(fp8).max)
+        scale = static_scale.float().reshape(1, 1)
+        return (a.float() / scale).clamp(-top, top).to(fp8), Fp8Operand(scale.expand(rows, 1), 1, k)
+    q, s = fp8_quantize_per_token_group(a, group, fp8)
+    return q, Fp8Operand(s, 1, min(group, k))
 
 
 def fused_moe_fp8(
@@ -201,17 +219,20 @@ def fused_moe_fp8(
     block: tuple[int, int] | None,
     activation: str = "silu",
     fp16_dot: bool = False,
+    input_scales: tuple[torch.Tensor, torch.Tensor] | None = None,
+    weight_only: bool = False,
 ) -> torch.Tensor:
     """x [T, H] -> [T, H] with fp8 experts: W8A8, the activations entering each GEMM quantized dynamically.
 
     ``block`` (b0, b1): ``w13_scale [E, 2I / b0, H / b1]`` and ``w2_scale [E, H / b0, I / b1]`` (rounded up), the
-    inputs per token and b1 features (DeepSeek-V3's scheme); None: per-row weight scales ``[E, rows, 1]`` and
-    per-token inputs (online FP8). The activations are rounded by sgl.kernels.fp8_quant, which gives the torch
-    reference's e4m3 values bit for bit, so this differs from the reference only in fp32 summation order and in the
-    gate-up output being stored in x's dtype.
+    inputs per token and b1 features (DeepSeek-V3's scheme); None: per-row weight scales ``[E, rows, 1]`` (per-channel,
+    per-tensor spread over its rows, online) and per-token inputs, or static ones (``input_scales``: gate-up's and
+    down's, one each), or none (``weight_only``: W8A16). Dynamic activations are rounded by sgl.kernels.fp8_quant,
+    which gives the torch reference's e4m3 values bit for bit, so this differs from the reference only in fp32
+    summation order and in the gate-up output being stored in x's dtype.
     """
-    if activation not in _ACTIVATIONS:
-        raise ValueError(f"unsupported MoE activation {activation!r}; supported: {', '.join(_ACTIVATIONS)}")
+    if activation not in MOE_ACTIVATIONS:
+        raise ValueError(f"unsupported MoE activation {activation!r}; supported: {', '.join(MOE_ACTIVATIONS)}")
     t, top_k = topk_ids.shape
     num_pairs = t * top_k
     h, i = w2.shape[1], w2.shape[2]
@@ -220,17 +241,18 @@ def fused_moe_fp8(
     fp8 = w13.dtype
     groups = (block[1], block[1]) if block is not None else (h, i)  # activation groups along K: gate-up, down
     w_groups = ((block[0], block[1]),) * 2 if block is not None else ((1, h), (1, i))
-    cfg = _block_config(num_pairs, x.device)
+    cfg = moe_block_config(num_pairs, x.device)
     bk = min(cfg[2], block_k_for(h, (groups[0], w_groups[0][1])), block_k_for(i, (groups[1], w_groups[1][1])))
     cfg = (cfg[0], cfg[1], bk, cfg[3])
     aligned = align_tokens(topk_ids, w13.shape[0], cfg[0])
-    xq, xs = fp8_quantize_per_token_group(x.contiguous(), groups[0], fp8)
+    statics = input_scales if input_scales is not None else (None, None)
+    dot16 = fp16_dot and not weight_only  # NOTE: fp16 holds every e4m3 value, not every bf16 activation
+    xq, xs = _fp8_input(x.contiguous(), groups[0], fp8, statics[0], weight_only)
     gate_up = torch.zeros(num_pairs, w13.shape[1], dtype=x.dtype, device=x.device)
-    _grouped_gemm(xq, w13, gate_up, aligned, num_pairs, top_k, None, cfg, Fp8Operand(xs, 1, min(groups[0], h)),
-                  Fp8Operand(w13_scale.float().contiguous(), *w_groups[0]), fp16_dot)
-    hq, hs = fp8_quantize_per_token_group(_ACTIVATIONS[activation](gate_up), groups[1], fp8)
+    _grouped_gemm(xq, w13, gate_up, aligned, num_pairs, top_k, None, cfg, xs,
+                  Fp8Operand(w13_scale.float().contiguous(), *w_groups[0]), dot16)
+    hq, hs = _fp8_input(MOE_ACTIVATIONS[activation](gate_up), groups[1], fp8, statics[1], weight_only)
     down = torch.zeros(num_pairs, h, dtype=torch.float32, device=x.device)
-    _grouped_gemm(hq, w2, down, aligned, num_pairs, 1, topk_weights.reshape(-1).float().contiguous(), cfg,
-                  Fp8Operand(hs, 1, min(groups[1], i)), Fp8Operand(w2_scale.float().contiguous(), *w_groups[1]),
-                  fp16_dot)
+    _grouped_gemm(hq, w2, down, aligned, num_pairs, 1, topk_weights.reshape(-1).float().contiguous(), cfg, hs,
+                  Fp8Operand(w2_scale.float().contiguous(), *w_groups[1]), dot16)
     return down.view(t, top_k, -1).sum(dim=1).to(x.dtype)

@@ -28,7 +28,7 @@ class Int4GemmConfig(NamedTuple):
 
 
 @triton.jit
-def _awq_shift(cols):
+def awq_shift(cols):
     # NOTE: AutoAWQ packs columns (0, 2, 4, 6, 1, 3, 5, 7) of each eight into nibbles 0..7: column c is nibble
     # c // 2 + 4 * (c % 2).
     c = cols % 8
@@ -53,7 +53,7 @@ def _int4_gemm_kernel(
     k_start = split * k_per_split
     k_end = tl.minimum(k_start + k_per_split, K)
     if AWQ:
-        shift_n = _awq_shift(cols)
+        shift_n = awq_shift(cols)
     else:
         shift_n = (cols % 8) * 4
     acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)

@@ -1,5 +1,5 @@
-"""The fused Triton MoE against the reference at real MoE shapes in bf16 (and with FP8 experts, block-wise and
-online), on a real GPU, with its bandwidth.
+"""The fused Triton MoE against the reference at real MoE shapes in bf16 (and with FP8 experts: block-wise, online,
+per-channel and per-tensor; and AWQ / GPTQ int4 experts), on a real GPU, with its bandwidth.
 
 Run on a GPU machine: ``pytest tests/gpu/test_moe_gpu.py -m gpu -s`` (``-s`` shows the timing lines).
 """
@@ -192,4 +192,84 @@ def test_fused_fp8_moe_decode_bandwidth(name: str) -> None:
     ms = start.elapsed_time(end) / n
     bytes_read = k * 3 * h * i
     print(f"\n{name}: batch-1 fused FP8 MoE {ms * 1e3:.1f} us, {bytes_read / ms / 1e6:.0f} GB/s over the active experts")
+    assert ms > 0
+
+
+QWEN3_30B = (128, 8, 2048, 768)  # experts, top_k, hidden, expert intermediate
+
+
+@pytest.mark.parametrize("scheme_id", ["channel-token", "tensor-static"])
+@pytest.mark.parametrize("tokens", [1, 16, 512])
+def test_fused_per_row_fp8_moe_matches_reference_at_qwen3_30b_shapes(scheme_id: str, tokens: int) -> None:
+    """compressed-tensors FP8 experts (RedHat's Qwen3-30B-A3B-FP8-dynamic: per-channel, per-token inputs; static
+    per-tensor releases) through the kernel's per-row path vs the reference method; bound as the block test's."""
+    from sgl.core.ops.table import reference_ops
+    from sgl.plugins.quant.fp8_linear import Fp8Scheme
+    from sgl.plugins.quant.fp8_moe import Fp8MoEMethod
+    from sgl.plugins.quant.triton_fp8_moe import TritonFp8MoEMethod
+    from tests.kernels.test_fused_moe_fp8 import _per_row_experts
+
+    scheme = Fp8Scheme("channel", "token") if scheme_id == "channel-token" else Fp8Scheme("tensor", "static")
+    e, k, h, i = QWEN3_30B
+    layer = _per_row_experts(scheme, e, h, i, DEV, seed=1)
+    for name, p in layer.named_parameters():
+        if name.endswith("_input_scale"):
+            p.data.fill_(0.02)  # NOTE: keeps unit-normal inputs and their gate-up products inside e4m3's range
+    x = torch.randn(tokens, h, device=DEV, dtype=BF16)
+    topk = select_experts(torch.randn(tokens, e, device=DEV), RoutingConfig(top_k=k, num_experts=e, renormalize=True))
+    fp8_dot = torch.cuda.get_device_capability() >= (8, 9)
+    out = TritonFp8MoEMethod(scheme, fp16_dot=not fp8_dot).apply(layer, reference_ops(), x, topk.weights, topk.ids,
+                                                                  "silu")
+    ref = Fp8MoEMethod(scheme).apply(layer, reference_ops(), x, topk.weights, topk.ids, "silu")
+    assert float((out.float() - ref.float()).norm() / ref.float().norm()) < 2e-2
+
+
+@pytest.mark.parametrize("fmt", ["awq-g128", "gptq-g128-desc-act"])
+@pytest.mark.parametrize("tokens", [1, 16, 512])
+def test_fused_int4_moe_matches_reference_at_qwen3_30b_shapes(fmt: str, tokens: int) -> None:
+    """AWQ / GPTQ-Int4 Qwen3-30B-A3B experts (group 128): the tile rounds to bf16 before the dot, the reference
+    keeps fp32 weights, so the bound is on the relative norm (a wrong nibble order or group gives ~1)."""
+    from sgl.core.ops.table import reference_ops
+    from sgl.plugins.quant.int4_linear import Int4Scheme
+    from sgl.plugins.quant.int4_moe import Int4MoEMethod
+    from sgl.plugins.quant.triton_int4_moe import TritonInt4MoEMethod
+    from tests.kernels.test_fused_moe_int4 import _experts
+
+    scheme = Int4Scheme("awq", 128) if fmt == "awq-g128" else Int4Scheme("gptq", 128, desc_act=True, zero_offset=1)
+    e, k, h, i = QWEN3_30B
+    layer = _experts(scheme, e, h, i, DEV, seed=2)
+    x = torch.randn(tokens, h, device=DEV, dtype=BF16)
+    topk = select_experts(torch.randn(tokens, e, device=DEV), RoutingConfig(top_k=k, num_experts=e, renormalize=True))
+    out = TritonInt4MoEMethod(scheme).apply(layer, reference_ops(), x, topk.weights, topk.ids, "silu")
+    ref = Int4MoEMethod(scheme).apply(layer, reference_ops(), x, topk.weights, topk.ids, "silu")
+    assert out.dtype == BF16
+    assert float((out.float() - ref.float()).norm() / ref.float().norm()) < 2e-2
+
+
+def test_fused_int4_moe_decode_bandwidth() -> None:
+    """Batch-1 decode with AWQ Qwen3-30B-A3B experts: prints GB/s against the active experts' packed bytes (half a
+    byte a weight; scales and zeros not counted)."""
+    from sgl.core.ops.table import reference_ops
+    from sgl.plugins.quant.int4_linear import Int4Scheme
+    from sgl.plugins.quant.triton_int4_moe import TritonInt4MoEMethod
+    from tests.kernels.test_fused_moe_int4 import _experts
+
+    scheme = Int4Scheme("awq", 128)
+    e, k, h, i = QWEN3_30B
+    layer = _experts(scheme, e, h, i, DEV, seed=3)
+    method, ops = TritonInt4MoEMethod(scheme), reference_ops()
+    x = torch.randn(1, h, device=DEV, dtype=BF16)
+    topk = select_experts(torch.randn(1, e, device=DEV), RoutingConfig(top_k=k, num_experts=e, renormalize=True))
+    for _ in range(3):
+        method.apply(layer, ops, x, topk.weights, topk.ids, "silu")
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    n = 50
+    start.record()
+    for _ in range(n):
+        method.apply(layer, ops, x, topk.weights, topk.ids, "silu")
+    end.record()
+    torch.cuda.synchronize()
+    ms = start.elapsed_time(end) / n
+    bytes_read = k * 3 * h * i // 2
+    print(f"\nqwen3-30b-a3b-awq: batch-1 fused int4 MoE {ms * 1e3:.1f} us, {bytes_read / ms / 1e6:.0f} GB/s")
     assert ms > 0

@@ -120,3 +120,42 @@ def test_the_reference_is_the_dequantized_moe_on_e4m3_rounded_inputs() -> None:
             gu = x[tok : tok + 1] @ w13.T
             plain[tok] += weights[tok, j] * ((torch.nn.functional.silu(gu[:, :i]) * gu[:, i:]) @ w2.T)[0]
     assert (plain - out).abs().max() > 1e-4
+
+
+def _per_row_experts(scheme: Fp8Scheme, e: int, h: int, i: int, device: torch.device, seed: int) -> nn.Module:
+    """Experts in a compressed-tensors layout: per-channel scales, or per-tensor ones that differ between gate and up
+    (so spreading them over the wrong rows shows); static input scales differ per expert."""
+    g = torch.Generator().manual_seed(seed)
+    layer = nn.Module()
+    method = Fp8MoEMethod(scheme)
+    with torch.device(device):
+        method.create_weights(layer, e, h, i, torch.float32)
+    for group, rows, cols, slices in (("w13", 2 * i, h, 2), ("w2", h, i, 1)):
+        w = torch.randn(e, rows, cols, generator=g) / cols**0.5
+        if scheme.weight == "channel":
+            scale = w.abs().amax(dim=2, keepdim=True) / 448
+        else:
+            scale = torch.stack([p.abs().amax(dim=(1, 2)) for p in w.chunk(slices, dim=1)], dim=1) / 448
+        full = scale if scheme.weight == "channel" else scale.repeat_interleave(rows // slices, 1).unsqueeze(-1)
+        getattr(layer, f"{group}_weight").data.copy_((w / full).to(fm.FP8))
+        getattr(layer, f"{group}_weight_scale").data.copy_(scale)
+        if scheme.activation == "static":
+            getattr(layer, f"{group}_input_scale").data.copy_(0.01 + 0.002 * torch.rand(e, slices, generator=g))
+    method.process_weights_after_loading(layer)
+    return layer
+
+
+@pytest.mark.parametrize("scheme", [Fp8Scheme("channel", "token"), Fp8Scheme("tensor", "static"),
+                                    Fp8Scheme("tensor", "token"), Fp8Scheme("channel", "none")],
+                         ids=["channel-token", "tensor-static", "tensor-token", "channel-weight-only"])
+def test_per_row_fp8_experts_match_the_reference(scheme: Fp8Scheme, device: torch.device) -> None:
+    """compressed-tensors and per-tensor FP8 experts: the kernel's per-row path (a per-tensor scale is that row
+    scale repeated), static inputs by one scale per GEMM, weight-only inputs unrounded; ids of other ranks (-1)."""
+    layer = _per_row_experts(scheme, 4, 48, 40, device, seed=21)
+    x = torch.randn(9, 48, generator=torch.Generator().manual_seed(22)).to(device)
+    weights, ids = _routing(9, 4, 2, device, seed=23)
+    ids[::4, 1] = -1
+    fast, ref = _both(scheme, layer, x, weights, ids)
+    torch.testing.assert_close(fast, ref, atol=1e-5, rtol=1e-5)
+    if scheme.activation == "static":
+        assert layer.w13_input_scale.shape == (1,) and layer.w13_weight_scale.shape == (4, 80, 1)

@@ -8,6 +8,7 @@ plugin misreads (a transposed tensor, a wrong scale name, a swapped nibble order
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -20,10 +21,14 @@ from safetensors.torch import load_file, save_file
 Quantizer = Callable[[str, torch.Tensor], tuple[dict[str, torch.Tensor], torch.Tensor]]
 
 
+_MIXTRAL_EXPERT = re.compile(r"\.experts\.\d+\.w[123]\.weight$")
+
+
 def is_linear_weight(name: str) -> bool:
-    """A decoder layer's projection (MoE experts' and DeepSeek's ``kv_a_proj_with_mqa`` included), never a router,
-    a norm, the embedding or the head."""
-    return name.startswith("model.layers.") and name.endswith(("_proj.weight", "_proj_with_mqa.weight"))
+    """A decoder layer's projection (MoE experts' under HF's and Mixtral's names, and DeepSeek's
+    ``kv_a_proj_with_mqa`` included), never a router, a norm, the embedding or the head."""
+    return name.startswith("model.layers.") and (name.endswith(("_proj.weight", "_proj_with_mqa.weight"))
+                                                 or _MIXTRAL_EXPERT.search(name) is not None)
 
 
 def write_pair(

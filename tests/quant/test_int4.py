@@ -90,7 +90,8 @@ def gptq_quantizer(group: int, desc_act: bool, v2: bool = False, sym: bool = Tru
         n_in = w_t.shape[0]
         # NOTE: act order sorts inputs by their activation statistics, so projections of one input (q|k|v,
         # gate|up) share a permutation; the seed follows the input.
-        shared = name.replace("k_proj", "q_proj").replace("v_proj", "q_proj").replace("up_proj", "gate_proj")
+        shared = (name.replace("k_proj", "q_proj").replace("v_proj", "q_proj").replace("up_proj", "gate_proj")
+                  .replace(".w3.", ".w1."))  # Mixtral's expert up and gate
         gen = torch.Generator().manual_seed(sum(shared.encode()))
         order = torch.randperm(n_in, generator=gen) if desc_act else torch.arange(n_in)
         g_idx = torch.empty(n_in, dtype=torch.int32)

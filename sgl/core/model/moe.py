@@ -2,8 +2,8 @@
 
 Every expert's gate and up projections live in one ``w13 [E, 2 * I, H]`` tensor and its down projection in
 ``w2 [E, H, I]``, so a fused kernel sees all experts at once; checkpoints store one tensor per expert and projection
-(``experts.{e}.gate_proj.weight``, and a quantized layout's scales beside it), which ``ExpertWeights`` routes into
-place. The context's MoEMethod decides which tensors exist (dense, or fp8 with block scales) and computes with them.
+(``experts.{e}.gate_proj.weight``, or a quantized layout's tensors: fp8 values and scales, packed int4 words),
+which ``ExpertWeights`` routes into place. The context's MoEMethod decides which tensors exist and computes with them.
 Under tensor parallelism each rank holds every expert's slice of the intermediate dimension and the partial outputs
 are summed, as in a row-parallel linear.
 """
@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from sgl.core.model.expert_parallel import ExpertPlacement, expert_parallel_moe
-from sgl.core.model.linear_method import narrow_features, shard_layout
+from sgl.core.model.linear_method import ShardLayout, narrow_features, shard_layout
 from sgl.core.ops.moe_routing import RoutingConfig, TopKOutput, select_experts
 
 if TYPE_CHECKING:
@@ -28,7 +28,8 @@ if TYPE_CHECKING:
 
 class ExpertParam(NamedTuple):
     """Checkpoint tensors ``...experts.{e}.{source}.<suffix>`` load into ``...experts.{target}_<suffix>`` as
-    ``shard`` (``<suffix>``: ``weight``, and a quantized layout's scales such as ``weight_scale_inv``)."""
+    ``shard`` (``<suffix>``: ``weight``, and a quantized layout's tensors: ``weight_scale_inv``, ``input_scale``,
+    ``qweight``, ``qzeros``, ``scales``, ``g_idx``)."""
 
     source: str  # "gate_proj" (Qwen, DeepSeek) or "w1" (Mixtral)
     target: str  # "w13" or "w2"
@@ -48,7 +49,7 @@ MIXTRAL_EXPERT_PARAMS = (
 )
 
 _EXPERT_NAME = re.compile(
-    r"^(?P<prefix>.+\.experts)\.(?P<expert>\d+)\.(?P<proj>[A-Za-z0-9_]+)\.(?P<suffix>weight[A-Za-z0-9_]*)$"
+    r"^(?P<prefix>.+\.experts)\.(?P<expert>\d+)\.(?P<proj>[A-Za-z0-9_]+)\.(?P<suffix>[A-Za-z][A-Za-z0-9_]*)$"
 )
 
 
@@ -86,21 +87,33 @@ class FusedMoE(nn.Module):
 
     def weight_loader(self, param: nn.Parameter, loaded: torch.Tensor, shard_id: tuple[int, str]) -> None:
         """Copies this rank's slice of expert ``shard_id[0]``'s ``shard_id[1]`` ("w1", "w3" or "w2") into ``param``;
-        under expert parallel, an expert another rank holds is skipped.
+        under expert parallel, an expert another rank holds is skipped, except into a parameter marked
+        ``all_experts`` (indexed by the global expert id on every rank).
 
         NOTE: ``param``'s ``shard_layout`` maps one expert's ``[out, in]`` matrix onto its tensor (a block scale
-        covers ``output_unit x input_unit`` features), so fp8 values and their scales slice by the same rule.
+        covers ``output_unit x input_unit`` features, a packed int32 eight values, and the dims may be swapped as in
+        int4 layouts), so values and their scales slice by the same rule. A ``per_shard`` scalar (a per-tensor scale)
+        goes to entry 0 (gate, down) or 1 (up) of its expert's row, as a merged linear keeps one per slice. A tensor
+        not indexed by output features (GPTQ's ``g_idx``) is one for gate and up: the second must equal the first.
         """
         expert, shard = shard_id
         if not 0 <= expert < self.num_experts:
             raise ValueError(f"expert {expert} is outside the model's {self.num_experts} experts")
-        if not self.placement.holds(expert):
+        if getattr(param, "all_experts", False):
+            pass  # NOTE: every rank holds every expert's entry (a layer-wide statistic: static input scales)
+        elif not self.placement.holds(expert):
             return
-        expert -= self.placement.first
+        else:
+            expert -= self.placement.first
         lay = shard_layout(param)
+        if lay.per_shard:
+            if loaded.numel() != 1:
+                raise ValueError(f"shape mismatch: expert {expert} {shard} {tuple(loaded.shape)}, expected one scalar")
+            param.data[expert, 1 if shard == "w3" else 0] = loaded.reshape(())
+            return
         i = self.intermediate_size
         full = (self.hidden_size, i * self.tp_size) if shard == "w2" else (i * self.tp_size, self.hidden_size)
-        want = (-(-full[0] // lay.output_unit), -(-full[1] // lay.input_unit))
+        want = _checkpoint_shape(lay, full, tuple(param.shape[1:]))
         if tuple(loaded.shape) != want:
             raise ValueError(f"shape mismatch: expert {expert} {shard} {tuple(loaded.shape)}, expected {want}")
         # down is split on its input features, gate and up on their outputs
@@ -108,10 +121,26 @@ class FusedMoE(nn.Module):
         src = narrow_features(loaded, dim, self.tp_rank * i, i, unit)
         dst = param.data[expert]
         if shard != "w2":
+            if lay.output_dim is None:
+                self._load_shared(param, expert, shard, dst, src)
+                return
             dst = narrow_features(dst, lay.output_dim, 0 if shard == "w1" else i, i, lay.output_unit)
         if dst.shape != src.shape:
             raise ValueError(f"shape mismatch: expert {expert} {shard} slice {tuple(src.shape)} vs {tuple(dst.shape)}")
         dst.copy_(src)
+
+    def _load_shared(self, param: nn.Parameter, expert: int, shard: str, dst: torch.Tensor, src: torch.Tensor) -> None:
+        """Gate's and up's copy of a tensor they share (one per expert): the first fills it, the second must agree."""
+        seen: set[int] = getattr(param, "_shared_seen", set())
+        if dst.shape != src.shape:
+            raise ValueError(f"shape mismatch: expert {expert} {shard} slice {tuple(src.shape)} vs {tuple(dst.shape)}")
+        if expert in seen:
+            if not torch.equal(dst, src.to(dst.dtype)):
+                raise ValueError(f"expert {expert}: gate and up projections differ in a tensor they must share")
+            return
+        dst.copy_(src)
+        seen.add(expert)
+        param._shared_seen = seen  # type: ignore[attr-defined]
 
     def forward(self, x: torch.Tensor, topk: TopKOutput) -> torch.Tensor:
         if self.placement.ep_size > 1:
@@ -127,6 +156,18 @@ class FusedMoE(nn.Module):
     def extra_repr(self) -> str:
         ep = f", ep={self.placement.ep_size} (local {self.placement.local})" if self.placement.ep_size > 1 else ""
         return f"experts={self.num_experts}{ep}, hidden={self.hidden_size}, inter={self.intermediate_size}"
+
+
+def _checkpoint_shape(lay: ShardLayout, full: tuple[int, int], local: tuple[int, ...]) -> tuple[int, ...]:
+    """The shape one expert's checkpoint tensor must have for a ``full`` ``(out, in)`` matrix: the output and input
+    dims from the features (``unit`` features an index, rounded up), any other dim as this rank's tensor has it (a
+    per-channel scale's trailing 1, act-order groups kept whole)."""
+    shape = list(local)
+    if lay.output_dim is not None:
+        shape[lay.output_dim] = -(-full[0] // lay.output_unit)
+    if lay.input_dim is not None:
+        shape[lay.input_dim] = -(-full[1] // lay.input_unit)
+    return tuple(shape)
 
 
 class MoEGate(nn.Module):

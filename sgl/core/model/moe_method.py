@@ -25,7 +25,8 @@ class MoEMethod(ABC):
     rank's experts), at least ``w13_weight [E, 2I, H]`` and ``w2_weight [E, H, I]``. A checkpoint tensor
     ``experts.{e}.gate_proj.<suffix>`` loads into ``w13_<suffix>``; each parameter's ``shard_layout`` (a
     ``ShardLayout`` over one expert's ``[out, in]`` matrix) tells the layer's loader how to slice it, as it does for
-    a linear layer's.
+    a linear layer's. A parameter with ``all_experts = True`` has one entry per expert of the whole layer on every
+    rank, expert-parallel or not (what the layer's experts share must not depend on which experts a rank holds).
     """
 
     @abstractmethod

@@ -9,9 +9,11 @@ from sgl.core.quant.base import QuantizationMethod
 from sgl.plugins.quant.awq import group_size, require_4bit
 from sgl.plugins.quant.checks import refuse_ignored_linears
 from sgl.plugins.quant.int4_linear import Int4LinearMethod, Int4Scheme, fast_int4_linear_method
+from sgl.plugins.quant.int4_moe import Int4MoEMethod, fast_int4_moe_method
 
 if TYPE_CHECKING:
     from sgl.core.model.linear_method import LinearMethod
+    from sgl.core.model.moe_method import MoEMethod
     from sgl.core.platform import Capabilities
 
 NAME = "gptq"
@@ -40,3 +42,9 @@ class GptqMethod(QuantizationMethod):
 
     def kernel_linear_method(self, capabilities: Capabilities) -> LinearMethod | None:
         return fast_int4_linear_method(self.scheme, capabilities)
+
+    def moe_method(self) -> MoEMethod | None:
+        return Int4MoEMethod(self.scheme)
+
+    def kernel_moe_method(self, capabilities: Capabilities) -> MoEMethod | None:
+        return fast_int4_moe_method(self.scheme, capabilities)

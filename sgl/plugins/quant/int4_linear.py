@@ -33,6 +33,19 @@ class Int4Scheme:
     zero_offset: int = 0  # added to each stored zero (1 for GPTQ's v1 format)
 
 
+def dequantize(
+    scheme: Int4Scheme, qweight: torch.Tensor, qzeros: torch.Tensor, scales: torch.Tensor, group_of: torch.Tensor
+) -> torch.Tensor:
+    """Float32 ``[..., out, in]`` from packed ``[..., ...]`` tensors (leading dims: experts): each input row ``k``
+    takes zero and scale of group ``group_of[..., k]``."""
+    awq = scheme.fmt == "awq"
+    zeros = unpack_cols(qzeros, AWQ_UNPACK_ORDER if awq else None).float() + scheme.zero_offset  # [..., G, out]
+    q = unpack_cols(qweight, AWQ_UNPACK_ORDER) if awq else unpack_rows(qweight)  # [..., in, out]
+    index = group_of.long().unsqueeze(-1).expand(*group_of.shape, q.shape[-1])
+    w_t = (q.float() - zeros.gather(-2, index)) * scales.float().gather(-2, index)
+    return w_t.transpose(-1, -2)
+
+
 def _dummy_const(value: float):  # type: ignore[no-untyped-def]
     @torch.no_grad()
     def fill(param: nn.Parameter, gen: torch.Generator) -> None:
@@ -103,18 +116,14 @@ class Int4LinearMethod(LinearMethod):
 
     def dequantized_weight(self, layer: nn.Module) -> torch.Tensor:
         """The float32 ``[out, in]`` weight the layer computes with (the oracle for the fast kernels)."""
-        s = self.scheme
         qweight = cast(torch.Tensor, layer.qweight)
-        zeros = unpack_cols(cast(torch.Tensor, layer.qzeros), AWQ_UNPACK_ORDER if s.fmt == "awq" else None)
-        zeros = zeros.float() + s.zero_offset
-        scales = cast(torch.Tensor, layer.scales).float()
-        q = unpack_cols(qweight, AWQ_UNPACK_ORDER) if s.fmt == "awq" else unpack_rows(qweight)
-        if s.desc_act:
+        rows = qweight.shape[0] * (1 if self.scheme.fmt == "awq" else PACK)
+        if self.scheme.desc_act:
             group_of = cast(torch.Tensor, layer.g_idx).long()
         else:  # NOTE: g_idx (if shipped) holds global groups; this shard's scales start at its own first group
-            group_of = torch.arange(q.shape[0], device=q.device) // int(layer.int4_group)  # type: ignore[arg-type]
-        w_t = (q.float() - zeros[group_of]) * scales[group_of]  # [in, out]
-        return w_t.t()
+            group_of = torch.arange(rows, device=qweight.device) // int(layer.int4_group)  # type: ignore[arg-type]
+        return dequantize(self.scheme, qweight, cast(torch.Tensor, layer.qzeros), cast(torch.Tensor, layer.scales),
+                          group_of)
 
     def apply(self, layer: nn.Module, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
         out = F.linear(x.float(), self.dequantized_weight(layer)).to(x.dtype)

@@ -12,14 +12,15 @@ _SHIFTS = torch.arange(0, 32, 4, dtype=torch.int32)
 
 
 def unpack_cols(packed: torch.Tensor, order: tuple[int, ...] | None = None) -> torch.Tensor:
-    """``[rows, cols/8]`` int32 -> ``[rows, cols]`` int values 0..15 (``order``: AWQ's interleave, else sequential)."""
+    """``[..., rows, cols/8]`` int32 -> ``[..., rows, cols]`` int values 0..15 (``order``: AWQ's interleave, else
+    sequential); leading dims (experts) pass through."""
     nibbles = (packed.unsqueeze(-1) >> _SHIFTS.to(packed.device)) & 0xF
     if order is not None:
         nibbles = nibbles[..., list(order)]
-    return nibbles.reshape(packed.shape[0], -1)
+    return nibbles.reshape(*packed.shape[:-1], -1)
 
 
 def unpack_rows(packed: torch.Tensor) -> torch.Tensor:
-    """``[rows/8, cols]`` int32 -> ``[rows, cols]`` (GPTQ's qweight: eight consecutive input rows a word)."""
-    nibbles = (packed.unsqueeze(1) >> _SHIFTS.to(packed.device).view(1, PACK, 1)) & 0xF
-    return nibbles.reshape(-1, packed.shape[1])
+    """``[..., rows/8, cols]`` int32 -> ``[..., rows, cols]`` (GPTQ's qweight: eight consecutive input rows a word)."""
+    nibbles = (packed.unsqueeze(-2) >> _SHIFTS.to(packed.device).view(PACK, 1)) & 0xF
+    return nibbles.reshape(*packed.shape[:-2], -1, packed.shape[-1])

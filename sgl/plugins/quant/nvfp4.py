@@ -23,6 +23,7 @@ from sgl.plugins.quant.fp8_linear import Fp8LinearMethod, Fp8Scheme, fast_fp8_li
 from sgl.plugins.quant.params import DUMMY_SCALE, dummy_bits, expand_per_shard, quant_param, replace_param
 
 if TYPE_CHECKING:
+    from sgl.core.model.moe_method import MoEMethod
     from sgl.core.platform import Capabilities, Platform
 
 GROUP = 16
@@ -32,13 +33,13 @@ RUNS_ON = "its torch reference runs on the cpu platform and on CUDA GPUs"
 
 
 def unpack_e2m1(packed: torch.Tensor) -> torch.Tensor:
-    """[rows, cols/2] uint8 -> [rows, cols] float32 e2m1 values (low nibble first)."""
+    """[..., rows, cols/2] uint8 -> [..., rows, cols] float32 e2m1 values (low nibble first)."""
     table = torch.tensor(E2M1_VALUES, dtype=torch.float32, device=packed.device)
     p = packed.to(torch.int32)
-    return torch.stack([table[p & 0xF], table[(p >> 4) & 0xF]], dim=-1).reshape(packed.shape[0], -1)
+    return torch.stack([table[p & 0xF], table[(p >> 4) & 0xF]], dim=-1).reshape(*packed.shape[:-1], -1)
 
 
-def _fill(value: float, dtype: torch.dtype):  # type: ignore[no-untyped-def]
+def dummy_fill(value: float, dtype: torch.dtype):  # type: ignore[no-untyped-def]
     @torch.no_grad()
     def fill(param: nn.Parameter, gen: torch.Generator) -> None:
         param.data.copy_(torch.full(param.shape, value, device=param.device).to(dtype))
@@ -59,12 +60,12 @@ class NvFp4LinearMethod(LinearMethod):
         quant_param(layer, "weight", torch.empty(out_features, in_features // 2, dtype=torch.uint8),
                     ShardLayout(0, 1, 1, 2), dummy_bits)
         quant_param(layer, "weight_scale", torch.empty(out_features, in_features // GROUP, dtype=torch.float8_e4m3fn),
-                    ShardLayout(0, 1, 1, GROUP), _fill(1.0, torch.float8_e4m3fn))
+                    ShardLayout(0, 1, 1, GROUP), dummy_fill(1.0, torch.float8_e4m3fn))
         per_shard = ShardLayout(None, None, per_shard=True)
         quant_param(layer, "weight_scale_2", torch.empty(shards, dtype=torch.float32), per_shard,
-                    _fill(DUMMY_SCALE / 3, torch.float32))
+                    dummy_fill(DUMMY_SCALE / 3, torch.float32))
         quant_param(layer, "input_scale", torch.empty(shards, dtype=torch.float32), per_shard,
-                    _fill(1.0, torch.float32))
+                    dummy_fill(1.0, torch.float32))
 
     @torch.no_grad()
     def process_weights_after_loading(self, layer: nn.Module) -> None:
@@ -112,6 +113,12 @@ class ModelOptMethod(QuantizationMethod):
             return NvFp4LinearMethod()
         return Fp8LinearMethod(Fp8Scheme("tensor", "static"))
 
+    def moe_method(self) -> MoEMethod | None:
+        from sgl.plugins.quant.fp8_moe import Fp8MoEMethod
+        from sgl.plugins.quant.nvfp4_moe import NvFp4MoEMethod
+
+        return NvFp4MoEMethod() if self.algo == "NVFP4" else Fp8MoEMethod(Fp8Scheme("tensor", "static"))
+
     def check_platform(self, platform: Platform) -> None:
         require_float8(f"modelopt ({self.algo})", platform, RUNS_ON)
 
@@ -119,3 +126,10 @@ class ModelOptMethod(QuantizationMethod):
         if self.algo == "FP8":
             return fast_fp8_linear_method(Fp8Scheme("tensor", "static"), capabilities)
         return None  # NOTE: no FP4 tensor-core kernel yet: the reference runs (and the platform says so once)
+
+    def kernel_moe_method(self, capabilities: Capabilities) -> MoEMethod | None:
+        if self.algo == "FP8":
+            from sgl.plugins.quant.fp8_moe import fast_fp8_moe_method
+
+            return fast_fp8_moe_method(Fp8Scheme("tensor", "static"), capabilities)
+        return None

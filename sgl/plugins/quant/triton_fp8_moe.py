@@ -31,6 +31,7 @@ class TritonFp8MoEMethod(Fp8MoEMethod):
         def get(name: str) -> torch.Tensor:
             return cast(torch.Tensor, getattr(layer, name))
 
+        statics = (get("w13_input_scale"), get("w2_input_scale")) if self.activation == "static" else None
         return fused_moe_fp8(x, get("w13_weight"), get(self.scale_name("w13")), get("w2_weight"),
                              get(self.scale_name("w2")), topk_weights, topk_ids, self.block, activation,
-                             self.fp16_dot)
+                             self.fp16_dot, statics, weight_only=self.activation == "none")

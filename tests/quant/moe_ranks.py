@@ -1,0 +1,52 @@
+"""Test helper (not a test): a quantized MoE checkpoint's logits on one rank and on two (TP-split experts, or expert
+parallel), the ranks as threads over tests.core.test_loader's in-process communicator."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from sgl.core.distributed.communicator import ParallelState
+from sgl.core.model.context import ModelContext
+from sgl.core.model.loader import load_model
+from sgl.core.platform import Platform
+from sgl.core.plugins import get_plugins
+from sgl.core.quant.base import select_quantization
+from tests.core.test_loader import _ThreadComm, _ThreadGroup
+from tests.quant.test_moe_fp8 import _logits
+
+
+def one_and_two_ranks(path: Path, config: dict[str, Any], ep_size: int) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """(one rank's logits, each of two ranks' logits) of the checkpoint at ``path``; a failing rank's error is
+    raised here (it aborts the other's barrier rather than hanging it)."""
+    plugins = get_plugins()
+
+    def run(parallel: ParallelState) -> torch.Tensor:
+        method = select_quantization(None, config, plugins.quantization_methods, Platform())
+        ctx = ModelContext.from_platform(Platform(), torch.float32, parallel, quant_config=method)
+        model, cfg = load_model(str(path), ctx, models=plugins.models)
+        return _logits(model, cfg)
+
+    expected = run(ParallelState())
+    group = _ThreadGroup(2)
+    results: list[Any] = [None, None]
+    errors: list[BaseException] = []
+
+    def worker(rank: int) -> None:
+        try:
+            results[rank] = run(ParallelState(rank, 2, _ThreadComm(rank, group), ep_size=ep_size))
+        except BaseException as exc:  # noqa: BLE001 (raised below; a dead rank would otherwise hang the barrier)
+            errors.append(exc)
+            group.barrier.abort()
+
+    threads = [threading.Thread(target=worker, args=(r,)) for r in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    if errors:
+        raise errors[0]
+    return expected, results
