@@ -140,10 +140,9 @@ def patched(clock: PhaseClock, targets: list[tuple[Any, str, str]]) -> Iterator[
 
 def targets(sched: Any) -> list[tuple[Any, str, str]]:
     """The parts of a decode step, plain or speculative (names as the output prints them)."""
-    import sgl.core.scheduler.plan as plan
-    import sgl.core.scheduler.step as step
-    import sgl.core.speculative.verify as verify
-    import sgl.plugins.speculative.eagle as eagle
+    from sgl.core.scheduler import plan, step
+    from sgl.core.speculative import verify
+    from sgl.plugins.speculative import eagle
 
     out: list[tuple[Any, str, str]] = [
         (plan, "schedule_decode", "decode batch scheduling"), (sched.prefill, "schedule", "prefill check"),

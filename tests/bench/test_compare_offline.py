@@ -41,9 +41,8 @@ def test_compare_offline_refuses_a_foreign_server_or_a_finite_rate() -> None:
 
 @pytest.mark.skipif(sys.platform != "linux", reason="reads /proc")
 def test_cpu_meter_counts_a_busy_child_and_not_an_idle_one() -> None:
-
-    busy = subprocess.Popen([sys.executable, "-c", "import time\nt=time.process_time()\n"
-                             "while time.process_time() - t < 3: pass\ntime.sleep(30)"])
+    busy = subprocess.Popen([sys.executable, "-c", ("import time\nt=time.process_time()\n"
+                                                    "while time.process_time() - t < 3: pass\ntime.sleep(30)")])
     idle = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
     try:
         time.sleep(0.5)  # NOTE: past the interpreters' start-up, which is not idle

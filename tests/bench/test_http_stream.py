@@ -27,9 +27,8 @@ async def _serve_once(reply: bytes) -> tuple[asyncio.AbstractServer, str, list[b
 
 async def _post(reply: bytes) -> tuple[int, list[bytes], list[bytes]]:
     server, url, seen = await _serve_once(reply)
-    async with server:
-        async with http_stream.post(url, b'{"a": 1}', {"Authorization": "Bearer k"}) as resp:
-            chunks = [c async for c in resp.chunks()]
+    async with server, http_stream.post(url, b'{"a": 1}', {"Authorization": "Bearer k"}) as resp:
+        chunks = [c async for c in resp.chunks()]
     return resp.status, chunks, seen
 
 

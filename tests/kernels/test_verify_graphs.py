@@ -26,10 +26,10 @@ from sgl.core.demo_model import write_demo_model
 from sgl.core.platform import Capabilities, Platform
 from sgl.core.runner.forward_batch import ForwardBatch, ForwardMode
 from sgl.core.speculative.drafts import DeviceDrafts
-from sgl.plugins.speculative.eagle_models import TARGET_HIDDEN
 from sgl.kernels.attention_backend import TritonAttnBackend
 from sgl.kernels.graph_runner import GraphRunner, capture_sizes
 from sgl.kernels.verify_graphs import VerifyGraphs
+from sgl.plugins.speculative.eagle_models import TARGET_HIDDEN
 from tests.core.engine_utils import PROMPTS, make_engine
 
 MAX_BS = 4

@@ -22,7 +22,12 @@ from sgl.core.model.attention import Attention
 from sgl.core.model.config import ModelConfig
 from sgl.core.model.context import ModelContext
 from sgl.core.model.layernorm import RMSNorm
-from sgl.core.model.linear import ColumnParallelLinear, ReplicatedLinear, RowParallelLinear, UnquantizedLinearMethod
+from sgl.core.model.linear import (
+    ColumnParallelLinear,
+    ReplicatedLinear,
+    RowParallelLinear,
+    UnquantizedLinearMethod,
+)
 from sgl.core.model.rotary import RotaryEmbedding
 from sgl.core.runner.forward_batch import ForwardBatch
 
