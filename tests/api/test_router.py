@@ -68,6 +68,21 @@ def router(workers: list[ServerProc]) -> Iterator[str]:
             proc.wait(5)
 
 
+def _wait_marked_unhealthy(router: str, worker_url: str, timeout: float = 30.0) -> None:
+    """Until the router's own health check (every second here) has marked ``worker_url`` unhealthy.
+
+    NOTE: a request sent before that may be routed to the dead worker, and the router's retries (about 0.7 s of
+    back-off) can end before its next health check: a 500 that says nothing about failover.
+    """
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        listed = httpx.get(f"{router}/workers", timeout=5).json()["workers"]
+        if all(w["url"] != worker_url or not w["is_healthy"] for w in listed):
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"the router still calls {worker_url} healthy {timeout:.0f} s after it was killed")
+
+
 def _prefills(workers: list[ServerProc]) -> list[int]:
     return [int(httpx.get(f"{w.url}/get_server_info").json()["prefill_reqs"]) for w in workers]
 
@@ -103,7 +118,8 @@ def test_router_keeps_prefix_groups_on_one_worker_and_survives_losing_it(
     os.killpg(home.proc.pid, signal.SIGKILL)
     for t in inflight:
         t.join(60)
-    for i in range(4):  # sent after the kill: every one is served, by the survivor
+    _wait_marked_unhealthy(router, home.url)
+    for i in range(4):  # sent once the router's health check saw the kill: every one is served, by the survivor
         r = client.completions.create(model="m", prompt=f"alpha: {SYSTEM} After {i}?", max_tokens=4)
         assert r.choices[0].finish_reason in ("stop", "length")
     assert _prefills([survivor])[0] - before >= 4
