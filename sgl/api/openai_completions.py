@@ -18,6 +18,7 @@ from sgl.api.lora_routes import adapter_of
 from sgl.api.openai_common import Cursor, finish_reason, legacy_logprobs, now, sampling_params, usage_of
 from sgl.api.openai_protocol import CompletionRequest
 from sgl.api.state import ServerState
+from sgl.api.completion_chunks import CompletionChunks
 from sgl.api.streaming import DONE, SSEResponse, merge, sse
 from sgl.core.replies import SchedulerUnavailable
 from sgl.core.request_manager import GenerateInput, PreparedRequest
@@ -148,14 +149,7 @@ async def _stream(
     created, model = now(), state.served_model_name
     include_usage = req.include_usage
 
-    def chunk(index: int, text: str, reason: str | None = None, logprobs: dict[str, Any] | None = None) -> str:
-        body: dict[str, Any] = {
-            "id": rid, "object": "text_completion", "created": created, "model": model,
-            "choices": [{"index": index, "text": text, "logprobs": logprobs, "finish_reason": reason}],
-        }
-        if include_usage:
-            body["usage"] = None
-        return sse(body)
+    chunk = CompletionChunks(rid, created, model, include_usage).chunk
 
     cursors = [Cursor() for _ in range(len(inputs) * n)]
     special = state.tm.tokenizer.all_special_ids

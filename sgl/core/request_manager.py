@@ -51,6 +51,7 @@ class _State:
     prompt_logprobs: list[tuple[float | None, int]] | None = None
     prompt_top: list[list[tuple[float, int]]] | None = None
     embedding: list[float] | None = None
+    stream: bool = True  # False: nobody reads the text before the end, so it is detokenized once, at the end
 
 
 class RequestManager:
@@ -84,7 +85,8 @@ class RequestManager:
         for r in req.reqs:
             detok = IncrementalDetokenizer(self.tokenizer, r.input_ids,
                                            skip_special_tokens=r.sampling_params.skip_special_tokens)
-            states[r.rid] = _State(r.rid, r.input_ids, r.sampling_params, detok, loop, queue, time.time())
+            states[r.rid] = _State(r.rid, r.input_ids, r.sampling_params, detok, loop, queue, time.time(),
+                                   stream=req.stream)
         with self._lock:
             if any(rid in self._states for rid in states):  # NOTE: prepare checked; this closes the race
                 raise RequestError(f"request id {req.rid!r} is already in use", "rid")
@@ -146,12 +148,15 @@ class RequestManager:
     # output shaping ---------------------------------------------------------------------------------------------
     def _apply(self, st: _State, out: ReqOutput) -> None:
         st.output_ids.extend(out.new_token_ids)
-        feed = out.new_token_ids
         fin = out.finished
-        trim_token = fin is not None and fin.type == "stop" and isinstance(fin.matched, int)
-        if trim_token and not st.params.no_stop_trim and feed and feed[-1] == fin.matched:  # type: ignore[union-attr]
-            feed = feed[:-1]
-        st.text += st.detok.add(feed)
+        if st.stream or fin is not None:
+            # NOTE: a request that is not streamed feeds all its ids at its end: one pass of the detokenizer
+            # instead of one per step (the concatenated text is the same for any split of the ids)
+            feed = out.new_token_ids if st.stream else st.output_ids
+            trim_token = fin is not None and fin.type == "stop" and isinstance(fin.matched, int)
+            if trim_token and not st.params.no_stop_trim and feed and feed[-1] == fin.matched:  # type: ignore[union-attr]
+                feed = feed[:-1]
+            st.text += st.detok.add(feed)
         if fin is not None:
             st.text += st.detok.finish()
             if fin.type == "stop" and isinstance(fin.matched, str) and not st.params.no_stop_trim:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import json
 
-from sgl.api.generate_events import GenerateEvents
-from sgl.api.streaming import sse
+from sgl.api.generate_events import GenerateEvents, meta_json
+from sgl.api.streaming import ENCODER, sse
 from sgl.core.ipc import FinishReason
 from sgl.core.request_result import GenerateResult, Logprobs, MetaInfo, TokenLogprob
 
@@ -36,3 +36,15 @@ def test_a_shorter_result_is_encoded_afresh_not_from_the_stale_prefix() -> None:
     enc.event(0, _result([1, 2, 3], "", False))
     r = _result([9], "", True)
     assert enc.event(0, r) == sse(r.to_dict())
+
+
+def test_meta_template_equals_the_encoder_for_every_optional_field() -> None:
+    metas = [
+        MetaInfo("r-é\"", None, 7, 0, 0, 1e-05),
+        MetaInfo("r", FinishReason("stop", "</s>\u2028"), 7, 3, 2, 12.5, spec_verify_ct=2),
+        MetaInfo("r", FinishReason("stop", 2), 1, 1, 0, 0.0),
+        MetaInfo("r", FinishReason("abort", message="too long", status_code=400), 9, 0, 0, 3.25),
+        MetaInfo("r", FinishReason("abort", message="gone"), 9, 0, 0, 3.0, spec_verify_ct=0),
+    ]
+    for meta in metas:
+        assert meta_json(meta) == ENCODER.encode(meta.to_dict())

@@ -95,10 +95,11 @@ class _CountingDecoder:
     """Wraps a tokenizer and records the longest id list it was asked to decode."""
 
     def __init__(self, tok: Tokenizer) -> None:
-        self.tok, self.longest = tok, 0
+        self.tok, self.longest, self.calls = tok, 0, 0
 
     def decode(self, ids: Sequence[int], skip_special_tokens: bool = True) -> str:
         self.longest = max(self.longest, len(ids))
+        self.calls += 1
         return self.tok.decode(ids, skip_special_tokens=skip_special_tokens)
 
 
@@ -108,6 +109,15 @@ def test_each_call_decodes_a_bounded_window(tok: Tokenizer) -> None:
     detok = IncrementalDetokenizer(counting, prompt_ids=ids[:20])  # type: ignore[arg-type]
     assert "".join(_stream(detok, ids)) == TEXT * 40
     assert len(ids) > 500 and counting.longest <= 16
+
+
+def test_streaming_costs_about_one_decode_per_token(tok: Tokenizer) -> None:
+    """The API process's detokenization cost: a call's full decode is reused as the next call's prefix decode."""
+    ids = tok.encode(TEXT * 20, add_special_tokens=False)
+    counting = _CountingDecoder(tok)
+    detok = IncrementalDetokenizer(counting, prompt_ids=ids[:20])  # type: ignore[arg-type]
+    assert "".join(_stream(detok, ids)) == TEXT * 20
+    assert counting.calls <= 1.25 * len(ids)
 
 
 def test_runs_of_invalid_bytes_and_special_tokens_do_not_grow_the_window(tok: Tokenizer) -> None:

@@ -10,6 +10,9 @@ _REPLACEMENT = "\ufffd"
 _PROMPT_CONTEXT_TOKENS = 5
 # A UTF-8 character spans at most 4 bytes; past this many held tokens a trailing U+FFFD is real, not pending.
 _MAX_HELD_TOKENS = 8
+# The prefix offset stays put while the window ids[prefix_offset:] is at most this long, so the last call's full
+# decode is this call's prefix decode: about one tokenizer decode per token instead of two.
+_MAX_WINDOW_TOKENS = 8
 
 
 class _Decoder(Protocol):
@@ -37,6 +40,8 @@ class IncrementalDetokenizer:
         self._prefix_offset = 0
         self._read_offset = len(context)
         self._parts: list[str] = []
+        # decode(ids[prefix_offset:read_offset]) when known (None: decode it); saves the second decode per call
+        self._prefix_text: str | None = None
 
     @property
     def text(self) -> str:
@@ -65,7 +70,9 @@ class IncrementalDetokenizer:
     def _emit(self, final: bool) -> str:
         if self._read_offset == len(self._ids):
             return ""
-        prefix_text = self._decode(self._prefix_offset, self._read_offset)
+        prefix_text = self._prefix_text
+        if prefix_text is None:
+            prefix_text = self._prefix_text = self._decode(self._prefix_offset, self._read_offset)
         full_text = self._decode(self._prefix_offset)
         ready = len(full_text) > len(prefix_text) and not full_text.endswith(_REPLACEMENT)
         end = len(self._ids)
@@ -80,7 +87,11 @@ class IncrementalDetokenizer:
         if not (ready or final):
             return ""
         delta = full_text[len(prefix_text):]
-        self._prefix_offset, self._read_offset = self._read_offset, end
+        if end == len(self._ids) and end - self._prefix_offset <= _MAX_WINDOW_TOKENS:
+            # NOTE: full_text decoded exactly ids[prefix_offset:end], the new prefix window
+            self._read_offset, self._prefix_text = end, full_text
+        else:
+            self._prefix_offset, self._read_offset, self._prefix_text = self._read_offset, end, None
         self._trim()
         if delta:
             self._parts.append(delta)
