@@ -13,7 +13,8 @@ their prefills untimed, then times every step until all have finished, split int
   prefill check, and the ForwardBatch build;
 - ``forward``: the model's forward and logits, reported apart and excluded from ``host_us_per_step``;
 - ``sampling host``: the per-row sampling parameters packed (``SamplingBatchInfo.build``), the sampler call and the
-  copy of the ids home (on the CPU the sampler's argmax is device work done by the host: it is listed on its own);
+  copy of the ids home; the sampler call itself (``sampler (argmax)``) is device work that the CPU happens to do:
+  reported apart and excluded, like the forward;
 - ``output processing``: tokens appended and stop conditions (``process_decode``), the tokens read home (resolve);
 - ``cache/ledger``: requests finished and released (``SchedulerState.finish``: the radix cache insert, slots freed);
 - ``output emission``: ``ReqOutput`` per changed request (``_collect_outputs``);
@@ -53,7 +54,7 @@ GROUPS = {  # part name as timed -> part reported
     "resolve": "output processing", "output processing": "output processing",
     "finish/release": "cache/ledger", "output emission": "output emission", "feature settle": "other",
 }
-EXCLUDED = ("forward",)
+EXCLUDED = ("forward", "sampler (argmax)")  # device work: the CPU computes it, a GPU runs it
 
 
 def targets(sched: Any) -> list[tuple[Any, str, str]]:
