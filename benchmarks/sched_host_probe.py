@@ -23,7 +23,8 @@ their prefills untimed, then times every step until all have finished, split int
 Each line is JSON for one batch: median over ``--reps`` runs of host µs per decode step and per decode row (a row
 is one request in one decode step), and the parts in µs per decode step. ``--overlap`` forces the overlap loop (on
 the CPU its host work is the same, nothing runs concurrently). ``--profile N`` prints a cProfile of one more run per
-batch (top N by own time), paused inside the forward and logits. Torch runs one thread (``SGL_CPU_THREADS=1`` unless set): the timings are the host's.
+batch (top N by own time), paused inside the forward and logits. Torch runs one thread (``SGL_CPU_THREADS=1``
+unless set): the timings are the host's.
 """
 
 from __future__ import annotations
