@@ -106,7 +106,7 @@ class SamplingBatchInfo:
         temps: list[float] = []
         top_ps: list[float] = []
         min_ps: list[float] = []
-        top_ks: list[int] = []
+        top_ks: list[float] = []  # ints, packed with the float rows
         greedy: list[float] = []
         seeds: list[int | None] = []
         need_top_p = need_top_k = need_min_p = penalties = bias = min_tokens = False

@@ -71,7 +71,8 @@ def decode_batch(state: SchedulerState, reqs: list[Req], ahead: int, steps: int 
     if got is None:
         return None
     # NOTE: the host mirror here; build_forward_batch writes the device table without a sync.
-    rows, cols = host_rows([[r.req_pool_idx for r in reqs], starts], torch.int64)  # type: ignore[misc]
+    pool: list[int] = [r.req_pool_idx for r in reqs]  # type: ignore[misc]  # scheduled: always set
+    rows, cols = host_rows([pool, starts], torch.int64)
     if steps > 1:
         rows = rows.repeat_interleave(steps)
         cols = (cols[:, None] + torch.arange(steps)).reshape(-1)
