@@ -6,6 +6,7 @@ serialises the scheduler with the forward it just launched; from pinned memory i
 
 from __future__ import annotations
 
+import array
 from collections.abc import Sequence
 
 import torch
@@ -20,8 +21,32 @@ def to_device(t: torch.Tensor, device: torch.device, pinned: bool) -> torch.Tens
     return t.to(device)
 
 
+_TYPECODES = {torch.int64: "q", torch.int32: "i", torch.float32: "f", torch.float64: "d"}
+
+
+def host_rows(rows: Sequence[Sequence[int]] | Sequence[Sequence[float]], dtype: torch.dtype) -> torch.Tensor:
+    """``torch.tensor(rows, dtype=dtype)`` for equal-length rows of Python numbers, built through an ``array``.
+
+    NOTE: torch.tensor reads a nested list element by element (~50 ns each); ``array.extend`` converts a list in C,
+    which is 2-3x cheaper for the [5, batch] rows a decode step packs. Anything ``array`` refuses (a float among
+    ints, ragged rows, an unknown dtype) takes torch.tensor, which gives its usual result or error."""
+    code = _TYPECODES.get(dtype)
+    n = len(rows[0]) if len(rows) else 0
+    if code is None or n == 0:
+        return torch.tensor(rows, dtype=dtype)
+    buf = array.array(code)
+    try:
+        for row in rows:
+            if len(row) != n:
+                raise ValueError("ragged rows")
+            buf.extend(row)  # type: ignore[arg-type]
+    except (TypeError, ValueError, OverflowError):
+        return torch.tensor(rows, dtype=dtype)
+    return torch.frombuffer(buf, dtype=dtype).view(len(rows), n)
+
+
 def rows_to_device(
     rows: Sequence[Sequence[int]] | Sequence[Sequence[float]], dtype: torch.dtype, device: torch.device, pinned: bool
 ) -> torch.Tensor:
     """Several equal-length host lists in one transfer: a [len(rows), n] tensor on the device."""
-    return to_device(torch.tensor(rows, dtype=dtype), device, pinned)
+    return to_device(host_rows(rows, dtype), device, pinned)

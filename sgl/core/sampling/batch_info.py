@@ -100,24 +100,41 @@ class SamplingBatchInfo:
             )
         if step_seeds is not None and len(step_seeds) != batch_size:
             raise ValueError(f"build() got {batch_size} params but {len(step_seeds)} step_seeds")
-        greedy = [p.is_greedy for p in params]
-        temps = [1.0 if g else p.temperature for p, g in zip(params, greedy)]
-        top_ps = [p.top_p for p in params]
-        top_ks = [p.top_k if 0 < p.top_k < vocab_size else vocab_size for p in params]
-        min_ps = [p.min_p for p in params]
-        sampling = [not g for g in greedy]
-
-        if step_seeds is not None:
-            row_seeds = tuple(s if smp else None for s, smp in zip(step_seeds, sampling))
-        else:
-            row_seeds = tuple(
-                step_seed(p.seed, len(out)) if p.seed is not None and smp else None
-                for p, out, smp in zip(params, output_ids, sampling)
-            )
+        # NOTE: one pass over the rows (a decode step at batch 1000 pays ~1 µs per pass per 1000 rows per list);
+        # the penalty, logit-bias and min-tokens builders run only when some row needs them (each returns None
+        # otherwise, so the gates below change no result: tests/core/test_sampling_batch_info.py checks it).
+        temps: list[float] = []
+        top_ps: list[float] = []
+        min_ps: list[float] = []
+        top_ks: list[float] = []  # ints, packed with the float rows
+        greedy: list[float] = []
+        seeds: list[int | None] = []
+        need_top_p = need_top_k = need_min_p = penalties = bias = min_tokens = False
+        for i, p in enumerate(params):
+            g = p.is_greedy
+            k = p.top_k if 0 < p.top_k < vocab_size else vocab_size
+            temps.append(1.0 if g else p.temperature)
+            top_ps.append(p.top_p)
+            min_ps.append(p.min_p)
+            top_ks.append(k)
+            greedy.append(1.0 if g else 0.0)
+            if g:
+                seeds.append(None)
+            else:
+                need_top_p = need_top_p or p.top_p < 1.0
+                need_top_k = need_top_k or k < vocab_size
+                need_min_p = need_min_p or p.min_p > 0.0
+                if step_seeds is not None:
+                    seeds.append(step_seeds[i])
+                else:
+                    seeds.append(step_seed(p.seed, len(output_ids[i])) if p.seed is not None else None)
+            penalties = penalties or (p.frequency_penalty != 0.0 or p.presence_penalty != 0.0
+                                      or p.repetition_penalty != 1.0)
+            bias = bias or bool(p.logit_bias)
+            min_tokens = min_tokens or p.min_new_tokens > len(output_ids[i])
 
         # NOTE: the per-row scalars travel in one transfer (pinned where the platform has it), once per step.
-        packed = rows_to_device([temps, top_ps, min_ps, [float(k) for k in top_ks], [float(g) for g in greedy]],
-                                torch.float32, torch.device(device), pinned)
+        packed = rows_to_device([temps, top_ps, min_ps, top_ks, greedy], torch.float32, torch.device(device), pinned)
         return cls(
             temperatures=packed[0].view(-1, 1),
             top_ps=packed[1],
@@ -125,14 +142,15 @@ class SamplingBatchInfo:
             min_ps=packed[2],
             is_greedy=packed[4] > 0.5,
             all_greedy=all(greedy),
-            need_top_p=any(p < 1.0 and s for p, s in zip(top_ps, sampling)),
-            need_top_k=any(k < vocab_size and s for k, s in zip(top_ks, sampling)),
-            need_min_p=any(m > 0.0 and s for m, s in zip(min_ps, sampling)),
+            need_top_p=need_top_p,
+            need_top_k=need_top_k,
+            need_min_p=need_min_p,
             vocab_size=vocab_size,
-            penalties=build_penalties(params, output_ids, prompt_ids, vocab_size, device, pinned),
-            logit_bias=_build_logit_bias(params, vocab_size, device, pinned),
-            min_tokens_mask=_build_min_tokens_mask(params, output_ids, eos_ids, vocab_size, device, pinned),
-            row_seeds=row_seeds,
+            penalties=build_penalties(params, output_ids, prompt_ids, vocab_size, device, pinned) if penalties else None,
+            logit_bias=_build_logit_bias(params, vocab_size, device, pinned) if bias else None,
+            min_tokens_mask=(_build_min_tokens_mask(params, output_ids, eos_ids, vocab_size, device, pinned)
+                             if min_tokens else None),
+            row_seeds=tuple(seeds),
         )
 
 

@@ -13,6 +13,7 @@ from sgl.core.scheduler.batch import ScheduleBatch
 from sgl.core.scheduler.feature import SchedulerFeature
 from sgl.core.scheduler.req import Req
 from sgl.core.scheduler.state import SchedulerState
+from sgl.core.transfer import host_rows
 
 logger = logging.getLogger(__name__)
 
@@ -20,13 +21,13 @@ logger = logging.getLogger(__name__)
 def needs_host_tokens(r: Req, features: Sequence[SchedulerFeature]) -> bool:
     """True when sampling r's next token depends on the token before it reaching the host."""
     sp = r.sampling_params
-    return (
-        sp.frequency_penalty != 0.0
-        or sp.presence_penalty != 0.0
-        or sp.repetition_penalty != 1.0
-        or sp.min_new_tokens > len(r.output_ids) + 1
-        or any(f.needs_host_tokens(r) for f in features)
-    )
+    if (sp.frequency_penalty != 0.0 or sp.presence_penalty != 0.0 or sp.repetition_penalty != 1.0
+            or sp.min_new_tokens > len(r.output_ids) + 1):
+        return True
+    for f in features:  # NOTE: a loop, not any(<generator>): the overlap loop asks this per request per step
+        if f.needs_host_tokens(r):
+            return True
+    return False
 
 
 class DecodeRuns:
@@ -60,7 +61,8 @@ def decode_batch(state: SchedulerState, reqs: list[Req], ahead: int, steps: int 
     much further than ``kv_len`` says.
     """
     starts = [r.kv_len + ahead for r in reqs]
-    last = [state.last_loc(r, n) for r, n in zip(reqs, starts)]
+    # NOTE: with one-token pages no slot depends on the one before it (last_loc is -1 for every request)
+    last = [-1] * len(reqs) if state.page_size == 1 else [state.last_loc(r, n) for r, n in zip(reqs, starts)]
     state.make_room(len(reqs) * (steps + state.page_size - 1))
     if steps == 1:
         got = state.allocator.alloc_decode([n + 1 for n in starts], last)
@@ -69,8 +71,8 @@ def decode_batch(state: SchedulerState, reqs: list[Req], ahead: int, steps: int 
     if got is None:
         return None
     # NOTE: the host mirror here; build_forward_batch writes the device table without a sync.
-    rows = torch.tensor([r.req_pool_idx for r in reqs], dtype=torch.int64)
-    cols = torch.tensor(starts, dtype=torch.int64)
+    pool: list[int] = [r.req_pool_idx for r in reqs]  # type: ignore[misc]  # scheduled: always set
+    rows, cols = host_rows([pool, starts], torch.int64)
     if steps > 1:
         rows = rows.repeat_interleave(steps)
         cols = (cols[:, None] + torch.arange(steps)).reshape(-1)

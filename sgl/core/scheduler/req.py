@@ -121,11 +121,12 @@ class Req:
     # stop conditions ----------------------------------------------------------------------------------------
     def check_finished(self, detokenize: Any) -> None:
         """Sets finished_reason after a token was appended. ``detokenize(ids) -> str`` serves stop strings."""
-        if self.finished_reason is not None or not self.output_ids:
+        out = self.output_ids
+        if self.finished_reason is not None or not out:
             return
         sp = self.sampling_params
-        last = self.output_ids[-1]
-        n_out = len(self.output_ids)
+        last = out[-1]
+        n_out = len(out)
         if n_out >= sp.min_new_tokens:
             if last in self.stop_token_ids or last in self.eos_ids:
                 self.finished_reason = FinishReason("stop", matched=last)
@@ -146,10 +147,13 @@ class Req:
 
         NOTE: a non-streaming request hears only of its first token (for TTFT) and of its end.
         """
-        new = self.output_ids[self.sent_tokens :]
-        if not new and not self.finished and self.input_logprobs is None:
+        finished = self.finished_reason is not None
+        # NOTE: checked before slicing the new tokens: a non-streaming request is asked every decode step and, but
+        # for its first token and its end, has nothing to tell (slicing its whole output each time grew per token)
+        if not (self.stream or finished or self.sent_tokens == 0):
             return None
-        if not (self.stream or self.finished or self.sent_tokens == 0):
+        new = self.output_ids[self.sent_tokens :]
+        if not new and not finished and self.input_logprobs is None:
             return None
         input_lps = self.input_logprobs if self.input_logprobs_done and self.input_logprobs is not None else None
         out = ReqOutput(

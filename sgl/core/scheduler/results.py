@@ -36,18 +36,22 @@ class ResultProcessor:
         s.counters.decode_steps += k
         s.counters.decode_rows += b * k
         ids, lps = result.next_token_ids, result.logprobs
+        append = self.append_token
+        # NOTE: this loop runs once per request per decode step (hundreds of rows at large batch): it reads
+        # ``finished_reason`` rather than the ``finished`` property and binds ``append_token`` once.
         for i, r in enumerate(batch.reqs):
             r.kv_len += k
             r.inflight -= k
-            if r.finished:  # finished while this step was in flight (overlap): its tokens are dropped
+            if r.finished_reason is not None:  # finished while this step was in flight (overlap): tokens dropped
                 if r.release_deferred:
                     s.release(r)
                 continue
             for j in range(k):
-                if r.finished or r.splice_pending:  # a splice found while this step was in flight drops the rest
+                # a splice found while this step was in flight drops the rest
+                if r.finished_reason is not None or r.splice_pending:
                     break
-                self.append_token(r, ids[j * b + i], lps[j * b + i])
-        s.running = [r for r in s.running if not r.finished]
+                append(r, ids[j * b + i], lps[j * b + i])
+        s.running = [r for r in s.running if r.finished_reason is None]
         self.take_splices()
         s.token_ratio.decay()
 
@@ -127,21 +131,26 @@ class ResultProcessor:
 
     def append_token(self, r: Req, token: int, logprob: Any) -> None:
         r.output_ids.append(token)
-        for f in self.features:
+        features = self.features
+        for f in features:
             reason = f.on_token(r, token)
             if reason is not None and r.finished_reason is None:
                 r.finished_reason = reason
-        self.s.counters.generated_tokens += 1
+        s = self.s
+        s.counters.generated_tokens += 1
         if logprob is not None:
             r.pending_logprobs.append(logprob[0])
             r.pending_top_logprobs.append(logprob[1])
         r.check_finished(self.detokenize)
-        self.s.touched[r.rid] = r
-        if r.finished:
-            self.s.finish(r)
-        elif any(f.wants_splice(r) for f in self.features):
-            r.splice_pending = True
-            self._splicing.append(r)
+        s.touched[r.rid] = r
+        if r.finished_reason is not None:
+            s.finish(r)
+            return
+        for f in features:  # NOTE: a loop, not any(<generator>): this runs per request per decode step
+            if f.wants_splice(r):
+                r.splice_pending = True
+                self._splicing.append(r)
+                return
 
     def take_splices(self) -> None:
         """Appends the spliced tokens of each request with no step in flight and sends it back through prefill."""

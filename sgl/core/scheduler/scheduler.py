@@ -218,7 +218,7 @@ class Scheduler:
             out = r.take_output()
             if out is not None:
                 outs.append(out)
-            if r.finished and s.reqs.get(r.rid) is r:
+            if r.finished_reason is not None and s.reqs.get(r.rid) is r:
                 del s.reqs[r.rid]
                 for f in self.features:  # NOTE: the one place every ended request passes exactly once
                     f.release(r)

@@ -170,7 +170,11 @@ class StepExecutor:
     def finish_sampling(self, p: Pending, step_offset: int = 0) -> Pending:
         """Samples a launched forward's logits and starts copying the tokens home."""
         assert p.logits is not None, "this step was already sampled"
-        want_lp = any(r.return_logprob for r in p.reqs)
+        want_lp = False
+        for r in p.reqs:  # NOTE: a loop, not any(<generator>): it runs per row every step
+            if r.return_logprob:
+                want_lp = True
+                break
         out = self._sample(p.reqs, p.logits, step_offset, want_lp)
         host, event = self._copy_home(out.next_token_ids)
         return Pending(p.reqs, out.next_token_ids, host, event, out, p.input_lps)
