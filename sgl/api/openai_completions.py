@@ -13,12 +13,12 @@ from contextlib import aclosing
 from dataclasses import dataclass
 from typing import Any
 
+from sgl.api.completion_chunks import CompletionChunks
 from sgl.api.errors import ApiError
 from sgl.api.lora_routes import adapter_of
 from sgl.api.openai_common import Cursor, finish_reason, legacy_logprobs, now, sampling_params, usage_of
 from sgl.api.openai_protocol import CompletionRequest
 from sgl.api.state import ServerState
-from sgl.api.completion_chunks import CompletionChunks
 from sgl.api.streaming import DONE, SSEResponse, merge, sse
 from sgl.core.replies import SchedulerUnavailable
 from sgl.core.request_manager import GenerateInput, PreparedRequest
