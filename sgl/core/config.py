@@ -80,6 +80,10 @@ class ServerArgs:
     page_size: int = _opt(1, "tokens per KV page")
     max_running_requests: int | None = _opt(None, "maximum requests decoding at once")
     # scheduling -------------------------------------------------------------------------------------------------
+    stream_interval: int = _opt(
+        1, "a streamed request hears of its new tokens every N tokens (its first and last at once): fewer, larger "
+        "events cost the API process less per token",
+    )
     chunked_prefill_size: int = _opt(8192, "maximum new tokens in one prefill step; -1 disables chunking")
     max_prefill_tokens: int = _opt(16384, "token budget of one prefill batch")
     schedule_policy: str = _opt("lpm", "waiting-queue order", SCHEDULE_POLICIES)
@@ -209,6 +213,7 @@ class ServerArgs:
         self._check(self.context_length is None or self.context_length > 0, "context_length", "must be > 0")
         self._check(1 <= self.port <= 65535 or self.port == 0, "port", "must be in [0, 65535]")
         self._check(self.max_n >= 1, "max_n", "must be >= 1")
+        self._check(self.stream_interval >= 1, "stream_interval", "must be >= 1")
         self._check(self.decode_log_interval >= 1, "decode_log_interval", "must be >= 1")
         self._check(self.num_continuous_decode_steps >= 1, "num_continuous_decode_steps", "must be >= 1")
         self._check(self.grammar_compile_timeout > 0, "grammar_compile_timeout", "must be > 0")

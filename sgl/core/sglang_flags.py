@@ -111,7 +111,6 @@ _FLAGS = [
     _no("disaggregation_mode", str, "null", "prefill/decode disaggregation is not supported yet"),
     _no("radix_eviction_policy", str, "lru", "eviction policies other than LRU are not supported yet"),
     _no("enable_priority_scheduling", bool, False, "priority scheduling is not supported yet"),
-    _no("stream_interval", int, 1, "streaming every N tokens is not supported yet (sgl streams every step)"),
     # logging --------------------------------------------------------------------------------------------------
     _no("show_time_cost", bool, False, "timing marks are not supported yet"),
     _no("log_level_http", str, None, "a separate HTTP log level is not supported yet"),

@@ -142,15 +142,18 @@ class Req:
             self.finished_reason = FinishReason("length", matched=None)
 
     # outputs ----------------------------------------------------------------------------------------------------
-    def take_output(self) -> ReqOutput | None:
+    def take_output(self, stream_interval: int = 1) -> ReqOutput | None:
         """What changed since the last output, or None when there is nothing to tell yet.
 
-        NOTE: a non-streaming request hears only of its first token (for TTFT) and of its end.
+        NOTE: a non-streaming request hears only of its first token (for TTFT) and of its end; a streamed one of its
+        first, then of every ``stream_interval`` new tokens, and of its end.
         """
         finished = self.finished_reason is not None
         # NOTE: checked before slicing the new tokens: a non-streaming request is asked every decode step and, but
         # for its first token and its end, has nothing to tell (slicing its whole output each time grew per token)
         if not (self.stream or finished or self.sent_tokens == 0):
+            return None
+        if not finished and self.sent_tokens and len(self.output_ids) - self.sent_tokens < stream_interval:
             return None
         new = self.output_ids[self.sent_tokens :]
         if not new and not finished and self.input_logprobs is None:

@@ -214,8 +214,9 @@ class Scheduler:
     def _collect_outputs(self) -> list[ReqOutput]:
         s = self.state
         outs: list[ReqOutput] = []
+        interval = self.args.stream_interval
         for r in s.touched.values():
-            out = r.take_output()
+            out = r.take_output(interval)
             if out is not None:
                 outs.append(out)
             if r.finished_reason is not None and s.reqs.get(r.rid) is r:
