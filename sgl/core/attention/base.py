@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import TYPE_CHECKING, NamedTuple, Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import torch
+
+from sgl.core.attention.store_target import KVStoreTarget
 
 if TYPE_CHECKING:
     from sgl.core.runner.forward_batch import ForwardBatch
@@ -19,14 +21,6 @@ class AttentionLayerInfo(Protocol):
     num_kv_heads: int  # kv heads on this rank
     head_dim: int
     scaling: float
-
-
-class KVStoreTarget(NamedTuple):
-    """Where this forward's new K/V go: a layer's buffers ``[slots, KVH, D]`` and each new token's slot."""
-
-    k_buffer: torch.Tensor
-    v_buffer: torch.Tensor
-    loc: torch.Tensor  # [T]
 
 
 def pool_store_target(layer: AttentionLayerInfo, forward_batch: ForwardBatch) -> KVStoreTarget | None:

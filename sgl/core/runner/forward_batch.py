@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import torch
 
 if TYPE_CHECKING:
-    from sgl.core.attention.base import KVStoreTarget
+    from sgl.core.attention.store_target import KVStoreTarget
     from sgl.core.memory.kv_pool import KVPool
     from sgl.core.memory.req_to_token import ReqToTokenPool
 
