@@ -3,7 +3,9 @@ parallel), the ranks as threads over tests.core.test_loader's in-process communi
 
 from __future__ import annotations
 
+import random
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -16,19 +18,34 @@ from sgl.core.platform import Platform
 from sgl.core.plugins import get_plugins
 from sgl.core.quant.base import select_quantization
 from tests.core.test_loader import _ThreadComm, _ThreadGroup
-from tests.quant.test_moe_fp8 import _logits
+from tests.core.tiny_models import build_forward_batch
+from tests.models.paged import make_model_paged_kv
 
 
-def one_and_two_ranks(path: Path, config: dict[str, Any], ep_size: int) -> tuple[torch.Tensor, list[torch.Tensor]]:
-    """(one rank's logits, each of two ranks' logits) of the checkpoint at ``path``; a failing rank's error is
-    raised here (it aborts the other's barrier rather than hanging it)."""
+def prompt_logits(model: Any, config: Any) -> torch.Tensor:
+    """The model's logits over two seeded prompts (7 and 19 tokens) in one extend batch."""
+    rng = random.Random(0)
+    prompts = [[rng.randrange(3, config.vocab_size) for _ in range(n)] for n in (7, 19)]
+    fb = build_forward_batch(make_model_paged_kv(model, config), [0, 1], [0, 0], prompts)
+    with torch.no_grad():
+        return model.compute_logits(model(fb.input_ids, fb.positions, fb))
+
+
+def one_and_two_ranks(
+    path: Path, config: dict[str, Any], ep_size: int,
+    check: Callable[[torch.nn.Module, ParallelState], None] | None = None,
+) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """(one rank's logits, each of two ranks' logits) of the checkpoint at ``path``; ``check`` looks at each rank's
+    loaded model. A failing rank's error is raised here (it aborts the other's barrier rather than hanging it)."""
     plugins = get_plugins()
 
     def run(parallel: ParallelState) -> torch.Tensor:
         method = select_quantization(None, config, plugins.quantization_methods, Platform())
         ctx = ModelContext.from_platform(Platform(), torch.float32, parallel, quant_config=method)
         model, cfg = load_model(str(path), ctx, models=plugins.models)
-        return _logits(model, cfg)
+        if check is not None:
+            check(model, parallel)
+        return prompt_logits(model, cfg)
 
     expected = run(ParallelState())
     group = _ThreadGroup(2)

@@ -9,7 +9,6 @@ The checkpoints are written here from the format's definition (plain torch, not 
 from __future__ import annotations
 
 import json
-import random
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +16,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
+from sgl.core.distributed.communicator import ParallelState
 from sgl.core.model.context import ModelContext
 from sgl.core.model.loader import load_model
 from sgl.core.model.moe import FusedMoE
@@ -29,6 +29,7 @@ from tests.core.tiny_models import build_forward_batch
 from tests.models.paged import make_model_paged_kv
 from tests.models.tiny_moe import make_tiny_moe_model
 from tests.quant.checkpoints import write_pair
+from tests.quant.moe_ranks import one_and_two_ranks, prompt_logits
 
 pytest.importorskip("transformers")
 
@@ -78,14 +79,6 @@ def _load(path: Path, quantization: str | None = None) -> tuple[Any, Any]:
     return load_model(str(path), ctx, models=plugins.models)
 
 
-def _logits(model: Any, config: Any) -> torch.Tensor:
-    rng = random.Random(0)
-    prompts = [[rng.randrange(3, config.vocab_size) for _ in range(n)] for n in (7, 19)]
-    fb = build_forward_batch(make_model_paged_kv(model, config), [0, 1], [0, 0], prompts)
-    with torch.no_grad():
-        return model.compute_logits(model(fb.input_ids, fb.positions, fb))
-
-
 def _rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a - b).norm() / b.norm())
 
@@ -95,7 +88,7 @@ def test_block_fp8_moe_checkpoint_is_close_to_its_dequantized_model(pair: tuple[
     model, config = _load(q)
     experts = [m for m in model.modules() if isinstance(m, FusedMoE)]
     assert experts and all(m.w13_weight.dtype == FP8 and m.w2_weight.dtype == FP8 for m in experts)
-    got, want = _logits(model, config), _logits(*_load(d))
+    got, want = prompt_logits(model, config), prompt_logits(*_load(d))
     assert _rel_err(got, want) < REL_W8A8
 
 
@@ -156,7 +149,7 @@ def test_online_fp8_quantizes_the_experts_of_a_dense_moe(pair: tuple[str, Path, 
     model, config = _load(d, "fp8")
     layer = next(m for m in model.modules() if isinstance(m, FusedMoE))
     assert layer.w13_weight.dtype == FP8 and layer.w13_weight_scale.shape == (*layer.w13_weight.shape[:2], 1)
-    assert _rel_err(_logits(model, config), _logits(*_load(d))) < REL_W8A8
+    assert _rel_err(prompt_logits(model, config), prompt_logits(*_load(d))) < REL_W8A8
 
 
 def test_dummy_weights_fill_block_fp8_experts(pair: tuple[str, Path, Path]) -> None:
@@ -168,7 +161,7 @@ def test_dummy_weights_fill_block_fp8_experts(pair: tuple[str, Path, Path]) -> N
     model, config = load_model(str(q), ctx, load_format="dummy", models=plugins.models)
     layer = next(m for m in model.modules() if isinstance(m, FusedMoE))
     assert layer.w13_weight.dtype == FP8 and bool((layer.w13_weight_scale_inv == 0.02).all())
-    logits = _logits(model, config)
+    logits = prompt_logits(model, config)
     assert torch.isfinite(logits).all() and logits.std() > 0
 
 
@@ -258,40 +251,13 @@ def test_two_ranks_of_a_block_fp8_moe_reproduce_one_rank(ep: int, tmp_path: Path
     NOTE: a rank's partial sums reach the next e4m3 rounding in another fp32 order, which now and then rounds an
     activation to the neighbouring e4m3 value: measured 2e-4 at most. (Swapping two experts' scales moved these
     models' logits by 7% of their norm.)"""
-    import threading
-
-    from sgl.core.distributed.communicator import ParallelState
-    from tests.core.test_loader import _ThreadComm, _ThreadGroup
-
     src = Path(make_tiny_moe_model("qwen3_moe", tmp_path / "src", seed=6, moe_intermediate_size=64))
     q, _ = write_pair(src, tmp_path / "q", tmp_path / "d", quantize, HF_BLOCK)
-    plugins = get_plugins()
 
-    def run(parallel: ParallelState) -> torch.Tensor:
-        method = select_quantization(None, HF_BLOCK, plugins.quantization_methods, Platform())
-        ctx = ModelContext.from_platform(Platform(), torch.float32, parallel, quant_config=method)
-        model, config = load_model(str(q), ctx, models=plugins.models)
+    def experts_held(model: torch.nn.Module, parallel: ParallelState) -> None:
         layer = next(m for m in model.modules() if isinstance(m, FusedMoE))
         assert layer.w13_weight_scale_inv.shape[0] == 8 // parallel.ep_size
-        return _logits(model, config)
 
-    expected = run(ParallelState())
-    group = _ThreadGroup(2)
-    results: list[Any] = [None, None]
-    errors: list[BaseException] = []
-
-    def worker(rank: int) -> None:
-        try:
-            results[rank] = run(ParallelState(rank, 2, _ThreadComm(rank, group), ep_size=ep))
-        except BaseException as exc:  # noqa: BLE001 (surfaced below; a dead rank would otherwise hang the barrier)
-            errors.append(exc)
-            group.barrier.abort()
-
-    threads = [threading.Thread(target=worker, args=(r,)) for r in range(2)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=120)
-    assert not errors, errors
+    expected, results = one_and_two_ranks(q, HF_BLOCK, ep, experts_held)
     for r in range(2):
         torch.testing.assert_close(results[r], expected, atol=2e-3, rtol=0)

@@ -21,9 +21,9 @@ from sgl.core.ops.moe_routing import TopKOutput
 from tests.core.engine_utils import make_engine
 from tests.models.tiny_moe import make_tiny_moe_model
 from tests.quant.checkpoints import write_pair
-from tests.quant.moe_ranks import one_and_two_ranks
+from tests.quant.moe_ranks import one_and_two_ranks, prompt_logits
 from tests.quant.test_fp8 import STATIC_INPUTS, TOKEN_INPUTS, ct_config, ct_quantizer
-from tests.quant.test_moe_fp8 import REL_W8A8, _greedy_by_recompute, _load, _logits, _rel_err, _rewrite
+from tests.quant.test_moe_fp8 import REL_W8A8, _greedy_by_recompute, _load, _rel_err, _rewrite
 
 pytest.importorskip("transformers")
 
@@ -107,7 +107,7 @@ def test_experts_compute_the_scaled_gemms_of_their_checkpoint_tensors(case: tupl
 def test_checkpoint_is_close_to_its_dequantized_model(case: tuple[str, Path, Path]) -> None:
     """W8A8 within the e4m3 rounding of activations; weight-only (W8A16 in fp32) is the dequantized model's logits."""
     name_, q, d = case
-    got, want = _logits(*_load(q)), _logits(*_load(d))
+    got, want = prompt_logits(*_load(q)), prompt_logits(*_load(d))
     if CASES[name_][2] == "none":
         torch.testing.assert_close(got, want, atol=2e-4, rtol=1e-4)
     else:

@@ -20,9 +20,9 @@ from sgl.core.ops.moe_routing import TopKOutput
 from tests.core.engine_utils import make_engine
 from tests.models.tiny_moe import make_tiny_moe_model
 from tests.quant.checkpoints import Quantizer, write_pair
-from tests.quant.moe_ranks import one_and_two_ranks
+from tests.quant.moe_ranks import one_and_two_ranks, prompt_logits
 from tests.quant.test_int4 import awq_config, awq_quantizer, gptq_config, gptq_quantizer
-from tests.quant.test_moe_fp8 import _load, _logits, _rewrite
+from tests.quant.test_moe_fp8 import _load, _rewrite
 
 pytest.importorskip("transformers")
 
@@ -75,7 +75,7 @@ def test_experts_compute_their_dequantized_checkpoint_weights(case: tuple[str, P
 
 def test_logits_equal_the_dequantized_model(case: tuple[str, Path, Path]) -> None:
     _, q, d = case
-    torch.testing.assert_close(_logits(*_load(q)), _logits(*_load(d)), atol=2e-4, rtol=1e-4)
+    torch.testing.assert_close(prompt_logits(*_load(q)), prompt_logits(*_load(d)), atol=2e-4, rtol=1e-4)
 
 
 @pytest.mark.parametrize("case", ["qwen3-awq", "qwen3-gptq-desc-act"], indirect=True)
@@ -151,7 +151,7 @@ def test_dummy_weights_fill_int4_experts(case: tuple[str, Path, Path]) -> None:
     method = select_quantization(None, CASES[name_][2], plugins.quantization_methods, Platform())
     ctx = ModelContext.from_platform(Platform(), torch.float32, quant_config=method)
     model, config = load_model(str(q), ctx, load_format="dummy", models=plugins.models)
-    logits = _logits(model, config)
+    logits = prompt_logits(model, config)
     assert torch.isfinite(logits).all() and logits.std() > 0
 
 

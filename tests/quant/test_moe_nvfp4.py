@@ -15,8 +15,8 @@ from sgl.core.ops.moe_routing import TopKOutput
 from tests.core.engine_utils import make_engine
 from tests.models.tiny_moe import make_tiny_moe_model
 from tests.quant.checkpoints import write_pair
-from tests.quant.moe_ranks import one_and_two_ranks
-from tests.quant.test_moe_fp8 import REL_W8A8, _load, _logits, _rel_err, _rewrite
+from tests.quant.moe_ranks import one_and_two_ranks, prompt_logits
+from tests.quant.test_moe_fp8 import REL_W8A8, _load, _rel_err, _rewrite
 from tests.quant.test_nvfp4 import NVFP4, nvfp4_quantize
 
 pytest.importorskip("transformers")
@@ -55,7 +55,7 @@ def test_experts_compute_their_dequantized_checkpoint_weights(pair: tuple[Path, 
 
 def test_logits_and_engine_tokens_equal_the_dequantized_model(pair: tuple[Path, Path], demo_model_dir: Path) -> None:
     q, d = pair
-    torch.testing.assert_close(_logits(*_load(q)), _logits(*_load(d)), atol=2e-4, rtol=1e-4)
+    torch.testing.assert_close(prompt_logits(*_load(q)), prompt_logits(*_load(d)), atol=2e-4, rtol=1e-4)
     g = torch.Generator().manual_seed(3)
     prompts = [torch.randint(3, 200, (n,), generator=g).tolist() for n in (5, 17)]
     params = {"temperature": 0, "max_new_tokens": 8, "ignore_eos": True}
@@ -99,7 +99,7 @@ def test_dummy_weights_fill_nvfp4_experts(pair: tuple[Path, Path]) -> None:
     method = select_quantization(None, NVFP4, plugins.quantization_methods, Platform())
     ctx = ModelContext.from_platform(Platform(), torch.float32, quant_config=method)
     model, config = load_model(str(q), ctx, load_format="dummy", models=plugins.models)
-    logits = _logits(model, config)
+    logits = prompt_logits(model, config)
     assert torch.isfinite(logits).all() and logits.std() > 0
 
 
@@ -116,7 +116,7 @@ def test_modelopt_fp8_experts_take_the_per_tensor_fp8_path(tmp_path: Path) -> No
     model, config = _load(q)
     layer = next(m for m in model.modules() if isinstance(m, FusedMoE))
     assert layer.w13_weight.dtype == torch.float8_e4m3fn and layer.w13_input_scale.shape == (1,)
-    assert _rel_err(_logits(model, config), _logits(*_load(d))) < REL_W8A8
+    assert _rel_err(prompt_logits(model, config), prompt_logits(*_load(d))) < REL_W8A8
 
 
 @pytest.mark.parametrize("ep", [1, 2], ids=["tp-experts", "expert-parallel"])
