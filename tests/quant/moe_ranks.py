@@ -1,4 +1,4 @@
-"""Test helper (not a test): a quantized MoE checkpoint's logits on one rank and on two (TP-split experts, or expert
+"""Test helper (not a test): a quantized MoE model's first layer on seeded routing, and its logits on one rank and on two (TP-split experts, or expert
 parallel), the ranks as threads over tests.core.test_loader's in-process communicator."""
 
 from __future__ import annotations
@@ -14,12 +14,29 @@ import torch
 from sgl.core.distributed.communicator import ParallelState
 from sgl.core.model.context import ModelContext
 from sgl.core.model.loader import load_model
+from sgl.core.model.moe import FusedMoE
+from sgl.core.ops.moe_routing import TopKOutput
 from sgl.core.platform import Platform
 from sgl.core.plugins import get_plugins
 from sgl.core.quant.base import select_quantization
 from tests.core.test_loader import _ThreadComm, _ThreadGroup
 from tests.core.tiny_models import build_forward_batch
 from tests.models.paged import make_model_paged_kv
+
+
+def first_moe_layer_output(
+    model: torch.nn.Module,
+) -> tuple[str, FusedMoE, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(its module name, the layer, x, expert ids, weights, its output) of the model's first MoE layer on 6 seeded
+    tokens, each routed to 2 seeded experts: what the per-layer exactness tests compare their own arithmetic with."""
+    name, layer = next((n, m) for n, m in model.named_modules() if isinstance(m, FusedMoE))
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(6, layer.hidden_size, generator=g)
+    ids = torch.stack([torch.randperm(layer.num_experts, generator=g)[:2] for _ in range(6)])
+    weights = torch.rand(6, 2, generator=g)
+    with torch.no_grad():
+        got = layer(x, TopKOutput(weights=weights, ids=ids))
+    return name, layer, x, ids, weights, got
 
 
 def prompt_logits(model: Any, config: Any) -> torch.Tensor:

@@ -20,7 +20,6 @@ from sgl.core.distributed.communicator import ParallelState
 from sgl.core.model.context import ModelContext
 from sgl.core.model.loader import load_model
 from sgl.core.model.moe import FusedMoE
-from sgl.core.ops.moe_routing import TopKOutput
 from sgl.core.platform import Platform
 from sgl.core.plugins import get_plugins
 from sgl.core.quant.base import select_quantization
@@ -29,7 +28,7 @@ from tests.core.tiny_models import build_forward_batch
 from tests.models.paged import make_model_paged_kv
 from tests.models.tiny_moe import make_tiny_moe_model
 from tests.quant.checkpoints import write_pair
-from tests.quant.moe_ranks import one_and_two_ranks, prompt_logits
+from tests.quant.moe_ranks import first_moe_layer_output, one_and_two_ranks, prompt_logits
 
 pytest.importorskip("transformers")
 
@@ -108,14 +107,8 @@ def test_experts_compute_the_scaled_gemms_of_their_checkpoint_tensors(pair: tupl
     _, q, _ = pair
     model, _ = _load(q)
     tensors = load_file(str(q / "model.safetensors"))
-    name, layer = next((n, m) for n, m in model.named_modules() if isinstance(m, FusedMoE))
-    e, h = layer.num_experts, layer.hidden_size
-    g = torch.Generator().manual_seed(1)
-    x = torch.randn(6, h, generator=g)
-    ids = torch.stack([torch.randperm(e, generator=g)[:2] for _ in range(6)])
-    weights = torch.rand(6, 2, generator=g)
-    with torch.no_grad():
-        got = layer(x, TopKOutput(weights=weights, ids=ids))
+    name, layer, x, ids, weights, got = first_moe_layer_output(model)
+    h = layer.hidden_size
 
     def deq(expert: int, proj: str) -> torch.Tensor:
         key = f"{name}.{expert}.{proj}"

@@ -16,12 +16,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from sgl.core.model.moe import FusedMoE
-from sgl.core.ops.moe_routing import TopKOutput
 from tests.core.engine_utils import make_engine
 from tests.models.tiny_moe import make_tiny_moe_model
 from tests.quant.checkpoints import write_pair
-from tests.quant.moe_ranks import one_and_two_ranks, prompt_logits
+from tests.quant.moe_ranks import first_moe_layer_output, one_and_two_ranks, prompt_logits
 from tests.quant.test_fp8 import STATIC_INPUTS, TOKEN_INPUTS, ct_config, ct_quantizer
 from tests.quant.test_moe_fp8 import REL_W8A8, _greedy_by_recompute, _load, _rel_err, _rewrite
 
@@ -66,16 +64,10 @@ def test_experts_compute_the_scaled_gemms_of_their_checkpoint_tensors(case: tupl
     gate, up, down = PROJ[arch]
     model, _ = _load(q)
     tensors = load_file(str(q / "model.safetensors"))
-    module, layer = next((n, m) for n, m in model.named_modules() if isinstance(m, FusedMoE))
+    module, layer, x, ids, weights, got = first_moe_layer_output(model)
     layer_prefix = module.split(".mlp.")[0] + "."  # NOTE: Mixtral's checkpoint says block_sparse_moe where sgl has mlp
     name = next(k.split(".experts.")[0] + ".experts" for k in tensors if k.startswith(layer_prefix) and ".experts." in k)
     e, h = layer.num_experts, layer.hidden_size
-    g = torch.Generator().manual_seed(1)
-    x = torch.randn(6, h, generator=g)
-    ids = torch.stack([torch.randperm(e, generator=g)[:2] for _ in range(6)])
-    weights = torch.rand(6, 2, generator=g)
-    with torch.no_grad():
-        got = layer(x, TopKOutput(weights=weights, ids=ids))
 
     def deq(expert: int, proj: str) -> torch.Tensor:
         key = f"{name}.{expert}.{proj}"

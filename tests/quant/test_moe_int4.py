@@ -15,12 +15,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from sgl.core.model.moe import FusedMoE
-from sgl.core.ops.moe_routing import TopKOutput
 from tests.core.engine_utils import make_engine
 from tests.models.tiny_moe import make_tiny_moe_model
 from tests.quant.checkpoints import Quantizer, write_pair
-from tests.quant.moe_ranks import one_and_two_ranks, prompt_logits
+from tests.quant.moe_ranks import first_moe_layer_output, one_and_two_ranks, prompt_logits
 from tests.quant.test_int4 import awq_config, awq_quantizer, gptq_config, gptq_quantizer
 from tests.quant.test_moe_fp8 import _load, _rewrite
 
@@ -53,16 +51,10 @@ def test_experts_compute_their_dequantized_checkpoint_weights(case: tuple[str, P
     gate, up, down = PROJ[CASES[name_][0]]
     model, _ = _load(q)
     dense = load_file(str(d / "model.safetensors"))
-    module, layer = next((n, m) for n, m in model.named_modules() if isinstance(m, FusedMoE))
+    module, layer, x, ids, weights, got = first_moe_layer_output(model)
     layer_prefix = module.split(".mlp.")[0] + "."  # NOTE: Mixtral's checkpoint says block_sparse_moe where sgl has mlp
     name = next(k.split(".experts.")[0] + ".experts" for k in dense if k.startswith(layer_prefix) and ".experts." in k)
     e, h = layer.num_experts, layer.hidden_size
-    g = torch.Generator().manual_seed(1)
-    x = torch.randn(6, h, generator=g)
-    ids = torch.stack([torch.randperm(e, generator=g)[:2] for _ in range(6)])
-    weights = torch.rand(6, 2, generator=g)
-    with torch.no_grad():
-        got = layer(x, TopKOutput(weights=weights, ids=ids))
     want = torch.zeros(6, h)
     for t in range(6):
         for j in range(2):

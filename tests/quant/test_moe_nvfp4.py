@@ -11,11 +11,10 @@ import torch
 from safetensors.torch import load_file
 
 from sgl.core.model.moe import FusedMoE
-from sgl.core.ops.moe_routing import TopKOutput
 from tests.core.engine_utils import make_engine
 from tests.models.tiny_moe import make_tiny_moe_model
 from tests.quant.checkpoints import write_pair
-from tests.quant.moe_ranks import one_and_two_ranks, prompt_logits
+from tests.quant.moe_ranks import first_moe_layer_output, one_and_two_ranks, prompt_logits
 from tests.quant.test_moe_fp8 import REL_W8A8, _load, _rel_err, _rewrite
 from tests.quant.test_nvfp4 import NVFP4, nvfp4_quantize
 
@@ -35,14 +34,8 @@ def test_experts_compute_their_dequantized_checkpoint_weights(pair: tuple[Path, 
     q, d = pair
     model, _ = _load(q)
     dense = load_file(str(d / "model.safetensors"))
-    name, layer = next((n, m) for n, m in model.named_modules() if isinstance(m, FusedMoE))
-    e, h = layer.num_experts, layer.hidden_size
-    g = torch.Generator().manual_seed(1)
-    x = torch.randn(6, h, generator=g)
-    ids = torch.stack([torch.randperm(e, generator=g)[:2] for _ in range(6)])
-    weights = torch.rand(6, 2, generator=g)
-    with torch.no_grad():
-        got = layer(x, TopKOutput(weights=weights, ids=ids))
+    name, layer, x, ids, weights, got = first_moe_layer_output(model)
+    h = layer.hidden_size
     want = torch.zeros(6, h)
     for t in range(6):
         for j in range(2):
