@@ -1,6 +1,7 @@
 """Batch-1 decode with the host slowed on purpose: is the decode bound by the device or by the host? (a GPU probe)
 
-python -m benchmarks.host_bound [MODEL ...] [--steps 1,4,8] [--tokens 256]   (shipped config names, dummy weights)
+python -m benchmarks.host_bound [MODEL ...] [--steps 1,4,8] [--tokens 256] [--set KEY=VALUE ...]
+(shipped config names, dummy weights; ``--set`` passes any ``sgl.Engine`` keyword, e.g. enable_layer_fusion=true)
 
 For each --num-continuous-decode-steps K it prints one JSON line per model with the batch-1 decode tok/s (median of
 3 runs) on a quiet host and on a slowed one, and the device-busy fraction of a profiled decode span. "Slowed": the
@@ -23,7 +24,7 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 import sgl
-from benchmarks.decode_speed import model_dir
+from benchmarks.decode_speed import engine_overrides, model_dir, positional
 from benchmarks.overlap_trace import analyse
 
 
@@ -72,12 +73,12 @@ def busy_fraction(engine: sgl.Engine, tokens: int) -> float:
     return float(analyse(json.loads(out.read_text()))["busy_fraction"])  # type: ignore[arg-type]
 
 
-def main(names: list[str], steps: list[int], tokens: int) -> None:
+def main(names: list[str], steps: list[int], tokens: int, extra: dict[str, object]) -> None:
     for name in names:
         path = model_dir(name)
         for k in steps:
             with sgl.Engine(model_path=path, load_format="dummy", context_length=4096, max_total_tokens=65536,
-                            max_running_requests=64, num_continuous_decode_steps=k) as e:
+                            max_running_requests=64, num_continuous_decode_steps=k, **extra) as e:  # type: ignore[arg-type]
                 decode_rate(e, 32, 100)  # warm-up
                 quiet = [decode_rate(e, tokens, 200 + 10 * i) for i in range(3)]
                 with SlowHost():
@@ -85,7 +86,7 @@ def main(names: list[str], steps: list[int], tokens: int) -> None:
                     slowed = [decode_rate(e, tokens, 400 + 10 * i) for i in range(3)]
                 busy = busy_fraction(e, tokens)
             print(json.dumps({
-                "model": name, "num_continuous_decode_steps": k, "tok_s": round(statistics.median(quiet), 1),
+                "model": name, "num_continuous_decode_steps": k, **extra, "tok_s": round(statistics.median(quiet), 1),
                 "tok_s_slowed_host": round(statistics.median(slowed), 1), "runs": [round(x, 1) for x in quiet],
                 "runs_slowed": [round(x, 1) for x in slowed], "device_busy": busy,
             }), flush=True)
@@ -95,6 +96,5 @@ if __name__ == "__main__":
     argv = sys.argv[1:]
     ks = [int(x) for x in argv[argv.index("--steps") + 1].split(",")] if "--steps" in argv else [1, 4, 8]
     n = int(argv[argv.index("--tokens") + 1]) if "--tokens" in argv else 256
-    skip = {argv.index(f) + 1 for f in ("--steps", "--tokens") if f in argv}
-    models = [a for i, a in enumerate(argv) if not a.startswith("--") and i not in skip]
-    main(models or ["qwen3-0.6b", "llama-3.1-8b"], ks, n)
+    models = positional(argv, ("--steps", "--tokens", "--set"))
+    main(models or ["qwen3-0.6b", "llama-3.1-8b"], ks, n, engine_overrides(argv))
