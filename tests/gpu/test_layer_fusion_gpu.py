@@ -116,8 +116,11 @@ def test_split_tickets_sum_like_the_reduce_kernel_under_graph_replay(n: int, k: 
 @pytest.mark.parametrize("kv_dtype", [BF16, torch.float8_e4m3fn], ids=["bf16", "e4m3"])
 @pytest.mark.parametrize("batch,ctx", [(1, 4096), (8, 1500)])
 def test_decode_merge_by_the_last_split_under_graph_replay(batch: int, ctx: int, kv_dtype: torch.dtype) -> None:
-    """Stage 2 folded into stage 1: the merge kernel's result (bit for bit at bf16, whose stage 1 runs the merge's
-    warp count), 100 graph replays alike, tickets zero after."""
+    """Stage 2 folded into stage 1: the merge kernel's result to rounding, 100 graph replays bit for bit alike (a
+    split read before its partial landed would show as a replay that differs), tickets zero after.
+
+    Not bit for bit against the merge kernel: on an H100 (2026-12-06) batch 8 x 1500 at bf16 differed in the last
+    bits, since the compiler lays out the merge's reduction differently inside the bigger kernel."""
     from sgl.kernels.decode_attn import DecodeWorkspace, decode_attention, decode_workspace, merge_tickets
 
     heads, kv_heads, head_dim = 32, 8, 128
@@ -135,8 +138,7 @@ def test_decode_merge_by_the_last_split_under_graph_replay(batch: int, ctx: int,
     tickets = merge_tickets(batch, kv_heads, DEV)
     merged = DecodeWorkspace(*ws[:4], tickets=tickets)
     got = decode_attention(q, k_buf, v_buf, r2t, reqs, seq, head_dim**-0.5, workspace=merged)
-    if kv_dtype == BF16:
-        assert torch.equal(got, want)
+    print(f"\nmax |merged - two kernels| = {(got.float() - want.float()).abs().max().item():.3g}")
     torch.testing.assert_close(got, want, atol=2e-3, rtol=2e-3)
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):

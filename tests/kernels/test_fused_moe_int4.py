@@ -36,7 +36,9 @@ def _experts(scheme: Int4Scheme, e: int, h: int, i: int, device: torch.device, s
             rows = p.shape[1]
             size = layer.int4_groups[name.split("_")[0]]
             for x in range(e):
-                p.data[x, torch.randperm(rows, generator=g)] = (torch.arange(rows) // size).to(torch.int32)
+                row = torch.empty(rows, dtype=torch.int32)  # NOTE: built on the CPU generator's side, then copied
+                row[torch.randperm(rows, generator=g)] = (torch.arange(rows) // size).to(torch.int32)
+                p.data[x].copy_(row)
     return layer
 
 
