@@ -9,7 +9,9 @@ layer launches: every Triton kernel, and every torch op that would be a device k
 not). Launch decisions that depend on the device (K splits of the skinny GEMM, KV splits of decode attention) are
 taken for ``--sms`` streaming multiprocessors (132: the H200). On a GPU the same listing runs compiled, and
 ``--profile`` adds the CUDA profiler's count of device kernels per layer: (kernels of a 4-layer forward - kernels of
-a 2-layer forward) / 2, eager, so what a decode graph replays.
+a 2-layer forward) / 2, eager, so what a decode graph replays; beside it each kernel's device time per layer (the
+same difference), and the time per layer of the forward replayed as a CUDA graph (gaps between kernels included):
+where fusion saves launches but a fused kernel runs longer, this says which one.
 """
 
 from __future__ import annotations
@@ -21,10 +23,11 @@ import tempfile
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
+from functools import partial
 from importlib import resources
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 
@@ -140,11 +143,19 @@ def layer_launches(name: str, fused: bool, device: torch.device) -> list[str]:
     return mode.names
 
 
-def profiled_kernels_per_layer(name: str, fused: bool, device: torch.device) -> float:
-    """CUDA profiler: device kernels of one eager decode forward, 4 layers minus 2 layers, halved."""
+class LayerProfile(NamedTuple):
+    kernels: float  # device kernels per layer
+    kernel_us: dict[str, float]  # device time per layer by kernel name
+    graph_us: float | None  # a layer's share of a graph-replayed forward; None where capture failed
+
+
+def profile_layers(name: str, fused: bool, device: torch.device, replays: int = 200) -> LayerProfile:
+    """CUDA profiler and graph replays, each as (4-layer forward - 2-layer forward) / 2: one layer's share."""
     from torch.profiler import DeviceType, ProfilerActivity, profile
 
-    counts = []
+    counts: list[int] = []
+    times: list[Counter[str]] = []
+    graph: list[float | None] = []
     for layers in (2, 4):
         model, fb = _decode_setup(name, layers, fused, device)
         with torch.no_grad():
@@ -153,8 +164,43 @@ def profiled_kernels_per_layer(name: str, fused: bool, device: torch.device) -> 
             with profile(activities=[ProfilerActivity.CUDA]) as prof:
                 model(fb.input_ids, fb.positions, fb)
                 torch.cuda.synchronize()
-        counts.append(sum(1 for e in prof.events() if e.device_type == DeviceType.CUDA))
-    return (counts[1] - counts[0]) / 2
+            kernels = [e for e in prof.events() if e.device_type == DeviceType.CUDA]
+            counts.append(len(kernels))
+            per_name: Counter[str] = Counter()
+            for e in kernels:
+                per_name[e.name] += e.time_range.elapsed_us()
+            times.append(per_name)
+            graph.append(_graph_us(partial(model, fb.input_ids, fb.positions, fb), replays))
+    kernel_us = {k: (times[1][k] - times[0][k]) / 2 for k in times[1]}
+    graph_us = (graph[1] - graph[0]) / 2 if graph[0] is not None and graph[1] is not None else None
+    return LayerProfile((counts[1] - counts[0]) / 2, kernel_us, graph_us)
+
+
+def _graph_us(forward: Any, replays: int) -> float | None:
+    """Microseconds per replay of ``forward`` captured as a CUDA graph (None, with the reason printed, if capture
+    fails: this stand-in batch is not the runner's graph batch)."""
+    try:
+        stream = torch.cuda.Stream()
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream):
+            forward()
+        torch.cuda.current_stream().wait_stream(stream)
+        g = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(g):
+            forward()
+        for _ in range(10):
+            g.replay()
+        torch.cuda.synchronize()
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        for _ in range(replays):
+            g.replay()
+        end.record()
+        torch.cuda.synchronize()
+        return start.elapsed_time(end) * 1000 / replays
+    except Exception as e:  # noqa: BLE001 - a probe: report and go on with the counts
+        print(f"  (graph replay not timed: {type(e).__name__}: {e})")
+        return None
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -179,7 +225,13 @@ def main(argv: list[str] | None = None) -> None:
             for kernel, n in Counter(names).items():
                 print(f"  {n} x {kernel}")
             if cuda and args.profile:
-                print(f"  profiler: {profiled_kernels_per_layer(name, fused, device):.1f} device kernels per layer")
+                prof = profile_layers(name, fused, device)
+                print(f"  profiler: {prof.kernels:.1f} device kernels per layer, "
+                      f"{sum(prof.kernel_us.values()):.1f} us of kernel time per layer")
+                for kernel, us in sorted(prof.kernel_us.items(), key=lambda kv: -kv[1]):
+                    print(f"    {us:7.1f} us  {kernel[:90]}")
+                if prof.graph_us is not None:
+                    print(f"  graph replay: {prof.graph_us:.1f} us per layer (kernels and the gaps between them)")
 
 
 if __name__ == "__main__":
