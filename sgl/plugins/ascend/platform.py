@@ -14,7 +14,7 @@ import torch
 
 from sgl.core.attention.base import AttentionBackend
 from sgl.core.ops.table import Ops
-from sgl.core.platform import Capabilities
+from sgl.core.platform import Capabilities, ProbedCapabilities
 from sgl.plugins.ascend.runtime import npu_runtime
 from sgl.plugins.torch_device import TorchDevicePlatform, has_graphs
 
@@ -38,12 +38,6 @@ def capabilities_now() -> Capabilities:
     )
 
 
-class _Capabilities:
-    """Descriptor: NPU graphs are a property of the torch_npu build, read when the core asks (never at import)."""
-
-    def __get__(self, obj: object, owner: type | None = None) -> Capabilities:
-        return capabilities_now()
-
 
 @functools.lru_cache(maxsize=None)
 def _log_once(message: str) -> None:
@@ -54,7 +48,7 @@ class AscendPlatform(TorchDevicePlatform):
     name: ClassVar[str] = "ascend"
     device_type: ClassVar[str] = "npu"
     dist_backend: ClassVar[str] = "hccl"
-    capabilities: ClassVar[Capabilities] = _Capabilities()  # type: ignore[assignment]
+    capabilities: ClassVar[Capabilities] = ProbedCapabilities(capabilities_now)  # type: ignore[assignment]
     probe_priority: ClassVar[int] = 30
     verified_on_hardware: ClassVar[bool] = False
 

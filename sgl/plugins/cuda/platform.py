@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import torch
 
 from sgl.core.ops.table import Ops, reference_ops
-from sgl.core.platform import Capabilities
+from sgl.core.platform import Capabilities, ProbedCapabilities
 from sgl.plugins.torch_device import TorchCudaPlatform
 
 if TYPE_CHECKING:
@@ -52,16 +52,6 @@ def _probe_capabilities() -> Capabilities:
     )
 
 
-class _DeviceCapabilities:
-    """Descriptor: the device's capabilities, probed on first read and cached.
-
-    NOTE: the first read queries the device (initialising CUDA in this process), so it happens when the core asks,
-    never at import or during platform probing.
-    """
-
-    def __get__(self, obj: object, owner: type | None = None) -> Capabilities:
-        return _probe_capabilities()
-
 
 @functools.lru_cache(maxsize=1)
 def _log_once(message: str) -> None:
@@ -72,7 +62,7 @@ class CudaPlatform(TorchCudaPlatform):
     name: ClassVar[str] = "cuda"
     device_type: ClassVar[str] = "cuda"
     dist_backend: ClassVar[str] = "nccl"
-    capabilities: ClassVar[Capabilities] = _DeviceCapabilities()  # type: ignore[assignment]
+    capabilities: ClassVar[Capabilities] = ProbedCapabilities(lambda: _probe_capabilities())  # type: ignore[assignment]
     probe_priority: ClassVar[int] = 10
     verified_on_hardware: ClassVar[bool] = True  # tests/gpu run on an NVIDIA H200
 

@@ -17,7 +17,7 @@ import torch
 
 from sgl.core.env import EnvVar
 from sgl.core.ops.table import Ops, reference_ops
-from sgl.core.platform import Capabilities
+from sgl.core.platform import Capabilities, ProbedCapabilities
 from sgl.plugins.rocm.arch import AiterProbe, current_arch, fp8_dtype_for, probe_aiter
 from sgl.plugins.torch_device import TorchCudaPlatform
 
@@ -64,12 +64,6 @@ def _probe_capabilities() -> Capabilities:
     return capabilities_for(current_arch(), _has_triton())
 
 
-class _DeviceCapabilities:
-    """Descriptor: capabilities of device 0, probed on first read (that read initialises HIP), never at import."""
-
-    def __get__(self, obj: object, owner: type | None = None) -> Capabilities:
-        return _probe_capabilities()
-
 
 @functools.lru_cache(maxsize=None)
 def _log_once(message: str) -> None:
@@ -87,7 +81,7 @@ class RocmPlatform(TorchCudaPlatform):
     name: ClassVar[str] = "rocm"
     device_type: ClassVar[str] = "cuda"  # NOTE: a HIP build of torch names AMD GPUs "cuda"
     dist_backend: ClassVar[str] = "nccl"  # NOTE: RCCL, under the name torch.distributed knows it by
-    capabilities: ClassVar[Capabilities] = _DeviceCapabilities()  # type: ignore[assignment]
+    capabilities: ClassVar[Capabilities] = ProbedCapabilities(lambda: _probe_capabilities())  # type: ignore[assignment]
     probe_priority: ClassVar[int] = 20
     verified_on_hardware: ClassVar[bool] = False
 

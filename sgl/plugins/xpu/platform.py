@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import torch
 
 from sgl.core.ops.table import Ops, reference_ops
-from sgl.core.platform import Capabilities
+from sgl.core.platform import Capabilities, ProbedCapabilities
 from sgl.plugins.torch_device import TorchDevicePlatform, has_graphs
 
 if TYPE_CHECKING:
@@ -45,10 +45,6 @@ def capabilities_now() -> Capabilities:
     )
 
 
-class _Capabilities:
-    def __get__(self, obj: object, owner: type | None = None) -> Capabilities:
-        return capabilities_now()
-
 
 @functools.lru_cache(maxsize=None)
 def _log_once(message: str) -> None:
@@ -59,7 +55,7 @@ class XpuPlatform(TorchDevicePlatform):
     name: ClassVar[str] = "xpu"
     device_type: ClassVar[str] = "xpu"
     dist_backend: ClassVar[str] = "xccl"
-    capabilities: ClassVar[Capabilities] = _Capabilities()  # type: ignore[assignment]
+    capabilities: ClassVar[Capabilities] = ProbedCapabilities(capabilities_now)  # type: ignore[assignment]
     probe_priority: ClassVar[int] = 40
     verified_on_hardware: ClassVar[bool] = False
 
