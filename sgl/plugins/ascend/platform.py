@@ -38,7 +38,6 @@ def capabilities_now() -> Capabilities:
     )
 
 
-
 @functools.lru_cache(maxsize=None)
 def _log_once(message: str) -> None:
     logger.warning(message)

@@ -52,7 +52,6 @@ def _probe_capabilities() -> Capabilities:
     )
 
 
-
 @functools.lru_cache(maxsize=1)
 def _log_once(message: str) -> None:
     logger.warning(message)

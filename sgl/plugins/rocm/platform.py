@@ -9,21 +9,17 @@ to the ``nccl`` backend name.
 from __future__ import annotations
 
 import functools
-import importlib.util
 import logging
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar
 
 import torch
 
 from sgl.core.env import EnvVar
-from sgl.core.ops.table import Ops, reference_ops
+from sgl.core.ops.table import Ops
 from sgl.core.platform import Capabilities, ProbedCapabilities
 from sgl.plugins.rocm.arch import AiterProbe, current_arch, fp8_dtype_for, probe_aiter
 from sgl.plugins.torch_device import TorchCudaPlatform
-
-if TYPE_CHECKING:
-    from sgl.core.attention.base import AttentionBackend
-    from sgl.core.model.linear_method import LinearMethod
+from sgl.plugins.triton_platform import PortableTritonPlatform, has_triton
 
 logger = logging.getLogger(__name__)
 
@@ -37,10 +33,6 @@ _STATIC = Capabilities(
     triton=False, graph_capture=True, overlap_schedule=True, fp8=False, fp4=False, bf16=True,
     pinned_memory=True, streams=True,
 )
-
-
-def _has_triton() -> bool:
-    return importlib.util.find_spec("triton") is not None
 
 
 def capabilities_for(arch: str, triton: bool) -> Capabilities:
@@ -61,8 +53,7 @@ def capabilities_for(arch: str, triton: bool) -> Capabilities:
 def _probe_capabilities() -> Capabilities:
     if not RocmPlatform.is_available():
         return _STATIC
-    return capabilities_for(current_arch(), _has_triton())
-
+    return capabilities_for(current_arch(), has_triton())
 
 
 @functools.lru_cache(maxsize=None)
@@ -77,7 +68,7 @@ def _aiter() -> AiterProbe:
     return probe
 
 
-class RocmPlatform(TorchCudaPlatform):
+class RocmPlatform(PortableTritonPlatform, TorchCudaPlatform):
     name: ClassVar[str] = "rocm"
     device_type: ClassVar[str] = "cuda"  # NOTE: a HIP build of torch names AMD GPUs "cuda"
     dist_backend: ClassVar[str] = "nccl"  # NOTE: RCCL, under the name torch.distributed knows it by
@@ -107,7 +98,7 @@ class RocmPlatform(TorchCudaPlatform):
     # factories ----------------------------------------------------------------------------------------------
     def default_attention_backend(self) -> str:
         """aiter where AMD's kernels run on this GPU, else the portable Triton backend; the log says which and why."""
-        if not _has_triton():
+        if not has_triton():
             _log_once("triton is not installed: attention runs on the torch_native backend (pip install 'sgl[rocm]')")
             return "torch_native"
         probe = _aiter()
@@ -116,44 +107,14 @@ class RocmPlatform(TorchCudaPlatform):
         _log_once(f"rocm: attention runs on the portable triton backend: {probe.why}")
         return "triton"
 
-    def attention_backend(self, name: str, runner: Any) -> AttentionBackend:
-        # NOTE: the portable Triton backend is sgl's own (sgl.kernels), not another vendor plugin's: build it directly,
-        # so the rocm platform works whether or not the cuda plugin registered the name.
-        if name == "triton":
-            from sgl.kernels.attention_backend import TritonAttnBackend
-
-            return TritonAttnBackend(runner)
-        return super().attention_backend(name, runner)
-
-    def linear_method(self, quant_config: Any = None) -> LinearMethod:
-        if quant_config is not None or not _has_triton():
-            return super().linear_method(quant_config)
-        from sgl.kernels.linear_method import SkinnyLinearMethod
-
-        return SkinnyLinearMethod()
-
     def ops(self) -> Ops:
-        """Triton norms, rope and activations; aiter's RMSNorm (plain and fused with the residual add) where aiter
-        runs here."""
-        if not _has_triton():
-            _log_once("triton is not installed: norms, rope and activations run as torch reference ops")
-            return reference_ops()
-        from sgl import kernels
-
-        ops = kernels.portable_ops()
-        if _aiter().usable:
+        """The portable op table; aiter's RMSNorm (plain and fused with the residual add) where aiter runs here."""
+        ops = super().ops()
+        if has_triton() and _aiter().usable:
             from sgl.plugins.rocm import aiter_ops
 
             ops = ops.replace(rms_norm=aiter_ops.rms_norm, add_rms_norm=aiter_ops.add_rms_norm)
         return ops
-
-    def graph_runner(self, runner: Any) -> Any:
-        if not _has_triton():
-            _log_once("triton is not installed: decode graphs are off (pip install 'sgl[rocm]')")
-            return None
-        from sgl.kernels.graph_runner import graph_runner_for
-
-        return graph_runner_for(runner, self)
 
     def describe(self) -> dict[str, Any]:
         info = super().describe()
