@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import inspect
 import os
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
@@ -40,6 +41,17 @@ class Capabilities:
 
     def as_dict(self) -> dict[str, bool]:
         return asdict(self)
+
+
+class ProbedCapabilities:
+    """Descriptor: a platform's capabilities from ``probe()`` on each read, so the device is asked when the core asks
+    (a probe may initialise it), never at import or during platform probing."""
+
+    def __init__(self, probe: Callable[[], Capabilities]) -> None:
+        self._probe = probe
+
+    def __get__(self, obj: object, owner: type | None = None) -> Capabilities:
+        return self._probe()
 
 
 class QuantizedGemm(Protocol):

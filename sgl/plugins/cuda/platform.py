@@ -1,22 +1,22 @@
 """CudaPlatform: NVIDIA GPUs through torch.cuda.
 
-What is NVIDIA's lives here: probing, capabilities from the compute capability, memory, graphs and streams. The
-kernels, the Triton attention backend, the graph runner and the GEMM method are the portable ones of ``sgl.kernels``.
+What is NVIDIA's lives here: probing and capabilities from the compute capability. Memory, graphs and streams are
+the ``torch.cuda`` calls of ``sgl.plugins.torch_device``; the kernels, the Triton attention backend, the graph runner
+and the GEMM method are the portable ones of ``sgl.kernels``.
 """
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import importlib.util
 import logging
-from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 
 from sgl.core.ops.table import Ops, reference_ops
-from sgl.core.platform import Capabilities, Platform
+from sgl.core.platform import Capabilities, ProbedCapabilities
+from sgl.plugins.torch_device import TorchCudaPlatform
 
 if TYPE_CHECKING:
     from sgl.core.model.linear import LinearMethod
@@ -52,32 +52,18 @@ def _probe_capabilities() -> Capabilities:
     )
 
 
-class _DeviceCapabilities:
-    """Descriptor: the device's capabilities, probed on first read and cached.
-
-    NOTE: the first read queries the device (initialising CUDA in this process), so it happens when the core asks,
-    never at import or during platform probing.
-    """
-
-    def __get__(self, obj: object, owner: type | None = None) -> Capabilities:
-        return _probe_capabilities()
-
-
 @functools.lru_cache(maxsize=1)
 def _log_once(message: str) -> None:
     logger.warning(message)
 
 
-class CudaPlatform(Platform):
+class CudaPlatform(TorchCudaPlatform):
     name: ClassVar[str] = "cuda"
     device_type: ClassVar[str] = "cuda"
     dist_backend: ClassVar[str] = "nccl"
-    capabilities: ClassVar[Capabilities] = _DeviceCapabilities()  # type: ignore[assignment]
+    capabilities: ClassVar[Capabilities] = ProbedCapabilities(lambda: _probe_capabilities())  # type: ignore[assignment]
     probe_priority: ClassVar[int] = 10
     verified_on_hardware: ClassVar[bool] = True  # tests/gpu run on an NVIDIA H200
-
-    def __init__(self) -> None:
-        self._index: int | None = None
 
     # identity -----------------------------------------------------------------------------------------------
     @classmethod
@@ -94,33 +80,6 @@ class CudaPlatform(Platform):
         if not torch.cuda.is_available():
             return "no NVIDIA GPU is visible to torch"
         return None
-
-    def set_device(self, index: int) -> None:
-        torch.cuda.set_device(index)
-        self._index = index
-
-    def _current(self) -> int:
-        return self._index if self._index is not None else torch.cuda.current_device()
-
-    # memory -------------------------------------------------------------------------------------------------
-    def total_memory(self) -> int:
-        return int(torch.cuda.mem_get_info(self._current())[1])
-
-    def free_memory(self) -> int:
-        return int(torch.cuda.mem_get_info(self._current())[0])
-
-    def synchronize(self) -> None:
-        torch.cuda.synchronize()
-
-    def empty_cache(self) -> None:
-        torch.cuda.empty_cache()
-
-    def manual_seed(self, seed: int) -> None:
-        torch.manual_seed(seed)
-        torch.cuda.manual_seed_all(seed)
-
-    def new_event(self) -> Any:
-        return torch.cuda.Event()
 
     # factories ----------------------------------------------------------------------------------------------
     def default_attention_backend(self) -> str:
@@ -173,32 +132,3 @@ class CudaPlatform(Platform):
         from sgl.kernels.graph_runner import graph_runner_for
 
         return graph_runner_for(runner, self)
-
-    # graphs and streams -------------------------------------------------------------------------------------
-    def new_graph(self) -> Any:
-        return torch.cuda.CUDAGraph()
-
-    def graph_pool(self) -> Any:
-        return torch.cuda.graph_pool_handle()
-
-    def new_stream(self) -> Any:
-        return torch.cuda.Stream()
-
-    @contextlib.contextmanager
-    def stream_context(self, stream: Any) -> Iterator[None]:
-        current = torch.cuda.current_stream()
-        stream.wait_stream(current)
-        with torch.cuda.stream(stream):
-            yield
-        current.wait_stream(stream)
-
-    def graph_capture(self, graph: Any, pool: Any, stream: Any) -> contextlib.AbstractContextManager[Any]:
-        # NOTE: thread_local: the engine's other threads (tokenizer, event loop) may touch the device while a
-        # capture runs; only this thread's forbidden calls can spoil it
-        return torch.cuda.graph(graph, pool=pool, stream=stream, capture_error_mode="thread_local")
-
-    def describe(self) -> dict[str, Any]:
-        info = super().describe()
-        if self.is_available():
-            info["device_name"] = torch.cuda.get_device_name(self._current())
-        return info

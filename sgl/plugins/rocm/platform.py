@@ -2,28 +2,24 @@
 
 What is AMD's lives here and in ``arch.py``: probing (``torch.version.hip``), capabilities and the FP8 encoding from the
 gfx architecture, and the choice between AMD's aiter kernels and the portable Triton ones. Memory, graphs (HIP graphs
-behind ``torch.cuda.CUDAGraph``) and streams are the ``torch.cuda`` calls; RCCL answers to the ``nccl`` backend name.
+behind ``torch.cuda.CUDAGraph``) and streams are the ``torch.cuda`` calls of ``sgl.plugins.torch_device``; RCCL answers
+to the ``nccl`` backend name.
 """
 
 from __future__ import annotations
 
-import contextlib
 import functools
-import importlib.util
 import logging
-from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar
 
 import torch
 
 from sgl.core.env import EnvVar
-from sgl.core.ops.table import Ops, reference_ops
-from sgl.core.platform import Capabilities, Platform
+from sgl.core.ops.table import Ops
+from sgl.core.platform import Capabilities, ProbedCapabilities
 from sgl.plugins.rocm.arch import AiterProbe, current_arch, fp8_dtype_for, probe_aiter
-
-if TYPE_CHECKING:
-    from sgl.core.attention.base import AttentionBackend
-    from sgl.core.model.linear_method import LinearMethod
+from sgl.plugins.torch_device import TorchCudaPlatform
+from sgl.plugins.triton_platform import PortableTritonPlatform, has_triton
 
 logger = logging.getLogger(__name__)
 
@@ -37,10 +33,6 @@ _STATIC = Capabilities(
     triton=False, graph_capture=True, overlap_schedule=True, fp8=False, fp4=False, bf16=True,
     pinned_memory=True, streams=True,
 )
-
-
-def _has_triton() -> bool:
-    return importlib.util.find_spec("triton") is not None
 
 
 def capabilities_for(arch: str, triton: bool) -> Capabilities:
@@ -61,14 +53,7 @@ def capabilities_for(arch: str, triton: bool) -> Capabilities:
 def _probe_capabilities() -> Capabilities:
     if not RocmPlatform.is_available():
         return _STATIC
-    return capabilities_for(current_arch(), _has_triton())
-
-
-class _DeviceCapabilities:
-    """Descriptor: capabilities of device 0, probed on first read (that read initialises HIP), never at import."""
-
-    def __get__(self, obj: object, owner: type | None = None) -> Capabilities:
-        return _probe_capabilities()
+    return capabilities_for(current_arch(), has_triton())
 
 
 @functools.lru_cache(maxsize=None)
@@ -83,16 +68,13 @@ def _aiter() -> AiterProbe:
     return probe
 
 
-class RocmPlatform(Platform):
+class RocmPlatform(PortableTritonPlatform, TorchCudaPlatform):
     name: ClassVar[str] = "rocm"
     device_type: ClassVar[str] = "cuda"  # NOTE: a HIP build of torch names AMD GPUs "cuda"
     dist_backend: ClassVar[str] = "nccl"  # NOTE: RCCL, under the name torch.distributed knows it by
-    capabilities: ClassVar[Capabilities] = _DeviceCapabilities()  # type: ignore[assignment]
+    capabilities: ClassVar[Capabilities] = ProbedCapabilities(lambda: _probe_capabilities())  # type: ignore[assignment]
     probe_priority: ClassVar[int] = 20
     verified_on_hardware: ClassVar[bool] = False
-
-    def __init__(self) -> None:
-        self._index: int | None = None
 
     # identity -----------------------------------------------------------------------------------------------
     @classmethod
@@ -107,43 +89,16 @@ class RocmPlatform(Platform):
             return "no AMD GPU is visible to torch"
         return None
 
-    def set_device(self, index: int) -> None:
-        torch.cuda.set_device(index)
-        self._index = index
-
-    def _current(self) -> int:
-        return self._index if self._index is not None else torch.cuda.current_device()
-
     def fp8_dtype(self) -> torch.dtype:
         """float8_e4m3fnuz on MI300 (gfx942), float8_e4m3fn on MI350 (gfx950); the OCP encoding elsewhere."""
         if not self.is_available():
             return torch.float8_e4m3fn
         return fp8_dtype_for(current_arch()) or torch.float8_e4m3fn
 
-    # memory -------------------------------------------------------------------------------------------------
-    def total_memory(self) -> int:
-        return int(torch.cuda.mem_get_info(self._current())[1])
-
-    def free_memory(self) -> int:
-        return int(torch.cuda.mem_get_info(self._current())[0])
-
-    def synchronize(self) -> None:
-        torch.cuda.synchronize()
-
-    def empty_cache(self) -> None:
-        torch.cuda.empty_cache()
-
-    def manual_seed(self, seed: int) -> None:
-        torch.manual_seed(seed)
-        torch.cuda.manual_seed_all(seed)
-
-    def new_event(self) -> Any:
-        return torch.cuda.Event()
-
     # factories ----------------------------------------------------------------------------------------------
     def default_attention_backend(self) -> str:
         """aiter where AMD's kernels run on this GPU, else the portable Triton backend; the log says which and why."""
-        if not _has_triton():
+        if not has_triton():
             _log_once("triton is not installed: attention runs on the torch_native backend (pip install 'sgl[rocm]')")
             return "torch_native"
         probe = _aiter()
@@ -152,72 +107,18 @@ class RocmPlatform(Platform):
         _log_once(f"rocm: attention runs on the portable triton backend: {probe.why}")
         return "triton"
 
-    def attention_backend(self, name: str, runner: Any) -> AttentionBackend:
-        # NOTE: the portable Triton backend is sgl's own (sgl.kernels), not another vendor plugin's: build it directly,
-        # so the rocm platform works whether or not the cuda plugin registered the name.
-        if name == "triton":
-            from sgl.kernels.attention_backend import TritonAttnBackend
-
-            return TritonAttnBackend(runner)
-        return super().attention_backend(name, runner)
-
-    def linear_method(self, quant_config: Any = None) -> LinearMethod:
-        if quant_config is not None or not _has_triton():
-            return super().linear_method(quant_config)
-        from sgl.kernels.linear_method import SkinnyLinearMethod
-
-        return SkinnyLinearMethod()
-
     def ops(self) -> Ops:
-        """Triton norms, rope and activations; aiter's RMSNorm (plain and fused with the residual add) where aiter
-        runs here."""
-        if not _has_triton():
-            _log_once("triton is not installed: norms, rope and activations run as torch reference ops")
-            return reference_ops()
-        from sgl import kernels
-
-        ops = kernels.portable_ops()
-        if _aiter().usable:
+        """The portable op table; aiter's RMSNorm (plain and fused with the residual add) where aiter runs here."""
+        ops = super().ops()
+        if has_triton() and _aiter().usable:
             from sgl.plugins.rocm import aiter_ops
 
             ops = ops.replace(rms_norm=aiter_ops.rms_norm, add_rms_norm=aiter_ops.add_rms_norm)
         return ops
 
-    def graph_runner(self, runner: Any) -> Any:
-        if not _has_triton():
-            _log_once("triton is not installed: decode graphs are off (pip install 'sgl[rocm]')")
-            return None
-        from sgl.kernels.graph_runner import graph_runner_for
-
-        return graph_runner_for(runner, self)
-
-    # graphs and streams: HIP graphs and streams behind the torch.cuda names ---------------------------------
-    def new_graph(self) -> Any:
-        return torch.cuda.CUDAGraph()
-
-    def graph_pool(self) -> Any:
-        return torch.cuda.graph_pool_handle()
-
-    def new_stream(self) -> Any:
-        return torch.cuda.Stream()
-
-    @contextlib.contextmanager
-    def stream_context(self, stream: Any) -> Iterator[None]:
-        current = torch.cuda.current_stream()
-        stream.wait_stream(current)
-        with torch.cuda.stream(stream):
-            yield
-        current.wait_stream(stream)
-
-    def graph_capture(self, graph: Any, pool: Any, stream: Any) -> contextlib.AbstractContextManager[Any]:
-        # NOTE: thread_local: the engine's other threads (tokenizer, event loop) may touch the device while a
-        # capture runs; only this thread's forbidden calls can spoil it
-        return torch.cuda.graph(graph, pool=pool, stream=stream, capture_error_mode="thread_local")
-
     def describe(self) -> dict[str, Any]:
         info = super().describe()
         if self.is_available():
-            info["device_name"] = torch.cuda.get_device_name(self._current())
             info["arch"] = current_arch() or "(not reported)"
             info["fp8_dtype"] = str(self.fp8_dtype()).replace("torch.", "")
             info["aiter"] = _aiter().why

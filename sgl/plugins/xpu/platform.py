@@ -7,66 +7,45 @@ backend ships with PyTorch's XPU wheels as ``pytorch-triton-xpu``, importable as
 
 from __future__ import annotations
 
-import contextlib
-import functools
-import importlib.util
-import logging
-from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar
 
 import torch
 
-from sgl.core.ops.table import Ops, reference_ops
-from sgl.core.platform import Capabilities, Platform
-
-if TYPE_CHECKING:
-    from sgl.core.attention.base import AttentionBackend
-    from sgl.core.model.linear_method import LinearMethod
-
-logger = logging.getLogger(__name__)
+from sgl.core.platform import Capabilities, ProbedCapabilities
+from sgl.plugins.torch_device import TorchDevicePlatform, has_graphs
+from sgl.plugins.triton_platform import PortableTritonPlatform, has_triton
 
 
 def _xpu() -> Any:
     return getattr(torch, "xpu", None)
 
 
-def _has_triton() -> bool:
-    return importlib.util.find_spec("triton") is not None
-
-
 def has_xpu_graphs() -> bool:
-    xpu = _xpu()
-    return xpu is not None and hasattr(xpu, "XPUGraph") and hasattr(xpu, "graph")
+    return has_graphs(_xpu(), "XPUGraph")
 
 
 def capabilities_now() -> Capabilities:
     """No FP8 matmuls claimed: none of sgl's kernels has run on an Intel GPU's FP8 path."""
     return Capabilities(
-        triton=_has_triton(), graph_capture=has_xpu_graphs(), overlap_schedule=True, fp8=False, fp4=False,
+        triton=has_triton(), graph_capture=has_xpu_graphs(), overlap_schedule=True, fp8=False, fp4=False,
         bf16=True, pinned_memory=True, streams=True,
     )
 
 
-class _Capabilities:
-    def __get__(self, obj: object, owner: type | None = None) -> Capabilities:
-        return capabilities_now()
-
-
-@functools.lru_cache(maxsize=None)
-def _log_once(message: str) -> None:
-    logger.warning(message)
-
-
-class XpuPlatform(Platform):
+class XpuPlatform(PortableTritonPlatform, TorchDevicePlatform):
     name: ClassVar[str] = "xpu"
     device_type: ClassVar[str] = "xpu"
     dist_backend: ClassVar[str] = "xccl"
-    capabilities: ClassVar[Capabilities] = _Capabilities()  # type: ignore[assignment]
+    capabilities: ClassVar[Capabilities] = ProbedCapabilities(capabilities_now)  # type: ignore[assignment]
     probe_priority: ClassVar[int] = 40
     verified_on_hardware: ClassVar[bool] = False
 
-    def __init__(self) -> None:
-        self._index: int | None = None
+    graph_class: ClassVar[str] = "XPUGraph"
+    no_graphs_reason: ClassVar[str] = "this PyTorch build has no XPU graphs"
+
+    @classmethod
+    def device_module(cls) -> Any:
+        return _xpu()
 
     @classmethod
     def is_available(cls) -> bool:
@@ -84,13 +63,6 @@ class XpuPlatform(Platform):
             return "no Intel GPU is visible to torch.xpu"
         return None
 
-    def set_device(self, index: int) -> None:
-        _xpu().set_device(index)
-        self._index = index
-
-    def _current(self) -> int:
-        return self._index if self._index is not None else int(_xpu().current_device())
-
     # memory -------------------------------------------------------------------------------------------------
     def total_memory(self) -> int:
         return int(_xpu().get_device_properties(self._current()).total_memory)
@@ -100,84 +72,3 @@ class XpuPlatform(Platform):
         if hasattr(xpu, "mem_get_info"):
             return int(xpu.mem_get_info(index)[0])
         return self.total_memory() - int(xpu.memory_reserved(index))
-
-    def synchronize(self) -> None:
-        _xpu().synchronize()
-
-    def empty_cache(self) -> None:
-        _xpu().empty_cache()
-
-    def manual_seed(self, seed: int) -> None:
-        torch.manual_seed(seed)
-        _xpu().manual_seed_all(seed)
-
-    def new_event(self) -> Any:
-        return _xpu().Event()
-
-    # factories ----------------------------------------------------------------------------------------------
-    def default_attention_backend(self) -> str:
-        if _has_triton():
-            return "triton"
-        _log_once("triton is not installed: attention runs on the torch_native backend (pip install 'sgl[xpu]')")
-        return "torch_native"
-
-    def attention_backend(self, name: str, runner: Any) -> AttentionBackend:
-        # NOTE: the portable Triton backend is sgl's own (sgl.kernels): built directly, not through another vendor.
-        if name == "triton":
-            from sgl.kernels.attention_backend import TritonAttnBackend
-
-            return TritonAttnBackend(runner)
-        return super().attention_backend(name, runner)
-
-    def linear_method(self, quant_config: Any = None) -> LinearMethod:
-        if quant_config is not None or not _has_triton():
-            return super().linear_method(quant_config)
-        from sgl.kernels.linear_method import SkinnyLinearMethod
-
-        return SkinnyLinearMethod()
-
-    def ops(self) -> Ops:
-        if not _has_triton():
-            _log_once("triton is not installed: norms, rope and activations run as torch reference ops")
-            return reference_ops()
-        from sgl import kernels
-
-        return kernels.portable_ops()
-
-    def graph_runner(self, runner: Any) -> Any:
-        if not _has_triton():
-            _log_once("triton is not installed: decode graphs are off (pip install 'sgl[xpu]')")
-            return None
-        from sgl.kernels.graph_runner import graph_runner_for
-
-        return graph_runner_for(runner, self)  # NOTE: it logs and returns None where XPU graphs are missing
-
-    # graphs and streams -------------------------------------------------------------------------------------
-    def new_graph(self) -> Any:
-        return _xpu().XPUGraph() if has_xpu_graphs() else None
-
-    def graph_pool(self) -> Any:
-        return _xpu().graph_pool_handle() if has_xpu_graphs() else None
-
-    def new_stream(self) -> Any:
-        return _xpu().Stream()
-
-    @contextlib.contextmanager
-    def stream_context(self, stream: Any) -> Iterator[None]:
-        xpu = _xpu()
-        current = xpu.current_stream()
-        stream.wait_stream(current)
-        with xpu.stream(stream):
-            yield
-        current.wait_stream(stream)
-
-    def graph_capture(self, graph: Any, pool: Any, stream: Any) -> contextlib.AbstractContextManager[Any]:
-        if not has_xpu_graphs():
-            raise NotImplementedError("this PyTorch build has no XPU graphs")
-        return _xpu().graph(graph, pool=pool, stream=stream)  # type: ignore[no-any-return]
-
-    def describe(self) -> dict[str, Any]:
-        info = super().describe()
-        if self.is_available():
-            info["device_name"] = _xpu().get_device_name(self._current())
-        return info
