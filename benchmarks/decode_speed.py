@@ -63,12 +63,23 @@ def batch1_decode_tok_s(engine: sgl.Engine, new_tokens: int = 256, **generate_kw
 
 
 def engine_overrides(argv: list[str]) -> dict[str, object]:
-    """The ``--set KEY=VALUE`` pairs of ``argv`` as engine keywords (ints, floats and true/false parsed)."""
+    """The ``--set KEY=VALUE`` pairs of ``argv`` as engine keywords (ints, floats and true/false parsed); a key
+    ``PLUGIN.FIELD`` (``--set cuda.pdl=true``) is that plugin's option, gathered into ``plugin_args``."""
     out: dict[str, object] = {}
+    by_plugin: dict[str, dict[str, object]] = {}
     for i, a in enumerate(argv[:-1]):
         if a == "--set":
             key, _, raw = argv[i + 1].partition("=")
-            out[key.replace("-", "_")] = _literal(raw)
+            plugin, dot, field = key.partition(".")
+            if dot:
+                by_plugin.setdefault(plugin, {})[field.replace("-", "_")] = _literal(raw)
+            else:
+                out[key.replace("-", "_")] = _literal(raw)
+    if by_plugin:
+        from sgl.core.plugins import get_plugins
+
+        options = get_plugins().server_args
+        out["plugin_args"] = {name: options.get(name)(**kw) for name, kw in by_plugin.items()}
     return out
 
 
@@ -109,4 +120,5 @@ if __name__ == "__main__":
         variants = {only: variants[only]}
     for name in names:
         for label, kw in variants.items():
-            print(json.dumps({"model": name, "variant": label, **extra, **run(name, **kw, **extra)}), flush=True)
+            row = {"model": name, "variant": label, **extra, **run(name, **kw, **extra)}
+            print(json.dumps(row, default=str), flush=True)

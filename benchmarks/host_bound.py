@@ -89,7 +89,7 @@ def main(names: list[str], steps: list[int], tokens: int, extra: dict[str, objec
                 "model": name, "num_continuous_decode_steps": k, **extra, "tok_s": round(statistics.median(quiet), 1),
                 "tok_s_slowed_host": round(statistics.median(slowed), 1), "runs": [round(x, 1) for x in quiet],
                 "runs_slowed": [round(x, 1) for x in slowed], "device_busy": busy,
-            }), flush=True)
+            }, default=str), flush=True)
 
 
 if __name__ == "__main__":

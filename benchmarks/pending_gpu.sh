@@ -3,6 +3,8 @@
 # device tool's 10-minute command). Logs under ${OUT:-/tmp/sgl-bench}. Stages, in the order to run them:
 #   kernels     why layer fusion is slower (H100, 2026-12-06: Llama-3.1-8B 166.2 -> 134.1 tok/s): device time per
 #               kernel per layer and a graph-replayed layer, fused and unfused
+#   pdl         --cuda-pdl (programmatic dependent launch, not run yet): tests/gpu/test_pdl_gpu.py, then host_bound
+#               off / on (device busy at batch 1 is the figure it is for)
 #   tests       tests/gpu: the modules not run on 2026-12-06 (that lease ran layer fusion: 34/35, MoE: 37/40, both
 #               failures test-side and fixed), then the fixed cases
 #   moe-bw      the fused MoE kernels' batch-1 bandwidth at Qwen3-30B-A3B / DeepSeek-V3 shapes (bf16, FP8, int4)
@@ -23,6 +25,13 @@ for stage in "$@"; do
     kernels)
       timeout 300 python3 -m benchmarks.kernels_per_layer llama-3.1-8b qwen3-0.6b --profile 2>&1 | grep -v Warn \
         | tee "$out/kernels.log" ;;
+    pdl)
+      timeout 300 python3 -m pytest -q -p no:cacheprovider tests/gpu/test_pdl_gpu.py 2>&1 | tail -15 \
+        | tee "$out/pdl-tests.log"
+      for on in false true; do
+        timeout 240 python3 -m benchmarks.host_bound qwen3-0.6b llama-3.1-8b --steps 1 --set cuda.pdl=$on 2>&1 \
+          | json | tee -a "$out/pdl.jsonl"
+      done ;;
     tests)
       timeout 580 python3 -m pytest -q -p no:cacheprovider tests/gpu/test_speculative_gpu.py tests/gpu/test_engine_gpu.py \
         tests/gpu/test_kernels_gpu.py tests/gpu/test_lora_gpu.py tests/gpu/test_quant_gpu.py \
@@ -60,6 +69,6 @@ for stage in "$@"; do
         | tee -a "$out/moe.jsonl"
       timeout 300 python3 benchmarks/decode_speed.py qwen3-30b-a3b --variant graphs+overlap 2>&1 | json \
         | tee -a "$out/moe.jsonl" ;;
-    *) echo "unknown stage $stage (kernels tests moe-bw moe serve spec itl fusion fusion-host)" ;;
+    *) echo "unknown stage $stage (kernels pdl tests moe-bw moe serve spec itl fusion fusion-host)" ;;
   esac
 done

@@ -7,6 +7,7 @@ import triton
 import triton.language as tl
 
 from sgl.kernels._common import block_size, elementwise_warps, rows_2d
+from sgl.kernels.pdl import launch_options, wait_for_previous
 
 _MAX_BLOCK = 1024
 
@@ -35,7 +36,9 @@ def _gated_kernel(
     d,
     GELU_TANH: tl.constexpr,
     BLOCK: tl.constexpr,
+    USE_PDL: tl.constexpr,
 ):
+    wait_for_previous(USE_PDL)
     row = tl.program_id(0).to(tl.int64)
     cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
     mask = cols < d
@@ -53,7 +56,7 @@ def _launch(x: torch.Tensor, gelu_tanh: bool) -> torch.Tensor:
         grid = (x2.shape[0], triton.cdiv(d, block))
         _gated_kernel[grid](
             x2, out, x2.stride(0), out.stride(0), d,
-            GELU_TANH=gelu_tanh, BLOCK=block, num_warps=elementwise_warps(block),
+            GELU_TANH=gelu_tanh, BLOCK=block, num_warps=elementwise_warps(block), **launch_options(x2),
         )
     return out.view(*x.shape[:-1], d)
 

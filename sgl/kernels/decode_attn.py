@@ -19,6 +19,7 @@ import triton.language as tl
 
 from sgl.kernels._common import block_size, dot_precision, fp8_kv_as_fp16, sm_count, upcast_dot
 from sgl.kernels._flash import attend_block
+from sgl.kernels.pdl import launch_options, wait_for_previous
 
 _LOG2E = 1.4426950408889634
 
@@ -53,10 +54,11 @@ def _decode_partial_kernel(
     o_ptr, tickets_ptr, stride_ob, stride_oh, n_kv_heads,
     BLOCK_H: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
     UPCAST: tl.constexpr, PRECISION: tl.constexpr, KV_FP16: tl.constexpr,
-    MERGE: tl.constexpr, MAX_SPLITS: tl.constexpr, BLOCK_S: tl.constexpr,
+    MERGE: tl.constexpr, MAX_SPLITS: tl.constexpr, BLOCK_S: tl.constexpr, USE_PDL: tl.constexpr,
 ):
     """MERGE: the split of (request, kv head) that finishes last (a ticket each, reset by it) merges the group's heads
     with the merge kernel's own code, so stage 2 needs no launch of its own."""
+    wait_for_previous(USE_PDL)
     b = tl.program_id(0)
     kvh = tl.program_id(1)
     split = tl.program_id(2)
@@ -147,8 +149,9 @@ def _decode_merge_kernel(
     stride_plb, stride_plh,
     stride_ob, stride_oh,
     v_head_dim,
-    BLOCK_S: tl.constexpr, BLOCK_DV: tl.constexpr,
+    BLOCK_S: tl.constexpr, BLOCK_DV: tl.constexpr, USE_PDL: tl.constexpr,
 ):
+    wait_for_previous(USE_PDL)
     b = tl.program_id(0)
     h = tl.program_id(1)
     n_splits = tl.load(splits_ptr + b).to(tl.int32)
@@ -256,7 +259,7 @@ def decode_attention(
         BLOCK_H=block_h, BLOCK_N=block_n, BLOCK_D=block_size(head_dim), BLOCK_DV=block_size(v_head_dim),
         UPCAST=upcast_dot(q), PRECISION=dot_precision(q), KV_FP16=fp8_as_fp16,
         MERGE=merge, MAX_SPLITS=ws.max_kv_splits, BLOCK_S=block_size(ws.max_kv_splits),
-        num_warps=num_warps, num_stages=num_stages,
+        num_warps=num_warps, num_stages=num_stages, **launch_options(q),
     )
     if merge:
         return out
@@ -266,6 +269,6 @@ def decode_attention(
         plse.stride(0), plse.stride(1),
         out.stride(0), out.stride(1),
         v_head_dim,
-        BLOCK_S=block_size(ws.max_kv_splits), BLOCK_DV=block_size(v_head_dim), num_warps=4,
+        BLOCK_S=block_size(ws.max_kv_splits), BLOCK_DV=block_size(v_head_dim), num_warps=4, **launch_options(q),
     )
     return out

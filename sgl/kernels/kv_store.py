@@ -7,6 +7,7 @@ import triton
 import triton.language as tl
 
 from sgl.kernels._common import block_size, elementwise_warps
+from sgl.kernels.pdl import launch_options, wait_for_previous
 
 
 @triton.jit
@@ -26,7 +27,9 @@ def _store_kv_kernel(
     BLOCK_K: tl.constexpr,
     BLOCK_V: tl.constexpr,
     SATURATE: tl.constexpr,
+    USE_PDL: tl.constexpr,
 ):
+    wait_for_previous(USE_PDL)
     t = tl.program_id(0).to(tl.int64)
     slot = tl.load(loc_ptr + t).to(tl.int64)
     ck = tl.arange(0, BLOCK_K)
@@ -85,4 +88,5 @@ def store_kv(
         k2.stride(0), v2.stride(0), k_buffer.stride(0), v_buffer.stride(0),
         k_width, v_width, float(torch.finfo(k_buffer.dtype).max) if saturate else 0.0,
         BLOCK_K=block_k, BLOCK_V=block_v, SATURATE=saturate, num_warps=elementwise_warps(max(block_k, block_v)),
+        **launch_options(k2),
     )

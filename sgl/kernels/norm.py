@@ -7,6 +7,7 @@ import triton
 import triton.language as tl
 
 from sgl.kernels._common import block_size, elementwise_warps, rows_2d
+from sgl.kernels.pdl import launch_options, wait_for_previous
 
 
 @triton.jit
@@ -24,7 +25,9 @@ def _rms_norm_kernel(
     eps,
     HAS_RESIDUAL: tl.constexpr,
     BLOCK: tl.constexpr,
+    USE_PDL: tl.constexpr,
 ):
+    wait_for_previous(USE_PDL)
     row = tl.program_id(0).to(tl.int64)
     cols = tl.arange(0, BLOCK)
     mask = cols < n_cols
@@ -62,6 +65,7 @@ def _launch(
             x2.stride(0), r2.stride(0), out.stride(0), summed.stride(0),
             n, float(eps),
             HAS_RESIDUAL=residual is not None, BLOCK=block, num_warps=elementwise_warps(block),
+            **launch_options(x2),
         )
     return out.view(shape), summed.view(shape) if residual is not None else None
 

@@ -16,6 +16,7 @@ import triton
 import triton.language as tl
 
 from sgl.kernels._common import block_size, elementwise_warps
+from sgl.kernels.pdl import launch_options, wait_for_previous
 
 _FP8 = (torch.float8_e4m3fn, torch.float8_e4m3fnuz, torch.float8_e5m2)
 
@@ -82,8 +83,9 @@ def _qk_norm_rope_store_kernel(
     stride_qkv, stride_qo, stride_cache, stride_kslot, stride_khead, stride_vslot, stride_vhead,
     n_q_heads, n_kv_heads, head_dim, half, eps, kv_max,
     HAS_NORM: tl.constexpr, IS_NEOX: tl.constexpr, SATURATE: tl.constexpr,
-    BLOCK_D: tl.constexpr, BLOCK_HALF: tl.constexpr, BLOCK_PASS: tl.constexpr,
+    BLOCK_D: tl.constexpr, BLOCK_HALF: tl.constexpr, BLOCK_PASS: tl.constexpr, USE_PDL: tl.constexpr,
 ):
+    wait_for_previous(USE_PDL)
     t = tl.program_id(0).to(tl.int64)
     h = tl.program_id(1)
     pos = tl.load(pos_ptr + t).to(tl.int64)
@@ -157,6 +159,6 @@ def qk_norm_rope_store_kv(
         float(torch.finfo(k_buffer.dtype).max) if saturate else 0.0,
         HAS_NORM=has_norm, IS_NEOX=is_neox, SATURATE=saturate,
         BLOCK_D=block_d, BLOCK_HALF=block_size(half), BLOCK_PASS=block_size(n_pass) if n_pass else 0,
-        num_warps=elementwise_warps(block_d),
+        num_warps=elementwise_warps(block_d), **launch_options(qkv),
     )
     return q

@@ -7,6 +7,7 @@ import triton
 import triton.language as tl
 
 from sgl.kernels._common import block_size, rows_2d
+from sgl.kernels.pdl import launch_options, wait_for_previous
 
 
 @triton.jit
@@ -69,7 +70,9 @@ def _rotary_kernel(
     BLOCK_HK: tl.constexpr,
     BLOCK_HALF: tl.constexpr,
     BLOCK_PASS: tl.constexpr,
+    USE_PDL: tl.constexpr,
 ):
+    wait_for_previous(USE_PDL)
     t = tl.program_id(0).to(tl.int64)
     pos = tl.load(pos_ptr + t).to(tl.int64)
     d = tl.arange(0, BLOCK_HALF)[None, :]
@@ -109,6 +112,6 @@ def rotary_embedding(
             n_q_heads, n_k_heads, head_dim, half,
             IS_NEOX=is_neox, BLOCK_HQ=block_size(n_q_heads), BLOCK_HK=block_size(n_k_heads),
             BLOCK_HALF=block_size(half), BLOCK_PASS=block_size(n_pass) if n_pass else 0,
-            num_warps=4,
+            num_warps=4, **launch_options(q2),
         )
     return q_out.view(q.shape), k_out.view(k.shape)

@@ -18,6 +18,7 @@ import triton.language as tl
 
 from sgl.kernels._common import sm_count, upcast_dot
 from sgl.kernels.activation import gated_act
+from sgl.kernels.pdl import launch_options, wait_for_previous
 
 MAX_ROWS = 16  # x rows the kernel takes; larger batches go to the vendor GEMM
 
@@ -37,7 +38,7 @@ def _skinny_gemm_kernel(
     stride_xm, stride_wn, stride_os, stride_om, stride_ym,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, UPCAST: tl.constexpr,
     HAS_BIAS: tl.constexpr, GATED: tl.constexpr, GELU_TANH: tl.constexpr,
-    SPLIT_K: tl.constexpr, REDUCE: tl.constexpr, REDUCE_BIAS: tl.constexpr,
+    SPLIT_K: tl.constexpr, REDUCE: tl.constexpr, REDUCE_BIAS: tl.constexpr, USE_PDL: tl.constexpr,
 ):
     """Writes split ``program_id(1)``'s fp32 partial, or (one split) the finished y with its bias.
 
@@ -46,6 +47,7 @@ def _skinny_gemm_kernel(
     REDUCE: the split that finishes a column tile last (a ticket per tile, ``tickets_ptr``) sums the tile's partials
     into y in split order, as ``_sum_splits_kernel`` would, and resets the ticket: no second launch.
     """
+    wait_for_previous(USE_PDL)
     pid_n = tl.program_id(0)
     split = tl.program_id(1)
     rows = tl.arange(0, BLOCK_M)
@@ -92,8 +94,9 @@ def _skinny_gemm_kernel(
 @triton.jit
 def _sum_splits_kernel(
     part_ptr, bias_ptr, y_ptr, N, stride_ps, stride_pm, stride_ym,
-    SPLIT_K: tl.constexpr, BLOCK: tl.constexpr, HAS_BIAS: tl.constexpr,
+    SPLIT_K: tl.constexpr, BLOCK: tl.constexpr, HAS_BIAS: tl.constexpr, USE_PDL: tl.constexpr,
 ):
+    wait_for_previous(USE_PDL)
     m = tl.program_id(0)
     cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
     cmask = cols < N
@@ -133,6 +136,7 @@ def sum_splits(parts: SplitOutput, y: torch.Tensor, bias: torch.Tensor | None) -
         _sum_splits_kernel[(m, triton.cdiv(n, block))](
             parts.out, bias if bias is not None else parts.out, y, n, parts.out.stride(0), parts.out.stride(1),
             y.stride(0), SPLIT_K=split_k, BLOCK=block, HAS_BIAS=bias is not None, num_warps=4,
+            **launch_options(y),
         )
     return y
 
@@ -204,6 +208,6 @@ def skinny_gemm(
         BLOCK_M=MAX_ROWS, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, UPCAST=upcast_dot(x),
         HAS_BIAS=parts.direct and bias is not None, GATED=gated is not None, GELU_TANH=gated == "gelu_tanh",
         SPLIT_K=cfg.split_k, REDUCE=reduce, REDUCE_BIAS=reduce and bias is not None,
-        num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+        num_warps=cfg.num_warps, num_stages=cfg.num_stages, **launch_options(x),
     )
     return y if reduce else sum_splits(parts, y, bias)

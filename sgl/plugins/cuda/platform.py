@@ -16,6 +16,8 @@ import torch
 
 from sgl.core.ops.table import Ops, reference_ops
 from sgl.core.platform import Capabilities, ProbedCapabilities
+from sgl.core.plugin_options import plugin_args
+from sgl.plugins.cuda.args import CudaArgs
 from sgl.plugins.torch_device import TorchCudaPlatform
 
 if TYPE_CHECKING:
@@ -55,6 +57,18 @@ def _probe_capabilities() -> Capabilities:
 @functools.lru_cache(maxsize=1)
 def _log_once(message: str) -> None:
     logger.warning(message)
+
+
+def configure_pdl(server_args: Any, pdl: Any) -> None:
+    """``--cuda-pdl`` into ``sgl.kernels.pdl``'s process-wide launch policy, before the decode graphs are captured
+    (the captured launches keep it); a device that cannot launch dependents is logged and keeps plain launches."""
+    on = plugin_args(server_args, CudaArgs).pdl
+    if on and not pdl.supported(torch.device("cuda", torch.cuda.current_device())):
+        logger.warning("--cuda-pdl: this GPU cannot launch dependent kernels (needs compute capability 9.0+); "
+                       "kernels launch as usual")
+    elif on:
+        logger.info("--cuda-pdl: the decode-path kernels launch as programmatic dependents")
+    pdl.configure(on)
 
 
 class CudaPlatform(TorchCudaPlatform):
@@ -129,6 +143,8 @@ class CudaPlatform(TorchCudaPlatform):
         if not _has_triton():
             _log_once("triton is not installed: decode graphs are off (pip install 'sgl[cuda]')")
             return None
+        from sgl.kernels import pdl
         from sgl.kernels.graph_runner import graph_runner_for
 
+        configure_pdl(runner.args, pdl)
         return graph_runner_for(runner, self)

@@ -1,0 +1,93 @@
+"""Programmatic dependent launch: the launch policy (on only where asked and where the device can), the CUDA
+plugin's ``--cuda-pdl`` option and its refusals. The kernels' PDL path itself needs an sm90+ GPU:
+tests/gpu/test_pdl_gpu.py. Under the interpreter every kernel runs its ``USE_PDL=False`` variant, which the kernel
+tests cover."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from sgl.core.config import ServerArgs
+from sgl.kernels import pdl
+from sgl.plugins.cuda import plugin as cuda_plugin
+from sgl.plugins.cuda.args import CudaArgs
+from sgl.plugins.cuda.platform import configure_pdl
+
+
+@pytest.fixture(autouse=True)
+def _policy_restored() -> Iterator[None]:
+    before = pdl.enabled()
+    yield
+    pdl.configure(before)
+
+
+def _on_a_hopper(monkeypatch: pytest.MonkeyPatch, capable: bool = True) -> None:
+    """A stand-in for an sm90+ CUDA device (no GPU here): the capability probe answers ``capable``."""
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    monkeypatch.setattr(pdl, "_device_supports", lambda index: capable)
+
+
+CUDA0 = SimpleNamespace(device=torch.device("cuda", 0))  # what launch_options reads of a tensor
+
+
+def test_off_by_default_and_plain_launches_when_off(monkeypatch: pytest.MonkeyPatch) -> None:
+    _on_a_hopper(monkeypatch)
+    pdl.configure(False)
+    assert pdl.launch_options(CUDA0) == {"USE_PDL": False}  # type: ignore[arg-type]
+    assert ServerArgs().plugin_args.get("cuda") is None and not CudaArgs().pdl
+
+
+def test_on_where_asked_and_the_device_can(monkeypatch: pytest.MonkeyPatch) -> None:
+    _on_a_hopper(monkeypatch)
+    pdl.configure(True)
+    assert pdl.launch_options(CUDA0) == {"USE_PDL": True, "launch_pdl": True}  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("where", ["cpu", "interpreter", "older gpu"])
+def test_plain_launches_where_the_device_cannot(monkeypatch: pytest.MonkeyPatch, where: str) -> None:
+    _on_a_hopper(monkeypatch, capable=where != "older gpu")
+    pdl.configure(True)
+    t: object = CUDA0
+    if where == "cpu":
+        t = torch.zeros(1)
+    if where == "interpreter":
+        monkeypatch.setenv("TRITON_INTERPRET", "1")
+    assert pdl.launch_options(t) == {"USE_PDL": False}  # type: ignore[arg-type]
+
+
+def test_the_platform_sets_the_policy_from_the_option(monkeypatch: pytest.MonkeyPatch) -> None:
+    _on_a_hopper(monkeypatch)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    configure_pdl(ServerArgs(plugin_args={"cuda": CudaArgs(pdl=True)}), pdl)
+    assert pdl.enabled()
+    configure_pdl(ServerArgs(), pdl)
+    assert not pdl.enabled()
+
+
+def test_an_older_gpu_is_logged_and_keeps_plain_launches(monkeypatch: pytest.MonkeyPatch,
+                                                        caplog: pytest.LogCaptureFixture) -> None:
+    _on_a_hopper(monkeypatch, capable=False)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    configure_pdl(ServerArgs(plugin_args={"cuda": CudaArgs(pdl=True)}), pdl)
+    assert "cannot launch dependent kernels" in caplog.text
+    assert pdl.launch_options(CUDA0) == {"USE_PDL": False}  # type: ignore[arg-type]
+
+
+def test_refused_where_it_would_change_nothing() -> None:
+    on = {"cuda": CudaArgs(pdl=True)}
+    with pytest.raises(ValueError, match="--cuda-pdl applies to the decode graphs"):
+        cuda_plugin.sgl_startup_check(ServerArgs(plugin_args=on, disable_cuda_graph=True))
+    with pytest.raises(ValueError, match="--cuda-pdl needs the cuda backend; this run is on 'cpu'"):
+        cuda_plugin.sgl_startup_check(ServerArgs(plugin_args=on, backend="cpu"))
+    cuda_plugin.sgl_startup_check(ServerArgs(backend="cpu"))  # off: nothing to check
+
+
+def test_the_option_is_a_cli_flag_of_the_cuda_plugin() -> None:
+    from sgl.plugin_args import plugin_groups
+
+    groups = {g.plugin: g for g in plugin_groups()}
+    assert [o.flag for _, o in groups["cuda"].options] == ["--cuda-pdl"]
