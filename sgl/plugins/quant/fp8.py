@@ -17,8 +17,9 @@ import torch
 
 from sgl.core.quant.base import QuantizationMethod
 from sgl.plugins.quant.checks import refuse_ignored_linears, require_float8
-from sgl.plugins.quant.fp8_linear import Fp8LinearMethod, Fp8Scheme, fast_fp8_linear_method
-from sgl.plugins.quant.fp8_moe import Fp8MoEMethod, fast_fp8_moe_method
+from sgl.plugins.quant.fp8_linear import Fp8LinearMethod, Fp8Scheme
+from sgl.plugins.quant.fp8_moe import Fp8MoEMethod
+from sgl.plugins.quant.kernel_methods import fast_fp8_linear_method, fast_fp8_moe_method
 
 if TYPE_CHECKING:
     from sgl.core.model.linear_method import LinearMethod

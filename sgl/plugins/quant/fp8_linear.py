@@ -4,7 +4,7 @@ emulating the scaled FP8 GEMM (activations rounded through e4m3 as the device ke
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal, cast
+from typing import Literal, cast
 
 import torch
 import torch.nn.functional as F
@@ -13,9 +13,6 @@ from torch import nn
 from sgl.core.model.linear_method import LinearMethod, ShardLayout
 from sgl.plugins.quant import fp8_math as fm
 from sgl.plugins.quant.params import dummy_normal_cast, dummy_scale, expand_per_shard, quant_param, replace_param
-
-if TYPE_CHECKING:
-    from sgl.core.platform import Capabilities
 
 WeightScheme = Literal["block", "channel", "tensor"]
 ActScheme = Literal["none", "token", "group", "static"]
@@ -135,15 +132,3 @@ class Fp8LinearMethod(LinearMethod):
         if bias is not None:
             out = out + bias
         return out.reshape(*x.shape[:-1], out.shape[-1])
-
-
-def fast_fp8_linear_method(
-    scheme: Fp8Scheme, capabilities: Capabilities, fp8_dtype: torch.dtype = fm.FP8
-) -> LinearMethod | None:
-    """The Triton FP8 method where the platform runs Triton (imported only then: it imports triton)."""
-    if not capabilities.triton:
-        return None
-    from sgl.plugins.quant.triton_fp8 import TritonFp8LinearMethod
-
-    return TritonFp8LinearMethod(scheme, scaled_mm=capabilities.fp8, fp16_dot=not capabilities.fp8,
-                                 fp8_dtype=fp8_dtype)

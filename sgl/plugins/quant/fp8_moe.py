@@ -38,7 +38,6 @@ from sgl.plugins.quant.params import dummy_normal_cast, dummy_scale, quant_param
 
 if TYPE_CHECKING:
     from sgl.core.ops.table import Ops
-    from sgl.core.platform import Capabilities
 
 GROUPS = ("w13", "w2")
 _WHOLE_ROW = 1 << 62  # a group longer than any row: one scale per token
@@ -176,14 +175,3 @@ class Fp8MoEMethod(MoEMethod):
 
 def _fake_quantize(x: torch.Tensor, group: int, dtype: torch.dtype) -> torch.Tensor:
     return fm.fake_quantize_per_token_group(x, group, dtype)
-
-
-def fast_fp8_moe_method(
-    scheme: Fp8Scheme, capabilities: Capabilities, fp8_dtype: torch.dtype = fm.FP8
-) -> MoEMethod | None:
-    """The fused Triton FP8 MoE where the platform runs Triton (imported only then: it imports triton)."""
-    if not capabilities.triton:
-        return None
-    from sgl.plugins.quant.triton_fp8_moe import TritonFp8MoEMethod
-
-    return TritonFp8MoEMethod(scheme, fp8_dtype, fp16_dot=not capabilities.fp8)

@@ -8,8 +8,9 @@ from typing import TYPE_CHECKING, Any
 from sgl.core.quant.base import QuantizationMethod
 from sgl.plugins.quant.awq import group_size, require_4bit
 from sgl.plugins.quant.checks import refuse_ignored_linears
-from sgl.plugins.quant.int4_linear import Int4LinearMethod, Int4Scheme, fast_int4_linear_method
-from sgl.plugins.quant.int4_moe import Int4MoEMethod, fast_int4_moe_method
+from sgl.plugins.quant.int4_linear import Int4LinearMethod, Int4Scheme
+from sgl.plugins.quant.int4_moe import Int4MoEMethod
+from sgl.plugins.quant.kernel_methods import fast_int4_linear_method, fast_int4_moe_method
 
 if TYPE_CHECKING:
     from sgl.core.model.linear_method import LinearMethod

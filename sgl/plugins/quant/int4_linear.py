@@ -9,7 +9,7 @@ Both keep the checkpoint's tensors as they are (the fast kernels read the same p
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal, cast
+from typing import Literal, cast
 
 import torch
 import torch.nn.functional as F
@@ -18,9 +18,6 @@ from torch import nn
 from sgl.core.model.linear_method import LinearMethod, ShardLayout
 from sgl.plugins.quant.int4_pack import AWQ_UNPACK_ORDER, PACK, unpack_cols, unpack_rows
 from sgl.plugins.quant.params import DUMMY_SCALE, dummy_bits, quant_param
-
-if TYPE_CHECKING:
-    from sgl.core.platform import Capabilities
 
 _DUMMY_INT4_SCALE = DUMMY_SCALE / 5  # NOTE: (q - z) of random nibbles has a spread of ~5
 
@@ -128,12 +125,3 @@ class Int4LinearMethod(LinearMethod):
     def apply(self, layer: nn.Module, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
         out = F.linear(x.float(), self.dequantized_weight(layer)).to(x.dtype)
         return out + bias if bias is not None else out
-
-
-def fast_int4_linear_method(scheme: Int4Scheme, capabilities: Capabilities) -> LinearMethod | None:
-    """The Triton W4A16 method where the platform runs Triton (imported only then: it imports triton)."""
-    if not capabilities.triton:
-        return None
-    from sgl.plugins.quant.triton_int4 import TritonInt4LinearMethod
-
-    return TritonInt4LinearMethod(scheme)

@@ -31,7 +31,6 @@ from sgl.plugins.quant.params import dummy_bits, quant_param
 
 if TYPE_CHECKING:
     from sgl.core.ops.table import Ops
-    from sgl.core.platform import Capabilities
 
 GROUPS = ("w13", "w2")
 
@@ -111,12 +110,3 @@ class Int4MoEMethod(MoEMethod):
                                       self.dequantized(layer, "w2", hit), topk_weights, local_ids, activation,
                                       hidden_dtype=x.dtype)
         return out.to(x.dtype)
-
-
-def fast_int4_moe_method(scheme: Int4Scheme, capabilities: Capabilities) -> MoEMethod | None:
-    """The fused Triton W4A16 MoE where the platform runs Triton (imported only then: it imports triton)."""
-    if not capabilities.triton:
-        return None
-    from sgl.plugins.quant.triton_int4_moe import TritonInt4MoEMethod
-
-    return TritonInt4MoEMethod(scheme)

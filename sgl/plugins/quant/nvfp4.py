@@ -19,7 +19,8 @@ from torch import nn
 from sgl.core.model.linear_method import LinearMethod, ShardLayout
 from sgl.core.quant.base import QuantizationMethod
 from sgl.plugins.quant.checks import refuse_ignored_linears, require_float8
-from sgl.plugins.quant.fp8_linear import Fp8LinearMethod, Fp8Scheme, fast_fp8_linear_method
+from sgl.plugins.quant.fp8_linear import Fp8LinearMethod, Fp8Scheme
+from sgl.plugins.quant.kernel_methods import fast_fp8_linear_method
 from sgl.plugins.quant.params import DUMMY_SCALE, dummy_bits, expand_per_shard, quant_param, replace_param
 
 if TYPE_CHECKING:
@@ -129,7 +130,7 @@ class ModelOptMethod(QuantizationMethod):
 
     def kernel_moe_method(self, capabilities: Capabilities) -> MoEMethod | None:
         if self.algo == "FP8":
-            from sgl.plugins.quant.fp8_moe import fast_fp8_moe_method
+            from sgl.plugins.quant.kernel_methods import fast_fp8_moe_method
 
             return fast_fp8_moe_method(Fp8Scheme("tensor", "static"), capabilities)
         return None
