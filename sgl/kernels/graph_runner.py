@@ -8,11 +8,8 @@ graph, its memory pool and the capture stream come from the platform's graph hoo
 from __future__ import annotations
 
 import bisect
-import contextlib
 import functools
-import gc
 import logging
-from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -20,6 +17,7 @@ from tqdm import tqdm
 
 from sgl.core.attention.base import AttentionBackend
 from sgl.core.runner.forward_batch import ForwardBatch, ForwardMode
+from sgl.kernels.capture_gc import collector_paused
 
 if TYPE_CHECKING:
     from sgl.core.platform import Platform
@@ -55,21 +53,6 @@ def graph_runner_for(runner: Any, platform: Platform) -> GraphRunner | None:
         _log_once(f"decode graphs are off: attention backend {type(backend).__name__} cannot be captured")
         return None
     return GraphRunner(runner, platform)
-
-
-@contextlib.contextmanager
-def collector_paused() -> Iterator[None]:
-    """No garbage collection while capturing: a collection could free an earlier engine's graphs or device
-    tensors mid-capture, a device call that a capture forbids (it fails later, at an innocent line, with "operation
-    failed due to a previous error during capture"). What is garbage now is collected first."""
-    gc.collect()
-    was_enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if was_enabled:
-            gc.enable()
 
 
 class GraphRunner:

@@ -27,7 +27,7 @@ from tqdm import tqdm
 
 from sgl.core.runner.forward_batch import ForwardBatch, ForwardMode
 from sgl.core.transfer import to_device
-from sgl.kernels.graph_runner import collector_paused
+from sgl.kernels.capture_gc import collector_paused
 
 if TYPE_CHECKING:
     from sgl.core.platform import Platform
