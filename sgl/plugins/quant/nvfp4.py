@@ -21,31 +21,14 @@ from sgl.core.quant.base import QuantizationMethod
 from sgl.plugins.quant.checks import refuse_ignored_linears, require_float8
 from sgl.plugins.quant.fp8_linear import Fp8LinearMethod, Fp8Scheme
 from sgl.plugins.quant.kernel_methods import fast_fp8_linear_method
+from sgl.plugins.quant.nvfp4_format import GROUP, dummy_fill, unpack_e2m1
 from sgl.plugins.quant.params import DUMMY_SCALE, dummy_bits, expand_per_shard, quant_param, replace_param
 
 if TYPE_CHECKING:
     from sgl.core.model.moe_method import MoEMethod
     from sgl.core.platform import Capabilities, Platform
 
-GROUP = 16
-# e2m1: sign bit 3, then the magnitudes 0, 0.5, 1, 1.5, 2, 3, 4, 6
-E2M1_VALUES = (0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0, -0.0, -0.5, -1.0, -1.5, -2.0, -3.0, -4.0, -6.0)
 RUNS_ON = "its torch reference runs on the cpu platform and on CUDA GPUs"
-
-
-def unpack_e2m1(packed: torch.Tensor) -> torch.Tensor:
-    """[..., rows, cols/2] uint8 -> [..., rows, cols] float32 e2m1 values (low nibble first)."""
-    table = torch.tensor(E2M1_VALUES, dtype=torch.float32, device=packed.device)
-    p = packed.to(torch.int32)
-    return torch.stack([table[p & 0xF], table[(p >> 4) & 0xF]], dim=-1).reshape(*packed.shape[:-1], -1)
-
-
-def dummy_fill(value: float, dtype: torch.dtype):  # type: ignore[no-untyped-def]
-    @torch.no_grad()
-    def fill(param: nn.Parameter, gen: torch.Generator) -> None:
-        param.data.copy_(torch.full(param.shape, value, device=param.device).to(dtype))
-
-    return fill
 
 
 class NvFp4LinearMethod(LinearMethod):

@@ -19,7 +19,7 @@ from torch import nn
 from sgl.core.model.linear_method import ShardLayout
 from sgl.core.model.moe_method import MoEMethod
 from sgl.core.ops import moe as reference_moe
-from sgl.plugins.quant.nvfp4 import GROUP, dummy_fill, unpack_e2m1
+from sgl.plugins.quant.nvfp4_format import GROUP, dummy_fill, unpack_e2m1
 from sgl.plugins.quant.params import DUMMY_SCALE, dummy_bits, quant_param, replace_param
 
 if TYPE_CHECKING:
