@@ -9,7 +9,7 @@ input is its token and its parent's predicted feature, at position last + depth 
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 import torch
 
@@ -17,10 +17,23 @@ from sgl.core.runner.forward_batch import ForwardMode
 from sgl.core.speculative.tree import DraftTree, TreeBatch
 
 if TYPE_CHECKING:
+    from sgl.core.runner.model_runner import ModelRunner
     from sgl.core.scheduler.batch import ScheduleBatch
     from sgl.core.scheduler.req import Req
     from sgl.core.scheduler.state import SchedulerState
-    from sgl.plugins.speculative.eagle import EagleAlgorithm
+    from sgl.plugins.speculative.eagle_models import EagleDraftHead
+
+
+class TreeDrafter(Protocol):
+    """What growing a tree takes of the EAGLE algorithm (``EagleAlgorithm``): its head, its draft runner, the
+    catch-up of the target's features and one draft forward."""
+
+    head: EagleDraftHead
+    draft: ModelRunner
+
+    def catch_up(self, batch: ScheduleBatch, idx: list[int], reqs: list[Req]) -> torch.Tensor: ...
+
+    def run_draft(self, sb: ScheduleBatch, ids: torch.Tensor, feats: torch.Tensor) -> torch.Tensor: ...
 
 
 class _Growing:
@@ -57,7 +70,7 @@ class _Growing:
         return DraftTree([self.tokens[i] for i in nodes], [where.get(self.parents[i], -1) for i in nodes])
 
 
-def _top(alg: EagleAlgorithm, hidden: torch.Tensor, k: int) -> tuple[list[list[float]], list[list[int]]]:
+def _top(alg: TreeDrafter, hidden: torch.Tensor, k: int) -> tuple[list[list[float]], list[list[int]]]:
     """Per feature row, the draft's k best next tokens (target ids) and their log probabilities."""
     logp = torch.log_softmax(alg.head.compute_logits(hidden), dim=-1)
     values, ids = logp.topk(k, dim=-1)
@@ -67,7 +80,7 @@ def _top(alg: EagleAlgorithm, hidden: torch.Tensor, k: int) -> tuple[list[list[f
 
 @torch.inference_mode()
 def draft_trees(
-    alg: EagleAlgorithm, batch: ScheduleBatch, state: SchedulerState, budgets: list[int], topk: int, max_nodes: int
+    alg: TreeDrafter, batch: ScheduleBatch, state: SchedulerState, budgets: list[int], topk: int, max_nodes: int
 ) -> list[DraftTree] | None:
     """Per request of ``batch``, a tree of at most ``max_nodes`` nodes and depth ``budgets[i]`` (empty where 0);
     None (nothing changed) when the pool has no room for the scratch slots."""
@@ -85,7 +98,7 @@ def draft_trees(
 
 
 def _grow(
-    alg: EagleAlgorithm, batch: ScheduleBatch, state: SchedulerState, budgets: list[int], topk: int, max_nodes: int,
+    alg: TreeDrafter, batch: ScheduleBatch, state: SchedulerState, budgets: list[int], topk: int, max_nodes: int,
     idx: list[int], reqs: list[Req], need: list[int], scratch: list[int],
 ) -> list[DraftTree]:
     device = alg.draft.device
