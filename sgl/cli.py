@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 import typer
 
 from sgl.cli_args import CONTEXT_SETTINGS, Command, Group, with_server_args  # cheap: typer and ServerArgs only
+from sgl.cli_errors import user_errors
 from sgl.core.config import ServerArgs
 
 if TYPE_CHECKING:
@@ -32,8 +31,6 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_show_locals=False,
 )
-
-USAGE_ERROR = 2
 
 
 def _version(value: bool) -> None:
@@ -51,19 +48,6 @@ def _root(
     ),
 ) -> None:
     """sgl: an LLM serving engine whose hardware support is plugins."""
-
-
-@contextmanager
-def user_errors() -> Iterator[None]:
-    """Turns the errors a user can fix (a bad backend, a broken plugin) into one stderr line and exit code 2."""
-    from sgl.core.model.hub import ModelSourceError
-    from sgl.core.plugins import BackendError, PluginContractError
-
-    try:
-        yield
-    except (BackendError, PluginContractError, ModelSourceError) as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(USAGE_ERROR) from None
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -65,7 +65,7 @@ def with_workload_options(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 @contextmanager
 def _bench_errors() -> Iterator[None]:
-    from sgl.cli import USAGE_ERROR, user_errors
+    from sgl.cli_errors import USAGE_ERROR, user_errors
 
     with user_errors():
         try:
