@@ -39,11 +39,13 @@ def _skinny_gemm_kernel(
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, UPCAST: tl.constexpr,
     HAS_BIAS: tl.constexpr, GATED: tl.constexpr, GELU_TANH: tl.constexpr,
     SPLIT_K: tl.constexpr, REDUCE: tl.constexpr, REDUCE_BIAS: tl.constexpr, USE_PDL: tl.constexpr,
+    ONE_ROW: tl.constexpr = False,
 ):
     """Writes split ``program_id(1)``'s fp32 partial, or (one split) the finished y with its bias.
 
     NOTE: GATED: x is ``[gate | up]`` (2K wide) and each K step's input is act(gate) * up, computed on the tile with
-    the activation kernel's rounding; every program recomputes its K range's activations, a few FLOPs per weight row.
+    the activation kernel's rounding; every program recomputes its K range's activations, a few FLOPs per weight row
+    (ONE_ROW: of the one real row only, not of the tile's padding rows).
     REDUCE: the split that finishes a column tile last (a ticket per tile, ``tickets_ptr``) sums the tile's partials
     into y in split order, as ``_sum_splits_kernel`` would, and resets the ticket: no second launch.
     """
@@ -61,10 +63,17 @@ def _skinny_gemm_kernel(
         ks = k0 + tl.arange(0, BLOCK_K)
         kmask = ks < k_end
         xmask = rmask[:, None] & kmask[None, :]
-        x = tl.load(x_ptr + rows[:, None] * stride_xm + ks[None, :], mask=xmask, other=0.0)
-        if GATED:
-            up = tl.load(x_ptr + rows[:, None] * stride_xm + K + ks[None, :], mask=xmask, other=0.0)
-            x = gated_act(x, up, GELU_TANH)
+        if GATED and ONE_ROW:
+            # NOTE: one row (batch-1 decode): the activation of that row only, not of the tile's BLOCK_M padded rows
+            # (16x the exponentials, in every column tile's program), then placed in row 0 of the dot's tile
+            gate = tl.load(x_ptr + ks, mask=kmask, other=0.0)
+            act = gated_act(gate, tl.load(x_ptr + K + ks, mask=kmask, other=0.0), GELU_TANH)
+            x = tl.where(rows[:, None] == 0, act[None, :], tl.zeros([BLOCK_M, BLOCK_K], dtype=act.dtype))
+        else:
+            x = tl.load(x_ptr + rows[:, None] * stride_xm + ks[None, :], mask=xmask, other=0.0)
+            if GATED:
+                up = tl.load(x_ptr + rows[:, None] * stride_xm + K + ks[None, :], mask=xmask, other=0.0)
+                x = gated_act(x, up, GELU_TANH)
         w = tl.load(w_ptr + cols[:, None] * stride_wn + ks[None, :], mask=cmask[:, None] & kmask[None, :], other=0.0)
         if UPCAST:
             x = x.to(tl.float32)
@@ -207,6 +216,7 @@ def skinny_gemm(
         x.stride(0), w.stride(0), parts.stride_os, parts.stride_om, y.stride(0),
         BLOCK_M=MAX_ROWS, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, UPCAST=upcast_dot(x),
         HAS_BIAS=parts.direct and bias is not None, GATED=gated is not None, GELU_TANH=gated == "gelu_tanh",
+        ONE_ROW=m == 1,
         SPLIT_K=cfg.split_k, REDUCE=reduce, REDUCE_BIAS=reduce and bias is not None,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages, **launch_options(x),
     )

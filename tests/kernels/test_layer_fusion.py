@@ -109,15 +109,16 @@ def test_prologue_refuses_one_head_norm_without_the_other(device: torch.device) 
                               pool.k_buffer[0], pool.v_buffer[0], torch.ones(1, dtype=torch.int64, device=device))
 
 
+@pytest.mark.parametrize("m", [1, 3], ids=["one-row", "rows"])  # NOTE: one row activates only its own row
 @pytest.mark.parametrize("split_k", [1, 2])
 @pytest.mark.parametrize("act", ["silu", "gelu_tanh"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_gated_skinny_gemm_matches_activation_then_gemm(
-    dtype: torch.dtype, act: str, split_k: int, device: torch.device
+    dtype: torch.dtype, act: str, split_k: int, m: int, device: torch.device
 ) -> None:
     """Same bits as the activation kernel followed by the skinny GEMM; the reference's within bf16 rounding."""
     torch.manual_seed(3)
-    m, k, n = 3, 192, 80  # NOTE: K not a multiple of the K block, N not of the N block: both masks matter
+    k, n = 192, 80  # NOTE: K not a multiple of the K block, N not of the N block: both masks matter
     gate_up = (2 * torch.randn(m, 2 * k, device=device)).to(dtype)
     w = (torch.randn(n, k, device=device) / 8).to(dtype)
     bias = torch.randn(n, device=device).to(dtype)
