@@ -6,17 +6,13 @@ Run on a GPU machine: ``pytest tests/gpu/test_kernels_gpu.py -m gpu -s`` (``-s``
 from __future__ import annotations
 
 import math
-import os
 
 import pytest
 import torch
 
-if not torch.cuda.is_available() or torch.version.hip is not None:
-    pytest.skip("needs an NVIDIA GPU", allow_module_level=True)
-if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
-    pytest.skip("kernels are decorated for the interpreter in this process; run tests/gpu on its own",
-                allow_module_level=True)
-pytest.importorskip("triton")
+from tests.gpu.nvidia_kernels import require_compiled_kernels_on_nvidia
+
+require_compiled_kernels_on_nvidia()
 
 from sgl.core.memory.kv_pool import to_kv_dtype
 from sgl.core.ops import reference

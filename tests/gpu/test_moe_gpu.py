@@ -6,17 +6,12 @@ Run on a GPU machine: ``pytest tests/gpu/test_moe_gpu.py -m gpu -s`` (``-s`` sho
 
 from __future__ import annotations
 
-import os
-
 import pytest
 import torch
 
-if not torch.cuda.is_available() or torch.version.hip is not None:
-    pytest.skip("needs an NVIDIA GPU", allow_module_level=True)
-if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
-    pytest.skip("kernels are decorated for the interpreter in this process; run tests/gpu on its own",
-                allow_module_level=True)
-pytest.importorskip("triton")
+from tests.gpu.nvidia_kernels import require_compiled_kernels_on_nvidia
+
+require_compiled_kernels_on_nvidia()
 
 from sgl.core.ops import moe as reference
 from sgl.core.ops.moe_routing import RoutingConfig, select_experts

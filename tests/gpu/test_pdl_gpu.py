@@ -7,21 +7,17 @@ Run on a GPU machine: ``pytest tests/gpu/test_pdl_gpu.py -m gpu -s``.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import torch
 
-if not torch.cuda.is_available() or torch.version.hip is not None:
-    pytest.skip("needs an NVIDIA GPU", allow_module_level=True)
+from tests.gpu.nvidia_kernels import require_compiled_kernels_on_nvidia
+
+require_compiled_kernels_on_nvidia()
 if torch.cuda.get_device_capability()[0] < 9:
     pytest.skip("programmatic dependent launch needs compute capability 9.0+", allow_module_level=True)
-if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
-    pytest.skip("kernels are decorated for the interpreter in this process; run tests/gpu on its own",
-                allow_module_level=True)
-pytest.importorskip("triton")
 
 from sgl.kernels import pdl
 

@@ -6,19 +6,15 @@ Run on a GPU machine: ``pytest tests/gpu/test_quant_gpu.py -m gpu -s`` (``-s`` s
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
 import torch
 from torch import nn
 
-if not torch.cuda.is_available() or torch.version.hip is not None:
-    pytest.skip("needs an NVIDIA GPU", allow_module_level=True)
-if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
-    pytest.skip("kernels are decorated for the interpreter in this process; run tests/gpu on its own",
-                allow_module_level=True)
-pytest.importorskip("triton")
+from tests.gpu.nvidia_kernels import require_compiled_kernels_on_nvidia
+
+require_compiled_kernels_on_nvidia()
 
 import sgl
 from sgl.plugins.quant import fp8_math as fm
