@@ -91,3 +91,30 @@ def test_the_option_is_a_cli_flag_of_the_cuda_plugin() -> None:
 
     groups = {g.plugin: g for g in plugin_groups()}
     assert [o.flag for _, o in groups["cuda"].options] == ["--cuda-pdl"]
+
+
+def test_every_pdl_kernel_waits_before_its_first_global_access_when_compiled_for_sm90() -> None:
+    """The PTX of each PDL-aware kernel, compiled for an sm90 target here (no GPU needed): griddepcontrol.wait comes
+    before any global load, store or atomic (a read before it could see the previous kernel's stale output), and the
+    plain variant has no wait at all."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import triton.backends
+
+    if "nvidia" not in triton.backends.backends:
+        pytest.skip("this triton has no NVIDIA backend to compile with")
+    root = Path(__file__).resolve().parents[2]
+    result = subprocess.run([sys.executable, "-m", "tests.kernels.pdl_ptx"], cwd=root, capture_output=True,
+                            text=True, timeout=300, check=False)
+    assert result.returncode == 0, result.stderr[-2000:]
+    rows = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
+    from tests.kernels.pdl_ptx import KERNELS
+
+    assert [r["kernel"] for r in rows] == list(KERNELS)
+    for r in rows:
+        assert r["wait_line"] is not None and r["first_global_access_line"] is not None, r
+        assert r["wait_line"] < r["first_global_access_line"], r
+        assert not r["plain_variant_waits"], r

@@ -1,0 +1,80 @@
+"""Compiles the PDL-aware kernels for an sm90 target (no GPU needed: Triton's own ptxas) and prints, per kernel,
+whether its PTX waits for the previous grid (``griddepcontrol.wait``) before its first global memory access.
+
+Run as a script (``python -m tests.kernels.pdl_ptx``): the kernels must be decorated for compiling, not for the
+interpreter that the test process uses. One JSON line per kernel.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+
+os.environ["TRITON_INTERPRET"] = "0"
+
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource, compile
+
+from sgl.kernels import activation, decode_attn, kv_store, norm, qk_rope_store, rotary, skinny_gemm
+
+_POINTERS = {"pos_ptr": "*i64", "loc_ptr": "*i64", "req_idx_ptr": "*i64", "seq_lens_ptr": "*i64", "r2t_ptr": "*i32",
+             "splits_ptr": "*i32", "tickets_ptr": "*i32", "po_ptr": "*fp32", "plse_ptr": "*fp32", "part_ptr": "*fp32",
+             "cache_ptr": "*fp32"}
+_FLOATS = {"eps", "scale_log2", "kv_max"}
+
+# a decode-shaped specialisation of each (Llama-3.1-8B's heads, one row, K split in 4)
+KERNELS = {
+    "rms_norm": (norm._rms_norm_kernel, {"HAS_RESIDUAL": True, "BLOCK": 4096}),
+    "gated": (activation._gated_kernel, {"GELU_TANH": False, "BLOCK": 1024}),
+    "rotary": (rotary._rotary_kernel, {"IS_NEOX": True, "BLOCK_HQ": 32, "BLOCK_HK": 8, "BLOCK_HALF": 64,
+                                       "BLOCK_PASS": 0}),
+    "store_kv": (kv_store._store_kv_kernel, {"BLOCK_K": 1024, "BLOCK_V": 1024, "SATURATE": False}),
+    "sum_splits": (skinny_gemm._sum_splits_kernel, {"SPLIT_K": 4, "BLOCK": 1024, "HAS_BIAS": False}),
+    "skinny_gemm": (skinny_gemm._skinny_gemm_kernel, {
+        "BLOCK_M": 16, "BLOCK_N": 64, "BLOCK_K": 128, "UPCAST": False, "HAS_BIAS": False, "GATED": True,
+        "GELU_TANH": False, "SPLIT_K": 4, "REDUCE": True, "REDUCE_BIAS": False, "ONE_ROW": True}),
+    "decode_partial": (decode_attn._decode_partial_kernel, {
+        "BLOCK_H": 16, "BLOCK_N": 64, "BLOCK_D": 128, "BLOCK_DV": 128, "UPCAST": False, "PRECISION": None,
+        "KV_FP16": False, "MERGE": True, "MAX_SPLITS": 16, "BLOCK_S": 16}),
+    "decode_merge": (decode_attn._decode_merge_kernel, {"BLOCK_S": 16, "BLOCK_DV": 128}),
+    "qk_norm_rope_store": (qk_rope_store._qk_norm_rope_store_kernel, {
+        "HAS_NORM": True, "IS_NEOX": True, "SATURATE": False, "BLOCK_D": 128, "BLOCK_HALF": 64, "BLOCK_PASS": 0}),
+}
+
+_GLOBAL = re.compile(r"^\s*(@!?%p\d+\s+)?(ld\.global|st\.global|atom\.global|red\.global|cp\.async|cp\.reduce\.async)")
+
+
+def ptx_of(kernel: object, constexprs: dict[str, object], use_pdl: bool) -> str:
+    params = kernel.params  # type: ignore[attr-defined]
+    consts = {**constexprs, "USE_PDL": use_pdl}
+    signature = {}
+    for p in params:
+        if p.is_constexpr:
+            signature[p.name] = "constexpr"
+        elif p.name.endswith("_ptr"):
+            signature[p.name] = _POINTERS.get(p.name, "*bf16")
+        else:
+            signature[p.name] = "fp32" if p.name in _FLOATS else "i32"
+    source = ASTSource(fn=kernel, signature=signature, constexprs=consts)
+    compiled = compile(source, target=GPUTarget("cuda", 90, 32), options={"launch_pdl": use_pdl, "num_warps": 4})
+    return str(compiled.asm["ptx"])
+
+
+def first_lines(ptx: str) -> tuple[int | None, int | None]:
+    """(line of the first griddepcontrol.wait, line of the first global load/store/atomic), None where absent."""
+    wait = memory = None
+    for i, line in enumerate(ptx.splitlines()):
+        if wait is None and "griddepcontrol.wait" in line:
+            wait = i
+        if memory is None and _GLOBAL.match(line):
+            memory = i
+    return wait, memory
+
+
+if __name__ == "__main__":
+    for name, (kernel, constexprs) in KERNELS.items():
+        wait, memory = first_lines(ptx_of(kernel, constexprs, True))
+        plain_wait, _ = first_lines(ptx_of(kernel, constexprs, False))
+        print(json.dumps({"kernel": name, "wait_line": wait, "first_global_access_line": memory,
+                          "plain_variant_waits": plain_wait is not None}), flush=True)
