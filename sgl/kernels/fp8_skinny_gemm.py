@@ -40,6 +40,7 @@ import triton
 import triton.language as tl
 
 from sgl.kernels._common import sm_count, upcast_dot
+from sgl.kernels.pdl import launch_options, wait_for_previous
 from sgl.kernels.skinny_gemm import MAX_ROWS, split_k_for, split_output, sum_splits
 
 
@@ -88,9 +89,10 @@ def _fp8_skinny_kernel(
     stride_xm, stride_wn, stride_wsn, stride_os, stride_om,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, ACT: tl.constexpr, DOT: tl.constexpr,
     W_BLOCKED: tl.constexpr, FP8_MAX: tl.constexpr, FP8_MIN_NORMAL: tl.constexpr, X_ROWS: tl.constexpr,
-    HAS_BIAS: tl.constexpr, IMPRECISE_ACC: tl.constexpr,
+    HAS_BIAS: tl.constexpr, IMPRECISE_ACC: tl.constexpr, USE_PDL: tl.constexpr,
 ):
     """Writes split ``program_id(1)``'s fp32 partial, or (one split) the finished y with its bias."""
+    wait_for_previous(USE_PDL)
     pid_n = tl.program_id(0)
     split = tl.program_id(1)
     rows = tl.arange(0, BLOCK_M)
@@ -166,8 +168,10 @@ def _fp8_gemv_kernel(
     N, K, k_per_split, w_group_n, w_group_k, stride_wn, stride_wsn, stride_os,
     BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, ACT: tl.constexpr, W_BLOCKED: tl.constexpr,
     FP8_MAX: tl.constexpr, FP8_MIN_NORMAL: tl.constexpr, INTERPRETED: tl.constexpr, HAS_BIAS: tl.constexpr,
+    USE_PDL: tl.constexpr,
 ):
     """One row of x: writes split ``program_id(1)``'s fp32 partial, or (one split) the finished y with its bias."""
+    wait_for_previous(USE_PDL)
     pid_n = tl.program_id(0)
     split = tl.program_id(1)
     cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -306,7 +310,7 @@ def fp8_skinny_gemm(
             n, k, parts.k_per_split, w_group[0], w_group[1], w.stride(0), w_scale.stride(0), parts.stride_os,
             BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, ACT=int(act), W_BLOCKED=w_group != (1, k), FP8_MAX=fp8_max,
             FP8_MIN_NORMAL=min_normal, INTERPRETED=dot == DotKind.FP32, HAS_BIAS=parts.direct and bias is not None,
-            num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+            num_warps=cfg.num_warps, num_stages=cfg.num_stages, **launch_options(x),
         )
         return sum_splits(parts, y, bias)
     _fp8_skinny_kernel[(triton.cdiv(n, cfg.block_n), cfg.split_k)](
@@ -317,6 +321,6 @@ def fp8_skinny_gemm(
         W_BLOCKED=w_group != (1, k), FP8_MAX=fp8_max,
         FP8_MIN_NORMAL=min_normal, X_ROWS=1 if m == 1 else MAX_ROWS, HAS_BIAS=parts.direct and bias is not None,
         IMPRECISE_ACC=min(32, cfg.block_k),
-        num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+        num_warps=cfg.num_warps, num_stages=cfg.num_stages, **launch_options(x),
     )
     return sum_splits(parts, y, bias)

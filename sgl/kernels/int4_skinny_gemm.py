@@ -31,6 +31,7 @@ import triton
 import triton.language as tl
 
 from sgl.kernels._common import upcast_dot
+from sgl.kernels.pdl import launch_options, wait_for_previous
 from sgl.kernels.skinny_gemm import MAX_ROWS, split_k_for, split_output, sum_splits
 
 PACK = 8  # nibbles a word
@@ -63,9 +64,10 @@ def _int4_skinny_kernel(
     stride_xm, stride_qw, stride_qz, stride_s, stride_os, stride_om,
     AWQ: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
     MAGIC_FP16: tl.constexpr, MAGIC_BITS: tl.constexpr, MAGIC_BASE: tl.constexpr, UPCAST: tl.constexpr,
-    HAS_BIAS: tl.constexpr,
+    HAS_BIAS: tl.constexpr, USE_PDL: tl.constexpr,
 ):
     """Writes split ``program_id(1)``'s fp32 partial, or (one split) the finished y with its bias."""
+    wait_for_previous(USE_PDL)
     pid_n = tl.program_id(0)
     split = tl.program_id(1)
     rows = tl.arange(0, BLOCK_M)
@@ -118,9 +120,10 @@ def _int4_gemv_kernel(
     x_ptr, qw_ptr, qz_ptr, s_ptr, out_ptr, bias_ptr,
     N, K, k_per_split, group_size, zero_offset,
     stride_qw, stride_qz, stride_s, stride_os,
-    AWQ: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, HAS_BIAS: tl.constexpr,
+    AWQ: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, HAS_BIAS: tl.constexpr, USE_PDL: tl.constexpr,
 ):
     """One row of x: writes split ``program_id(1)``'s fp32 partial, or (one split) the finished y with its bias."""
+    wait_for_previous(USE_PDL)
     pid_n = tl.program_id(0)
     split = tl.program_id(1)
     k_start = split * k_per_split
@@ -247,7 +250,7 @@ def int4_skinny_gemm(
             n, k, parts.k_per_split, group_size, zero_offset,
             qweight.stride(0), qzeros.stride(0), scales.stride(0), parts.stride_os,
             AWQ=awq, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, HAS_BIAS=parts.direct and bias is not None,
-            num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+            num_warps=cfg.num_warps, num_stages=cfg.num_stages, **launch_options(x),
         )
         return sum_splits(parts, y, bias)
     _int4_skinny_kernel[(triton.cdiv(n, cfg.block_n), cfg.split_k)](
@@ -257,6 +260,6 @@ def int4_skinny_gemm(
         AWQ=awq, BLOCK_M=MAX_ROWS, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, MAGIC_FP16=fp16,
         MAGIC_BITS=magic_bits, MAGIC_BASE=magic_base, UPCAST=upcast_dot(x) or x.dtype == torch.float32,
         HAS_BIAS=parts.direct and bias is not None,
-        num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+        num_warps=cfg.num_warps, num_stages=cfg.num_stages, **launch_options(x),
     )
     return sum_splits(parts, y, bias)

@@ -16,9 +16,19 @@ os.environ["TRITON_INTERPRET"] = "0"
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource, compile
 
-from sgl.kernels import activation, decode_attn, kv_store, norm, qk_rope_store, rotary, skinny_gemm
+from sgl.kernels import (
+    activation,
+    decode_attn,
+    fp8_skinny_gemm,
+    int4_skinny_gemm,
+    kv_store,
+    norm,
+    qk_rope_store,
+    rotary,
+    skinny_gemm,
+)
 
-_POINTERS = {"pos_ptr": "*i64", "loc_ptr": "*i64", "req_idx_ptr": "*i64", "seq_lens_ptr": "*i64", "r2t_ptr": "*i32",
+_POINTERS = {"ws_ptr": "*fp32", "xs_ptr": "*fp32", "qw_ptr": "*i32", "qz_ptr": "*i32", "pos_ptr": "*i64", "loc_ptr": "*i64", "req_idx_ptr": "*i64", "seq_lens_ptr": "*i64", "r2t_ptr": "*i32",
              "splits_ptr": "*i32", "tickets_ptr": "*i32", "po_ptr": "*fp32", "plse_ptr": "*fp32", "part_ptr": "*fp32",
              "cache_ptr": "*fp32"}
 _FLOATS = {"eps", "scale_log2", "kv_max"}
@@ -40,12 +50,23 @@ KERNELS = {
     "decode_merge": (decode_attn._decode_merge_kernel, {"BLOCK_S": 16, "BLOCK_DV": 128}),
     "qk_norm_rope_store": (qk_rope_store._qk_norm_rope_store_kernel, {
         "HAS_NORM": True, "IS_NEOX": True, "SATURATE": False, "BLOCK_D": 128, "BLOCK_HALF": 64, "BLOCK_PASS": 0}),
+    "fp8_gemv": (fp8_skinny_gemm._fp8_gemv_kernel, {
+        "BLOCK_N": 32, "BLOCK_K": 512, "ACT": 1, "W_BLOCKED": False, "FP8_MAX": 448.0, "FP8_MIN_NORMAL": 2.0**-6,
+        "INTERPRETED": False, "HAS_BIAS": False}),
+    "fp8_skinny": (fp8_skinny_gemm._fp8_skinny_kernel, {
+        "BLOCK_M": 16, "BLOCK_N": 64, "BLOCK_K": 128, "ACT": 1, "DOT": 0, "W_BLOCKED": False, "FP8_MAX": 448.0,
+        "FP8_MIN_NORMAL": 2.0**-6, "X_ROWS": 16, "HAS_BIAS": False, "IMPRECISE_ACC": 32}),
+    "int4_gemv": (int4_skinny_gemm._int4_gemv_kernel, {"AWQ": True, "BLOCK_N": 64, "BLOCK_K": 128, "HAS_BIAS": False}),
+    "int4_skinny": (int4_skinny_gemm._int4_skinny_kernel, {
+        "AWQ": True, "BLOCK_M": 16, "BLOCK_N": 64, "BLOCK_K": 128, "MAGIC_FP16": False, "MAGIC_BITS": 0x4300,
+        "MAGIC_BASE": 128.0, "UPCAST": False, "HAS_BIAS": False}),
 }
+_FP8_WEIGHTS = {"fp8_gemv", "fp8_skinny"}
 
 _GLOBAL = re.compile(r"^\s*(@!?%p\d+\s+)?(ld\.global|st\.global|atom\.global|red\.global|cp\.async|cp\.reduce\.async)")
 
 
-def ptx_of(kernel: object, constexprs: dict[str, object], use_pdl: bool) -> str:
+def ptx_of(kernel: object, constexprs: dict[str, object], use_pdl: bool, fp8_weights: bool = False) -> str:
     params = kernel.params  # type: ignore[attr-defined]
     consts = {**constexprs, "USE_PDL": use_pdl}
     signature = {}
@@ -53,7 +74,7 @@ def ptx_of(kernel: object, constexprs: dict[str, object], use_pdl: bool) -> str:
         if p.is_constexpr:
             signature[p.name] = "constexpr"
         elif p.name.endswith("_ptr"):
-            signature[p.name] = _POINTERS.get(p.name, "*bf16")
+            signature[p.name] = "*fp8e4nv" if fp8_weights and p.name == "w_ptr" else _POINTERS.get(p.name, "*bf16")
         else:
             signature[p.name] = "fp32" if p.name in _FLOATS else "i32"
     source = ASTSource(fn=kernel, signature=signature, constexprs=consts)
@@ -74,7 +95,8 @@ def first_lines(ptx: str) -> tuple[int | None, int | None]:
 
 if __name__ == "__main__":
     for name, (kernel, constexprs) in KERNELS.items():
-        wait, memory = first_lines(ptx_of(kernel, constexprs, True))
-        plain_wait, _ = first_lines(ptx_of(kernel, constexprs, False))
+        fp8 = name in _FP8_WEIGHTS
+        wait, memory = first_lines(ptx_of(kernel, constexprs, True, fp8))
+        plain_wait, _ = first_lines(ptx_of(kernel, constexprs, False, fp8))
         print(json.dumps({"kernel": name, "wait_line": wait, "first_global_access_line": memory,
                           "plain_variant_waits": plain_wait is not None}), flush=True)
