@@ -70,3 +70,15 @@ def wait_for_previous(USE_PDL: tl.constexpr):
     if USE_PDL:
         tl.extra.cuda.gdc_wait()
         tl.extra.cuda.gdc_launch_dependents()
+
+
+@triton.jit
+def prefetch_to_l2(ptrs, mask):
+    """Asks L2 for the lines at ``ptrs`` (masked-off lanes ask nothing): a hint, with no result and no fault.
+
+    NOTE: for what no kernel of the step writes (weights), called before ``wait_for_previous``: a dependent GEMM's
+    first weight tiles are on their way while the previous kernel drains, instead of after it."""
+    tl.inline_asm_elementwise(
+        asm="{ .reg .pred p; setp.ne.b32 p, $2, 0; @p prefetch.global.L2 [$1]; mov.u32 $0, 0; }",
+        constraints="=r,l,r", args=[ptrs, mask.to(tl.int32)], dtype=tl.int32, is_pure=False, pack=1,
+    )

@@ -18,7 +18,7 @@ import triton.language as tl
 
 from sgl.kernels._common import sm_count, upcast_dot
 from sgl.kernels.activation import gated_act
-from sgl.kernels.pdl import launch_options, wait_for_previous
+from sgl.kernels.pdl import launch_options, prefetch_to_l2, wait_for_previous
 
 MAX_ROWS = 16  # x rows the kernel takes; larger batches go to the vendor GEMM
 
@@ -49,7 +49,6 @@ def _skinny_gemm_kernel(
     REDUCE: the split that finishes a column tile last (a ticket per tile, ``tickets_ptr``) sums the tile's partials
     into y in split order, as ``_sum_splits_kernel`` would, and resets the ticket: no second launch.
     """
-    wait_for_previous(USE_PDL)
     pid_n = tl.program_id(0)
     split = tl.program_id(1)
     rows = tl.arange(0, BLOCK_M)
@@ -58,6 +57,12 @@ def _skinny_gemm_kernel(
     cmask = cols < N
     k_start = split * k_per_split
     k_end = tl.minimum(k_start + k_per_split, K)
+    if USE_PDL:
+        # NOTE: no kernel of a step writes the weights: the first two K steps' lines (one address per 128 bytes of
+        # a 16-bit row) are asked of L2 before waiting for the previous kernel
+        pk = k_start + tl.arange(0, 2 * BLOCK_K // 64) * 64
+        prefetch_to_l2(w_ptr + cols[:, None] * stride_wn + pk[None, :], cmask[:, None] & (pk < k_end)[None, :])
+    wait_for_previous(USE_PDL)
     acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
     for k0 in range(k_start, k_end, BLOCK_K):
         ks = k0 + tl.arange(0, BLOCK_K)

@@ -82,21 +82,26 @@ def ptx_of(kernel: object, constexprs: dict[str, object], use_pdl: bool, fp8_wei
     return str(compiled.asm["ptx"])
 
 
-def first_lines(ptx: str) -> tuple[int | None, int | None]:
-    """(line of the first griddepcontrol.wait, line of the first global load/store/atomic), None where absent."""
+def first_lines(ptx: str) -> tuple[int | None, int | None, int]:
+    """(line of the first griddepcontrol.wait, line of the first global load/store/atomic, L2 prefetches before
+    the wait), None where absent. A prefetch is a hint, not an access: the weights' may come before the wait."""
     wait = memory = None
+    prefetches = 0
     for i, line in enumerate(ptx.splitlines()):
         if wait is None and "griddepcontrol.wait" in line:
             wait = i
         if memory is None and _GLOBAL.match(line):
             memory = i
-    return wait, memory
+        if wait is None and "prefetch.global.L2" in line:
+            prefetches += 1
+    return wait, memory, prefetches
 
 
 if __name__ == "__main__":
     for name, (kernel, constexprs) in KERNELS.items():
         fp8 = name in _FP8_WEIGHTS
-        wait, memory = first_lines(ptx_of(kernel, constexprs, True, fp8))
-        plain_wait, _ = first_lines(ptx_of(kernel, constexprs, False, fp8))
+        wait, memory, prefetches = first_lines(ptx_of(kernel, constexprs, True, fp8))
+        plain_wait, _, plain_prefetches = first_lines(ptx_of(kernel, constexprs, False, fp8))
         print(json.dumps({"kernel": name, "wait_line": wait, "first_global_access_line": memory,
-                          "plain_variant_waits": plain_wait is not None}), flush=True)
+                          "prefetches_before_wait": prefetches,
+                          "plain_variant_waits": plain_wait is not None or plain_prefetches > 0}), flush=True)
