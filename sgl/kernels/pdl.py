@@ -13,6 +13,9 @@ what an earlier one wrote once that one completed, and it must not overwrite a b
 waits for B, which waited for A. Kernels that do not opt in (torch's, the vendor GEMMs) are ordinary launches:
 they start after the previous kernel completes, and a PDL kernel after them finds nothing to wait for.
 
+What no kernel of a step writes may be read before the wait: the skinny GEMM asks L2 for its first weight tiles
+there (``prefetch_to_l2``), so the weights stream while the previous kernel drains.
+
 The policy is process-wide (``configure``); the CUDA platform sets it from ``--cuda-pdl`` when it builds the decode
 graphs. It applies only where the device can do it: a CUDA (not HIP) build of torch, compute capability 9.0 or later,
 compiled kernels (never under TRITON_INTERPRET).
