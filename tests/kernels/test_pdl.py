@@ -97,25 +97,9 @@ def test_every_pdl_kernel_waits_before_its_first_global_access_when_compiled_for
     """The PTX of each PDL-aware kernel, compiled for an sm90 target here (no GPU needed): griddepcontrol.wait comes
     before any global load, store or atomic (a read before it could see the previous kernel's stale output), the
     bf16 skinny GEMM asks L2 for its first weight tiles before waiting, and the plain variant has neither."""
-    import json
-    import subprocess
-    import sys
-    from pathlib import Path
+    from tests.kernels.compiled_rows import compiled_rows
 
-    import triton.backends
-
-    if "nvidia" not in triton.backends.backends:
-        pytest.skip("this triton has no NVIDIA backend to compile with")
-    root = Path(__file__).resolve().parents[2]
-    result = subprocess.run([sys.executable, "-m", "tests.kernels.pdl_ptx"], cwd=root, capture_output=True,
-                            text=True, timeout=300, check=False)
-    assert result.returncode == 0, result.stderr[-2000:]
-    rows = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
-    # NOTE: not imported here: pdl_ptx turns the interpreter off for the process that imports it
-    assert [r["kernel"] for r in rows] == [
-        "rms_norm", "gated", "rotary", "store_kv", "sum_splits", "skinny_gemm", "decode_partial", "decode_merge",
-        "qk_norm_rope_store", "fp8_gemv", "fp8_skinny", "int4_gemv", "int4_skinny",
-    ]
+    rows = compiled_rows("sm90")
     for r in rows:
         assert r["wait_line"] is not None and r["first_global_access_line"] is not None, r
         assert r["wait_line"] < r["first_global_access_line"], r

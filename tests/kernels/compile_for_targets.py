@@ -1,8 +1,13 @@
-"""Compiles the PDL-aware kernels for an sm90 target (no GPU needed: Triton's own ptxas) and prints, per kernel,
-whether its PTX waits for the previous grid (``griddepcontrol.wait``) before its first global memory access.
+"""Compiles the decode-path kernels ahead of time for a GPU this machine does not have (Triton's own toolchains: no
+GPU needed), one JSON line per kernel.
 
-Run as a script (``python -m tests.kernels.pdl_ptx``): the kernels must be decorated for compiling, not for the
-interpreter that the test process uses. One JSON line per kernel.
+``python -m tests.kernels.compile_for_targets sm90``: NVIDIA Hopper with programmatic dependent launch; per kernel,
+whether its PTX waits for the previous grid (``griddepcontrol.wait``) before its first global memory access.
+``python -m tests.kernels.compile_for_targets gfx942`` (or ``gfx950``): AMD MI300 / MI350, plain launches, FP8
+weights in the platform's FP8 (``e4m3fnuz`` on gfx942); per kernel, whether it compiles to a code object.
+
+Run as a script: the kernels must be decorated for compiling, not for the interpreter that the test process uses
+(importing this module turns the interpreter off for its process).
 """
 
 from __future__ import annotations
@@ -10,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import sys
 
 os.environ["TRITON_INTERPRET"] = "0"
 
@@ -66,20 +72,37 @@ _FP8_WEIGHTS = {"fp8_gemv", "fp8_skinny"}
 _GLOBAL = re.compile(r"^\s*(@!?%p\d+\s+)?(ld\.global|st\.global|atom\.global|red\.global|cp\.async|cp\.reduce\.async)")
 
 
-def ptx_of(kernel: object, constexprs: dict[str, object], use_pdl: bool, fp8_weights: bool = False) -> str:
-    params = kernel.params  # type: ignore[attr-defined]
+# the FP8 weight type and its (max, smallest normal) per target
+_FP8 = {"sm90": ("*fp8e4nv", 448.0, 2.0**-6), "gfx942": ("*fp8e4b8", 240.0, 2.0**-7),
+        "gfx950": ("*fp8e4nv", 448.0, 2.0**-6)}
+
+
+def _target(name: str) -> GPUTarget:
+    return GPUTarget("cuda", 90, 32) if name == "sm90" else GPUTarget("hip", name, 64)
+
+
+def compiled(name: str, target: str, use_pdl: bool) -> dict[str, str]:
+    """Kernel ``name`` of KERNELS compiled for ``target``: its assembly by stage (ptx, amdgcn, ...)."""
+    kernel, constexprs = KERNELS[name]
+    fp8 = name in _FP8_WEIGHTS
+    w_type, fp8_max, min_normal = _FP8[target]
     consts = {**constexprs, "USE_PDL": use_pdl}
+    if fp8:
+        consts |= {"FP8_MAX": fp8_max, "FP8_MIN_NORMAL": min_normal}
     signature = {}
-    for p in params:
+    for p in kernel.params:  # type: ignore[attr-defined]
         if p.is_constexpr:
             signature[p.name] = "constexpr"
         elif p.name.endswith("_ptr"):
-            signature[p.name] = "*fp8e4nv" if fp8_weights and p.name == "w_ptr" else _POINTERS.get(p.name, "*bf16")
+            signature[p.name] = w_type if fp8 and p.name == "w_ptr" else _POINTERS.get(p.name, "*bf16")
         else:
             signature[p.name] = "fp32" if p.name in _FLOATS else "i32"
-    source = ASTSource(fn=kernel, signature=signature, constexprs=consts)
-    compiled = compile(source, target=GPUTarget("cuda", 90, 32), options={"launch_pdl": use_pdl, "num_warps": 4})
-    return str(compiled.asm["ptx"])
+    options: dict[str, object] = {"num_warps": 4}
+    if use_pdl:
+        options["launch_pdl"] = True
+    out = compile(ASTSource(fn=kernel, signature=signature, constexprs=consts), target=_target(target),
+                  options=options)
+    return {stage: str(text) for stage, text in out.asm.items() if isinstance(text, str)}
 
 
 def first_lines(ptx: str) -> tuple[int | None, int | None, int]:
@@ -97,11 +120,28 @@ def first_lines(ptx: str) -> tuple[int | None, int | None, int]:
     return wait, memory, prefetches
 
 
-if __name__ == "__main__":
-    for name, (kernel, constexprs) in KERNELS.items():
-        fp8 = name in _FP8_WEIGHTS
-        wait, memory, prefetches = first_lines(ptx_of(kernel, constexprs, True, fp8))
-        plain_wait, _, plain_prefetches = first_lines(ptx_of(kernel, constexprs, False, fp8))
+def pdl_rows() -> None:
+    for name in KERNELS:
+        wait, memory, prefetches = first_lines(compiled(name, "sm90", True)["ptx"])
+        plain_wait, _, plain_prefetches = first_lines(compiled(name, "sm90", False)["ptx"])
         print(json.dumps({"kernel": name, "wait_line": wait, "first_global_access_line": memory,
                           "prefetches_before_wait": prefetches,
                           "plain_variant_waits": plain_wait is not None or plain_prefetches > 0}), flush=True)
+
+
+def amd_rows(target: str) -> None:
+    for name in KERNELS:
+        try:
+            asm = compiled(name, target, False)
+            print(json.dumps({"kernel": name, "compiled": "amdgcn" in asm, "error": None}), flush=True)
+        except Exception as exc:  # noqa: BLE001 - reported per kernel, the test says which failed
+            print(json.dumps({"kernel": name, "compiled": False, "error": f"{type(exc).__name__}: {exc}"[:500]}),
+                  flush=True)
+
+
+if __name__ == "__main__":
+    which = sys.argv[1] if len(sys.argv) > 1 else "sm90"
+    if which == "sm90":
+        pdl_rows()
+    else:
+        amd_rows(which)
