@@ -25,6 +25,7 @@ from triton.compiler import ASTSource, compile
 from sgl.kernels import (
     activation,
     decode_attn,
+    extend_attn,
     fp8_skinny_gemm,
     int4_skinny_gemm,
     kv_store,
@@ -33,8 +34,11 @@ from sgl.kernels import (
     rotary,
     skinny_gemm,
 )
+from sgl.kernels.fused_moe import _grouped_gemm_kernel
 
-_POINTERS = {"ws_ptr": "*fp32", "xs_ptr": "*fp32", "qw_ptr": "*i32", "qz_ptr": "*i32", "pos_ptr": "*i64", "loc_ptr": "*i64", "req_idx_ptr": "*i64", "seq_lens_ptr": "*i64", "r2t_ptr": "*i32",
+_POINTERS = {"prefix_lens_ptr": "*i64", "extend_lens_ptr": "*i64", "extend_start_ptr": "*i64", "tree_ptr": "*i8",
+             "tree_off_ptr": "*i64", "weight_ptr": "*fp32", "pairs_ptr": "*i32", "experts_ptr": "*i32",
+             "total_ptr": "*i32", "sa_ptr": "*fp32", "sb_ptr": "*fp32", "ws_ptr": "*fp32", "xs_ptr": "*fp32", "qw_ptr": "*i32", "qz_ptr": "*i32", "pos_ptr": "*i64", "loc_ptr": "*i64", "req_idx_ptr": "*i64", "seq_lens_ptr": "*i64", "r2t_ptr": "*i32",
              "splits_ptr": "*i32", "tickets_ptr": "*i32", "po_ptr": "*fp32", "plse_ptr": "*fp32", "part_ptr": "*fp32",
              "cache_ptr": "*fp32"}
 _FLOATS = {"eps", "scale_log2", "kv_max"}
@@ -69,6 +73,16 @@ KERNELS = {
 }
 _FP8_WEIGHTS = {"fp8_gemv", "fp8_skinny"}
 
+# kernels that launch as usual (no USE_PDL): compiled for the AMD targets only
+PLAIN_KERNELS = {
+    "extend_attention": (extend_attn._extend_kernel, {
+        "BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_D": 128, "BLOCK_DV": 128, "UPCAST": False, "PRECISION": None,
+        "HAS_TREE": False}),
+    "fused_moe": (_grouped_gemm_kernel, {
+        "A_ROWS_PER_PAIR": 8, "MUL_WEIGHT": False, "UPCAST": False, "PRECISION": None, "SCALED": False,
+        "DOT_FP16": False, "BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_K": 64}),
+}
+
 _GLOBAL = re.compile(r"^\s*(@!?%p\d+\s+)?(ld\.global|st\.global|atom\.global|red\.global|cp\.async|cp\.reduce\.async)")
 
 
@@ -83,10 +97,10 @@ def _target(name: str) -> GPUTarget:
 
 def compiled(name: str, target: str, use_pdl: bool) -> dict[str, str]:
     """Kernel ``name`` of KERNELS compiled for ``target``: its assembly by stage (ptx, amdgcn, ...)."""
-    kernel, constexprs = KERNELS[name]
+    kernel, constexprs = {**KERNELS, **PLAIN_KERNELS}[name]
     fp8 = name in _FP8_WEIGHTS
     w_type, fp8_max, min_normal = _FP8[target]
-    consts = {**constexprs, "USE_PDL": use_pdl}
+    consts = {**constexprs, "USE_PDL": use_pdl} if name in KERNELS else dict(constexprs)
     if fp8:
         consts |= {"FP8_MAX": fp8_max, "FP8_MIN_NORMAL": min_normal}
     signature = {}
@@ -130,7 +144,7 @@ def pdl_rows() -> None:
 
 
 def amd_rows(target: str) -> None:
-    for name in KERNELS:
+    for name in [*KERNELS, *PLAIN_KERNELS]:
         try:
             asm = compiled(name, target, False)
             print(json.dumps({"kernel": name, "compiled": "amdgcn" in asm, "error": None}), flush=True)
