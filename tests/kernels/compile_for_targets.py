@@ -29,6 +29,7 @@ from sgl.kernels import (
     fp8_skinny_gemm,
     int4_skinny_gemm,
     kv_store,
+    lora,
     norm,
     qk_rope_store,
     rotary,
@@ -36,7 +37,8 @@ from sgl.kernels import (
 )
 from sgl.kernels.fused_moe import _grouped_gemm_kernel
 
-_POINTERS = {"prefix_lens_ptr": "*i64", "extend_lens_ptr": "*i64", "extend_start_ptr": "*i64", "tree_ptr": "*i8",
+_POINTERS = {"seg_start_ptr": "*i32", "seg_len_ptr": "*i32", "seg_slot_ptr": "*i32", "row_index_ptr": "*i32",
+             "prefix_lens_ptr": "*i64", "extend_lens_ptr": "*i64", "extend_start_ptr": "*i64", "tree_ptr": "*i8",
              "tree_off_ptr": "*i64", "weight_ptr": "*fp32", "pairs_ptr": "*i32", "experts_ptr": "*i32",
              "total_ptr": "*i32", "sa_ptr": "*fp32", "sb_ptr": "*fp32", "ws_ptr": "*fp32", "xs_ptr": "*fp32", "qw_ptr": "*i32", "qz_ptr": "*i32", "pos_ptr": "*i64", "loc_ptr": "*i64", "req_idx_ptr": "*i64", "seq_lens_ptr": "*i64", "r2t_ptr": "*i32",
              "splits_ptr": "*i32", "tickets_ptr": "*i32", "po_ptr": "*fp32", "plse_ptr": "*fp32", "part_ptr": "*fp32",
@@ -81,7 +83,13 @@ PLAIN_KERNELS = {
     "fused_moe": (_grouped_gemm_kernel, {
         "A_ROWS_PER_PAIR": 8, "MUL_WEIGHT": False, "UPCAST": False, "PRECISION": None, "SCALED": False,
         "DOT_FP16": False, "BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_K": 64}),
+    "lora_shrink": (lora._shrink_kernel, {
+        "BLOCK_M": 16, "BLOCK_N": 16, "BLOCK_K": 256, "UPCAST": False, "PRECISION": None, "HAS_ROW_INDEX": True}),
+    "lora_expand": (lora._expand_kernel, {
+        "SPLITS": 4, "NUM_SLICES": 3, "BLOCK_M": 16, "BLOCK_N": 128, "BLOCK_R": 16, "HAS_ROW_INDEX": True,
+        "PARTIALS_IN_FLIGHT": 4}),
 }
+_FP32_POINTERS = {"lora_shrink": {"y_ptr"}, "lora_expand": {"y_ptr"}}  # the shrink's fp32 partials
 
 _GLOBAL = re.compile(r"^\s*(@!?%p\d+\s+)?(ld\.global|st\.global|atom\.global|red\.global|cp\.async|cp\.reduce\.async)")
 
@@ -108,7 +116,10 @@ def compiled(name: str, target: str, use_pdl: bool) -> dict[str, str]:
         if p.is_constexpr:
             signature[p.name] = "constexpr"
         elif p.name.endswith("_ptr"):
-            signature[p.name] = w_type if fp8 and p.name == "w_ptr" else _POINTERS.get(p.name, "*bf16")
+            if p.name in _FP32_POINTERS.get(name, ()):
+                signature[p.name] = "*fp32"
+            else:
+                signature[p.name] = w_type if fp8 and p.name == "w_ptr" else _POINTERS.get(p.name, "*bf16")
         else:
             signature[p.name] = "fp32" if p.name in _FLOATS else "i32"
     options: dict[str, object] = {"num_warps": 4}

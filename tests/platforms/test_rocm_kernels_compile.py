@@ -1,7 +1,7 @@
-"""The portable Triton kernels that the rocm platform runs (decode path, prefill attention, fused MoE) compile for
-AMD Instinct GPUs here, without one (Triton's AMD toolchain, ahead of time): MI300 (gfx942, FP8 weights as
-e4m3fnuz) and MI350 (gfx950). Compiling is not running: the rocm platform stays "not verified on hardware"; this
-only rules out kernels that would not build."""
+"""The portable Triton kernels that the rocm platform runs (decode path, prefill attention, fused MoE, LoRA)
+compile for AMD Instinct GPUs here, without one (Triton's AMD toolchain, ahead of time): MI300 (gfx942, FP8
+weights as e4m3fnuz) and MI350 (gfx950). Compiling is not running: the rocm platform stays "not verified on
+hardware"; this only rules out kernels that would not build."""
 
 from __future__ import annotations
 
