@@ -26,7 +26,11 @@ from sgl.kernels import (
     activation,
     decode_attn,
     extend_attn,
+    fp8_gemm,
+    fp8_quant,
     fp8_skinny_gemm,
+    fused_moe_int4,
+    int4_gemm,
     int4_skinny_gemm,
     kv_store,
     lora,
@@ -37,7 +41,7 @@ from sgl.kernels import (
 )
 from sgl.kernels.fused_moe import _grouped_gemm_kernel
 
-_POINTERS = {"seg_start_ptr": "*i32", "seg_len_ptr": "*i32", "seg_slot_ptr": "*i32", "row_index_ptr": "*i32",
+_POINTERS = {"g_ptr": "*i32", "seg_start_ptr": "*i32", "seg_len_ptr": "*i32", "seg_slot_ptr": "*i32", "row_index_ptr": "*i32",
              "prefix_lens_ptr": "*i64", "extend_lens_ptr": "*i64", "extend_start_ptr": "*i64", "tree_ptr": "*i8",
              "tree_off_ptr": "*i64", "weight_ptr": "*fp32", "pairs_ptr": "*i32", "experts_ptr": "*i32",
              "total_ptr": "*i32", "sa_ptr": "*fp32", "sb_ptr": "*fp32", "ws_ptr": "*fp32", "xs_ptr": "*fp32", "qw_ptr": "*i32", "qz_ptr": "*i32", "pos_ptr": "*i64", "loc_ptr": "*i64", "req_idx_ptr": "*i64", "seq_lens_ptr": "*i64", "r2t_ptr": "*i32",
@@ -73,7 +77,8 @@ KERNELS = {
         "AWQ": True, "BLOCK_M": 16, "BLOCK_N": 64, "BLOCK_K": 128, "MAGIC_FP16": False, "MAGIC_BITS": 0x4300,
         "MAGIC_BASE": 128.0, "UPCAST": False, "HAS_BIAS": False}),
 }
-_FP8_WEIGHTS = {"fp8_gemv", "fp8_skinny"}
+_FP8_POINTERS = {"fp8_gemv": {"w_ptr"}, "fp8_skinny": {"w_ptr"}, "fp8_gemm": {"a_ptr", "b_ptr"},
+                  "fp8_quant": {"q_ptr"}, "fused_moe_fp8": {"a_ptr", "b_ptr"}}
 
 # kernels that launch as usual (no USE_PDL): compiled for the AMD targets only
 PLAIN_KERNELS = {
@@ -83,13 +88,29 @@ PLAIN_KERNELS = {
     "fused_moe": (_grouped_gemm_kernel, {
         "A_ROWS_PER_PAIR": 8, "MUL_WEIGHT": False, "UPCAST": False, "PRECISION": None, "SCALED": False,
         "DOT_FP16": False, "BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_K": 64}),
+    "fused_moe_fp8": (_grouped_gemm_kernel, {
+        "A_ROWS_PER_PAIR": 8, "MUL_WEIGHT": False, "UPCAST": False, "PRECISION": None, "SCALED": True,
+        "DOT_FP16": False, "BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_K": 128}),
     "lora_shrink": (lora._shrink_kernel, {
         "BLOCK_M": 16, "BLOCK_N": 16, "BLOCK_K": 256, "UPCAST": False, "PRECISION": None, "HAS_ROW_INDEX": True}),
     "lora_expand": (lora._expand_kernel, {
         "SPLITS": 4, "NUM_SLICES": 3, "BLOCK_M": 16, "BLOCK_N": 128, "BLOCK_R": 16, "HAS_ROW_INDEX": True,
         "PARTIALS_IN_FLIGHT": 4}),
+    "fp8_gemm": (fp8_gemm._fp8_gemm_kernel, {
+        "BLOCK_M": 64, "BLOCK_N": 128, "BLOCK_K": 128, "HAS_A_SCALE": True, "DOT_FP32": False, "DOT_FP16": False,
+        "HAS_BIAS": False, "GROUP_M": 8}),
+    "fp8_quant": (fp8_quant._fp8_quant_kernel, {"CHUNK": 128, "FP8_MAX": 448.0, "FP8_MIN_NORMAL": 2.0**-6,
+                                                "EXACT_CAST": False}),
+    "int4_gemm": (int4_gemm._int4_gemm_kernel, {
+        "AWQ": True, "HAS_G_IDX": False, "BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_K": 128, "UPCAST": False,
+        "HAS_BIAS": False}),
+    "int4_moe": (fused_moe_int4._grouped_int4_kernel, {
+        "A_ROWS_PER_PAIR": 8, "MUL_WEIGHT": False, "AWQ": True, "HAS_G_IDX": False, "UPCAST": False,
+        "PRECISION": None, "BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_K": 128}),
 }
-_FP32_POINTERS = {"lora_shrink": {"y_ptr"}, "lora_expand": {"y_ptr"}}  # the shrink's fp32 partials
+# fp32 buffers: LoRA's shrink partials, the GEMMs' split partials, the FP8 activation scales
+_FP32_POINTERS = {"lora_shrink": {"y_ptr"}, "lora_expand": {"y_ptr"}, "fp8_gemm": {"out_ptr"},
+                  "int4_gemm": {"out_ptr"}, "fp8_quant": {"s_ptr"}}
 
 _GLOBAL = re.compile(r"^\s*(@!?%p\d+\s+)?(ld\.global|st\.global|atom\.global|red\.global|cp\.async|cp\.reduce\.async)")
 
@@ -106,10 +127,9 @@ def _target(name: str) -> GPUTarget:
 def compiled(name: str, target: str, use_pdl: bool) -> dict[str, str]:
     """Kernel ``name`` of KERNELS compiled for ``target``: its assembly by stage (ptx, amdgcn, ...)."""
     kernel, constexprs = {**KERNELS, **PLAIN_KERNELS}[name]
-    fp8 = name in _FP8_WEIGHTS
-    w_type, fp8_max, min_normal = _FP8[target]
+    fp8_type, fp8_max, min_normal = _FP8[target]
     consts = {**constexprs, "USE_PDL": use_pdl} if name in KERNELS else dict(constexprs)
-    if fp8:
+    if "FP8_MAX" in consts:
         consts |= {"FP8_MAX": fp8_max, "FP8_MIN_NORMAL": min_normal}
     signature = {}
     for p in kernel.params:  # type: ignore[attr-defined]
@@ -118,8 +138,10 @@ def compiled(name: str, target: str, use_pdl: bool) -> dict[str, str]:
         elif p.name.endswith("_ptr"):
             if p.name in _FP32_POINTERS.get(name, ()):
                 signature[p.name] = "*fp32"
+            elif p.name in _FP8_POINTERS.get(name, ()):
+                signature[p.name] = fp8_type
             else:
-                signature[p.name] = w_type if fp8 and p.name == "w_ptr" else _POINTERS.get(p.name, "*bf16")
+                signature[p.name] = _POINTERS.get(p.name, "*bf16")
         else:
             signature[p.name] = "fp32" if p.name in _FLOATS else "i32"
     options: dict[str, object] = {"num_warps": 4}

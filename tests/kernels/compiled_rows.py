@@ -11,10 +11,11 @@ from typing import Any
 
 import pytest
 
-# the PDL-aware decode-path kernels; the AMD targets also compile prefill attention, the fused MoE and LoRA's SGMV
+# the PDL-aware decode-path kernels; the AMD targets compile every other Triton kernel of sgl.kernels too
 KERNELS = ["rms_norm", "gated", "rotary", "store_kv", "sum_splits", "skinny_gemm", "decode_partial", "decode_merge",
            "qk_norm_rope_store", "fp8_gemv", "fp8_skinny", "int4_gemv", "int4_skinny"]
-AMD_KERNELS = [*KERNELS, "extend_attention", "fused_moe", "lora_shrink", "lora_expand"]
+AMD_KERNELS = [*KERNELS, "extend_attention", "fused_moe", "fused_moe_fp8", "lora_shrink", "lora_expand", "fp8_gemm",
+               "fp8_quant", "int4_gemm", "int4_moe"]
 
 
 def compiled_rows(target: str) -> list[dict[str, Any]]:

@@ -1,4 +1,4 @@
-"""The portable Triton kernels that the rocm platform runs (decode path, prefill attention, fused MoE, LoRA)
+"""The portable Triton kernels that the rocm platform runs (every Triton kernel of sgl.kernels)
 compile for AMD Instinct GPUs here, without one (Triton's AMD toolchain, ahead of time): MI300 (gfx942, FP8
 weights as e4m3fnuz) and MI350 (gfx950). Compiling is not running: the rocm platform stays "not verified on
 hardware"; this only rules out kernels that would not build."""
