@@ -15,10 +15,14 @@ from __future__ import annotations
 import json
 import os
 import re
+import subprocess
 import sys
+import tempfile
 
 os.environ["TRITON_INTERPRET"] = "0"
 
+import torch
+import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource, compile
 
@@ -49,6 +53,8 @@ _POINTERS = {"g_ptr": "*i32", "seg_start_ptr": "*i32", "seg_len_ptr": "*i32", "s
              "cache_ptr": "*fp32"}
 _FLOATS = {"eps", "scale_log2", "kv_max"}
 
+_GATED = skinny_gemm.gated_config(4096, 14336, torch.device("cpu"))
+
 # a decode-shaped specialisation of each (Llama-3.1-8B's heads, one row, K split in 4)
 KERNELS = {
     "rms_norm": (norm._rms_norm_kernel, {"HAS_RESIDUAL": True, "BLOCK": 4096}),
@@ -60,6 +66,10 @@ KERNELS = {
     "skinny_gemm": (skinny_gemm._skinny_gemm_kernel, {
         "BLOCK_M": 16, "BLOCK_N": 64, "BLOCK_K": 128, "UPCAST": False, "HAS_BIAS": False, "GATED": True,
         "GELU_TANH": False, "SPLIT_K": 4, "REDUCE": True, "REDUCE_BIAS": False, "ONE_ROW": True}),
+    # the gated GEMM over several rows, in the tiles skinny_gemm picks for it (Llama-3.1-8B's down projection)
+    "skinny_gemm_gated_rows": (skinny_gemm._skinny_gemm_kernel, {
+        "BLOCK_M": 16, "BLOCK_N": _GATED.block_n, "BLOCK_K": _GATED.block_k, "UPCAST": False, "HAS_BIAS": False,
+        "GATED": True, "GELU_TANH": False, "SPLIT_K": 4, "REDUCE": True, "REDUCE_BIAS": False, "ONE_ROW": False}),
     "decode_partial": (decode_attn._decode_partial_kernel, {
         "BLOCK_H": 16, "BLOCK_N": 64, "BLOCK_D": 128, "BLOCK_DV": 128, "UPCAST": False, "PRECISION": None,
         "KV_FP16": False, "MERGE": True, "MAX_SPLITS": 16, "BLOCK_S": 16}),
@@ -67,10 +77,10 @@ KERNELS = {
     "qk_norm_rope_store": (qk_rope_store._qk_norm_rope_store_kernel, {
         "HAS_NORM": True, "IS_NEOX": True, "SATURATE": False, "BLOCK_D": 128, "BLOCK_HALF": 64, "BLOCK_PASS": 0}),
     "fp8_gemv": (fp8_skinny_gemm._fp8_gemv_kernel, {
-        "BLOCK_N": 32, "BLOCK_K": 512, "ACT": 1, "W_BLOCKED": False, "FP8_MAX": 448.0, "FP8_MIN_NORMAL": 2.0**-6,
+        "BLOCK_N": 32, "BLOCK_K": 256, "ACT": 1, "W_BLOCKED": False, "FP8_MAX": 448.0, "FP8_MIN_NORMAL": 2.0**-6,
         "INTERPRETED": False, "HAS_BIAS": False}),
     "fp8_skinny": (fp8_skinny_gemm._fp8_skinny_kernel, {
-        "BLOCK_M": 16, "BLOCK_N": 64, "BLOCK_K": 128, "ACT": 1, "DOT": 0, "W_BLOCKED": False, "FP8_MAX": 448.0,
+        "BLOCK_M": 16, "BLOCK_N": 32, "BLOCK_K": 256, "ACT": 1, "DOT": 0, "W_BLOCKED": False, "FP8_MAX": 448.0,
         "FP8_MIN_NORMAL": 2.0**-6, "X_ROWS": 16, "HAS_BIAS": False, "IMPRECISE_ACC": 32}),
     "int4_gemv": (int4_skinny_gemm._int4_gemv_kernel, {"AWQ": True, "BLOCK_N": 64, "BLOCK_K": 128, "HAS_BIAS": False}),
     "int4_skinny": (int4_skinny_gemm._int4_skinny_kernel, {
@@ -79,6 +89,10 @@ KERNELS = {
 }
 _FP8_POINTERS = {"fp8_gemv": {"w_ptr"}, "fp8_skinny": {"w_ptr"}, "fp8_gemm": {"a_ptr", "b_ptr"},
                   "fp8_quant": {"q_ptr"}, "fused_moe_fp8": {"a_ptr", "b_ptr"}}
+
+# launch options where the wrappers pick others than num_warps=4, num_stages=3
+_OPTIONS = {"fp8_gemv": {"num_stages": 4}, "fp8_skinny": {"num_stages": 4}, "int4_skinny": {"num_stages": 4},
+            "decode_partial": {"num_stages": 2}}
 
 # kernels that launch as usual (no USE_PDL): compiled for the AMD targets only
 PLAIN_KERNELS = {
@@ -124,8 +138,9 @@ def _target(name: str) -> GPUTarget:
     return GPUTarget("cuda", 90, 32) if name == "sm90" else GPUTarget("hip", name, 64)
 
 
-def compiled(name: str, target: str, use_pdl: bool) -> dict[str, str]:
-    """Kernel ``name`` of KERNELS compiled for ``target``: its assembly by stage (ptx, amdgcn, ...)."""
+def compiled(name: str, target: str, use_pdl: bool) -> dict[str, str | bytes]:
+    """Kernel ``name`` of KERNELS compiled for ``target``: its assembly by stage (ptx, cubin, amdgcn, ...), with
+    pointers and strides 16-aligned as a launch on real tensors specialises them."""
     kernel, constexprs = {**KERNELS, **PLAIN_KERNELS}[name]
     fp8_type, fp8_max, min_normal = _FP8[target]
     consts = {**constexprs, "USE_PDL": use_pdl} if name in KERNELS else dict(constexprs)
@@ -144,12 +159,28 @@ def compiled(name: str, target: str, use_pdl: bool) -> dict[str, str]:
                 signature[p.name] = _POINTERS.get(p.name, "*bf16")
         else:
             signature[p.name] = "fp32" if p.name in _FLOATS else "i32"
-    options: dict[str, object] = {"num_warps": 4}
+    options: dict[str, object] = {"num_warps": 4, "num_stages": 3, **_OPTIONS.get(name, {})}
     if use_pdl:
         options["launch_pdl"] = True
-    out = compile(ASTSource(fn=kernel, signature=signature, constexprs=consts), target=_target(target),
-                  options=options)
-    return {stage: str(text) for stage, text in out.asm.items() if isinstance(text, str)}
+    names = [p.name for p in kernel.params]  # type: ignore[attr-defined]
+    aligned = {(names.index(n),): [["tt.divisibility", 16]] for n in names
+               if signature[n].startswith("*") or n.startswith("stride_")}
+    out = compile(ASTSource(fn=kernel, signature=signature, constexprs=consts, attrs=aligned),
+                  target=_target(target), options=options)
+    return dict(out.asm)
+
+
+def spilled_bytes(cubin: bytes) -> int | None:
+    """Stack plus local memory of a cubin's kernel (register spills), from the bundled cuobjdump (None without)."""
+    tool = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
+    if not os.path.exists(tool):
+        return None
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+        f.write(cubin)
+        f.flush()
+        usage = subprocess.run([tool, "--dump-resource-usage", f.name], capture_output=True, text=True, check=True)
+    line = next(x for x in usage.stdout.splitlines() if "REG:" in x)
+    return sum(int(re.search(rf"{key}:(\d+)", line).group(1)) for key in ("STACK", "LOCAL"))  # type: ignore[union-attr]
 
 
 def first_lines(ptx: str) -> tuple[int | None, int | None, int]:
@@ -169,11 +200,15 @@ def first_lines(ptx: str) -> tuple[int | None, int | None, int]:
 
 def pdl_rows() -> None:
     for name in KERNELS:
-        wait, memory, prefetches = first_lines(compiled(name, "sm90", True)["ptx"])
-        plain_wait, _, plain_prefetches = first_lines(compiled(name, "sm90", False)["ptx"])
+        pdl = compiled(name, "sm90", True)
+        plain = compiled(name, "sm90", False)
+        wait, memory, prefetches = first_lines(str(pdl["ptx"]))
+        plain_wait, _, plain_prefetches = first_lines(str(plain["ptx"]))
         print(json.dumps({"kernel": name, "wait_line": wait, "first_global_access_line": memory,
                           "prefetches_before_wait": prefetches,
-                          "plain_variant_waits": plain_wait is not None or plain_prefetches > 0}), flush=True)
+                          "plain_variant_waits": plain_wait is not None or plain_prefetches > 0,
+                          "spilled_bytes": [spilled_bytes(bytes(pdl["cubin"])), spilled_bytes(bytes(plain["cubin"]))]}),
+              flush=True)
 
 
 def amd_rows(target: str) -> None:
