@@ -1,8 +1,9 @@
 """Compiles the decode-path kernels ahead of time for a GPU this machine does not have (Triton's own toolchains: no
 GPU needed), one JSON line per kernel.
 
-``python -m tests.kernels.compile_for_targets sm90``: NVIDIA Hopper with programmatic dependent launch; per kernel,
-whether its PTX waits for the previous grid (``griddepcontrol.wait``) before its first global memory access.
+``python -m tests.kernels.compile_for_targets sm90``: NVIDIA Hopper; per PDL-aware kernel whether its PTX waits for
+the previous grid (``griddepcontrol.wait``) before its first global memory access, and for every kernel its register
+spills (stack and local bytes, from the bundled cuobjdump) in the tiles its wrapper picks.
 ``python -m tests.kernels.compile_for_targets gfx942`` (or ``gfx950``): AMD MI300 / MI350, plain launches, FP8
 weights in the platform's FP8 (``e4m3fnuz`` on gfx942); per kernel, whether it compiles to a code object.
 
@@ -53,7 +54,11 @@ _POINTERS = {"g_ptr": "*i32", "seg_start_ptr": "*i32", "seg_len_ptr": "*i32", "s
              "cache_ptr": "*fp32"}
 _FLOATS = {"eps", "scale_log2", "kv_max"}
 
-_GATED = skinny_gemm.gated_config(4096, 14336, torch.device("cpu"))
+_CPU = torch.device("cpu")
+_GATED = skinny_gemm.gated_config(4096, 14336, _CPU)
+# prefill tiles as the wrappers pick them (Llama-3.1-8B's o_proj, 8 x 512 tokens; block-FP8's 128-wide groups)
+_FP8_PREFILL = fp8_gemm.fp8_gemm_config(4096, 4096, 4096, 128, _CPU)
+_INT4_PREFILL = int4_gemm.int4_gemm_config(4096, 4096, 4096, _CPU)
 
 # a decode-shaped specialisation of each (Llama-3.1-8B's heads, one row, K split in 4)
 KERNELS = {
@@ -92,7 +97,9 @@ _FP8_POINTERS = {"fp8_gemv": {"w_ptr"}, "fp8_skinny": {"w_ptr"}, "fp8_gemm": {"a
 
 # launch options where the wrappers pick others than num_warps=4, num_stages=3
 _OPTIONS = {"fp8_gemv": {"num_stages": 4}, "fp8_skinny": {"num_stages": 4}, "int4_skinny": {"num_stages": 4},
-            "decode_partial": {"num_stages": 2}}
+            "decode_partial": {"num_stages": 2}, "extend_attention": {"num_stages": 2},
+            "fp8_gemm": {"num_warps": _FP8_PREFILL.num_warps, "num_stages": _FP8_PREFILL.num_stages},
+            "int4_gemm": {"num_warps": _INT4_PREFILL.num_warps, "num_stages": _INT4_PREFILL.num_stages}}
 
 # kernels that launch as usual (no USE_PDL): compiled for the AMD targets only
 PLAIN_KERNELS = {
@@ -111,13 +118,13 @@ PLAIN_KERNELS = {
         "SPLITS": 4, "NUM_SLICES": 3, "BLOCK_M": 16, "BLOCK_N": 128, "BLOCK_R": 16, "HAS_ROW_INDEX": True,
         "PARTIALS_IN_FLIGHT": 4}),
     "fp8_gemm": (fp8_gemm._fp8_gemm_kernel, {
-        "BLOCK_M": 64, "BLOCK_N": 128, "BLOCK_K": 128, "HAS_A_SCALE": True, "DOT_FP32": False, "DOT_FP16": False,
-        "HAS_BIAS": False, "GROUP_M": 8}),
+        "BLOCK_M": _FP8_PREFILL.block_m, "BLOCK_N": _FP8_PREFILL.block_n, "BLOCK_K": _FP8_PREFILL.block_k,
+        "HAS_A_SCALE": True, "DOT_FP32": False, "DOT_FP16": False, "HAS_BIAS": False, "GROUP_M": 8}),
     "fp8_quant": (fp8_quant._fp8_quant_kernel, {"CHUNK": 128, "FP8_MAX": 448.0, "FP8_MIN_NORMAL": 2.0**-6,
                                                 "EXACT_CAST": False}),
     "int4_gemm": (int4_gemm._int4_gemm_kernel, {
-        "AWQ": True, "HAS_G_IDX": False, "BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_K": 128, "UPCAST": False,
-        "HAS_BIAS": False}),
+        "AWQ": True, "HAS_G_IDX": False, "BLOCK_M": _INT4_PREFILL.block_m, "BLOCK_N": _INT4_PREFILL.block_n,
+        "BLOCK_K": _INT4_PREFILL.block_k, "UPCAST": False, "HAS_BIAS": False}),
     "int4_moe": (fused_moe_int4._grouped_int4_kernel, {
         "A_ROWS_PER_PAIR": 8, "MUL_WEIGHT": False, "AWQ": True, "HAS_G_IDX": False, "UPCAST": False,
         "PRECISION": None, "BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_K": 128}),
@@ -209,6 +216,9 @@ def pdl_rows() -> None:
                           "plain_variant_waits": plain_wait is not None or plain_prefetches > 0,
                           "spilled_bytes": [spilled_bytes(bytes(pdl["cubin"])), spilled_bytes(bytes(plain["cubin"]))]}),
               flush=True)
+    for name in PLAIN_KERNELS:
+        plain = compiled(name, "sm90", False)
+        print(json.dumps({"kernel": name, "spilled_bytes": [spilled_bytes(bytes(plain["cubin"]))]}), flush=True)
 
 
 def amd_rows(target: str) -> None:

@@ -108,17 +108,17 @@ def test_every_pdl_kernel_waits_before_its_first_global_access_when_compiled_for
     """In each PDL-aware kernel's PTX griddepcontrol.wait comes before any global load, store or atomic (a read
     before it could see the previous kernel's stale output), the bf16 skinny GEMM asks L2 for its first weight tiles
     before waiting, and the plain variant has neither."""
-    for r in sm90_rows:
+    for r in (r for r in sm90_rows if "wait_line" in r):
         assert r["wait_line"] is not None and r["first_global_access_line"] is not None, r
         assert r["wait_line"] < r["first_global_access_line"], r
         assert not r["plain_variant_waits"], r
         assert (r["prefetches_before_wait"] > 0) == r["kernel"].startswith("skinny_gemm"), r
 
 
-def test_decode_path_kernels_do_not_spill_registers_on_sm90(sm90_rows: list[dict[str, Any]]) -> None:
-    """No stack or local memory in the decode kernels, in the tiles their wrappers pick (a spill slows a
-    weight-streaming kernel and the interpreter cannot see it): the gated GEMM over 16 rows at 128 of K per step
-    spilled 344 bytes, which is why it takes 64 (``skinny_gemm.gated_config``)."""
+def test_kernels_do_not_spill_registers_on_sm90(sm90_rows: list[dict[str, Any]]) -> None:
+    """No stack or local memory in any Triton kernel, in the tiles its wrapper picks (a spill slows a kernel and the
+    interpreter cannot see it): the gated GEMM over 16 rows at 128 of K per step spilled 344 bytes, which is why it
+    takes 64 (``skinny_gemm.gated_config``); the block-FP8 and INT4 prefill GEMMs on 4 warps spilled 1,064 and 160."""
     if any(None in r["spilled_bytes"] for r in sm90_rows):
         pytest.skip("this Triton has no bundled cuobjdump")
     spilled = {r["kernel"]: r["spilled_bytes"] for r in sm90_rows if any(r["spilled_bytes"])}  # [with PDL, plain]
