@@ -59,6 +59,8 @@ _GATED = skinny_gemm.gated_config(4096, 14336, _CPU)
 # prefill tiles as the wrappers pick them (Llama-3.1-8B's o_proj, 8 x 512 tokens; block-FP8's 128-wide groups)
 _FP8_PREFILL = fp8_gemm.fp8_gemm_config(4096, 4096, 4096, 128, _CPU)
 _INT4_PREFILL = int4_gemm.int4_gemm_config(4096, 4096, 4096, _CPU)
+_EXTEND = extend_attn.extend_config(128, torch.device("cuda"))  # (BLOCK_M, BLOCK_N, num_warps) on a GPU
+_EXTEND_MLA = extend_attn.extend_config(576, torch.device("cuda"))  # MLA's latent
 
 # a decode-shaped specialisation of each (Llama-3.1-8B's heads, one row, K split in 4)
 KERNELS = {
@@ -97,15 +99,19 @@ _FP8_POINTERS = {"fp8_gemv": {"w_ptr"}, "fp8_skinny": {"w_ptr"}, "fp8_gemm": {"a
 
 # launch options where the wrappers pick others than num_warps=4, num_stages=3
 _OPTIONS = {"fp8_gemv": {"num_stages": 4}, "fp8_skinny": {"num_stages": 4}, "int4_skinny": {"num_stages": 4},
-            "decode_partial": {"num_stages": 2}, "extend_attention": {"num_stages": 2},
+            "decode_partial": {"num_stages": 2}, "extend_attention": {"num_warps": _EXTEND[2], "num_stages": 2},
+            "extend_attention_mla": {"num_warps": _EXTEND_MLA[2], "num_stages": 2},
             "fp8_gemm": {"num_warps": _FP8_PREFILL.num_warps, "num_stages": _FP8_PREFILL.num_stages},
             "int4_gemm": {"num_warps": _INT4_PREFILL.num_warps, "num_stages": _INT4_PREFILL.num_stages}}
 
 # kernels that launch as usual (no USE_PDL): compiled for the AMD targets only
 PLAIN_KERNELS = {
     "extend_attention": (extend_attn._extend_kernel, {
-        "BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_D": 128, "BLOCK_DV": 128, "UPCAST": False, "PRECISION": None,
-        "HAS_TREE": False}),
+        "BLOCK_M": _EXTEND[0], "BLOCK_N": _EXTEND[1], "BLOCK_D": 128, "BLOCK_DV": 128, "UPCAST": False,
+        "PRECISION": None, "HAS_TREE": False}),
+    "extend_attention_mla": (extend_attn._extend_kernel, {
+        "BLOCK_M": _EXTEND_MLA[0], "BLOCK_N": _EXTEND_MLA[1], "BLOCK_D": 1024, "BLOCK_DV": 512, "UPCAST": False,
+        "PRECISION": None, "HAS_TREE": False}),
     "fused_moe": (_grouped_gemm_kernel, {
         "A_ROWS_PER_PAIR": 8, "MUL_WEIGHT": False, "UPCAST": False, "PRECISION": None, "SCALED": False,
         "DOT_FP16": False, "BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_K": 64}),
