@@ -80,6 +80,13 @@ KERNELS = {
     "decode_partial": (decode_attn._decode_partial_kernel, {
         "BLOCK_H": 16, "BLOCK_N": 64, "BLOCK_D": 128, "BLOCK_DV": 128, "UPCAST": False, "PRECISION": None,
         "KV_FP16": False, "MERGE": True, "MAX_SPLITS": 16, "BLOCK_S": 16}),
+    # an FP8 KV cache's tile (one warp) and MLA's 576-wide latent, as decode_attention picks them
+    "decode_partial_fp8_kv": (decode_attn._decode_partial_kernel, {
+        "BLOCK_H": 16, "BLOCK_N": 32, "BLOCK_D": 128, "BLOCK_DV": 128, "UPCAST": False, "PRECISION": None,
+        "KV_FP16": True, "MERGE": False, "MAX_SPLITS": 16, "BLOCK_S": 16}),
+    "decode_partial_mla": (decode_attn._decode_partial_kernel, {
+        "BLOCK_H": 16, "BLOCK_N": 16, "BLOCK_D": 1024, "BLOCK_DV": 512, "UPCAST": False, "PRECISION": None,
+        "KV_FP16": False, "MERGE": False, "MAX_SPLITS": 16, "BLOCK_S": 16}),
     "decode_merge": (decode_attn._decode_merge_kernel, {"BLOCK_S": 16, "BLOCK_DV": 128}),
     "qk_norm_rope_store": (qk_rope_store._qk_norm_rope_store_kernel, {
         "HAS_NORM": True, "IS_NEOX": True, "SATURATE": False, "BLOCK_D": 128, "BLOCK_HALF": 64, "BLOCK_PASS": 0}),
@@ -94,12 +101,13 @@ KERNELS = {
         "AWQ": True, "BLOCK_M": 16, "BLOCK_N": 64, "BLOCK_K": 128, "MAGIC_FP16": False, "MAGIC_BITS": 0x4300,
         "MAGIC_BASE": 128.0, "UPCAST": False, "HAS_BIAS": False}),
 }
-_FP8_POINTERS = {"fp8_gemv": {"w_ptr"}, "fp8_skinny": {"w_ptr"}, "fp8_gemm": {"a_ptr", "b_ptr"},
+_FP8_POINTERS = {"decode_partial_fp8_kv": {"k_ptr", "v_ptr"}, "fp8_gemv": {"w_ptr"}, "fp8_skinny": {"w_ptr"}, "fp8_gemm": {"a_ptr", "b_ptr"},
                   "fp8_quant": {"q_ptr"}, "fused_moe_fp8": {"a_ptr", "b_ptr"}}
 
 # launch options where the wrappers pick others than num_warps=4, num_stages=3
 _OPTIONS = {"fp8_gemv": {"num_stages": 4}, "fp8_skinny": {"num_stages": 4}, "int4_skinny": {"num_stages": 4},
-            "decode_partial": {"num_stages": 2}, "extend_attention": {"num_warps": _EXTEND[2], "num_stages": 2},
+            "decode_partial": {"num_stages": 2}, "decode_partial_fp8_kv": {"num_warps": 1, "num_stages": 3},
+            "decode_partial_mla": {"num_stages": 1}, "extend_attention": {"num_warps": _EXTEND[2], "num_stages": 2},
             "extend_attention_mla": {"num_warps": _EXTEND_MLA[2], "num_stages": 2},
             "fp8_gemm": {"num_warps": _FP8_PREFILL.num_warps, "num_stages": _FP8_PREFILL.num_stages},
             "int4_gemm": {"num_warps": _INT4_PREFILL.num_warps, "num_stages": _INT4_PREFILL.num_stages}}

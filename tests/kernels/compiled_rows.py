@@ -13,7 +13,8 @@ import pytest
 
 # the PDL-aware decode-path kernels, then every other Triton kernel of sgl.kernels
 KERNELS = ["rms_norm", "gated", "rotary", "store_kv", "sum_splits", "skinny_gemm", "skinny_gemm_gated_rows",
-           "decode_partial", "decode_merge", "qk_norm_rope_store", "fp8_gemv", "fp8_skinny", "int4_gemv", "int4_skinny"]
+           "decode_partial", "decode_partial_fp8_kv", "decode_partial_mla", "decode_merge", "qk_norm_rope_store",
+           "fp8_gemv", "fp8_skinny", "int4_gemv", "int4_skinny"]
 AMD_KERNELS = [*KERNELS, "extend_attention", "extend_attention_mla", "fused_moe", "fused_moe_fp8", "lora_shrink",
                "lora_expand", "fp8_gemm", "fp8_quant", "int4_gemm", "int4_moe"]
 
