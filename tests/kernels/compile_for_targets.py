@@ -4,8 +4,9 @@ GPU needed), one JSON line per kernel.
 ``python -m tests.kernels.compile_for_targets sm90``: NVIDIA Hopper; per PDL-aware kernel whether its PTX waits for
 the previous grid (``griddepcontrol.wait``) before its first global memory access, and for every kernel its register
 spills (stack and local bytes, from the bundled cuobjdump) in the tiles its wrapper picks.
-``python -m tests.kernels.compile_for_targets gfx942`` (or ``gfx950``): AMD MI300 / MI350, plain launches, FP8
-weights in the platform's FP8 (``e4m3fnuz`` on gfx942); per kernel, whether it compiles to a code object.
+``python -m tests.kernels.compile_for_targets gfx942`` (or ``gfx950``, ``sm100``): AMD MI300 / MI350 or NVIDIA
+Blackwell, plain launches, FP8 in the platform's FP8 (``e4m3fnuz`` on gfx942); per kernel, whether it compiles to a
+code object.
 
 Run as a script: the kernels must be decorated for compiling, not for the interpreter that the test process uses
 (importing this module turns the interpreter off for its process).
@@ -151,12 +152,14 @@ _GLOBAL = re.compile(r"^\s*(@!?%p\d+\s+)?(ld\.global|st\.global|atom\.global|red
 
 
 # the FP8 weight type and its (max, smallest normal) per target
-_FP8 = {"sm90": ("*fp8e4nv", 448.0, 2.0**-6), "gfx942": ("*fp8e4b8", 240.0, 2.0**-7),
+_FP8 = {"sm90": ("*fp8e4nv", 448.0, 2.0**-6), "sm100": ("*fp8e4nv", 448.0, 2.0**-6), "gfx942": ("*fp8e4b8", 240.0, 2.0**-7),
         "gfx950": ("*fp8e4nv", 448.0, 2.0**-6)}
 
 
 def _target(name: str) -> GPUTarget:
-    return GPUTarget("cuda", 90, 32) if name == "sm90" else GPUTarget("hip", name, 64)
+    if name.startswith("sm"):
+        return GPUTarget("cuda", int(name[2:]), 32)
+    return GPUTarget("hip", name, 64)
 
 
 def compiled(name: str, target: str, use_pdl: bool) -> dict[str, str | bytes]:
@@ -235,11 +238,12 @@ def pdl_rows() -> None:
         print(json.dumps({"kernel": name, "spilled_bytes": [spilled_bytes(bytes(plain["cubin"]))]}), flush=True)
 
 
-def amd_rows(target: str) -> None:
+def build_rows(target: str) -> None:
     for name in [*KERNELS, *PLAIN_KERNELS]:
         try:
             asm = compiled(name, target, False)
-            print(json.dumps({"kernel": name, "compiled": "amdgcn" in asm, "error": None}), flush=True)
+            print(json.dumps({"kernel": name, "compiled": "amdgcn" in asm or "cubin" in asm, "error": None}),
+                  flush=True)
         except Exception as exc:  # noqa: BLE001 - reported per kernel, the test says which failed
             print(json.dumps({"kernel": name, "compiled": False, "error": f"{type(exc).__name__}: {exc}"[:500]}),
                   flush=True)
@@ -250,4 +254,4 @@ if __name__ == "__main__":
     if which == "sm90":
         pdl_rows()
     else:
-        amd_rows(which)
+        build_rows(which)

@@ -15,7 +15,7 @@ import pytest
 KERNELS = ["rms_norm", "gated", "rotary", "store_kv", "sum_splits", "skinny_gemm", "skinny_gemm_gated_rows",
            "decode_partial", "decode_partial_fp8_kv", "decode_partial_mla", "decode_merge", "qk_norm_rope_store",
            "fp8_gemv", "fp8_skinny", "int4_gemv", "int4_skinny"]
-AMD_KERNELS = [*KERNELS, "extend_attention", "extend_attention_mla", "fused_moe", "fused_moe_fp8", "lora_shrink",
+ALL_KERNELS = [*KERNELS, "extend_attention", "extend_attention_mla", "fused_moe", "fused_moe_fp8", "lora_shrink",
                "lora_expand", "fp8_gemm", "fp8_quant", "int4_gemm", "int4_moe"]
 
 
@@ -30,5 +30,5 @@ def compiled_rows(target: str) -> list[dict[str, Any]]:
                             capture_output=True, text=True, timeout=600, check=False)
     assert result.returncode == 0, result.stderr[-2000:]
     rows = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
-    assert [r["kernel"] for r in rows] == AMD_KERNELS  # NOTE: for sm90 the PDL-aware ones carry the PDL fields
+    assert [r["kernel"] for r in rows] == ALL_KERNELS  # NOTE: for sm90 the PDL-aware ones carry the PDL fields
     return rows
