@@ -97,8 +97,8 @@ def extend_config(head_dim: int, device: torch.device) -> tuple[int, int, int]:
         return 32, 32, 4
     if head_dim <= 128:
         return 128, 64, 8
-    if head_dim > 256:  # MLA's latent (576 wide, padded to 1024); NOTE: on 4 warps it spilled 304 bytes of
-        return 32, 16, 8  # registers a thread on sm90, on 8 none (tests/kernels/compile_for_targets.py; not timed)
+    if head_dim > 256:  # MLA's latent (576 wide, padded to 1024)
+        return 32, 16, 4
     return 64, 32, 4
 
 

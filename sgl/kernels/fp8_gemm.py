@@ -93,14 +93,10 @@ def block_k_for(k: int, groups: tuple[int, ...]) -> int:
 
 
 def fp8_gemm_config(m: int, n: int, k: int, block_k: int, device: torch.device) -> Fp8GemmConfig:
-    """16-row tiles with a split K for decode (weight streaming, the skinny GEMM's split rule), 64 x 128 otherwise.
-
-    NOTE: the 64 x 128 tile takes 64 of K a step on 8 warps: on 4 warps at 128 of K (the earlier choice) the scaled
-    accumulation spilled 1,064 bytes of registers a thread on sm90, on 8 warps at 128 still 80, at 64 none
-    (tests/kernels/compile_for_targets.py; not yet timed on a GPU)."""
+    """16-row tiles with a split K for decode (weight streaming, the skinny GEMM's split rule), 64 x 128 otherwise."""
     if m <= MAX_ROWS:
         return Fp8GemmConfig(MAX_ROWS, 64, block_k, skinny_config(n, k, device).split_k, 4, 3)
-    return Fp8GemmConfig(64, 128, min(block_k, 64), 1, 8, 3)
+    return Fp8GemmConfig(64, 128, block_k, 1, 4, 3)
 
 
 def fp8_gemm(

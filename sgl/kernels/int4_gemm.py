@@ -88,12 +88,9 @@ def _int4_gemm_kernel(
 
 
 def int4_gemm_config(m: int, n: int, k: int, device: torch.device) -> Int4GemmConfig:
-    """16-row tiles with a split K for decode, 64 x 128 on 8 warps otherwise (on 4 warps the dequantizing tile
-    spilled 160 bytes of registers a thread on sm90, on 8 none: tests/kernels/compile_for_targets.py; not yet timed
-    on a GPU)."""
     if m <= MAX_ROWS:
         return Int4GemmConfig(MAX_ROWS, 64, 128, skinny_config(n, k, device).split_k, 4, 3)
-    return Int4GemmConfig(64, 128, 64, 1, 8, 3)
+    return Int4GemmConfig(64, 128, 64, 1, 4, 3)
 
 
 def int4_gemm(

@@ -172,18 +172,6 @@ def skinny_config(n: int, k: int, device: torch.device) -> SkinnyConfig:
     return SkinnyConfig(block_n, block_k, split_k_for(triton.cdiv(n, block_n), k, block_k, device), 4, 3)
 
 
-@functools.cache
-def gated_config(n: int, k: int, device: torch.device) -> SkinnyConfig:
-    """Tiles of the gated GEMM over more than one row: 64 of K per step, not 128, since the activation of a
-    16 x 128 input tile on top of the 64 x 128 weight tile spilled registers (sm90, 344 bytes of stack at 128;
-    none at 64; tests/kernels/compile_for_targets.py). One row activates only its own row and keeps the plain tiles.
-
-    NOTE: the plain GEMM's K splits, so both accumulate the same K ranges in the same order (the dot accumulates
-    into the running sum step by step, whatever the step's width): fused and unfused give the same bits.
-    """
-    return skinny_config(n, k, device)._replace(block_k=64)
-
-
 GATED_ACTIVATIONS = ("silu", "gelu_tanh")
 
 
@@ -218,7 +206,7 @@ def skinny_gemm(
         x = x.contiguous()
     if w.stride(1) != 1:
         raise ValueError("w's rows must be contiguous")
-    cfg = config or (gated_config if gated is not None and m > 1 else skinny_config)(n, k, x.device)
+    cfg = config or skinny_config(n, k, x.device)
     y = torch.empty((m, n), dtype=x.dtype, device=x.device)
     if m == 0:
         return y

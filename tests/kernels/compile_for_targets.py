@@ -54,9 +54,13 @@ _POINTERS = {"g_ptr": "*i32", "seg_start_ptr": "*i32", "seg_len_ptr": "*i32", "s
              "splits_ptr": "*i32", "tickets_ptr": "*i32", "po_ptr": "*fp32", "plse_ptr": "*fp32", "part_ptr": "*fp32",
              "cache_ptr": "*fp32"}
 _FLOATS = {"eps", "scale_log2", "kv_max"}
+# integer arguments whose values at real shapes are not multiples of 16 (a launch marks the others "divisible by
+# 16", as tensors' 16-byte-aligned pointers: that is what lets the compiler vectorise their loads)
+_UNALIGNED = {"M", "group", "n_kv_heads", "zero_offset", "num_pairs", "N0", "N1", "N2", "OFF0", "OFF1", "OFF2",
+              "NB0", "NB1", "SPLITS", "R"}
 
 _CPU = torch.device("cpu")
-_GATED = skinny_gemm.gated_config(4096, 14336, _CPU)
+_GATED = skinny_gemm.skinny_config(4096, 14336, _CPU)
 # prefill tiles as the wrappers pick them (Llama-3.1-8B's o_proj, 8 x 512 tokens; block-FP8's 128-wide groups)
 _FP8_PREFILL = fp8_gemm.fp8_gemm_config(4096, 4096, 4096, 128, _CPU)
 _INT4_PREFILL = int4_gemm.int4_gemm_config(4096, 4096, 4096, _CPU)
@@ -74,7 +78,7 @@ KERNELS = {
     "skinny_gemm": (skinny_gemm._skinny_gemm_kernel, {
         "BLOCK_M": 16, "BLOCK_N": 64, "BLOCK_K": 128, "UPCAST": False, "HAS_BIAS": False, "GATED": True,
         "GELU_TANH": False, "SPLIT_K": 4, "REDUCE": True, "REDUCE_BIAS": False, "ONE_ROW": True}),
-    # the gated GEMM over several rows, in the tiles skinny_gemm picks for it (Llama-3.1-8B's down projection)
+    # the gated GEMM over several rows, in the tiles skinny_gemm picks (Llama-3.1-8B's down projection)
     "skinny_gemm_gated_rows": (skinny_gemm._skinny_gemm_kernel, {
         "BLOCK_M": 16, "BLOCK_N": _GATED.block_n, "BLOCK_K": _GATED.block_k, "UPCAST": False, "HAS_BIAS": False,
         "GATED": True, "GELU_TANH": False, "SPLIT_K": 4, "REDUCE": True, "REDUCE_BIAS": False, "ONE_ROW": False}),
@@ -188,7 +192,7 @@ def compiled(name: str, target: str, use_pdl: bool) -> dict[str, str | bytes]:
         options["launch_pdl"] = True
     names = [p.name for p in kernel.params]  # type: ignore[attr-defined]
     aligned = {(names.index(n),): [["tt.divisibility", 16]] for n in names
-               if signature[n].startswith("*") or n.startswith("stride_")}
+               if signature[n].startswith("*") or (signature[n] == "i32" and n not in _UNALIGNED)}
     out = compile(ASTSource(fn=kernel, signature=signature, constexprs=consts, attrs=aligned),
                   target=_target(target), options=options)
     return dict(out.asm)
