@@ -30,6 +30,16 @@ def _log_once(message: str) -> None:
     logger.warning(message)
 
 
+def portable_or_reference_ops(triton_available: bool, what: str) -> Ops:
+    """The portable Triton op table, or without triton (logged once, naming ``what`` falls back) the reference's."""
+    if not triton_available:
+        _log_once(f"triton is not installed: {what} run as torch reference ops")
+        return reference_ops()
+    from sgl import kernels
+
+    return kernels.portable_ops()
+
+
 class PortableTritonPlatform(Platform):
     """Triton attention, skinny GEMMs, the portable op table and decode graphs, where triton is installed."""
 
@@ -58,12 +68,7 @@ class PortableTritonPlatform(Platform):
         return SkinnyLinearMethod()
 
     def ops(self) -> Ops:
-        if not has_triton():
-            _log_once("triton is not installed: norms, rope and activations run as torch reference ops")
-            return reference_ops()
-        from sgl import kernels
-
-        return kernels.portable_ops()
+        return portable_or_reference_ops(has_triton(), "norms, rope and activations")
 
     def graph_runner(self, runner: Any) -> Any:
         if not has_triton():

@@ -14,11 +14,12 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 
-from sgl.core.ops.table import Ops, reference_ops
+from sgl.core.ops.table import Ops
 from sgl.core.platform import Capabilities, ProbedCapabilities
 from sgl.core.plugin_options import plugin_args
 from sgl.plugins.cuda.args import CudaArgs
 from sgl.plugins.torch_device import TorchCudaPlatform
+from sgl.plugins.triton_platform import portable_or_reference_ops
 
 if TYPE_CHECKING:
     from sgl.core.model.linear import LinearMethod
@@ -127,12 +128,7 @@ class CudaPlatform(TorchCudaPlatform):
         return fast  # type: ignore[no-any-return]
 
     def ops(self) -> Ops:
-        if not _has_triton():
-            _log_once("triton is not installed: norms, rope, activations and MoE run as torch reference ops")
-            return reference_ops()
-        from sgl import kernels
-
-        return kernels.portable_ops()
+        return portable_or_reference_ops(_has_triton(), "norms, rope, activations and MoE")
 
     def graph_runner(self, runner: Any) -> Any:
         """Decode graphs through the portable runner of ``sgl.kernels``, when the attention backend can be captured.
