@@ -8,8 +8,8 @@ Without a GPU it runs under TRITON_INTERPRET=1 (set here) with what the CUDA pla
 layer launches: every Triton kernel, and every torch op that would be a device kernel (views and allocations are
 not). Launch decisions that depend on the device (K splits of the skinny GEMM, KV splits of decode attention) are
 taken for ``--sms`` streaming multiprocessors (132: the H200). On a GPU the same listing runs compiled, and
-``--profile`` adds the CUDA profiler's count of device kernels per layer: (kernels of a 4-layer forward - kernels of
-a 2-layer forward) / 2, eager, so what a decode graph replays; beside it each kernel's device time per layer (the
+``--profile`` adds the CUDA profiler's count of device kernels per layer: (kernels of an 8-layer forward - kernels of
+a 4-layer forward) / 4, eager, so what a decode graph replays; beside it each kernel's device time per layer (the
 same difference), and the time per layer of the forward replayed as a CUDA graph (gaps between kernels included):
 where fusion saves launches but a fused kernel runs longer, this says which one.
 """
@@ -149,31 +149,36 @@ class LayerProfile(NamedTuple):
     graph_us: float | None  # a layer's share of a graph-replayed forward; None where capture failed
 
 
-def profile_layers(name: str, fused: bool, device: torch.device, replays: int = 200) -> LayerProfile:
-    """CUDA profiler and graph replays, each as (4-layer forward - 2-layer forward) / 2: one layer's share."""
+def profile_layers(name: str, fused: bool, device: torch.device, replays: int = 200, forwards: int = 5) -> LayerProfile:
+    """CUDA profiler (mean of ``forwards`` eager forwards) and graph replays, each as (8-layer forward - 4-layer
+    forward) / 4: one layer's share. Eight layers of weights do not fit in L2, so the replays read HBM as a full model
+    does."""
     from torch.profiler import DeviceType, ProfilerActivity, profile
 
     counts: list[int] = []
     times: list[Counter[str]] = []
     graph: list[float | None] = []
-    for layers in (2, 4):
+    few, many = 4, 8
+    for layers in (few, many):
         model, fb = _decode_setup(name, layers, fused, device)
         with torch.no_grad():
             model(fb.input_ids, fb.positions, fb)  # compile and warm up outside the profile
             torch.cuda.synchronize()
             with profile(activities=[ProfilerActivity.CUDA]) as prof:
-                model(fb.input_ids, fb.positions, fb)
+                for _ in range(forwards):
+                    model(fb.input_ids, fb.positions, fb)
                 torch.cuda.synchronize()
             kernels = [e for e in prof.events() if e.device_type == DeviceType.CUDA]
-            counts.append(len(kernels))
+            counts.append(len(kernels) // forwards)
             per_name: Counter[str] = Counter()
             for e in kernels:
-                per_name[e.name] += e.time_range.elapsed_us()
+                per_name[e.name] += e.time_range.elapsed_us() / forwards
             times.append(per_name)
             graph.append(_graph_us(partial(model, fb.input_ids, fb.positions, fb), replays))
-    kernel_us = {k: (times[1][k] - times[0][k]) / 2 for k in times[1]}
-    graph_us = (graph[1] - graph[0]) / 2 if graph[0] is not None and graph[1] is not None else None
-    return LayerProfile((counts[1] - counts[0]) / 2, kernel_us, graph_us)
+    span = many - few
+    kernel_us = {k: (times[1][k] - times[0][k]) / span for k in times[1]}
+    graph_us = (graph[1] - graph[0]) / span if graph[0] is not None and graph[1] is not None else None
+    return LayerProfile((counts[1] - counts[0]) / span, kernel_us, graph_us)
 
 
 def _graph_us(forward: Any, replays: int) -> float | None:

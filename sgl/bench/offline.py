@@ -145,6 +145,7 @@ def _check(results: list[dict[str, Any]], reqs: list[BenchRequest]) -> None:
 def run_offline(args: ServerArgs, spec: WorkloadSpec, label: str = "", progress: bool = True) -> OfflineResult:
     """Builds a fresh Engine, runs the workload once, shuts the engine down."""
     engine = make_engine(args)
+    platform = engine.runtime.platform
     try:
         vocab = min(engine.runtime.scheduler.runner.vocab_size, engine.tokenizer.vocab_size)
         reqs = spec.build(vocab)
@@ -164,6 +165,8 @@ def run_offline(args: ServerArgs, spec: WorkloadSpec, label: str = "", progress:
         engine.shutdown()
         del engine
         gc.collect()
+        # NOTE: the allocator keeps the freed pool cached; a server launched next (--compare-offline) needs it back
+        platform.empty_cache()
     _check(results, reqs)
     metas = [r["meta_info"] for r in results]
     verify_forwards = sum(m.get("spec_verify_ct", 0) for m in metas)
