@@ -60,7 +60,9 @@ def plugin_groups() -> list[_Group]:
 
 
 def _parameter(param: str, option: PluginOption, panel: str) -> inspect.Parameter:
-    default = typer.Option(option.default, option.flag, help=option.help, rich_help_panel=panel, show_default=True)
+    # NOTE: a bool option takes its --no- form too, so a default of True (or None: the plugin decides) can be turned off
+    flags = f"{option.flag}/--no-{option.flag[2:]}" if option.type is bool else option.flag
+    default = typer.Option(option.default, flags, help=option.help, rich_help_panel=panel, show_default=True)
     return inspect.Parameter(param, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=option.type)
 
 

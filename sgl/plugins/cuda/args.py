@@ -7,6 +7,11 @@ from dataclasses import dataclass, field
 
 @dataclass(frozen=True)
 class CudaArgs:
-    pdl: bool = field(default=False, metadata={"help": (
-        "launch the decode-path Triton kernels with programmatic dependent launch (Hopper and later): each kernel "
-        "starts while the previous one drains. Not yet timed on a GPU; off by default")})
+    pdl: bool | None = field(default=None, metadata={"help": (
+        "launch the decode-path Triton kernels with programmatic dependent launch: each kernel starts while the "
+        "previous one drains. Default: on where it can be (decode CUDA graphs on an sm90+ GPU); --cuda-pdl insists "
+        "(refused where it cannot apply), --no-cuda-pdl turns it off")})
+
+    def wanted(self, graphs: bool, capable: bool) -> bool:
+        """Whether the decode graphs launch dependents: as asked, else (auto) wherever the device and graphs allow."""
+        return capable and graphs if self.pdl is None else self.pdl and capable

@@ -62,13 +62,17 @@ def _log_once(message: str) -> None:
 
 def configure_pdl(server_args: Any, pdl: Any) -> None:
     """``--cuda-pdl`` into ``sgl.kernels.pdl``'s process-wide launch policy, before the decode graphs are captured
-    (the captured launches keep it); a device that cannot launch dependents is logged and keeps plain launches."""
-    on = plugin_args(server_args, CudaArgs).pdl
-    if on and not pdl.supported(torch.device("cuda", torch.cuda.current_device())):
+    (the captured launches keep it). Unset, it is on wherever the device can; asked for on a device that cannot
+    launch dependents, that is logged and launches stay plain."""
+    option = plugin_args(server_args, CudaArgs)
+    capable = pdl.supported(torch.device("cuda", torch.cuda.current_device()))
+    on = option.wanted(graphs=not server_args.disable_cuda_graph, capable=capable)
+    if option.pdl and not capable:
         logger.warning("--cuda-pdl: this GPU cannot launch dependent kernels (needs compute capability 9.0+); "
                        "kernels launch as usual")
     elif on:
-        logger.info("--cuda-pdl: the decode-path kernels launch as programmatic dependents")
+        logger.info("programmatic dependent launch: the decode-path kernels launch as dependents (--no-cuda-pdl "
+                    "turns it off)")
     pdl.configure(on)
 
 

@@ -28,8 +28,8 @@ def sgl_server_args() -> str:
 
 @hookimpl
 def sgl_startup_check(server_args: ServerArgs) -> None:
-    """``--cuda-pdl`` is refused where it would change nothing: off the cuda backend, or without decode graphs
-    (the platform turns it on when it builds them)."""
+    """An explicit ``--cuda-pdl`` is refused where it would change nothing: off the cuda backend, or without decode
+    graphs (the platform turns it on when it builds them). Unset, it follows the device quietly."""
     from sgl.core.plugin_options import plugin_args
     from sgl.core.plugins import select_platform
     from sgl.plugins.cuda.args import CudaArgs
