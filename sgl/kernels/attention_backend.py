@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from sgl.core.attention.base import AttentionBackend, AttentionLayerInfo, KVStoreTarget, pool_store_target
+from sgl.core.runner.forward_batch import ForwardMode
 from sgl.kernels import (
     DecodeWorkspace,
     decode_attention,
@@ -41,6 +42,16 @@ class ExtendMetadata:
     # NOTE: a captured verify batch has spare rows past a request's extend length, which the kernel never writes:
     # they start at zero rather than at whatever the graph pool held (a NaN there would reach the padding sink's KV)
     zero_fill: bool = False
+    # A MIXED batch's trailing one-token requests (the running decodes) go through the decode kernel: the extend
+    # kernel would give each a BLOCK_M-row query tile with one live row and read its KV once per query head
+    decode_tail: DecodeTail | None = None
+
+
+@dataclass
+class DecodeTail:
+    first: int  # index of the first request of the tail; its query rows are the batch's last ``count``
+    count: int
+    decode: DecodeMetadata
 
 
 @dataclass
@@ -148,7 +159,22 @@ class TritonAttnBackend(AttentionBackend):
         tree = None
         if fb.tree_masks is not None and any(m is not None for m in fb.tree_masks):
             tree = pack_tree_masks(list(fb.tree_masks), ext.device)
-        return ExtendMetadata(prefix, ext, start, max_len, tree)
+        tail = None
+        if fb.forward_mode is ForwardMode.MIXED and tree is None and fb.extend_seq_lens_cpu is not None:
+            tail = self._decode_tail(fb, list(fb.extend_seq_lens_cpu))
+            if tail is not None:
+                max_len = max(fb.extend_seq_lens_cpu[: tail.first], default=0)
+        return ExtendMetadata(prefix, ext, start, max_len, tree, decode_tail=tail)
+
+    def _decode_tail(self, fb: ForwardBatch, ext_cpu: list[int]) -> DecodeTail | None:
+        """The trailing requests that extend by one token: attention over their whole sequence is a decode's."""
+        count = 0
+        while count < len(ext_cpu) and ext_cpu[-1 - count] == 1:
+            count += 1
+        if count == 0:
+            return None
+        first = len(ext_cpu) - count
+        return DecodeTail(first, count, self._decode_metadata(fb.seq_lens[first:], fb.kv_pool.num_kv_heads))
 
     # forward ------------------------------------------------------------------------------------------------
     def kv_store_target(self, layer: AttentionLayerInfo, forward_batch: ForwardBatch) -> KVStoreTarget | None:
@@ -172,15 +198,37 @@ class TritonAttnBackend(AttentionBackend):
         if save_kv_cache:
             store_kv(k_buf, v_buf, fb.out_cache_loc, k, v)
         out = None
-        if meta.zero_fill:
-            out = torch.zeros((q.shape[0], layer.num_heads, v_buf.shape[2]), dtype=q.dtype, device=q.device)
-        # NOTE: every key, the new ones included, is read back from the pool, as the reference backend does.
-        out = extend_attention(
-            q, k_buf, v_buf, fb.req_to_token_pool.req_to_token, fb.req_pool_indices,
-            meta.prefix_lens, meta.extend_lens, meta.extend_start_loc, meta.max_extend_len, layer.scaling,
-            out=out, tree=meta.tree,
-        )
+        tail = meta.decode_tail
+        if meta.zero_fill or tail is not None:
+            alloc = torch.zeros if meta.zero_fill else torch.empty
+            out = alloc((q.shape[0], layer.num_heads, v_buf.shape[2]), dtype=q.dtype, device=q.device)
+        n = meta.extend_lens.shape[0]
+        if tail is not None:
+            rows = q.shape[0] - tail.count
+            self._decode_into(q[rows:], k_buf, v_buf, layer, fb, tail, out[rows:])  # type: ignore[index]
+            n = tail.first
+        if n or out is None:
+            # NOTE: every key, the new ones included, is read back from the pool, as the reference backend does.
+            out = extend_attention(
+                q, k_buf, v_buf, fb.req_to_token_pool.req_to_token, fb.req_pool_indices[:n],
+                meta.prefix_lens[:n], meta.extend_lens[:n], meta.extend_start_loc[:n], meta.max_extend_len,
+                layer.scaling, out=out, tree=meta.tree,
+            )
         return out.view(q.shape[0], -1)
+
+    def _decode_into(self, q: torch.Tensor, k_buf: torch.Tensor, v_buf: torch.Tensor, layer: AttentionLayerInfo,
+                     fb: ForwardBatch, tail: DecodeTail, out: torch.Tensor) -> None:
+        """A MIXED batch's decode tail through the decode kernels, into its rows of ``out``."""
+        meta = tail.decode
+        ws = meta.workspace
+        if ws is None or ws.partial_o.shape[1] != layer.num_heads or ws.partial_o.shape[3] != v_buf.shape[2]:
+            po, plse = self._scratch.carve(tail.count, layer.num_heads, meta.max_kv_splits, v_buf.shape[2], q.device)
+            tickets = self._merge_tickets(tail.count * k_buf.shape[1], False, q.device)
+            ws = meta.workspace = DecodeWorkspace(meta.num_kv_splits, meta.max_kv_splits, po, plse, tickets)
+        decode_attention(
+            q, k_buf, v_buf, fb.req_to_token_pool.req_to_token, fb.req_pool_indices[tail.first:],
+            fb.seq_lens[tail.first:], layer.scaling, workspace=ws, out=out,
+        )
 
     def forward_decode(
         self,

@@ -98,6 +98,34 @@ def test_mixed_batch_treats_decodes_as_extends_of_one(device: torch.device) -> N
     _check_step(paged, fb, backend, [0, 17], [6, 1], torch.float32)
 
 
+@pytest.mark.parametrize("fused", [False, True], ids=["two-kernel", "merge-in-stage1"])
+@pytest.mark.parametrize(("ext", "tail"), [
+    ([6, 1, 1, 1], 3),  # a prefill chunk, then the running decodes: those go through the decode kernels
+    ([1, 1, 1, 1], 4),  # decodes only
+    ([1, 5, 1, 3], 0),  # a one-token extend inside the batch stays with the extend kernel
+])
+def test_mixed_batch_runs_its_decode_tail_through_the_decode_kernels(
+    device: torch.device, ext: list[int], tail: int, fused: bool
+) -> None:
+    """The extend kernel would give each decode a BLOCK_M-row query tile with one live row (H100, 16 req/s: mixed
+    steps of ~65 ms); the decode kernels give the same attention."""
+    torch.manual_seed(2)
+    paged = Paged.make(KV_HEADS, HEAD_DIM, torch.float32, device)
+    backend = TritonAttnBackend(SimpleNamespace(args=SimpleNamespace(enable_layer_fusion=fused)))
+    reqs, prefix = [3, 0, 2, 1], [0, 40, 9, 23]
+    for r, p in zip(reqs, prefix):
+        paged.fill_prefix(r, p)
+    fb = paged.batch(reqs, prefix, ext, ForwardMode.MIXED, backend)
+    _check_step(paged, fb, backend, prefix, ext, torch.float32)
+    meta = fb.attn_metadata
+    assert isinstance(meta, ExtendMetadata)
+    if tail:
+        assert meta.decode_tail is not None and (meta.decode_tail.first, meta.decode_tail.count) == (4 - tail, tail)
+        assert meta.max_extend_len == max(ext[: 4 - tail], default=0)
+    else:
+        assert meta.decode_tail is None
+
+
 def test_outputs_and_pool_match_torch_native_backend(device: torch.device) -> None:
     torch_native = pytest.importorskip("sgl.core.attention.torch_native")
     torch.manual_seed(2)
