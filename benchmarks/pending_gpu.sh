@@ -3,7 +3,7 @@
 # device tool's 10-minute command). Logs under ${OUT:-/tmp/sgl-bench}. Stages, in the order to run them:
 #   kernels     why layer fusion is slower (H100, 2026-12-06: Llama-3.1-8B 166.2 -> 134.1 tok/s): device time per
 #               kernel per layer and a graph-replayed layer, fused and unfused
-#   pdl         --cuda-pdl (programmatic dependent launch, not run yet): tests/gpu/test_pdl_gpu.py, then host_bound
+#   pdl         programmatic dependent launch (on by default on sm90+ since 2026-12-06): tests/gpu/test_pdl_gpu.py, then host_bound
 #               off / on (device busy at batch 1 is the figure it is for)
 #   tests       tests/gpu: the modules not run on 2026-12-06 (that lease ran layer fusion: 34/35, MoE: 37/40, both
 #               failures test-side and fixed), then the fixed cases
