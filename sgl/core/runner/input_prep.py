@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from sgl.core.runner.forward_batch import ForwardBatch
-from sgl.core.transfer import rows_to_device, to_device
+from sgl.core.transfer import host_rows, rows_to_device, to_device
 
 if TYPE_CHECKING:
     from sgl.core.runner.model_runner import ModelRunner
@@ -41,16 +41,21 @@ def build_forward_batch(
             req_to_token_pool=runner.req_to_token_pool, kv_pool=runner.kv_pool, attn_backend=runner.attn_backend,
         )
     starts = list(itertools.accumulate([0] + batch.extend_lens[:-1]))
-    per_req = rows_to_device([pool_idx, seq_lens, batch.prefix_lens, batch.extend_lens, starts], torch.int64,
-                             device, pinned)
+    per_req = host_rows([pool_idx, seq_lens, batch.prefix_lens, batch.extend_lens, starts], torch.int64)
     # NOTE: given input ids (a draft's, already on the device) spare building the batch's own on the host
-    per_tok = rows_to_device([batch.positions()] if input_ids is not None else [batch.positions(), batch.input_ids()],
-                             torch.int64, device, pinned)
+    per_tok = host_rows([batch.positions()] if input_ids is not None else [batch.positions(), batch.input_ids()],
+                        torch.int64)
+    loc = batch.out_cache_loc
+    if loc.device.type == "cpu":  # NOTE: the batch's per-request rows, per-token rows and slots in one transfer
+        flat = to_device(torch.cat([per_req.reshape(-1), per_tok.reshape(-1), loc.to(torch.int64)]), device, pinned)
+        a, b = per_req.numel(), per_req.numel() + per_tok.numel()
+        per_req, per_tok, loc = flat[:a].view(per_req.shape), flat[a:b].view(per_tok.shape), flat[b:]
+    else:
+        per_req, per_tok = to_device(per_req, device, pinned), to_device(per_tok, device, pinned)
     return ForwardBatch(
         forward_mode=batch.mode, batch_size=len(batch),
         input_ids=input_ids if input_ids is not None else per_tok[1], positions=per_tok[0],
-        req_pool_indices=per_req[0], seq_lens=per_req[1],
-        out_cache_loc=to_device(batch.out_cache_loc, device, pinned), seq_lens_cpu=seq_lens,
+        req_pool_indices=per_req[0], seq_lens=per_req[1], out_cache_loc=loc, seq_lens_cpu=seq_lens,
         req_to_token_pool=runner.req_to_token_pool, kv_pool=runner.kv_pool, attn_backend=runner.attn_backend,
         extend_prefix_lens=per_req[2], extend_seq_lens=per_req[3], extend_start_loc=per_req[4],
         extend_prefix_lens_cpu=list(batch.prefix_lens), extend_seq_lens_cpu=list(batch.extend_lens),
