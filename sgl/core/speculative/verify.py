@@ -195,14 +195,25 @@ def verify_forward(
     with torch.inference_mode():
         fb = build_forward_batch(vb, runner)
         if device_drafts is not None and device_drafts.tokens.numel():
-            where = to_device(torch.tensor(draft_rows(device_drafts.counts), dtype=torch.int64), fb.input_ids.device,
-                              executor.pinned)
-            fb.input_ids.index_copy_(0, where, device_drafts.tokens.to(fb.input_ids.dtype))
+            place_drafts(fb.input_ids, device_drafts, executor.pinned)
         fb.capture_hidden_layers = capture_hidden_layers
         fb.tree_masks = tree_masks
         hidden = runner.forward(fb)
         ids, lps = _sample_positions(vb, runner.compute_logits(hidden), executor, device_drafts)
     return fb, hidden, ids, lps
+
+
+def place_drafts(input_ids: torch.Tensor, drafts: DeviceDrafts, pinned: bool) -> None:
+    """Writes ``drafts`` into a chain verify batch's ``input_ids`` (request i: its last token, then its drafts).
+
+    NOTE: where every request has the same number of drafts (batch 1 always) they are one strided copy; otherwise
+    their rows travel to the device first."""
+    k = drafts.counts[0]
+    if k and all(c == k for c in drafts.counts):
+        input_ids.view(len(drafts.counts), k + 1)[:, 1:].copy_(drafts.tokens.view(-1, k))
+        return
+    where = to_device(torch.tensor(draft_rows(drafts.counts), dtype=torch.int64), input_ids.device, pinned)
+    input_ids.index_copy_(0, where, drafts.tokens.to(input_ids.dtype))
 
 
 def _needs_draft_values(reqs: Sequence[Req]) -> bool:
