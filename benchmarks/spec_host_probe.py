@@ -157,7 +157,8 @@ def targets(sched: Any) -> list[tuple[Any, str, str]]:
     if algo is not None:
         out += [
             (algo, "decode_step", "spec step (other)"), (algo, "propose", "draft"), (algo, "_draft", "draft"),
-            (algo, "run_draft", "draft batch build"), (eagle, "build_forward_batch", "draft batch build"),
+            (algo, "run_draft", "draft batch build"), (algo, "_draft_inputs", "draft batch build"),
+            (eagle, "build_forward_batch", "draft batch build"),
             (verify, "alloc_verify_slots", "verify slots"), (eagle, "alloc_verify_slots", "verify slots"),
             (verify, "run_verify", "verify glue"), (eagle, "run_verify", "verify glue"),
             (verify, "build_forward_batch", "verify batch build"), (verify, "_sample_positions", "sampling"),

@@ -61,5 +61,9 @@ class ReqToTokenPool:
         """The first ``length`` slots of row ``index`` (int64, host), without touching the device."""
         return self.host[index, :length].to(torch.int64)
 
+    def read_list(self, index: int, start: int, end: int) -> list[int]:
+        """Slots ``start .. end - 1`` of row ``index`` as Python ints, from the host mirror (no device read)."""
+        return self.host[index, start:end].tolist()
+
     def clear(self) -> None:
         self._free = list(range(self.size))

@@ -27,12 +27,12 @@ from __future__ import annotations
 import dataclasses
 import logging
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import torch
 
 from sgl.core.model.config import ModelConfig
-from sgl.core.runner.forward_batch import ForwardMode
+from sgl.core.runner.forward_batch import ForwardBatch, ForwardMode
 from sgl.core.runner.input_prep import build_forward_batch
 from sgl.core.runner.model_runner import ModelRunner
 from sgl.core.scheduler.batch import ScheduleBatch
@@ -40,7 +40,7 @@ from sgl.core.speculative.base import SpeculativeAlgorithm
 from sgl.core.speculative.drafts import DeviceDrafts, chain_drafts
 from sgl.core.speculative.tree import TreeBatch, run_verify_tree
 from sgl.core.speculative.verify import alloc_verify_slots, draft_budget, may_draft, run_verify
-from sgl.core.transfer import to_device
+from sgl.core.transfer import lists_to_device
 from sgl.plugins.speculative.common import AcceptanceStats
 from sgl.plugins.speculative.eagle_models import TARGET_HIDDEN, EagleDraftHead, LlamaForCausalLMEagle3
 from sgl.plugins.speculative.eagle_tree import draft_trees
@@ -48,7 +48,6 @@ from sgl.plugins.speculative.standalone import chain_steps, draft_dir
 
 if TYPE_CHECKING:
     from sgl.core.config import ServerArgs
-    from sgl.core.runner.forward_batch import ForwardBatch
     from sgl.core.scheduler.req import Req
     from sgl.core.scheduler.state import SchedulerState
     from sgl.core.scheduler.step import StepExecutor
@@ -58,6 +57,22 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_NUM_STEPS = 3
 TREE_BACKENDS = ("torch_native", "triton")  # the attention backends that apply a tree mask
+
+
+class ChainStep(NamedTuple):
+    """A chained draft step's batch (its ``input_ids`` and features are set when the step before it ran)."""
+
+    batch: ForwardBatch
+    select: torch.Tensor | None  # rows of the step before it that go on (a request's chain ended), or None: all
+
+
+class DraftInputs(NamedTuple):
+    """What ``EagleAlgorithm._draft_inputs`` sends to the device for one step's drafting."""
+
+    catch_up: ForwardBatch  # EXTEND over the waiting rows; its features are set by the caller
+    last: torch.Tensor | None  # each request's last catch-up row, or None: one row per request
+    chain: list[ChainStep]
+    members: list[list[int]]  # per draft step, which drafting requests it drafts for (ascending)
 
 
 @dataclass
@@ -260,53 +275,110 @@ class EagleAlgorithm(SpeculativeAlgorithm):
         self.stats.record(verified.result)
         return verified.result
 
-    def catch_up(self, batch: ScheduleBatch, idx: list[int], reqs: list[Req]) -> torch.Tensor:
-        """The waiting rows of each drafting request: (feature at p, token at p + 1) for p in start .. last - 1, at
-        the target's slots. Returns each request's last row's output, the feature d1 is drafted from [m, hidden]."""
-        feats: list[TargetFeatures] = [r.features.pop(self.name) for r in reqs]
-        table = self.target.req_to_token_pool
-        ids: list[int] = []
-        slots: list[torch.Tensor] = []
-        for r, f, i in zip(reqs, feats, idx):
-            ids.extend(r.token_slice(f.start + 1, batch.prefix_lens[i] + 1))
-            slots.append(table.read(int(r.req_pool_idx), f.end)[f.start :])  # type: ignore[arg-type]
-        lens = [f.count for f in feats]
-        sb = ScheduleBatch(ForwardMode.EXTEND, reqs, [f.start for f in feats], lens, torch.cat(slots))
-        device, pinned = self.draft.device, bool(self.draft.platform.capabilities.pinned_memory)
-        hidden = self.run_draft(sb, to_device(torch.tensor(ids, dtype=torch.int64), device, pinned),
-                                torch.cat([f.joined() for f in feats]))
-        if all(n == 1 for n in lens):
-            return hidden
-        last = torch.tensor(lens, dtype=torch.int64).cumsum(0) - 1
-        return hidden.index_select(0, to_device(last, device, pinned))
-
     @torch.inference_mode()
     def _draft(self, batch: ScheduleBatch, budgets: list[int], rows: list[list[int]]) -> DeviceDrafts:
-        """The chain of each request with a budget, left on the device (``sgl.core.speculative.drafts``): each draft
-        step reads the tokens the step before it picked on the device, and the host reads none of them here."""
+        """The chain of each request with a budget, left on the device (``sgl.core.speculative.drafts``): the catch-up
+        extend over each request's waiting rows drafts d1, then each chained step reads the tokens the step before it
+        picked on the device; the host reads none of them here, and every step's inputs travel in one transfer."""
         idx = [i for i, k in enumerate(budgets) if k]
         reqs = [batch.reqs[i] for i in idx]
-        device, pinned = self.draft.device, bool(self.draft.platform.capabilities.pinned_memory)
-        hidden = self.catch_up(batch, idx, reqs)
+        feats: list[TargetFeatures] = [r.features.pop(self.name) for r in reqs]
+        plan = self._draft_inputs(batch, budgets, rows, idx, reqs, feats)
+        hidden = self._catch_up(plan, feats)
         tokens = self._pick(hidden)
-        live = list(range(len(idx)))
-        columns: list[tuple[list[int], torch.Tensor]] = [(live, tokens)]
+        columns: list[tuple[list[int], torch.Tensor]] = [(plan.members[0], tokens)]
         # the chain: (predicted feature, d_j) at position last + j - 1 drafts d_(j+1), at verify's slots
+        for j, step in enumerate(plan.chain, start=1):
+            if step.select is not None:
+                hidden, tokens = hidden.index_select(0, step.select), tokens.index_select(0, step.select)
+            step.batch.input_ids = tokens
+            step.batch.extras[TARGET_HIDDEN] = hidden.to(self.draft.dtype)
+            hidden = self.draft.forward(step.batch)
+            tokens = self._pick(hidden)
+            columns.append((plan.members[j], tokens))
+        pinned = bool(self.draft.platform.capabilities.pinned_memory)
+        return DeviceDrafts(chain_drafts(columns, budgets, pinned), list(budgets))
+
+    def catch_up(self, batch: ScheduleBatch, idx: list[int], reqs: list[Req]) -> torch.Tensor:
+        """The waiting rows of each drafting request (``idx``: their rows in ``batch``) through the draft head.
+        Returns each request's last row's output, the feature d1 is drafted from [m, hidden]."""
+        feats: list[TargetFeatures] = [r.features.pop(self.name) for r in reqs]
+        budgets = [0] * len(batch.reqs)
+        for i in idx:
+            budgets[i] = 1
+        return self._catch_up(self._draft_inputs(batch, budgets, [], idx, reqs, feats), feats)
+
+    def _catch_up(self, plan: DraftInputs, feats: list[TargetFeatures]) -> torch.Tensor:
+        fb = plan.catch_up
+        fb.extras[TARGET_HIDDEN] = torch.cat([f.joined() for f in feats]).to(self.draft.dtype)
+        hidden = self.draft.forward(fb)
+        return hidden if plan.last is None else hidden.index_select(0, plan.last)
+
+    def _draft_inputs(
+        self, batch: ScheduleBatch, budgets: list[int], rows: list[list[int]], idx: list[int], reqs: list[Req],
+        feats: list[TargetFeatures],
+    ) -> DraftInputs:
+        """The draft head's batches for one step, from one transfer: the catch-up extend over each drafting request's
+        waiting rows, (feature at p, token at p + 1) for p in start .. last - 1 at the target's slots, and the chained
+        decode steps at the verify slots (``rows``).
+
+        NOTE: ``alloc_verify_slots`` already wrote the verify slots into the (shared) request table, so the chained
+        steps write none: a draft step at position last + j - 1 has its slot there."""
+        table = self.target.req_to_token_pool
+        pool = [int(r.req_pool_idx) for r in reqs]  # type: ignore[arg-type]  # scheduled: always set
+        starts = [f.start for f in feats]
+        counts = [f.count for f in feats]
+        ends = [f.end for f in feats]
+        offsets = [0]
+        for n in counts[:-1]:
+            offsets.append(offsets[-1] + n)
+        positions: list[int] = []
+        ids: list[int] = []
+        slots: list[int] = []
+        for r, p, s, e in zip(reqs, pool, starts, ends):
+            positions.extend(range(s, e))
+            ids.extend(r.token_slice(s + 1, e + 1))
+            slots.extend(table.read_list(p, s, e))
+        lists: list[list[int]] = [pool, ends, starts, counts, offsets, positions, ids, slots]
+        last = None
+        if any(n != 1 for n in counts):
+            last = len(lists)
+            lists.append([o + n - 1 for o, n in zip(offsets, counts)])
+        # the chained steps: members (indices among the drafting requests) and what changes from step to step
+        members = [list(range(len(idx)))]
+        chain: list[tuple[int, list[int], list[int] | None]] = []  # (first list of the step, seq lens, selection)
         for j in range(1, max(budgets)):
+            live = members[-1]
             keep = [m for m in live if budgets[idx[m]] > j]
             if not keep:
                 break
-            if len(keep) != len(live):
-                sel = to_device(torch.tensor([live.index(m) for m in keep], dtype=torch.int64), device, pinned)
-                hidden, tokens = hidden.index_select(0, sel), tokens.index_select(0, sel)
-            live = keep
-            sb = ScheduleBatch(ForwardMode.DECODE, [reqs[m] for m in live],
-                               [batch.prefix_lens[idx[m]] + j - 1 for m in live], [1] * len(live),
-                               torch.tensor([rows[idx[m]][j - 1] for m in live], dtype=torch.int64))
-            hidden = self.run_draft(sb, tokens, hidden)
-            tokens = self._pick(hidden)
-            columns.append((live, tokens))
-        return DeviceDrafts(chain_drafts(columns, budgets, pinned), list(budgets))
+            select = None if len(keep) == len(live) else [live.index(m) for m in keep]
+            pos = [batch.prefix_lens[idx[m]] + j - 1 for m in keep]
+            chain.append((len(lists), [q + 1 for q in pos], select))
+            lists += [[pool[m] for m in keep], pos, [q + 1 for q in pos], [rows[idx[m]][j - 1] for m in keep]]
+            if select is not None:
+                lists.append(select)
+            members.append(keep)
+        device, pinned = self.draft.device, bool(self.draft.platform.capabilities.pinned_memory)
+        t = lists_to_device(lists, torch.int64, device, pinned)
+        d = self.draft
+        catch_up = ForwardBatch(
+            forward_mode=ForwardMode.EXTEND, batch_size=len(reqs), input_ids=t[6], positions=t[5],
+            req_pool_indices=t[0], seq_lens=t[1], out_cache_loc=t[7], seq_lens_cpu=ends,
+            req_to_token_pool=d.req_to_token_pool, kv_pool=d.kv_pool, attn_backend=d.attn_backend,
+            extend_prefix_lens=t[2], extend_seq_lens=t[3], extend_start_loc=t[4], extend_prefix_lens_cpu=starts,
+            extend_seq_lens_cpu=counts,
+        )
+        steps = [
+            ChainStep(ForwardBatch(
+                # NOTE: input_ids is a placeholder until the step before it picked its tokens
+                forward_mode=ForwardMode.DECODE, batch_size=len(seq_lens), input_ids=t[k + 1], positions=t[k + 1],
+                req_pool_indices=t[k], seq_lens=t[k + 2], out_cache_loc=t[k + 3], seq_lens_cpu=seq_lens,
+                req_to_token_pool=d.req_to_token_pool, kv_pool=d.kv_pool, attn_backend=d.attn_backend,
+            ), t[k + 4] if select is not None else None)
+            for k, seq_lens, select in chain
+        ]
+        return DraftInputs(catch_up, None if last is None else t[last], steps, members)
 
     def run_draft(self, sb: ScheduleBatch, ids: torch.Tensor, feats: torch.Tensor) -> torch.Tensor:
         """The draft head over ``sb``, fed ``ids`` and the features ``feats`` (both on the draft's device)."""

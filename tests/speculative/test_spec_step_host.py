@@ -1,0 +1,102 @@
+"""A speculative decode step's host work, which on a GPU at batch 1 is time the device waits: its inputs travel in few
+transfers (each costs a pinned staging buffer and a copy launch) and equal-length device drafts reach the verify batch
+without a row index; with greedy tokens those of plain decoding all the same."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from sgl.core import transfer
+from sgl.core.speculative.drafts import DeviceDrafts, draft_rows
+from sgl.core.speculative.verify import place_drafts
+from sgl.core.transfer import lists_to_device
+from tests.core.engine_utils import PROMPTS, make_engine, plain_greedy_ids
+from tests.speculative.eagle_drafts import write_mirroring_pair
+
+
+def test_lists_of_any_lengths_travel_as_one_buffer_and_come_back_in_order() -> None:
+    lists = [[3, 1], [], [7, 8, 9], [2**40]]
+    got = lists_to_device(lists, torch.int64, torch.device("cpu"), pinned=False)
+    assert [t.tolist() for t in got] == lists and all(t.dtype == torch.int64 for t in got)
+    assert [t.tolist() for t in lists_to_device([[], []], torch.int64, torch.device("cpu"), False)] == [[], []]
+
+
+@pytest.mark.parametrize("counts", [[3], [2, 2, 2], [3, 0, 1], [0, 2]])
+def test_device_drafts_land_on_the_rows_after_each_requests_last_token(counts: list[int]) -> None:
+    """Equal counts take one strided copy, others a row index: both put request i's drafts right after its last
+    token, as the index of ``draft_rows`` says."""
+    total = sum(counts)
+    drafts = DeviceDrafts(torch.arange(100, 100 + total), counts)
+    ids = torch.zeros(total + len(counts), dtype=torch.int64)
+    place_drafts(ids, drafts, pinned=False)
+    want = torch.zeros_like(ids)
+    want[torch.tensor(draft_rows(counts), dtype=torch.int64)] = drafts.tokens
+    assert ids.tolist() == want.tolist()
+
+
+class Transfers:
+    """Counts calls of ``sgl.core.transfer.to_device`` (every host-to-device copy of the engine goes through it, by
+    itself or through ``rows_to_device``/``lists_to_device``) while ``counting`` is set."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.calls = 0
+        self.counting = False
+        original = transfer.to_device
+
+        def counted(*args: Any, **kwargs: Any) -> Any:
+            self.calls += self.counting
+            return original(*args, **kwargs)
+
+        for module in list(sys.modules.values()):
+            if getattr(module, "to_device", None) is original and (module.__name__ or "").startswith("sgl."):
+                monkeypatch.setattr(module, "to_device", counted)
+
+    @contextmanager
+    def around(self, owner: Any, name: str, calls: list[int]) -> Iterator[None]:
+        inner: Callable[..., Any] = getattr(owner, name)
+
+        def wrapped(*args: Any, **kwargs: Any) -> Any:
+            before, self.counting = self.calls, True
+            try:
+                return inner(*args, **kwargs)
+            finally:
+                self.counting = False
+                calls.append(self.calls - before)
+
+        setattr(owner, name, wrapped)
+        try:
+            yield
+        finally:
+            setattr(owner, name, inner)
+
+
+def test_an_eagle_step_at_batch_1_sends_its_inputs_in_four_transfers(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One request, a chain of 3: the verify slots' table write, the draft head's catch-up and chained steps (one
+    transfer for all), the verify batch, its sampling rows. (It was 13 or 14: a transfer per list of each batch.)"""
+    target, mirror = write_mirroring_pair(tmp_path)
+    params = {"temperature": 0.0, "max_new_tokens": 24, "ignore_eos": True}
+    plain = plain_greedy_ids(target, PROMPTS[:1], params)
+    engine = make_engine(target, speculative_algorithm="EAGLE", speculative_draft_model_path=str(mirror),
+                         speculative_num_steps=3, disable_speculative_gate=True)
+    try:
+        engine.generate(PROMPTS[:1], {**params, "max_new_tokens": 4})  # warm
+        spec = engine.runtime.scheduler.speculative
+        counts: list[int] = []
+        with Transfers(monkeypatch).around(spec, "decode_step", counts):
+            out = [o["output_ids"] for o in engine.generate(PROMPTS[:1], params)]
+        info = engine.get_server_info()
+    finally:
+        engine.shutdown()
+    assert out == plain
+    assert info["spec_accepted_tokens"] > 0 and len(counts) > 2
+    full = counts[:-2]  # NOTE: the last steps may draft less (max_new_tokens)
+    assert max(full) <= 4, counts
