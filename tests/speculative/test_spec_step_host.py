@@ -1,6 +1,7 @@
 """A speculative decode step's host work, which on a GPU at batch 1 is time the device waits: its inputs travel in few
-transfers (each costs a pinned staging buffer and a copy launch) and equal-length device drafts reach the verify batch
-without a row index; with greedy tokens those of plain decoding all the same."""
+transfers (each costs a pinned staging buffer and a copy launch), equal-length device drafts reach the verify batch
+without a row index, and a verified batch frees its rejected drafts in one allocator call; with greedy tokens those of
+plain decoding all the same."""
 
 from __future__ import annotations
 
@@ -14,11 +15,13 @@ import pytest
 import torch
 
 from sgl.core import transfer
+from sgl.core.sampling.params import SamplingParams
 from sgl.core.speculative.drafts import DeviceDrafts, draft_rows
 from sgl.core.speculative.verify import place_drafts
 from sgl.core.transfer import lists_to_device
 from tests.core.engine_utils import PROMPTS, make_engine, plain_greedy_ids
 from tests.speculative.eagle_drafts import write_mirroring_pair
+from tests.speculative.oracle import ScriptedDrafts, run, runtime, with_feature
 
 
 def test_lists_of_any_lengths_travel_as_one_buffer_and_come_back_in_order() -> None:
@@ -100,3 +103,31 @@ def test_an_eagle_step_at_batch_1_sends_its_inputs_in_four_transfers(
     assert info["spec_accepted_tokens"] > 0 and len(counts) > 2
     full = counts[:-2]  # NOTE: the last steps may draft less (max_new_tokens)
     assert max(full) <= 4, counts
+
+
+def test_a_verified_batch_frees_its_rejected_drafts_in_one_allocator_call(demo_model_dir: Path) -> None:
+    """Four requests, every second draft spoiled: rejections in most rows of most steps, one free per step (each
+    free costs a dozen small host ops whatever its size), and plain decoding's tokens with the pool whole after."""
+    rt = runtime(demo_model_dir)
+    params = SamplingParams(max_new_tokens=20, temperature=0.0, ignore_eos=True)
+    reqs = [(f"r{i}", [(7 * j + 3 * i) % 200 + 5 for j in range(5 + 2 * i)], params) for i in range(4)]
+    plain = run(rt.scheduler, reqs)
+    oracle = ScriptedDrafts({rid: ids for rid, (ids, _) in plain.items()}, k=3,
+                            corrupt=lambda pos, tok: tok if pos % 2 else tok + 1)
+    spec = with_feature(rt, oracle)
+    allocator = spec.state.allocator
+    frees: list[int] = []
+    free = allocator.free
+    allocator.free = lambda slots: (frees.append(int(slots.numel())), free(slots))[1]  # type: ignore[method-assign]
+    steps: list[int] = []
+    process = spec.results.process_verify
+
+    def counted(batch: Any, result: Any) -> None:
+        before = len(frees)
+        process(batch, result)
+        steps.append(len(frees) - before)
+
+    spec.results.process_verify = counted  # type: ignore[method-assign]
+    assert run(spec, reqs) == plain
+    assert oracle.verifies > 0 and oracle.accepted < oracle.drafted
+    assert steps and max(steps) == 1, steps
