@@ -21,7 +21,8 @@ def build_forward_batch(
     """``input_ids`` (already on the device) overrides the batch's own, for a step chained onto an unresolved one.
 
     NOTE: a DECODE batch travels in one pinned transfer, and its new slots are written into req_to_token here, on
-    the device, so preparing a step never waits for the step before it.
+    the device, so preparing a step never waits for the step before it. So are a TARGET_VERIFY batch's
+    (``alloc_verify_slots`` wrote the host mirror only): request i's token j at column ``prefix_lens[i] + j``.
     """
     device = runner.device
     pinned = bool(runner.platform.capabilities.pinned_memory)
@@ -43,8 +44,12 @@ def build_forward_batch(
     starts = list(itertools.accumulate([0] + batch.extend_lens[:-1]))
     per_req = host_rows([pool_idx, seq_lens, batch.prefix_lens, batch.extend_lens, starts], torch.int64)
     # NOTE: given input ids (a draft's, already on the device) spare building the batch's own on the host
-    per_tok = host_rows([batch.positions()] if input_ids is not None else [batch.positions(), batch.input_ids()],
-                        torch.int64)
+    tok_rows = [batch.positions()] if input_ids is not None else [batch.positions(), batch.input_ids()]
+    verify = batch.mode.is_verify
+    if verify:  # the request table's rows and columns of the new slots (a tree's columns are its node order)
+        tok_rows.append([i for i, e in zip(pool_idx, batch.extend_lens) for _ in range(e)])
+        tok_rows.append([p + j for p, e in zip(batch.prefix_lens, batch.extend_lens) for j in range(e)])
+    per_tok = host_rows(tok_rows, torch.int64)
     loc = batch.out_cache_loc
     if loc.device.type == "cpu":  # NOTE: the batch's per-request rows, per-token rows and slots in one transfer
         flat = to_device(torch.cat([per_req.reshape(-1), per_tok.reshape(-1), loc.to(torch.int64)]), device, pinned)
@@ -52,6 +57,9 @@ def build_forward_batch(
         per_req, per_tok, loc = flat[:a].view(per_req.shape), flat[a:b].view(per_tok.shape), flat[b:]
     else:
         per_req, per_tok = to_device(per_req, device, pinned), to_device(per_tok, device, pinned)
+    if verify:
+        table = runner.req_to_token_pool.req_to_token
+        table[per_tok[-2], per_tok[-1]] = loc.to(table.dtype)
     return ForwardBatch(
         forward_mode=batch.mode, batch_size=len(batch),
         input_ids=input_ids if input_ids is not None else per_tok[1], positions=per_tok[0],

@@ -322,8 +322,9 @@ class EagleAlgorithm(SpeculativeAlgorithm):
         waiting rows, (feature at p, token at p + 1) for p in start .. last - 1 at the target's slots, and the chained
         decode steps at the verify slots (``rows``).
 
-        NOTE: ``alloc_verify_slots`` already wrote the verify slots into the (shared) request table, so the chained
-        steps write none: a draft step at position last + j - 1 has its slot there."""
+        NOTE: ``alloc_verify_slots`` wrote the verify slots into the request table's host mirror only (the verify
+        batch writes the device table): the chained steps' slots go into the (shared) device table here, in one
+        write, since a draft step at position last + j - 1 attends to the positions up to its own."""
         table = self.target.req_to_token_pool
         pool = [int(r.req_pool_idx) for r in reqs]  # type: ignore[arg-type]  # scheduled: always set
         starts = [f.start for f in feats]
@@ -359,9 +360,15 @@ class EagleAlgorithm(SpeculativeAlgorithm):
             if select is not None:
                 lists.append(select)
             members.append(keep)
+        write = len(lists)  # the chained steps' (request, column, slot) lists, all steps together
+        if chain:
+            lists += [[v for k, _, _ in chain for v in lists[k + i]] for i in (0, 1, 3)]
         device, pinned = self.draft.device, bool(self.draft.platform.capabilities.pinned_memory)
         t = lists_to_device(lists, torch.int64, device, pinned)
         d = self.draft
+        if chain:
+            device_table = d.req_to_token_pool.req_to_token
+            device_table[t[write], t[write + 1]] = t[write + 2].to(device_table.dtype)
         catch_up = ForwardBatch(
             forward_mode=ForwardMode.EXTEND, batch_size=len(reqs), input_ids=t[6], positions=t[5],
             req_pool_indices=t[0], seq_lens=t[1], out_cache_loc=t[7], seq_lens_cpu=ends,
