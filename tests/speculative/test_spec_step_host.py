@@ -132,3 +132,31 @@ def test_a_verified_batch_frees_its_rejected_drafts_in_one_allocator_call(demo_m
     assert run(spec, reqs) == plain
     assert oracle.verifies > 0 and oracle.accepted < oracle.drafted
     assert steps and max(steps) == 1, steps
+
+
+def test_a_single_requests_catch_up_reads_its_features_without_a_copy(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """At batch 1 the waiting features are one tensor already: the catch-up extend reads it as it is (a concatenation
+    of one tensor is a copy, a kernel launch on a GPU)."""
+    from sgl.plugins.speculative import eagle
+
+    target, mirror = write_mirroring_pair(tmp_path)
+    cats: list[int] = []
+    cat = torch.cat
+
+    def counted(tensors: Any, *args: Any, **kwargs: Any) -> torch.Tensor:
+        if sys._getframe(1).f_code.co_name == "_catch_up":
+            cats.append(len(tensors))
+        return cat(tensors, *args, **kwargs)
+
+    engine = make_engine(target, speculative_algorithm="EAGLE", speculative_draft_model_path=str(mirror),
+                         speculative_num_steps=3, disable_speculative_gate=True)
+    try:
+        monkeypatch.setattr(eagle.torch, "cat", counted)
+        engine.generate(PROMPTS[:1], {"temperature": 0.0, "max_new_tokens": 12, "ignore_eos": True})
+        monkeypatch.undo()
+        steps = engine.get_server_info()["spec_verify_steps"]
+    finally:
+        engine.shutdown()
+    assert steps > 0 and cats == [], cats

@@ -310,7 +310,8 @@ class EagleAlgorithm(SpeculativeAlgorithm):
 
     def _catch_up(self, plan: DraftInputs, feats: list[TargetFeatures]) -> torch.Tensor:
         fb = plan.catch_up
-        fb.extras[TARGET_HIDDEN] = torch.cat([f.joined() for f in feats]).to(self.draft.dtype)
+        rows = [f.joined() for f in feats]
+        fb.extras[TARGET_HIDDEN] = (rows[0] if len(rows) == 1 else torch.cat(rows)).to(self.draft.dtype)
         hidden = self.draft.forward(fb)
         return hidden if plan.last is None else hidden.index_select(0, plan.last)
 
