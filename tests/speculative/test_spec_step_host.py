@@ -160,3 +160,33 @@ def test_a_single_requests_catch_up_reads_its_features_without_a_copy(
     finally:
         engine.shutdown()
     assert steps > 0 and cats == [], cats
+
+
+@pytest.mark.parametrize("topk", [1, 2])
+def test_eagle_with_a_device_table_apart_from_its_host_mirror_keeps_plain_greedy_tokens(
+    tmp_path: Path, topk: int
+) -> None:
+    """On a device the request table has a host mirror, and a speculative step writes its verify slots into each
+    (the mirror when it allocates them; the device table from the verify batch's and the draft inputs' transfers).
+    Here the CPU table gets a mirror of its own, so a slot the device table missed changes what the target attends
+    to (its tokens) or what the draft head does (what it drafts, so what is accepted); chains and trees (whose table
+    columns are node order, not positions)."""
+    target, mirror = write_mirroring_pair(tmp_path)
+    params = {"temperature": 0.0, "max_new_tokens": 20, "ignore_eos": True}
+    plain = plain_greedy_ids(target, PROMPTS[:3], params, disable_radix_cache=True)
+    tree = {"speculative_eagle_topk": 2, "speculative_num_draft_tokens": 5} if topk > 1 else {}
+    runs = []
+    for apart in (False, True):
+        engine = make_engine(target, speculative_algorithm="EAGLE", speculative_draft_model_path=str(mirror),
+                             speculative_num_steps=3, disable_speculative_gate=True, disable_radix_cache=True, **tree)
+        try:
+            pool = engine.runtime.scheduler.runner.req_to_token_pool
+            if apart:
+                pool.host = pool.req_to_token.clone()
+            assert pool.on_host is not apart
+            out = [o["output_ids"] for o in engine.generate(PROMPTS[:3], params)]
+            runs.append((out, engine.get_server_info()["spec_accepted_tokens"]))
+        finally:
+            engine.shutdown()
+    assert runs[0][1] > 0
+    assert runs[1] == runs[0] and runs[0][0] == plain

@@ -26,6 +26,11 @@ class ReqToTokenPool:
         self.host = self.req_to_token if on_host else torch.zeros((size, max_context_len), dtype=torch.int32)
         self._free: list[int] = list(range(size))
 
+    @property
+    def on_host(self) -> bool:
+        """The device table is the host mirror (a CPU device): a host write is the device write."""
+        return self.host is self.req_to_token
+
     def available_size(self) -> int:
         return len(self._free)
 

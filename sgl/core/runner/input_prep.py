@@ -45,7 +45,8 @@ def build_forward_batch(
     per_req = host_rows([pool_idx, seq_lens, batch.prefix_lens, batch.extend_lens, starts], torch.int64)
     # NOTE: given input ids (a draft's, already on the device) spare building the batch's own on the host
     tok_rows = [batch.positions()] if input_ids is not None else [batch.positions(), batch.input_ids()]
-    verify = batch.mode.is_verify
+    # NOTE: a CPU's table is the host mirror, which alloc_verify_slots wrote already
+    verify = batch.mode.is_verify and not runner.req_to_token_pool.on_host
     if verify:  # the request table's rows and columns of the new slots (a tree's columns are its node order)
         tok_rows.append([i for i, e in zip(pool_idx, batch.extend_lens) for _ in range(e)])
         tok_rows.append([p + j for p, e in zip(batch.prefix_lens, batch.extend_lens) for j in range(e)])

@@ -362,12 +362,13 @@ class EagleAlgorithm(SpeculativeAlgorithm):
                 lists.append(select)
             members.append(keep)
         write = len(lists)  # the chained steps' (request, column, slot) lists, all steps together
-        if chain:
+        write_table = bool(chain) and not table.on_host  # NOTE: a CPU's table is the mirror alloc_verify_slots wrote
+        if write_table:
             lists += [[v for k, _, _ in chain for v in lists[k + i]] for i in (0, 1, 3)]
         device, pinned = self.draft.device, bool(self.draft.platform.capabilities.pinned_memory)
         t = lists_to_device(lists, torch.int64, device, pinned)
         d = self.draft
-        if chain:
+        if write_table:
             device_table = d.req_to_token_pool.req_to_token
             device_table[t[write], t[write + 1]] = t[write + 2].to(device_table.dtype)
         catch_up = ForwardBatch(
