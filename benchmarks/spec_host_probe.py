@@ -21,7 +21,9 @@ handling (process_verify/_decode), KV slot freeing, gate bookkeeping (with ``--g
 decode batch scheduling, prefill check, outputs collection, and ``other`` (the step's remainder).
 ``host_gap_ms_per_step``: the host time from the step's read of the device's tokens to the next forward's start (on
 a GPU at batch 1, the device's idle time between steps); ``host_gap_parts_ms_per_step``: the parts that ended inside
-it (roughly: a part that began before the read counts its whole own time).
+it (roughly: a part that began before the read counts its whole own time). NOTE: EAGLE launches the next step's
+catch-up extend right after the read, so its gap ends there; the host work after it (applying the tokens, the next
+step's scheduling and slots) runs while the device runs that extend, and is idle time only past it.
 
 On a GPU the wall time of a part includes whatever it waited for (a ``.tolist()`` waits for the device); ``--sync``
 synchronises the device at the end of every part so device time is charged to the part that launched it (it
@@ -157,7 +159,8 @@ def targets(sched: Any) -> list[tuple[Any, str, str]]:
     if algo is not None:
         out += [
             (algo, "decode_step", "spec step (other)"), (algo, "propose", "draft"), (algo, "_draft", "draft"),
-            (algo, "run_draft", "draft batch build"), (algo, "_draft_inputs", "draft batch build"),
+            (algo, "_catch_up_early", "draft"), (algo, "run_draft", "draft batch build"),
+            (eagle, "draft_inputs", "draft batch build"), (algo, "_waiting_rows", "draft batch build"),
             (eagle, "build_forward_batch", "draft batch build"),
             (verify, "alloc_verify_slots", "verify slots"), (eagle, "alloc_verify_slots", "verify slots"),
             (verify, "run_verify", "verify glue"), (eagle, "run_verify", "verify glue"),

@@ -80,12 +80,13 @@ class Transfers:
             setattr(owner, name, inner)
 
 
-def test_an_eagle_step_at_batch_1_sends_its_inputs_in_three_transfers(
+def test_an_eagle_step_at_batch_1_sends_its_inputs_in_four_transfers(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """One request, a chain of 3: the draft head's catch-up and chained steps with their slots for the request table
-    (one transfer for all), the verify batch with its slots for the table, its sampling rows. (It was 12: a transfer
-    per list of each batch, and one for the verify slots' table write.)"""
+    """One request, a chain of 3: the draft head's chained steps with their slots for the request table (one transfer
+    for all), the verify batch with its slots for the table, its sampling rows, and the next step's catch-up extend,
+    launched right after the verify. (It was 12: a transfer per list of each batch, and one for the verify slots'
+    table write.)"""
     target, mirror = write_mirroring_pair(tmp_path)
     params = {"temperature": 0.0, "max_new_tokens": 24, "ignore_eos": True}
     plain = plain_greedy_ids(target, PROMPTS[:1], params)
@@ -103,7 +104,7 @@ def test_an_eagle_step_at_batch_1_sends_its_inputs_in_three_transfers(
     assert out == plain
     assert info["spec_accepted_tokens"] > 0 and len(counts) > 2
     full = counts[:-2]  # NOTE: the last steps may draft less (max_new_tokens)
-    assert max(full) <= 3, counts
+    assert max(full) <= 4, counts
 
 
 def test_a_verified_batch_frees_its_rejected_drafts_in_one_allocator_call(demo_model_dir: Path) -> None:
@@ -190,3 +191,54 @@ def test_eagle_with_a_device_table_apart_from_its_host_mirror_keeps_plain_greedy
             engine.shutdown()
     assert runs[0][1] > 0
     assert runs[1] == runs[0] and runs[0][0] == plain
+
+
+@pytest.mark.parametrize("batch", [1, 3])
+def test_the_next_catch_up_runs_before_the_verified_tokens_are_applied_and_changes_nothing(
+    tmp_path: Path, batch: int
+) -> None:
+    """Right after a verify the head's next catch-up extend (and d1) is launched, before the scheduler applies the
+    tokens and frees slots, so on a GPU the device runs it while the host does that work; the next step drafts from
+    it. Drafts, acceptance and tokens are those of a run that catches up at the start of each step."""
+    target, mirror = write_mirroring_pair(tmp_path)
+    params = [{"temperature": 0.0, "max_new_tokens": n, "ignore_eos": True} for n in (24, 17, 30)[:batch]]
+    runs = []
+    for early in (False, True):
+        engine = make_engine(target, speculative_algorithm="EAGLE", speculative_draft_model_path=str(mirror),
+                             speculative_num_steps=3, disable_speculative_gate=True, disable_radix_cache=True)
+        try:
+            sched = engine.runtime.scheduler
+            spec = sched.speculative
+            order: list[str] = []
+            if not early:
+                spec._catch_up_early = lambda *a: None
+            forward, process, waiting = spec.draft.forward, sched.results.process_verify, spec._waiting_rows
+
+            def draft_forward(fb: Any, forward: Any = forward, order: list[str] = order) -> Any:
+                order.append(fb.forward_mode.value)
+                return forward(fb)
+
+            def process_verify(*a: Any, process: Any = process, order: list[str] = order) -> Any:
+                order.append("apply")
+                return process(*a)
+
+            def waiting_rows(*a: Any, waiting: Any = waiting, order: list[str] = order) -> Any:
+                order.append("catch up from the features")
+                return waiting(*a)
+
+            spec.draft.forward, sched.results.process_verify = draft_forward, process_verify
+            spec._waiting_rows = waiting_rows
+            out = [o["output_ids"] for o in engine.generate(PROMPTS[:batch], params)]
+            info = engine.get_server_info()
+        finally:
+            engine.shutdown()
+        runs.append((out, info["spec_drafted_tokens"], info["spec_accepted_tokens"], order))
+    assert runs[0][:3] == runs[1][:3] and runs[0][2] > 0
+    lazy, eager = runs[0][3], runs[1][3]
+    applies = lazy.count("apply")
+    # every step but the first (and, at the end, those whose requests are about to finish) starts from the early one
+    assert lazy.count("catch up from the features") == applies
+    assert eager.count("catch up from the features") <= 3 + batch, eager
+    # the early catch-up (an extend) comes between a verify and the application of its tokens
+    pairs = [eager[i - 1 : i + 1] for i, x in enumerate(eager) if x == "apply"]
+    assert sum(p == ["extend", "apply"] for p in pairs) >= applies - 3 - batch, eager

@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 import torch
 
 from sgl.core.model.config import ModelConfig
-from sgl.core.runner.forward_batch import ForwardBatch, ForwardMode
+from sgl.core.runner.forward_batch import ForwardMode
 from sgl.core.runner.input_prep import build_forward_batch
 from sgl.core.runner.model_runner import ModelRunner
 from sgl.core.scheduler.batch import ScheduleBatch
@@ -40,14 +40,15 @@ from sgl.core.speculative.base import SpeculativeAlgorithm
 from sgl.core.speculative.drafts import DeviceDrafts, chain_drafts
 from sgl.core.speculative.tree import TreeBatch, run_verify_tree
 from sgl.core.speculative.verify import alloc_verify_slots, draft_budget, may_draft, run_verify
-from sgl.core.transfer import lists_to_device
 from sgl.plugins.speculative.common import AcceptanceStats
+from sgl.plugins.speculative.eagle_inputs import CatchUpRows, DraftInputs, draft_inputs
 from sgl.plugins.speculative.eagle_models import TARGET_HIDDEN, EagleDraftHead, LlamaForCausalLMEagle3
 from sgl.plugins.speculative.eagle_tree import draft_trees
 from sgl.plugins.speculative.standalone import chain_steps, draft_dir
 
 if TYPE_CHECKING:
     from sgl.core.config import ServerArgs
+    from sgl.core.runner.forward_batch import ForwardBatch
     from sgl.core.scheduler.req import Req
     from sgl.core.scheduler.state import SchedulerState
     from sgl.core.scheduler.step import StepExecutor
@@ -59,20 +60,21 @@ DEFAULT_NUM_STEPS = 3
 TREE_BACKENDS = ("torch_native", "triton")  # the attention backends that apply a tree mask
 
 
-class ChainStep(NamedTuple):
-    """A chained draft step's batch (its ``input_ids`` and features are set when the step before it ran)."""
+class EarlyCatchUp(NamedTuple):
+    """A catch-up extend launched right after a verify, for the next step (``EagleAlgorithm._catch_up_early``)."""
 
-    batch: ForwardBatch
-    select: torch.Tensor | None  # rows of the step before it that go on (a request's chain ended), or None: all
+    reqs: list[Req]
+    feats: list[TargetFeatures]  # what it read: each request's waiting features, as they were
+    counts: list[int]
+    hidden: torch.Tensor  # [m, hidden] each request's last row's output, d1's feature
+    tokens: torch.Tensor  # [m] d1
 
-
-class DraftInputs(NamedTuple):
-    """What ``EagleAlgorithm._draft_inputs`` sends to the device for one step's drafting."""
-
-    catch_up: ForwardBatch  # EXTEND over the waiting rows; its features are set by the caller
-    last: torch.Tensor | None  # each request's last catch-up row, or None: one row per request
-    chain: list[ChainStep]
-    members: list[list[int]]  # per draft step, which drafting requests it drafts for (ascending)
+    def serves(self, reqs: list[Req], name: str) -> bool:
+        """Whether it is the catch-up of exactly these requests' waiting rows (none came or went since)."""
+        return len(reqs) == len(self.reqs) and all(
+            a is b and a.features.get(name) is f and f.count == n
+            for a, b, f, n in zip(reqs, self.reqs, self.feats, self.counts)
+        )
 
 
 @dataclass
@@ -149,6 +151,7 @@ class EagleAlgorithm(SpeculativeAlgorithm):
         self.max_nodes = max_nodes
         self.capture = capture  # target layers whose residual streams make the features (); the final hidden state
         self.stats = AcceptanceStats()
+        self._early: EarlyCatchUp | None = None  # the next step's catch-up, launched after the last verify
 
     @classmethod
     def create(cls, server_args: ServerArgs, runner: ModelRunner) -> EagleAlgorithm:
@@ -252,6 +255,7 @@ class EagleAlgorithm(SpeculativeAlgorithm):
             self._keep(r, p, feats[offset : offset + len(tokens)])  # the accepted positions' features only
             offset += 1 + k
         self.stats.record(verified.result)
+        self._early = self._catch_up_early(batch, verified.result)
         return verified.result
 
     def _tree_step(
@@ -278,14 +282,24 @@ class EagleAlgorithm(SpeculativeAlgorithm):
     @torch.inference_mode()
     def _draft(self, batch: ScheduleBatch, budgets: list[int], rows: list[list[int]]) -> DeviceDrafts:
         """The chain of each request with a budget, left on the device (``sgl.core.speculative.drafts``): the catch-up
-        extend over each request's waiting rows drafts d1, then each chained step reads the tokens the step before it
-        picked on the device; the host reads none of them here, and every step's inputs travel in one transfer."""
+        extend over each request's waiting rows drafts d1 (unless it ran right after the last verify), then each
+        chained step reads the tokens the step before it picked on the device; the host reads none of them here, and
+        the step's inputs travel in one transfer (``eagle_inputs``)."""
         idx = [i for i, k in enumerate(budgets) if k]
         reqs = [batch.reqs[i] for i in idx]
+        pool = [int(r.req_pool_idx) for r in reqs]  # type: ignore[arg-type]  # scheduled: always set
+        early, self._early = self._early, None
+        if early is not None and not early.serves(reqs, self.name):
+            early = None
         feats: list[TargetFeatures] = [r.features.pop(self.name) for r in reqs]
-        plan = self._draft_inputs(batch, budgets, rows, idx, reqs, feats)
-        hidden = self._catch_up(plan, feats)
-        tokens = self._pick(hidden)
+        catch_up = None if early is not None else self._waiting_rows(reqs, feats)
+        write = not self.target.req_to_token_pool.on_host  # NOTE: a CPU's table is the mirror already written
+        plan = draft_inputs(self.draft, catch_up, batch.prefix_lens, budgets, rows, idx, pool, write)
+        if early is not None:
+            hidden, tokens = early.hidden, early.tokens
+        else:
+            hidden = self._catch_up(plan, feats)
+            tokens = self._pick(hidden)
         columns: list[tuple[list[int], torch.Tensor]] = [(plan.members[0], tokens)]
         # the chain: (predicted feature, d_j) at position last + j - 1 drafts d_(j+1), at verify's slots
         for j, step in enumerate(plan.chain, start=1):
@@ -299,95 +313,59 @@ class EagleAlgorithm(SpeculativeAlgorithm):
         pinned = bool(self.draft.platform.capabilities.pinned_memory)
         return DeviceDrafts(chain_drafts(columns, budgets, pinned), list(budgets))
 
+    def _waiting_rows(self, reqs: list[Req], feats: list[TargetFeatures]) -> CatchUpRows:
+        """The catch-up rows of each request: (feature at p, token at p + 1) for its waiting positions p, at the
+        target's slots (read from the request table's host mirror)."""
+        table = self.target.req_to_token_pool
+        pool = [int(r.req_pool_idx) for r in reqs]  # type: ignore[arg-type]  # scheduled: always set
+        ids: list[int] = []
+        slots: list[int] = []
+        for r, p, f in zip(reqs, pool, feats):
+            ids += r.token_slice(f.start + 1, f.end + 1)
+            slots += table.read_list(p, f.start, f.end)
+        return CatchUpRows(pool, [f.start for f in feats], [f.count for f in feats], ids, slots)
+
     def catch_up(self, batch: ScheduleBatch, idx: list[int], reqs: list[Req]) -> torch.Tensor:
         """The waiting rows of each drafting request (``idx``: their rows in ``batch``) through the draft head.
         Returns each request's last row's output, the feature d1 is drafted from [m, hidden]."""
         feats: list[TargetFeatures] = [r.features.pop(self.name) for r in reqs]
-        budgets = [0] * len(batch.reqs)
-        for i in idx:
-            budgets[i] = 1
-        return self._catch_up(self._draft_inputs(batch, budgets, [], idx, reqs, feats), feats)
+        rows = self._waiting_rows(reqs, feats)
+        plan = draft_inputs(self.draft, rows, batch.prefix_lens, [1], [], [], rows.pool, False)
+        return self._catch_up(plan, feats)
 
     def _catch_up(self, plan: DraftInputs, feats: list[TargetFeatures]) -> torch.Tensor:
         fb = plan.catch_up
+        assert fb is not None
         rows = [f.joined() for f in feats]
         fb.extras[TARGET_HIDDEN] = (rows[0] if len(rows) == 1 else torch.cat(rows)).to(self.draft.dtype)
         hidden = self.draft.forward(fb)
         return hidden if plan.last is None else hidden.index_select(0, plan.last)
 
-    def _draft_inputs(
-        self, batch: ScheduleBatch, budgets: list[int], rows: list[list[int]], idx: list[int], reqs: list[Req],
-        feats: list[TargetFeatures],
-    ) -> DraftInputs:
-        """The draft head's batches for one step, from one transfer: the catch-up extend over each drafting request's
-        waiting rows, (feature at p, token at p + 1) for p in start .. last - 1 at the target's slots, and the chained
-        decode steps at the verify slots (``rows``).
-
-        NOTE: ``alloc_verify_slots`` wrote the verify slots into the request table's host mirror only (the verify
-        batch writes the device table): the chained steps' slots go into the (shared) device table here, in one
-        write, since a draft step at position last + j - 1 attends to the positions up to its own."""
-        table = self.target.req_to_token_pool
+    @torch.inference_mode()
+    def _catch_up_early(self, batch: ScheduleBatch, result: VerifyResult) -> EarlyCatchUp | None:
+        """Right after a verify, before the scheduler applies its tokens and does its slot bookkeeping: the next
+        step's catch-up extend (the accepted positions' rows) and d1, launched now so the device runs them while the
+        host does that work. Only for requests that drafted and will draft again (the next step checks it is still
+        theirs, else runs its own); its KV writes are the ones the next catch-up would make, at the request's own
+        accepted slots, so a request that ends meanwhile loses nothing but the work."""
+        picked: list[tuple[Req, TargetFeatures, int, list[int], list[int]]] = []
+        for r, p, k, tokens, slots in zip(batch.reqs, batch.prefix_lens, result.drafted, result.tokens, result.slots):
+            f: TargetFeatures | None = r.features.get(self.name)
+            n = len(tokens)
+            if (k and f is not None and f.start == p and f.count == n and r.remaining_new_tokens - n >= 2
+                    and self.target.context_len - r.seq_len - n >= 2):
+                picked.append((r, f, n, tokens, slots[:n]))
+        if not picked:
+            return None
+        reqs = [x[0] for x in picked]
+        feats = [x[1] for x in picked]
         pool = [int(r.req_pool_idx) for r in reqs]  # type: ignore[arg-type]  # scheduled: always set
-        starts = [f.start for f in feats]
-        counts = [f.count for f in feats]
-        ends = [f.end for f in feats]
-        offsets = [0]
-        for n in counts[:-1]:
-            offsets.append(offsets[-1] + n)
-        positions: list[int] = []
-        ids: list[int] = []
-        slots: list[int] = []
-        for r, p, s, e in zip(reqs, pool, starts, ends):
-            positions.extend(range(s, e))
-            ids.extend(r.token_slice(s + 1, e + 1))
-            slots.extend(table.read_list(p, s, e))
-        lists: list[list[int]] = [pool, ends, starts, counts, offsets, positions, ids, slots]
-        last = None
-        if any(n != 1 for n in counts):
-            last = len(lists)
-            lists.append([o + n - 1 for o, n in zip(offsets, counts)])
-        # the chained steps: members (indices among the drafting requests) and what changes from step to step
-        members = [list(range(len(idx)))]
-        chain: list[tuple[int, list[int], list[int] | None]] = []  # (first list of the step, seq lens, selection)
-        for j in range(1, max(budgets)):
-            live = members[-1]
-            keep = [m for m in live if budgets[idx[m]] > j]
-            if not keep:
-                break
-            select = None if len(keep) == len(live) else [live.index(m) for m in keep]
-            pos = [batch.prefix_lens[idx[m]] + j - 1 for m in keep]
-            chain.append((len(lists), [q + 1 for q in pos], select))
-            lists += [[pool[m] for m in keep], pos, [q + 1 for q in pos], [rows[idx[m]][j - 1] for m in keep]]
-            if select is not None:
-                lists.append(select)
-            members.append(keep)
-        write = len(lists)  # the chained steps' (request, column, slot) lists, all steps together
-        write_table = bool(chain) and not table.on_host  # NOTE: a CPU's table is the mirror alloc_verify_slots wrote
-        if write_table:
-            lists += [[v for k, _, _ in chain for v in lists[k + i]] for i in (0, 1, 3)]
-        device, pinned = self.draft.device, bool(self.draft.platform.capabilities.pinned_memory)
-        t = lists_to_device(lists, torch.int64, device, pinned)
-        d = self.draft
-        if write_table:
-            device_table = d.req_to_token_pool.req_to_token
-            device_table[t[write], t[write + 1]] = t[write + 2].to(device_table.dtype)
-        catch_up = ForwardBatch(
-            forward_mode=ForwardMode.EXTEND, batch_size=len(reqs), input_ids=t[6], positions=t[5],
-            req_pool_indices=t[0], seq_lens=t[1], out_cache_loc=t[7], seq_lens_cpu=ends,
-            req_to_token_pool=d.req_to_token_pool, kv_pool=d.kv_pool, attn_backend=d.attn_backend,
-            extend_prefix_lens=t[2], extend_seq_lens=t[3], extend_start_loc=t[4], extend_prefix_lens_cpu=starts,
-            extend_seq_lens_cpu=counts,
-        )
-        steps = [
-            ChainStep(ForwardBatch(
-                # NOTE: input_ids is a placeholder until the step before it picked its tokens
-                forward_mode=ForwardMode.DECODE, batch_size=len(seq_lens), input_ids=t[k + 1], positions=t[k + 1],
-                req_pool_indices=t[k], seq_lens=t[k + 2], out_cache_loc=t[k + 3], seq_lens_cpu=seq_lens,
-                req_to_token_pool=d.req_to_token_pool, kv_pool=d.kv_pool, attn_backend=d.attn_backend,
-            ), t[k + 4] if select is not None else None)
-            for k, seq_lens, select in chain
-        ]
-        return DraftInputs(catch_up, None if last is None else t[last], steps, members)
+        # NOTE: the token after position p + j is the j-th token this step emits (they are appended later)
+        rows = CatchUpRows(pool, [f.start for f in feats], [f.count for f in feats],
+                           [t for x in picked for t in x[3]], [s for x in picked for s in x[4]])
+        plan = draft_inputs(self.draft, rows, [f.start for f in feats], [1], [], [], pool, False)
+        hidden = self._catch_up(plan, feats)
+        return EarlyCatchUp(reqs, feats, rows.counts, hidden, self._pick(hidden))
 
     def run_draft(self, sb: ScheduleBatch, ids: torch.Tensor, feats: torch.Tensor) -> torch.Tensor:
         """The draft head over ``sb``, fed ``ids`` and the features ``feats`` (both on the draft's device)."""
