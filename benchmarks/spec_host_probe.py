@@ -29,7 +29,8 @@ On a GPU the wall time of a part includes whatever it waited for (a ``.tolist()`
 synchronises the device at the end of every part so device time is charged to the part that launched it (it
 changes the timeline: compare parts, not totals), and with CUDA the probe also counts the synchronising calls per
 decode step (``torch.cuda.set_sync_debug_mode``). ``--profile N`` prints a cProfile of one more run per variant
-(top N by own time). ``--overlap`` forces the overlap loop (a GPU platform turns it on itself). On the CPU the
+(top N by own time). ``transfers_per_step``: host-to-device copies per decode step (``counting_transfers``).
+``--overlap`` forces the overlap loop (a GPU platform turns it on itself). On the CPU the
 engine's torch threads default to 1 here (``SGL_CPU_THREADS``): the demo model's ops are too small to gain from
 more, and on a shared host extra threads only add noise.
 """
@@ -182,8 +183,40 @@ class Run(NamedTuple):
     gap: float  # seconds from reading the device's tokens to the next forward, summed (PhaseClock)
     gap_parts: dict[str, float]  # the parts that ended inside those gaps, seconds summed
     syncs: int  # synchronising calls CUDA warned about (0 elsewhere)
+    transfers: int  # host-to-device copies (calls of sgl.core.transfer.to_device, direct or through its helpers)
     verify_replays: int  # verify forwards replayed from graphs
     catch_up_replays: int  # an EAGLE head's catch-up extends replayed from graphs
+
+
+class TransferCount:
+    """Host-to-device copies so far, counted while ``counting_transfers`` runs."""
+
+    calls: int = 0
+
+
+@contextmanager
+def counting_transfers() -> Iterator[TransferCount]:
+    """Counts host-to-device copies: every ``sgl`` module's binding of ``sgl.core.transfer.to_device`` (the one way
+    the engine copies to the device) is wrapped for the ``with`` block. On a GPU each costs a pinned staging buffer
+    and a copy launch, at batch 1 while the device waits; on a CPU the call is the same, the copy is none."""
+    from sgl.core import transfer
+
+    count = TransferCount()
+    original = transfer.to_device
+
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        count.calls += 1
+        return original(*args, **kwargs)
+
+    modules = [m for m in list(sys.modules.values())
+               if (getattr(m, "__name__", None) or "").startswith("sgl.") and getattr(m, "to_device", None) is original]
+    for m in modules:
+        m.to_device = counted  # type: ignore[attr-defined]
+    try:
+        yield count
+    finally:
+        for m in modules:
+            m.to_device = original  # type: ignore[attr-defined]
 
 
 def replays(sched: Any) -> tuple[int, int]:
@@ -194,7 +227,8 @@ def replays(sched: Any) -> tuple[int, int]:
     return verify, catch_up
 
 
-def drive(sched: Any, prompt: list[int], tokens: int, clock: PhaseClock, rid: str) -> Run:
+def drive(sched: Any, prompt: list[int], tokens: int, clock: PhaseClock, rid: str,
+          transfers: TransferCount | None = None) -> Run:
     """One request through the scheduler, its prefill untimed; then every step until it ends, timed."""
     sp = SamplingParams(max_new_tokens=tokens, temperature=0.0, ignore_eos=True)
     sched.add_request(GenerateReq(rid, list(prompt), sp))
@@ -203,6 +237,7 @@ def drive(sched: Any, prompt: list[int], tokens: int, clock: PhaseClock, rid: st
         sched.step()
     replays0 = replays(sched)
     steps0, tok0 = c.decode_steps, c.generated_tokens
+    copies0 = transfers.calls if transfers is not None else 0
     clock.reset()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -212,8 +247,9 @@ def drive(sched: Any, prompt: list[int], tokens: int, clock: PhaseClock, rid: st
         seconds = time.perf_counter() - t0
     syncs = sum("synchroniz" in str(w.message) for w in caught)
     verify, catch_up = (a - b for a, b in zip(replays(sched), replays0))
+    copies = transfers.calls - copies0 if transfers is not None else 0
     return Run(c.decode_steps - steps0, c.generated_tokens - tok0, seconds, dict(clock.totals), clock.gap,
-               dict(clock.gap_parts), syncs, verify, catch_up)
+               dict(clock.gap_parts), syncs, copies, verify, catch_up)
 
 
 def engine_kwargs(variant: str, args: dict[str, Any], draft: Path | None) -> dict[str, Any]:
@@ -246,9 +282,9 @@ def probe_variant(path: str, variant: str, args: dict[str, Any], draft: Path | N
     if cuda:
         torch.cuda.set_sync_debug_mode("warn")
     try:
-        with patched(clock, targets(sched)):
+        with patched(clock, targets(sched)), counting_transfers() as transfers:
             for i in range(args["reps"]):
-                runs.append(drive(sched, prompt, args["tokens"], clock, f"r{i}"))
+                runs.append(drive(sched, prompt, args["tokens"], clock, f"r{i}", transfers))
     finally:
         if cuda:
             torch.cuda.set_sync_debug_mode(0)
@@ -275,6 +311,7 @@ def probe_variant(path: str, variant: str, args: dict[str, Any], draft: Path | N
                                        for k, v in sorted(mid.gap_parts.items(), key=lambda kv: -kv[1])},
         "tokens_per_step": round(mid.tokens / n, 3), "decode_steps": mid.decode_steps,
         "syncs_per_step": round(mid.syncs / n, 2) if cuda else None,
+        "transfers_per_step": round(mid.transfers / n, 2),
         "verify_graph_replays_per_step": round(mid.verify_replays / n, 2),
         "catch_up_graph_replays_per_step": round(mid.catch_up_replays / n, 2), "parts_ms_per_step": parts,
     }

@@ -242,3 +242,21 @@ def test_the_next_catch_up_runs_before_the_verified_tokens_are_applied_and_chang
     # the early catch-up (an extend) comes between a verify and the application of its tokens
     pairs = [eager[i - 1 : i + 1] for i, x in enumerate(eager) if x == "apply"]
     assert sum(p == ["extend", "apply"] for p in pairs) >= applies - 3 - batch, eager
+
+
+def test_the_probes_transfer_count_sees_every_copy_and_puts_the_bindings_back() -> None:
+    """``spec_host_probe``'s ``transfers_per_step``: a copy made through a module's own binding of ``to_device``
+    (as ``from sgl.core.transfer import to_device`` gives it) or through a helper counts; after the block, none."""
+    from benchmarks.spec_host_probe import counting_transfers
+    from sgl.core.runner import input_prep
+
+    cpu = torch.device("cpu")
+    original = transfer.to_device
+    with counting_transfers() as count:
+        input_prep.to_device(torch.zeros(2), cpu, False)
+        lists_to_device([[1], [2, 3]], torch.int64, cpu, False)
+        transfer.rows_to_device([[1, 2]], torch.int64, cpu, False)
+    assert count.calls == 3
+    assert input_prep.to_device is original and transfer.to_device is original
+    input_prep.to_device(torch.zeros(2), cpu, False)
+    assert count.calls == 3
