@@ -260,3 +260,21 @@ def test_the_probes_transfer_count_sees_every_copy_and_puts_the_bindings_back() 
     assert input_prep.to_device is original and transfer.to_device is original
     input_prep.to_device(torch.zeros(2), cpu, False)
     assert count.calls == 3
+
+
+def test_an_ended_request_leaves_no_early_catch_up_behind(tmp_path: Path) -> None:
+    """A catch-up launched right after a verify whose tokens then end the request (a stop token) serves no step: it
+    is dropped on release, and with it the request it holds."""
+    target, mirror = write_mirroring_pair(tmp_path)
+    engine = make_engine(target, speculative_algorithm="EAGLE", speculative_draft_model_path=str(mirror),
+                         speculative_num_steps=3, disable_speculative_gate=True, disable_radix_cache=True)
+    try:
+        spec = engine.runtime.scheduler.speculative
+        params = {"temperature": 0.0, "max_new_tokens": 30, "ignore_eos": True}
+        out = engine.generate(PROMPTS[:1], params)[0]["output_ids"]
+        stop = next(t for t in out[12:] if t not in out[:12])  # its first appearance comes well after a few verifies
+        ended = engine.generate(PROMPTS[:1], {**params, "stop_token_ids": [stop]})[0]["output_ids"]
+        assert len(ended) < len(out)
+        assert spec._early is None
+    finally:
+        engine.shutdown()

@@ -258,6 +258,11 @@ class EagleAlgorithm(SpeculativeAlgorithm):
         self._early = self._catch_up_early(batch, verified.result)
         return verified.result
 
+    def release(self, req: Req) -> None:
+        super().release(req)
+        if self._early is not None and any(r is req for r in self._early.reqs):
+            self._early = None  # NOTE: it can serve no step now; holding it would keep the request alive
+
     def _tree_step(
         self, batch: ScheduleBatch, state: SchedulerState, executor: StepExecutor, budgets: list[int]
     ) -> VerifyResult | None:
