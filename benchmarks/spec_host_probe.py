@@ -21,13 +21,16 @@ handling (process_verify/_decode), KV slot freeing, gate bookkeeping (with ``--g
 decode batch scheduling, prefill check, outputs collection, and ``other`` (the step's remainder).
 ``host_gap_ms_per_step``: the host time from the step's read of the device's tokens to the next forward's start (on
 a GPU at batch 1, the device's idle time between steps); ``host_gap_parts_ms_per_step``: the parts that ended inside
-it (roughly: a part that began before the read counts its whole own time).
+it (roughly: a part that began before the read counts its whole own time). NOTE: EAGLE launches the next step's
+catch-up extend right after the read, so its gap ends there; the host work after it (applying the tokens, the next
+step's scheduling and slots) runs while the device runs that extend, and is idle time only past it.
 
 On a GPU the wall time of a part includes whatever it waited for (a ``.tolist()`` waits for the device); ``--sync``
 synchronises the device at the end of every part so device time is charged to the part that launched it (it
 changes the timeline: compare parts, not totals), and with CUDA the probe also counts the synchronising calls per
 decode step (``torch.cuda.set_sync_debug_mode``). ``--profile N`` prints a cProfile of one more run per variant
-(top N by own time). ``--overlap`` forces the overlap loop (a GPU platform turns it on itself). On the CPU the
+(top N by own time). ``transfers_per_step``: host-to-device copies per decode step (``counting_transfers``).
+``--overlap`` forces the overlap loop (a GPU platform turns it on itself). On the CPU the
 engine's torch threads default to 1 here (``SGL_CPU_THREADS``): the demo model's ops are too small to gain from
 more, and on a shared host extra threads only add noise.
 """
@@ -157,7 +160,9 @@ def targets(sched: Any) -> list[tuple[Any, str, str]]:
     if algo is not None:
         out += [
             (algo, "decode_step", "spec step (other)"), (algo, "propose", "draft"), (algo, "_draft", "draft"),
-            (algo, "run_draft", "draft batch build"), (eagle, "build_forward_batch", "draft batch build"),
+            (algo, "_catch_up_early", "draft"), (algo, "run_draft", "draft batch build"),
+            (eagle, "draft_inputs", "draft batch build"), (algo, "_waiting_rows", "draft batch build"),
+            (eagle, "build_forward_batch", "draft batch build"),
             (verify, "alloc_verify_slots", "verify slots"), (eagle, "alloc_verify_slots", "verify slots"),
             (verify, "run_verify", "verify glue"), (eagle, "run_verify", "verify glue"),
             (verify, "build_forward_batch", "verify batch build"), (verify, "_sample_positions", "sampling"),
@@ -178,8 +183,40 @@ class Run(NamedTuple):
     gap: float  # seconds from reading the device's tokens to the next forward, summed (PhaseClock)
     gap_parts: dict[str, float]  # the parts that ended inside those gaps, seconds summed
     syncs: int  # synchronising calls CUDA warned about (0 elsewhere)
+    transfers: int  # host-to-device copies (calls of sgl.core.transfer.to_device, direct or through its helpers)
     verify_replays: int  # verify forwards replayed from graphs
     catch_up_replays: int  # an EAGLE head's catch-up extends replayed from graphs
+
+
+class TransferCount:
+    """Host-to-device copies so far, counted while ``counting_transfers`` runs."""
+
+    calls: int = 0
+
+
+@contextmanager
+def counting_transfers() -> Iterator[TransferCount]:
+    """Counts host-to-device copies: every ``sgl`` module's binding of ``sgl.core.transfer.to_device`` (the one way
+    the engine copies to the device) is wrapped for the ``with`` block. On a GPU each costs a pinned staging buffer
+    and a copy launch, at batch 1 while the device waits; on a CPU the call is the same, the copy is none."""
+    from sgl.core import transfer
+
+    count = TransferCount()
+    original = transfer.to_device
+
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        count.calls += 1
+        return original(*args, **kwargs)
+
+    modules = [m for m in list(sys.modules.values())
+               if (getattr(m, "__name__", None) or "").startswith("sgl.") and getattr(m, "to_device", None) is original]
+    for m in modules:
+        m.to_device = counted  # type: ignore[attr-defined]
+    try:
+        yield count
+    finally:
+        for m in modules:
+            m.to_device = original  # type: ignore[attr-defined]
 
 
 def replays(sched: Any) -> tuple[int, int]:
@@ -190,7 +227,8 @@ def replays(sched: Any) -> tuple[int, int]:
     return verify, catch_up
 
 
-def drive(sched: Any, prompt: list[int], tokens: int, clock: PhaseClock, rid: str) -> Run:
+def drive(sched: Any, prompt: list[int], tokens: int, clock: PhaseClock, rid: str,
+          transfers: TransferCount | None = None) -> Run:
     """One request through the scheduler, its prefill untimed; then every step until it ends, timed."""
     sp = SamplingParams(max_new_tokens=tokens, temperature=0.0, ignore_eos=True)
     sched.add_request(GenerateReq(rid, list(prompt), sp))
@@ -199,6 +237,7 @@ def drive(sched: Any, prompt: list[int], tokens: int, clock: PhaseClock, rid: st
         sched.step()
     replays0 = replays(sched)
     steps0, tok0 = c.decode_steps, c.generated_tokens
+    copies0 = transfers.calls if transfers is not None else 0
     clock.reset()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -208,8 +247,9 @@ def drive(sched: Any, prompt: list[int], tokens: int, clock: PhaseClock, rid: st
         seconds = time.perf_counter() - t0
     syncs = sum("synchroniz" in str(w.message) for w in caught)
     verify, catch_up = (a - b for a, b in zip(replays(sched), replays0))
+    copies = transfers.calls - copies0 if transfers is not None else 0
     return Run(c.decode_steps - steps0, c.generated_tokens - tok0, seconds, dict(clock.totals), clock.gap,
-               dict(clock.gap_parts), syncs, verify, catch_up)
+               dict(clock.gap_parts), syncs, copies, verify, catch_up)
 
 
 def engine_kwargs(variant: str, args: dict[str, Any], draft: Path | None) -> dict[str, Any]:
@@ -242,9 +282,9 @@ def probe_variant(path: str, variant: str, args: dict[str, Any], draft: Path | N
     if cuda:
         torch.cuda.set_sync_debug_mode("warn")
     try:
-        with patched(clock, targets(sched)):
+        with patched(clock, targets(sched)), counting_transfers() as transfers:
             for i in range(args["reps"]):
-                runs.append(drive(sched, prompt, args["tokens"], clock, f"r{i}"))
+                runs.append(drive(sched, prompt, args["tokens"], clock, f"r{i}", transfers))
     finally:
         if cuda:
             torch.cuda.set_sync_debug_mode(0)
@@ -271,6 +311,7 @@ def probe_variant(path: str, variant: str, args: dict[str, Any], draft: Path | N
                                        for k, v in sorted(mid.gap_parts.items(), key=lambda kv: -kv[1])},
         "tokens_per_step": round(mid.tokens / n, 3), "decode_steps": mid.decode_steps,
         "syncs_per_step": round(mid.syncs / n, 2) if cuda else None,
+        "transfers_per_step": round(mid.transfers / n, 2),
         "verify_graph_replays_per_step": round(mid.verify_replays / n, 2),
         "catch_up_graph_replays_per_step": round(mid.catch_up_replays / n, 2), "parts_ms_per_step": parts,
     }

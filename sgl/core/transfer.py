@@ -50,3 +50,22 @@ def rows_to_device(
 ) -> torch.Tensor:
     """Several equal-length host lists in one transfer: a [len(rows), n] tensor on the device."""
     return to_device(host_rows(rows, dtype), device, pinned)
+
+
+def lists_to_device(
+    lists: Sequence[Sequence[int]], dtype: torch.dtype, device: torch.device, pinned: bool
+) -> list[torch.Tensor]:
+    """Several host lists of any lengths in one transfer: one 1-D device tensor per list (views of one buffer).
+
+    NOTE: each pinned transfer costs a pinned staging buffer and a copy launch; a speculative step's draft and
+    verify inputs (ids, positions, slots, lengths of several small batches) travel together this way."""
+    sizes = [len(x) for x in lists]
+    code = _TYPECODES.get(dtype)
+    if code is None:
+        flat = torch.tensor([v for x in lists for v in x], dtype=dtype)
+    else:
+        buf = array.array(code)
+        for x in lists:
+            buf.extend(x)  # type: ignore[arg-type]
+        flat = torch.frombuffer(buf, dtype=dtype) if len(buf) else torch.empty(0, dtype=dtype)
+    return list(to_device(flat, device, pinned).split(sizes))

@@ -89,6 +89,7 @@ class GraphRunner:
         self.graphs: dict[int, Any] = {}  # the platform's graph objects (``replay()``)
         self.outputs: dict[int, torch.Tensor] = {}
         self.captured: dict[int, dict[int, torch.Tensor]] = {}
+        self._replay_batches: dict[int, ForwardBatch] = {}
         # NOTE: one pool for every captured size, so the graphs share their activations' memory.
         self.pool: Any = platform.graph_pool()
         self.attn.init_graph_state(self.max_bs, runner.context_len)
@@ -172,7 +173,9 @@ class GraphRunner:
         for name, buf in self.row_inputs.items():
             buf[bs:padded].zero_()
             buf[:bs].copy_(fb.extras[name])
-        static = self._static_batch(padded)
+        static = self._replay_batches.get(padded)
+        if static is None:  # NOTE: built once per size: a replay reads the same static buffers every time
+            static = self._replay_batches[padded] = self._static_batch(padded)
         self.attn.init_metadata_replay(padded, static)
         self.graphs[padded].replay()
         fb.captured_hidden = {layer: t[:bs] for layer, t in self.captured[padded].items()}

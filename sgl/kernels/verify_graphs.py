@@ -150,17 +150,19 @@ class VerifyGraphs:
             self.seq_lens[b:padded].fill_(n)
             self.prefix_lens[b:padded].zero_()
             self.extend_lens[b:padded].fill_(n)
-        rows: torch.Tensor | None = None  # where fb's tokens sit among the graph's rows (None: the first b * n)
-        if any(e != n for e in lens):
+        count = sum(lens)
+        rows: torch.Tensor | None = None  # where fb's tokens sit among the graph's rows (None: the first ``count``)
+        # NOTE: one request's tokens are the first rows whatever its length (batch 1: no index to build and send)
+        if b > 1 and count != b * n:
             host = torch.tensor([i * n + j for i, e in enumerate(lens) for j in range(e)], dtype=torch.int64)
             rows = to_device(host, self.input_ids.device, bool(self.platform.capabilities.pinned_memory))
-        spare = 0 if rows is not None else b * n  # NOTE: every row from here on is padding this replay
+        spare = 0 if rows is not None else count  # NOTE: every row from here on is padding this replay
         inputs = [(self.input_ids, fb.input_ids), (self.positions, fb.positions),
                   (self.out_cache_loc, fb.out_cache_loc), *((buf, fb.extras[k]) for k, buf in self.row_inputs.items())]
         for static, given in inputs:
             static[spare : padded * n].zero_()
             if rows is None:
-                static[: b * n].copy_(given)
+                static[:count].copy_(given)
             else:
                 static.index_copy_(0, rows, given.to(static.dtype))
         static_fb = self.batches[padded]
@@ -168,8 +170,8 @@ class VerifyGraphs:
             static_fb.tree_masks = fb.tree_masks  # NOTE: host masks, packed by the backend's replay hook
         self.attn.init_verify_metadata_replay(padded, n, static_fb)
         self.graphs[padded].replay()
-        fb.captured_hidden = {layer: _rows(t, rows, b * n) for layer, t in self.captured[padded].items()}
-        return _rows(self.outputs[padded], rows, b * n)
+        fb.captured_hidden = {layer: _rows(t, rows, count) for layer, t in self.captured[padded].items()}
+        return _rows(self.outputs[padded], rows, count)
 
 
 def _rows(t: torch.Tensor, rows: torch.Tensor | None, count: int) -> torch.Tensor:

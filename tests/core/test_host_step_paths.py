@@ -158,3 +158,38 @@ def test_take_output_sends_what_the_slice_first_order_sent(stream: bool) -> None
                 assert (got.new_token_ids, got.finished) == want
             if r.finished:
                 break
+
+
+@pytest.mark.parametrize("lens", [[3, 1, 4], [300, 1, 400]])
+def test_an_extend_batch_travels_in_one_transfer_with_every_row_in_place(
+    lens: list[int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An extend batch's per-request rows, per-token rows and slots go to the device together (its slots as a list,
+    or past ``LIST_SLOTS`` as a tensor joined to the rest): one transfer, and each field what it was."""
+    from types import SimpleNamespace
+
+    from sgl.core.platform import Capabilities
+    from sgl.core.runner import input_prep
+    from sgl.core.runner.forward_batch import ForwardMode
+    from sgl.core.scheduler.batch import ScheduleBatch
+
+    sent: list[int] = []
+    to_device = input_prep.to_device
+    monkeypatch.setattr("sgl.core.transfer.to_device", lambda t, d, p: (sent.append(t.numel()), to_device(t, d, p))[1])
+    monkeypatch.setattr(input_prep, "to_device", lambda t, d, p: (sent.append(t.numel()), to_device(t, d, p))[1])
+    reqs = [Req(GenerateReq(f"r{i}", list(range(10 * i, 10 * i + 900)), SamplingParams()), set(), 0) for i in range(3)]
+    for i, r in enumerate(reqs):
+        r.req_pool_idx = i + 2
+    prefix = [5, 0, 7]
+    slots = torch.arange(sum(lens), dtype=torch.int64) + 1000
+    batch = ScheduleBatch(ForwardMode.EXTEND, reqs, prefix, lens, slots)
+    runner = SimpleNamespace(device=torch.device("cpu"), platform=SimpleNamespace(capabilities=Capabilities()),
+                             req_to_token_pool=None, kv_pool=None, attn_backend=None)
+    fb = input_prep.build_forward_batch(batch, runner)  # type: ignore[arg-type]
+    assert len(sent) == 1
+    assert fb.input_ids.tolist() == batch.input_ids() and fb.positions.tolist() == batch.positions()
+    assert fb.out_cache_loc.tolist() == slots.tolist()
+    assert fb.req_pool_indices.tolist() == [2, 3, 4] and fb.seq_lens.tolist() == [p + e for p, e in zip(prefix, lens)]
+    assert fb.extend_prefix_lens is not None and fb.extend_prefix_lens.tolist() == prefix
+    assert fb.extend_seq_lens is not None and fb.extend_seq_lens.tolist() == lens
+    assert fb.extend_start_loc is not None and fb.extend_start_loc.tolist() == [0, lens[0], lens[0] + lens[1]]

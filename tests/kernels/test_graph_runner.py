@@ -170,6 +170,23 @@ def test_replay_pads_to_the_next_size_and_resets_rows_a_larger_batch_left() -> N
     assert not gr.can_run(_decode(MAX_BS + 1, 0))
 
 
+def test_a_replay_reuses_its_sizes_static_batch(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A replay's static batch (views of the static buffers) is built once per captured size, not at every replay:
+    at batch 1 the host builds it between two launches of every decode step (an EAGLE head's chained steps too)."""
+    platform = RecordingPlatform()
+    gr = GraphRunner(_runner(platform), platform)
+    built: list[int] = []
+    build = gr._static_batch
+    monkeypatch.setattr(gr, "_static_batch", lambda bs: (built.append(bs), build(bs))[1])
+    eager = EchoModel(platform)
+    with torch.inference_mode():
+        for base in range(0, 50, 10):
+            fb = _decode(1, base)
+            assert torch.equal(gr.replay(fb), eager(fb.input_ids, fb.positions, fb))
+        gr.replay(_decode(3, 60))
+    assert built == [1, 4]
+
+
 def test_graphs_stay_off_where_the_platform_or_the_backend_cannot_capture() -> None:
     base = Platform()
     assert (base.new_graph(), base.graph_pool(), base.new_stream()) == (None, None, None)

@@ -426,3 +426,35 @@ def test_verify_graphs_stay_within_a_prefill_chunk_of_tokens() -> None:
     runner.args.chunked_prefill_size = 6
     graphs = GraphRunner(runner, platform).capture_verify(3)
     assert graphs is not None and graphs.sizes == [1, 2] and graphs.max_bs == 2
+
+
+def test_a_single_short_request_replays_from_the_first_rows_without_an_index(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Batch 1 (the latency case) with fewer tokens than N: its tokens are the graph's first rows, so the replay
+    copies them there and sends no row index to the device; the rows after them are the padding sink's."""
+    import sgl.kernels.verify_graphs as vg
+
+    platform = RerunPlatform()
+    backend = VerifyHooks()
+    graphs = GraphRunner(_echo_runner(platform, backend), platform).capture_verify(3)
+    assert graphs is not None
+
+    def batch(ids: list[int], prefix: int, slots: list[int]) -> ForwardBatch:
+        e = len(ids)
+        return ForwardBatch(
+            forward_mode=ForwardMode.TARGET_VERIFY, batch_size=1, input_ids=torch.tensor(ids),
+            positions=torch.arange(prefix, prefix + e), req_pool_indices=torch.tensor([2]),
+            seq_lens=torch.tensor([prefix + e]), out_cache_loc=torch.tensor(slots), seq_lens_cpu=[prefix + e],
+            req_to_token_pool=None, kv_pool=None, attn_backend=backend,  # type: ignore[arg-type]
+            extend_prefix_lens=torch.tensor([prefix]), extend_seq_lens=torch.tensor([e]),
+            extend_start_loc=torch.tensor([0]), extend_prefix_lens_cpu=[prefix], extend_seq_lens_cpu=[e],
+        )
+
+    def no_transfer(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("a batch-1 replay sent a row index to the device")
+
+    monkeypatch.setattr(vg, "to_device", no_transfer)
+    with torch.inference_mode():
+        graphs.replay(batch([7, 8, 9], 40, [81, 82, 83]))  # every row holds a value now
+        out = graphs.replay(batch([5], 20, [61]))
+    assert out.tolist() == [[5, 20, 61, 2, 20, 1]]
+    assert graphs.outputs[1][1:, :3].tolist() == [[0, 0, 0], [0, 0, 0]]  # the spare rows: the sink

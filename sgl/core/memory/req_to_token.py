@@ -26,6 +26,11 @@ class ReqToTokenPool:
         self.host = self.req_to_token if on_host else torch.zeros((size, max_context_len), dtype=torch.int32)
         self._free: list[int] = list(range(size))
 
+    @property
+    def on_host(self) -> bool:
+        """The device table is the host mirror (a CPU device): a host write is the device write."""
+        return self.host is self.req_to_token
+
     def available_size(self) -> int:
         return len(self._free)
 
@@ -60,6 +65,10 @@ class ReqToTokenPool:
     def read(self, index: int, length: int) -> torch.Tensor:
         """The first ``length`` slots of row ``index`` (int64, host), without touching the device."""
         return self.host[index, :length].to(torch.int64)
+
+    def read_list(self, index: int, start: int, end: int) -> list[int]:
+        """Slots ``start .. end - 1`` of row ``index`` as Python ints, from the host mirror (no device read)."""
+        return self.host[index, start:end].tolist()
 
     def clear(self) -> None:
         self._free = list(range(self.size))

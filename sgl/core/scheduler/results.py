@@ -65,6 +65,7 @@ class ResultProcessor:
         s = self.s
         s.counters.decode_steps += 1
         s.counters.decode_rows += len(batch.reqs)
+        rejected: list[int] = []
         for r, tokens, lps, slots in zip(batch.reqs, result.tokens, result.logprobs, result.slots):
             kept = 0
             for tok, lp in zip(tokens, lps):
@@ -76,19 +77,29 @@ class ResultProcessor:
             if kept == 0:  # ended before this step resolved: its last token's KV is computed all the same
                 kept = 1
                 r.kv_len += 1
-            self._free_rejected(slots, kept)
+            rejected += self._rejected(slots, kept)
             r.last_slot = slots[kept - 1]
             r.inflight -= 1
             if r.release_deferred:
                 s.release(r)
+        self._free_rejected(rejected)
         s.running = [r for r in s.running if not r.finished]
         self.take_splices()
         s.token_ratio.decay()
 
-    def _free_rejected(self, slots: list[int], kept: int) -> None:
+    def _rejected(self, slots: list[int], kept: int) -> list[int]:
+        """The slots of a verified request's rejected drafts that it frees: those past its ``kept`` first, except
+        those on the page of the last kept slot (the request's partial page owns them)."""
+        if kept == len(slots):
+            return []
         page = self.s.page_size
+        if page == 1:
+            return slots[kept:]
         last_page = slots[kept - 1] // page
-        rejected = [x for x in slots[kept:] if x // page != last_page]
+        return [x for x in slots[kept:] if x // page != last_page]
+
+    def _free_rejected(self, rejected: list[int]) -> None:
+        # NOTE: one free for the whole verified batch (each free costs a dozen small host ops, whatever its size)
         if rejected:
             self.s.allocator.free(torch.tensor(rejected, dtype=torch.int64))
 

@@ -26,7 +26,7 @@ from sgl.core.runner.input_prep import build_forward_batch
 from sgl.core.sampling.batch_info import SamplingBatchInfo
 from sgl.core.scheduler.batch import ScheduleBatch
 from sgl.core.speculative.drafts import DeviceDrafts, draft_rows
-from sgl.core.transfer import to_device
+from sgl.core.transfer import host_rows, to_device
 
 if TYPE_CHECKING:
     from sgl.core.scheduler.req import Req
@@ -91,32 +91,35 @@ def may_draft(r: Req, executor: StepExecutor) -> bool:
 
 def alloc_verify_slots(batch: ScheduleBatch, state: SchedulerState, counts: Sequence[int]) -> list[list[int]] | None:
     """Per request of the DECODE ``batch``: the KV slots of its last token (the decode slot) and of ``counts[i]``
-    draft tokens after it, written into req_to_token; None (nothing allocated) when they do not fit.
+    draft tokens after it, written into req_to_token's host mirror; None (nothing allocated) when they do not fit.
 
-    NOTE: a draft model may write its own KV at these slots before the verify forward (EAGLE's draft KV shares the
-    target's slot numbers); the scheduler frees the rejected ones after verification as usual."""
-    starts = [p + 1 for p in batch.prefix_lens]
+    NOTE: the verify batch writes them into the device table (``build_forward_batch``), so a step sends them once.
+    A draft model that writes its own KV at these slots before the verify forward (EAGLE's draft KV shares the
+    target's slot numbers) writes the device table's entries it attends to itself; the scheduler frees the
+    rejected ones after verification as usual."""
+    prefix = batch.prefix_lens
+    starts = [p + 1 for p in prefix]
     ends = [s + n for s, n in zip(starts, counts)]
     state.make_room(sum(counts) + len(counts) * state.page_size)
-    decode_slots = [int(x) for x in batch.out_cache_loc.tolist()]
+    decode_slots: list[int] = batch.out_cache_loc.tolist()
     extra = state.allocator.alloc_extend(starts, ends, decode_slots)
     if extra is None:
         return None
-    extra_host = extra.to("cpu", torch.int64).tolist()
+    extra_host: list[int] = extra.tolist()
     rows: list[list[int]] = []
     table_rows: list[int] = []
     table_cols: list[int] = []
+    flat: list[int] = []
     cursor = 0
-    for i, (r, n) in enumerate(zip(batch.reqs, counts)):
-        row = [decode_slots[i]] + extra_host[cursor : cursor + n]
+    for r, p, d, n in zip(batch.reqs, prefix, decode_slots, counts):
+        row = [d, *extra_host[cursor : cursor + n]]
         cursor += n
         rows.append(row)
-        table_rows.extend([int(r.req_pool_idx)] * len(row))  # type: ignore[arg-type]
-        table_cols.extend(range(batch.prefix_lens[i], batch.prefix_lens[i] + len(row)))
-    # NOTE: one scattered write (one transfer) for the whole batch, not one per request
-    state.req_pool.write_scattered(torch.tensor(table_rows, dtype=torch.int64),
-                                   torch.tensor(table_cols, dtype=torch.int64),
-                                   torch.tensor([s for row in rows for s in row], dtype=torch.int64))
+        table_rows += [r.req_pool_idx] * (n + 1)  # type: ignore[list-item]  # scheduled: always set
+        table_cols += range(p, p + n + 1)
+        flat += row
+    packed = host_rows([table_rows, table_cols, flat], torch.int64)
+    state.req_pool.write_host(packed[0], packed[1], packed[2])
     return rows
 
 
@@ -195,14 +198,25 @@ def verify_forward(
     with torch.inference_mode():
         fb = build_forward_batch(vb, runner)
         if device_drafts is not None and device_drafts.tokens.numel():
-            where = to_device(torch.tensor(draft_rows(device_drafts.counts), dtype=torch.int64), fb.input_ids.device,
-                              executor.pinned)
-            fb.input_ids.index_copy_(0, where, device_drafts.tokens.to(fb.input_ids.dtype))
+            place_drafts(fb.input_ids, device_drafts, executor.pinned)
         fb.capture_hidden_layers = capture_hidden_layers
         fb.tree_masks = tree_masks
         hidden = runner.forward(fb)
         ids, lps = _sample_positions(vb, runner.compute_logits(hidden), executor, device_drafts)
     return fb, hidden, ids, lps
+
+
+def place_drafts(input_ids: torch.Tensor, drafts: DeviceDrafts, pinned: bool) -> None:
+    """Writes ``drafts`` into a chain verify batch's ``input_ids`` (request i: its last token, then its drafts).
+
+    NOTE: where every request has the same number of drafts (batch 1 always) they are one strided copy; otherwise
+    their rows travel to the device first."""
+    k = drafts.counts[0]
+    if k and all(c == k for c in drafts.counts):
+        input_ids.view(len(drafts.counts), k + 1)[:, 1:].copy_(drafts.tokens.view(-1, k))
+        return
+    where = to_device(torch.tensor(draft_rows(drafts.counts), dtype=torch.int64), input_ids.device, pinned)
+    input_ids.index_copy_(0, where, drafts.tokens.to(input_ids.dtype))
 
 
 def _needs_draft_values(reqs: Sequence[Req]) -> bool:

@@ -27,7 +27,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import torch
 
@@ -40,8 +40,8 @@ from sgl.core.speculative.base import SpeculativeAlgorithm
 from sgl.core.speculative.drafts import DeviceDrafts, chain_drafts
 from sgl.core.speculative.tree import TreeBatch, run_verify_tree
 from sgl.core.speculative.verify import alloc_verify_slots, draft_budget, may_draft, run_verify
-from sgl.core.transfer import to_device
 from sgl.plugins.speculative.common import AcceptanceStats
+from sgl.plugins.speculative.eagle_inputs import CatchUpRows, DraftInputs, draft_inputs
 from sgl.plugins.speculative.eagle_models import TARGET_HIDDEN, EagleDraftHead, LlamaForCausalLMEagle3
 from sgl.plugins.speculative.eagle_tree import draft_trees
 from sgl.plugins.speculative.standalone import chain_steps, draft_dir
@@ -58,6 +58,23 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_NUM_STEPS = 3
 TREE_BACKENDS = ("torch_native", "triton")  # the attention backends that apply a tree mask
+
+
+class EarlyCatchUp(NamedTuple):
+    """A catch-up extend launched right after a verify, for the next step (``EagleAlgorithm._catch_up_early``)."""
+
+    reqs: list[Req]
+    feats: list[TargetFeatures]  # what it read: each request's waiting features, as they were
+    counts: list[int]
+    hidden: torch.Tensor  # [m, hidden] each request's last row's output, d1's feature
+    tokens: torch.Tensor  # [m] d1
+
+    def serves(self, reqs: list[Req], name: str) -> bool:
+        """Whether it is the catch-up of exactly these requests' waiting rows (none came or went since)."""
+        return len(reqs) == len(self.reqs) and all(
+            a is b and a.features.get(name) is f and f.count == n
+            for a, b, f, n in zip(reqs, self.reqs, self.feats, self.counts)
+        )
 
 
 @dataclass
@@ -134,6 +151,7 @@ class EagleAlgorithm(SpeculativeAlgorithm):
         self.max_nodes = max_nodes
         self.capture = capture  # target layers whose residual streams make the features (); the final hidden state
         self.stats = AcceptanceStats()
+        self._early: EarlyCatchUp | None = None  # the next step's catch-up, launched after the last verify
 
     @classmethod
     def create(cls, server_args: ServerArgs, runner: ModelRunner) -> EagleAlgorithm:
@@ -237,7 +255,13 @@ class EagleAlgorithm(SpeculativeAlgorithm):
             self._keep(r, p, feats[offset : offset + len(tokens)])  # the accepted positions' features only
             offset += 1 + k
         self.stats.record(verified.result)
+        self._early = self._catch_up_early(batch, verified.result)
         return verified.result
+
+    def release(self, req: Req) -> None:
+        super().release(req)
+        if self._early is not None and any(r is req for r in self._early.reqs):
+            self._early = None  # NOTE: it can serve no step now; holding it would keep the request alive
 
     def _tree_step(
         self, batch: ScheduleBatch, state: SchedulerState, executor: StepExecutor, budgets: list[int]
@@ -260,53 +284,93 @@ class EagleAlgorithm(SpeculativeAlgorithm):
         self.stats.record(verified.result)
         return verified.result
 
-    def catch_up(self, batch: ScheduleBatch, idx: list[int], reqs: list[Req]) -> torch.Tensor:
-        """The waiting rows of each drafting request: (feature at p, token at p + 1) for p in start .. last - 1, at
-        the target's slots. Returns each request's last row's output, the feature d1 is drafted from [m, hidden]."""
-        feats: list[TargetFeatures] = [r.features.pop(self.name) for r in reqs]
-        table = self.target.req_to_token_pool
-        ids: list[int] = []
-        slots: list[torch.Tensor] = []
-        for r, f, i in zip(reqs, feats, idx):
-            ids.extend(r.token_slice(f.start + 1, batch.prefix_lens[i] + 1))
-            slots.append(table.read(int(r.req_pool_idx), f.end)[f.start :])  # type: ignore[arg-type]
-        lens = [f.count for f in feats]
-        sb = ScheduleBatch(ForwardMode.EXTEND, reqs, [f.start for f in feats], lens, torch.cat(slots))
-        device, pinned = self.draft.device, bool(self.draft.platform.capabilities.pinned_memory)
-        hidden = self.run_draft(sb, to_device(torch.tensor(ids, dtype=torch.int64), device, pinned),
-                                torch.cat([f.joined() for f in feats]))
-        if all(n == 1 for n in lens):
-            return hidden
-        last = torch.tensor(lens, dtype=torch.int64).cumsum(0) - 1
-        return hidden.index_select(0, to_device(last, device, pinned))
-
     @torch.inference_mode()
     def _draft(self, batch: ScheduleBatch, budgets: list[int], rows: list[list[int]]) -> DeviceDrafts:
-        """The chain of each request with a budget, left on the device (``sgl.core.speculative.drafts``): each draft
-        step reads the tokens the step before it picked on the device, and the host reads none of them here."""
+        """The chain of each request with a budget, left on the device (``sgl.core.speculative.drafts``): the catch-up
+        extend over each request's waiting rows drafts d1 (unless it ran right after the last verify), then each
+        chained step reads the tokens the step before it picked on the device; the host reads none of them here, and
+        the step's inputs travel in one transfer (``eagle_inputs``)."""
         idx = [i for i, k in enumerate(budgets) if k]
         reqs = [batch.reqs[i] for i in idx]
-        device, pinned = self.draft.device, bool(self.draft.platform.capabilities.pinned_memory)
-        hidden = self.catch_up(batch, idx, reqs)
-        tokens = self._pick(hidden)
-        live = list(range(len(idx)))
-        columns: list[tuple[list[int], torch.Tensor]] = [(live, tokens)]
-        # the chain: (predicted feature, d_j) at position last + j - 1 drafts d_(j+1), at verify's slots
-        for j in range(1, max(budgets)):
-            keep = [m for m in live if budgets[idx[m]] > j]
-            if not keep:
-                break
-            if len(keep) != len(live):
-                sel = to_device(torch.tensor([live.index(m) for m in keep], dtype=torch.int64), device, pinned)
-                hidden, tokens = hidden.index_select(0, sel), tokens.index_select(0, sel)
-            live = keep
-            sb = ScheduleBatch(ForwardMode.DECODE, [reqs[m] for m in live],
-                               [batch.prefix_lens[idx[m]] + j - 1 for m in live], [1] * len(live),
-                               torch.tensor([rows[idx[m]][j - 1] for m in live], dtype=torch.int64))
-            hidden = self.run_draft(sb, tokens, hidden)
+        pool = [int(r.req_pool_idx) for r in reqs]  # type: ignore[arg-type]  # scheduled: always set
+        early, self._early = self._early, None
+        if early is not None and not early.serves(reqs, self.name):
+            early = None
+        feats: list[TargetFeatures] = [r.features.pop(self.name) for r in reqs]
+        catch_up = None if early is not None else self._waiting_rows(reqs, feats)
+        write = not self.target.req_to_token_pool.on_host  # NOTE: a CPU's table is the mirror already written
+        plan = draft_inputs(self.draft, catch_up, batch.prefix_lens, budgets, rows, idx, pool, write)
+        if early is not None:
+            hidden, tokens = early.hidden, early.tokens
+        else:
+            hidden = self._catch_up(plan, feats)
             tokens = self._pick(hidden)
-            columns.append((live, tokens))
+        columns: list[tuple[list[int], torch.Tensor]] = [(plan.members[0], tokens)]
+        # the chain: (predicted feature, d_j) at position last + j - 1 drafts d_(j+1), at verify's slots
+        for j, step in enumerate(plan.chain, start=1):
+            if step.select is not None:
+                hidden, tokens = hidden.index_select(0, step.select), tokens.index_select(0, step.select)
+            step.batch.input_ids = tokens
+            step.batch.extras[TARGET_HIDDEN] = hidden.to(self.draft.dtype)
+            hidden = self.draft.forward(step.batch)
+            tokens = self._pick(hidden)
+            columns.append((plan.members[j], tokens))
+        pinned = bool(self.draft.platform.capabilities.pinned_memory)
         return DeviceDrafts(chain_drafts(columns, budgets, pinned), list(budgets))
+
+    def _waiting_rows(self, reqs: list[Req], feats: list[TargetFeatures]) -> CatchUpRows:
+        """The catch-up rows of each request: (feature at p, token at p + 1) for its waiting positions p, at the
+        target's slots (read from the request table's host mirror)."""
+        table = self.target.req_to_token_pool
+        pool = [int(r.req_pool_idx) for r in reqs]  # type: ignore[arg-type]  # scheduled: always set
+        ids: list[int] = []
+        slots: list[int] = []
+        for r, p, f in zip(reqs, pool, feats):
+            ids += r.token_slice(f.start + 1, f.end + 1)
+            slots += table.read_list(p, f.start, f.end)
+        return CatchUpRows(pool, [f.start for f in feats], [f.count for f in feats], ids, slots)
+
+    def catch_up(self, batch: ScheduleBatch, idx: list[int], reqs: list[Req]) -> torch.Tensor:
+        """The waiting rows of each drafting request (``idx``: their rows in ``batch``) through the draft head.
+        Returns each request's last row's output, the feature d1 is drafted from [m, hidden]."""
+        feats: list[TargetFeatures] = [r.features.pop(self.name) for r in reqs]
+        rows = self._waiting_rows(reqs, feats)
+        plan = draft_inputs(self.draft, rows, batch.prefix_lens, [1], [], [], rows.pool, False)
+        return self._catch_up(plan, feats)
+
+    def _catch_up(self, plan: DraftInputs, feats: list[TargetFeatures]) -> torch.Tensor:
+        fb = plan.catch_up
+        assert fb is not None
+        rows = [f.joined() for f in feats]
+        fb.extras[TARGET_HIDDEN] = (rows[0] if len(rows) == 1 else torch.cat(rows)).to(self.draft.dtype)
+        hidden = self.draft.forward(fb)
+        return hidden if plan.last is None else hidden.index_select(0, plan.last)
+
+    @torch.inference_mode()
+    def _catch_up_early(self, batch: ScheduleBatch, result: VerifyResult) -> EarlyCatchUp | None:
+        """Right after a verify, before the scheduler applies its tokens and does its slot bookkeeping: the next
+        step's catch-up extend (the accepted positions' rows) and d1, launched now so the device runs them while the
+        host does that work. Only for requests that drafted and will draft again (the next step checks it is still
+        theirs, else runs its own); its KV writes are the ones the next catch-up would make, at the request's own
+        accepted slots, so a request that ends meanwhile loses nothing but the work."""
+        picked: list[tuple[Req, TargetFeatures, int, list[int], list[int]]] = []
+        for r, p, k, tokens, slots in zip(batch.reqs, batch.prefix_lens, result.drafted, result.tokens, result.slots):
+            f: TargetFeatures | None = r.features.get(self.name)
+            n = len(tokens)
+            if (k and f is not None and f.start == p and f.count == n and r.remaining_new_tokens - n >= 2
+                    and self.target.context_len - r.seq_len - n >= 2):
+                picked.append((r, f, n, tokens, slots[:n]))
+        if not picked:
+            return None
+        reqs = [x[0] for x in picked]
+        feats = [x[1] for x in picked]
+        pool = [int(r.req_pool_idx) for r in reqs]  # type: ignore[arg-type]  # scheduled: always set
+        # NOTE: the token after position p + j is the j-th token this step emits (they are appended later)
+        rows = CatchUpRows(pool, [f.start for f in feats], [f.count for f in feats],
+                           [t for x in picked for t in x[3]], [s for x in picked for s in x[4]])
+        plan = draft_inputs(self.draft, rows, [f.start for f in feats], [1], [], [], pool, False)
+        hidden = self._catch_up(plan, feats)
+        return EarlyCatchUp(reqs, feats, rows.counts, hidden, self._pick(hidden))
 
     def run_draft(self, sb: ScheduleBatch, ids: torch.Tensor, feats: torch.Tensor) -> torch.Tensor:
         """The draft head over ``sb``, fed ``ids`` and the features ``feats`` (both on the draft's device)."""
