@@ -12,6 +12,7 @@
 #   serve       sgl bench serving --compare-offline, 500 x 1024/256 (needs the serve wheels, httptools among them)
 #   spec        the speculative step part by part (spec_host_probe), then spec_replay at batch 1, 32 and 64
 #   itl         p99 / median inter-token latency at a steady 16 req/s: defaults, then mixed chunks of 512 and 1024
+#   itl-mixed   the same, mixed chunks of 512 only
 #   fusion      host_bound (quiet and slowed host, device busy) and the compiled-torch peer, fusion off / on
 #   fusion-host overlap_trace of Qwen3-0.6B
 # From the repository root, after `python3 -m pip install -q --no-deps --no-build-isolation -e .`.
@@ -19,6 +20,13 @@ set -u
 out=${OUT:-/tmp/sgl-bench}; mkdir -p "$out"
 export PYTHONUNBUFFERED=1
 json() { sed 's/\r/\n/g' | grep '^{'; }
+itl_run() {
+  echo "== itl: ${1:-defaults}"
+  # shellcheck disable=SC2086
+  timeout 190 sgl bench serving --launch-server --model-path llama-3.1-8b --load-format dummy --disable-tqdm \
+    --num-prompts 500 --input-len 1024 --output-len 256 --range-ratio 1 --request-rate 16 $1 2>&1 \
+    | grep -i "throughput\|ITL\|TTFT" | grep -v "Decode batch" | tee -a "$out/itl.log"
+}
 for stage in "$@"; do
   echo "=== $stage $(date +%T)"
   case $stage in
@@ -58,17 +66,15 @@ for stage in "$@"; do
         | tee "$out/serve.log" ;;
     itl)
       for flags in "" "--enable-mixed-chunk --chunked-prefill-size 512" "--enable-mixed-chunk --chunked-prefill-size 1024"; do
-        echo "== itl: ${flags:-defaults}"
-        # shellcheck disable=SC2086
-        timeout 190 sgl bench serving --launch-server --model-path llama-3.1-8b --load-format dummy --disable-tqdm \
-          --num-prompts 500 --input-len 1024 --output-len 256 --range-ratio 1 --request-rate 16 $flags 2>&1 \
-          | grep -i "throughput\|ITL\|TTFT" | tee -a "$out/itl.log"
+        itl_run "$flags"
       done ;;
+    itl-mixed)
+      itl_run "--enable-mixed-chunk --chunked-prefill-size 512" ;;
     moe)
       timeout 280 python3 benchmarks/decode_speed.py deepseek-v2-lite --variant graphs+overlap 2>&1 | json \
         | tee -a "$out/moe.jsonl"
       timeout 300 python3 benchmarks/decode_speed.py qwen3-30b-a3b --variant graphs+overlap 2>&1 | json \
         | tee -a "$out/moe.jsonl" ;;
-    *) echo "unknown stage $stage (kernels pdl tests moe-bw moe serve spec itl fusion fusion-host)" ;;
+    *) echo "unknown stage $stage (kernels pdl tests moe-bw moe serve spec itl itl-mixed fusion fusion-host)" ;;
   esac
 done
