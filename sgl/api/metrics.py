@@ -11,11 +11,11 @@ import math
 import threading
 import time
 from collections import deque
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sgl.core.ipc import ReqOutput
+from sgl.core.ipc import ReqOutput, TokenDelta
 
 PREFIX = "sgl"
 TTFT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
@@ -96,14 +96,22 @@ class Metrics:
         with self._lock:
             self._sent[rid] = time.monotonic()
 
-    def on_outputs(self, outputs: Iterable[ReqOutput]) -> None:
+    def on_outputs(self, outputs: Iterable[ReqOutput], deltas: Sequence[TokenDelta] = ()) -> None:
+        """One scheduler message: whole outputs and the token deltas of streamed requests (ipc.TokenDelta)."""
         now = time.monotonic()
         outputs = list(outputs)
         with self._lock:
-            tokens = sum(len(out.new_token_ids) for out in outputs)
+            tokens = sum(len(out.new_token_ids) for out in outputs) + sum(len(ids) for _, ids in deltas)
             if tokens:
                 self._recent.append((now, tokens))
                 self._prune(now)
+            seen = self._last
+            for rid, ids in deltas:
+                # NOTE: a delta never carries a request's first token (a whole ReqOutput does): an ITL sample
+                before = seen.get(rid)
+                if before is not None:
+                    self.itl.observe((now - before) / len(ids), len(ids))
+                    seen[rid] = now
             for out in outputs:
                 sent = self._sent.get(out.rid)
                 if sent is None:

@@ -93,7 +93,7 @@ class TokenizerManager:
                 self._die(self.proc.explain(msg.message))
                 return
             if isinstance(msg, BatchOutput):
-                self.metrics.on_outputs(msg.outputs)
+                self.metrics.on_outputs(msg.outputs, msg.deltas)
                 with self._lock:
                     for out in msg.outputs:
                         if out.finished is not None:

@@ -9,11 +9,11 @@ flush) and the server's run records the CPU seconds of the bench client, the API
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from sgl.bench.cpu_time import CpuMeter, CpuSplit, children
-from sgl.bench.offline import WARMUP_BATCH, WARMUP_PROMPT_LEN, OfflineResult, run_offline
+from sgl.bench.offline import SCHEDULER_COUNTERS, WARMUP_BATCH, WARMUP_PROMPT_LEN, OfflineResult, run_offline
 from sgl.bench.report import format_table
 from sgl.bench.serving import ServingResult, run_serving
 from sgl.bench.workloads import BenchRequest, WorkloadSpec
@@ -25,6 +25,9 @@ class OfflineComparison:
     offline: OfflineResult
     serving: ServingResult
     serving_cpu: CpuSplit
+    # the server's scheduler counters over its run, as the offline result's ``scheduler``: the same steps and rows
+    # on both sides point a lower ratio at host time per step; more (smaller) steps point at how requests arrived
+    serving_scheduler: dict[str, float] = field(default_factory=dict)
 
     @property
     def ratio(self) -> float:
@@ -34,7 +37,8 @@ class OfflineComparison:
     def as_dict(self) -> dict[str, Any]:
         return {"offline": self.offline.as_dict(), "serving": self.serving.as_dict(), "ratio": self.ratio,
                 "serving_cpu_s": dict(self.serving_cpu.seconds),
-                "serving_cpu_us_per_token": self.serving_cpu.us_per_token()}
+                "serving_cpu_us_per_token": self.serving_cpu.us_per_token(),
+                "serving_scheduler": dict(self.serving_scheduler)}
 
     def format(self) -> str:
         off, srv = self.offline, self.serving
@@ -44,6 +48,8 @@ class OfflineComparison:
             ("Duration (s):", off.duration_s, srv.duration_s),
             ("Output token throughput (tok/s):", off.output_throughput, srv.output_throughput),
         ]
+        for k, v in self.serving_scheduler.items():
+            rows.append((f"Scheduler {k.replace('_', ' ')}:", off.scheduler.get(k, "-"), v))
         offline_cpu = off.cpu_s * 1e6 / max(off.output_tokens, 1) if off.cpu_s is not None else None
         rows.append(("CPU per output token, engine process (us):", offline_cpu, "-"))
         for role, us in self.serving_cpu.us_per_token().items():
@@ -68,6 +74,16 @@ def warm_up(base_url: str, reqs: list[BenchRequest], vocab: int, api_key: str | 
         client.post("/flush_cache").raise_for_status()
 
 
+def scheduler_counters(base_url: str, api_key: str | None = None, timeout: float = 30.0) -> dict[str, float]:
+    """The server's SCHEDULER_COUNTERS now (from /get_server_info); empty when it does not report them."""
+    import httpx
+
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else None
+    info = httpx.get(base_url.rstrip("/") + "/get_server_info", timeout=timeout, trust_env=False,
+                     headers=headers).json()
+    return {k: info[k] for k in SCHEDULER_COUNTERS if isinstance(info.get(k), (int, float))}
+
+
 def compare_offline(
     args: ServerArgs, spec: WorkloadSpec, vocab: int, api: str = "sgl", launch_timeout: float = 300.0,
     progress: bool = True,
@@ -81,11 +97,14 @@ def compare_offline(
     with launched_process(args, launch_timeout) as (url, proc):
         warm_up(url, reqs, vocab, args.api_key)
         model = discover_model(url, args.api_key) if api == "openai" else None
+        before = scheduler_counters(url, args.api_key)
         meter = CpuMeter({"bench client": [os.getpid()], "API process": [proc.pid],
                           "scheduler": children(proc.pid)})
         serving = run_serving(url, reqs, api, model=model, seed=spec.seed, progress=progress, api_key=args.api_key)
         cpu = meter.stop(serving.output_tokens)
+        after = scheduler_counters(url, args.api_key)
     if serving.failed or serving.input_tokens != offline.input_tokens:
         raise RuntimeError(f"the server's run is not the offline run's workload: {serving.failed} failed, "
                            f"{serving.input_tokens} vs {offline.input_tokens} prompt tokens; {list(serving.errors)}")
-    return OfflineComparison(offline, serving, cpu)
+    counters = {k: after[k] - before[k] for k in after if k in before}
+    return OfflineComparison(offline, serving, cpu, counters)

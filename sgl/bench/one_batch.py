@@ -84,7 +84,7 @@ class _Batch:
             sched.add_request(GenerateReq(f"one-batch-{self._next}", ids, params))
             self._next += 1
         prefill_s, outs = _timed(platform, sched.step)
-        first = sum(1 for o in outs if o.new_token_ids)
+        first = sum(1 for o in outs.outputs if o.new_token_ids)
         if first != batch_size:
             sched_info = sched.info()
             raise RuntimeError(
@@ -95,7 +95,7 @@ class _Batch:
         while not sched.is_idle:
             dt, outs = _timed(platform, sched.step)
             steps.append(dt)
-            if any(o.finished is not None and o.finished.type == "abort" for o in outs):
+            if any(o.finished is not None and o.finished.type == "abort" for o in outs.outputs):
                 raise RuntimeError("a request was aborted during decode: raise --max-total-tokens")
         decode_s = sum(steps)
         return OneBatchResult(

@@ -16,7 +16,7 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sgl.core.ipc import AbortReq, BatchOutput, FinishReason, ReqOutput
+from sgl.core.ipc import AbortReq, BatchOutput, FinishReason, ReqOutput, TokenDelta
 from sgl.core.request_input import (
     GenerateInput,
     ModelLimits,
@@ -29,6 +29,8 @@ from sgl.core.sampling.params import SamplingParams
 from sgl.core.tokenizer.detokenizer import IncrementalDetokenizer
 from sgl.core.tokenizer.tokenizer import Tokenizer
 
+_News = ReqOutput | TokenDelta  # what the scheduler tells one request after a step
+
 __all__ = ["GenerateInput", "ModelLimits", "PreparedRequest", "RequestError", "RequestManager"]
 
 
@@ -39,7 +41,7 @@ class _State:
     params: SamplingParams
     detok: IncrementalDetokenizer
     loop: asyncio.AbstractEventLoop
-    queue: asyncio.Queue[ReqOutput]
+    queue: asyncio.Queue[_News]
     created: float
     output_ids: list[int] = field(default_factory=list)
     text: str = ""
@@ -80,7 +82,7 @@ class RequestManager:
     async def generate(self, req: PreparedRequest) -> AsyncIterator[list[GenerateResult]]:
         """Yields, for each step with news (only the last unless streaming), the cumulative result of every choice."""
         loop = asyncio.get_running_loop()
-        queue: asyncio.Queue[ReqOutput] = asyncio.Queue()  # NOTE: one queue for all choices of this call
+        queue: asyncio.Queue[_News] = asyncio.Queue()  # NOTE: one queue for all choices of this call
         states: dict[str, _State] = {}
         for r in req.reqs:
             detok = IncrementalDetokenizer(self.tokenizer, r.input_ids,
@@ -96,10 +98,9 @@ class RequestManager:
                 self.send(r)
             while any(st.finished is None for st in states.values()):
                 out = await queue.get()
-                self._apply(states[out.rid], out)
+                self._apply(states, out)
                 while not queue.empty():
-                    out = queue.get_nowait()
-                    self._apply(states[out.rid], out)
+                    self._apply(states, queue.get_nowait())
                 done = all(st.finished is not None for st in states.values())
                 if req.stream or done:
                     yield [self._result(st, req) for st in states.values()]
@@ -123,12 +124,17 @@ class RequestManager:
         NOTE: one call_soon_threadsafe per event loop per message, not per output: each call writes the loop's
         wake-up pipe, and a step of 500 streaming requests paid 500 of those writes (and as many wake-ups).
         """
-        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Queue[ReqOutput], ReqOutput]]] = {}
+        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Queue[_News], _News]]] = {}
+        states = self._states
         with self._lock:
             for out in msg.outputs:
-                st = self._states.get(out.rid)
+                st = states.get(out.rid)
                 if st is not None:
                     by_loop.setdefault(st.loop, []).append((st.queue, out))
+            for delta in msg.deltas:
+                st = states.get(delta[0])
+                if st is not None:
+                    by_loop.setdefault(st.loop, []).append((st.queue, delta))
         for loop, items in by_loop.items():
             loop.call_soon_threadsafe(_put_all, items)
 
@@ -146,7 +152,14 @@ class RequestManager:
         return len(self._states)
 
     # output shaping ---------------------------------------------------------------------------------------------
-    def _apply(self, st: _State, out: ReqOutput) -> None:
+    def _apply(self, states: dict[str, _State], out: _News) -> None:
+        if isinstance(out, tuple):  # new ids and nothing else (ipc.TokenDelta): only streamed requests get these
+            st = states[out[0]]
+            st.output_ids.extend(out[1])
+            if st.stream:
+                st.text += st.detok.add(out[1])
+            return
+        st = states[out.rid]
         st.output_ids.extend(out.new_token_ids)
         fin = out.finished
         if st.stream or fin is not None:
@@ -210,6 +223,6 @@ class RequestManager:
         return GenerateResult(self._visible_text(st), list(st.output_ids), meta, st.embedding)
 
 
-def _put_all(items: list[tuple[asyncio.Queue[ReqOutput], ReqOutput]]) -> None:
+def _put_all(items: list[tuple[asyncio.Queue[_News], _News]]) -> None:
     for queue, out in items:
         queue.put_nowait(out)

@@ -28,6 +28,9 @@ def test_compare_offline_runs_both_and_reports_the_ratio_and_cpu_split(tmp_path:
     assert off["output_tokens"] == srv["output_tokens"] == 16 and srv["failed"] == 0
     assert off["input_tokens"] == srv["input_tokens"] == 32
     assert data["ratio"] == pytest.approx(srv["output_throughput"] / off["output_throughput"])
+    # the same work on both sides: one first token per request from its prefill, the rest from decode rows
+    assert data["serving_scheduler"]["decode_rows"] == off["scheduler"]["decode_rows"] == 12
+    assert "Scheduler decode rows:" in res.output
     cpu = data["serving_cpu_us_per_token"]
     assert set(cpu) == {"bench client", "API process", "scheduler"}
     if sys.platform == "linux":

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 import torch
 
-from sgl.core.ipc import FinishReason, GenerateReq
+from sgl.core.ipc import FinishReason, GenerateReq, ReqOutput, TokenDelta
 from sgl.core.sampling.batch_info import (
     SamplingBatchInfo,
     _build_logit_bias,
@@ -132,6 +132,13 @@ def make_req(stream: bool, max_new: int = 8) -> Req:
     return Req(GenerateReq("r", [1, 2, 3], sp, stream=stream), set(), 0)
 
 
+def told(out: ReqOutput | TokenDelta) -> tuple[list[int], FinishReason | None]:
+    """The new tokens and the finish an output tells, in either of its forms."""
+    if isinstance(out, tuple):
+        return out[1], None
+    return out.new_token_ids, out.finished
+
+
 def reference_take_output(r: Req) -> tuple[list[int], FinishReason | None] | None:
     """take_output's decision as it was (slice first): None or the new tokens it would send."""
     new = r.output_ids[r.sent_tokens:]
@@ -155,7 +162,7 @@ def test_take_output_sends_what_the_slice_first_order_sent(stream: bool) -> None
             got = r.take_output()
             assert (got is None) == (want is None)
             if got is not None and want is not None:
-                assert (got.new_token_ids, got.finished) == want
+                assert told(got) == want
             if r.finished:
                 break
 

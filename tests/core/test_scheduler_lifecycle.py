@@ -38,7 +38,7 @@ def test_abort_at_every_stage_frees_everything(demo_model_dir: Path, disable_rad
                        force_overlap_schedule=overlap)
     s.add_request(req("waiting", 10))
     s.abort("waiting")
-    outs = s.step()
+    outs = s.step().outputs
     assert [o.finished.type for o in outs if o.rid == "waiting"] == ["abort"]
     assert_idle_and_whole(s)
 
@@ -57,7 +57,7 @@ def test_abort_at_every_stage_frees_everything(demo_model_dir: Path, disable_rad
     s.abort("decoding")
     finished = {}
     for _ in range(20):
-        for o in s.step():
+        for o in s.step().outputs:
             if o.finished is not None:
                 finished[o.rid] = o.finished.type
         if s.is_idle:
@@ -72,7 +72,7 @@ def test_duplicate_request_id_is_refused_without_disturbing_the_first(demo_model
     s.add_request(req("same", 8, max_new=3))
     results = []
     while True:
-        results += [o for o in s.step() if o.finished is not None]
+        results += [o for o in s.step().outputs if o.finished is not None]
         if s.is_idle:
             break
     assert sorted(o.finished.type for o in results) == ["abort", "length"]

@@ -69,7 +69,7 @@ def run(s: Scheduler, reqs: Sequence[tuple[str, list[int], SamplingParams]]) -> 
     out: dict[str, list[int]] = {rid: [] for rid, _, _ in reqs}
     reason: dict[str, str] = {}
     for _ in range(10_000):
-        for o in s.step():
+        for o in s.step().outputs:
             out[o.rid] += o.new_token_ids
             if o.finished is not None:
                 reason[o.rid] = o.finished.type

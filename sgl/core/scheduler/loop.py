@@ -9,7 +9,6 @@ from typing import Any
 
 from sgl.core.ipc import (
     AbortReq,
-    BatchOutput,
     FeatureCallReq,
     FlushCacheReq,
     FlushCacheResp,
@@ -52,9 +51,9 @@ def run_scheduler_loop(
                     send(InfoResp(msg.token, scheduler.call_feature(msg.feature, msg.method, msg.kwargs)))
                 elif isinstance(msg, ShutdownReq):
                     return
-            outs = scheduler.step()
-            if outs:
-                send(BatchOutput(outs))
+            news = scheduler.step()
+            if news:
+                send(news)
             if on_progress is not None:
                 on_progress()
     except Exception as exc:  # noqa: BLE001  (the loop must report, not vanish)

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from sgl.core.ipc import FinishReason, GenerateReq, ReqOutput
+from sgl.core.ipc import FinishReason, GenerateReq, ReqOutput, TokenDelta
 from sgl.core.sampling.params import CONSTRAINT_FIELDS
 
 if TYPE_CHECKING:
@@ -66,6 +66,7 @@ class Req:
         self.spec_verify_ct: int | None = None  # decode steps under speculation (SGLang's meta_info name)
         # outputs not yet sent
         self.sent_tokens = 0
+        self.sent_counts: tuple[int, int | None] = (0, None)  # (cached_tokens, spec_verify_ct) of the last ReqOutput
         self.pending_logprobs: list[tuple[float, int]] = []
         self.pending_top_logprobs: list[list[tuple[float, int]]] = []
         self.input_logprobs: list[tuple[float | None, int]] | None = None
@@ -142,8 +143,9 @@ class Req:
             self.finished_reason = FinishReason("length", matched=None)
 
     # outputs ----------------------------------------------------------------------------------------------------
-    def take_output(self, stream_interval: int = 1) -> ReqOutput | None:
-        """What changed since the last output, or None when there is nothing to tell yet.
+    def take_output(self, stream_interval: int = 1) -> ReqOutput | TokenDelta | None:
+        """What changed since the last output, or None when there is nothing to tell yet; a TokenDelta when that is
+        only new token ids (a streamed request between its first token and its end), else a whole ReqOutput.
 
         NOTE: a non-streaming request hears only of its first token (for TTFT) and of its end; a streamed one of its
         first, then of every ``stream_interval`` new tokens, and of its end.
@@ -153,11 +155,17 @@ class Req:
         # for its first token and its end, has nothing to tell (slicing its whole output each time grew per token)
         if not (self.stream or finished or self.sent_tokens == 0):
             return None
-        if not finished and self.sent_tokens and len(self.output_ids) - self.sent_tokens < stream_interval:
+        sent = self.sent_tokens
+        if not finished and sent and len(self.output_ids) - sent < stream_interval:
             return None
-        new = self.output_ids[self.sent_tokens :]
+        new = self.output_ids[sent:]
         if not new and not finished and self.input_logprobs is None:
             return None
+        if (sent and not finished and not self.pending_logprobs and not self.pending_top_logprobs
+                and self.input_logprobs is None and self.sent_counts == (self.cached_tokens, self.spec_verify_ct)):
+            # NOTE: exactly what the ReqOutput below would say, less the fields the receiver already holds
+            self.sent_tokens = sent + len(new)
+            return self.rid, new
         input_lps = self.input_logprobs if self.input_logprobs_done and self.input_logprobs is not None else None
         out = ReqOutput(
             rid=self.rid, new_token_ids=new, finished=self.finished_reason,
@@ -168,6 +176,7 @@ class Req:
             spec_verify_ct=self.spec_verify_ct, embedding=self.embedding if self.finished else None,
         )
         self.sent_tokens = len(self.output_ids)
+        self.sent_counts = (self.cached_tokens, self.spec_verify_ct)
         self.pending_logprobs, self.pending_top_logprobs = [], []
         if input_lps is not None:
             self.input_logprobs = None

@@ -16,7 +16,7 @@ from sgl.core.cache.base import PrefixCache
 from sgl.core.cache.chunk_cache import ChunkCache
 from sgl.core.cache.radix_cache import RadixCache
 from sgl.core.config import ServerArgs
-from sgl.core.ipc import FinishReason, GenerateReq, ReqOutput
+from sgl.core.ipc import BatchOutput, FinishReason, GenerateReq, ReqOutput, TokenDelta
 from sgl.core.memory.allocator import TokenAllocator
 from sgl.core.runner.model_runner import ModelRunner
 from sgl.core.scheduler.decode import DecodeRuns
@@ -172,7 +172,7 @@ class Scheduler:
         self.state.finish(req)
 
     # the step ---------------------------------------------------------------------------------------------------
-    def step(self) -> list[ReqOutput]:
+    def step(self) -> BatchOutput:
         """Runs at most one forward (two overlapped, in overlap mode) and returns what changed per request."""
         s = self.state
         self._settle_features()
@@ -211,20 +211,24 @@ class Scheduler:
                     s.finish(r)
 
     # outputs ----------------------------------------------------------------------------------------------------
-    def _collect_outputs(self) -> list[ReqOutput]:
+    def _collect_outputs(self) -> BatchOutput:
         s = self.state
         outs: list[ReqOutput] = []
+        deltas: list[TokenDelta] = []
         interval = self.args.stream_interval
         for r in s.touched.values():
             out = r.take_output(interval)
             if out is not None:
-                outs.append(out)
+                if isinstance(out, tuple):
+                    deltas.append(out)
+                else:
+                    outs.append(out)
             if r.finished_reason is not None and s.reqs.get(r.rid) is r:
                 del s.reqs[r.rid]
                 for f in self.features:  # NOTE: the one place every ended request passes exactly once
                     f.release(r)
         s.touched = {}
-        return outs
+        return BatchOutput(outs, deltas)
 
     # control ----------------------------------------------------------------------------------------------------
     def check_invariant(self) -> None:
