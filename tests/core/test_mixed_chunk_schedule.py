@@ -67,8 +67,9 @@ def test_mixed_chunk_with_a_backlog_runs_a_full_chunk_and_every_decode_each_step
             sent += 1
         running = {r.rid for r in s.running}
         n = len(forwards)
-        outs = s.step()
-        new = {o.rid: len(o.new_token_ids) for o in outs}
+        batch = s.step()
+        new = {o.rid: len(o.new_token_ids) for o in batch.outputs}
+        new.update((rid, len(ids)) for rid, ids in batch.deltas)
         if len(forwards) == n + 1 and forwards[-1].mode == "mixed":
             # NOTE: the decodes of a mixed step reach their clients in the outputs of that step
             assert all(new.get(rid) == 1 for rid in running), (len(forwards), running, new)
