@@ -16,6 +16,7 @@ require_compiled_kernels_on_nvidia()
 from sgl.core.ops import moe as reference
 from sgl.core.ops.moe_routing import RoutingConfig, select_experts
 from sgl.kernels.fused_moe import fused_moe
+from tests.gpu.timing import event_ms
 
 pytestmark = pytest.mark.gpu
 
@@ -48,16 +49,7 @@ def _replayed_ms(fn: object, n: int = 50) -> tuple[float, float]:
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
         fn()  # type: ignore[operator]
-    times = []
-    for run in (graph.replay, fn):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        for _ in range(n):
-            run()  # type: ignore[operator]
-        end.record()
-        torch.cuda.synchronize()
-        times.append(start.elapsed_time(end) / n)
-    return times[0], times[1]
+    return event_ms(graph.replay, n), event_ms(fn, n)  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize("tokens", [1, 16, 512])

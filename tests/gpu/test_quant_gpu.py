@@ -23,6 +23,7 @@ from sgl.plugins.quant.int4_linear import Int4LinearMethod, Int4Scheme
 from sgl.plugins.quant.triton_fp8 import TritonFp8LinearMethod
 from sgl.plugins.quant.triton_int4 import TritonInt4LinearMethod
 from tests.core.engine_utils import GREEDY, PROMPTS
+from tests.gpu.timing import event_ms
 
 pytestmark = pytest.mark.gpu
 
@@ -54,15 +55,7 @@ def _rel(out: torch.Tensor, ref: torch.Tensor) -> float:
 
 
 def _time(fn: object, iters: int = 50) -> float:
-    for _ in range(5):
-        fn()  # type: ignore[operator]
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
-    for _ in range(iters):
-        fn()  # type: ignore[operator]
-    end.record()
-    torch.cuda.synchronize()
-    return start.elapsed_time(end) / iters * 1e3  # us
+    return event_ms(fn, iters, warmup=5) * 1e3  # type: ignore[arg-type]  # us
 
 
 @pytest.mark.parametrize("scheme", [Fp8Scheme("block", "group", (128, 128), scale_name="weight_scale_inv"),
